@@ -1,0 +1,1 @@
+"""sdweb.engine.models."""

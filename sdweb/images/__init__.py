@@ -1,0 +1,1 @@
+"""sdweb.images."""

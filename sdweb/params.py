@@ -1,0 +1,227 @@
+"""The request and progress value objects that flow UI/API -> service -> engine.
+
+Part of the kernel: pure Python plus pydantic. One typed, frozen, validated :class:`GenerationParams`
+travels between layers; nothing passes positional argument lists. Bad input is refused with a message
+naming the field and the allowed range; nothing is silently corrected.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: Largest prompt accepted (characters). A1111 has none; a bound keeps a 1 MB paste from tying up a worker.
+MAX_PROMPT_CHARS = 20_000
+#: Largest seed value A1111 draws for "random" (-1).
+MAX_SEED = 4_294_967_294
+
+RngSource = Literal["CPU", "GPU"]
+
+
+class GenerationParams(BaseModel):
+    """One txt2img request, A1111 field names, validated bounds. Frozen: use ``model_copy(update=...)``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    styles: tuple[str, ...] = ()
+    steps: int = Field(20, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    sampler_name: str = Field("Euler a", min_length=1, max_length=100)
+    scheduler: str = Field("Automatic", min_length=1, max_length=100)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int = Field(-1, ge=-1, le=2048)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=2048)
+    width: int = Field(512, ge=64, le=2048)
+    height: int = Field(512, ge=64, le=2048)
+    batch_size: int = Field(1, ge=1, le=16)
+    n_iter: int = Field(1, ge=1, le=100)
+    #: None means "use the setting CLIP_stop_at_last_layers".
+    clip_skip: int | None = Field(None, ge=1, le=12)
+    #: None means "use the sampler's / setting's default".
+    eta: float | None = Field(None, ge=0.0, le=1.0)
+    #: Checkpoint title, name or hash; None means the currently selected model.
+    checkpoint: str | None = Field(None, max_length=1000)
+    #: VAE name, "Automatic" or "None"; None means the setting.
+    vae: str | None = Field(None, max_length=1000)
+    #: None means the setting ``randn_source``.
+    rng: RngSource | None = None
+    tiling: bool = False
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (got {value}; nearest: {round(value / 8) * 8})")
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @property
+    def total_images(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def with_seeds(self, seed: int, subseed: int) -> GenerationParams:
+        return self.model_copy(update={"seed": seed, "subseed": subseed})
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the field: ``steps: Input should be less than or equal to 150``."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ())) or "request"
+        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running jobs: control and progress
+# ---------------------------------------------------------------------------------------------
+
+
+class JobControl:
+    """Interrupt / skip flags for one running job, safe to set from any thread at any moment.
+
+    * interrupt: stop now; images finished so far are kept, saved and returned.
+    * skip: drop the image being made and go on with the rest of the batch.
+    """
+
+    def __init__(self) -> None:
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        return self._skip.is_set()
+
+    def clear_skip(self) -> None:
+        self._skip.clear()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._interrupt.is_set() or self._skip.is_set()
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """What the engine reports after each denoising step."""
+
+    step: int  # 1-based, steps done in the current image batch
+    total_steps: int
+    batch_index: int  # 0-based index of the n_iter batch being made
+    batch_count: int
+    #: Preview image (PIL.Image) of the current batch, when one was made at this step.
+    preview: Any = None
+
+
+JobState = Literal["queued", "running", "done", "interrupted", "failed"]
+
+
+@dataclass
+class JobProgress:
+    """A job's progress as the UI and ``/sdapi/v1/progress`` show it (A1111's fields)."""
+
+    job_id: str
+    state: JobState = "queued"
+    queue_position: int = 0
+    job_no: int = 0
+    job_count: int = 1
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    started_at: float | None = None
+    preview: Any = None  # PIL.Image or None
+    textinfo: str = ""
+    error: str | None = None
+    interrupted: bool = False
+    skipped: bool = False
+
+    @property
+    def fraction(self) -> float:
+        """0..1 over the whole job (all batches), as A1111's ``progress``."""
+        if self.state in ("done", "interrupted"):
+            return 1.0
+        if self.sampling_steps <= 0 or self.job_count <= 0:
+            return 0.0
+        done = self.job_no * self.sampling_steps + self.sampling_step
+        return min(1.0, done / (self.job_count * self.sampling_steps))
+
+    @property
+    def eta_seconds(self) -> float | None:
+        fraction = self.fraction
+        if self.started_at is None or fraction <= 0.0 or fraction >= 1.0:
+            return None
+        elapsed = time.monotonic() - self.started_at
+        return elapsed / fraction - elapsed
+
+
+@dataclass
+class GenerationResult:
+    """What a finished (or interrupted) job produced. Images are PIL images, in output order."""
+
+    params: GenerationParams  # with concrete seeds
+    images: list[Any] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    grid_path: str | None = None
+    model_name: str | None = None
+    model_hash: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    clip_skip: int = 1
+    interrupted: bool = False
+    job_timestamp: str = ""
+    history_id: int | None = None
+
+
+@dataclass
+class GeneratedImage:
+    """One image as the engine hands it to the service (before saving)."""
+
+    image: Any  # PIL.Image.Image
+    seed: int
+    subseed: int
+    prompt: str
+    negative_prompt: str
+    #: infotext pairs this image adds (``{"Lora hashes": "name: 0123456789ab"}``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EngineRun:
+    """What ``Engine.txt2img`` returns: the images made so far and the facts the infotext needs."""
+
+    images: list[GeneratedImage]
+    model_name: str | None = None  # checkpoint name without extension ("v1-5-pruned-emaonly")
+    model_hash: str | None = None  # short sha256 (10 hex)
+    vae_name: str | None = None
+    vae_hash: str | None = None
+    clip_skip: int = 1
+    interrupted: bool = False

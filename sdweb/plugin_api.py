@@ -1,0 +1,114 @@
+"""The one public module for extension authors. Everything else in ``sdweb`` is private.
+
+An extension imports only from here::
+
+    from diffusers import LCMScheduler
+    from sdweb.plugin_api import SamplerSpec, hookimpl
+
+    @hookimpl
+    def register_samplers():
+        return [SamplerSpec(name="LCM", scheduler_cls=LCMScheduler, aliases=("k_lcm",))]
+
+``API_VERSION`` follows semantic versioning: an extension's manifest states the major version it was
+written for (``plugin_api = "1"``) and is refused with a clear message when that does not match.
+The hook specifications, with their documentation, are in ``sdweb/extensions/hookspecs.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import pluggy
+
+from sdweb.config import OptionSpec
+from sdweb.params import GenerationParams, JobControl, StepProgress
+
+API_VERSION = "1.0"
+PROJECT_NAME = "sdweb"
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: A sampling function in the k-diffusion style:
+#: ``sample(denoise, x, sigmas, *, generator, callback) -> x``, where ``denoise(x, sigma) -> x0`` is
+#: the CFG-combined denoiser, ``sigmas`` a decreasing 1-D tensor ending in 0, ``generator`` a
+#: ``torch.Generator`` (or None) for any noise the sampler adds, and ``callback(i, x, x0)`` is called
+#: after each step (it raises to stop early).
+SamplingFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler, by its A1111 name: either a diffusers scheduler class or a sampling function.
+
+    Args:
+        name: what users see and pass as ``sampler_name`` ("Euler a").
+        scheduler_cls: a diffusers ``SchedulerMixin`` subclass, built from the model's scheduler config
+            updated with ``overrides``. Exactly one of ``scheduler_cls`` and ``sample_fn`` is given.
+        sample_fn: a :data:`SamplingFunction`, run on the sigmas of the chosen schedule type.
+        overrides: scheduler config overrides (``{"algorithm_type": "dpmsolver++"}``).
+        aliases: other names that select it (A1111's ``k_euler_a``).
+        default_schedule: the schedule type "Automatic" means for this sampler.
+        supported_schedules: schedule types it accepts; None means all that the registry knows.
+        options: shown by ``/sdapi/v1/samplers``.
+    """
+
+    name: str
+    scheduler_cls: type | None = None
+    sample_fn: SamplingFunction | None = None
+    overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    aliases: tuple[str, ...] = ()
+    default_schedule: str = "Uniform"
+    supported_schedules: tuple[str, ...] | None = None
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if (self.scheduler_cls is None) == (self.sample_fn is None):
+            raise ValueError(f"sampler {self.name!r}: give exactly one of scheduler_cls and sample_fn")
+        if not self.name.strip():
+            raise ValueError("a sampler needs a name")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A schedule type ("Karras"): maps to diffusers scheduler config flags or a sigma function.
+
+    Args:
+        name: what users see ("Karras").
+        config: scheduler config flags that select it in diffusers (``{"use_karras_sigmas": True}``).
+        sigmas_fn: ``sigmas_fn(n, sigma_min, sigma_max) -> 1-D tensor`` (n values, decreasing, no
+            trailing zero) used with function samplers, and with scheduler samplers that accept
+            custom sigmas.
+        aliases: other names ("karras").
+    """
+
+    name: str
+    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    sigmas_fn: Callable[..., Any] | None = None
+    aliases: tuple[str, ...] = ()
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class UITab:
+    """A tab an extension adds: ``render()`` builds its gradio components inside an open ``gr.Tab``."""
+
+    title: str
+    render: Callable[[], None]
+    elem_id: str = ""
+
+
+__all__ = [
+    "API_VERSION",
+    "GenerationParams",
+    "JobControl",
+    "OptionSpec",
+    "SamplerSpec",
+    "SamplingFunction",
+    "ScheduleSpec",
+    "StepProgress",
+    "UITab",
+    "hookimpl",
+]
