@@ -1,0 +1,47 @@
+"""AppServices: the one container of service instances, built once in ``webui.py`` and passed down.
+
+The UI (``build_ui(services)``) and the API (``make_router(services)``) receive this object and nothing
+else; tests build it with fakes (a fake engine, temporary folders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdweb import __version__
+from sdweb.config import LaunchSettings, OptionsStore
+from sdweb.services.generation import GenerationService
+from sdweb.services.models import ModelService
+from sdweb.services.worker import GpuWorker
+
+
+@dataclass
+class AppServices:
+    """Everything the UI and the API may use."""
+
+    settings: LaunchSettings
+    options: OptionsStore
+    worker: GpuWorker
+    models: ModelService
+    generation: GenerationService
+    #: ``sdweb.images.store.ImageStore``
+    images: Any
+    #: ``sdweb.history.store.HistoryStore``
+    history: Any
+    #: ``sdweb.prompts.styles.StyleStore``
+    styles: Any
+    #: ``sdweb.extensions.manager.PluginHost``
+    plugins: Any
+    #: A callable returning the sampler registry (names, schedules, describe()).
+    samplers: Callable[[], Any]
+    #: ``sdweb.extensions.manager.ExtensionManager`` (None in tests that do not need it)
+    extensions: Any = None
+    #: ``sdweb.extensions.installer`` object
+    installer: Any = None
+    #: Restarts the server process cleanly (the Extensions tab's button).
+    restart: Callable[[], None] = field(default=lambda: None)
+    #: Counts tokens for the UI counter: ``(text) -> (tokens, limit)``; None until the engine is up.
+    token_counter: Callable[[str], tuple[int, int]] | None = None
+    version: str = __version__

@@ -1,0 +1,126 @@
+"""Wiring: build every service from the launch settings, in dependency order.
+
+``webui.py`` calls :func:`build_services`; tests call it too, passing a fake engine factory, so the
+wiring under test is the wiring that ships. Nothing here imports torch: the engine factory is called
+lazily (first job, first model load, or the background warm-up after the page is served).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sdweb.config import BUILTIN_OPTIONS, LaunchSettings, OptionSpec, OptionsStore
+from sdweb.params import GenerationParams
+from sdweb.services.container import AppServices
+from sdweb.services.generation import GenerationService
+from sdweb.services.models import EngineProvider, ModelService
+from sdweb.services.worker import GpuWorker
+
+logger = logging.getLogger(__name__)
+
+EXTRA_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("disabled_extensions", [], "Disabled extensions", "Extensions"),
+)
+
+
+def build_services(
+    settings: LaunchSettings,
+    *,
+    engine_factory: Callable[[AppServices], Any] | None = None,
+    load_extensions: bool = True,
+    restart: Callable[[], None] | None = None,
+) -> AppServices:
+    """Build the container. ``engine_factory(services)`` makes the engine; default: the real one."""
+    from sdweb.engine.models.hashes import HashCache
+    from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
+    from sdweb.extensions.manager import ExtensionManager, PluginHost
+    from sdweb.history.store import HistoryStore
+    from sdweb.images.store import ImageStore
+    from sdweb.prompts.styles import StyleStore
+
+    # 1. Folders and persisted options.
+    paths = settings.paths
+    paths.ensure()
+    options = OptionsStore(paths.config_file, (*BUILTIN_OPTIONS, *EXTRA_OPTIONS))
+
+    # 2. Plugins: built-ins first, then extensions (they may add options and samplers).
+    plugins = PluginHost()
+    from sdweb.engine.samplers import builtin as builtin_samplers
+
+    plugins.register_builtin(builtin_samplers, "builtin-samplers")
+    extensions = ExtensionManager(
+        paths.extensions_dir,
+        plugins,
+        disabled=set(options.get("disabled_extensions") or ()),
+        disable_all=settings.disable_all_extensions,
+        changes_allowed=settings.extension_changes_allowed,
+    )
+    if load_extensions:
+        extensions.load_all()
+    for _name, specs in plugins.collect("register_settings"):
+        for spec in specs or ():
+            try:
+                options.add_spec(spec)
+            except ValueError as exc:
+                logger.error("extension setting refused: %s", exc)
+
+    # 3. Stores.
+    images = ImageStore(paths.outputs_dir)
+    history = HistoryStore(paths.history_db)
+    styles = StyleStore(paths.styles_file)
+    registry = CheckpointRegistry(paths.ckpt_dirs, HashCache(paths.cache_dir / "hashes.json"))
+    registry.refresh()
+    vaes = VaeRegistry(paths.vae_dir)
+
+    # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
+    sampler_lock = threading.Lock()
+    sampler_holder: list[Any] = []
+
+    def samplers() -> Any:
+        with sampler_lock:
+            if not sampler_holder:
+                from sdweb.engine.samplers.registry import SamplerRegistry
+
+                sampler_holder.append(SamplerRegistry.from_plugin_results(
+                    plugins.collect("register_samplers"), plugins.collect("register_schedules")))
+            return sampler_holder[0]
+
+    # 5. The GPU worker, the engine (lazy) and the services on top.
+    worker = GpuWorker()
+    holder: dict[str, AppServices] = {}
+    factory = engine_factory or default_engine_factory
+    engine = EngineProvider(lambda: factory(holder["services"]))
+    models = ModelService(settings=settings, registry=registry, vaes=vaes, worker=worker, engine=engine,
+                          options=options, plugins=plugins)
+
+    def validate(params: GenerationParams) -> None:
+        registry_ = samplers()
+        registry_.get(params.sampler_name)
+        if params.scheduler not in registry_.schedule_names():
+            known = ", ".join(registry_.schedule_names())
+            raise ValueError(f"schedule type {params.scheduler!r} not found; known: {known}")
+        if params.checkpoint:
+            models.find(params.checkpoint)
+        elif models.selected_title() is None:
+            raise LookupError(models.empty_message())
+
+    generation = GenerationService(worker=worker, engine=engine, options=options, images=images,
+                                   history=history, styles=styles, plugins=plugins, validate=validate)
+    services = AppServices(
+        settings=settings, options=options, worker=worker, models=models, generation=generation,
+        images=images, history=history, styles=styles, plugins=plugins, samplers=samplers,
+        extensions=extensions, restart=restart or (lambda: None),
+    )
+    holder["services"] = services
+    return services
+
+
+def default_engine_factory(services: AppServices) -> Any:
+    """The real engine: imports torch and diffusers (seconds), so it runs after the page is up."""
+    from sdweb.engine.runtime import create_engine
+
+    return create_engine(services.settings, services.models.registry, services.models.vae_registry,
+                         services.samplers(), services.options)

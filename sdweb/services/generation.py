@@ -1,0 +1,383 @@
+"""GenerationService: turns a validated request into saved images, on the one GPU worker.
+
+Owns the job lifecycle (queued -> running -> done / interrupted / failed), per-job progress that the UI
+and ``/sdapi/v1/progress`` read, interrupt and skip, and the steps around the engine: plugin hooks,
+styles, seed resolution, infotext, saving, grids and history. The engine itself is reached through
+the :class:`EngineLike` protocol so tests can pass a fake one, and so torch is imported only when
+the first job (or the background warm-up) needs it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from sdweb import __version__
+from sdweb.config import OptionsStore
+from sdweb.params import (
+    MAX_SEED,
+    EngineRun,
+    GenerationParams,
+    GenerationResult,
+    JobControl,
+    JobProgress,
+    StepProgress,
+)
+from sdweb.services.worker import GpuWorker, Task
+
+logger = logging.getLogger(__name__)
+
+#: Finished jobs kept for progress/result look-ups (the API's force_task_id, late progress polls).
+FINISHED_JOBS_KEPT = 200
+
+
+class GenerationError(Exception):
+    """A job could not run; ``message`` is for the person who asked, ``status`` the HTTP status."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class EngineLike(Protocol):
+    """What the service needs from the engine (``sdweb.engine.runtime.Engine`` or a test fake)."""
+
+    def txt2img(
+        self,
+        params: GenerationParams,
+        *,
+        control: JobControl,
+        on_step: Callable[[StepProgress], None],
+        preview_every: int,
+    ) -> EngineRun: ...
+
+
+class Job:
+    """One queued or running generation request."""
+
+    def __init__(self, params: GenerationParams, *, source: str, job_id: str | None = None) -> None:
+        self.id = job_id or uuid.uuid4().hex
+        self.params = params
+        self.source = source
+        self.control = JobControl()
+        self.progress = JobProgress(job_id=self.id, job_count=params.n_iter,
+                                    sampling_steps=params.steps)
+        self.result: GenerationResult | None = None
+        self.error: GenerationError | None = None
+        self.created = time.time()
+        self.task: Task[GenerationResult] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.state in ("done", "interrupted", "failed")
+
+    def wait(self, timeout: float | None = None) -> GenerationResult:
+        """Block until the job ends; raise :class:`GenerationError` when it failed."""
+        assert self.task is not None
+        try:
+            return self.task.wait(timeout)
+        except GenerationError:
+            raise
+        except TimeoutError:
+            raise
+        except Exception as exc:  # the worker already logged it
+            raise GenerationError(str(exc) or type(exc).__name__, status=500) from exc
+
+
+class GenerationService:
+    """Queue, run and record txt2img jobs. One instance per app (built in ``webui.py``)."""
+
+    def __init__(
+        self,
+        *,
+        worker: GpuWorker,
+        engine: Callable[[], EngineLike],
+        options: OptionsStore,
+        images: Any,
+        history: Any | None = None,
+        styles: Any | None = None,
+        plugins: Any | None = None,
+        validate: Callable[[GenerationParams], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._worker = worker
+        self._engine = engine
+        self._options = options
+        self._images = images
+        self._history = history
+        self._styles = styles
+        self._plugins = plugins
+        self._validate = validate
+        self._rng = rng or random.SystemRandom()
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._current: Job | None = None
+        self._last_seed: int | None = None
+
+    # ------------------------------------------------------------------ submitting
+    def submit(
+        self,
+        params: GenerationParams,
+        *,
+        save: bool = True,
+        save_grid: bool | None = None,
+        source: str = "ui",
+        job_id: str | None = None,
+    ) -> Job:
+        """Check the request now (bad sampler, model or style -> GenerationError), then queue it."""
+        if self._validate is not None:
+            try:
+                self._validate(params)
+            except (LookupError, ValueError) as exc:
+                raise GenerationError(str(exc).strip("'\"")) from exc
+        if self._styles is not None and params.styles:
+            try:
+                self._styles.apply(params.prompt, params.negative_prompt, list(params.styles))
+            except ValueError as exc:
+                raise GenerationError(str(exc)) from exc
+        if job_id is not None and job_id in self._jobs:
+            raise GenerationError(f"task id {job_id!r} is already in use")
+        job = Job(params, source=source, job_id=job_id)
+        with self._lock:
+            self._jobs[job.id] = job
+            while len(self._jobs) > FINISHED_JOBS_KEPT:
+                oldest_id, oldest = next(iter(self._jobs.items()))
+                if not oldest.finished:
+                    break
+                del self._jobs[oldest_id]
+        job.task = self._worker.submit(lambda: self._run(job, save=save, save_grid=save_grid),
+                                       label=f"txt2img {job.id[:8]}")
+        return job
+
+    def generate(self, params: GenerationParams, **kwargs: Any) -> GenerationResult:
+        """Submit and wait: the blocking form the CLI and the API use."""
+        return self.submit(params, **kwargs).wait()
+
+    # ------------------------------------------------------------------ looking at jobs
+    def job(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    @property
+    def current(self) -> Job | None:
+        return self._current
+
+    def queue_position(self, job: Job) -> int:
+        return self._worker.position(job.task) if job.task is not None else 0
+
+    def progress(self, job: Job) -> JobProgress:
+        job.progress.queue_position = self.queue_position(job)
+        return job.progress
+
+    @property
+    def last_seed(self) -> int | None:
+        return self._last_seed
+
+    # ------------------------------------------------------------------ control
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Stop the given (or the running) job; images finished so far are kept and saved."""
+        job = self._target(job_id)
+        if job is None:
+            return False
+        if job.task is not None and self._worker.cancel(job.task):
+            job.progress.state = "interrupted"
+            job.progress.interrupted = True
+            job.result = GenerationResult(params=job.params, interrupted=True)
+            return True
+        job.control.interrupt()
+        job.progress.interrupted = True
+        return True
+
+    def skip(self, job_id: str | None = None) -> bool:
+        """Drop the image batch being made and go on with the rest of the job."""
+        job = self._target(job_id)
+        if job is None or job.finished:
+            return False
+        job.control.skip()
+        job.progress.skipped = True
+        return True
+
+    def _target(self, job_id: str | None) -> Job | None:
+        if job_id is None:
+            return self._current
+        return self.job(job_id)
+
+    # ------------------------------------------------------------------ running (worker thread)
+    def _run(self, job: Job, *, save: bool, save_grid: bool | None) -> GenerationResult:
+        self._current = job
+        progress = job.progress
+        progress.state = "running"
+        progress.started_at = time.monotonic()
+        try:
+            result = self._run_steps(job, save=save, save_grid=save_grid)
+        except GenerationError as exc:
+            progress.state = "failed"
+            progress.error = exc.message
+            job.error = exc
+            raise
+        except Exception as exc:
+            logger.exception("job %s failed", job.id)
+            message = _describe_failure(exc)
+            progress.state = "failed"
+            progress.error = message
+            job.error = GenerationError(message, status=_status_for(exc))
+            raise job.error from exc
+        finally:
+            self._current = None
+        progress.state = "interrupted" if result.interrupted else "done"
+        progress.preview = None
+        job.result = result
+        return result
+
+    def _run_steps(self, job: Job, *, save: bool, save_grid: bool | None) -> GenerationResult:
+        # 1. Let extensions adjust the request, then apply styles (A1111 writes the styled prompt).
+        params = self._prepare(job.params)
+        job.params = params
+        job.progress.job_count = params.n_iter
+        job.progress.sampling_steps = params.steps
+
+        # 2. Run the engine, reporting each step to the job and to extensions.
+        def on_step(step: StepProgress) -> None:
+            progress = job.progress
+            progress.job_no = step.batch_index
+            progress.job_count = step.batch_count
+            progress.sampling_step = step.step
+            progress.sampling_steps = step.total_steps
+            if step.preview is not None:
+                progress.preview = step.preview
+            if self._plugins is not None:
+                self._plugins.notify("on_step", progress=step)
+
+        preview_every = 0
+        if self._options.get("live_previews_enable"):
+            preview_every = int(self._options.get("show_progress_every_n_steps"))
+        run = self._engine().txt2img(params, control=job.control, on_step=on_step,
+                                     preview_every=preview_every)
+
+        # 3. Infotext, save, grid, history.
+        return self._record(params, run, save=save, save_grid=save_grid)
+
+    def _prepare(self, params: GenerationParams) -> GenerationParams:
+        if self._plugins is not None:
+            params = self._plugins.chain("before_generate", params)
+        updates: dict[str, Any] = {}
+        if self._styles is not None and params.styles:
+            prompt, negative = self._styles.apply(params.prompt, params.negative_prompt, list(params.styles))
+            updates.update(prompt=prompt, negative_prompt=negative)
+        seed = params.seed if params.seed != -1 else self._rng.randint(0, MAX_SEED)
+        subseed = params.subseed if params.subseed != -1 else self._rng.randint(0, MAX_SEED)
+        updates.update(seed=seed, subseed=subseed)
+        if params.clip_skip is None:
+            updates["clip_skip"] = int(self._options.get("CLIP_stop_at_last_layers"))
+        if params.rng is None:
+            updates["rng"] = self._options.get("randn_source")
+        if params.eta is None and "ancestral" not in params.sampler_name.lower():
+            pass  # the sampler's own default eta
+        self._last_seed = seed
+        return params.model_copy(update=updates)
+
+    def _record(self, params: GenerationParams, run: EngineRun, *, save: bool,
+                save_grid: bool | None) -> GenerationResult:
+        from sdweb.images.infotext import build_infotext
+
+        extra: dict[str, Any] = {}
+        if self._plugins is not None:
+            for _name, pairs in self._plugins.collect("extra_infotext", params=params):
+                if isinstance(pairs, dict):
+                    extra.update(pairs)
+        timestamp = datetime.now()
+        result = GenerationResult(
+            params=params,
+            model_name=run.model_name,
+            model_hash=run.model_hash,
+            vae_name=run.vae_name,
+            vae_hash=run.vae_hash,
+            clip_skip=run.clip_skip,
+            interrupted=run.interrupted,
+            job_timestamp=timestamp.strftime("%Y%m%d%H%M%S"),
+            extra_generation_params=dict(extra),
+        )
+        fmt = str(self._options.get("samples_format"))
+        quality = int(self._options.get("jpeg_quality"))
+        for generated in run.images:
+            image_extra = {**extra, **generated.extra}
+            infotext = build_infotext(
+                params, seed=generated.seed, subseed=generated.subseed, prompt=generated.prompt,
+                negative_prompt=generated.negative_prompt, model_name=run.model_name,
+                model_hash=run.model_hash, vae_name=run.vae_name, vae_hash=run.vae_hash,
+                clip_skip=run.clip_skip, rng=params.rng or "CPU", extra=image_extra, version=__version__,
+            )
+            result.images.append(generated.image)
+            result.seeds.append(generated.seed)
+            result.subseeds.append(generated.subseed)
+            result.prompts.append(generated.prompt)
+            result.negative_prompts.append(generated.negative_prompt)
+            result.infotexts.append(infotext)
+            result.extra_generation_params.update(generated.extra)
+            if save and self._options.get("samples_save"):
+                path = self._images.save(generated.image, infotext=infotext, seed=generated.seed,
+                                         kind="txt2img", fmt=fmt, jpeg_quality=quality)
+                result.paths.append(str(path))
+                if self._plugins is not None:
+                    self._plugins.notify("after_image_saved", path=str(path), params=params,
+                                         infotext=infotext)
+        want_grid = self._options.get("grid_save") if save_grid is None else save_grid
+        if save and want_grid and len(result.images) > 1:
+            grid = self._images.save_grid(result.images, infotext=result.infotexts[0],
+                                          seed=result.seeds[0], kind="txt2img", fmt=fmt)
+            result.grid_path = str(grid)
+        if self._history is not None and result.images:
+            result.history_id = self._add_history(result)
+        return result
+
+    def _add_history(self, result: GenerationResult) -> int | None:
+        from sdweb.history.store import HistoryEntry
+
+        try:
+            thumbnail = _thumbnail_png(result.images[0])
+            entry = HistoryEntry(
+                params=result.params,
+                seeds=list(result.seeds),
+                model_title=result.model_name,
+                model_hash=result.model_hash,
+                created=time.time(),
+                paths=list(result.paths),
+                infotexts=list(result.infotexts),
+                thumbnail=thumbnail,
+            )
+            return int(self._history.add(entry))
+        except Exception:  # history must never cost the user their images
+            logger.exception("could not record the generation in history")
+            return None
+
+
+def _thumbnail_png(image: Any, size: int = 128) -> bytes:
+    thumb = image.copy()
+    thumb.thumbnail((size, size))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _status_for(exc: Exception) -> int:
+    if isinstance(exc, (LookupError, ValueError)):
+        return 400
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return 507
+    return 500
+
+
+def _describe_failure(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return f"out of memory while generating ({text}); try a smaller size or batch, or --medvram"
+    return text

@@ -1,0 +1,196 @@
+"""ModelService: which checkpoints exist, which one is selected, and its loading state.
+
+Listing and lookup use the registry (safetensors headers only, no torch). Loading runs on the GPU
+worker so it never races a generation. The engine (torch, diffusers) is created lazily through
+:class:`EngineProvider`, the first time something needs it — after the page is already served.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sdweb.config import LaunchSettings, OptionsStore
+from sdweb.services.worker import GpuWorker
+
+logger = logging.getLogger(__name__)
+
+ModelState = Literal["none", "idle", "loading", "ready", "error"]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What the page shows about the model: none found / loading / ready / error (with the reason)."""
+
+    state: ModelState
+    title: str | None = None
+    message: str = ""
+    is_demo: bool = False
+
+
+class EngineProvider:
+    """Builds the engine (and imports torch) once, on first use, from any thread."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._engine: Any = None
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def __call__(self) -> Any:
+        if self._engine is not None:
+            return self._engine
+        with self._lock:
+            if self._engine is None:
+                started = time.perf_counter()
+                self._engine = self._factory()
+                logger.info("engine ready in %.1f s", time.perf_counter() - started)
+            return self._engine
+
+    @property
+    def started(self) -> bool:
+        return self._engine is not None
+
+
+class ModelService:
+    """The checkpoint catalogue and the selected model."""
+
+    def __init__(
+        self,
+        *,
+        settings: LaunchSettings,
+        registry: Any,
+        vaes: Any,
+        worker: GpuWorker,
+        engine: EngineProvider,
+        options: OptionsStore,
+        plugins: Any | None = None,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._vaes = vaes
+        self._worker = worker
+        self._engine = engine
+        self._options = options
+        self._plugins = plugins
+        self._status = ModelStatus("idle")
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ catalogue
+    @property
+    def registry(self) -> Any:
+        return self._registry
+
+    @property
+    def vae_registry(self) -> Any:
+        return self._vaes
+
+    def list_checkpoints(self) -> list[Any]:
+        return list(self._registry.list())
+
+    def refresh(self) -> list[Any]:
+        found = self._registry.refresh()
+        if not found:
+            self._set_status(ModelStatus("none", message=self.empty_message()))
+        return list(found)
+
+    def list_vaes(self) -> list[Any]:
+        return list(self._vaes.list())
+
+    def refresh_vaes(self) -> list[Any]:
+        refresh = getattr(self._vaes, "refresh", None)
+        return list(refresh() if refresh else self._vaes.list())
+
+    def find(self, query: str) -> Any:
+        """Find a checkpoint by title, name, hash...; raise LookupError with a helpful message."""
+        return self._registry.find(query)
+
+    def empty_message(self) -> str:
+        folder = self._settings.paths.ckpt_dirs[0]
+        return (f"No checkpoint found. Put a .safetensors (or .ckpt) Stable Diffusion checkpoint in "
+                f"{folder} and press refresh.")
+
+    # ------------------------------------------------------------------ selection
+    def status(self) -> ModelStatus:
+        return self._status
+
+    def _set_status(self, status: ModelStatus) -> None:
+        with self._lock:
+            self._status = status
+
+    def selected_title(self) -> str | None:
+        """The title of the checkpoint requests without one use, or None when nothing is available."""
+        wanted = self._options.get("sd_model_checkpoint")
+        if wanted:
+            try:
+                return self.find(wanted).title
+            except LookupError:
+                logger.warning("the selected checkpoint %r is gone; picking another", wanted)
+        checkpoints = self.list_checkpoints()
+        usable = [info for info in checkpoints if not getattr(info, "detect_error", None)]
+        if not usable:
+            return None
+        return usable[0].title
+
+    def select(self, query: str, *, wait: bool = True) -> Any:
+        """Load ``query`` and make it the default. On failure the previous model stays selected."""
+        info = self.find(query)
+        task = self._worker.submit(lambda: self._load(info), label=f"load {info.title}")
+        if wait:
+            return task.wait()
+        return task
+
+    def load_selected(self, *, wait: bool = False) -> Any:
+        """Load the default checkpoint (at start-up, in the background)."""
+        title = self.selected_title()
+        if title is None:
+            self._set_status(ModelStatus("none", message=self.empty_message()))
+            return None
+        return self.select(title, wait=wait)
+
+    def _load(self, info: Any) -> Any:
+        self._set_status(ModelStatus("loading", title=info.title,
+                                     message=f"Loading {info.title}...", is_demo=_is_demo(info)))
+        try:
+            engine = self._engine()
+            loaded = engine.load(info)
+        except Exception as exc:
+            logger.exception("could not load %s", info.title)
+            self._set_status(ModelStatus("error", title=info.title, message=str(exc), is_demo=_is_demo(info)))
+            raise
+        info = getattr(loaded, "info", info)
+        self._options.update({"sd_model_checkpoint": info.title})
+        self._set_status(ModelStatus("ready", title=info.title, message=f"{info.title} is ready",
+                                     is_demo=_is_demo(info)))
+        if self._plugins is not None:
+            self._plugins.notify("on_model_loaded", model_info=info)
+        return info
+
+    def unload(self) -> None:
+        def _unload() -> None:
+            if self._engine.started:
+                self._engine().unload_all()
+            self._set_status(ModelStatus("idle", message="No model loaded (unloaded)."))
+
+        self._worker.submit(_unload, label="unload").wait()
+
+    def reload(self) -> Any:
+        title = self.selected_title()
+        if title is None:
+            raise LookupError(self.empty_message())
+        self.unload()
+        return self.select(title)
+
+    def runtime_description(self) -> dict[str, Any]:
+        """Device, precision and attention backend, once the engine exists."""
+        if not self._engine.started:
+            return {"state": "engine not started yet"}
+        return dict(self._engine().describe())
+
+
+def _is_demo(info: Any) -> bool:
+    return bool(getattr(info, "demo", False) or getattr(info, "is_demo", False))

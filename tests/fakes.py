@@ -1,0 +1,109 @@
+"""Test doubles shared by the service, API and UI tests.
+
+:class:`FakeEngine` stands in for the torch engine: each image is a flat colour derived from its seed
+and prompt (so tests can tell images apart and check seeds), it reports every step, honours
+interrupt and skip, and can be slowed down per step to test progress and concurrency.
+:func:`make_services` builds the real service container around it, in a temporary data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sdweb.config import DataPaths, LaunchSettings
+from sdweb.params import EngineRun, GeneratedImage, GenerationParams, JobControl, StepProgress
+
+
+def colour_for(seed: int, prompt: str) -> tuple[int, int, int]:
+    digest = hashlib.sha256(f"{seed}|{prompt}".encode()).digest()
+    return digest[0], digest[1], digest[2]
+
+
+@dataclass
+class FakeLoaded:
+    info: Any
+
+
+@dataclass
+class FakeEngine:
+    step_delay: float = 0.0
+    calls: list[GenerationParams] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    fail_with: Exception | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def load(self, info: Any) -> FakeLoaded:
+        self.loaded.append(info.title)
+        return FakeLoaded(info)
+
+    def unload_all(self) -> None:
+        self.loaded.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": "fake", "dtype": "float32", "attention": "none"}
+
+    def txt2img(self, params: GenerationParams, *, control: JobControl, on_step: Any,
+                preview_every: int) -> EngineRun:
+        with self.lock:
+            self.calls.append(params)
+        if self.fail_with is not None:
+            raise self.fail_with
+        images: list[GeneratedImage] = []
+        interrupted = False
+        for batch in range(params.n_iter):
+            for step in range(1, params.steps + 1):
+                if self.step_delay:
+                    time.sleep(self.step_delay)
+                preview = None
+                if preview_every and step % preview_every == 0:
+                    preview = Image.new("RGB", (8, 8), (128, 128, 128))
+                on_step(StepProgress(step=step, total_steps=params.steps, batch_index=batch,
+                                     batch_count=params.n_iter, preview=preview))
+                if control.stop_requested:
+                    break
+            if control.interrupted:
+                interrupted = True
+                break
+            if control.skipped:
+                control.clear_skip()
+                continue
+            for index in range(params.batch_size):
+                seed = params.seed + batch * params.batch_size + index
+                images.append(GeneratedImage(
+                    image=Image.new("RGB", (params.width, params.height), colour_for(seed, params.prompt)),
+                    seed=seed, subseed=params.subseed + batch * params.batch_size + index,
+                    prompt=params.prompt, negative_prompt=params.negative_prompt))
+        return EngineRun(images=images, model_name="fake-model", model_hash="0123456789",
+                         clip_skip=params.clip_skip or 1, interrupted=interrupted)
+
+
+def write_fake_checkpoint(folder: Path, name: str = "fake-model.safetensors") -> Path:
+    """A small safetensors file whose keys and shapes look like an SD1 checkpoint to the registry."""
+    from tests.fixtures.checkpoints import write_tiny_sd1
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_tiny_sd1(folder / name)
+
+
+def make_settings(root: Path, **overrides: Any) -> LaunchSettings:
+    return LaunchSettings(paths=DataPaths.from_root(root), **overrides)
+
+
+def make_services(root: Path, *, engine: FakeEngine | None = None, with_checkpoint: bool = True,
+                  **settings_overrides: Any) -> tuple[Any, FakeEngine]:
+    """The real service container in ``root`` with a :class:`FakeEngine`."""
+    from sdweb.services.factory import build_services
+
+    settings = make_settings(root, **settings_overrides)
+    if with_checkpoint:
+        write_fake_checkpoint(settings.paths.ckpt_dirs[0])
+    fake = engine or FakeEngine()
+    services = build_services(settings, engine_factory=lambda _services: fake)
+    return services, fake
