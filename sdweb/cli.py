@@ -1,0 +1,390 @@
+"""The command line and the server: parse A1111's flags, build the services, serve UI + API.
+
+This is the composition root's body (``webui.py`` only calls :func:`main`). It is the one module
+allowed to know every layer. Torch is not imported here: the page is served first, then the engine
+warms up in the background.
+
+Commands::
+
+    python webui.py [flags]                 start the server (UI; API with --api; API only with --nowebui)
+    python webui.py [flags] txt2img ...     generate from the command line, print the saved paths
+    python webui.py [flags] models          list the checkpoints found (also: --list-models)
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sdweb import __version__
+from sdweb.config import PROJECT_ROOT, DataPaths, LaunchSettings, parse_credentials
+from sdweb.params import GenerationParams, format_validation_error
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A bad flag or value: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webui.py", description="sdweb: a local Stable Diffusion web UI (A1111-compatible flags).")
+    add = parser.add_argument
+    add("--data-dir", type=Path, default=None, help="folder for models/, outputs/, extensions/, config")
+    add("--ckpt-dir", type=Path, default=None, help="extra folder with Stable Diffusion checkpoints")
+    add("--vae-dir", type=Path, default=None, help="folder with VAE files (default models/VAE)")
+    add("--lora-dir", type=Path, default=None, help="folder with LoRA files (default models/Lora)")
+    add("--embeddings-dir", type=Path, default=None, help="folder with textual inversion embeddings")
+    add("--ckpt", default=None, help="checkpoint to load at start (title, name or hash)")
+    add("--listen", action="store_true", help="serve on all interfaces (LAN); set --gradio-auth too")
+    add("--port", type=int, default=None, help="port (default 7860)")
+    add("--api", action="store_true", help="serve the A1111-compatible API at /sdapi/v1")
+    add("--nowebui", action="store_true", help="serve the API only (implies --api)")
+    add("--gradio-auth", default=None, help="require a login: user:pass[,user2:pass2]")
+    add("--gradio-auth-path", type=Path, default=None, help="file with user:pass lines")
+    add("--api-auth", default=None, help="HTTP Basic credentials for the API: user:pass[,...]")
+    add("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
+    add("--use-cpu", nargs="*", default=None, help="A1111 compatibility: --use-cpu all == --device cpu")
+    add("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    add("--no-half", action="store_true", help="run in fp32 (same as --precision fp32)")
+    add("--no-half-vae", action="store_true", help="keep the VAE in fp32")
+    add("--attention", choices=("auto", "sdpa", "xformers", "sliced"), default="auto")
+    add("--xformers", action="store_true", help="same as --attention xformers")
+    add("--opt-sdp-attention", action="store_true", help="same as --attention sdpa")
+    add("--opt-split-attention", action="store_true", help="same as --attention sliced")
+    add("--medvram", action="store_true", help="offload whole models to CPU between uses (low VRAM)")
+    add("--lowvram", action="store_true", help="offload layer by layer (very low VRAM, slow)")
+    add("--vae-tiling", action="store_true", help="decode large images in tiles")
+    add("--models-in-memory", type=int, default=1, help="checkpoints kept loaded in RAM (LRU)")
+    add("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    add("--disable-all-extensions", action="store_true")
+    add("--enable-insecure-extension-access", action="store_true",
+        help="allow installing extensions while --listen is on")
+    add("--skip-demo-model", action="store_true", help="do not offer the bundled demo model")
+    add("--list-models", action="store_true", help="print the checkpoints found and exit")
+    add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("models", help="list the checkpoints found")
+    t2i = sub.add_parser("txt2img", help="generate images without starting the server")
+    targ = t2i.add_argument
+    targ("--prompt", required=True)
+    targ("--negative-prompt", default="")
+    targ("--steps", type=int, default=20)
+    targ("--cfg-scale", type=float, default=7.0)
+    targ("--sampler", default="Euler a")
+    targ("--scheduler", default="Automatic")
+    targ("--seed", type=int, default=-1)
+    targ("--subseed", type=int, default=-1)
+    targ("--subseed-strength", type=float, default=0.0)
+    targ("--width", type=int, default=512)
+    targ("--height", type=int, default=512)
+    targ("--batch-size", type=int, default=1)
+    targ("--n-iter", type=int, default=1)
+    targ("--clip-skip", type=int, default=None)
+    targ("--style", action="append", default=[], dest="styles")
+    targ("--ckpt", dest="t2i_ckpt", default=None, help="checkpoint for this run")
+    targ("--vae", default=None)
+    targ("--rng", choices=("CPU", "GPU"), default=None)
+    targ("--no-save", action="store_true", help="do not write images (only useful with --json)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
+    """Turn parsed flags into frozen :class:`LaunchSettings`; raise UsageError for bad values."""
+    root = (args.data_dir or PROJECT_ROOT).expanduser()
+    paths = DataPaths.from_root(root, ckpt_dir=args.ckpt_dir, vae_dir=args.vae_dir,
+                                lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)
+    try:
+        gradio_auth: tuple[tuple[str, str], ...] = ()
+        if args.gradio_auth:
+            gradio_auth += parse_credentials(args.gradio_auth)
+        if args.gradio_auth_path:
+            try:
+                gradio_auth += parse_credentials(args.gradio_auth_path.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise UsageError(f"--gradio-auth-path: cannot read {args.gradio_auth_path}: {exc}") from exc
+        api_auth = parse_credentials(args.api_auth) if args.api_auth else ()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+    attention = args.attention
+    if args.xformers:
+        attention = "xformers"
+    elif args.opt_sdp_attention:
+        attention = "sdpa"
+    elif args.opt_split_attention:
+        attention = "sliced"
+    precision = "fp32" if args.no_half else args.precision
+    device = "cpu" if args.use_cpu is not None and ("all" in args.use_cpu or not args.use_cpu) else args.device
+    offload = "sequential" if args.lowvram else "model" if args.medvram else "none"
+    port = args.port if args.port is not None else 7860
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    if args.models_in_memory < 1:
+        raise UsageError("--models-in-memory must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    return LaunchSettings(
+        paths=paths,
+        listen=args.listen,
+        host="0.0.0.0" if args.listen else "127.0.0.1",  # noqa: S104 - only with --listen (LAN)
+        port=port,
+        api=args.api or args.nowebui,
+        nowebui=args.nowebui,
+        gradio_auth=gradio_auth,
+        api_auth=api_auth,
+        device=device,
+        precision=precision,
+        no_half_vae=args.no_half_vae,
+        attention=attention,
+        offload=offload,
+        vae_tiling=args.vae_tiling,
+        models_in_memory=args.models_in_memory,
+        threads=args.threads,
+        disable_all_extensions=args.disable_all_extensions,
+        enable_insecure_extension_access=args.enable_insecure_extension_access,
+        ckpt=args.ckpt,
+        skip_demo_model=args.skip_demo_model,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------------
+
+
+def create_app(services: Any, *, api: bool | None = None, webui: bool | None = None) -> Any:
+    """One FastAPI app: the Gradio UI at ``/`` and (with --api) the A1111 API at ``/sdapi/v1``."""
+    from fastapi import FastAPI
+
+    from sdweb.api.errors import install_error_handlers
+    from sdweb.api.router import make_router
+
+    settings: LaunchSettings = services.settings
+    api = settings.api if api is None else api
+    webui = (not settings.nowebui) if webui is None else webui
+    app = FastAPI(title="sdweb", version=__version__, docs_url="/docs", redoc_url=None)
+    install_error_handlers(app)
+    if api:
+        app.include_router(make_router(services), prefix="/sdapi/v1")
+        for _name, routers in services.plugins.collect("register_api_routes", services=services):
+            for router in routers or ():
+                app.include_router(router, prefix="/sdapi/v1/ext")
+    if webui:
+        import gradio as gr
+
+        from sdweb.ui.app import build_ui, mount_kwargs
+
+        blocks = build_ui(services)
+        auth = list(settings.gradio_auth) or None
+        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **mount_kwargs(services))
+    services.plugins.notify("on_app_started", app=app, services=services)
+    return app
+
+
+def lan_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses, to print for --listen (no packet is sent)."""
+    found: set[str] = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            found.add(str(info[4][0]))
+    except OSError:
+        pass
+    return sorted(address for address in found if not address.startswith("127."))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise UsageError with a clear message when the port is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise UsageError(
+                    f"port {port} on {host} is already in use (another web UI running?); "
+                    f"stop it or choose another port with --port") from exc
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def serve(settings: LaunchSettings) -> int:
+    """Build everything, serve until Ctrl+C, restart in place when the Extensions tab asks."""
+    import uvicorn
+
+    from sdweb.services.factory import build_services
+
+    check_port_free(settings.host, settings.port)
+    restart_requested = threading.Event()
+    server_holder: list[uvicorn.Server] = []
+
+    def restart() -> None:
+        restart_requested.set()
+        if server_holder:
+            server_holder[0].should_exit = True
+
+    started = time.perf_counter()
+    services = build_services(settings, restart=restart)
+    app = create_app(services)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    server_holder.append(server)
+
+    def announce_and_warm_up() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            time.sleep(0.05)
+        _announce(settings, time.perf_counter() - started)
+        if settings.ckpt:
+            try:
+                services.models.select(settings.ckpt)
+            except Exception as exc:  # shown in the page's model status too
+                logger.error("could not load --ckpt %s: %s", settings.ckpt, exc)
+            return
+        try:
+            services.models.load_selected(wait=True)
+        except Exception as exc:
+            logger.error("the model could not be loaded: %s", exc)
+
+    threading.Thread(target=announce_and_warm_up, name="sdweb-warmup", daemon=True).start()
+    server.run()
+    services.worker.close(timeout=2)
+    if restart_requested.is_set():
+        print("Restarting sdweb...", flush=True)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    return 0
+
+
+def _announce(settings: LaunchSettings, seconds: float) -> None:
+    where = "127.0.0.1" if settings.host in ("127.0.0.1", "localhost") else settings.host
+    print(f"sdweb {__version__} is up in {seconds:.1f} s", flush=True)
+    if not settings.nowebui:
+        print(f"Running on local URL:  http://{'127.0.0.1' if settings.listen else where}:{settings.port}",
+              flush=True)
+    if settings.api:
+        print(f"API: http://127.0.0.1:{settings.port}/sdapi/v1  (docs at /docs)", flush=True)
+    if settings.listen:
+        for address in lan_addresses():
+            print(f"On your LAN, open:    http://{address}:{settings.port}", flush=True)
+        if not settings.gradio_auth:
+            print("WARNING: --listen without --gradio-auth: anyone on your network can use this UI and "
+                  "see your images. Add --gradio-auth user:password.", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands without the server
+# ---------------------------------------------------------------------------------------------
+
+
+def list_models(settings: LaunchSettings) -> int:
+    from sdweb.engine.models.hashes import HashCache
+    from sdweb.engine.models.registry import CheckpointRegistry
+
+    registry = CheckpointRegistry(settings.paths.ckpt_dirs, HashCache(settings.paths.cache_dir / "hashes.json"))
+    found = registry.refresh()
+    if not found:
+        print(f"No checkpoints found. Put .safetensors files in {settings.paths.ckpt_dirs[0]}")
+        return 0
+    for info in found:
+        info = registry.ensure_hash(info)
+        family = info.family or (f"unsupported: {info.detect_error}" if info.detect_error else "unknown")
+        print(f"{info.title}\t{family}\t{info.size / 2**30:.2f} GiB\t{info.shorthash or '-'}")
+    return 0
+
+
+def txt2img_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
+    from sdweb.services.factory import build_services
+
+    try:
+        params = GenerationParams(
+            prompt=args.prompt, negative_prompt=args.negative_prompt, styles=tuple(args.styles),
+            steps=args.steps, cfg_scale=args.cfg_scale, sampler_name=args.sampler, scheduler=args.scheduler,
+            seed=args.seed, subseed=args.subseed, subseed_strength=args.subseed_strength, width=args.width,
+            height=args.height, batch_size=args.batch_size, n_iter=args.n_iter, clip_skip=args.clip_skip,
+            checkpoint=args.t2i_ckpt or settings.ckpt, vae=args.vae, rng=args.rng,
+        )
+    except ValidationError as exc:
+        raise UsageError(format_validation_error(exc)) from exc
+    services = build_services(settings)
+    from sdweb.services.generation import GenerationError
+
+    try:
+        job = services.generation.submit(params, save=not args.no_save, source="cli")
+        _follow(services, job)
+        result = job.wait()
+    except GenerationError as exc:
+        raise UsageError(exc.message) from exc
+    finally:
+        services.worker.close(timeout=1)
+    for path in result.paths:
+        print(path)
+    if result.grid_path:
+        print(result.grid_path)
+    if result.interrupted:
+        print("interrupted", file=sys.stderr)
+    return 0
+
+
+def _follow(services: Any, job: Any) -> None:
+    """A terminal progress bar on stderr while the job runs."""
+    width = 30
+    interactive = sys.stderr.isatty()
+    last = ""
+    while not job.finished and not (job.task is not None and job.task.done):
+        progress = services.generation.progress(job)
+        if progress.state == "queued":
+            line = "waiting for the model..."
+        else:
+            done = int(progress.fraction * width)
+            eta = progress.eta_seconds
+            line = (f"[{'#' * done}{'.' * (width - done)}] batch {progress.job_no + 1}/{progress.job_count} "
+                    f"step {progress.sampling_step}/{progress.sampling_steps}"
+                    + (f" ETA {eta:.0f}s" if eta is not None else ""))
+        if line != last:
+            print(("\r" if interactive else "") + line, end="" if interactive else "\n", file=sys.stderr,
+                  flush=True)
+            last = line
+        time.sleep(0.2)
+    if interactive:
+        print(file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (README: Performance)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+        if args.list_models or args.command == "models":
+            return list_models(settings)
+        if args.command == "txt2img":
+            return txt2img_command(settings, args)
+        return serve(settings)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
