@@ -133,7 +133,8 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
     elif args.opt_split_attention:
         attention = "sliced"
     precision = "fp32" if args.no_half else args.precision
-    device = "cpu" if args.use_cpu is not None and ("all" in args.use_cpu or not args.use_cpu) else args.device
+    cpu_forced = args.use_cpu is not None and ("all" in args.use_cpu or not args.use_cpu)
+    device = "cpu" if cpu_forced else args.device
     offload = "sequential" if args.lowvram else "model" if args.medvram else "none"
     port = args.port if args.port is not None else 7860
     if not 1 <= port <= 65535:
@@ -298,7 +299,8 @@ def list_models(settings: LaunchSettings) -> int:
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.registry import CheckpointRegistry
 
-    registry = CheckpointRegistry(settings.paths.ckpt_dirs, HashCache(settings.paths.cache_dir / "hashes.json"))
+    hash_cache = HashCache(settings.paths.cache_dir / "hashes.json")
+    registry = CheckpointRegistry(settings.paths.ckpt_dirs, hash_cache)
     found = registry.refresh()
     if not found:
         print(f"No checkpoints found. Put .safetensors files in {settings.paths.ckpt_dirs[0]}")
