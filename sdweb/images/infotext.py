@@ -1,0 +1,387 @@
+"""A1111 generation metadata ("infotext"): write it, parse it, and map it back to a request.
+
+This module owns the text format described in ``shared/reference/a1111-infotext.md``:
+
+* :func:`build_infotext` writes the exact layout A1111 writes (prompt lines, ``Negative prompt:``
+  line, one ``key: value, ...`` line in A1111's key order, ``Version`` last).
+* :func:`parse_infotext` reads any A1111/Forge/Civitai infotext with A1111's own rules, returning
+  the same ``{key: str}`` dictionary A1111's paste code works from.
+* :func:`infotext_to_params` turns that dictionary into a :class:`GenerationParams` plus the keys it
+  does not map (model hash and name, LoRA hashes, hires settings, ...).
+
+Pure Python: no torch, no Pillow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from sdweb.params import GenerationParams, format_validation_error
+
+logger = logging.getLogger(__name__)
+
+#: A1111's pattern for one ``key: value`` pair of the parameter line. A value is either a JSON string
+#: (which may hold commas) or anything up to the next comma.
+PARAM_PAIR_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+#: ``512x768`` values are split into ``Key-1`` / ``Key-2`` when parsing.
+IMAGE_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+
+NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
+
+#: Every parameter key A1111's ``create_infotext`` writes before the feature/extension keys, in its
+#: order. A key given in ``extra`` that is one of these keeps this position (A1111 builds one dict
+#: literal with these keys and then updates it with the extra parameters), so real A1111 strings
+#: rebuild in their own order.
+A1111_BASE_KEYS: tuple[str, ...] = (
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Image CFG scale",
+    "Seed",
+    "Face restoration",
+    "Size",
+    "Model hash",
+    "Model",
+    "FP8 weight",
+    "Cache FP16 weight for LoRA",
+    "VAE hash",
+    "VAE",
+    "Variation seed",
+    "Variation seed strength",
+    "Seed resize from",
+    "Denoising strength",
+    "Conditional mask weight",
+    "Clip skip",
+    "ENSD",
+    "Token merging ratio",
+    "Token merging ratio hr",
+    "Init image hash",
+    "RNG",
+    "Tiling",
+)
+
+#: Defaults A1111 assumes for keys an infotext leaves out.
+PARSE_DEFAULTS: Mapping[str, str] = {"Clip skip": "1", "RNG": "GPU", "Schedule type": "Automatic"}
+
+#: Schedule types that old infotexts (before A1111 1.9) folded into the sampler name
+#: ("DPM++ 2M Karras"). Longest first so "SGM Uniform" wins over "Uniform".
+_SAMPLER_NAME_SCHEDULE_SUFFIXES: tuple[str, ...] = (
+    "Polyexponential",
+    "SGM Uniform",
+    "Exponential",
+    "KL Optimal",
+    "Karras",
+    "Uniform",
+    "Simple",
+    "Normal",
+    "Beta",
+)
+
+#: Infotext keys :func:`infotext_to_params` turns into ``GenerationParams`` fields.
+_MAPPED_KEYS = frozenset(
+    {
+        "Prompt",
+        "Negative prompt",
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Seed",
+        "Size-1",
+        "Size-2",
+        "Variation seed",
+        "Variation seed strength",
+        "Seed resize from-1",
+        "Seed resize from-2",
+        "Clip skip",
+        "Tiling",
+    }
+)
+
+
+class InfotextError(ValueError):
+    """An infotext value that cannot become a request field (names the key and the value)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """One value as text: whole floats without ``.0`` (``CFG scale: 7``), others as ``str()``."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def quote_value(text: str) -> str:
+    """A1111's quoting: a JSON string only when the value holds ``,``, ``:`` or a newline."""
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def build_infotext(
+    params: GenerationParams,
+    *,
+    seed: int,
+    subseed: int | None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    model_name: str | None,
+    model_hash: str | None,
+    vae_name: str | None = None,
+    vae_hash: str | None = None,
+    clip_skip: int = 1,
+    rng: str = "CPU",
+    extra: Mapping[str, Any] | None = None,
+    version: str,
+) -> str:
+    """The infotext of one image, byte for byte as A1111 writes it.
+
+    Args:
+        params: the request; its sampler, schedule type, steps, CFG, size, variation and
+            seed-resize fields are written.
+        seed: the image's concrete seed (``params.seed`` may be -1).
+        subseed: the image's concrete variation seed; written only when
+            ``params.subseed_strength > 0``.
+        prompt: the image's prompt when it differs from ``params.prompt`` (styles applied,
+            per-image wildcards); None means ``params.prompt``.
+        negative_prompt: likewise for the negative prompt.
+        model_name: checkpoint name without extension (``v1-5-pruned-emaonly``).
+        model_hash: short sha256 of the checkpoint (10 hex).
+        vae_name: VAE file name when a separate VAE was used.
+        vae_hash: its short hash.
+        clip_skip: the effective CLIP skip; written only when > 1.
+        rng: the effective noise source; written only when it is not ``"GPU"``.
+        extra: further pairs in their order (``Hires upscale``, ``Lora hashes``, ...). None values
+            are left out; a key that A1111 writes at a fixed place (``Denoising strength``,
+            ``ENSD``, ...) is written at that place.
+        version: the program version (``sdweb.__version__``); written last.
+    """
+    prompt_text = params.prompt if prompt is None else prompt
+    negative_text = params.negative_prompt if negative_prompt is None else negative_prompt
+    varies = params.subseed_strength > 0
+    resized = params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0
+
+    # A dict keeps the position of a key when it is updated: extras that name a base key land at the
+    # base key's place, as in A1111.
+    pairs: dict[str, Any] = dict.fromkeys(A1111_BASE_KEYS)
+    pairs.update(
+        {
+            "Steps": params.steps,
+            "Sampler": params.sampler_name,
+            "Schedule type": params.scheduler,
+            "CFG scale": params.cfg_scale,
+            "Seed": seed,
+            "Size": f"{params.width}x{params.height}",
+            "Model hash": model_hash,
+            "Model": model_name,
+            "VAE hash": vae_hash,
+            "VAE": vae_name,
+            "Variation seed": subseed if varies else None,
+            "Variation seed strength": params.subseed_strength if varies else None,
+            "Seed resize from": (
+                f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None
+            ),
+            "Clip skip": clip_skip if clip_skip > 1 else None,
+            "RNG": rng if rng != "GPU" else None,
+            "Tiling": "True" if params.tiling else None,
+        }
+    )
+    for key, value in (extra or {}).items():
+        if key != "Version":
+            pairs[key] = value
+    pairs["Version"] = version
+
+    rendered = []
+    for key, value in pairs.items():
+        if value is None:
+            continue
+        text = format_value(value)
+        # A1111 writes a bare flag when the value equals its key.
+        rendered.append(key if text == key else f"{key}: {quote_value(text)}")
+    negative_line = f"\n{NEGATIVE_PROMPT_PREFIX} {negative_text}" if negative_text else ""
+    return f"{prompt_text}{negative_line}\n{', '.join(rendered)}".strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def _unquote(value: str) -> str:
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, str) else value
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """Parse an infotext with A1111's rules into ``{"Prompt": ..., "Negative prompt": ..., key: str}``.
+
+    * The last line holds the parameters only when at least 3 ``key: value`` pairs match on it;
+      otherwise it is part of the prompt.
+    * Lines before the first one starting with ``Negative prompt:`` are the prompt (each line
+      stripped, joined by newlines); that line, without the prefix, and all after it are the
+      negative prompt.
+    * Quoted values are JSON-decoded; ``WxH`` values become ``Key-1`` and ``Key-2``.
+    * Left-out keys get A1111's defaults: ``Clip skip`` 1, ``RNG`` GPU, ``Schedule type`` Automatic.
+
+    Values stay strings, as A1111 keeps them; :func:`infotext_to_params` converts them.
+    """
+    *lines, last_line = text.strip().split("\n")
+    if len(PARAM_PAIR_RE.findall(last_line)) < 3:
+        lines.append(last_line)
+        last_line = ""
+
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for raw_line in lines:
+        line = raw_line.strip()
+        if line.startswith(NEGATIVE_PROMPT_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PROMPT_PREFIX) :].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+
+    result: dict[str, Any] = {
+        "Prompt": "\n".join(prompt_lines),
+        "Negative prompt": "\n".join(negative_lines),
+    }
+    for key, raw_value in PARAM_PAIR_RE.findall(last_line):
+        if not raw_value:
+            # A1111 drops a key with an empty value (its parser fails on it and moves on).
+            logger.debug("infotext key %r has an empty value; left out", key)
+            continue
+        value = _unquote(raw_value)
+        size = IMAGE_SIZE_RE.match(value)
+        if size is not None:
+            result[f"{key}-1"] = size.group(1)
+            result[f"{key}-2"] = size.group(2)
+        else:
+            result[key] = value
+    for key, default in PARSE_DEFAULTS.items():
+        result.setdefault(key, default)
+    return result
+
+
+def split_sampler_name(sampler: str, schedule: str | None) -> tuple[str, str]:
+    """Split an old-style sampler name that carries its schedule ("DPM++ 2M Karras").
+
+    Only when the schedule type is missing or "Automatic": an explicit ``Schedule type`` wins, and a
+    name without a known suffix is returned as it is.
+    """
+    schedule = schedule or "Automatic"
+    if schedule != "Automatic":
+        return sampler, schedule
+    for suffix in _SAMPLER_NAME_SCHEDULE_SUFFIXES:
+        head = sampler[: -len(suffix) - 1]
+        if sampler.endswith(" " + suffix) and head.strip():
+            return head, suffix
+    return sampler, schedule
+
+
+def _to_int(parsed: Mapping[str, Any], key: str) -> int:
+    value = parsed[key]
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise InfotextError(f"infotext {key!r}: expected a whole number, got {value!r}") from None
+
+
+def _to_float(parsed: Mapping[str, Any], key: str) -> float:
+    value = parsed[key]
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise InfotextError(f"infotext {key!r}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InfotextError(f"infotext {key!r}: expected a finite number, got {value!r}")
+    return number
+
+
+def _rejoin_sizes(parsed: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Give back ``Key: WxH`` for ``Key-1``/``Key-2`` pairs, so the extras read as the infotext did."""
+    extras: dict[str, Any] = {}
+    for key in keys:
+        if key.endswith("-1") and f"{key[:-2]}-2" in parsed:
+            extras[key[:-2]] = f"{parsed[key]}x{parsed[key[:-2] + '-2']}"
+        elif key.endswith("-2") and f"{key[:-2]}-1" in parsed:
+            continue
+        else:
+            extras[key] = parsed[key]
+    return extras
+
+
+def infotext_to_params(parsed: Mapping[str, Any]) -> tuple[GenerationParams, dict[str, Any]]:
+    """Map a :func:`parse_infotext` result onto a request, plus the keys that are not request fields.
+
+    Mapped: Prompt, Negative prompt, Steps, Sampler, Schedule type (an old "DPM++ 2M Karras" sampler
+    name is split), CFG scale, Seed, Size, Variation seed and strength, Seed resize from, Clip skip,
+    RNG (CPU or GPU), Tiling. ``checkpoint`` stays None: the checkpoint is chosen by the caller from
+    ``Model hash`` / ``Model``, which come back in the second dict with every other unmapped key
+    (VAE, Version, Hires ..., Lora hashes, ...) in the infotext's order; ``WxH`` pairs there are
+    joined back (``"Hires resize": "1024x1024"``).
+
+    Raises:
+        InfotextError: a value is not a number where one is needed, or is outside what a request
+            allows (the message names the field and the range; nothing is corrected).
+    """
+    fields: dict[str, Any] = {
+        "prompt": str(parsed.get("Prompt", "")),
+        "negative_prompt": str(parsed.get("Negative prompt", "")),
+    }
+    if "Steps" in parsed:
+        fields["steps"] = _to_int(parsed, "Steps")
+    schedule = str(parsed["Schedule type"]) if "Schedule type" in parsed else None
+    if "Sampler" in parsed:
+        fields["sampler_name"], schedule = split_sampler_name(str(parsed["Sampler"]), schedule)
+    if schedule is not None:
+        fields["scheduler"] = schedule
+    if "CFG scale" in parsed:
+        fields["cfg_scale"] = _to_float(parsed, "CFG scale")
+    if "Seed" in parsed:
+        fields["seed"] = _to_int(parsed, "Seed")
+    if "Size-1" in parsed and "Size-2" in parsed:
+        fields["width"] = _to_int(parsed, "Size-1")
+        fields["height"] = _to_int(parsed, "Size-2")
+    if "Variation seed" in parsed:
+        fields["subseed"] = _to_int(parsed, "Variation seed")
+    if "Variation seed strength" in parsed:
+        fields["subseed_strength"] = _to_float(parsed, "Variation seed strength")
+    if "Seed resize from-1" in parsed and "Seed resize from-2" in parsed:
+        fields["seed_resize_from_w"] = _to_int(parsed, "Seed resize from-1")
+        fields["seed_resize_from_h"] = _to_int(parsed, "Seed resize from-2")
+    if "Clip skip" in parsed:
+        fields["clip_skip"] = _to_int(parsed, "Clip skip")
+    if "Tiling" in parsed:
+        fields["tiling"] = str(parsed["Tiling"]).strip().lower() == "true"
+
+    mapped = set(_MAPPED_KEYS)
+    rng = str(parsed.get("RNG", "GPU"))
+    if rng in ("CPU", "GPU"):
+        fields["rng"] = rng
+        mapped.add("RNG")
+    # Any other RNG ("NV") is not something a request can ask for: it stays in the extras, visible.
+    unmapped = [key for key in parsed if key not in mapped]
+
+    try:
+        params = GenerationParams(**fields)
+    except ValidationError as error:
+        raise InfotextError(f"infotext does not fit a request: {format_validation_error(error)}") from None
+    return params, _rejoin_sizes(parsed, unmapped)

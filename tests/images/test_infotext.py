@@ -1,0 +1,364 @@
+"""Infotext: A1111's exact layout when writing, A1111's rules when reading, and the way back to a request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sdweb.images.infotext import (
+    InfotextError,
+    build_infotext,
+    infotext_to_params,
+    parse_infotext,
+    split_sampler_name,
+)
+from sdweb.params import GenerationParams
+
+# Real infotexts, as A1111 / Forge wrote them (gathered from public posts and A1111's sources).
+# v1.9.4, LCM LoRA + textual inversions, separate VAE, Clip skip 2.
+A1111_V194 = (
+    "1girl,A superstar on stage.,, <lora:LCM_15:1>, <lora:ip-adapter-faceid-plusv2_sd15_lora:1>\n"
+    "Negative prompt: MajicNegative_V2,badhandv4,\n"
+    "Steps: 6, Sampler: LCM, Schedule type: Automatic, CFG scale: 1.5, Seed: 3748719078, "
+    "Size: 768x1024, Model hash: 19bbe9faa4, Model: fantasticmix_k2, VAE hash: 07af11b95c, "
+    "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Clip skip: 2, "
+    'Lora hashes: "LCM_15: aaebf6360f7d, ip-adapter-faceid-plusv2_sd15_lora: a95a0f4bdcb9", '
+    'TI hashes: "MajicNegative_V2: a53884ef726b, badhandv4: 5e40d722fc3d", '
+    "Downcast alphas_cumprod: True, Version: v1.9.4"
+)
+# Early 2023 (before "Schedule type" and "Version"): old sampler name with the schedule in it, hires fix.
+A1111_FEB_2023 = (
+    "(masterpiece, sidelighting, finely detailed beautiful eyes: 1.2), masterpiece*portrait, realistic, "
+    "3d face, glowing eyes, shiny hair, lustrous skin, solo, embarassed\n"
+    "Negative prompt: (worst quality, low quality:1.4), watermark, logo,\n"
+    "Steps: 32, Sampler: DPM++ SDE Karras, CFG scale: 9, Seed: 3624413002, Size: 512x768, "
+    "Model hash: aad629159b, Model: __Custom_FaceBombMix-fp16-no-ema, Denoising strength: 0.5, "
+    "Clip skip: 2, ENSD: 31337, Hires upscale: 2, Hires steps: 14, Hires upscaler: R-ESRGAN 4x+ Anime6B"
+)
+# v1.5.1 as posted on Civitai (seed removed by the poster), 960x540 first pass.
+A1111_V151_TAIL = (
+    "Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 5, Size: 960x540, Model hash: e3edb8a26f, "
+    "Model: GhostMix-V2.0-fp16-BakedVAE, Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, "
+    "Hires steps: 20, Hires upscaler: R-ESRGAN 4x+ Anime6B, "
+    'Lora hashes: "zyd232_InkStyle_v1_0: 96718d4b1924, jinx: faecb6cfeccd", '
+    'TI hashes: "EasyNegative: c74b4e810b03, ng_deepnegative_v1_75t: 54e7e4826d53", Version: v1.5.1'
+)
+# The example in A1111's parse_generation_parameters docstring (legacy 8-hex model hash).
+A1111_DOCSTRING = (
+    "girl with an artist's beret, determined, blue eyes, desert scene, computer monitors, heavy makeup, "
+    "by Alphonse Mucha and Charlie Bowater, ((eyeshadow)), (coquettish), detailed, intricate\n"
+    "Negative prompt: ugly, fat, obese, chubby, (((deformed))), [blurry], bad anatomy, disfigured, "
+    "poorly drawn face, mutation, mutated, (extra_limb), (ugly), (poorly drawn hands), messy drawing\n"
+    "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 965400086, Size: 512x512, Model hash: 45dee52b"
+)
+# The reference file's example, with a real version string.
+REFERENCE_EXAMPLE = (
+    "a photo of a cat\n"
+    "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 12345, Size: 512x768, "
+    "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1"
+)
+
+
+def rebuild(text: str) -> str:
+    """parse -> request + extras -> build, as "send to txt2img" then generate would write it."""
+    params, extras = infotext_to_params(parse_infotext(text))
+    model_name = extras.pop("Model", None)
+    model_hash = extras.pop("Model hash", None)
+    vae_name = extras.pop("VAE", None)
+    vae_hash = extras.pop("VAE hash", None)
+    version = extras.pop("Version", None)
+    return build_infotext(
+        params,
+        seed=params.seed,
+        subseed=params.subseed,
+        model_name=model_name,
+        model_hash=model_hash,
+        vae_name=vae_name,
+        vae_hash=vae_hash,
+        clip_skip=params.clip_skip or 1,
+        rng=params.rng or "GPU",
+        extra=extras,
+        version=version,  # type: ignore[arg-type]
+    )
+
+
+def build(params: GenerationParams, **overrides: Any) -> str:
+    kwargs: dict[str, Any] = {
+        "seed": params.seed,
+        "subseed": params.subseed,
+        "model_name": "v1-5-pruned-emaonly",
+        "model_hash": "6ce0161689",
+        "version": "0.1.0",
+    }
+    kwargs.update(overrides)
+    return build_infotext(params, **kwargs)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def test_build_writes_a1111_layout_and_key_order() -> None:
+    params = GenerationParams(
+        prompt="a photo of a cat",
+        negative_prompt="blurry",
+        steps=20,
+        sampler_name="Euler a",
+        scheduler="Automatic",
+        cfg_scale=7,
+        seed=12345,
+        width=512,
+        height=768,
+    )
+    text = build(params, rng="GPU", version="v1.10.1")
+    assert text == (
+        "a photo of a cat\n"
+        "Negative prompt: blurry\n"
+        "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 12345, Size: 512x768, "
+        "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1"
+    )
+
+
+def test_build_optional_keys_appear_only_when_they_apply_in_a1111_order() -> None:
+    params = GenerationParams(
+        prompt="p",
+        seed=1,
+        subseed=99,
+        subseed_strength=0.25,
+        seed_resize_from_w=640,
+        seed_resize_from_h=448,
+        cfg_scale=7.5,
+        tiling=True,
+    )
+    text = build(
+        params,
+        vae_name="vae-ft-mse-840000-ema-pruned.safetensors",
+        vae_hash="735e4c3a44",
+        clip_skip=2,
+        rng="CPU",
+        extra={"Lora hashes": "add_detail: 7c6bad76eb54", "Denoising strength": 0.4, "Emphasis": None},
+    )
+    assert text.splitlines()[-1] == (
+        "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 1, Size: 512x512, "
+        "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, VAE hash: 735e4c3a44, "
+        "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Variation seed: 99, Variation seed strength: 0.25, "
+        "Seed resize from: 640x448, Denoising strength: 0.4, Clip skip: 2, RNG: CPU, Tiling: True, "
+        'Lora hashes: "add_detail: 7c6bad76eb54", Version: 0.1.0'
+    )
+
+
+def test_build_leaves_out_defaults_and_none() -> None:
+    params = GenerationParams(prompt="p", seed=5, subseed=77, subseed_strength=0.0)
+    text = build(params, model_name=None, model_hash=None, clip_skip=1, rng="GPU")
+    assert text == "p\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 5, " \
+        "Size: 512x512, Version: 0.1.0"
+    for absent in ("Variation seed", "Clip skip", "RNG", "Model", "Negative prompt", "Seed resize from"):
+        assert absent not in text
+
+
+def test_build_quotes_only_values_with_comma_colon_or_newline() -> None:
+    params = GenerationParams(prompt="p", seed=1)
+    text = build(
+        params,
+        extra={
+            "Plain": "R-ESRGAN 4x+ Anime6B",
+            "Comma": "a, b",
+            "Colon": "name: 0123",
+            "Newline": "line1\nline2",
+            "Quote": 'say "hi"',
+            "Unicode": "日本, 語",
+        },
+    )
+    last = text.splitlines()[-1]
+    assert "Plain: R-ESRGAN 4x+ Anime6B," in last
+    assert 'Comma: "a, b"' in last
+    assert 'Colon: "name: 0123"' in last
+    assert 'Newline: "line1\\nline2"' in last
+    assert 'Quote: say "hi"' in last
+    assert 'Unicode: "日本, 語"' in last  # ensure_ascii=False, as A1111
+    assert text.count("\n") == 1  # the newline inside a value never breaks the parameter line
+
+
+def test_build_uses_per_image_prompt_and_seed() -> None:
+    params = GenerationParams(prompt="template", negative_prompt="neg", seed=-1)
+    text = build(params, seed=4242, prompt="styled prompt", negative_prompt="styled neg")
+    assert text.startswith("styled prompt\nNegative prompt: styled neg\n")
+    assert "Seed: 4242," in text
+
+
+def test_build_multiline_prompt_and_empty_prompt() -> None:
+    params = GenerationParams(prompt="line one\nline two", negative_prompt="neg one\nneg two", seed=3)
+    text = build(params)
+    assert text.startswith("line one\nline two\nNegative prompt: neg one\nneg two\nSteps: 20,")
+    empty = build(GenerationParams(prompt="", negative_prompt="", seed=3))
+    assert empty.startswith("Steps: 20, ")
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def test_parse_real_a1111_v194() -> None:
+    parsed = parse_infotext(A1111_V194)
+    assert parsed["Prompt"] == "1girl,A superstar on stage.,, <lora:LCM_15:1>, " \
+        "<lora:ip-adapter-faceid-plusv2_sd15_lora:1>"
+    assert parsed["Negative prompt"] == "MajicNegative_V2,badhandv4,"
+    assert parsed["Steps"] == "6"
+    assert parsed["Sampler"] == "LCM"
+    assert parsed["CFG scale"] == "1.5"
+    assert parsed["Seed"] == "3748719078"
+    assert (parsed["Size-1"], parsed["Size-2"]) == ("768", "1024")
+    assert parsed["Lora hashes"] == "LCM_15: aaebf6360f7d, ip-adapter-faceid-plusv2_sd15_lora: a95a0f4bdcb9"
+    assert parsed["TI hashes"] == "MajicNegative_V2: a53884ef726b, badhandv4: 5e40d722fc3d"
+    assert parsed["Clip skip"] == "2"
+    assert parsed["RNG"] == "GPU"  # default: not written means GPU
+    assert parsed["Version"] == "v1.9.4"
+
+
+def test_parse_applies_defaults_for_missing_keys() -> None:
+    parsed = parse_infotext(A1111_DOCSTRING)
+    assert parsed["Clip skip"] == "1"
+    assert parsed["RNG"] == "GPU"
+    assert parsed["Schedule type"] == "Automatic"
+    assert parsed["Model hash"] == "45dee52b"
+    assert parsed["Negative prompt"].startswith("ugly, fat, obese")
+
+
+def test_parse_last_line_with_fewer_than_three_pairs_is_prompt() -> None:
+    parsed = parse_infotext("a castle\nstyle: gothic, mood: dark")
+    assert parsed["Prompt"] == "a castle\nstyle: gothic, mood: dark"
+    assert "style" not in parsed and "Steps" not in parsed
+
+
+def test_parse_multiline_prompt_and_negative() -> None:
+    text = (
+        "first line\n  second line  \nNegative prompt: bad one\nbad two\n"
+        "Steps: 10, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64"
+    )
+    parsed = parse_infotext(text)
+    assert parsed["Prompt"] == "first line\nsecond line"  # lines stripped, as A1111
+    assert parsed["Negative prompt"] == "bad one\nbad two"
+
+
+def test_parse_quoted_values_are_json_decoded() -> None:
+    text = 'p\nSteps: 10, Sampler: Euler, CFG scale: 5, Note: "a \\"quoted\\", value\\nnext", Other: x'
+    parsed = parse_infotext(text)
+    assert parsed["Note"] == 'a "quoted", value\nnext'
+    assert parsed["Other"] == "x"
+
+
+def test_parse_splits_every_wxh_value() -> None:
+    parsed = parse_infotext(A1111_V194.replace("Clip skip: 2", "Seed resize from: 640x448, Clip skip: 2"))
+    assert (parsed["Seed resize from-1"], parsed["Seed resize from-2"]) == ("640", "448")
+
+
+def test_parse_params_only_text() -> None:
+    parsed = parse_infotext(A1111_V151_TAIL)
+    assert parsed["Prompt"] == "" and parsed["Negative prompt"] == ""
+    assert parsed["Hires upscaler"] == "R-ESRGAN 4x+ Anime6B"
+
+
+# --- back to a request -------------------------------------------------------------------------
+
+
+def test_infotext_to_params_maps_fields_and_returns_the_rest() -> None:
+    params, extras = infotext_to_params(parse_infotext(A1111_V194))
+    assert params.prompt.startswith("1girl,A superstar")
+    assert params.negative_prompt == "MajicNegative_V2,badhandv4,"
+    assert (params.steps, params.sampler_name, params.scheduler) == (6, "LCM", "Automatic")
+    assert params.cfg_scale == 1.5
+    assert params.seed == 3748719078
+    assert (params.width, params.height) == (768, 1024)
+    assert params.clip_skip == 2
+    assert params.rng == "GPU"
+    assert params.checkpoint is None
+    assert extras["Model hash"] == "19bbe9faa4"
+    assert extras["Model"] == "fantasticmix_k2"
+    assert list(extras) == [
+        "Model hash", "Model", "VAE hash", "VAE", "Lora hashes", "TI hashes", "Downcast alphas_cumprod",
+        "Version",
+    ]
+
+
+def test_infotext_to_params_splits_old_sampler_names() -> None:
+    params, extras = infotext_to_params(parse_infotext(A1111_FEB_2023))
+    assert (params.sampler_name, params.scheduler) == ("DPM++ SDE", "Karras")
+    assert params.seed == 3624413002
+    assert extras["ENSD"] == "31337"
+    assert extras["Hires upscale"] == "2"
+    assert split_sampler_name("DPM++ 2M SDE Exponential", None) == ("DPM++ 2M SDE", "Exponential")
+    assert split_sampler_name("DPM++ 2M Karras", "Exponential") == ("DPM++ 2M Karras", "Exponential")
+    assert split_sampler_name("Euler a", "Automatic") == ("Euler a", "Automatic")
+    assert split_sampler_name("Karras", None) == ("Karras", "Automatic")
+
+
+def test_infotext_to_params_variation_and_seed_resize() -> None:
+    params = GenerationParams(prompt="p", seed=10, subseed=20, subseed_strength=0.3,
+                              seed_resize_from_w=512, seed_resize_from_h=640)
+    back, _ = infotext_to_params(parse_infotext(build(params)))
+    assert (back.subseed, back.subseed_strength) == (20, 0.3)
+    assert (back.seed_resize_from_w, back.seed_resize_from_h) == (512, 640)
+
+
+def test_infotext_to_params_rejoins_size_pairs_in_extras() -> None:
+    text = REFERENCE_EXAMPLE.replace("Version:", "Hires resize: 1024x1536, Version:")
+    _, extras = infotext_to_params(parse_infotext(text))
+    assert extras["Hires resize"] == "1024x1536"
+    assert "Hires resize-1" not in extras
+
+
+def test_infotext_to_params_refuses_values_a_request_cannot_hold() -> None:
+    # 540 is not a multiple of 8: refused with the field named, never rounded.
+    with pytest.raises(InfotextError, match="height"):
+        infotext_to_params(parse_infotext(A1111_V151_TAIL))
+    with pytest.raises(InfotextError, match="Steps"):
+        infotext_to_params(parse_infotext("p\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1"))
+
+
+def test_infotext_to_params_keeps_unsupported_rng_visible() -> None:
+    text = REFERENCE_EXAMPLE.replace("Version", "RNG: NV, Version")
+    params, extras = infotext_to_params(parse_infotext(text))
+    assert params.rng is None
+    assert extras["RNG"] == "NV"
+
+
+# --- round trips ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [A1111_V194, REFERENCE_EXAMPLE], ids=["a1111-v1.9.4", "reference"])
+def test_real_modern_a1111_strings_rebuild_exactly(text: str) -> None:
+    assert rebuild(text) == text
+
+
+def test_old_a1111_string_keeps_every_value_through_a_rebuild() -> None:
+    again = parse_infotext(rebuild(A1111_FEB_2023))
+    first = parse_infotext(A1111_FEB_2023)
+    # The rebuilt text states the schedule explicitly; every original value survives.
+    assert again["Sampler"] == "DPM++ SDE" and again["Schedule type"] == "Karras"
+    for key, value in first.items():
+        if key not in ("Sampler", "Schedule type"):
+            assert again[key] == value, key
+
+
+@pytest.mark.parametrize(
+    "params, overrides",
+    [
+        (GenerationParams(prompt="a cat", seed=1), {}),
+        (GenerationParams(prompt="(masterpiece:1.2), a cat, <lora:add_detail:0.5>",
+                          negative_prompt="lowres, bad anatomy", seed=4294967294, cfg_scale=6.5,
+                          sampler_name="DPM++ 2M", scheduler="Karras", width=832, height=1216, steps=150),
+         {"extra": {"Lora hashes": "add_detail: 7c6bad76eb54", "Hires upscale": 2, "Hires steps": 10,
+                    "Hires upscaler": "Latent", "Denoising strength": 0.55}}),
+        (GenerationParams(prompt="line 1\nline 2", negative_prompt="n1\nn2", seed=7, subseed=8,
+                          subseed_strength=1.0, seed_resize_from_w=256, seed_resize_from_h=320, tiling=True),
+         {"clip_skip": 3, "rng": "CPU", "vae_name": "my vae, v2", "vae_hash": "abcdef0123"}),
+        (GenerationParams(prompt="日本語のプロンプト: 猫", negative_prompt="", seed=0),
+         {"model_name": "model: with colon", "extra": {"Note": 'quote " and\nnewline'}}),
+    ],
+    ids=["minimal", "civitai-style", "multiline-variation", "unicode-quoted"],
+)
+def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: dict[str, Any]) -> None:
+    text = build(params, **overrides)
+    assert rebuild(text) == text
+    back, _ = infotext_to_params(parse_infotext(text))
+    assert back.model_dump(exclude={"rng", "clip_skip", "subseed", "batch_size", "n_iter"}) == \
+        params.model_dump(exclude={"rng", "clip_skip", "subseed", "batch_size", "n_iter"})
