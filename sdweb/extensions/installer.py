@@ -32,6 +32,7 @@ from sdweb.extensions.manifest import (
     ExtensionManifest,
     ManifestError,
     check_api_compatible,
+    check_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,12 @@ class ExtensionInstaller:
         return Path(tempfile.mkdtemp(prefix="install-", dir=root))
 
     def _folder_of(self, name: str) -> Path:
+        try:
+            check_name(name)  # an empty name or ".." would point at extensions/ itself or beyond
+        except ManifestError:
+            raise InstallError(f"no installed extension folder named {name!r}") from None
         folder = self._manager.extensions_dir / name
-        if not folder.is_dir() or name.startswith((".", "_")) or "/" in name or "\\" in name:
+        if not folder.is_dir() or name.startswith((".", "_")):
             raise InstallError(f"no installed extension folder named {name!r}")
         return folder
 

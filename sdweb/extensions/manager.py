@@ -170,10 +170,14 @@ class PluginHost:
             logger.error("extension %r: hook %s %s; result ignored", name, hook_name, message)
 
     # -- calling -----------------------------------------------------------------------------
-    def _implementations(self, hook_name: str) -> list[Any]:
+    def _caller(self, hook_name: str) -> Any:
         caller = getattr(self._pm.hook, hook_name, None)
         if caller is None or caller.spec is None:
             raise ValueError(f"unknown hook {hook_name!r}; known: {', '.join(self.hook_names)}")
+        return caller
+
+    def _implementations(self, hook_name: str) -> list[Any]:
+        caller = self._caller(hook_name)
         with self._lock:
             impls = [impl for impl in caller.get_hookimpls() if not (impl.wrapper or impl.hookwrapper)]
             order = dict(self._order)
@@ -185,7 +189,7 @@ class PluginHost:
         return sorted(impls, key=position)
 
     def _check_arguments(self, hook_name: str, kwargs: dict[str, Any]) -> None:
-        spec_args = set(getattr(self._pm.hook, hook_name).spec.argnames)
+        spec_args = set(self._caller(hook_name).spec.argnames)
         if set(kwargs) != spec_args:
             raise TypeError(f"hook {hook_name} takes {sorted(spec_args)}, called with {sorted(kwargs)}")
 
@@ -223,10 +227,7 @@ class PluginHost:
         value; a result of another type than ``value``'s, or an exception, is recorded against that
         plugin and skipped.
         """
-        caller = getattr(self._pm.hook, hook_name, None)
-        if caller is None or caller.spec is None:
-            raise ValueError(f"unknown hook {hook_name!r}; known: {', '.join(self.hook_names)}")
-        first, *_ = caller.spec.argnames
+        first, *_ = self._caller(hook_name).spec.argnames
         self._check_arguments(hook_name, {first: value, **kwargs})
         for impl in self._implementations(hook_name):
             arguments = {first: value, **kwargs}
@@ -324,7 +325,7 @@ class ExtensionManager:
         self._git = git or GitRunner()
         self._use_entry_points = entry_points
         self._lock = threading.RLock()
-        self._records: dict[str, _LoadRecord] = {}
+        self._records: dict[tuple[ExtensionSource, str], _LoadRecord] = {}
 
     # -- properties the installer and the tab read ---------------------------------------------
     @property
@@ -440,8 +441,9 @@ class ExtensionManager:
 
     def _import(self, name: str, folder: Path, module_file: Path, is_package: bool) -> ModuleType:
         module_name = module_name_for(name)
+        search_locations = [str(module_file.parent)] if is_package else None  # a package: relative imports
         spec = importlib.util.spec_from_file_location(
-            module_name, module_file, submodule_search_locations=[str(folder)] if is_package else None)
+            module_name, module_file, submodule_search_locations=search_locations)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {module_file}")
         module = importlib.util.module_from_spec(spec)
@@ -499,7 +501,7 @@ class ExtensionManager:
 
     def _remember(self, record: _LoadRecord) -> ExtensionInfo:
         with self._lock:
-            self._records[record.info.name] = record
+            self._records[(record.info.source, record.info.name)] = record
         return record.info
 
     # -- listing --------------------------------------------------------------------------------
@@ -510,20 +512,17 @@ class ExtensionManager:
         with self._lock:
             records = dict(self._records)
         infos: list[ExtensionInfo] = []
-        seen: set[str] = set()
+        on_disk: set[str] = set()
         for folder in self.folders():
-            record = records.get(folder.name)
-            if record is not None and record.info.source == "folder":
-                info = record.info
-            else:  # installed after start (or never tried): read its manifest for display
-                info = self._describe_unloaded(folder)
+            record = records.get(("folder", folder.name))
+            # Installed after the start (or never tried): its manifest is read for display.
+            info = record.info if record is not None else self._describe_unloaded(folder)
             infos.append(self._with_live_facts(info, folder))
-            seen.add(folder.name)
-        for name, record in records.items():
-            if name in seen:
-                continue
-            if record.info.source == "folder":  # uninstalled since start, still running until restart
-                infos.append(replace(record.info, enabled=self.is_enabled(name), path=None))
+            on_disk.add(folder.name)
+        for (source, name), record in records.items():
+            if source == "folder":
+                if name not in on_disk:  # uninstalled since the start: runs until the restart
+                    infos.append(replace(record.info, enabled=self.is_enabled(name), path=None))
             else:
                 infos.append(self._with_live_facts(record.info, None))
         return infos
