@@ -1,0 +1,240 @@
+"""The loaded-model cache: which pipelines are in memory, which one is on the accelerator, and who uses it.
+
+Policy (one :class:`ModelCache` instance per app, passed in; nothing global):
+
+* **Capacity.** Up to ``capacity`` loaded models stay in RAM (``--models-in-memory``, default 1). When a
+  load succeeds and the cache is over capacity, the least recently used models are dropped.
+* **One on the accelerator.** The model being used is on its home device (where the loader put it).
+  Before another model is used or loaded, the current one is moved to ``offload_device`` (normally
+  the CPU) so accelerator memory holds one model. Nothing moves when ``offload_device`` is None (CPU-only
+  machines, or pipelines whose accelerate offload hooks place weights themselves) or when the home
+  device already is the offload device.
+* **Failed loads change nothing.** If the loader raises, the previous model is moved back to its home
+  device, stays cached and usable, and the error propagates unchanged (it names the file). The price:
+  during a load the previous model is still in RAM (on the offload device), so RAM must hold two models
+  for a moment; the new load itself never holds two copies of its own weights (the loader's job).
+* **Locking.** ``use()`` holds the cache's use lock for the whole ``with`` block: one model is in use at a
+  time, a model in use is never moved or evicted, and two threads asking for different models are
+  served one after the other (loads are serialized). Nested ``use()`` of the *same* model in one thread
+  is allowed; of a different model it raises, since that would move the outer model from under it.
+  Read-only queries (:meth:`loaded`, :attr:`current`) take a separate short lock and never wait for a
+  generation.
+
+The loader is injected: the engine passes :func:`sdweb.engine.models.loader` functions, tests a fake.
+Pure python: this module does not import torch (devices are compared by ``str``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+from sdweb.engine.models.registry import CheckpointInfo
+
+logger = logging.getLogger(__name__)
+
+
+class LoadedModelLike(Protocol):
+    """What the cache needs of a loaded model (``sdweb.engine.models.loader.LoadedModel``)."""
+
+    info: Any
+    pipe: Any
+    device: Any
+    dtype: Any
+
+    def to(self, device: Any) -> Any: ...
+
+    def nbytes(self) -> int: ...
+
+
+#: ``loader(info, vae)``: build the pipeline for ``info`` (with the VAE file ``vae``, or its own when None).
+ModelLoader: TypeAlias = "Callable[[CheckpointInfo, str | None], LoadedModelLike]"
+#: Called with each model the cache drops, after it is out of the cache (to free accelerator memory).
+EvictCallback: TypeAlias = "Callable[[LoadedModelLike], None]"
+
+_CacheKey: TypeAlias = "tuple[str, int, float, str | None]"
+#: A VAE file chosen for a model (a path), or None for the checkpoint's own.
+VaeChoice: TypeAlias = "str | os.PathLike[str] | None"
+
+
+@dataclass
+class _Entry:
+    model: LoadedModelLike
+    #: Where the loader put it; where it goes back to when used again.
+    home: Any
+    title: str
+
+
+class ModelCache:
+    """Loaded pipelines, least recently used out; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        loader: ModelLoader,
+        capacity: int = 1,
+        *,
+        offload_device: Any | None = "cpu",
+        on_evict: EvictCallback | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"the model cache must hold at least one model, got capacity={capacity}")
+        self._loader = loader
+        self._capacity = capacity
+        self._offload_device = offload_device
+        self._on_evict = on_evict
+        self._use_lock = threading.RLock()
+        self._state_lock = threading.Lock()
+        #: Least recently used first.
+        self._entries: OrderedDict[_CacheKey, _Entry] = OrderedDict()
+        self._active: _CacheKey | None = None
+        self._in_use: dict[int, tuple[_CacheKey, int]] = {}
+
+    # -- queries (never wait for a generation) ----------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def current(self) -> LoadedModelLike | None:
+        """The model most recently used (on the accelerator when there is one), or None."""
+        with self._state_lock:
+            entry = self._entries.get(self._active) if self._active is not None else None
+            return entry.model if entry is not None else None
+
+    def loaded(self) -> list[str]:
+        """Titles of the cached models, most recently used first."""
+        with self._state_lock:
+            return [entry.title for entry in reversed(self._entries.values())]
+
+    # -- use ----------------------------------------------------------------------------------------
+    @contextmanager
+    def use(self, info: CheckpointInfo, vae: VaeChoice = None) -> Iterator[LoadedModelLike]:
+        """Yield the loaded model for ``info`` (+ ``vae``), loading it or reusing the cached one."""
+        key = self._key(info, vae)
+        thread = threading.get_ident()
+        with self._use_lock:
+            held = self._in_use.get(thread)
+            if held is not None and held[0] != key:
+                raise RuntimeError(
+                    f"cannot use {info.title} while this thread is still using another model; "
+                    "finish the outer `with cache.use(...)` block first"
+                )
+            model = self._acquire(key, info, vae)
+            self._in_use[thread] = (key, held[1] + 1 if held else 1)
+            try:
+                yield model
+            finally:
+                depth = self._in_use[thread][1] - 1
+                if depth:
+                    self._in_use[thread] = (key, depth)
+                else:
+                    del self._in_use[thread]
+
+    def _acquire(self, key: _CacheKey, info: CheckpointInfo, vae: VaeChoice) -> LoadedModelLike:
+        with self._state_lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if entry is not None:
+            started = time.perf_counter()
+            self._activate(key, entry)
+            logger.info("using cached model %s (%.2f s)", entry.title, time.perf_counter() - started)
+            return entry.model
+        return self._load(key, info, vae)
+
+    def _load(self, key: _CacheKey, info: CheckpointInfo, vae: VaeChoice) -> LoadedModelLike:
+        previous_key = self._active
+        # Free the accelerator for the new model; moved back below if the load fails.
+        self._park_active()
+        started = time.perf_counter()
+        logger.info("loading %s%s", info.title, f" with VAE {vae}" if vae is not None else "")
+        try:
+            model = self._loader(info, None if vae is None else os.fspath(vae))
+        except BaseException:
+            if previous_key is not None:
+                with self._state_lock:
+                    previous = self._entries.get(previous_key)
+                if previous is not None:
+                    self._activate(previous_key, previous)
+            raise
+        entry = _Entry(model=model, home=model.device, title=info.title)
+        with self._state_lock:
+            self._entries[key] = entry
+            self._active = key
+            evicted = self._evict_over_capacity()
+        logger.info("loaded %s on %s in %.1f s", info.title, entry.home, time.perf_counter() - started)
+        self._release(evicted)
+        return model
+
+    def _activate(self, key: _CacheKey, entry: _Entry) -> None:
+        if self._active != key:
+            self._park_active()
+            if self._moves(entry.home):
+                entry.model.to(entry.home)
+        with self._state_lock:
+            self._active = key
+
+    def _park_active(self) -> None:
+        """Move the active model off the accelerator (no-op where nothing needs to move)."""
+        with self._state_lock:
+            active = self._entries.get(self._active) if self._active is not None else None
+            self._active = None
+        if active is not None and self._moves(active.home):
+            active.model.to(self._offload_device)
+
+    def _moves(self, home: Any) -> bool:
+        return self._offload_device is not None and str(home) != str(self._offload_device)
+
+    def _evict_over_capacity(self) -> list[_Entry]:
+        evicted: list[_Entry] = []
+        while len(self._entries) > self._capacity:
+            oldest = next(iter(self._entries))
+            if oldest == self._active:  # cannot happen with capacity >= 1, kept as a guard
+                break
+            evicted.append(self._entries.pop(oldest))
+        return evicted
+
+    # -- dropping ----------------------------------------------------------------------------------
+    def set_capacity(self, capacity: int) -> None:
+        """Change how many models stay in RAM (the "models in memory" setting), dropping extras now."""
+        if capacity < 1:
+            raise ValueError(f"the model cache must hold at least one model, got capacity={capacity}")
+        with self._use_lock:
+            with self._state_lock:
+                self._capacity = capacity
+                evicted = self._evict_over_capacity()
+            self._release(evicted)
+
+    def unload_all(self) -> None:
+        """Drop every cached model (waits for a model in use to be released)."""
+        with self._use_lock:
+            with self._state_lock:
+                evicted = list(self._entries.values())
+                self._entries.clear()
+                self._active = None
+            self._release(evicted)
+
+    def _release(self, evicted: list[_Entry]) -> None:
+        for entry in evicted:
+            logger.info("unloading %s", entry.title)
+            if self._on_evict is not None:
+                try:
+                    self._on_evict(entry.model)
+                except Exception:  # freeing memory must not turn a successful load into an error
+                    logger.exception("cleanup after unloading %s failed", entry.title)
+        if evicted:
+            evicted.clear()
+            gc.collect()
+
+    @staticmethod
+    def _key(info: CheckpointInfo, vae: VaeChoice) -> _CacheKey:
+        # By file identity, not title: a title gains its hash later, and a replaced file must reload.
+        return (str(info.path), info.size, info.mtime, None if vae is None else os.fspath(vae))
