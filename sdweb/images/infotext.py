@@ -385,3 +385,9 @@ def infotext_to_params(parsed: Mapping[str, Any]) -> tuple[GenerationParams, dic
     except ValidationError as error:
         raise InfotextError(f"infotext does not fit a request: {format_validation_error(error)}") from None
     return params, _rejoin_sizes(parsed, unmapped)
+
+
+def has_parameter_line(text: str) -> bool:
+    """Whether ``text`` ends with an A1111 parameter line (at least 3 ``key: value`` pairs)."""
+    last_line = text.strip().rsplit("\n", 1)[-1]
+    return len(PARAM_PAIR_RE.findall(last_line)) >= 3
