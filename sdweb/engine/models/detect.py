@@ -1,0 +1,659 @@
+"""Which Stable Diffusion family a checkpoint is, and its component configs, from keys and shapes alone.
+
+Pure Python (no torch): the registry calls :func:`detect_checkpoint` with the shapes from a safetensors
+header while listing a folder. The loader calls it again with the same shapes before building anything.
+
+What the weights determine is read from them: channel widths, block counts, resnets per block,
+transformer depth, cross-attention width, in/out channels, SDXL's added embedding widths, and the text
+encoders' width, depth and MLP size. What weights cannot tell (attention head counts, scheduler, tokenizer,
+VAE scaling factor) comes from the family's convention and the configs bundled in
+``sdweb/data/configs/<family>/`` (the public SD 1.5, SD 2.1 and SDXL 1.0 configs). So a reduced-size model
+(BK-SDM, small-sd, our tiny test models) goes through the same path as a full-size SD 1.5.
+
+Families are small classes tried most specific first (:data:`FAMILIES`); each either declines or
+returns a :class:`Detection`. Files that are not full checkpoints (LoRA, VAE, embeddings, other
+architectures) get an :class:`UnsupportedCheckpointError` saying what they look like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sdweb.engine.models.errors import UnsupportedCheckpointError
+
+logger = logging.getLogger(__name__)
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
+TOKENIZERS_DIR = Path(__file__).resolve().parents[2] / "data" / "tokenizers"
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+SD1_CLIP_PREFIXES = ("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.")
+SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+SDXL_REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."
+#: CLIP's BPE vocabulary: the bundled tokenizers only fit text encoders with this many embeddings.
+CLIP_VOCAB_SIZE = 49408
+#: SD 2.x and SDXL size attention heads at 64 channels each (LDM's ``num_head_channels: 64``).
+HEAD_CHANNELS = 64
+#: SD 1.x uses 8 heads at every level (LDM's ``num_heads: 8``).
+SD1_NUM_HEADS = 8
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What a checkpoint is and how to build its components.
+
+    Attributes:
+        family: ``sd1``, ``sd2``, ``sd2-v``, ``sdxl``, or a variant (``sd1-inpaint``, ``sdxl-refiner``, ...).
+        config_family: the folder under ``sdweb/data/configs`` holding its bundled configs (sd1/sd2/sdxl).
+        prediction_type: ``epsilon`` or ``v_prediction``.
+        unet_config: ``UNet2DConditionModel`` config.
+        vae_config: ``AutoencoderKL`` config, or None when the file carries no VAE.
+        text_encoder_configs: ``CLIPTextConfig`` kwargs, one per text encoder (two for SDXL).
+        scheduler_config: the bundled scheduler config with this model's prediction type.
+        unsupported_reason: set for variants sdweb recognises but cannot run yet.
+    """
+
+    family: str
+    config_family: str
+    prediction_type: str
+    unet_config: dict[str, Any]
+    vae_config: dict[str, Any] | None
+    text_encoder_configs: tuple[dict[str, Any], ...]
+    scheduler_config: dict[str, Any]
+    unsupported_reason: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts
+
+    @property
+    def text_encoder_config(self) -> dict[str, Any]:
+        return self.text_encoder_configs[0]
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.config_family == "sdxl"
+
+    @property
+    def supported(self) -> bool:
+        return self.unsupported_reason is None
+
+    @property
+    def tokenizer_dirs(self) -> tuple[Path, ...]:
+        """The bundled tokenizer folder for each text encoder."""
+        if self.config_family == "sdxl":
+            return (TOKENIZERS_DIR / "sd1", TOKENIZERS_DIR / "sd2")
+        return (TOKENIZERS_DIR / self.config_family,)
+
+
+def bundled_config(config_family: str, component: str) -> dict[str, Any]:
+    """A bundled public config: ``component`` is ``unet``, ``vae``, ``text_encoder``, ``scheduler``..."""
+    if component == "model_index":
+        path = CONFIGS_DIR / config_family / "model_index.json"
+    elif component == "scheduler":
+        path = CONFIGS_DIR / config_family / "scheduler" / "scheduler_config.json"
+    else:
+        path = CONFIGS_DIR / config_family / component / "config.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Facts read from shapes
+# --------------------------------------------------------------------------------------------------
+
+
+def _count(shapes: Shapes, template: str) -> int:
+    """How many consecutive indices ``n`` make ``template.format(n)`` a key."""
+    n = 0
+    while template.format(n) in shapes:
+        n += 1
+    return n
+
+
+def _describe(shapes: Shapes, limit: int = 3) -> str:
+    keys = list(shapes)
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} tensors, e.g. {shown}" if keys else "no tensors"
+
+
+def infer_unet_config(shapes: Shapes, prefix: str, *, name: str) -> dict[str, Any]:
+    """The shape-determined part of a ``UNet2DConditionModel`` config, from LDM (``input_blocks``) keys."""
+
+    def fail(why: str) -> UnsupportedCheckpointError:
+        return UnsupportedCheckpointError(f"{name}: unknown UNet layout ({why})")
+
+    conv_in = shapes.get(prefix + "input_blocks.0.0.weight")
+    conv_out = shapes.get(prefix + "out.2.weight")
+    if conv_in is None or conv_out is None or len(conv_in) != 4:
+        raise fail("no input_blocks.0.0 / out.2 convolution")
+    model_channels, in_channels = conv_in[0], conv_in[1]
+
+    # 1. Down path: resnets (with optional transformers) until a downsampler closes each level.
+    levels: list[list[tuple[int, int]]] = [[]]  # per level: (resnet out channels, transformer depth)
+    i = 1
+    while True:
+        if prefix + f"input_blocks.{i}.0.op.weight" in shapes:
+            levels.append([])
+        elif prefix + f"input_blocks.{i}.0.in_layers.2.weight" in shapes:
+            out = shapes[prefix + f"input_blocks.{i}.0.in_layers.2.weight"][0]
+            depth = _count(shapes, prefix + f"input_blocks.{i}.1.transformer_blocks.{{}}.attn1.to_q.weight")
+            levels[-1].append((out, depth))
+        else:
+            break
+        i += 1
+    if not levels[-1]:
+        raise fail("the last down level is empty")
+    layers_per_block = len(levels[0])
+    if layers_per_block == 0 or any(len(level) != layers_per_block for level in levels):
+        raise fail(f"uneven resnets per level: {[len(level) for level in levels]}")
+    block_out_channels = []
+    down_block_types = []
+    depths = []
+    for level in levels:
+        widths = {out for out, _ in level}
+        level_depths = {depth for _, depth in level}
+        if len(widths) != 1 or len(level_depths) != 1:
+            raise fail("mixed widths or transformer depths inside one level")
+        block_out_channels.append(widths.pop())
+        depth = level_depths.pop()
+        down_block_types.append("CrossAttnDownBlock2D" if depth else "DownBlock2D")
+        depths.append(depth or 1)
+
+    # 2. Up path: layers_per_block + 1 resnets per level, mirrored.
+    n_out = _count(shapes, prefix + "output_blocks.{}.0.in_layers.2.weight")
+    if n_out != len(levels) * (layers_per_block + 1):
+        raise fail(f"{n_out} output blocks for {len(levels)} levels of {layers_per_block} resnets")
+    up_block_types = []
+    up_depths = []
+    for level in range(len(levels)):
+        level_depths = {
+            _count(shapes, prefix + f"output_blocks.{b}.1.transformer_blocks.{{}}.attn1.to_q.weight")
+            for b in range(level * (layers_per_block + 1), (level + 1) * (layers_per_block + 1))
+        }
+        if len(level_depths) != 1:
+            raise fail("mixed transformer depths inside one up level")
+        depth = level_depths.pop()
+        up_block_types.append("CrossAttnUpBlock2D" if depth else "UpBlock2D")
+        up_depths.append(depth or 1)
+
+    # 3. Middle: resnet, transformer, resnet - or nothing (BK-SDM removes it).
+    mid_depth = _count(shapes, prefix + "middle_block.1.transformer_blocks.{}.attn1.to_q.weight")
+    has_middle = any(k.startswith(prefix + "middle_block.") for k in shapes)
+    if has_middle and not mid_depth:
+        raise fail("a middle block without attention")
+
+    # 4. Attention facts from the first transformer found.
+    attn_key = next((k for k in shapes if k.startswith(prefix) and k.endswith("attn2.to_k.weight")), None)
+    proj_in = next((k for k in shapes if k.startswith(prefix) and k.endswith(".proj_in.weight")), None)
+    if attn_key is None or proj_in is None:
+        raise fail("no cross-attention layers")
+    config: dict[str, Any] = {
+        "in_channels": in_channels,
+        "out_channels": conv_out[0],
+        "block_out_channels": block_out_channels,
+        "layers_per_block": layers_per_block,
+        "down_block_types": down_block_types,
+        "up_block_types": up_block_types,
+        "cross_attention_dim": shapes[attn_key][1],
+        "use_linear_projection": len(shapes[proj_in]) == 2,
+        "transformer_layers_per_block": depths if len(set(depths)) > 1 else depths[0],
+        "mid_block_type": "UNetMidBlock2DCrossAttn" if has_middle else None,
+    }
+    if list(reversed(depths)) != up_depths:
+        config["reverse_transformer_layers_per_block"] = up_depths
+    if has_middle and mid_depth != depths[-1]:
+        raise fail(f"middle depth {mid_depth} differs from the last level's {depths[-1]}")
+    if block_out_channels[0] != model_channels:
+        raise fail("conv_in width differs from the first level's width")
+    label_emb = shapes.get(prefix + "label_emb.0.0.weight")
+    if label_emb is not None:
+        config["projection_class_embeddings_input_dim"] = label_emb[1]
+    return config
+
+
+def _infer_hf_clip(shapes: Shapes, prefix: str, *, name: str) -> dict[str, Any]:
+    """CLIP text config facts from Hugging Face layout keys (``embeddings.token_embedding.weight``...)."""
+    token = shapes[prefix + "embeddings.token_embedding.weight"]
+    position = shapes.get(prefix + "embeddings.position_embedding.weight", (77, token[1]))
+    layers = _count(shapes, prefix + "encoder.layers.{}.self_attn.q_proj.weight")
+    fc1 = shapes.get(prefix + "encoder.layers.0.mlp.fc1.weight")
+    if not layers or fc1 is None:
+        raise UnsupportedCheckpointError(f"{name}: text encoder at {prefix} has no transformer layers")
+    return _clip_facts(
+        name, vocab=token[0], hidden=token[1], positions=position[0], layers=layers, intermediate=fc1[0]
+    )
+
+
+def _infer_open_clip(shapes: Shapes, prefix: str, *, name: str, drop_last: bool) -> dict[str, Any]:
+    """CLIP text config facts from OpenCLIP layout keys (``transformer.resblocks.N.attn.in_proj_weight``)."""
+    token = shapes[prefix + "token_embedding.weight"]
+    position = shapes.get(prefix + "positional_embedding", (77, token[1]))
+    layers = _count(shapes, prefix + "transformer.resblocks.{}.attn.in_proj_weight")
+    fc = shapes.get(prefix + "transformer.resblocks.0.mlp.c_fc.weight")
+    if not layers or fc is None:
+        raise UnsupportedCheckpointError(f"{name}: text encoder at {prefix} has no transformer layers")
+    # SD 2.x conditions on the penultimate layer: the last resblock is in the file but never runs.
+    facts = _clip_facts(
+        name,
+        vocab=token[0],
+        hidden=token[1],
+        positions=position[0],
+        layers=layers - 1 if drop_last else layers,
+        intermediate=fc[0],
+    )
+    projection = shapes.get(prefix + "text_projection")
+    if projection is not None and len(projection) == 2:
+        facts["projection_dim"] = projection[1]
+    return facts
+
+
+def _clip_facts(
+    name: str, *, vocab: int, hidden: int, positions: int, layers: int, intermediate: int
+) -> dict[str, Any]:
+    if vocab != CLIP_VOCAB_SIZE:
+        raise UnsupportedCheckpointError(
+            f"{name}: text encoder has a {vocab}-token vocabulary; "
+            f"the bundled CLIP tokenizer has {CLIP_VOCAB_SIZE}"
+        )
+    return {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "max_position_embeddings": positions,
+        "num_hidden_layers": layers,
+        "intermediate_size": intermediate,
+        "num_attention_heads": max(1, hidden // HEAD_CHANNELS),
+    }
+
+
+def infer_vae_config(shapes: Shapes, prefix: str = "", *, name: str) -> dict[str, Any]:
+    """The shape-determined part of an ``AutoencoderKL`` config from LDM or diffusers VAE keys."""
+    conv_in = shapes.get(prefix + "encoder.conv_in.weight")
+    dec_in = shapes.get(prefix + "decoder.conv_in.weight")
+    dec_out = shapes.get(prefix + "decoder.conv_out.weight")
+    if conv_in is None or dec_in is None or dec_out is None:
+        raise UnsupportedCheckpointError(
+            f"{name}: no VAE encoder/decoder found under {prefix or 'the top level'}"
+        )
+    ldm = prefix + "encoder.down.0.block.0.conv1.weight" in shapes
+    if ldm:
+        levels = _count(shapes, prefix + "encoder.down.{}.block.0.conv2.weight")
+        widths = [shapes[prefix + f"encoder.down.{i}.block.0.conv2.weight"][0] for i in range(levels)]
+        per_level = _count(shapes, prefix + "encoder.down.0.block.{}.conv1.weight")
+    else:
+        levels = _count(shapes, prefix + "encoder.down_blocks.{}.resnets.0.conv2.weight")
+        widths = [
+            shapes[prefix + f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(levels)
+        ]
+        per_level = _count(shapes, prefix + "encoder.down_blocks.0.resnets.{}.conv1.weight")
+    if not levels or not per_level:
+        raise UnsupportedCheckpointError(f"{name}: unknown VAE layout (no encoder blocks)")
+    return {
+        "in_channels": conv_in[1],
+        "out_channels": dec_out[0],
+        "latent_channels": dec_in[1],
+        "block_out_channels": widths,
+        "layers_per_block": per_level,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+    }
+
+
+def is_ldm_vae(shapes: Shapes, prefix: str = "") -> bool:
+    """True for original-layout VAE keys (``encoder.down.0.block.0``), False for diffusers keys."""
+    return prefix + "encoder.down.0.block.0.conv1.weight" in shapes
+
+
+# --------------------------------------------------------------------------------------------------
+# Families
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the families look at, read once."""
+
+    name: str
+    shapes: Shapes
+    yaml_text: str | None
+
+    def has_prefix(self, prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in self.shapes)
+
+    @property
+    def unet_in_channels(self) -> int:
+        return self.shapes[UNET_PREFIX + "input_blocks.0.0.weight"][1]
+
+
+class _Family:
+    """One model family: ``matches`` looks at keys only; ``detect`` infers the configs."""
+
+    name: ClassVar[str]
+    config_family: ClassVar[str]
+    hidden_acts: ClassVar[tuple[str, ...]]
+
+    def matches(self, facts: _Facts) -> bool:
+        raise NotImplementedError
+
+    def text_encoders(self, facts: _Facts) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def prediction_type(self, facts: _Facts) -> str:
+        return "v_prediction" if "v_pred" in facts.shapes else "epsilon"
+
+    def family_name(self, facts: _Facts, prediction_type: str) -> str:
+        return self.name
+
+    def unet_conventions(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Head counts: 64 channels per head, as SD 2.x and SDXL use."""
+        return {"attention_head_dim": [max(1, c // HEAD_CHANNELS) for c in config["block_out_channels"]]}
+
+    def variant(self, facts: _Facts, unet: dict[str, Any]) -> tuple[str, str | None]:
+        """Suffix and reason for variants recognised but not runnable yet."""
+        in_channels = unet["in_channels"]
+        if in_channels == 9:
+            return "-inpaint", (
+                "inpainting checkpoints (9 UNet input channels) need the inpainting pipeline, which sdweb "
+                "does not have yet; use the base model for txt2img"
+            )
+        if in_channels == 8:
+            return "-pix2pix", "instruct-pix2pix checkpoints (8 UNet input channels) are not supported yet"
+        if in_channels != 4:
+            raise UnsupportedCheckpointError(
+                f"{facts.name}: UNet with {in_channels} input channels "
+                "is no Stable Diffusion model sdweb knows"
+            )
+        return "", None
+
+    def detect(self, facts: _Facts) -> Detection:
+        name = facts.name
+        # 1. UNet: shape facts over the bundled config, plus head-count conventions.
+        inferred = infer_unet_config(facts.shapes, UNET_PREFIX, name=name)
+        unet = {**bundled_config(self.config_family, "unet"), **inferred}
+        unet.update(self.unet_conventions(unet))
+        unet.update(self.extra_unet(facts, unet))
+        if unet.get("mid_block_type") is None:
+            unet["mid_block_type"] = None
+        # 2. Text encoders, checked against the UNet's context width.
+        encoders = self.text_encoders(facts)
+        context = sum(te["hidden_size"] for te in encoders)
+        if context != unet["cross_attention_dim"]:
+            raise UnsupportedCheckpointError(
+                f"{name}: the UNet attends to {unet['cross_attention_dim']}-wide text "
+                f"but the text encoder(s) give {context}: a mixed or damaged checkpoint"
+            )
+        bundled_te = ["text_encoder", "text_encoder_2"]
+        te_configs = tuple(
+            {
+                **bundled_config(self.config_family, bundled_te[i]),
+                **facts_i,
+                "hidden_act": self.hidden_acts[i],
+            }
+            for i, facts_i in enumerate(encoders)
+        )
+        # 3. VAE, if the file has one.
+        vae: dict[str, Any] | None = None
+        if any(key.startswith(VAE_PREFIX) for key in facts.shapes):
+            vae = {
+                **bundled_config(self.config_family, "vae"),
+                **infer_vae_config(facts.shapes, VAE_PREFIX, name=name),
+            }
+        # 4. Prediction type, family name, scheduler.
+        prediction = self.prediction_type(facts)
+        suffix, reason = self.variant(facts, unet)
+        scheduler = {**bundled_config(self.config_family, "scheduler"), "prediction_type": prediction}
+        family = self.family_name(facts, prediction) + suffix
+        self.adjust(family, unet, vae)
+        return Detection(
+            family=family,
+            config_family=self.config_family,
+            prediction_type=prediction,
+            unet_config=unet,
+            vae_config=vae,
+            text_encoder_configs=te_configs,
+            scheduler_config=scheduler,
+            unsupported_reason=reason,
+        )
+
+    def extra_unet(self, facts: _Facts, unet: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def adjust(self, family: str, unet: dict[str, Any], vae: dict[str, Any] | None) -> None:
+        """Family-specific conventions that depend on the final family name."""
+
+
+class _SDXLRefiner(_Family):
+    name = "sdxl-refiner"
+    config_family = "sdxl"
+    hidden_acts = ("gelu",)
+
+    def matches(self, facts: _Facts) -> bool:
+        return facts.has_prefix(SDXL_REFINER_OPENCLIP_PREFIX) and facts.has_prefix(UNET_PREFIX)
+
+    def detect(self, facts: _Facts) -> Detection:
+        detection = super().detect(facts)
+        return Detection(
+            **{
+                **detection.__dict__,
+                "unsupported_reason": (
+                    "the SDXL refiner only refines SDXL base images (img2img), which sdweb does not run yet; "
+                    "load an SDXL base checkpoint"
+                ),
+            }
+        )
+
+    def text_encoders(self, facts: _Facts) -> list[dict[str, Any]]:
+        return [
+            _infer_open_clip(facts.shapes, SDXL_REFINER_OPENCLIP_PREFIX, name=facts.name, drop_last=False)
+        ]
+
+    def extra_unet(self, facts: _Facts, unet: dict[str, Any]) -> dict[str, Any]:
+        return _sdxl_added_embeddings(facts, unet, self.text_encoders(facts)[-1], time_ids=5)
+
+
+class _SDXL(_Family):
+    name = "sdxl"
+    config_family = "sdxl"
+    hidden_acts = ("quick_gelu", "gelu")
+
+    def matches(self, facts: _Facts) -> bool:
+        return facts.has_prefix(SDXL_OPENCLIP_PREFIX) and facts.has_prefix(UNET_PREFIX)
+
+    def text_encoders(self, facts: _Facts) -> list[dict[str, Any]]:
+        if not facts.has_prefix(SDXL_CLIP_PREFIX):
+            raise UnsupportedCheckpointError(
+                f"{facts.name}: SDXL-like checkpoint without its first text encoder ({SDXL_CLIP_PREFIX}*)"
+            )
+        return [
+            _infer_hf_clip(facts.shapes, SDXL_CLIP_PREFIX, name=facts.name),
+            _infer_open_clip(facts.shapes, SDXL_OPENCLIP_PREFIX, name=facts.name, drop_last=False),
+        ]
+
+    def extra_unet(self, facts: _Facts, unet: dict[str, Any]) -> dict[str, Any]:
+        return _sdxl_added_embeddings(facts, unet, self.text_encoders(facts)[-1], time_ids=6)
+
+
+def _sdxl_added_embeddings(
+    facts: _Facts, unet: dict[str, Any], pooled_te: dict[str, Any], *, time_ids: int
+) -> dict[str, Any]:
+    """SDXL's added conditioning: pooled text (projection width) + ``time_ids`` sinusoidal size/crop ids."""
+    adm = unet.get("projection_class_embeddings_input_dim")
+    if adm is None:
+        raise UnsupportedCheckpointError(
+            f"{facts.name}: SDXL-like checkpoint without label_emb (added embeddings)"
+        )
+    pooled = pooled_te.get("projection_dim", pooled_te["hidden_size"])
+    per_id, rest = divmod(adm - pooled, time_ids)
+    if rest or per_id <= 0:
+        raise UnsupportedCheckpointError(
+            f"{facts.name}: added-embedding width {adm} does not fit {pooled} pooled + {time_ids} time ids"
+        )
+    return {"addition_embed_type": "text_time", "addition_time_embed_dim": per_id}
+
+
+class _SD2(_Family):
+    name = "sd2"
+    config_family = "sd2"
+    hidden_acts = ("gelu",)
+
+    def matches(self, facts: _Facts) -> bool:
+        return facts.has_prefix(SD2_OPENCLIP_PREFIX) and facts.has_prefix(UNET_PREFIX)
+
+    def text_encoders(self, facts: _Facts) -> list[dict[str, Any]]:
+        return [_infer_open_clip(facts.shapes, SD2_OPENCLIP_PREFIX, name=facts.name, drop_last=True)]
+
+    def prediction_type(self, facts: _Facts) -> str:
+        # A1111's convention: a same-named .yaml decides; without one, SD 2.x means the 768-v model.
+        if facts.yaml_text is not None:
+            return "v_prediction" if _yaml_says_v(facts.yaml_text) else "epsilon"
+        return "v_prediction"
+
+    def family_name(self, facts: _Facts, prediction_type: str) -> str:
+        return "sd2-v" if prediction_type == "v_prediction" else "sd2"
+
+    def adjust(self, family: str, unet: dict[str, Any], vae: dict[str, Any] | None) -> None:
+        if not family.startswith("sd2-v"):
+            # The 512-base model: native 512 px, no attention upcast.
+            unet["sample_size"] = 64
+            unet["upcast_attention"] = False
+            if vae is not None:
+                vae["sample_size"] = 512
+
+
+class _SD1(_Family):
+    name = "sd1"
+    config_family = "sd1"
+    hidden_acts = ("quick_gelu",)
+
+    def matches(self, facts: _Facts) -> bool:
+        return facts.has_prefix("cond_stage_model.transformer.") and facts.has_prefix(UNET_PREFIX)
+
+    def text_encoders(self, facts: _Facts) -> list[dict[str, Any]]:
+        prefix = next(p for p in SD1_CLIP_PREFIXES if p + "embeddings.token_embedding.weight" in facts.shapes)
+        return [_infer_hf_clip(facts.shapes, prefix, name=facts.name)]
+
+    def unet_conventions(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"attention_head_dim": SD1_NUM_HEADS}
+
+
+#: Most specific first.
+FAMILIES: tuple[_Family, ...] = (_SDXLRefiner(), _SDXL(), _SD2(), _SD1())
+
+
+def _yaml_says_v(yaml_text: str) -> bool:
+    return (
+        re.search(r"^\s*parameterization\s*:\s*[\"']?v[\"']?\s*(#.*)?$", yaml_text, re.MULTILINE) is not None
+    )
+
+
+def detect_checkpoint(shapes: Shapes, *, name: str, yaml_text: str | None = None) -> Detection:
+    """Detect the family of a single-file checkpoint from its keys and shapes.
+
+    Args:
+        shapes: every tensor's key and shape (from a safetensors header or a loaded state dict).
+        name: the file name, used in error messages.
+        yaml_text: the same-named ``.yaml`` beside the file, if any (A1111 convention for SD 2.x v/eps).
+
+    Raises:
+        UnsupportedCheckpointError: not a Stable Diffusion checkpoint sdweb knows; the message says what
+            the file looks like instead.
+    """
+    facts = _Facts(name=name, shapes=shapes, yaml_text=yaml_text)
+    for family in FAMILIES:
+        if family.matches(facts):
+            detection = family.detect(facts)
+            logger.debug("%s: detected %s (%s)", name, detection.family, detection.prediction_type)
+            return detection
+    raise UnsupportedCheckpointError(f"{name}: {_what_it_looks_like(facts)}")
+
+
+def _what_it_looks_like(facts: _Facts) -> str:
+    keys = list(facts.shapes)
+    if not keys:
+        return "not a checkpoint: the file holds no tensors"
+    joined = "\n".join(keys[:2000])
+    if re.search(r"lora_(up|down|A|B)\b|\.lora_|^lora_(unet|te)|\.alpha$|hada_w|lokr_", joined, re.MULTILINE):
+        return (
+            f"looks like a LoRA ({len(keys)} tensors, e.g. {keys[0]}); put it in models/Lora "
+            "and use it from the prompt, it is not a checkpoint"
+        )
+    if facts.has_prefix(UNET_PREFIX):
+        return (
+            f"has a Stable Diffusion UNet but no text encoder sdweb recognises ({_describe(facts.shapes)}); "
+            "a UNet-only or unknown-architecture file"
+        )
+    if "encoder.conv_in.weight" in facts.shapes and "decoder.conv_in.weight" in facts.shapes:
+        return "looks like a VAE on its own, not a checkpoint; put it in models/VAE"
+    if facts.has_prefix(VAE_PREFIX) and not facts.has_prefix(UNET_PREFIX):
+        return "holds only VAE weights (first_stage_model.*), not a full checkpoint; put it in models/VAE"
+    if (
+        {"emb_params", "string_to_param.*", "clip_l", "clip_g"} & set(keys)
+        or len(keys) <= 4
+        and all(len(s) == 2 for s in facts.shapes.values())
+    ):
+        return "looks like a textual-inversion embedding, not a checkpoint; put it in the embeddings folder"
+    if "conv_in.weight" in facts.shapes and any(k.startswith("down_blocks.") for k in keys):
+        return "looks like a diffusers-format UNet alone; sdweb loads full checkpoints or diffusers folders"
+    if any(k.startswith(("control_model.", "input_hint_block.")) for k in keys):
+        return "looks like a ControlNet model, not a checkpoint"
+    if any(("double_blocks." in k or "joint_blocks." in k) for k in keys):
+        return (
+            f"an architecture sdweb does not support (Flux/SD3-style transformer; {_describe(facts.shapes)})"
+        )
+    return f"not a Stable Diffusion 1.x/2.x/XL checkpoint sdweb recognises ({_describe(facts.shapes)})"
+
+
+def detect_diffusers_folder(folder: Path) -> Detection:
+    """Detection for a diffusers folder, from its ``model_index.json`` and component configs (pure JSON)."""
+    name = folder.name
+
+    def read(*parts: str) -> dict[str, Any]:
+        path = folder.joinpath(*parts)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UnsupportedCheckpointError(
+                f"{name}: diffusers folder without a readable {'/'.join(parts)}"
+            ) from exc
+
+    index = read("model_index.json")
+    pipeline = index.get("_class_name", "")
+    unet = read("unet", "config.json")
+    scheduler = read("scheduler", "scheduler_config.json")
+    vae = read("vae", "config.json") if (folder / "vae" / "config.json").is_file() else None
+    encoders = [read(te, "config.json") for te in ("text_encoder", "text_encoder_2") if te in index]
+    if pipeline == "StableDiffusionXLPipeline":
+        config_family = family = "sdxl"
+    elif pipeline == "StableDiffusionPipeline":
+        config_family = "sd2" if encoders and encoders[0].get("hidden_act") == "gelu" else "sd1"
+        family = config_family
+    else:
+        raise UnsupportedCheckpointError(
+            f"{name}: diffusers pipeline {pipeline or '(none)'} is not supported"
+        )
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if config_family == "sd2" and prediction == "v_prediction":
+        family = "sd2-v"
+    reason = None
+    if unet.get("in_channels", 4) != 4:
+        family += "-inpaint" if unet.get("in_channels") == 9 else "-other"
+        reason = f"UNet with {unet.get('in_channels')} input channels (inpainting) is not supported yet"
+    return Detection(
+        family=family,
+        config_family=config_family,
+        prediction_type=prediction,
+        unet_config=unet,
+        vae_config=vae,
+        text_encoder_configs=tuple(encoders),
+        scheduler_config=scheduler,
+        unsupported_reason=reason,
+    )

@@ -1,0 +1,574 @@
+"""Build a ready diffusers pipeline from a checkpoint file or a diffusers folder, offline and lean.
+
+Single-file checkpoints (``.safetensors``, ``.ckpt``/``.pt``) go through these steps:
+
+1. Read the shapes (safetensors header, or the weights-only-unpickled dict) and detect the family
+   (:mod:`sdweb.engine.models.detect`): component configs come from the weights and the bundled configs.
+2. Read the tensors one at a time, cast each to its target dtype as it is read (UNet and text encoders to
+   ``runtime.dtype``, the VAE to ``runtime.vae_dtype``); EMA copies and unused keys are never read.
+3. Build each component on the meta device (no memory), rename its keys with diffusers' own
+   ``single_file_utils`` conversion functions, and ``load_state_dict(assign=True)`` so the module adopts
+   the tensors that were read: the weights exist once, never twice.
+4. Assemble ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` with the bundled tokenizer(s) and
+   a scheduler from the bundled scheduler config, then :func:`sdweb.engine.devices.apply_runtime`.
+
+Nothing here asks a hub: configs come from detection plus ``sdweb/data``; diffusers folders load with
+``local_files_only=True``. Pickle files are only opened with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers import schedulers as diffusers_schedulers
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from sdweb.engine.models.detect import (
+    SD1_CLIP_PREFIXES,
+    SD2_OPENCLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    SDXL_OPENCLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    Detection,
+    detect_checkpoint,
+    detect_diffusers_folder,
+    infer_vae_config,
+    is_ldm_vae,
+)
+from sdweb.engine.models.errors import (
+    CheckpointReadError,
+    UnsafeCheckpointError,
+    UnsupportedCheckpointError,
+)
+from sdweb.engine.models.safetensors_io import iter_safetensors_tensors, read_safetensors_header
+
+if TYPE_CHECKING:
+    from sdweb.engine.devices import RuntimeConfig
+    from sdweb.engine.models.registry import CheckpointInfo
+
+logger = logging.getLogger(__name__)
+
+#: Key prefixes a Stable Diffusion pipeline uses; anything else in a file (EMA, schedules) is not read.
+_USED_PREFIXES = (
+    UNET_PREFIX,
+    VAE_PREFIX,
+    "cond_stage_model.",
+    "conditioner.embedders.",
+)
+#: Keys a checkpoint may carry that the diffusers modules do not have, dropped without a warning.
+_IGNORABLE_SUFFIXES = ("position_ids", "logit_scale")
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline ready to run, with what it was loaded from."""
+
+    info: CheckpointInfo
+    detection: Detection
+    pipe: DiffusionPipeline
+    device: torch.device
+    dtype: torch.dtype
+    vae_name: str | None = None
+    vae_hash: str | None = None
+
+    @property
+    def family(self) -> str:
+        return self.detection.family
+
+    def nbytes(self) -> int:
+        """Bytes held by the pipeline's weights and buffers (each storage counted once)."""
+        seen: set[tuple[str, int]] = set()
+        total = 0
+        for module in _modules(self.pipe):
+            for tensor in (*module.parameters(), *module.buffers()):
+                if tensor.device.type == "meta":
+                    continue
+                key = (str(tensor.device), tensor.untyped_storage().data_ptr())
+                if key in seen:
+                    continue
+                seen.add(key)
+                total += tensor.untyped_storage().nbytes()
+        return total
+
+    def to(self, device: torch.device | str) -> LoadedModel:
+        """Move the pipeline (a no-op for offloaded pipelines, whose placement accelerate manages)."""
+        device = torch.device(device)
+        if getattr(self.pipe, "_offload_gpu_id", None) is None or device.type != "cpu":
+            self.pipe.to(device)
+        self.device = device
+        return self
+
+
+def _modules(pipe: DiffusionPipeline) -> list[torch.nn.Module]:
+    return [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(
+    info: CheckpointInfo,
+    runtime: RuntimeConfig,
+    *,
+    vae_path: Path | None = None,
+    vae_hash: str | None = None,
+) -> LoadedModel:
+    """Load ``info`` into a pipeline configured for ``runtime``.
+
+    Args:
+        info: the listed checkpoint (``info.kind``: ``safetensors``, ``ckpt`` or ``diffusers``).
+        runtime: device and precision; :func:`sdweb.engine.devices.apply_runtime` is applied at the end.
+        vae_path: a standalone VAE file that replaces the checkpoint's own VAE.
+        vae_hash: that VAE's short hash, when the caller knows it (computed here otherwise).
+
+    Raises:
+        UnsupportedCheckpointError: not a checkpoint sdweb can run (the message says what it is).
+        UnsafeCheckpointError: a pickle that the weights-only unpickler refused.
+        CheckpointReadError: truncated or corrupt file.
+    """
+    from sdweb.engine.devices import apply_runtime
+
+    path = Path(info.path)
+    logger.info("loading %s (%s) on %s as %s", info.name, info.kind, runtime.device, runtime.dtype)
+    vae_path = Path(vae_path) if vae_path is not None else None
+    if info.kind == "diffusers":
+        detection, pipe = _load_diffusers_folder(path, runtime, vae_path)
+    else:
+        detection, pipe = _load_single_file(path, info.name, info.kind, runtime, vae_path)
+    vae_name = None
+    if vae_path is not None:
+        vae_name = vae_path.name
+        if vae_hash is None:
+            from sdweb.engine.models.hashes import file_sha256, short_hash
+
+            vae_hash = short_hash(file_sha256(vae_path))
+    else:
+        vae_hash = None
+    apply_runtime(pipe, runtime)
+    return LoadedModel(
+        info=info,
+        detection=detection,
+        pipe=pipe,
+        device=torch.device(runtime.device),
+        dtype=runtime.dtype,
+        vae_name=vae_name,
+        vae_hash=vae_hash,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading tensors
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_used(key: str) -> bool:
+    return key.startswith(_USED_PREFIXES) or key == "v_pred"
+
+
+def read_checkpoint_shapes(
+    path: Path, kind: str
+) -> tuple[dict[str, tuple[int, ...]], dict[str, torch.Tensor] | None]:
+    """Shapes of every tensor; for pickle files also the tensors (they cannot be read lazily)."""
+    if kind == "safetensors":
+        return read_safetensors_header(path).shapes(), None
+    state = torch_load_weights_only(path)
+    return {k: tuple(v.shape) for k, v in state.items()}, state
+
+
+def torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
+    """Read a ``.ckpt``/``.pt`` with the weights-only unpickler and return its flat tensor dict.
+
+    Raises:
+        UnsafeCheckpointError: the pickle needs anything beyond tensors and plain containers (it could run
+            code), or is not a torch file at all.
+    """
+    path = Path(path)
+    # Zip-format files can be memory-mapped, so the pickle's tensors are not all copied up front.
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ModuleNotFoundError,
+        ImportError,
+        KeyError,
+        IndexError,
+        OSError,
+        zipfile.BadZipFile,
+    ) as exc:
+        # The unpickler's message names the global it refused: worth showing, in one line.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"{path.name}: unsafe or invalid checkpoint: it cannot be read as plain weights "
+            f"({first_line[:200]}). Prefer a .safetensors version of this model."
+        ) from exc
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise UnsupportedCheckpointError(f"{path.name}: the file holds no state dict of tensors")
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UnsupportedCheckpointError(f"{path.name}: the file holds no tensors")
+    return tensors
+
+
+def _dtype_for(runtime: RuntimeConfig) -> Callable[[str], torch.dtype]:
+    def dtype_for(key: str) -> torch.dtype:
+        return runtime.vae_dtype if key.startswith(VAE_PREFIX) else runtime.dtype
+
+    return dtype_for
+
+
+def _read_tensors(
+    path: Path,
+    state: dict[str, torch.Tensor] | None,
+    dtype_for: Callable[[str], torch.dtype],
+    include: Callable[[str], bool],
+) -> dict[str, torch.Tensor]:
+    if state is None:
+        return dict(iter_safetensors_tensors(path, include=include, dtype_for=dtype_for))
+    # Pickle files: cast in place, one tensor at a time, dropping what the pipeline does not use.
+    for key in list(state):
+        if not include(key):
+            del state[key]
+            continue
+        tensor = state[key]
+        if tensor.is_floating_point() and tensor.dtype != dtype_for(key):
+            state[key] = tensor.to(dtype_for(key))
+    return state
+
+
+def _read_yaml_beside(path: Path) -> str | None:
+    yaml_path = path.with_suffix(".yaml")
+    try:
+        return yaml_path.read_text(encoding="utf-8") if yaml_path.is_file() else None
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Building components
+# --------------------------------------------------------------------------------------------------
+
+
+def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str, name: str) -> None:
+    """Adopt ``state``'s tensors as ``module``'s parameters; every parameter must be covered."""
+    expected = set(module.state_dict().keys())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise UnsupportedCheckpointError(
+            f"{name}: the {what} weights are incomplete "
+            f"({len(missing)} missing, e.g. {', '.join(missing[:3])})"
+        )
+    extra = [k for k in state if k not in expected]
+    unexpected = [k for k in extra if not k.endswith(_IGNORABLE_SUFFIXES)]
+    if unexpected:
+        logger.warning(
+            "%s: ignoring %d unexpected %s keys, e.g. %s", name, len(unexpected), what, unexpected[:3]
+        )
+    wanted = {k: v for k, v in state.items() if k in expected}
+    module.load_state_dict(wanted, strict=True, assign=True)
+    module.eval()
+    module.requires_grad_(False)
+
+
+def _build_unet(detection: Detection, state: dict[str, torch.Tensor], name: str) -> UNet2DConditionModel:
+    config = detection.unet_config
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    converted = convert_ldm_unet_checkpoint(state, config)
+    _assign(unet, converted, what="UNet", name=name)
+    return unet
+
+
+def build_vae(config: Mapping[str, Any], ldm_state: Mapping[str, torch.Tensor], name: str) -> AutoencoderKL:
+    """An ``AutoencoderKL`` from original-layout keys (with or without ``first_stage_model.``)."""
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(dict(config))
+    converted = convert_ldm_vae_checkpoint(dict(ldm_state), dict(config))
+    _assign(vae, converted, what="VAE", name=name)
+    return vae
+
+
+def _clip_config(config: Mapping[str, Any]) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        **{k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
+    )
+
+
+def _fit_text_model_prefix(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Diffusers' converters emit ``text_model.*``; transformers >= 5.6 flattened ``CLIPTextModel``."""
+    wrapped = hasattr(model, "text_model")
+    fitted: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        bare = key.removeprefix("text_model.")
+        if wrapped and key != "text_projection.weight":
+            fitted["text_model." + bare] = tensor
+        else:
+            fitted[bare] = tensor
+    return fitted
+
+
+def _build_hf_clip(
+    config: Mapping[str, Any], state: dict[str, torch.Tensor], prefix: str, *, name: str
+) -> CLIPTextModel:
+    with init_empty_weights():
+        model = CLIPTextModel(_clip_config(config))
+    # Old SD1 files lack the ``text_model.`` level; give the converter the layout it expects.
+    picked = {
+        "cond_stage_model.transformer.text_model." + k[len(prefix) :]: v
+        for k, v in state.items()
+        if k.startswith(prefix)
+    }
+    converted = convert_ldm_clip_checkpoint(picked)
+    _assign(model, _fit_text_model_prefix(model, converted), what="text encoder", name=name)
+    return model
+
+
+def _build_open_clip(
+    config: Mapping[str, Any],
+    state: dict[str, torch.Tensor],
+    prefix: str,
+    *,
+    with_projection: bool,
+    name: str,
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    with init_empty_weights():
+        model = cls(_clip_config(config))
+    picked = {k: v for k, v in state.items() if k.startswith(prefix)}
+    converted = convert_open_clip_checkpoint(model, picked, prefix=prefix)
+    # SD 2.x runs the penultimate layer: the file's last resblock has no place in the model.
+    layers = int(config["num_hidden_layers"])
+    converted = {
+        k: v
+        for k, v in converted.items()
+        if not (".encoder.layers." in k and int(k.split(".encoder.layers.")[1].split(".")[0]) >= layers)
+    }
+    if not with_projection:
+        converted.pop("text_projection.weight", None)
+    _assign(model, _fit_text_model_prefix(model, converted), what="text encoder", name=name)
+    return model
+
+
+def _tokenizer(folder: Path) -> CLIPTokenizer:
+    if not (folder / "vocab.json").is_file():
+        raise CheckpointReadError(f"bundled tokenizer files are missing from {folder}; reinstall sdweb")
+    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def build_scheduler(config: Mapping[str, Any]) -> Any:
+    """The scheduler named by a scheduler config's ``_class_name``, from that config."""
+    class_name = config.get("_class_name", "PNDMScheduler")
+    cls = getattr(diffusers_schedulers, class_name, None)
+    if cls is None:
+        raise UnsupportedCheckpointError(
+            f"unknown scheduler class {class_name!r} in the model's scheduler config"
+        )
+    return cls.from_config(dict(config))
+
+
+def _pop_prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Move the keys under ``prefix`` out of ``state``: each tensor stays referenced exactly once."""
+    picked = {k: state[k] for k in list(state) if k.startswith(prefix)}
+    for key in picked:
+        del state[key]
+    return picked
+
+
+# --------------------------------------------------------------------------------------------------
+# Pipelines
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_single_file(
+    path: Path, name: str, kind: str, runtime: RuntimeConfig, vae_path: Path | None
+) -> tuple[Detection, DiffusionPipeline]:
+    # 1. Shapes and family.
+    shapes, pickled = read_checkpoint_shapes(path, kind)
+    detection = detect_checkpoint(shapes, name=name, yaml_text=_read_yaml_beside(path))
+    if detection.unsupported_reason:
+        raise UnsupportedCheckpointError(f"{name}: not supported yet: {detection.unsupported_reason}")
+    if detection.vae_config is None and vae_path is None:
+        raise UnsupportedCheckpointError(
+            f"{name}: the checkpoint has no VAE (first_stage_model.*); choose a VAE file for it"
+        )
+
+    # 2. Tensors, cast as they are read (the file's own VAE is skipped when another one replaces it).
+    def include(key: str) -> bool:
+        return _is_used(key) and not (vae_path is not None and key.startswith(VAE_PREFIX))
+
+    state = _read_tensors(path, pickled, _dtype_for(runtime), include)
+    del pickled
+    # 3. Components, each taking its tensors out of ``state``.
+    unet = _build_unet(detection, _pop_prefixed(state, UNET_PREFIX), name)
+    if vae_path is not None:
+        vae = load_vae(
+            vae_path,
+            runtime.vae_dtype,
+            base_config=detection.vae_config,
+            config_family=detection.config_family,
+        )
+    else:
+        assert detection.vae_config is not None
+        vae = build_vae(detection.vae_config, _pop_prefixed(state, VAE_PREFIX), name)
+    scheduler = build_scheduler(detection.scheduler_config)
+    tokenizers = [_tokenizer(folder) for folder in detection.tokenizer_dirs]
+    if detection.is_sdxl:
+        te_1 = _build_hf_clip(
+            detection.text_encoder_configs[0],
+            _pop_prefixed(state, SDXL_CLIP_PREFIX),
+            SDXL_CLIP_PREFIX,
+            name=name,
+        )
+        te_2 = _build_open_clip(
+            detection.text_encoder_configs[1],
+            _pop_prefixed(state, SDXL_OPENCLIP_PREFIX),
+            SDXL_OPENCLIP_PREFIX,
+            with_projection=True,
+            name=name,
+        )
+        state.clear()
+        pipe: DiffusionPipeline = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=te_1,
+            text_encoder_2=te_2,
+            tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1],
+            unet=unet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=True,
+        )
+    else:
+        if detection.config_family == "sd2":
+            te = _build_open_clip(
+                detection.text_encoder_config,
+                _pop_prefixed(state, SD2_OPENCLIP_PREFIX),
+                SD2_OPENCLIP_PREFIX,
+                with_projection=False,
+                name=name,
+            )
+        else:
+            prefix = next(p for p in SD1_CLIP_PREFIXES if p + "embeddings.token_embedding.weight" in shapes)
+            te = _build_hf_clip(
+                detection.text_encoder_config, _pop_prefixed(state, prefix), prefix, name=name
+            )
+        state.clear()
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=te,
+            tokenizer=tokenizers[0],
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    return detection, pipe
+
+
+def _load_diffusers_folder(
+    folder: Path, runtime: RuntimeConfig, vae_path: Path | None
+) -> tuple[Detection, DiffusionPipeline]:
+    detection = detect_diffusers_folder(folder)
+    if detection.unsupported_reason:
+        raise UnsupportedCheckpointError(f"{folder.name}: not supported yet: {detection.unsupported_reason}")
+    cls = StableDiffusionXLPipeline if detection.is_sdxl else StableDiffusionPipeline
+    extra: dict[str, Any] = {}
+    if not detection.is_sdxl:
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if vae_path is not None:
+        extra["vae"] = load_vae(
+            vae_path,
+            runtime.vae_dtype,
+            base_config=detection.vae_config,
+            config_family=detection.config_family,
+        )
+    try:
+        pipe = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=runtime.dtype, **extra)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointReadError(f"{folder.name}: the diffusers folder cannot be loaded: {exc}") from exc
+    if vae_path is None and pipe.vae is not None and runtime.vae_dtype != runtime.dtype:
+        pipe.vae.to(dtype=runtime.vae_dtype)
+    return detection, pipe
+
+
+# --------------------------------------------------------------------------------------------------
+# VAE override
+# --------------------------------------------------------------------------------------------------
+
+
+def load_vae(
+    path: Path,
+    dtype: torch.dtype,
+    *,
+    base_config: Mapping[str, Any] | None = None,
+    config_family: str = "sd1",
+) -> AutoencoderKL:
+    """A standalone VAE file (original keys, ``first_stage_model.``/``vae.`` prefixed, or diffusers keys).
+
+    Shapes decide the architecture; ``base_config`` (the pipeline's own VAE config) supplies what shapes
+    cannot (scaling factor, norm groups).
+    """
+    from sdweb.engine.models.detect import bundled_config
+
+    path = Path(path)
+    name = path.name
+    if path.suffix.lower() == ".safetensors":
+        header = read_safetensors_header(path)
+        shapes = header.shapes()
+        state = dict(iter_safetensors_tensors(path, header=header, dtype_for=lambda _key: dtype))
+    else:
+        state = {
+            k: (v.to(dtype) if v.is_floating_point() else v) for k, v in torch_load_weights_only(path).items()
+        }
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+    prefix = next((p for p in (VAE_PREFIX, "vae.") if any(k.startswith(p) for k in shapes)), "")
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        shapes = {k[len(prefix) :]: s for k, s in shapes.items() if k.startswith(prefix)}
+    if any(k.startswith(UNET_PREFIX) for k in shapes):
+        raise UnsupportedCheckpointError(
+            f"{name}: this is a full checkpoint, not a VAE; put it in models/Stable-diffusion"
+        )
+    config = {
+        **(dict(base_config) if base_config else bundled_config(config_family, "vae")),
+        **infer_vae_config(shapes, name=name),
+    }
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    if is_ldm_vae(shapes):
+        vae = build_vae(config, state, name)
+    else:
+        with init_empty_weights():
+            vae = AutoencoderKL.from_config(config)
+        _assign(vae, state, what="VAE", name=name)
+    logger.info("using VAE %s", name)
+    return vae
