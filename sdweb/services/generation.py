@@ -347,12 +347,13 @@ class GenerationService:
             entry = HistoryEntry(
                 params=result.params,
                 seeds=list(result.seeds),
+                subseeds=list(result.subseeds),
                 model_title=result.model_name,
                 model_hash=result.model_hash,
-                created=time.time(),
-                paths=list(result.paths),
+                output_paths=list(result.paths),
                 infotexts=list(result.infotexts),
                 thumbnail=thumbnail,
+                extra={"interrupted": result.interrupted, "grid_path": result.grid_path},
             )
             return int(self._history.add(entry))
         except Exception:  # history must never cost the user their images
