@@ -51,6 +51,7 @@ _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _LEADING_NUMBER_RE = re.compile(r"^(\d+)")
 _TEMP_PREFIX = ".tmp-"
 _LISTING_SETTLE_NS = 2_000_000_000
+_STALE_TEMP_SECONDS = 3600
 
 
 class PathOutsideOutputsError(ValueError):
@@ -277,6 +278,7 @@ class ImageStore:
         with self._folder_lock(folder):
             number = self._next_number.get(key)
             if number is None:
+                self._remove_stale_temp_files(folder, keep=temp_path)
                 number = self.next_sequence_number(folder, basename)
             for _ in range(10_000):
                 stem = f"{number:0{digits}d}" if not basename else f"{basename}-{number:0{digits}d}"
@@ -287,6 +289,21 @@ class ImageStore:
                 # Someone else (another process, or a file copied in) took it: look again.
                 number = max(number + 1, self.next_sequence_number(folder, basename))
         raise OSError(f"could not find a free file name in {folder}")
+
+    @staticmethod
+    def _remove_stale_temp_files(folder: Path, *, keep: Path) -> None:
+        """Delete temp files a crashed save left behind (old enough that no save can still own them)."""
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.startswith(_TEMP_PREFIX) or entry.path == str(keep):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        logger.info("removed %s, left by an interrupted save", entry.path)
+                except FileNotFoundError:
+                    continue
 
     @staticmethod
     def _link_exclusively(temp_path: Path, final: Path) -> bool:

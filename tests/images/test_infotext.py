@@ -179,6 +179,12 @@ def test_build_quotes_only_values_with_comma_colon_or_newline() -> None:
     assert text.count("\n") == 1  # the newline inside a value never breaks the parameter line
 
 
+def test_build_writes_a_value_equal_to_its_key_as_a_bare_flag() -> None:
+    # A1111 does this (and its parser then skips the flag); kept for identical output.
+    text = build(GenerationParams(prompt="p", seed=1), extra={"Flag": "Flag"})
+    assert text.endswith(", Flag, Version: 0.1.0")
+
+
 def test_build_uses_per_image_prompt_and_seed() -> None:
     params = GenerationParams(prompt="template", negative_prompt="neg", seed=-1)
     text = build(params, seed=4242, prompt="styled prompt", negative_prompt="styled neg")
@@ -353,8 +359,11 @@ def test_old_a1111_string_keeps_every_value_through_a_rebuild() -> None:
          {"clip_skip": 3, "rng": "CPU", "vae_name": "my vae, v2", "vae_hash": "abcdef0123"}),
         (GenerationParams(prompt="日本語のプロンプト: 猫", negative_prompt="", seed=0),
          {"model_name": "model: with colon", "extra": {"Note": 'quote " and\nnewline'}}),
+        (GenerationParams(prompt="masterpiece, 1girl", seed=11),
+         {"extra": {"Hashes": '{"vae": "c6a580b13a", "model": "0f1b80cfe8", "lora:detail": "7c6bad76eb"}',
+                    "Path": "C:\\models\\", "Hires resize": "1024x1536"}}),
     ],
-    ids=["minimal", "civitai-style", "multiline-variation", "unicode-quoted"],
+    ids=["minimal", "civitai-style", "multiline-variation", "unicode-quoted", "json-and-backslashes"],
 )
 def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: dict[str, Any]) -> None:
     text = build(params, **overrides)

@@ -102,6 +102,21 @@ def test_writer_failing_midway_leaves_no_file(store: ImageStore, monkeypatch: py
     assert sorted(os.listdir(folder)) == ["00000-1.png"]  # no partial file, no temp file left
 
 
+def test_temp_files_left_by_a_crash_are_cleaned_up(tmp_path: Path) -> None:
+    folder = tmp_path / "outputs" / "txt2img-images" / "2026-11-25"
+    folder.mkdir(parents=True)
+    stale = folder / ".tmp-0123456789abcdef.png"
+    fresh = folder / ".tmp-fedcba9876543210.png"
+    stale.write_bytes(b"\x89PNG half")
+    fresh.write_bytes(b"\x89PNG in flight")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    ImageStore(tmp_path / "outputs", fsync=False).save(image(), infotext=INFOTEXT, seed=1, now=NOW)
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to a save still running in another process
+    assert ImageStore(tmp_path / "outputs").list_images("txt2img", "2026-11-25")[0].name == "00000-1.png"
+
+
 @pytest.mark.parametrize(
     "fmt, suffix", [("png", ".png"), ("jpg", ".jpg"), ("jpeg", ".jpg"), ("webp", ".webp")]
 )
