@@ -334,7 +334,7 @@ class HistoryStore:
             json.dumps(list(entry.output_paths), ensure_ascii=False),
             json.dumps(list(entry.infotexts), ensure_ascii=False),
             entry.thumbnail,
-            json.dumps(dict(entry.extra), ensure_ascii=False),
+            json.dumps(dict(entry.extra), ensure_ascii=False, default=str),  # a Path or datetime: as text
         )
         with self._lock:
             cursor = self._conn.execute(

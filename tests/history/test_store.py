@@ -236,6 +236,12 @@ def test_threads_add_and_search_at_once(history: HistoryStore) -> None:
     assert history.count("\"thread 3 picture\"") == 20
 
 
+def test_extra_values_that_are_not_json_are_kept_as_text(history: HistoryStore) -> None:
+    entry_id = history.add(entry("x", extra={"grid_path": Path("/out/grid-0001.png"), "n": 2}))
+    got = history.get(entry_id)
+    assert got is not None and dict(got.extra) == {"grid_path": "/out/grid-0001.png", "n": 2}
+
+
 def test_naive_time_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
         entry("x", created_at=datetime(2026, 1, 1))
