@@ -1,0 +1,128 @@
+"""Error answers of the ``/sdapi/v1`` API, in A1111's shape ``{error, detail, body, errors}``.
+
+:func:`install_error_handlers` is called once on the app that mounts the router. Under ``/sdapi``:
+
+* invalid fields and malformed JSON -> 422, ``detail`` names every bad field and its allowed range,
+  ``errors`` lists them (location, message, type) for programs;
+* :class:`ApiError` (raised by the routes) and FastAPI's ``HTTPException`` -> their status, with
+  their headers (``WWW-Authenticate`` on 401);
+* anything unexpected -> a JSON 500 saying what failed, logged with its traceback. The routes are
+  written so that no request reaches this (the schemathesis test proves it on our schema).
+
+Other paths (the web UI) keep FastAPI's default answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/sdapi"
+#: Longest input value quoted back in an error (a 1 MB prompt is not echoed).
+MAX_QUOTED_CHARS = 80
+
+
+class ApiError(Exception):
+    """An error answer the routes raise on purpose: HTTP ``status`` with a message a person can act on."""
+
+    def __init__(self, status: int, detail: str, *, errors: str | list[dict[str, Any]] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = detail if errors is None else errors
+        self.headers = dict(headers or {})
+
+
+def error_body(error: str, detail: str, errors: str | list[dict[str, Any]] = "") -> dict[str, Any]:
+    return {"error": error, "detail": detail, "body": "", "errors": errors}
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] or parts
+    return ".".join(parts) or "request"
+
+
+def _quoted(value: Any) -> Any:
+    """A short, JSON-safe form of a rejected input value."""
+    if isinstance(value, (bool, int)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "..."
+
+
+def describe_validation_errors(items: list[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """``("steps: Input should be less than or equal to 150; ...", [{loc, msg, type, input}])``."""
+    lines: list[str] = []
+    errors: list[dict[str, Any]] = []
+    for item in items:
+        where = _location(item.get("loc", ()))
+        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+        if item.get("type") == "json_invalid":
+            context = item.get("ctx") or {}
+            message = f"the body is not valid JSON ({context.get('error', message)})"
+            where = "body"
+        lines.append(f"{where}: {message}")
+        errors.append({"loc": [str(part) for part in item.get("loc", ())], "field": where, "msg": message,
+                       "type": str(item.get("type", "")), "input": _quoted(item.get("input"))})
+    return "; ".join(lines) or "invalid request", errors
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIX)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    if not _is_api(request):
+        return await request_validation_exception_handler(request, exc)
+    detail, errors = describe_validation_errors(list(exc.errors()))
+    return JSONResponse(status_code=422, content=jsonable_encoder(
+        error_body("RequestValidationError", detail, errors)))
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(status_code=exc.status, headers=exc.headers or None,
+                        content=jsonable_encoder(error_body(type(exc).__name__, exc.detail, exc.errors)))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if not _is_api(request):
+        return await http_exception_handler(request, exc)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 404 and detail == "Not Found":
+        detail = f"no API route {request.url.path}"
+    return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None),
+                        content=error_body("HTTPException", detail, detail))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("API error: %s %s", request.method, request.url.path)
+    detail = f"internal error while handling {request.method} {request.url.path}: {type(exc).__name__}: {exc}"
+    return JSONResponse(status_code=500, content=error_body(type(exc).__name__, detail, str(exc)))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Install the handlers above on ``app`` (once, on the app that includes the API router)."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

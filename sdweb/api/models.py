@@ -1,0 +1,347 @@
+"""Request and response models of the A1111-compatible ``/sdapi/v1`` API.
+
+Field names, defaults and response shapes are AUTOMATIC1111's (v1.10, see
+``shared/reference/a1111-api.md``), so existing clients work unchanged. Differences, on purpose:
+
+* Every request field is optional and ``null`` means "not given" (the A1111 default applies).
+* Numeric fields carry the bounds of :class:`sdweb.params.GenerationParams` in the schema, and sizes
+  must be multiples of 8: a request out of range gets a 422 naming the field, never a silently
+  corrected image.
+* Request fields A1111 knows but we cannot honour yet are accepted when they would not change the
+  image (listed in a warning log line), and refused with a 4xx when they would (``enable_hr``,
+  ``restore_faces``, scripts...). The router decides which is which (:data:`IMAGE_CHANGING_FIELDS`).
+* Fields no A1111 version knows are ignored, as A1111 does; they are named in a warning log line
+  (``extra="allow"`` keeps them visible to the router, they are never echoed back).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdweb.params import MAX_PROMPT_CHARS, GenerationParams
+
+logger = logging.getLogger(__name__)
+
+
+def _bounds_of(name: str) -> list[Any]:
+    """The constraints (ge/le/max_length) GenerationParams puts on ``name``, for the API schema."""
+    return list(GenerationParams.model_fields[name].metadata)
+
+
+# Bounded types shared by the request models; `None` stays allowed (it means "use the default").
+Steps = Annotated[(int, *_bounds_of("steps"))]
+CfgScale = Annotated[(float, *_bounds_of("cfg_scale"))]
+Seed = Annotated[(int, *_bounds_of("seed"))]
+SubseedStrength = Annotated[(float, *_bounds_of("subseed_strength"))]
+SeedResize = Annotated[(int, *_bounds_of("seed_resize_from_w"))]
+Size = Annotated[(int, *_bounds_of("width"), Field(multiple_of=8))]
+BatchSize = Annotated[(int, *_bounds_of("batch_size"))]
+BatchCount = Annotated[(int, *_bounds_of("n_iter"))]
+Eta = Annotated[(float, *_bounds_of("eta"))]
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Name = Annotated[str, Field(max_length=1000)]
+TaskId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Txt2ImgRequest(BaseModel):
+    """``POST /sdapi/v1/txt2img``: every A1111 field, every one optional, A1111's defaults."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, title="StableDiffusionProcessingTxt2Img")
+
+    prompt: Prompt | None = ""
+    negative_prompt: Prompt | None = ""
+    styles: list[Name] | None = None
+    seed: Seed | None = -1
+    subseed: Seed | None = -1
+    subseed_strength: SubseedStrength | None = 0.0
+    seed_resize_from_h: SeedResize | None = -1
+    seed_resize_from_w: SeedResize | None = -1
+    sampler_name: Name | None = Field(None, description="Sampler; when null, sampler_index is used.")
+    sampler_index: Name | None = Field("Euler", description="Sampler used when sampler_name is null.")
+    scheduler: Name | None = Field(None, description="Schedule type; null means Automatic.")
+    batch_size: BatchSize | None = 1
+    n_iter: BatchCount | None = 1
+    steps: Steps | None = 50
+    cfg_scale: CfgScale | None = 7.0
+    width: Size | None = 512
+    height: Size | None = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool | None = False
+    do_not_save_grid: bool | None = False
+    eta: Eta | None = None
+    denoising_strength: float | None = Field(0.75, description="Only used by hires fix (not supported yet).")
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = Field(
+        default_factory=dict, description='Per-request settings, e.g. {"CLIP_stop_at_last_layers": 2}.')
+    override_settings_restore_afterwards: bool | None = True
+    refiner_checkpoint: Name | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool | None = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    enable_hr: bool | None = False
+    firstphase_width: int | None = 0
+    firstphase_height: int | None = 0
+    hr_scale: float | None = 2.0
+    hr_upscaler: Name | None = None
+    hr_second_pass_steps: int | None = 0
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
+    hr_checkpoint_name: Name | None = None
+    hr_sampler_name: Name | None = None
+    hr_scheduler: Name | None = None
+    hr_prompt: Prompt | None = ""
+    hr_negative_prompt: Prompt | None = ""
+    force_task_id: TaskId | None = Field(None, description="Job id to follow with /progress?id_task=.")
+    script_name: Name | None = None
+    script_args: list[Any] | None = Field(default_factory=list)
+    send_images: bool | None = True
+    save_images: bool | None = False
+    alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
+    infotext: Prompt | None = Field(None, description="An infotext whose values fill the unset fields.")
+
+    def given(self) -> set[str]:
+        """The declared fields the client actually sent with a non-null value."""
+        return {name for name in self.model_fields_set
+                if name in type(self).model_fields and getattr(self, name) is not None}
+
+    def unknown_fields(self) -> list[str]:
+        """Fields no A1111 version defines (ignored, as A1111 does)."""
+        return sorted(self.model_extra or {})
+
+    def echo(self) -> dict[str, Any]:
+        """The request as A1111 echoes it in ``parameters``: declared fields with defaults filled in."""
+        return self.model_dump(include=set(type(self).model_fields))
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """``POST /sdapi/v1/img2img`` (not supported yet: answered with 501)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, title="StableDiffusionProcessingImg2Img")
+
+    init_images: list[str] | None = None
+    resize_mode: int | None = 0
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int | None = 4
+    mask_blur_y: int | None = 4
+    mask_blur: int | None = None
+    mask_round: bool | None = True
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool | None = False
+
+
+class TextToImageResponse(BaseModel):
+    images: list[str] | None = Field(None, description="Generated images, base64 PNG with infotext.")
+    parameters: dict[str, Any]
+    info: str = Field(description="A JSON string: seeds, infotexts, model hash...")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    pass
+
+
+class ExtrasBaseRequest(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    resize_mode: int = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = ""
+
+
+class FileData(BaseModel):
+    data: str
+    name: str
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(default_factory=list)  # noqa: N815 (A1111's name)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str | None = None
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
+class PNGInfoRequest(BaseModel):
+    image: str = Field(max_length=64 * 1024 * 1024,
+                       description="Base64 image (PNG, JPEG or WEBP); a data: URL is accepted too.")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str = Field(description="The raw infotext ('' when the image has none).")
+    items: dict[str, Any] = Field(description="The image's other metadata chunks.")
+    parameters: dict[str, Any] = Field(description="The infotext parsed into A1111 keys.")
+
+
+class ProgressState(BaseModel):
+    """A1111's ``shared.state.dict()``, plus the job id (``job_id``) of the job it describes."""
+
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    job_id: str | None = None
+    queue_position: int = 0
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(description="0..1 over the whole job.")
+    eta_relative: float = Field(description="Seconds left (estimate); 0 when unknown.")
+    state: ProgressState
+    current_image: str | None = Field(None, description="Live preview, base64 PNG, when there is one.")
+    textinfo: str | None = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class UpscalerItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class SDModelItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str
+    model_name: str
+    hash: str | None = None
+    sha256: str | None = None
+    filename: str
+    config: str | None = None
+
+
+class SDVaeItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    filename: str
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem] = Field(default_factory=dict)
+    skipped: dict[str, EmbeddingItem] = Field(default_factory=dict)
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str | None = None
+    path: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any] = Field(description="free / used (this process) / total, bytes; or an error.")
+    cuda: dict[str, Any] = Field(description="GPU memory as torch reports it, or {error: ...}.")
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+class ScriptInfo(BaseModel):
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: str
+    enabled: bool
+
+
+class ErrorResponse(BaseModel):
+    """A1111's error shape: what went wrong (``detail``), and per-field problems (``errors``)."""
+
+    error: str
+    detail: str
+    body: str = ""
+    errors: str | list[dict[str, Any]] = ""
+
+
+#: Responses every route documents (the OpenAPI schema lists them; schemathesis checks against it).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad request (unknown sampler, style, option...)"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong credentials"},
+    404: {"model": ErrorResponse, "description": "Unknown model or task"},
+    422: {"model": ErrorResponse, "description": "Invalid field values (each problem named)"},
+}

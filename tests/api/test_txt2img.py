@@ -1,0 +1,223 @@
+"""POST /sdapi/v1/txt2img over HTTP: A1111 defaults, seeds, images with infotext, info keys, saving,
+override_settings, infotext, and the 4xx answers for requests we refuse."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+
+import pytest
+from PIL import Image
+
+from tests.api.conftest import ApiServer
+from tests.fakes import colour_for
+
+SMALL = {"steps": 2, "width": 64, "height": 64}
+
+INFO_KEYS = {
+    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed",
+    "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps",
+    "batch_size", "restore_faces", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash",
+    "seed_resize_from_w", "seed_resize_from_h", "denoising_strength", "extra_generation_params",
+    "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip", "version",
+}
+
+
+def decode(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
+    image.load()
+    return image
+
+
+def txt2img(api: ApiServer, **fields) -> dict:
+    response = api.post("txt2img", json={**SMALL, **fields})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_defaults_are_a1111s_and_the_image_carries_its_infotext(api: ApiServer) -> None:
+    body = txt2img(api, prompt="a red fox", seed=7, steps=None)  # null means "the default"
+    call = api.engine.calls[0]
+    assert (call.steps, call.sampler_name, call.scheduler, call.cfg_scale) == (50, "Euler", "Automatic", 7.0)
+    assert len(body["images"]) == 1
+    assert not body["images"][0].startswith("data:")
+    image = decode(body["images"][0])
+    assert image.format == "PNG" and image.size == (64, 64)
+    assert image.getpixel((0, 0)) == colour_for(7, "a red fox")
+    infotext = image.info["parameters"]
+    assert infotext.startswith("a red fox\n")
+    assert ("Steps: 50, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: 7, Size: 64x64"
+            in infotext)
+    assert "Model hash: 0123456789" in infotext
+    # the request is echoed with A1111's defaults filled in
+    parameters = body["parameters"]
+    assert parameters["prompt"] == "a red fox" and parameters["sampler_index"] == "Euler"
+    assert parameters["save_images"] is False and parameters["send_images"] is True
+    assert parameters["override_settings_restore_afterwards"] is True
+
+
+def test_info_is_a_json_string_with_a1111_keys_and_batch_seeds(api: ApiServer) -> None:
+    body = txt2img(api, prompt="kites", seed=100, batch_size=2, n_iter=2, negative_prompt="fog")
+    info = json.loads(body["info"])
+    assert INFO_KEYS <= set(info)
+    assert info["all_seeds"] == [100, 101, 102, 103] and info["seed"] == 100
+    assert info["all_prompts"] == ["kites"] * 4 and info["all_negative_prompts"] == ["fog"] * 4
+    assert info["sd_model_hash"] == "0123456789" and info["sd_model_name"] == "fake-model"
+    assert len(info["infotexts"]) == 4 and info["index_of_first_image"] == 0
+    assert info["version"] == api.services.version
+    for b64, seed, infotext in zip(body["images"], info["all_seeds"], info["infotexts"], strict=True):
+        image = decode(b64)
+        assert image.getpixel((0, 0)) == colour_for(seed, "kites")
+        assert image.info["parameters"] == infotext and f"Seed: {seed}," in infotext
+
+
+def test_random_seed_is_reported(api: ApiServer) -> None:
+    info = json.loads(txt2img(api, seed=-1)["info"])
+    assert 0 <= info["seed"] <= 4_294_967_294
+    assert info["all_seeds"] == [info["seed"]]
+
+
+def test_images_are_saved_only_when_asked(api: ApiServer) -> None:
+    outputs = api.services.settings.paths.outputs_dir
+    txt2img(api, seed=1)
+    assert list(outputs.rglob("*.png")) == []
+    txt2img(api, seed=2, save_images=True)
+    saved = list(outputs.rglob("*.png"))
+    assert len(saved) == 1 and saved[0].name.endswith("-2.png")
+    with Image.open(saved[0]) as image:
+        assert "Seed: 2" in image.info["parameters"]
+
+
+def test_send_images_false_answers_info_only(api: ApiServer) -> None:
+    body = txt2img(api, seed=3, send_images=False)
+    assert body["images"] == []
+    assert json.loads(body["info"])["all_seeds"] == [3]
+
+
+def test_sampler_aliases_and_pre_1_9_names(api: ApiServer) -> None:
+    txt2img(api, sampler_name="k_euler_a")
+    txt2img(api, sampler_index="DPM++ 2M Karras")  # pre-1.9 name carrying its schedule
+    assert (api.engine.calls[0].sampler_name, api.engine.calls[1].sampler_name) == ("Euler a", "DPM++ 2M")
+    assert api.engine.calls[1].scheduler == "Karras"
+
+
+def test_override_settings_clip_skip_is_per_request(api: ApiServer) -> None:
+    body = txt2img(api, seed=5, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert "Clip skip: 2" in json.loads(body["info"])["infotexts"][0]
+    assert api.engine.calls[0].clip_skip == 2
+    assert api.get("options").json()["CLIP_stop_at_last_layers"] == 1  # restored afterwards
+
+    txt2img(api, override_settings={"CLIP_stop_at_last_layers": 3},
+            override_settings_restore_afterwards=False)
+    assert api.get("options").json()["CLIP_stop_at_last_layers"] == 3
+
+
+def test_override_settings_that_would_change_the_image_are_refused(api: ApiServer) -> None:
+    response = api.post("txt2img", json={**SMALL, "override_settings": {"eta_noise_seed_delta": 31337}})
+    assert response.status_code == 422 and "eta_noise_seed_delta" in response.json()["detail"]
+    response = api.post("txt2img", json={**SMALL, "override_settings": {"CLIP_stop_at_last_layers": 40}})
+    assert response.status_code == 422
+    assert "override_settings.CLIP_stop_at_last_layers" in response.json()["detail"]
+    # settings that do not change the image are accepted (and ignored)
+    txt2img(api, override_settings={"samples_format": "jpg", "some_a1111_only_setting": True})
+    assert api.engine.calls and len(api.engine.calls) == 1
+
+
+def test_infotext_fills_unset_fields(api: ApiServer) -> None:
+    infotext = ("a fox in snow\nNegative prompt: blurry\n"
+                "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 42, Size: 64x64, "
+                "Clip skip: 2, Model hash: 0123456789, Model: fake-model")
+    body = txt2img(api, infotext=infotext, steps=2)
+    call = api.engine.calls[0]
+    assert (call.prompt, call.negative_prompt) == ("a fox in snow", "blurry")
+    assert (call.seed, call.cfg_scale, call.checkpoint) == (42, 5.0, "fake-model.safetensors")
+    assert (call.sampler_name, call.scheduler, call.clip_skip) == ("DPM++ 2M", "Karras", 2)
+    assert call.steps == 2  # the request's own value wins
+    assert "Seed: 42" in json.loads(body["info"])["infotexts"][0]
+
+
+def test_infotext_using_hires_fix_is_refused(api: ApiServer) -> None:
+    infotext = "a fox\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, Hires upscale: 2"
+    response = api.post("txt2img", json={**SMALL, "infotext": infotext})
+    assert response.status_code == 422 and "hires fix" in response.json()["detail"]
+    assert api.engine.calls == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "words"),
+    [
+        ({"width": 65}, 422, ["width", "multiple of 8"]),
+        ({"height": 4096}, 422, ["height", "2048"]),
+        ({"steps": 151}, 422, ["steps", "150"]),
+        ({"steps": 0}, 422, ["steps"]),
+        ({"batch_size": 17}, 422, ["batch_size", "16"]),
+        ({"n_iter": 0}, 422, ["n_iter"]),
+        ({"cfg_scale": "lots"}, 422, ["cfg_scale"]),
+        ({"seed": "abc"}, 422, ["seed"]),
+        ({"prompt": "x" * 1_000_000}, 422, ["prompt"]),
+        ({"sampler_name": "Nope"}, 400, ["Sampler not found", "Nope"]),
+        ({"scheduler": "Wobbly"}, 400, ["Scheduler not found", "Wobbly"]),
+        ({"styles": ["no such style"]}, 400, ["no such style"]),
+        ({"enable_hr": True}, 422, ["enable_hr", "hires fix is not supported yet"]),
+        ({"restore_faces": True}, 422, ["restore_faces"]),
+        ({"script_name": "x/y/z plot"}, 422, ["x/y/z plot"]),
+        ({"alwayson_scripts": {"ADetailer": {"args": []}}}, 422, ["ADetailer"]),
+        ({"s_churn": 0.5}, 422, ["s_churn"]),
+        ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, 404,
+         ["Model not found", "missing.safetensors"]),
+    ],
+)
+def test_bad_requests_get_a_4xx_json_error_naming_the_problem(api: ApiServer, fields, status, words) -> None:
+    response = api.post("txt2img", json={**SMALL, **fields})
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert {"error", "detail", "body", "errors"} <= set(body)
+    for word in words:
+        assert word in body["detail"]
+    assert len(response.content) < 20_000  # a 1 MB prompt is not echoed back
+    assert api.engine.calls == []
+    assert api.get("sd-models").status_code == 200  # still serving
+
+
+def test_malformed_json_is_a_422_naming_the_body(api: ApiServer) -> None:
+    response = api.post("txt2img", content=b'{"prompt": "cat",', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "not valid JSON" in response.json()["detail"]
+    response = api.post("txt2img", content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_unknown_fields_are_ignored_and_logged(api: ApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="sdweb.api.router"):
+        txt2img(api, prompt="x", my_custom_field=1, do_not_save_grid=True)
+    assert "my_custom_field" in caplog.text and "do_not_save_grid" in caplog.text
+    assert "my_custom_field" not in txt2img(api)["parameters"]
+
+
+def test_unknown_model_is_refused_and_the_current_one_stays(api: ApiServer) -> None:
+    before = api.services.models.selected_title()
+    response = api.post("txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "nope"}})
+    assert response.status_code == 404
+    assert api.services.models.selected_title() == before
+    response = api.post("options", json={"sd_model_checkpoint": "nope"})
+    assert response.status_code == 404 and "nope" in response.json()["detail"]
+    assert api.services.models.selected_title() == before
+
+
+def test_force_task_id_is_the_job_id_and_cannot_be_reused(api: ApiServer) -> None:
+    txt2img(api, force_task_id="my-task-1")
+    progress = api.get("progress", params={"id_task": "my-task-1"}).json()
+    assert progress["progress"] == 1.0 and progress["state"]["job_id"] == "my-task-1"
+    response = api.post("txt2img", json={**SMALL, "force_task_id": "my-task-1"})
+    assert response.status_code == 400 and "my-task-1" in response.json()["detail"]
+
+
+def test_engine_failure_is_a_json_error_and_the_server_keeps_serving(api: ApiServer) -> None:
+    api.engine.fail_with = RuntimeError("CUDA out of memory")
+    response = api.post("txt2img", json=SMALL)
+    assert response.status_code == 507
+    assert "out of memory" in response.json()["detail"]
+    api.engine.fail_with = None
+    txt2img(api)
