@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 DISABLED_OPTION = "disabled_extensions"
 HEADERS = ["Name", "Version", "Enabled", "Status", "Commit", "Branch", "Remote", "Requirements", "Problem"]
+#: Fixed widths: with automatic ones, empty columns (no git, no requirements) squeeze their headers.
+COLUMN_WIDTHS = ["12%", "7%", "7%", "10%", "7%", "6%", "15%", "10%", "26%"]
 _NOTHING_SELECTED = "Choose an extension first (click its row or pick it in the list)."
 
 
@@ -246,7 +248,8 @@ def render_extensions_tab(
 
     # 1. The installed list, and the extension the per-extension buttons act on.
     table = gr.Dataframe(value=actions.table(), headers=HEADERS, interactive=False, wrap=True,
-                         label="Installed extensions", elem_id="extensions_table")
+                         column_widths=COLUMN_WIDTHS, label="Installed extensions",
+                         elem_id="extensions_table")
     with gr.Row():
         selected = gr.Dropdown(choices=actions.names(), value=None, label="Extension",
                                elem_id="extensions_selected", scale=3)
@@ -278,7 +281,7 @@ def render_extensions_tab(
             install_folder = gr.Button("Install from folder", elem_id="extensions_install_folder", scale=1,
                                        interactive=changeable)
         with gr.Row():
-            archive = gr.File(label="Zip file", file_types=[".zip"], type="filepath",
+            archive = gr.File(label="Zip file", file_types=[".zip"], type="filepath", height=120,
                               elem_id="extensions_zip", scale=4)
             install_zip = gr.Button("Install from zip", elem_id="extensions_install_zip", scale=1,
                                     interactive=changeable)
