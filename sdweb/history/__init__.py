@@ -1,1 +1,1 @@
-"""sdweb.history."""
+"""Prompt history: every generation kept in SQLite with full-text search (:mod:`sdweb.history.store`)."""
