@@ -1,0 +1,228 @@
+"""Prompt text -> ``prompt_embeds``, as A1111 encodes it: long prompts, emphasis, BREAK, CLIP skip.
+
+This module owns the step between the prompt grammar (``sdweb.prompts.parser``, pure text) and the
+UNet's conditioning tensors:
+
+- Chunks: the weighted text runs are tokenized and packed into 75-token chunks. When a chunk fills up
+  and a comma was seen in its last 20 tokens, the words after that comma move to the next chunk (A1111's
+  "comma backtrack"), and ``BREAK`` starts a new chunk. Each chunk is wrapped in BOS/EOS, padded to 77
+  with the tokenizer's pad token, encoded on its own, and the chunks' hidden states are concatenated:
+  nothing is ever truncated. The shorter of prompt and negative prompt is padded with encoded empty
+  chunks (A1111's "pad prompt/negative prompt to be same length") so both go through the UNet together.
+- Emphasis (A1111's default, "Original"): the hidden states are multiplied by each token's weight and
+  then rescaled so their mean is what it was before.
+- CLIP skip (SD1/SD2): the hidden states of layer ``-clip_skip``, through the final layer norm (1 = the
+  last layer, what diffusers uses). diffusers' own ``clip_skip=`` is never used (it fails on
+  transformers 5 and counts one layer differently).
+- SDXL: both encoders' penultimate hidden states side by side, the pooled projection of encoder 2's
+  first chunk, and an all-zero negative when the negative prompt is empty (as A1111 and diffusers do).
+  A1111 ignores CLIP skip for SDXL by default, and so do we.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sdweb.prompts.parser import parse_prompt_attention
+
+logger = logging.getLogger(__name__)
+
+#: Tokens of text per chunk; BOS and EOS make it 77, CLIP's context length.
+CHUNK_LENGTH = 75
+#: How far back (in tokens) a full chunk looks for a comma to break at (A1111's default).
+COMMA_BACKTRACK = 20
+#: The marker ``parse_prompt_attention`` uses for BREAK.
+_BREAK = ("BREAK", -1.0)
+
+
+@dataclass
+class TokenChunk:
+    """One 77-token chunk: BOS, up to 75 tokens of text (padded), EOS; one weight per token."""
+
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PromptConditioning:
+    """What the UNet needs for one prompt pair, batch dimension 1 (repeat it for a batch)."""
+
+    prompt_embeds: torch.Tensor  # (1, 77 * chunks, dim)
+    negative_prompt_embeds: torch.Tensor  # same shape
+    pooled_prompt_embeds: torch.Tensor | None = None  # SDXL: (1, proj_dim)
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    chunk_count: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def tokenize_weighted(tokenizer: Any, text: str) -> tuple[list[TokenChunk], int]:
+    """A1111's chunking of ``text``: 77-token chunks with per-token weights, and the token count.
+
+    The token count is what A1111's counter shows: 75 for every full chunk plus the tokens of the last.
+    """
+    parsed = parse_prompt_attention(text)
+    texts = [fragment for fragment, _weight in parsed]
+    tokenized = tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"] if texts else []
+    bos, eos = int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
+    pad = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos
+    comma = tokenizer.get_vocab().get(",</w>")
+
+    chunks: list[TokenChunk] = []
+    current = TokenChunk()
+    token_count = 0
+    last_comma = -1
+
+    def close_chunk(is_last: bool = False) -> None:
+        nonlocal current, token_count, last_comma
+        token_count += len(current.tokens) if is_last else CHUNK_LENGTH
+        missing = CHUNK_LENGTH - len(current.tokens)
+        current.tokens = [bos, *current.tokens, *([pad] * missing)]
+        current.weights = [1.0, *current.weights, *([1.0] * missing)]
+        # EOS right after the text, padding after it: where diffusers' tokenizer puts them.
+        current.tokens.insert(CHUNK_LENGTH + 1 - missing, eos)
+        current.weights.insert(CHUNK_LENGTH + 1 - missing, 1.0)
+        last_comma = -1
+        chunks.append(current)
+        current = TokenChunk()
+
+    for tokens, (fragment, weight) in zip(tokenized, parsed, strict=True):
+        if (fragment, weight) == _BREAK:
+            close_chunk()
+            continue
+        for token in tokens:
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif (len(current.tokens) == CHUNK_LENGTH and last_comma != -1
+                  and len(current.tokens) - last_comma <= COMMA_BACKTRACK):
+                # Move the words after the last comma to the next chunk instead of splitting them.
+                cut = last_comma + 1
+                moved_tokens, moved_weights = current.tokens[cut:], current.weights[cut:]
+                current.tokens, current.weights = current.tokens[:cut], current.weights[:cut]
+                close_chunk()
+                current.tokens, current.weights = moved_tokens, moved_weights
+            if len(current.tokens) == CHUNK_LENGTH:
+                close_chunk()
+            current.tokens.append(int(token))
+            current.weights.append(float(weight))
+    if current.tokens or not chunks:
+        close_chunk(is_last=True)
+    return chunks, token_count
+
+
+def count_tokens(tokenizer: Any, text: str) -> tuple[int, int]:
+    """``(tokens, limit)`` for the UI counter: the limit grows by 75 with each chunk (A1111's "12/75")."""
+    _chunks, tokens = tokenize_weighted(tokenizer, text)
+    limit = max(1, -(-max(tokens, 1) // CHUNK_LENGTH)) * CHUNK_LENGTH
+    return tokens, limit
+
+
+def empty_chunk(tokenizer: Any) -> TokenChunk:
+    """The chunk of an empty prompt: BOS, EOS, padding."""
+    chunks, _count = tokenize_weighted(tokenizer, "")
+    return chunks[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+def is_sdxl_pipeline(pipe: Any) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+class PromptEncoder:
+    """Encodes prompt pairs with a pipeline's tokenizer(s) and text encoder(s)."""
+
+    def __init__(self, pipe: Any, *, device: torch.device | str, dtype: torch.dtype) -> None:
+        self._pipe = pipe
+        self._device = torch.device(device)
+        self._dtype = dtype
+        self.is_sdxl = is_sdxl_pipeline(pipe)
+        if self.is_sdxl:
+            pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+            self._encoders = [(tok, enc) for tok, enc in pairs if tok is not None and enc is not None]
+        else:
+            self._encoders = [(pipe.tokenizer, pipe.text_encoder)]
+
+    def encode(self, prompt: str, negative_prompt: str, *, clip_skip: int = 1) -> PromptConditioning:
+        """Encode both prompts; the result has as many 77-token chunks for each."""
+        if clip_skip < 1:
+            raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
+        per_encoder: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        chunk_count = 1
+        zero_negative = self.is_sdxl and not negative_prompt.strip()
+        for index, (tokenizer, encoder) in enumerate(self._encoders):
+            positive_chunks, _ = tokenize_weighted(tokenizer, prompt)
+            negative_chunks, _ = tokenize_weighted(tokenizer, negative_prompt)
+            chunk_count = max(len(positive_chunks), len(negative_chunks))
+            padding = empty_chunk(tokenizer)
+            positive_chunks += [padding] * (chunk_count - len(positive_chunks))
+            negative_chunks += [padding] * (chunk_count - len(negative_chunks))
+            # One encoder call for both prompts' chunks.
+            hidden, pooled = self._encode_chunks(encoder, [*positive_chunks, *negative_chunks],
+                                                 clip_skip=clip_skip, projected=self.is_sdxl and index == 1)
+            positive = hidden[:chunk_count].reshape(1, -1, hidden.shape[-1])
+            negative = hidden[chunk_count:].reshape(1, -1, hidden.shape[-1])
+            positive_pooled = pooled[:1] if pooled is not None else None
+            negative_pooled = pooled[chunk_count:chunk_count + 1] if pooled is not None else None
+            per_encoder.append((positive, negative, positive_pooled, negative_pooled))
+
+        prompt_embeds = torch.cat([item[0] for item in per_encoder], dim=-1)
+        negative_embeds = torch.cat([item[1] for item in per_encoder], dim=-1)
+        pooled = per_encoder[-1][2] if self.is_sdxl else None
+        negative_pooled = per_encoder[-1][3] if self.is_sdxl else None
+        if zero_negative:
+            negative_embeds = torch.zeros_like(negative_embeds)
+            negative_pooled = torch.zeros_like(negative_pooled) if negative_pooled is not None else None
+        dtype = self._dtype
+        return PromptConditioning(
+            prompt_embeds=prompt_embeds.to(dtype),
+            negative_prompt_embeds=negative_embeds.to(dtype),
+            pooled_prompt_embeds=pooled.to(dtype) if pooled is not None else None,
+            negative_pooled_prompt_embeds=negative_pooled.to(dtype) if negative_pooled is not None else None,
+            chunk_count=chunk_count,
+        )
+
+    def _encode_chunks(self, encoder: Any, chunks: Sequence[TokenChunk], *, clip_skip: int,
+                       projected: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states ``(chunks, 77, dim)`` with emphasis applied, and pooled outputs (SDXL enc. 2)."""
+        device = getattr(encoder, "device", self._device)
+        input_ids = torch.tensor([chunk.tokens for chunk in chunks], dtype=torch.long, device=device)
+        need_layers = self.is_sdxl or clip_skip > 1
+        output = encoder(input_ids, output_hidden_states=need_layers)
+        if self.is_sdxl:
+            hidden = output.hidden_states[-2]  # penultimate, no final norm (SDXL's conditioning)
+        elif clip_skip > 1:
+            hidden = _final_layer_norm(encoder)(output.hidden_states[-clip_skip])
+        else:
+            hidden = output[0]  # last_hidden_state: the final layer, normed
+        pooled = output.text_embeds if projected else None
+        weights = torch.tensor([chunk.weights for chunk in chunks], dtype=hidden.dtype, device=hidden.device)
+        return _apply_emphasis(hidden, weights), pooled
+
+
+def _final_layer_norm(encoder: Any) -> Any:
+    norm = getattr(encoder, "final_layer_norm", None)
+    if norm is None:  # transformers 4 kept it one level down
+        norm = encoder.text_model.final_layer_norm
+    return norm
+
+
+def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111 "Original" emphasis, per chunk: scale by the weights, then restore each chunk's mean."""
+    if bool((weights == 1.0).all()):
+        return hidden  # the common case, and bit-identical to diffusers' encoding
+    original_mean = hidden.mean(dim=(1, 2), keepdim=True)
+    scaled = hidden * weights.unsqueeze(-1)
+    new_mean = scaled.mean(dim=(1, 2), keepdim=True)
+    return scaled * (original_mean / new_mean)

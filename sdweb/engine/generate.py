@@ -1,0 +1,391 @@
+"""The txt2img denoising loop: one request in, images (and the facts for their infotext) out.
+
+This module owns the loop of the data path (DESIGN.md steps 4-6): encode the prompts once, then for each
+of the ``n_iter`` batches draw the seeds' noise, build a fresh sampler, run the UNet step by step with
+classifier-free guidance, report progress (with a cheap preview every N steps), honour interrupt and
+skip, and decode the finished latents to PIL images.
+
+It drives the pipeline's components directly (``unet``, ``vae``, text encoders) rather than calling the
+pipeline, because function samplers, per-step interrupt/skip and previews need the loop; the scheduler
+path does exactly what diffusers' ``StableDiffusionPipeline.__call__`` does (same noise, same order of
+operations), so at fp32 the images equal diffusers' own (tests/engine/test_generate.py proves it).
+Differences on purpose: latents stay float32 between steps whatever the model's dtype (the UNet gets
+them cast), and each image is decoded on its own (memory, and batch-size independence).
+
+Nothing shared is mutated: each batch gets its own scheduler from ``from_config``. Tiling switches the
+conv layers to circular padding for the duration of the job and restores them (the model is held
+exclusively by the job through ``ModelCache.use``).
+
+Performance: no per-step host syncs (sigmas and timesteps are read on the CPU, control flags are
+Python events), previews are made only every ``preview_every`` steps, everything runs under
+``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdweb.engine.encode import PromptConditioning, PromptEncoder, is_sdxl_pipeline
+from sdweb.engine.samplers.functions import DiffusersDenoiser
+from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
+from sdweb.engine.seeds import BatchNoise, create_batch_noise
+from sdweb.params import EngineRun, GeneratedImage, GenerationParams, JobControl, StepProgress
+
+logger = logging.getLogger(__name__)
+
+#: A1111's "Approx cheap" latent -> RGB factors (rows: latent channels, columns: R, G, B).
+SD_PREVIEW_FACTORS = (
+    (0.298, 0.207, 0.208),
+    (0.187, 0.286, 0.173),
+    (-0.158, 0.189, 0.264),
+    (-0.184, -0.271, -0.473),
+)
+SDXL_PREVIEW_FACTORS = (
+    (0.3448, 0.4168, 0.4395),
+    (-0.1953, -0.0290, 0.0250),
+    (0.1074, 0.0886, -0.0163),
+    (-0.3730, -0.2499, -0.2088),
+)
+
+
+class LoadedModelLike(Protocol):
+    """What the loop needs of a loaded model (``sdweb.engine.models.loader.LoadedModel``)."""
+
+    pipe: Any
+    device: Any
+    dtype: Any
+    info: Any
+    vae_name: str | None
+    vae_hash: str | None
+
+    @property
+    def family(self) -> str: ...
+
+
+class _StopBatch(Exception):
+    """Raised inside the loop when interrupt or skip was asked for."""
+
+
+@dataclass
+class _Guidance:
+    """The conditioning of one batch, ready for the UNet."""
+
+    encoder_hidden_states: torch.Tensor  # (2B, L, D) [negative, positive], or (B, L, D) without CFG
+    added_cond_kwargs: dict[str, torch.Tensor] | None
+    timestep_cond: torch.Tensor | None
+    do_cfg: bool
+    scale: float
+
+
+def run_txt2img(
+    model: LoadedModelLike,
+    params: GenerationParams,
+    *,
+    samplers: SamplerRegistry,
+    control: JobControl,
+    on_step: Callable[[StepProgress], None],
+    preview_every: int = 0,
+) -> EngineRun:
+    """Make ``params.batch_size * params.n_iter`` images; see the module docstring.
+
+    ``params`` must be resolved: concrete seed and subseed (not -1), ``clip_skip`` and ``rng`` set.
+    Images come back in seed order (``seed + i``); an interrupted run returns the images of the batches
+    finished before it, with ``interrupted=True``. A skipped batch is left out and the run goes on.
+    """
+    with torch.inference_mode():
+        return _Txt2Img(model, params, samplers, control, on_step, preview_every).run()
+
+
+class _Txt2Img:
+    def __init__(self, model: LoadedModelLike, params: GenerationParams, samplers: SamplerRegistry,
+                 control: JobControl, on_step: Callable[[StepProgress], None], preview_every: int) -> None:
+        self.model = model
+        self.params = params
+        self.samplers = samplers
+        self.control = control
+        self.on_step = on_step
+        self.preview_every = max(0, int(preview_every))
+        self.pipe = model.pipe
+        self.unet = model.pipe.unet
+        self.vae = model.pipe.vae
+        self.device = torch.device(model.device)
+        self.is_sdxl = is_sdxl_pipeline(model.pipe)
+
+    def run(self) -> EngineRun:
+        params = self.params
+        # 1. Check inputs (before any model work, so a bad request costs nothing).
+        self.check_inputs()
+        images: list[GeneratedImage] = []
+        interrupted = False
+        with circular_padding(self.unet, self.vae, enabled=params.tiling):
+            # 2. Encode the prompts, once for the whole job.
+            conditioning = self.encode_prompts()
+            guidance = self.prepare_guidance(conditioning, params.batch_size)
+            for batch_index in range(params.n_iter):
+                if self.control.interrupted:
+                    interrupted = True
+                    break
+                self.control.clear_skip()  # a skip asked for between batches is not for the next one
+                first = params.seed + batch_index * params.batch_size
+                seeds = [first + i for i in range(params.batch_size)]
+                subseeds = [params.subseed + batch_index * params.batch_size + i
+                            for i in range(params.batch_size)]
+                try:
+                    latents = self.sample_batch(guidance, seeds, subseeds, batch_index)
+                except _StopBatch:
+                    if self.control.interrupted:
+                        interrupted = True
+                        break
+                    logger.info("batch %d/%d skipped", batch_index + 1, params.n_iter)
+                    self.control.clear_skip()
+                    continue
+                # 8. Decode.
+                for i, pixels in enumerate(self.decode(latents)):
+                    images.append(GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
+                                                 prompt=params.prompt,
+                                                 negative_prompt=params.negative_prompt))
+        info = getattr(self.model, "info", None)
+        return EngineRun(
+            images=images,
+            model_name=getattr(info, "model_name", None),
+            model_hash=getattr(info, "shorthash", None),
+            vae_name=getattr(self.model, "vae_name", None),
+            vae_hash=getattr(self.model, "vae_hash", None),
+            clip_skip=int(params.clip_skip or 1),
+            interrupted=interrupted,
+        )
+
+    # -- 1. inputs ---------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        params = self.params
+        if params.seed < 0 or params.subseed < 0:
+            raise ValueError("seed and subseed must be concrete (resolve -1 before calling the engine)")
+        if params.rng not in ("CPU", "GPU"):
+            raise ValueError(f"rng must be resolved to 'CPU' or 'GPU', got {params.rng!r}")
+        if params.clip_skip is None:
+            raise ValueError("clip_skip must be resolved (the setting CLIP_stop_at_last_layers)")
+        # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
+        self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+
+    # -- 2. prompts --------------------------------------------------------------------------
+    def encode_prompts(self) -> PromptConditioning:
+        encoder = PromptEncoder(self.pipe, device=self.device, dtype=self.unet.dtype)
+        return encoder.encode(self.params.prompt, self.params.negative_prompt,
+                              clip_skip=int(self.params.clip_skip or 1))
+
+    # -- 3. guidance -------------------------------------------------------------------------
+    def prepare_guidance(self, conditioning: PromptConditioning, batch_size: int) -> _Guidance:
+        params = self.params
+        time_cond_dim = getattr(self.unet.config, "time_cond_proj_dim", None)
+        # As diffusers: guidance-distilled UNets (LCM) take the scale as an embedding, not a second pass;
+        # at scale 1 the negative pass cancels out, so it is skipped.
+        do_cfg = params.cfg_scale > 1.0 and time_cond_dim is None
+        positive = conditioning.prompt_embeds.repeat(batch_size, 1, 1)
+        negative = conditioning.negative_prompt_embeds.repeat(batch_size, 1, 1)
+        hidden = torch.cat([negative, positive]) if do_cfg else positive
+        added: dict[str, torch.Tensor] | None = None
+        if self.is_sdxl:
+            assert conditioning.pooled_prompt_embeds is not None
+            assert conditioning.negative_pooled_prompt_embeds is not None
+            pooled = conditioning.pooled_prompt_embeds.repeat(batch_size, 1)
+            negative_pooled = conditioning.negative_pooled_prompt_embeds.repeat(batch_size, 1)
+            # original size, crop top-left, target size (SDXL micro-conditioning), as diffusers' defaults
+            time_ids = torch.tensor([[params.height, params.width, 0, 0, params.height, params.width]],
+                                    dtype=hidden.dtype, device=self.device).repeat(batch_size, 1)
+            added = {
+                "text_embeds": torch.cat([negative_pooled, pooled]) if do_cfg else pooled,
+                "time_ids": torch.cat([time_ids, time_ids]) if do_cfg else time_ids,
+            }
+        timestep_cond = None
+        if time_cond_dim is not None and hasattr(self.pipe, "get_guidance_scale_embedding"):
+            scale = torch.full((batch_size,), params.cfg_scale - 1.0)
+            timestep_cond = self.pipe.get_guidance_scale_embedding(scale, embedding_dim=time_cond_dim)
+            timestep_cond = timestep_cond.to(device=self.device, dtype=self.unet.dtype)
+        return _Guidance(encoder_hidden_states=hidden.to(self.device), added_cond_kwargs=added,
+                         timestep_cond=timestep_cond, do_cfg=do_cfg, scale=float(params.cfg_scale))
+
+    def predict(self, guidance: _Guidance, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The UNet's guided output for ``model_input`` (already scaled), as float32."""
+        doubled = torch.cat([model_input, model_input]) if guidance.do_cfg else model_input
+        output = self.unet(
+            doubled.to(self.unet.dtype),
+            timestep,
+            encoder_hidden_states=guidance.encoder_hidden_states,
+            timestep_cond=guidance.timestep_cond,
+            added_cond_kwargs=guidance.added_cond_kwargs,
+            return_dict=False,
+        )[0].float()
+        if guidance.do_cfg:
+            uncond, cond = output.chunk(2)
+            output = uncond + guidance.scale * (cond - uncond)
+        return output
+
+    # -- 4.-7. one batch ---------------------------------------------------------------------
+    def sample_batch(self, guidance: _Guidance, seeds: list[int], subseeds: list[int],
+                     batch_index: int) -> torch.Tensor:
+        params = self.params
+        # 4. Seeds -> initial noise and per-image generators.
+        resize = (params.seed_resize_from_w, params.seed_resize_from_h)
+        noise = create_batch_noise(
+            seeds=seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+            seed_resize_from=resize if min(resize) > 0 else None,
+            width=params.width, height=params.height, rng=params.rng or "CPU", device=self.device,
+            channels=int(self.unet.config.in_channels),
+            scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)),
+        )
+        # 5. A fresh sampler for this batch.
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        # 6.-7. Denoising loop.
+        if isinstance(plan, FunctionSamplerPlan):
+            return self.run_function_sampler(plan, guidance, noise, batch_index)
+        return self.run_scheduler(plan, guidance, noise, batch_index)
+
+    def run_scheduler(self, plan: SchedulerPlan, guidance: _Guidance, noise: BatchNoise,
+                      batch_index: int) -> torch.Tensor:
+        scheduler = plan.scheduler
+        # 6. Timesteps and step arguments.
+        plan.set_timesteps(self.params.steps, self.device)
+        timesteps = scheduler.timesteps
+        if hasattr(scheduler, "noise_sampler_seed"):
+            # Brownian-tree samplers (DPM++ SDE): one tree per image, seeded like the image.
+            scheduler.noise_sampler_seed = list(noise.seeds)
+        step_kwargs = self.step_kwargs(scheduler, noise.generators)
+        latents = noise.latents * scheduler.init_noise_sigma
+        order = max(1, int(getattr(scheduler, "order", 1)))
+        reported = 0
+        # 7. Denoising loop.
+        for i, t in enumerate(timesteps):
+            self.check_control()
+            model_input = scheduler.scale_model_input(latents, t)
+            model_output = self.predict(guidance, model_input, t)
+            step = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=True)
+            latents = step.prev_sample
+            done = min(self.params.steps, -(-(i + 1) // order))
+            if done != reported:
+                reported = done
+                x0 = getattr(step, "pred_original_sample", None)
+                self.report(done, batch_index, x0 if x0 is not None else latents)
+        return latents
+
+    def step_kwargs(self, scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
+        accepted = set(inspect.signature(scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "generator" in accepted:
+            # Ancestral / SDE noise: image i keeps drawing from its own generator (diffusers' list form).
+            kwargs["generator"] = generators
+        if "eta" in accepted:
+            kwargs["eta"] = 0.0 if self.params.eta is None else float(self.params.eta)
+        return kwargs
+
+    def run_function_sampler(self, plan: FunctionSamplerPlan, guidance: _Guidance, noise: BatchNoise,
+                             batch_index: int) -> torch.Tensor:
+        sample_fn = plan.sampler.sample_fn
+        assert sample_fn is not None
+        # 6. Sigmas, the denoiser, the callback.
+        sigmas = plan.sigmas(self.params.steps)
+        denoiser = DiffusersDenoiser(lambda x, t: self.predict(guidance, x, t),
+                                     base_config=plan.base_config, device=self.device)
+
+        def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
+            self.check_control()
+            return denoiser(x, sigma)
+
+        def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+            self.report(min(i + 1, self.params.steps), batch_index, x0)
+            self.check_control()
+
+        extra: dict[str, Any] = {}
+        if self.params.eta is not None and "eta" in inspect.signature(sample_fn).parameters:
+            extra["eta"] = float(self.params.eta)
+        # 7. Denoising loop (inside the sampling function).
+        return sample_fn(denoise, noise.latents * float(sigmas[0]), sigmas,
+                         generator=noise.generators, callback=callback, **extra)
+
+    # -- progress and control ----------------------------------------------------------------
+    def check_control(self) -> None:
+        if self.control.stop_requested:
+            raise _StopBatch
+
+    def report(self, step: int, batch_index: int, latents: torch.Tensor) -> None:
+        preview = None
+        if self.preview_every and step % self.preview_every == 0 and step < self.params.steps:
+            preview = preview_image(latents, sdxl=self.is_sdxl)
+        self.on_step(StepProgress(step=step, total_steps=self.params.steps, batch_index=batch_index,
+                                  batch_count=self.params.n_iter, preview=preview))
+
+    # -- 8. decode ---------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        config = self.vae.config
+        scaled = latents / config.scaling_factor
+        shift = getattr(config, "shift_factor", None)
+        if shift:
+            scaled = scaled + shift
+        images = []
+        for index in range(scaled.shape[0]):
+            started = time.perf_counter()
+            decoded = self.vae.decode(scaled[index:index + 1].to(self.vae.dtype), return_dict=False)[0]
+            images.append(to_pil(decoded[0]))
+            logger.debug("decoded image %d in %.2fs", index, time.perf_counter() - started)
+        return images
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+
+def to_pil(decoded: torch.Tensor) -> Image.Image:
+    """A decoded ``(3, H, W)`` image in [-1, 1] as an 8-bit RGB PIL image (diffusers' rounding)."""
+    pixels = (decoded.float() / 2 + 0.5).clamp(0, 1)
+    array = (pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def preview_image(latents: torch.Tensor, *, sdxl: bool) -> Image.Image:
+    """A1111's "Approx cheap" preview: a fixed linear map of the 4 latent channels to RGB, side by side.
+
+    One pixel per latent (1/8 of the image size), no VAE: microseconds, fine every step.
+    """
+    factors = torch.tensor(SDXL_PREVIEW_FACTORS if sdxl else SD_PREVIEW_FACTORS, dtype=torch.float32)
+    sample = latents[:, : factors.shape[0]].float().cpu()
+    rgb = torch.einsum("bchw,cr->brhw", sample, factors)
+    rgb = ((rgb + 1.0) / 2.0).clamp(0, 1)
+    strip = torch.cat(list(rgb), dim=2)  # batch side by side
+    array = (strip.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+@contextmanager
+def circular_padding(*modules: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Seamless tiling: give every padded conv layer circular padding for the block, then restore it."""
+    if not enabled:
+        yield
+        return
+    changed: list[tuple[torch.nn.Conv2d, str]] = []
+    try:
+        for module in modules:
+            for layer in module.modules():
+                if isinstance(layer, torch.nn.Conv2d) and any(p > 0 for p in _padding(layer)):
+                    changed.append((layer, layer.padding_mode))
+                    layer.padding_mode = "circular"
+        yield
+    finally:
+        for layer, mode in changed:
+            layer.padding_mode = mode
+
+
+def _padding(layer: torch.nn.Conv2d) -> tuple[int, ...]:
+    padding = layer.padding
+    if isinstance(padding, str):
+        return (1,) if padding == "same" else (0,)
+    return tuple(int(p) for p in padding)

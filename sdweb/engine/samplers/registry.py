@@ -1,0 +1,314 @@
+"""The sampler registry: every sampler and schedule type the plugins registered, by A1111 name.
+
+This module owns the lookup from what a user typed ("Euler a", "k_dpmpp_2m", "Karras") to a ready
+object for one job: a fresh diffusers scheduler (:class:`SchedulerPlan`) or a sampling function with
+its sigmas (:class:`FunctionSamplerPlan`). It is built once from the results of the pluggy hooks
+``register_samplers`` / ``register_schedules`` (the built-in samplers are a plugin like any other,
+``sdweb.engine.samplers.builtin``) and passed to whoever needs it; nothing here is global.
+
+A schedule type reaches a diffusers scheduler through config flags (``use_karras_sigmas``...) that the
+scheduler class must accept, or through ``set_timesteps(sigmas=...)`` with the schedule's own
+``sigmas_fn``. A combination that cannot work is an error naming the schedules that can.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sdweb.engine.samplers.functions import (
+    function_schedule_problem,
+    schedule_sigmas,
+    scheduler_from_config,
+    scheduler_options,
+)
+from sdweb.plugin_api import SamplerSpec, ScheduleSpec
+
+logger = logging.getLogger(__name__)
+
+#: The schedule type that means "the sampler's own default" (A1111's "Automatic").
+AUTOMATIC = "Automatic"
+
+#: Config flags diffusers schedulers use to pick a sigma spacing. All of them are switched off before
+#: the chosen schedule's flags are applied, so a model config that ships with one set cannot leak into
+#: a different schedule type.
+SIGMA_SPACING_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+# /sdapi/v1/schedulers facts A1111 reports for its built-in schedule types: (default_rho, need_inner_model).
+# ScheduleSpec has no fields for them; a plugin schedule reports (-1, False).
+_A1111_SCHEDULE_FACTS: dict[str, tuple[float, bool]] = {
+    "Automatic": (-1.0, False),
+    "Uniform": (-1.0, True),
+    "Karras": (7.0, False),
+    "Exponential": (-1.0, False),
+    "Beta": (-1.0, True),
+}
+
+
+class UnknownSamplerError(ValueError):
+    """A sampler name (or alias) that no plugin registered."""
+
+
+class UnknownScheduleError(ValueError):
+    """A schedule type name (or alias) that no plugin registered."""
+
+
+class IncompatibleScheduleError(ValueError):
+    """A schedule type the chosen sampler cannot use."""
+
+
+class DuplicateSamplerError(ValueError):
+    """Two plugins registered the same sampler or schedule name (or alias)."""
+
+
+@dataclass(frozen=True)
+class SchedulerPlan:
+    """A diffusers scheduler for one job, fresh from ``from_config``: the caller may mutate it."""
+
+    sampler: SamplerSpec
+    schedule: ScheduleSpec
+    scheduler: Any
+    #: Set when the schedule reaches the scheduler through ``set_timesteps(sigmas=...)``.
+    custom_sigmas: bool = False
+
+    def set_timesteps(self, steps: int, device: torch.device | str) -> None:
+        """Set the scheduler's timesteps for ``steps`` sampling steps on ``device``."""
+        if self.custom_sigmas:
+            sigmas = _custom_sigmas(self.schedule, steps, self.scheduler)
+            self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+        else:
+            self.scheduler.set_timesteps(steps, device=device)
+
+
+@dataclass(frozen=True)
+class FunctionSamplerPlan:
+    """A k-diffusion style sampling function with what it needs to compute its sigmas."""
+
+    sampler: SamplerSpec
+    schedule: ScheduleSpec
+    #: The model's scheduler config (training betas, prediction type), as given to ``build``.
+    base_config: Mapping[str, Any]
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """``steps + 1`` decreasing float32 sigmas on the CPU, ending in 0."""
+        return schedule_sigmas(self.schedule, steps, self.base_config)
+
+
+SamplerPlan = SchedulerPlan | FunctionSamplerPlan
+
+
+@dataclass(frozen=True)
+class _Registered:
+    spec: Any
+    plugin: str
+
+
+class SamplerRegistry:
+    """Samplers and schedule types by name and alias. Build it with :meth:`from_plugin_results`."""
+
+    def __init__(self) -> None:
+        self._samplers: dict[str, _Registered] = {}
+        self._sampler_keys: dict[str, str] = {}  # lower-cased name or alias -> name
+        self._schedules: dict[str, _Registered] = {}
+        self._schedule_keys: dict[str, str] = {}
+
+    # -- building --------------------------------------------------------------------------
+    @classmethod
+    def from_plugin_results(
+        cls,
+        samplers: Iterable[tuple[str, list[SamplerSpec] | None]],
+        schedules: Iterable[tuple[str, list[ScheduleSpec] | None]],
+    ) -> SamplerRegistry:
+        """Build from ``(plugin name, specs)`` pairs as the plugin host collects them.
+
+        Raises:
+            DuplicateSamplerError: a name or alias is registered twice (the message names both plugins).
+            TypeError: a plugin returned something that is not a spec.
+        """
+        registry = cls()
+        for plugin, specs in schedules:
+            for spec in specs or ():
+                registry.add_schedule(spec, plugin=plugin)
+        if AUTOMATIC not in registry._schedules:
+            registry.add_schedule(ScheduleSpec(name=AUTOMATIC, label=AUTOMATIC, aliases=("automatic",)),
+                                  plugin="sdweb")
+        for plugin, specs in samplers:
+            for spec in specs or ():
+                registry.add_sampler(spec, plugin=plugin)
+        return registry
+
+    def add_sampler(self, spec: SamplerSpec, *, plugin: str) -> None:
+        if not isinstance(spec, SamplerSpec):
+            raise TypeError(f"plugin {plugin!r}: register_samplers must return SamplerSpec items, "
+                            f"got {type(spec).__name__}")
+        _claim(self._sampler_keys, self._samplers, spec.name, spec.aliases, plugin, "sampler")
+        self._samplers[spec.name] = _Registered(spec, plugin)
+
+    def add_schedule(self, spec: ScheduleSpec, *, plugin: str) -> None:
+        if not isinstance(spec, ScheduleSpec):
+            raise TypeError(f"plugin {plugin!r}: register_schedules must return ScheduleSpec items, "
+                            f"got {type(spec).__name__}")
+        _claim(self._schedule_keys, self._schedules, spec.name, spec.aliases, plugin, "schedule type")
+        self._schedules[spec.name] = _Registered(spec, plugin)
+
+    # -- lookup ----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Sampler names in registration order (built-ins first)."""
+        return list(self._samplers)
+
+    def schedule_names(self) -> list[str]:
+        """Schedule type names in registration order ("Automatic" first)."""
+        return list(self._schedules)
+
+    def get(self, name_or_alias: str) -> SamplerSpec:
+        """The sampler called ``name_or_alias`` (case-insensitive), or :class:`UnknownSamplerError`."""
+        name = self._sampler_keys.get(name_or_alias.strip().lower())
+        if name is None:
+            raise UnknownSamplerError(
+                f"sampler {name_or_alias!r} not found; known: {', '.join(self.names())}")
+        return self._samplers[name].spec
+
+    def get_schedule(self, name_or_alias: str) -> ScheduleSpec:
+        """The schedule type called ``name_or_alias`` (case-insensitive), or :class:`UnknownScheduleError`."""
+        name = self._schedule_keys.get(name_or_alias.strip().lower())
+        if name is None:
+            raise UnknownScheduleError(
+                f"schedule type {name_or_alias!r} not found; known: {', '.join(self.schedule_names())}")
+        return self._schedules[name].spec
+
+    def plugin_of(self, sampler_name: str) -> str:
+        """Which plugin registered a sampler (for error messages and the extensions tab)."""
+        return self._samplers[self.get(sampler_name).name].plugin
+
+    def resolve_schedule(self, sampler_name: str, schedule_name: str) -> ScheduleSpec:
+        """The concrete schedule type ``schedule_name`` means for this sampler ("Automatic" resolved)."""
+        sampler = self.get(sampler_name)
+        schedule = self.get_schedule(schedule_name)
+        if schedule.name == AUTOMATIC:
+            schedule = self.get_schedule(sampler.default_schedule)
+        return schedule
+
+    def compatible_schedules(self, sampler_name: str) -> list[str]:
+        """The schedule types this sampler can run with ("Automatic" included)."""
+        sampler = self.get(sampler_name)
+        names = [AUTOMATIC]
+        for name, registered in self._schedules.items():
+            if name != AUTOMATIC and _incompatibility(sampler, registered.spec) is None:
+                names.append(name)
+        return names
+
+    # -- building a plan for one job -------------------------------------------------------
+    def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any]) -> SamplerPlan:
+        """A fresh plan for one job: sampler ``name`` with schedule type ``schedule``.
+
+        ``base_scheduler_config`` is the loaded model's scheduler config (``pipe.scheduler.config``):
+        it carries the training betas and prediction type every sampler must keep. The shared
+        pipeline's scheduler is never touched.
+
+        Raises:
+            UnknownSamplerError, UnknownScheduleError: a name nobody registered.
+            IncompatibleScheduleError: the sampler cannot use that schedule type.
+        """
+        sampler = self.get(name)
+        chosen = self.resolve_schedule(name, schedule)
+        problem = _incompatibility(sampler, chosen)
+        if problem is not None:
+            raise IncompatibleScheduleError(
+                f"sampler {sampler.name!r} cannot use schedule type {chosen.name!r} ({problem}); "
+                f"it supports: {', '.join(self.compatible_schedules(sampler.name))}")
+        if sampler.sample_fn is not None:
+            return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config)
+        cls = sampler.scheduler_cls
+        assert cls is not None  # SamplerSpec guarantees one of the two
+        accepted = _init_parameters(cls)
+        options = {flag: False for flag in SIGMA_SPACING_FLAGS if flag in accepted}
+        options.update(dict(sampler.overrides))
+        custom = not _config_applies(chosen, accepted)
+        if not custom:
+            options.update(chosen.config)
+        try:
+            scheduler = scheduler_from_config(cls, base_scheduler_config, **options)
+        except ValueError as exc:
+            plugin = self.plugin_of(sampler.name)
+            raise ValueError(f"sampler {sampler.name!r} (plugin {plugin!r}): {exc}") from exc
+        logger.debug("sampler %s / %s -> %s%s", sampler.name, chosen.name, cls.__name__,
+                     " (custom sigmas)" if custom else "")
+        return SchedulerPlan(sampler=sampler, schedule=chosen, scheduler=scheduler, custom_sigmas=custom)
+
+    # -- listings for the API and UI -------------------------------------------------------
+    def describe(self) -> list[dict[str, Any]]:
+        """``/sdapi/v1/samplers`` items: ``{"name", "aliases", "options"}``."""
+        return [
+            {"name": spec.name, "aliases": list(spec.aliases),
+             "options": {key: str(value) for key, value in dict(spec.options).items()}}
+            for spec in (registered.spec for registered in self._samplers.values())
+        ]
+
+    def describe_schedules(self) -> list[dict[str, Any]]:
+        """``/sdapi/v1/schedulers`` items: name, label, aliases, default_rho, need_inner_model.
+
+        ``name`` is A1111's lower-case identifier ("karras"), ``label`` what the UI shows ("Karras").
+        """
+        items = []
+        for spec in (registered.spec for registered in self._schedules.values()):
+            rho, inner = _A1111_SCHEDULE_FACTS.get(spec.name, (-1.0, False))
+            identifier = spec.name.lower().replace(" ", "_")
+            aliases = [alias for alias in spec.aliases if alias != identifier]
+            items.append({"name": identifier, "label": spec.label or spec.name,
+                          "aliases": aliases or None, "default_rho": rho, "need_inner_model": inner})
+        return items
+
+
+def _claim(keys: dict[str, str], registered: Mapping[str, _Registered], name: str,
+           aliases: Iterable[str], plugin: str, kind: str) -> None:
+    """Reserve a name and its aliases (case-insensitive) or raise naming both plugins."""
+    wanted = [name, *aliases]
+    for key in wanted:
+        owner_name = keys.get(key.strip().lower())
+        if owner_name is not None:
+            owner = registered[owner_name].plugin
+            raise DuplicateSamplerError(
+                f"{kind} {key!r} is registered twice: by plugin {owner!r} ({owner_name!r}) and by plugin "
+                f"{plugin!r} ({name!r}); disable one of the two extensions")
+    for key in wanted:
+        keys[key.strip().lower()] = name
+
+
+def _init_parameters(cls: type) -> frozenset[str]:
+    return scheduler_options(cls)
+
+
+def _config_applies(schedule: ScheduleSpec, accepted: frozenset[str]) -> bool:
+    return all(key in accepted for key in schedule.config)
+
+
+def _accepts_custom_sigmas(cls: type) -> bool:
+    set_timesteps = getattr(cls, "set_timesteps", None)
+    return set_timesteps is not None and "sigmas" in inspect.signature(set_timesteps).parameters
+
+
+def _incompatibility(sampler: SamplerSpec, schedule: ScheduleSpec) -> str | None:
+    """Why ``sampler`` cannot use ``schedule``, or None when it can."""
+    if sampler.supported_schedules is not None and schedule.name not in sampler.supported_schedules:
+        return "the sampler lists the schedule types it supports"
+    if sampler.sample_fn is not None:
+        return function_schedule_problem(schedule)
+    cls = sampler.scheduler_cls
+    assert cls is not None
+    if _config_applies(schedule, _init_parameters(cls)):
+        return None
+    if schedule.sigmas_fn is not None and _accepts_custom_sigmas(cls):
+        return None
+    missing = [key for key in schedule.config if key not in _init_parameters(cls)]
+    return f"{cls.__name__} has no {', '.join(missing)} option"
+
+
+def _custom_sigmas(schedule: ScheduleSpec, steps: int, scheduler: Any) -> list[float]:
+    """Sigmas from a plugin's ``sigmas_fn`` for a scheduler that takes ``set_timesteps(sigmas=...)``."""
+    # diffusers takes the full list, final 0 included, and derives the timesteps from it
+    return [float(value) for value in schedule_sigmas(schedule, steps, scheduler.config)]
