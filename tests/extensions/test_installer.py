@@ -253,6 +253,15 @@ def test_git_runs_without_prompts_and_only_with_accepted_protocols(tmp_path: Pat
     assert seen.strip().endswith("status --short")
 
 
+def test_a_git_command_that_hangs_is_stopped(tmp_path: Path) -> None:
+    sleeper = tmp_path / "slow-git"
+    sleeper.write_text("#!/bin/sh\nexec sleep 30\n")
+    sleeper.chmod(sleeper.stat().st_mode | stat.S_IEXEC)
+
+    with pytest.raises(Exception, match="did not finish within"):
+        GitRunner(executable=str(sleeper), timeout_s=0.5).run(["fetch"])
+
+
 def test_git_that_is_missing_is_reported() -> None:
     with pytest.raises(Exception, match="git is not installed"):
         GitRunner(executable="/nonexistent/git-binary").run(["status"])

@@ -142,6 +142,16 @@ def test_on_step_failures_do_not_stop_the_generation_and_repeats_are_counted() -
     assert error is not None and error.count == 3 and "cannot draw preview" in str(error)
 
 
+def test_an_implementation_of_a_hook_that_does_not_exist_is_warned_about_by_name(
+        caplog: pytest.LogCaptureFixture) -> None:
+    host = PluginHost()
+    with caplog.at_level(logging.WARNING):
+        host.register(plugin(on_stpe=lambda progress: None), "typo-ext")
+
+    assert any("typo-ext" in r.getMessage() and "'on_stpe'" in r.getMessage() and "on_step" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_unknown_hooks_and_wrong_arguments_are_programming_errors() -> None:
     host = PluginHost()
     with pytest.raises(ValueError, match="unknown hook 'on_stepp'"):
