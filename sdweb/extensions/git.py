@@ -50,6 +50,17 @@ class GitFacts:
     branch: str | None = None
 
 
+def redact_url(url: str) -> str:
+    """``https://user:token@host/x`` -> ``https://user:***@host/x``: remotes are shown in the UI."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host_and_path = rest.partition("@")
+    if ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host_and_path}"
+
+
 class GitRunner:
     """Runs git with a fixed, safe environment. One instance is shared by the installer and manager."""
 
@@ -114,7 +125,7 @@ class GitRunner:
         except GitError:  # exit 1 simply means "no origin"
             remote = ""
         detached = branch in ("", "HEAD")
-        return GitFacts(commit=commit, remote=remote or None, branch=None if detached else branch)
+        return GitFacts(commit=commit, remote=redact_url(remote) or None, branch=None if detached else branch)
 
     def log(self, folder: Path, revision_range: str) -> list[CommitSummary]:
         """Commits in ``revision_range`` (newest first)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sdweb.extensions.git import GitRunner
+from sdweb.extensions.git import GitRunner, redact_url
 from sdweb.extensions.installer import (
     ExtensionChangeRefused,
     ExtensionInstaller,
@@ -260,6 +260,18 @@ def test_a_git_command_that_hangs_is_stopped(tmp_path: Path) -> None:
 
     with pytest.raises(Exception, match="did not finish within"):
         GitRunner(executable=str(sleeper), timeout_s=0.5).run(["fetch"])
+
+
+@pytest.mark.parametrize(
+    ("remote", "shown"),
+    [
+        ("https://user:ghp_secret@github.com/a/b.git", "https://user:***@github.com/a/b.git"),
+        ("https://github.com/a/b.git", "https://github.com/a/b.git"),
+        ("git@github.com:a/b.git", "git@github.com:a/b.git"),
+    ],
+)
+def test_remote_urls_are_shown_without_passwords(remote: str, shown: str) -> None:
+    assert redact_url(remote) == shown
 
 
 def test_git_that_is_missing_is_reported() -> None:
