@@ -316,11 +316,12 @@ def _xformers(probe: HardwareProbe) -> bool:
 
 
 def apply_runtime(pipe: Any, runtime: RuntimeConfig) -> None:
-    """Set attention, offload, VAE tiling and memory format on this pipeline instance.
+    """Place this pipeline instance and set its attention, memory format, VAE tiling and offload.
 
-    Call after the weights are loaded at ``runtime.dtype``. With offload "none" the caller moves the
-    pipeline to ``runtime.device``; with "model"/"sequential" the accelerate hooks installed here do it,
-    and the pipeline must not be moved by hand afterwards.
+    Call after the weights are loaded at ``runtime.dtype`` / ``runtime.vae_dtype`` (dtypes are the
+    loader's job; this never changes them). With offload "none" the pipeline is moved to
+    ``runtime.device`` here; with "model"/"sequential" accelerate's hooks installed here move each
+    component when it runs, and the pipeline must not be moved by hand afterwards.
     """
     # 1. Attention: one processor for every attention layer of every component.
     if runtime.attention == "xformers":
@@ -349,13 +350,13 @@ def apply_runtime(pipe: Any, runtime: RuntimeConfig) -> None:
         else:
             vae.disable_tiling()
 
-    # 4. Offload: accelerate hooks move each component to the device when it runs.
+    # 4. Placement: on the device, or accelerate hooks that move each component there when it runs.
     if runtime.offload == "model":
         pipe.enable_model_cpu_offload(device=runtime.device)
     elif runtime.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=runtime.device)
-    elif runtime.device.type == "cpu" and runtime.offload == "none":
-        logger.debug("no offload: running on CPU")
+    else:
+        pipe.to(runtime.device)
     logger.debug("applied runtime to %s: attention %s, offload %s", type(pipe).__name__,
                  runtime.attention, runtime.offload)
 

@@ -127,6 +127,7 @@ class HashCache:
         self._lock = threading.RLock()
         self._file_locks: dict[str, threading.Lock] = {}
         self._entries: dict[str, dict[str, object]] = self._load()
+        self._dirty = False
 
     @property
     def path(self) -> Path:
@@ -159,6 +160,45 @@ class HashCache:
     def data_sha256(self, path: Path, on_progress: ProgressCallback | None = None) -> str:
         """sha256 of a safetensors file's tensor bytes (the LoRA hash is its first 12 hex)."""
         return self._get_or_compute(path, "data_sha256", lambda: safetensors_data_sha256(path, on_progress))
+
+    # -- other facts about a file version (the registry keeps detection results here) -----------------
+    def get_fact(self, path: Path, name: str) -> object | None:
+        """A JSON value stored with :meth:`put_fact` for the current version of ``path``, else None."""
+        try:
+            stamp = _FileStamp.of(path)
+        except OSError:
+            return None
+        with self._lock:
+            entry = self._entries.get(self._key(path))
+            if entry is None or not stamp.matches(entry):
+                return None
+            facts = entry.get("facts")
+            return facts.get(name) if isinstance(facts, dict) else None
+
+    def put_fact(self, path: Path, name: str, value: object, *, save: bool = True) -> None:
+        """Remember a JSON value for this version of ``path``; dropped with its hashes when it changes.
+
+        ``save=False`` defers writing the file to :meth:`flush` (one write after scanning many files).
+        """
+        stamp = _FileStamp.of(path)
+        key = self._key(path)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or not stamp.matches(entry):
+                entry = {"size": stamp.size, "mtime_ns": stamp.mtime_ns}
+                self._entries[key] = entry
+            facts = entry.setdefault("facts", {})
+            if isinstance(facts, dict):
+                facts[name] = value
+            self._dirty = True
+            if save:
+                self._save()
+
+    def flush(self) -> None:
+        """Write changes deferred by ``put_fact(..., save=False)``."""
+        with self._lock:
+            if self._dirty:
+                self._save()
 
     def forget(self, path: Path) -> None:
         """Drop every cached hash of ``path`` (say, after the file was deleted)."""
@@ -235,6 +275,7 @@ class HashCache:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(payload, handle, indent=1, sort_keys=True)
             os.replace(tmp, self._path)
+            self._dirty = False
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

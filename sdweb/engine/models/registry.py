@@ -5,7 +5,9 @@ Owns discovery (recursive scan of the checkpoint folders), A1111-compatible name
 VAE ("Automatic", "None" or a file in ``models/VAE``).
 
 Listing is cheap by design: it stats files and reads safetensors headers (keys, shapes) to detect the
-model family. **Listing never hashes a file whose hash is not cached yet** — a 7 GB checkpoint takes
+model family; detection results are stored beside the hashes (same path + size + mtime key, plus the
+``.yaml`` beside the file and a fingerprint of the detection code), so a later start lists without
+re-reading headers. **Listing never hashes a file whose hash is not cached yet** — a 7 GB checkpoint takes
 tens of seconds to hash. Hashes come from the :class:`~sdweb.engine.models.hashes.HashCache`; uncached
 ones are computed by :meth:`CheckpointRegistry.ensure_hash` (one file, e.g. when it is loaded, so the
 infotext gets its "Model hash") or :meth:`CheckpointRegistry.hash_all` (explicitly, in the background).
@@ -15,6 +17,8 @@ Pure python: importing this module, listing and lookup never import torch.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -146,8 +150,8 @@ def _is_beside_vae(filename: str) -> bool:
 
 @dataclass(frozen=True)
 class _Detected:
-    size: int
-    mtime_ns: int
+    #: (size, mtime_ns) of the file and of its .yaml (None when absent): a change means detect again.
+    stamp: tuple[int, int, tuple[int, int] | None]
     family: str | None
     error: str | None
 
@@ -174,6 +178,7 @@ class CheckpointRegistry:
         self._scanned = False
         # Detection results by path, reused while size and mtime are unchanged: refresh stays cheap.
         self._detected: dict[Path, _Detected] = {}
+        self._detector_fingerprint: str | None = None
 
     @property
     def dirs(self) -> tuple[Path, ...]:
@@ -195,6 +200,7 @@ class CheckpointRegistry:
                 seen.add(real)
                 found.append(info)
         found.sort(key=lambda info: (info.name.lower(), info.name))
+        self._hash_cache.flush()
         with self._lock:
             self._infos = found
             self._scanned = True
@@ -290,10 +296,22 @@ class CheckpointRegistry:
         if kind != "safetensors":
             # Reading a pickle's keys means unpickling it: that waits until the model is loaded.
             return None, None
+        yaml_path = path.with_suffix(".yaml")
+        try:
+            yaml_stat = yaml_path.stat()
+            yaml_stamp: tuple[int, int] | None = (yaml_stat.st_size, yaml_stat.st_mtime_ns)
+        except OSError:
+            yaml_stamp = None
+        stamp = (size, mtime_ns, yaml_stamp)
         with self._lock:
             known = self._detected.get(path)
-        if known is not None and known.size == size and known.mtime_ns == mtime_ns:
+        if known is not None and known.stamp == stamp:
             return known.family, known.error
+        persisted = self._persisted_detection(path, yaml_stamp)
+        if persisted is not None:
+            with self._lock:
+                self._detected[path] = _Detected(stamp, *persisted)
+            return persisted
         family: str | None = None
         error: str | None = None
         try:
@@ -303,8 +321,7 @@ class CheckpointRegistry:
             from sdweb.engine.models.safetensors_io import read_safetensors_header
 
             shapes = read_safetensors_header(path).shapes()
-            yaml_path = path.with_suffix(".yaml")
-            yaml_text = yaml_path.read_text(encoding="utf-8") if yaml_path.is_file() else None
+            yaml_text = yaml_path.read_text(encoding="utf-8") if yaml_stamp is not None else None
             detection = detect_checkpoint(shapes, name=name, yaml_text=yaml_text)
             family = detection.family
             if detection.unsupported_reason:
@@ -314,8 +331,45 @@ class CheckpointRegistry:
         if error:
             logger.info("%s is not a usable checkpoint: %s", path, error)
         with self._lock:
-            self._detected[path] = _Detected(size, mtime_ns, family, error)
+            self._detected[path] = _Detected(stamp, family, error)
+        version = self._detector_version()
+        if version is not None:
+            record = {"detector": version, "yaml": list(yaml_stamp) if yaml_stamp else None,
+                      "family": family, "error": error}
+            try:
+                self._hash_cache.put_fact(path, "detection", record, save=False)
+            except OSError:
+                pass  # the file vanished mid-scan; it is simply not remembered
         return family, error
+
+    def _persisted_detection(
+        self, path: Path, yaml_stamp: tuple[int, int] | None
+    ) -> tuple[str | None, str | None] | None:
+        """A detection result stored by an earlier run, if file, .yaml and detector are all unchanged.
+
+        This is what lets a fresh start list many large checkpoints without re-reading their headers.
+        """
+        record = self._hash_cache.get_fact(path, "detection")
+        version = self._detector_version()
+        if not isinstance(record, dict) or version is None or record.get("detector") != version:
+            return None
+        if record.get("yaml") != (list(yaml_stamp) if yaml_stamp else None):
+            return None
+        family, error = record.get("family"), record.get("error")
+        if not (family is None or isinstance(family, str)) or not (error is None or isinstance(error, str)):
+            return None
+        return family, error
+
+    def _detector_version(self) -> str | None:
+        """A fingerprint of the detection code: changed code re-detects rather than trust old results."""
+        if self._detector_fingerprint is None:
+            spec = importlib.util.find_spec("sdweb.engine.models.detect")
+            try:
+                source = Path(spec.origin).read_bytes() if spec and spec.origin else b""
+            except OSError:
+                source = b""
+            self._detector_fingerprint = hashlib.sha256(source).hexdigest()[:16] if source else ""
+        return self._detector_fingerprint or None
 
     # -- hashing --------------------------------------------------------------------------------
     def ensure_hash(self, info: CheckpointInfo) -> CheckpointInfo:

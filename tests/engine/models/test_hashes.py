@@ -191,3 +191,17 @@ def test_missing_file_has_no_cached_hash(tmp_path: Path) -> None:
     assert cache.get(tmp_path / "gone.safetensors") is None
     with pytest.raises(FileNotFoundError):
         cache.sha256(tmp_path / "gone.safetensors")
+
+
+def test_facts_are_kept_per_file_version(tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    write_bytes(model, 2000, seed=1)
+    cache = HashCache(tmp_path / "cache")
+
+    cache.put_fact(model, "detection", {"family": "sd1"}, save=False)
+    assert HashCache(tmp_path / "cache").get_fact(model, "detection") is None  # not written yet
+    cache.flush()
+    assert HashCache(tmp_path / "cache").get_fact(model, "detection") == {"family": "sd1"}
+
+    write_bytes(model, 3000, seed=2)
+    assert cache.get_fact(model, "detection") is None

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sdweb.engine.models import hashes
+from sdweb.engine.models import hashes, safetensors_io
 from sdweb.engine.models.errors import CheckpointNotFoundError, VaeNotFoundError
 from sdweb.engine.models.hashes import HashCache
 from sdweb.engine.models.registry import CheckpointInfo, CheckpointRegistry, VaeRegistry
+from tests.fixtures.checkpoints import write_tiny_diffusers_folder
 
 #: A few keys in the original single-file layout: enough to look like a checkpoint to a person.
 SD1_KEYS = {
@@ -281,14 +282,19 @@ def test_listing_never_hashes_and_is_fast_once_hashes_are_cached(
     def no_hashing(*args: object, **kwargs: object) -> str:
         raise AssertionError("listing hashed a file")
 
+    def no_header_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a fresh start re-read a header whose detection result was stored")
+
     monkeypatch.setattr(hashes, "file_sha256", no_hashing)
     monkeypatch.setattr(hashes, "legacy_hash", no_hashing)
-    fresh = CheckpointRegistry([root], HashCache(tmp_path / "cache"))
+    monkeypatch.setattr(safetensors_io, "read_safetensors_header", no_header_reading)
+    fresh = CheckpointRegistry([root], HashCache(tmp_path / "cache"))  # as after a restart
     started = time.perf_counter()
     infos = fresh.refresh()
     elapsed = time.perf_counter() - started
 
     assert len(infos) == 50
+    assert all(info.detect_error and "no text encoder" in info.detect_error for info in infos)
     assert all(info.size == 4 * 1024**3 for info in infos)
     assert infos[0].title == f"model-00.safetensors [{fake_hashes['model-00.safetensors'][:10]}]"
     assert elapsed < 1.0, f"listing 50 cached checkpoints took {elapsed:.2f} s"
@@ -310,24 +316,56 @@ def test_importing_the_registry_does_not_import_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
-# -- detection (needs the detect module; tiny SD1 checkpoints from the shared fixtures) -----------
+# -- detection (tiny checkpoints in the original single-file layout, from tests/fixtures) -----------
 
 
-def test_listing_reports_the_family_of_a_tiny_sd1_checkpoint(tmp_path: Path, cache: HashCache) -> None:
-    pytest.importorskip("sdweb.engine.models.detect")
-    fixtures = pytest.importorskip("tests.fixtures.checkpoints")
+def test_listing_reports_families_from_headers(
+    tmp_path: Path, cache: HashCache, tiny_sd1_path: Path, tiny_sd2v_path: Path, tiny_sdxl_path: Path
+) -> None:
     root = tmp_path / "ckpts"
     root.mkdir()
-    fixtures.write_sd1_checkpoint(root / "tiny-sd1.safetensors")
+    for source in (tiny_sd1_path, tiny_sd2v_path, tiny_sdxl_path):
+        (root / source.name).symlink_to(source)
     lora = root / "not-a-model.safetensors"
     save_file({"lora_unet_down_blocks_0.lora_down.weight": np.zeros((4, 8), np.float16)}, str(lora))
 
     infos = {info.name: info for info in CheckpointRegistry([root], cache).refresh()}
 
-    assert infos["tiny-sd1.safetensors"].family is not None
-    assert infos["tiny-sd1.safetensors"].detect_error is None
+    assert infos["tiny-sd1.safetensors"].family == "sd1"
+    assert infos["tiny-sd2v.safetensors"].family == "sd2-v"
+    assert infos["tiny-sdxl.safetensors"].family == "sdxl"
+    assert all(infos[name].detect_error is None for name in infos if name.startswith("tiny"))
     assert infos["not-a-model.safetensors"].family is None
-    assert "not-a-model.safetensors" in (infos["not-a-model.safetensors"].detect_error or "")
+    assert "LoRA" in (infos["not-a-model.safetensors"].detect_error or "")
+
+
+def test_yaml_beside_a_checkpoint_decides_sd2_prediction_and_changes_are_noticed(
+    tmp_path: Path, cache: HashCache, tiny_sd2v_path: Path
+) -> None:
+    root = tmp_path / "ckpts"
+    root.mkdir()
+    model = root / "model.safetensors"
+    model.write_bytes(tiny_sd2v_path.read_bytes())
+    registry = CheckpointRegistry([root], cache)
+    assert registry.refresh()[0].family == "sd2-v"  # A1111: SD 2.x without a .yaml is the 768-v model
+
+    (root / "model.yaml").write_text("model:\n  params:\n    parameterization: eps\n")
+    assert registry.refresh()[0].family == "sd2"
+
+    write_checkpoint(model)  # replaced by something that is not a checkpoint
+    info = registry.refresh()[0]
+    assert info.family is None and info.detect_error
+
+
+def test_diffusers_folder_family(tmp_path: Path, cache: HashCache) -> None:
+    root = tmp_path / "ckpts"
+    write_tiny_diffusers_folder(root / "tiny-diffusers")
+
+    (info,) = CheckpointRegistry([root], cache).refresh()
+
+    assert info.kind == "diffusers"
+    assert info.family == "sd1"
+    assert info.detect_error is None
 
 
 # -- VAEs -----------------------------------------------------------------------------------------
