@@ -537,3 +537,21 @@ def test_entry_point_plugins_load_and_a_name_clash_with_a_folder_is_reported(
     assert infos[("clash", "folder")].loaded
     infotext = manager.host.collect("extra_infotext", params=GenerationParams())
     assert ("pip-ext", {"From pip": "yes"}) in infotext
+
+
+def test_the_list_follows_the_folder_after_start(
+        write_ext: Writer, extensions_dir: Path, make_manager: ManagerFactory) -> None:
+    write_ext(extensions_dir / "was-here")
+    manager = make_manager()
+    manager.load_all()
+    write_ext(extensions_dir / "new-one", version="3.0")
+    (extensions_dir / "was-here" / "__init__.py").unlink()
+    (extensions_dir / "was-here" / "extension.toml").unlink()
+    (extensions_dir / "was-here").rmdir()
+
+    infos = {info.name: info for info in manager.list()}
+
+    # Installed since the start: listed from its manifest, not running yet.
+    assert infos["new-one"].version == "3.0" and not infos["new-one"].loaded and infos["new-one"].enabled
+    # Removed since the start: still running until the restart, with no folder.
+    assert infos["was-here"].loaded and infos["was-here"].path is None
