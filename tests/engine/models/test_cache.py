@@ -288,3 +288,45 @@ def test_queries_do_not_wait_for_a_model_in_use() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least one"):
         ModelCache(FakeLoader(), capacity=0)
+
+
+# -- with the real loader and tiny checkpoints -----------------------------------------------------
+
+
+def test_real_loader_switch_back_is_instant_and_a_bad_file_keeps_the_model(
+    tmp_path: Path, tiny_sd1_path: Path, tiny_sd2v_path: Path
+) -> None:
+    import torch
+
+    from sdweb.engine.devices import RuntimeConfig
+    from sdweb.engine.models.hashes import HashCache
+    from sdweb.engine.models.loader import load_checkpoint
+    from sdweb.engine.models.registry import CheckpointRegistry
+
+    root = tmp_path / "ckpts"
+    root.mkdir()
+    for source in (tiny_sd1_path, tiny_sd2v_path):
+        (root / source.name).symlink_to(source)
+    (root / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    registry = CheckpointRegistry([root], HashCache(tmp_path / "cache"))
+    runtime = RuntimeConfig(device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32,
+                            attention="sdpa", offload="none", vae_tiling=False, threads=1)
+    cache = ModelCache(lambda info, vae: load_checkpoint(info, runtime, vae_path=vae),
+                       capacity=2, offload_device=runtime.parking_device)
+    sd1, sd2 = registry.find("tiny-sd1"), registry.find("tiny-sd2v")
+
+    with cache.use(sd1) as first:
+        assert first.family == "sd1"
+    with cache.use(sd2) as second:
+        assert second.family == "sd2-v"
+    started = time.perf_counter()
+    with cache.use(sd1) as again:
+        switch = time.perf_counter() - started
+    assert again is first
+    assert switch < 1.0
+
+    with pytest.raises(Exception, match="broken.safetensors"):
+        with cache.use(registry.find("broken")):
+            pass
+    assert cache.current is first
+    assert cache.loaded() == ["tiny-sd1.safetensors", "tiny-sd2v.safetensors"]
