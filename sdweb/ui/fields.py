@@ -1,0 +1,180 @@
+"""The txt2img form as data: which GenerationParams field each txt2img component edits.
+
+One place for both directions, so every "send to txt2img" path (gallery, history, PNG Info) fills the
+same fields the same way:
+
+* :func:`params_from_form` turns the form's values (``{field name: value}``) into a validated
+  :class:`GenerationParams` (pydantic's ValidationError on bad input; the caller shows it).
+* :func:`form_from_params` and :func:`form_from_infotext` turn a request or a pasted infotext back into
+  form values, ready for :meth:`Txt2ImgForm.updates`.
+
+Pure Python (no gradio import) so the mapping is unit-tested without a browser.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdweb.params import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+#: The GenerationParams fields the txt2img tab has a component for, in form order.
+FORM_FIELDS: tuple[str, ...] = (
+    "prompt",
+    "negative_prompt",
+    "styles",
+    "checkpoint",
+    "sampler_name",
+    "scheduler",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "n_iter",
+    "batch_size",
+    "seed",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "clip_skip",
+)
+
+#: Form fields holding whole numbers (gradio Number/Slider hand floats back).
+_INT_FIELDS = frozenset(
+    {
+        "steps",
+        "width",
+        "height",
+        "n_iter",
+        "batch_size",
+        "seed",
+        "subseed",
+        "seed_resize_from_w",
+        "seed_resize_from_h",
+        "clip_skip",
+    }
+)
+
+#: The clip-skip slider's value meaning "use the Clip skip setting" (GenerationParams.clip_skip=None).
+CLIP_SKIP_FROM_SETTING = 0
+
+
+def _defaults() -> dict[str, Any]:
+    params = GenerationParams()
+    values = {name: getattr(params, name) for name in FORM_FIELDS}
+    values["styles"] = []
+    values["clip_skip"] = CLIP_SKIP_FROM_SETTING
+    return values
+
+
+#: What a fresh txt2img form shows (GenerationParams' own defaults).
+FORM_DEFAULTS: Mapping[str, Any] = _defaults()
+
+
+def _as_int(value: Any) -> Any:
+    """Whole floats become ints; anything else is left for pydantic to refuse with its message."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                return value
+            return int(number) if number.is_integer() else number
+    return value
+
+
+def params_from_form(values: Mapping[str, Any]) -> GenerationParams:
+    """Build the request from the form's values. Missing or empty values take the defaults.
+
+    Raises:
+        pydantic.ValidationError: a value is out of range (the message names the field).
+    """
+    data: dict[str, Any] = {}
+    for name in FORM_FIELDS:
+        if name not in values:
+            continue
+        value = values[name]
+        if name in _INT_FIELDS:
+            value = _as_int(value)
+        if name == "styles":
+            value = tuple(value or ())
+        elif name == "checkpoint":
+            value = value or None
+        elif name == "clip_skip":
+            value = None if value in (None, CLIP_SKIP_FROM_SETTING, "") else value
+        elif value is None or (value == "" and name not in ("prompt", "negative_prompt")):
+            continue  # an emptied number box means "the default", as in A1111
+        data[name] = value
+    return GenerationParams(**data)
+
+
+def form_from_params(params: GenerationParams, *, checkpoint_title: str | None = None) -> dict[str, Any]:
+    """The form values that reproduce ``params`` (``checkpoint_title``: the dropdown's title for it)."""
+    values: dict[str, Any] = {name: getattr(params, name) for name in FORM_FIELDS}
+    values["styles"] = list(params.styles)
+    values["clip_skip"] = params.clip_skip if params.clip_skip is not None else CLIP_SKIP_FROM_SETTING
+    values["checkpoint"] = checkpoint_title or params.checkpoint
+    if values["checkpoint"] is None:
+        del values["checkpoint"]  # keep whatever the dropdown shows
+    return values
+
+
+@dataclass
+class PastedValues:
+    """Form values recovered from an infotext, and what could not be carried over (for the user)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def form_from_infotext(text: str, models: Any | None = None) -> PastedValues:
+    """Parse an A1111 infotext into form values; pick the checkpoint whose hash matches one on disk.
+
+    ``models`` is the :class:`~sdweb.services.models.ModelService` (``find(query)`` raising
+    LookupError). A hash (or name) that matches no checkpoint leaves the dropdown as it is, with a note.
+    """
+    from sdweb.images.infotext import InfotextError, infotext_to_params, parse_infotext
+
+    parsed = parse_infotext(text)
+    pasted = PastedValues()
+    try:
+        params, _extras = infotext_to_params(parsed)
+    except InfotextError as exc:
+        # Keep what fits (the prompt at least) and say what did not: a paste should not be all-or-nothing.
+        pasted.notes.append(str(exc))
+        params = GenerationParams(
+            prompt=str(parsed.get("Prompt", ""))[:20_000],
+            negative_prompt=str(parsed.get("Negative prompt", ""))[:20_000],
+        )
+    pasted.values = form_from_params(params.model_copy(update={"checkpoint": None}))
+    title = _checkpoint_title(parsed, models, pasted.notes)
+    if title is not None:
+        pasted.values["checkpoint"] = title
+    return pasted
+
+
+def _checkpoint_title(parsed: Mapping[str, Any], models: Any | None, notes: list[str]) -> str | None:
+    model_hash = str(parsed.get("Model hash") or "").strip()
+    model_name = str(parsed.get("Model") or "").strip()
+    if models is None or not (model_hash or model_name):
+        return None
+    for query in (model_hash, model_name):
+        if not query:
+            continue
+        try:
+            return str(models.find(query).title)
+        except LookupError:
+            continue
+    wanted = f"{model_name} [{model_hash}]" if model_hash and model_name else model_hash or model_name
+    notes.append(f"checkpoint {wanted} is not on disk; the checkpoint was left unchanged")
+    return None

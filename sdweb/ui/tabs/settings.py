@@ -1,0 +1,159 @@
+"""The Settings tab: every option of ``services.options`` (config.json), grouped by section.
+
+Each :class:`~sdweb.config.OptionSpec` is rendered by its type (checkbox, number, dropdown, text).
+"Apply settings" sends only what changed to ``OptionsStore.update`` — all or nothing: one invalid value
+refuses the whole change with the store's message, and nothing is written. The form re-reads the
+stored values whenever the tab is opened, so a change made elsewhere (API, another browser) shows.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import gradio as gr
+
+from sdweb.config import OptionSpec
+from sdweb.ui.tabs.txt2img import error_html, note_html
+
+logger = logging.getLogger(__name__)
+
+
+def _kind(spec: OptionSpec) -> str:
+    if spec.choices is not None or spec.dynamic_choices is not None:
+        return "choice"
+    if isinstance(spec.default, bool):
+        return "bool"
+    if isinstance(spec.default, int):
+        return "int"
+    if isinstance(spec.default, float):
+        return "float"
+    if isinstance(spec.default, (list, tuple)):
+        return "list"
+    return "text"
+
+
+def to_form(spec: OptionSpec, value: Any) -> Any:
+    """A stored value as its component shows it."""
+    kind = _kind(spec)
+    if kind == "list":
+        return ", ".join(str(item) for item in value or ())
+    if kind == "text":
+        return "" if value is None else str(value)
+    return value
+
+
+def from_form(spec: OptionSpec, value: Any) -> Any:
+    """A component's value as the option store takes it (the store still validates it)."""
+    kind = _kind(spec)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "list":
+        return [item.strip() for item in str(value or "").split(",") if item.strip()]
+    if kind == "text" and spec.default is None:
+        return value or None
+    return value
+
+
+def changed_options(
+    specs: list[OptionSpec], current: Mapping[str, Any], values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The options whose form value differs from the stored one."""
+    changes: dict[str, Any] = {}
+    for spec in specs:
+        if spec.key not in values:
+            continue
+        value = from_form(spec, values[spec.key])
+        if value != current.get(spec.key):
+            changes[spec.key] = value
+    return changes
+
+
+def apply_settings(options: Any, values: Mapping[str, Any]) -> tuple[str, bool]:
+    """Apply the changed values all-or-nothing; return (message, ok)."""
+    changes = changed_options(options.specs, options.as_dict(), values)
+    if not changes:
+        return "Nothing changed.", True
+    try:
+        applied = options.update(changes)
+    except ValueError as exc:
+        return f"Not applied (nothing was changed): {exc}", False
+    labels = {spec.key: spec.label for spec in options.specs}
+    listed = ", ".join(f"{labels.get(key, key)} = {value!r}" for key, value in applied.items())
+    return f"Applied {len(applied)} change{'s' if len(applied) != 1 else ''}: {listed}.", True
+
+
+def _component(spec: OptionSpec, value: Any) -> Any:
+    kind = _kind(spec)
+    common: dict[str, Any] = {"label": spec.label, "info": spec.key, "elem_id": f"setting-{spec.key}"}
+    if kind == "choice":
+        choices = list(spec.choices) if spec.choices is not None else [value]
+        return gr.Dropdown(choices=choices, value=value, allow_custom_value=spec.choices is None, **common)
+    if kind == "bool":
+        return gr.Checkbox(value=bool(value), **common)
+    if kind in ("int", "float"):
+        return gr.Number(
+            value=value,
+            precision=0 if kind == "int" else None,
+            minimum=spec.minimum,
+            maximum=spec.maximum,
+            **common,
+        )
+    return gr.Textbox(value=to_form(spec, value), **common)
+
+
+def render_settings_tab(services: Any, tab: gr.Tab | None = None) -> None:
+    """Lay out and wire the Settings tab. Call inside an open ``gr.Tab``."""
+    options = services.options
+    specs: list[OptionSpec] = options.specs
+    current = options.as_dict()
+    sections: dict[str, list[OptionSpec]] = {}
+    for spec in specs:
+        sections.setdefault(spec.section, []).append(spec)
+
+    with gr.Row():
+        apply = gr.Button("Apply settings", variant="primary", elem_id="settings-apply", scale=1)
+        result = gr.HTML("", elem_id="settings-result", js_on_load=None)
+    components: dict[str, Any] = {}
+    with gr.Row(equal_height=False):
+        columns = [gr.Column(), gr.Column()]
+        for index, (section, section_specs) in enumerate(sections.items()):
+            with columns[index % 2], gr.Accordion(section, open=True):
+                for spec in section_specs:
+                    components[spec.key] = _component(spec, current.get(spec.key))
+    by_component = {component: key for key, component in components.items()}
+    spec_by_key = {spec.key: spec for spec in specs}
+
+    def apply_clicked(data: dict[Any, Any]) -> str:
+        values = {by_component[component]: value for component, value in data.items()}
+        message, ok = apply_settings(options, values)
+        if not ok:
+            gr.Warning(message)
+        return note_html(message) if ok else error_html(message)
+
+    apply.click(apply_clicked, inputs=set(components.values()), outputs=result, show_progress="hidden")
+
+    def reload_values() -> dict[Any, Any]:
+        stored = options.as_dict()
+        updates: dict[Any, Any] = {}
+        for key, component in components.items():
+            spec = spec_by_key[key]
+            if spec.dynamic_choices is not None:
+                try:
+                    choices = list(spec.dynamic_choices())
+                except Exception as exc:  # noqa: BLE001 - show the value even if the list fails
+                    logger.warning("choices for %s failed: %s", key, exc)
+                    choices = [stored.get(key)]
+                updates[component] = gr.update(choices=choices, value=stored.get(key))
+            else:
+                updates[component] = to_form(spec, stored.get(key))
+        return updates
+
+    if tab is not None and components:
+        tab.select(reload_values, outputs=set(components.values()), show_progress="hidden")
+    if not components:
+        gr.HTML(html.escape("No settings are defined."), js_on_load=None)

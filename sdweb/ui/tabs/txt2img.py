@@ -1,0 +1,714 @@
+"""The txt2img tab: prompts, parameters, Generate / Interrupt / Skip, live progress and results.
+
+Layout follows A1111: prompts on top, parameters on the left, results on the right. The generate
+handler submits to OUR GPU queue (``services.generation.submit``) and polls the job, so several users
+can press Generate at once; gradio's own queue is not allowed to hold them back
+(``concurrency_limit=None``) and each user sees their position in ours.
+
+The pure pieces (token counts, progress text, values from a result) are module functions tested
+without a browser; :func:`render_txt2img_tab` only lays out components and wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+from pydantic import ValidationError
+
+from sdweb.params import GenerationResult, JobProgress, format_validation_error
+from sdweb.services.generation import GenerationError
+from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form
+
+logger = logging.getLogger(__name__)
+
+#: How often the generate handler looks at its job (seconds).
+POLL_INTERVAL = 0.3
+#: CLIP's tokens per chunk (77 minus the start and end tokens), as A1111's counter shows them.
+CHUNK_TOKENS = 75
+TAB_ID = "txt2img"
+
+_TOKEN_RE = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
+_LORA_RE = re.compile(r"<[^<>]*>")
+_WEIGHT_RE = re.compile(r":\s*-?\d+(?:\.\d+)?\s*(?=[)\]])")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough CLIP token count for when the real tokenizer is not loaded yet.
+
+    Words count one token each (long ones more), digits and punctuation one each; extra-network
+    tags (``<lora:x:1>``), emphasis brackets and weights are not sent to CLIP and are dropped.
+    """
+    text = _LORA_RE.sub(" ", text)
+    text = _WEIGHT_RE.sub("", text)
+    text = re.sub(r"(?<!\\)[()\[\]]", " ", text).replace("BREAK", " ")
+    count = 0
+    for token in _TOKEN_RE.findall(text):
+        count += max(1, math.ceil(len(token) / 8)) if token.isalpha() else 1
+    return count
+
+
+def token_counter_text(text: str, counter: Callable[[str], tuple[int, int]] | None) -> str:
+    """A1111's counter: ``12/75``, then ``80/150`` once the prompt spills into a second chunk."""
+    if counter is not None:
+        try:
+            tokens, limit = counter(text)
+            return _counter_html(tokens, limit, estimated=False)
+        except Exception:  # the counter is a convenience; never let it break typing
+            logger.exception("token counter failed")
+    tokens = estimate_tokens(text)
+    limit = max(1, math.ceil(tokens / CHUNK_TOKENS)) * CHUNK_TOKENS
+    return _counter_html(tokens, limit, estimated=True)
+
+
+def _counter_html(tokens: int, limit: int, *, estimated: bool) -> str:
+    over = " sdweb-tokens-over" if limit > CHUNK_TOKENS else ""
+    title = "estimated (the tokenizer loads with the model)" if estimated else "CLIP tokens / chunk limit"
+    prefix = "~" if estimated else ""
+    return f'<div class="sdweb-tokens{over}" title="{title}">{prefix}{tokens}/{limit}</div>'
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    minutes, secs = divmod(seconds, 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress_html(progress: JobProgress) -> str:
+    """The progress line a user sees: queue position, batch, step, percentage, ETA."""
+    if progress.state == "queued":
+        position = progress.queue_position
+        where = f"position {position} in the queue" if position else "starting"
+        return f'<div class="sdweb-progress">Waiting for the GPU: {where}…</div>'
+    percent = int(progress.fraction * 100)
+    parts = []
+    if progress.job_count > 1:
+        parts.append(f"Batch {min(progress.job_no + 1, progress.job_count)}/{progress.job_count}")
+    if progress.sampling_steps:
+        parts.append(f"Step {progress.sampling_step}/{progress.sampling_steps}")
+    parts.append(f"{percent}%")
+    eta = progress.eta_seconds
+    if eta is not None:
+        parts.append(f"ETA {_format_seconds(eta)}")
+    if progress.interrupted:
+        parts.append("interrupting…")
+    text = " · ".join(parts)
+    return (
+        f'<div class="sdweb-progress"><div class="sdweb-progress-bar">'
+        f'<div style="width:{percent}%"></div></div>{html.escape(text)}</div>'
+    )
+
+
+def error_html(message: str) -> str:
+    return f'<div class="sdweb-error">{html.escape(message)}</div>'
+
+
+def note_html(message: str) -> str:
+    return f'<div class="sdweb-note">{html.escape(message)}</div>'
+
+
+def infotext_html(infotext: str) -> str:
+    if not infotext:
+        return ""
+    return f'<div class="sdweb-infotext">{html.escape(infotext)}</div>'
+
+
+def finished_html(result: GenerationResult, seconds: float | None) -> str:
+    count = len(result.images)
+    noun = "image" if count == 1 else "images"
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    if result.interrupted:
+        return note_html(f"Interrupted: kept {count} {noun} made so far{took}.")
+    return note_html(f"Done: {count} {noun}{took}.")
+
+
+@dataclass
+class ResultView:
+    """One user's last result, kept in a ``gr.State``: what the gallery shows and which is selected."""
+
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    selected: int = 0
+
+    @classmethod
+    def of(cls, result: GenerationResult) -> ResultView:
+        return cls(seeds=list(result.seeds), subseeds=list(result.subseeds), infotexts=list(result.infotexts))
+
+    def pick(self, index: int) -> ResultView:
+        return ResultView(self.seeds, self.subseeds, self.infotexts, selected=index)
+
+    @property
+    def infotext(self) -> str:
+        if 0 <= self.selected < len(self.infotexts):
+            return self.infotexts[self.selected]
+        return ""
+
+    def seed(self, fallback: int | None) -> int:
+        """The selected image's seed (A1111's ♻️), else the last seed this server used, else -1."""
+        if 0 <= self.selected < len(self.seeds):
+            return self.seeds[self.selected]
+        return fallback if fallback is not None else -1
+
+    def subseed(self) -> int:
+        if 0 <= self.selected < len(self.subseeds):
+            return self.subseeds[self.selected]
+        return -1
+
+
+def gallery_items(result: GenerationResult) -> list[Any]:
+    """Saved files when the images were saved (served from outputs/), else the images themselves."""
+    if result.paths and len(result.paths) == len(result.images):
+        return list(result.paths)
+    return list(result.images)
+
+
+class SessionJobs:
+    """Which job each browser session is running, so Interrupt/Skip reach only the user's own job."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, str] = {}
+
+    def start(self, session: str, job_id: str) -> None:
+        with self._lock:
+            self._jobs[session] = job_id
+
+    def finish(self, session: str, job_id: str) -> None:
+        with self._lock:
+            if self._jobs.get(session) == job_id:
+                del self._jobs[session]
+
+    def get(self, session: str) -> str | None:
+        with self._lock:
+            return self._jobs.get(session)
+
+
+def _session_of(request: gr.Request | None) -> str:
+    return str(getattr(request, "session_hash", None) or "anonymous")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tab
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Txt2ImgTab:
+    """What other tabs need from txt2img: its form components, to fill them ("send to txt2img")."""
+
+    form: dict[str, gr.components.Component]
+    tabs: gr.Tabs
+    message: gr.HTML
+    checkpoint_choices: Callable[[], list[str]]
+
+    def outputs(self) -> set[Any]:
+        return {*self.form.values(), self.tabs, self.message}
+
+    def fill(self, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
+        """Updates that put ``values`` into the form and switch to the txt2img tab."""
+        updates: dict[Any, Any] = {}
+        for name, value in values.items():
+            component = self.form.get(name)
+            if component is None:
+                continue
+            if name == "checkpoint":
+                choices = self.checkpoint_choices()
+                if value not in choices:
+                    continue
+                updates[component] = gr.update(value=value, choices=choices)
+            else:
+                updates[component] = value
+        updates[self.tabs] = gr.Tabs(selected=TAB_ID)
+        text = "Parameters restored." + (" " + "; ".join(notes) + "." if notes else "")
+        updates[self.message] = note_html(text)
+        return updates
+
+    def wire_send(
+        self, trigger: Any, fn: Callable[..., tuple[Mapping[str, Any], list[str]] | None], inputs: list[Any]
+    ) -> None:
+        """On ``trigger``, call ``fn(*inputs) -> (values, notes)`` and fill the form with the values.
+
+        ``fn`` returns None (or raises ``gr.Error``) when there is nothing to send.
+        """
+
+        def send(*args: Any) -> dict[Any, Any]:
+            got = fn(*args)
+            if got is None:
+                return {}
+            values, notes = got
+            return self.fill(values, notes)
+
+        trigger(send, inputs=inputs, outputs=self.outputs(), show_progress="hidden")
+
+
+def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
+    """Lay out the tab's components and wire them. Call inside an open ``gr.Tab``."""
+    jobs = SessionJobs()
+    form: dict[str, Any] = {}
+    defaults = FORM_DEFAULTS
+
+    def checkpoint_titles() -> list[str]:
+        return [info.title for info in services.models.list_checkpoints()]
+
+    def style_names() -> list[str]:
+        return [style.name for style in services.styles.list()]
+
+    # 1. Prompts, checkpoint and the action buttons.
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=6):
+            with gr.Row():
+                form["checkpoint"] = gr.Dropdown(
+                    label="Stable Diffusion checkpoint",
+                    choices=[],
+                    value=None,
+                    allow_custom_value=True,
+                    elem_id="txt2img-checkpoint",
+                    scale=5,
+                )
+                refresh_models = gr.Button(
+                    "↻", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-refresh-models"
+                )
+            form["prompt"] = gr.Textbox(
+                label="Prompt",
+                lines=3,
+                max_lines=20,
+                elem_id="txt2img-prompt",
+                placeholder="Prompt (press Ctrl+Enter to generate)",
+            )
+            prompt_tokens = gr.HTML(
+                token_counter_text("", None),
+                elem_id="txt2img-prompt-tokens",
+                js_on_load=None,
+                elem_classes="sdweb-token-box",
+            )
+            form["negative_prompt"] = gr.Textbox(
+                label="Negative prompt", lines=2, max_lines=20, elem_id="txt2img-negative-prompt"
+            )
+            negative_tokens = gr.HTML(
+                token_counter_text("", None),
+                elem_id="txt2img-negative-tokens",
+                js_on_load=None,
+                elem_classes="sdweb-token-box",
+            )
+        with gr.Column(scale=2, min_width=220):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="txt2img-interrupt", size="sm", min_width=80)
+                skip = gr.Button("Skip", elem_id="txt2img-skip", size="sm", min_width=80)
+            form["styles"] = gr.Dropdown(
+                label="Styles", choices=[], value=[], multiselect=True, elem_id="txt2img-styles"
+            )
+            with gr.Row():
+                apply_styles = gr.Button("Apply styles to prompt", size="sm", elem_id="txt2img-apply-styles")
+            with gr.Accordion("Save prompt as a style", open=False):
+                style_name = gr.Textbox(label="Style name", elem_id="txt2img-style-name")
+                save_style = gr.Button("Save style", size="sm", elem_id="txt2img-save-style")
+
+    # 2. Parameters (left) and results (right).
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            with gr.Row():
+                form["sampler_name"] = gr.Dropdown(
+                    label="Sampling method",
+                    choices=[defaults["sampler_name"]],
+                    value=defaults["sampler_name"],
+                    elem_id="txt2img-sampler",
+                )
+                form["scheduler"] = gr.Dropdown(
+                    label="Schedule type",
+                    choices=[defaults["scheduler"]],
+                    value=defaults["scheduler"],
+                    elem_id="txt2img-scheduler",
+                )
+            form["steps"] = gr.Slider(
+                1, 150, value=defaults["steps"], step=1, label="Sampling steps", elem_id="txt2img-steps"
+            )
+            with gr.Row():
+                with gr.Column(scale=5):
+                    form["width"] = gr.Slider(
+                        64, 2048, value=defaults["width"], step=8, label="Width", elem_id="txt2img-width"
+                    )
+                    form["height"] = gr.Slider(
+                        64, 2048, value=defaults["height"], step=8, label="Height", elem_id="txt2img-height"
+                    )
+                swap = gr.Button("⇅", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-swap-size")
+                with gr.Column(scale=3, min_width=140):
+                    form["n_iter"] = gr.Slider(
+                        1,
+                        100,
+                        value=defaults["n_iter"],
+                        step=1,
+                        label="Batch count",
+                        elem_id="txt2img-batch-count",
+                    )
+                    form["batch_size"] = gr.Slider(
+                        1,
+                        16,
+                        value=defaults["batch_size"],
+                        step=1,
+                        label="Batch size",
+                        elem_id="txt2img-batch-size",
+                    )
+            form["cfg_scale"] = gr.Slider(
+                1.0, 30.0, value=defaults["cfg_scale"], step=0.5, label="CFG Scale", elem_id="txt2img-cfg"
+            )
+            with gr.Row():
+                form["seed"] = gr.Number(
+                    value=defaults["seed"], precision=0, label="Seed", elem_id="txt2img-seed", scale=5
+                )
+                random_seed = gr.Button(
+                    "⚄", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-random-seed"
+                )
+                reuse_seed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-reuse-seed")
+            with gr.Accordion("Variation seed", open=False, elem_id="txt2img-variation"):
+                with gr.Row():
+                    form["subseed"] = gr.Number(
+                        value=defaults["subseed"],
+                        precision=0,
+                        label="Variation seed",
+                        elem_id="txt2img-subseed",
+                        scale=5,
+                    )
+                    random_subseed = gr.Button("⚄", elem_classes="sdweb-tool", scale=0)
+                    reuse_subseed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0)
+                form["subseed_strength"] = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=defaults["subseed_strength"],
+                    step=0.01,
+                    label="Variation strength",
+                    elem_id="txt2img-subseed-strength",
+                )
+                with gr.Row():
+                    form["seed_resize_from_w"] = gr.Slider(
+                        -1,
+                        2048,
+                        value=defaults["seed_resize_from_w"],
+                        step=8,
+                        label="Resize seed from width",
+                        info="-1: off",
+                        elem_id="txt2img-seed-resize-w",
+                    )
+                    form["seed_resize_from_h"] = gr.Slider(
+                        -1,
+                        2048,
+                        value=defaults["seed_resize_from_h"],
+                        step=8,
+                        label="Resize seed from height",
+                        info="-1: off",
+                        elem_id="txt2img-seed-resize-h",
+                    )
+            with gr.Accordion("Override settings", open=False):
+                form["clip_skip"] = gr.Slider(
+                    0,
+                    12,
+                    value=defaults["clip_skip"],
+                    step=1,
+                    label="Clip skip",
+                    info="0: use the Clip skip setting",
+                    elem_id="txt2img-clip-skip",
+                )
+        with gr.Column(scale=1):
+            message = gr.HTML("", elem_id="txt2img-message", js_on_load=None)
+            progress = gr.HTML("", elem_id="txt2img-progress", js_on_load=None)
+            preview = gr.Image(
+                label="Preview", visible=False, interactive=False, elem_id="txt2img-preview", height=320
+            )
+            gallery = gr.Gallery(
+                label="Output",
+                columns=2,
+                height=480,
+                object_fit="contain",
+                elem_id="txt2img-gallery",
+                interactive=False,
+                format="png",
+                fit_columns=False,
+            )
+            infotext = gr.HTML("", elem_id="txt2img-infotext", js_on_load=None)
+    view = gr.State(ResultView())
+    assert set(form) == set(FORM_FIELDS), "every GenerationParams form field needs a component"
+
+    # 3. Wiring.
+    counter = lambda text: token_counter_text(text or "", services.token_counter)  # noqa: E731
+    form["prompt"].change(
+        counter,
+        inputs=form["prompt"],
+        outputs=prompt_tokens,
+        show_progress="hidden",
+        trigger_mode="always_last",
+        concurrency_limit=None,
+    )
+    form["negative_prompt"].change(
+        counter,
+        inputs=form["negative_prompt"],
+        outputs=negative_tokens,
+        show_progress="hidden",
+        trigger_mode="always_last",
+        concurrency_limit=None,
+    )
+
+    swap.click(
+        lambda w, h: (h, w),
+        inputs=[form["width"], form["height"]],
+        outputs=[form["width"], form["height"]],
+        show_progress="hidden",
+        queue=False,
+    )
+    random_seed.click(lambda: -1, outputs=form["seed"], show_progress="hidden", queue=False)
+    random_subseed.click(lambda: -1, outputs=form["subseed"], show_progress="hidden", queue=False)
+    reuse_seed.click(
+        lambda v: v.seed(services.generation.last_seed),
+        inputs=view,
+        outputs=form["seed"],
+        show_progress="hidden",
+    )
+    reuse_subseed.click(lambda v: v.subseed(), inputs=view, outputs=form["subseed"], show_progress="hidden")
+
+    def refresh_checkpoints(current: str | None) -> Any:
+        services.models.refresh()
+        titles = checkpoint_titles()
+        value = current if current in titles else services.models.selected_title()
+        return gr.update(choices=titles, value=value)
+
+    refresh_models.click(
+        refresh_checkpoints,
+        inputs=form["checkpoint"],
+        outputs=form["checkpoint"],
+        show_progress="hidden",
+        concurrency_limit=None,
+    )
+
+    def select_checkpoint(title: str | None) -> str:
+        if not title:
+            return ""
+        try:
+            info = services.models.select(title)
+        except LookupError as exc:
+            gr.Warning(str(exc).strip("'\""))
+            return error_html(str(exc).strip("'\""))
+        except Exception as exc:  # the load failed; the previous model stays selected
+            logger.info("checkpoint %s could not be loaded: %s", title, exc)
+            message_text = f"Could not load {title}: {exc}"
+            gr.Warning(message_text)
+            return error_html(message_text)
+        return note_html(f"Loaded {getattr(info, 'title', title)}.")
+
+    form["checkpoint"].input(
+        select_checkpoint,
+        inputs=form["checkpoint"],
+        outputs=message,
+        concurrency_limit=None,
+        show_progress="minimal",
+    )
+
+    def apply_selected_styles(prompt: str, negative: str, names: list[str]) -> tuple[Any, Any, Any, str]:
+        if not names:
+            return prompt, negative, names, note_html("Pick one or more styles first.")
+        try:
+            new_prompt, new_negative = services.styles.apply(prompt or "", negative or "", list(names))
+        except (LookupError, ValueError) as exc:
+            return prompt, negative, names, error_html(str(exc).strip("'\""))
+        return new_prompt, new_negative, [], note_html(f"Applied {', '.join(names)} to the prompt.")
+
+    apply_styles.click(
+        apply_selected_styles,
+        inputs=[form["prompt"], form["negative_prompt"], form["styles"]],
+        outputs=[form["prompt"], form["negative_prompt"], form["styles"], message],
+        show_progress="hidden",
+    )
+
+    def save_prompt_style(name: str, prompt: str, negative: str) -> tuple[Any, str, str]:
+        name = (name or "").strip()
+        if not name:
+            return gr.update(), name, error_html("Give the style a name first.")
+        try:
+            services.styles.save(_make_style(name, prompt or "", negative or ""))
+        except (OSError, ValueError) as exc:
+            return gr.update(), name, error_html(f"Could not save the style: {exc}")
+        return gr.update(choices=style_names()), "", note_html(f"Saved style {name!r}.")
+
+    save_style.click(
+        save_prompt_style,
+        inputs=[style_name, form["prompt"], form["negative_prompt"]],
+        outputs=[form["styles"], style_name, message],
+        show_progress="hidden",
+    )
+
+    # 4. Generate: submit to our queue, then poll the job and stream progress to this user.
+    async def run_generation(data: dict[Any, Any], request: gr.Request) -> Any:
+        values = {name: data[component] for name, component in form.items()}
+        try:
+            params = params_from_form(values)
+        except ValidationError as exc:
+            text = format_validation_error(exc)
+            gr.Warning(text)
+            yield {progress: error_html(text)}
+            return
+        try:
+            job = await asyncio.to_thread(services.generation.submit, params, source="ui")
+        except GenerationError as exc:
+            gr.Warning(exc.message)
+            yield {progress: error_html(exc.message)}
+            return
+        session = _session_of(request)
+        jobs.start(session, job.id)
+        shown_preview: Any = None
+        try:
+            while job.task is not None and not job.task.done:
+                state = services.generation.progress(job)
+                update: dict[Any, Any] = {progress: progress_html(state)}
+                if state.preview is not None and state.preview is not shown_preview:
+                    shown_preview = state.preview
+                    update[preview] = gr.update(value=shown_preview, visible=True)
+                yield update
+                await asyncio.sleep(POLL_INTERVAL)
+        finally:
+            jobs.finish(session, job.id)
+        async for update in _finish(job):
+            yield update
+
+    async def _finish(job: Any) -> Any:
+        hide_preview = gr.update(value=None, visible=False)
+        try:
+            result = job.wait(timeout=0)
+        except GenerationError as exc:
+            if job.task is not None and job.task.cancelled:
+                yield {
+                    progress: note_html("Interrupted before it started; nothing was made."),
+                    preview: hide_preview,
+                }
+                return
+            gr.Warning(exc.message)
+            yield {progress: error_html(exc.message), preview: hide_preview}
+            return
+        started = job.progress.started_at
+        seconds = None
+        if started is not None:
+            seconds = time.monotonic() - started
+        result_view = ResultView.of(result)
+        yield {
+            progress: finished_html(result, seconds),
+            preview: hide_preview,
+            gallery: gr.update(value=gallery_items(result), selected_index=0 if result.images else None),
+            infotext: infotext_html(result_view.infotext),
+            view: result_view,
+        }
+
+    generate_inputs = set(form.values())
+    generate_outputs = {progress, preview, gallery, infotext, view}
+    gr.on(
+        [generate.click, form["prompt"].submit],
+        run_generation,
+        inputs=generate_inputs,
+        outputs=generate_outputs,
+        concurrency_limit=None,
+        show_progress="hidden",
+        trigger_mode="once",
+    )
+
+    def interrupt_job(request: gr.Request) -> str:
+        job_id = jobs.get(_session_of(request))
+        if job_id is None or not services.generation.interrupt(job_id):
+            return note_html("Nothing of yours is running.")
+        return note_html("Interrupting… the images finished so far are kept.")
+
+    def skip_image(request: gr.Request) -> str:
+        job_id = jobs.get(_session_of(request))
+        if job_id is None or not services.generation.skip(job_id):
+            return note_html("Nothing of yours is running.")
+        return note_html("Skipping the current image…")
+
+    interrupt.click(interrupt_job, outputs=message, concurrency_limit=None, show_progress="hidden")
+    skip.click(skip_image, outputs=message, concurrency_limit=None, show_progress="hidden")
+
+    def show_selected(current: ResultView, evt: gr.SelectData) -> tuple[ResultView, str]:
+        picked = current.pick(int(evt.index)) if isinstance(evt.index, int) else current
+        return picked, infotext_html(picked.infotext)
+
+    gallery.select(show_selected, inputs=view, outputs=[view, infotext], show_progress="hidden")
+
+    return Txt2ImgTab(form=form, tabs=tabs, message=message, checkpoint_choices=checkpoint_titles)
+
+
+def load_choices(services: Any) -> dict[str, Any]:
+    """Values the page asks for once loaded: checkpoints, selection, styles (fast, no torch)."""
+    titles = [info.title for info in services.models.list_checkpoints()]
+    return {
+        "checkpoints": titles,
+        "checkpoint": services.models.selected_title(),
+        "styles": [style.name for style in services.styles.list()],
+    }
+
+
+def sampler_choices(services: Any) -> tuple[list[str], list[str]]:
+    """Sampler and schedule names (may build the sampler registry: run after the page is up)."""
+    registry = services.samplers()
+    return list(registry.names()), list(registry.schedule_names())
+
+
+def _make_style(name: str, prompt: str, negative: str) -> Any:
+    from sdweb.prompts import styles as styles_module
+
+    style_cls = getattr(styles_module, "PromptStyle", None) or styles_module.Style
+    return style_cls(name=name, prompt=prompt, negative_prompt=negative)
+
+
+def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:
+    """Fill the dropdowns when a page opens: lists change while the server runs (new files, styles)."""
+    form = tab.form
+
+    def fill_lists(current_checkpoint: str | None) -> dict[Any, Any]:
+        choices = load_choices(services)
+        value = current_checkpoint if current_checkpoint in choices["checkpoints"] else choices["checkpoint"]
+        return {
+            form["checkpoint"]: gr.update(choices=choices["checkpoints"], value=value),
+            form["styles"]: gr.update(choices=choices["styles"]),
+        }
+
+    demo.load(
+        fill_lists,
+        inputs=form["checkpoint"],
+        outputs={form["checkpoint"], form["styles"]},
+        show_progress="hidden",
+        concurrency_limit=None,
+    )
+
+    def fill_samplers(sampler: str, schedule: str) -> dict[Any, Any]:
+        try:
+            samplers, schedules = sampler_choices(services)
+        except Exception as exc:  # shown, not raised: the rest of the page still works
+            logger.exception("could not list the samplers")
+            return {tab.message: error_html(f"Could not list the samplers: {exc}")}
+        return {
+            form["sampler_name"]: gr.update(
+                choices=samplers,
+                value=sampler if sampler in samplers else (samplers[0] if samplers else sampler),
+            ),
+            form["scheduler"]: gr.update(
+                choices=schedules,
+                value=schedule if schedule in schedules else (schedules[0] if schedules else schedule),
+            ),
+        }
+
+    demo.load(
+        fill_samplers,
+        inputs=[form["sampler_name"], form["scheduler"]],
+        outputs={form["sampler_name"], form["scheduler"], tab.message},
+        show_progress="hidden",
+        concurrency_limit=None,
+    )
