@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -95,20 +95,27 @@ def run_txt2img(
     control: JobControl,
     on_step: Callable[[StepProgress], None],
     preview_every: int = 0,
+    output_type: Literal["pil", "latent"] = "pil",
 ) -> EngineRun:
     """Make ``params.batch_size * params.n_iter`` images; see the module docstring.
 
     ``params`` must be resolved: concrete seed and subseed (not -1), ``clip_skip`` and ``rng`` set.
     Images come back in seed order (``seed + i``); an interrupted run returns the images of the batches
     finished before it, with ``interrupted=True``. A skipped batch is left out and the run goes on.
+    ``output_type="latent"`` skips the VAE: each ``GeneratedImage.image`` is then the image's final
+    ``(1, C, h, w)`` float32 latents (as diffusers' ``output_type="latent"``).
     """
     with torch.inference_mode():
-        return _Txt2Img(model, params, samplers, control, on_step, preview_every).run()
+        return _Txt2Img(model, params, samplers, control, on_step, preview_every, output_type).run()
 
 
 class _Txt2Img:
     def __init__(self, model: LoadedModelLike, params: GenerationParams, samplers: SamplerRegistry,
-                 control: JobControl, on_step: Callable[[StepProgress], None], preview_every: int) -> None:
+                 control: JobControl, on_step: Callable[[StepProgress], None], preview_every: int,
+                 output_type: Literal["pil", "latent"] = "pil") -> None:
+        if output_type not in ("pil", "latent"):
+            raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
+        self.output_type = output_type
         self.model = model
         self.params = params
         self.samplers = samplers
@@ -150,7 +157,8 @@ class _Txt2Img:
                     self.control.clear_skip()
                     continue
                 # 8. Decode.
-                for i, pixels in enumerate(self.decode(latents)):
+                outputs = self.decode(latents) if self.output_type == "pil" else list(latents.split(1))
+                for i, pixels in enumerate(outputs):
                     images.append(GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
                                                  prompt=params.prompt,
                                                  negative_prompt=params.negative_prompt))

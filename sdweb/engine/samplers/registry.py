@@ -228,7 +228,7 @@ class SamplerRegistry:
         accepted = _init_parameters(cls)
         options = {flag: False for flag in SIGMA_SPACING_FLAGS if flag in accepted}
         options.update(dict(sampler.overrides))
-        custom = not _config_applies(chosen, accepted)
+        custom = _route(cls, chosen) == "sigmas"
         if not custom:
             options.update(chosen.config)
         try:
@@ -283,8 +283,18 @@ def _init_parameters(cls: type) -> frozenset[str]:
     return scheduler_options(cls)
 
 
-def _config_applies(schedule: ScheduleSpec, accepted: frozenset[str]) -> bool:
-    return all(key in accepted for key in schedule.config)
+def _route(cls: type, schedule: ScheduleSpec) -> str | None:
+    """How ``schedule`` reaches scheduler ``cls``: "config" flags, custom "sigmas", or None (it cannot).
+
+    A schedule with its own ``sigmas_fn`` and no flags means those sigmas, not the default spacing.
+    """
+    accepted = _init_parameters(cls)
+    flags_apply = all(key in accepted for key in schedule.config)
+    if flags_apply and (schedule.config or schedule.sigmas_fn is None):
+        return "config"
+    if schedule.sigmas_fn is not None and _accepts_custom_sigmas(cls):
+        return "sigmas"
+    return None
 
 
 def _accepts_custom_sigmas(cls: type) -> bool:
@@ -300,12 +310,12 @@ def _incompatibility(sampler: SamplerSpec, schedule: ScheduleSpec) -> str | None
         return function_schedule_problem(schedule)
     cls = sampler.scheduler_cls
     assert cls is not None
-    if _config_applies(schedule, _init_parameters(cls)):
-        return None
-    if schedule.sigmas_fn is not None and _accepts_custom_sigmas(cls):
+    if _route(cls, schedule) is not None:
         return None
     missing = [key for key in schedule.config if key not in _init_parameters(cls)]
-    return f"{cls.__name__} has no {', '.join(missing)} option"
+    if missing:
+        return f"{cls.__name__} has no {', '.join(missing)} option"
+    return f"{cls.__name__} does not take custom sigmas"
 
 
 def _custom_sigmas(schedule: ScheduleSpec, steps: int, scheduler: Any) -> list[float]:

@@ -1,0 +1,142 @@
+"""The engine facade the service layer calls: which model, which VAE, then the txt2img loop.
+
+``Engine`` is thin on purpose. It resolves a request's checkpoint (None = the current model, else the
+registry's lookup by title, name or hash) and VAE (None = the "SD VAE" setting), holds the model
+through ``ModelCache.use`` for the whole job (so it is never moved or evicted mid-generation), and hands
+over to :func:`sdweb.engine.generate.run_txt2img`. :func:`create_engine` is the composition-root
+helper that builds the runtime, the thread count and the cache from the launch settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sdweb.engine.encode import count_tokens
+from sdweb.engine.generate import run_txt2img
+from sdweb.engine.samplers.registry import SamplerRegistry
+from sdweb.params import EngineRun, GenerationParams, JobControl, StepProgress
+
+logger = logging.getLogger(__name__)
+
+#: The tokenizer the UI token counter uses before any model is loaded (all families share its BPE).
+_FALLBACK_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "tokenizers" / "sd1"
+
+
+class Engine:
+    """Runs generation requests on the cached models. One instance per app, used from the GPU worker."""
+
+    def __init__(
+        self,
+        cache: Any,
+        registry: Any,
+        vae_registry: Any,
+        samplers: SamplerRegistry,
+        *,
+        runtime: Any,
+        options: Any = None,
+    ) -> None:
+        """Args:
+        cache: ``sdweb.engine.models.cache.ModelCache``.
+        registry: ``sdweb.engine.models.registry.CheckpointRegistry``.
+        vae_registry: ``sdweb.engine.models.registry.VaeRegistry``.
+        samplers: the sampler registry built from the plugins.
+        runtime: ``sdweb.engine.devices.RuntimeConfig``.
+        options: the ``OptionsStore`` (for ``sd_model_checkpoint`` / ``sd_vae``); None in tests.
+        """
+        self._cache = cache
+        self._registry = registry
+        self._vaes = vae_registry
+        self._samplers = samplers
+        self._runtime = runtime
+        self._options = options
+        self._fallback_tokenizer: Any = None
+
+    # -- generation --------------------------------------------------------------------------
+    def txt2img(
+        self,
+        params: GenerationParams,
+        *,
+        control: JobControl,
+        on_step: Callable[[StepProgress], None],
+        preview_every: int = 0,
+    ) -> EngineRun:
+        """Generate ``params`` (seeds, clip skip and RNG resolved) on its checkpoint."""
+        info = self._checkpoint(params.checkpoint)
+        vae = self._vae_path(params.vae, info)
+        with self._cache.use(info, vae=vae) as model:
+            return run_txt2img(model, params, samplers=self._samplers, control=control, on_step=on_step,
+                               preview_every=preview_every)
+
+    # -- models ------------------------------------------------------------------------------
+    def load(self, info: Any) -> Any:
+        """Load ``info`` (with the "SD VAE" setting's VAE) and make it the current model."""
+        info = self._with_hash(info)
+        with self._cache.use(info, vae=self._vae_path(None, info)) as model:
+            return model
+
+    def unload_all(self) -> None:
+        self._cache.unload_all()
+
+    def describe(self) -> dict[str, Any]:
+        """Device, precision, attention and the loaded models, for the API and the UI."""
+        from sdweb.engine.devices import describe_runtime
+
+        described = dict(describe_runtime(self._runtime)) if self._runtime is not None else {}
+        described["loaded_models"] = self._cache.loaded()
+        return described
+
+    def count_tokens(self, text: str) -> tuple[int, int]:
+        """``(tokens, limit)`` for the prompt token counter, with the current model's tokenizer."""
+        current = self._cache.current
+        tokenizer = getattr(getattr(current, "pipe", None), "tokenizer", None)
+        if tokenizer is None:
+            if self._fallback_tokenizer is None:
+                from transformers import CLIPTokenizer
+
+                self._fallback_tokenizer = CLIPTokenizer.from_pretrained(
+                    str(_FALLBACK_TOKENIZER), local_files_only=True)
+            tokenizer = self._fallback_tokenizer
+        return count_tokens(tokenizer, text)
+
+    def _checkpoint(self, query: str | None) -> Any:
+        if query:
+            return self._with_hash(self._registry.find(query))
+        current = self._cache.current
+        if current is not None:
+            return current.info
+        selected = self._options.get("sd_model_checkpoint") if self._options is not None else ""
+        if not selected:
+            raise LookupError("no checkpoint selected: choose one in the Stable Diffusion checkpoint list "
+                              "or put a .safetensors file in models/Stable-diffusion")
+        return self._with_hash(self._registry.find(selected))
+
+    def _with_hash(self, info: Any) -> Any:
+        # The infotext's "Model hash" needs it; hashed once per file and cached on disk.
+        ensure = getattr(self._registry, "ensure_hash", None)
+        return ensure(info) if ensure is not None and getattr(info, "shorthash", None) is None else info
+
+    def _vae_path(self, choice: str | None, info: Any) -> Path | None:
+        if choice is None and self._options is not None:
+            choice = self._options.get("sd_vae")
+        return self._vaes.resolve(choice, info)
+
+
+def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: SamplerRegistry,
+                  options: Any = None) -> Engine:
+    """Build the engine for the launch ``settings``: runtime, CPU threads, model cache."""
+    from sdweb.engine.devices import configure_threads, resolve_runtime
+    from sdweb.engine.models.cache import ModelCache
+    from sdweb.engine.models.loader import load_checkpoint
+
+    runtime = resolve_runtime(settings)
+    configure_threads(runtime.threads)
+
+    def loader(info: Any, vae: Any) -> Any:
+        return load_checkpoint(info, runtime, vae_path=Path(vae) if vae is not None else None)
+
+    cache = ModelCache(loader, capacity=settings.models_in_memory, offload_device=runtime.parking_device)
+    logger.info("engine ready: %s, %s, %s attention", runtime.device, runtime.dtype, runtime.attention)
+    return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options)
