@@ -89,7 +89,7 @@ def check_git_url(url: str) -> str:
         if not urlsplit(url).path:
             raise InstallError(f"{url!r} has no path: {accepted}")
         return url
-    if "://" in url or url.lower().startswith("ext::") or "::" in url:
+    if "://" in url or "::" in url:  # another transport, or git's "ext::" command transport
         scheme = url.split(":", 1)[0]
         raise InstallError(f"the {scheme!r} transport is not accepted ({url!r}): {accepted}")
     if _SCP_LIKE.match(url) and not Path(url).exists():
