@@ -10,9 +10,9 @@ Owns the hash formats other tools read back from infotext (see shared/reference/
 * LoRA hash ("Lora hashes"): first 12 hex of sha256 over the bytes after the safetensors header, so
   editing a file's metadata does not change it.
 
-:class:`HashCache` keeps computed hashes in ``<cache_dir>/hashes.json`` keyed by absolute path and
-checked against size and modification time: a replaced or edited file is hashed again. Pure python,
-no torch: listing checkpoints must stay cheap.
+:class:`HashCache` keeps computed hashes in ``<cache_dir>/hashes.json`` (or a named ``.json`` file)
+keyed by absolute path and checked against size and modification time: a replaced or edited file is
+hashed again. Pure python, no torch: listing checkpoints must stay cheap.
 """
 
 from __future__ import annotations
@@ -122,8 +122,10 @@ class HashCache:
     (``hashes.json.bad``) and the cache starts empty: hashes are always recomputable.
     """
 
-    def __init__(self, cache_dir: Path) -> None:
-        self._path = cache_dir / CACHE_FILE_NAME
+    def __init__(self, location: Path) -> None:
+        """``location``: the cache folder (the file is ``hashes.json`` in it), or a ``.json`` file path."""
+        location = Path(location)
+        self._path = location if location.suffix.lower() == ".json" else location / CACHE_FILE_NAME
         self._lock = threading.RLock()
         self._file_locks: dict[str, threading.Lock] = {}
         self._entries: dict[str, dict[str, object]] = self._load()

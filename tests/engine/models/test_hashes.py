@@ -205,3 +205,16 @@ def test_facts_are_kept_per_file_version(tmp_path: Path) -> None:
 
     write_bytes(model, 3000, seed=2)
     assert cache.get_fact(model, "detection") is None
+
+
+def test_cache_location_may_be_a_folder_or_a_json_file(tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    data = write_bytes(model, 1000)
+
+    HashCache(tmp_path / "cache-dir").sha256(model)
+    HashCache(tmp_path / "elsewhere" / "model-hashes.json").sha256(model)
+
+    assert (tmp_path / "cache-dir" / "hashes.json").is_file()
+    assert (tmp_path / "elsewhere" / "model-hashes.json").is_file()
+    reread = HashCache(tmp_path / "elsewhere" / "model-hashes.json")
+    assert reread.get(model) == hashlib.sha256(data).hexdigest()
