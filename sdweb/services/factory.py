@@ -36,6 +36,7 @@ def build_services(
     """Build the container. ``engine_factory(services)`` makes the engine; default: the real one."""
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
+    from sdweb.extensions.installer import ExtensionInstaller
     from sdweb.extensions.manager import ExtensionManager, PluginHost
     from sdweb.history.store import HistoryStore
     from sdweb.images.store import ImageStore
@@ -112,7 +113,7 @@ def build_services(
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers,
-        extensions=extensions, restart=restart or (lambda: None),
+        extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
     )
     holder["services"] = services
     return services
