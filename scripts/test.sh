@@ -34,7 +34,7 @@ export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 GRADIO_ANALYTICS_ENABLED=False
 
 # 4. Lint and layer contracts.
 echo "== ruff"
-ruff check sdweb tests benchmarks scripts webui.py
+ruff check sdweb tests benchmarks scripts demo_model webui.py
 echo "== import-linter"
 lint-imports
 
