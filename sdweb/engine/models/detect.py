@@ -595,10 +595,8 @@ def _what_it_looks_like(facts: _Facts) -> str:
         return "looks like a VAE on its own, not a checkpoint; put it in models/VAE"
     if facts.has_prefix(VAE_PREFIX) and not facts.has_prefix(UNET_PREFIX):
         return "holds only VAE weights (first_stage_model.*), not a full checkpoint; put it in models/VAE"
-    if (
-        {"emb_params", "string_to_param.*", "clip_l", "clip_g"} & set(keys)
-        or len(keys) <= 4
-        and all(len(s) == 2 for s in facts.shapes.values())
+    if {"emb_params", "string_to_param.*", "clip_l", "clip_g"} & set(keys) or (
+        len(keys) <= 2 and all(len(s) == 2 and s[1] in (768, 1024, 1280) for s in facts.shapes.values())
     ):
         return "looks like a textual-inversion embedding, not a checkpoint; put it in the embeddings folder"
     if "conv_in.weight" in facts.shapes and any(k.startswith("down_blocks.") for k in keys):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -226,7 +227,15 @@ def torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
         zipfile.BadZipFile,
     ) as exc:
         # The unpickler's message names the global it refused: worth showing, in one line.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        if refused:
+            first_line = f"it asks to run or import {refused.group(1)}"
+        elif found:
+            first_line = found.group(1)
+        else:
+            first_line = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
         raise UnsafeCheckpointError(
             f"{path.name}: unsafe or invalid checkpoint: it cannot be read as plain weights "
             f"({first_line[:200]}). Prefer a .safetensors version of this model."

@@ -92,14 +92,13 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
         with path.open("rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise CheckpointReadError(
-                    f"{path.name}: not a safetensors file ({size} bytes, too short for a header)"
-                )
+                raise _not_safetensors(path, f"{size} bytes, too short for a header")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES or header_len < 2:
-                raise CheckpointReadError(
-                    f"{path.name}: not a safetensors file (its first 8 bytes give an impossible header "
-                    f"length {header_len}; is it a pickle .ckpt renamed to .safetensors?)"
+                raise _not_safetensors(
+                    path,
+                    f"its first 8 bytes give an impossible header length {header_len}; "
+                    "is it a pickle .ckpt renamed to .safetensors?",
                 )
             if 8 + header_len > size:
                 raise CheckpointReadError(
@@ -112,12 +111,15 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     try:
         parsed = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointReadError(
-            f"{path.name}: not a safetensors file (its header is not JSON: {exc})"
-        ) from exc
+        raise _not_safetensors(path, f"its header is not JSON: {exc}") from exc
     if not isinstance(parsed, dict):
-        raise CheckpointReadError(f"{path.name}: not a safetensors file (its header is not a JSON object)")
+        raise _not_safetensors(path, "its header is not a JSON object")
     return _parse_entries(path, parsed, data_start=8 + header_len, file_size=size)
+
+
+def _not_safetensors(path: Path, why: str) -> CheckpointReadError:
+    # The wording matches the pickle refusal: to a user both mean "this file will not be loaded".
+    return CheckpointReadError(f"{path.name}: unsafe or invalid checkpoint: not a safetensors file ({why})")
 
 
 def _parse_entries(
