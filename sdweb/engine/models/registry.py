@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from sdweb.engine.models.errors import CheckpointNotFoundError, VaeNotFoundError
-from sdweb.engine.models.hashes import HashCache, short_hash
+from sdweb.engine.models.hashes import HashCache, file_sha256, short_hash
 
 logger = logging.getLogger(__name__)
 
@@ -495,8 +495,9 @@ class VaeRegistry:
     ``<checkpoint stem>.vae.<ext>`` files beside a checkpoint (A1111's convention).
     """
 
-    def __init__(self, vae_dir: Path) -> None:
+    def __init__(self, vae_dir: Path, hash_cache: HashCache | None = None) -> None:
         self._dir = Path(vae_dir)
+        self._hash_cache = hash_cache
         self._lock = threading.Lock()
         self._infos: list[VaeInfo] | None = None
 
@@ -565,6 +566,12 @@ class VaeRegistry:
         if choice == VAE_NONE:
             return None
         return self.find(choice).path
+
+    def short_hash(self, path: Path) -> str:
+        """A1111's "VAE hash" for infotext: first 10 hex of the file's sha256 (cached when a cache is set)."""
+        if self._hash_cache is not None:
+            return short_hash(self._hash_cache.sha256(path))
+        return short_hash(file_sha256(path))
 
     def _automatic(self, checkpoint: CheckpointInfo) -> Path | None:
         if checkpoint.kind == "diffusers":

@@ -441,3 +441,11 @@ def test_missing_vae_folder_lists_nothing(tmp_path: Path) -> None:
     assert vaes.list() == []
     with pytest.raises(VaeNotFoundError, match="no VAE files in"):
         vaes.find("x")
+
+
+def test_vae_hash_is_a1111_short_hash_and_cached(vae_dir: Path, cache: HashCache) -> None:
+    vaes = VaeRegistry(vae_dir, cache)
+    path = vaes.find("vae-ft-mse").path
+
+    assert vaes.short_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    assert cache.get(path) == hashlib.sha256(path.read_bytes()).hexdigest()
