@@ -21,7 +21,7 @@ from sdweb.engine.samplers.registry import (
 )
 from sdweb.params import JobControl
 from sdweb.plugin_api import SamplerSpec, ScheduleSpec, hookimpl
-from tests.engine.conftest import TinyModel, tiny_params
+from tests.engine.conftest import tiny_params
 
 A1111_NAMES = ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "Euler",
                "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "PLMS", "UniPC", "LCM", "DEIS", "DDPM"]
