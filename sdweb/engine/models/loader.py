@@ -114,12 +114,18 @@ class LoadedModel:
         return total
 
     def to(self, device: torch.device | str) -> LoadedModel:
-        """Move the pipeline (a no-op for offloaded pipelines, whose placement accelerate manages)."""
+        """Move the pipeline to ``device``; offloaded pipelines stay put (accelerate places their weights)."""
         device = torch.device(device)
-        if getattr(self.pipe, "_offload_gpu_id", None) is None or device.type != "cpu":
-            self.pipe.to(device)
+        if _is_offloaded(self.pipe):
+            logger.debug("%s is offloaded; not moving it to %s", self.info.name, device)
+            return self
+        self.pipe.to(device)
         self.device = device
         return self
+
+
+def _is_offloaded(pipe: DiffusionPipeline) -> bool:
+    return any(hasattr(module, "_hf_hook") for module in _modules(pipe))
 
 
 def _modules(pipe: DiffusionPipeline) -> list[torch.nn.Module]:
