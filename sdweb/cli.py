@@ -9,6 +9,7 @@ Commands::
     python webui.py [flags]                 start the server (UI; API with --api; API only with --nowebui)
     python webui.py [flags] txt2img ...     generate from the command line, print the saved paths
     python webui.py [flags] models          list the checkpoints found (also: --list-models)
+    python webui.py --download-model NAME_OR_REPO[:FILE]   fetch a checkpoint from the Hugging Face hub
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow installing extensions while --listen is on")
     add("--skip-demo-model", action="store_true", help="do not offer the bundled demo model")
     add("--list-models", action="store_true", help="print the checkpoints found and exit")
+    add("--download-model", metavar="NAME_OR_REPO[:FILE]", default=None,
+        help="download a checkpoint from the Hugging Face hub into models/Stable-diffusion and exit "
+             "(sd15, sdxl, owner/repo or owner/repo:file.safetensors)")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     sub = parser.add_subparsers(dest="command")
@@ -312,6 +316,38 @@ def list_models(settings: LaunchSettings) -> int:
     return 0
 
 
+def download_command(settings: LaunchSettings, spec: str) -> int:
+    """Fetch a checkpoint (resumable, sha256-verified) with a progress bar on stderr; 1 on failure."""
+    from sdweb.engine.models.download import DownloadError, download_model
+
+    interactive = sys.stderr.isatty()
+    last_shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 100
+        if percent == last_shown[0] or (not interactive and percent % 10):
+            return
+        last_shown[0] = percent
+        bar = "#" * (percent * 30 // 100)
+        line = f"[{bar:.<30}] {percent:3d}% {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
+        print(("\r" if interactive else "") + line, end="" if interactive else "\n", file=sys.stderr,
+              flush=True)
+
+    try:
+        path = download_model(spec, settings.paths.ckpt_dirs[0], progress=show)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    except DownloadError as exc:
+        if interactive:
+            print(file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if interactive:
+        print(file=sys.stderr)
+    print(path)
+    return 0
+
+
 def txt2img_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
     from sdweb.services.factory import build_services
 
@@ -380,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
+        if args.download_model:
+            return download_command(settings, args.download_model)
         if args.list_models or args.command == "models":
             return list_models(settings)
         if args.command == "txt2img":

@@ -160,14 +160,16 @@ def download_model(
 ) -> Path:
     """Download a checkpoint into ``dest_dir`` (``models/Stable-diffusion``) and return its path.
 
-    ``name_or_repo`` is anything :func:`parse_model_spec` accepts. ``endpoint`` overrides ``HF_ENDPOINT``.
+    ``name_or_repo`` is anything :func:`parse_model_spec` accepts. ``endpoint`` overrides ``HF_ENDPOINT``
+    (itself the default hub's override).
     A connection dropped mid-file is resumed up to ``retries`` times within this call; after that the
     partial file stays and calling again resumes it. A file already in place with the right sha256 is
     returned without downloading. Raises :class:`DownloadError` (or :class:`ChecksumMismatchError`) with
     a message a person can act on; ValueError for a spec that names nothing.
     """
     source = parse_model_spec(name_or_repo)
-    endpoint = (endpoint or hf_constants.ENDPOINT).rstrip("/")
+    # HF_ENDPOINT is read per call (huggingface_hub reads it once at import) so a mirror set later works.
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
     timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
     headers = build_hf_headers()
     # 1. Which file, and its facts (size, sha256, commit) from a HEAD request

@@ -87,8 +87,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             tree = re.match(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/[^/?]+", self.path)
             if tree:
-                entries = [{"type": "file", "path": path, "size": len(data), "oid": "0" * 40}
-                           for (repo, path), data in hub.files.items() if repo == tree["repo"]]
+                entries = [
+                    {"type": "file", "path": path, "size": len(data), "oid": "0" * 40}
+                    for (repo, path), data in hub.files.items()
+                    if repo == tree["repo"]
+                ]
                 body = json.dumps(entries).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -146,13 +149,18 @@ def _payload(size: int, seed: int = 0) -> bytes:
 
 
 def test_full_download_reports_progress_and_lands_verified_in_the_folder(
-        hub: FakeHub, tmp_path: Path) -> None:
+    hub: FakeHub, tmp_path: Path
+) -> None:
     data = _payload(3_000_000)
     hub.add(REPO, "tiny.safetensors", data)
     seen: list[tuple[int, int]] = []
 
-    path = download_model(f"{REPO}:tiny.safetensors", tmp_path / "Stable-diffusion",
-                          progress=lambda done, total: seen.append((done, total)), endpoint=hub.url)
+    path = download_model(
+        f"{REPO}:tiny.safetensors",
+        tmp_path / "Stable-diffusion",
+        progress=lambda done, total: seen.append((done, total)),
+        endpoint=hub.url,
+    )
 
     assert path == tmp_path / "Stable-diffusion" / "tiny.safetensors"
     assert path.read_bytes() == data
@@ -176,7 +184,8 @@ def test_a_repo_with_several_checkpoints_asks_which(hub: FakeHub, tmp_path: Path
 
 
 def test_an_interrupted_download_keeps_its_partial_file_and_the_next_call_resumes_it(
-        hub: FakeHub, tmp_path: Path) -> None:
+    hub: FakeHub, tmp_path: Path
+) -> None:
     data = _payload(2_000_000, 2)
     hub.add(REPO, "big.safetensors", data)
     hub.drop_after = 700_000
@@ -200,8 +209,9 @@ def test_a_dropped_connection_is_resumed_within_the_same_call(hub: FakeHub, tmp_
     hub.drop_after = 500_000
     seen: list[int] = []
 
-    path = download_model(f"{REPO}:big.safetensors", tmp_path, progress=lambda done, _: seen.append(done),
-                          endpoint=hub.url)
+    path = download_model(
+        f"{REPO}:big.safetensors", tmp_path, progress=lambda done, _: seen.append(done), endpoint=hub.url
+    )
 
     assert path.read_bytes() == data
     assert len(hub.range_requests) == 1
@@ -209,7 +219,8 @@ def test_a_dropped_connection_is_resumed_within_the_same_call(hub: FakeHub, tmp_
 
 
 def test_a_file_whose_hash_does_not_match_is_refused_and_its_partial_removed(
-        hub: FakeHub, tmp_path: Path) -> None:
+    hub: FakeHub, tmp_path: Path
+) -> None:
     data = _payload(400_000, 4)
     hub.add(REPO, "bad.safetensors", data)
     # The hub claims another sha256 than the bytes it serves (a corrupted mirror or a tampered file).
@@ -221,7 +232,8 @@ def test_a_file_whose_hash_does_not_match_is_refused_and_its_partial_removed(
 
 
 def test_a_well_known_model_is_checked_against_its_published_hash_not_the_servers(
-        hub: FakeHub, tmp_path: Path) -> None:
+    hub: FakeHub, tmp_path: Path
+) -> None:
     sd15 = KNOWN_MODELS[0]
     # A server that serves other bytes and advertises their (matching) hash: only the table catches it.
     hub.add(sd15.repo_id, sd15.filename, _payload(1000, 5))
@@ -253,21 +265,63 @@ def test_a_file_already_downloaded_is_not_fetched_again(hub: FakeHub, tmp_path: 
     (tmp_path / "done.safetensors").write_bytes(data)
     hub.files[(REPO, "done.safetensors")] = data
     hub.drop_after = 0  # any GET would fail: the file must come from disk
-    assert download_model(f"{REPO}:done.safetensors", tmp_path, progress=None, endpoint=hub.url,
-                          retries=0).read_bytes() == data
+    assert (
+        download_model(
+            f"{REPO}:done.safetensors", tmp_path, progress=None, endpoint=hub.url, retries=0
+        ).read_bytes()
+        == data
+    )
 
 
 def test_well_known_names_and_repo_specs_parse() -> None:
     sd15 = parse_model_spec("SD15")
     assert (sd15.repo_id, sd15.filename, sd15.sha256) == (
-        "stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors",
-        "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa")
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "v1-5-pruned-emaonly.safetensors",
+        "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
+    )
     assert parse_model_spec("stabilityai/stable-diffusion-xl-base-1.0").sha256 == (
-        "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b")
+        "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"
+    )
     custom = parse_model_spec("me/model@v2:sub/file.safetensors")
     assert (custom.repo_id, custom.revision, custom.filename, custom.sha256) == (
-        "me/model", "v2", "sub/file.safetensors", None)
+        "me/model",
+        "v2",
+        "sub/file.safetensors",
+        None,
+    )
     with pytest.raises(ValueError, match="well-known name"):
         parse_model_spec("not a repo")
     with pytest.raises(ValueError):
         parse_model_spec("me/model:../../etc/passwd")
+
+
+def test_the_command_line_downloads_into_the_checkpoint_folder(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdweb.cli import main
+
+    hub.add(REPO, "cli.safetensors", _payload(300_000, 7))
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+
+    assert main(["--data-dir", str(tmp_path), "--download-model", f"{REPO}:cli.safetensors"]) == 0
+
+    saved = tmp_path / "models" / "Stable-diffusion" / "cli.safetensors"
+    assert saved.read_bytes() == _payload(300_000, 7)
+    out, err = capsys.readouterr()
+    assert str(saved) in out
+    assert "100%" in err
+
+
+def test_the_command_line_says_when_the_hub_cannot_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdweb.cli import main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+    assert main(["--data-dir", str(tmp_path), "--download-model", "sd15"]) == 1
+    assert "cannot reach the Hugging Face hub" in capsys.readouterr().err
