@@ -217,9 +217,11 @@ class CheckpointRegistry:
 
     def _scan(self, root: Path) -> Iterator[CheckpointInfo]:
         for folder, dirnames, filenames in _walk(root):
-            if DIFFUSERS_MARKER in filenames and folder != root:
+            if DIFFUSERS_MARKER in filenames:
+                # Its component files are not checkpoints of their own. A root that is itself a
+                # diffusers folder (--ckpt-dir pointed at one model) is listed under its folder name.
                 dirnames[:] = []
-                info = self._diffusers_info(folder, root)
+                info = self._diffusers_info(folder, root if folder != root else root.parent)
                 if info is not None:
                     yield info
                 continue

@@ -223,6 +223,14 @@ def test_empty_folder_says_where_to_put_checkpoints(tmp_path: Path, cache: HashC
     assert str(empty) in str(caught.value)
 
 
+def test_a_folder_that_is_itself_a_diffusers_model(tmp_path: Path, cache: HashCache) -> None:
+    pipe = write_diffusers_folder(tmp_path / "my-pipe")
+
+    infos = CheckpointRegistry([pipe], cache).refresh()
+
+    assert [(info.name, info.kind) for info in infos] == [("my-pipe", "diffusers")]
+
+
 def test_several_folders_and_duplicates(tmp_path: Path, cache: HashCache) -> None:
     main, extra = tmp_path / "main", tmp_path / "extra"
     write_checkpoint(main / "one.safetensors", seed=1)
