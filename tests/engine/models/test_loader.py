@@ -24,6 +24,7 @@ from tests.fixtures.checkpoints import (
     write_ldm_ckpt,
     write_ldm_safetensors,
     write_tiny_diffusers_folder,
+    write_tiny_sdxl_diffusers_folder,
     write_tiny_vae,
 )
 
@@ -291,3 +292,51 @@ def test_unrelated_keys_and_ema_weights_are_never_read(tmp_path: Path, load: Loa
     model = load(path)
 
     assert_same_weights(built, model.pipe, ("unet",))
+
+
+def test_yaml_beside_an_sd2_file_makes_it_epsilon(tiny_sd2v_path: Path, tmp_path: Path, load: Load) -> None:
+    path = tmp_path / "sd2-base.safetensors"
+    path.write_bytes(tiny_sd2v_path.read_bytes())
+    path.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "eps"\n', encoding="utf-8")
+
+    model = load(path)
+
+    assert model.family == "sd2"
+    assert model.pipe.scheduler.config.prediction_type == "epsilon"
+
+
+def test_sdxl_diffusers_folder_loads_offline(tmp_path: Path, load: Load) -> None:
+    folder = write_tiny_sdxl_diffusers_folder(tmp_path / "tiny-sdxl-diffusers")
+
+    model = load(folder)
+
+    assert model.family == "sdxl"
+    assert isinstance(model.pipe, StableDiffusionXLPipeline)
+    assert_same_weights(tiny_sdxl_components(), model.pipe)
+
+
+def test_vae_file_replaces_a_diffusers_folder_vae(tmp_path: Path, load: Load) -> None:
+    folder = write_tiny_diffusers_folder(tmp_path / "tiny-sd1-diffusers")
+    vae_path = write_tiny_vae(tmp_path / "other.vae.safetensors")
+
+    model = load(folder, vae_path=vae_path)
+
+    assert torch.equal(
+        model.pipe.vae.state_dict()["decoder.conv_out.weight"],
+        load_file(str(vae_path))["decoder.conv_out.weight"],
+    )
+    assert model.vae_name == "other.vae.safetensors"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_sd1_loads_in_fp16_and_steps_on_cuda(tiny_sd1_path: Path, applied_runtimes: Any) -> None:
+    from sdweb.engine.models.loader import load_checkpoint
+    from tests.engine.models.conftest import CpuRuntime, checkpoint_info
+
+    runtime = CpuRuntime(device=torch.device("cuda"), dtype=torch.float16, vae_dtype=torch.float16)
+    model = load_checkpoint(checkpoint_info(tiny_sd1_path), runtime)  # type: ignore[arg-type]
+
+    assert {p.device.type for p in model.pipe.unet.parameters()} == {"cuda"}
+    result = model.pipe("a cat", num_inference_steps=1, height=64, width=64, output_type="np")
+    assert np.isfinite(result.images[0]).all()
