@@ -163,6 +163,10 @@ class HashCache:
         """sha256 of a safetensors file's tensor bytes (the LoRA hash is its first 12 hex)."""
         return self._get_or_compute(path, "data_sha256", lambda: safetensors_data_sha256(path, on_progress))
 
+    def lora_hash(self, path: Path) -> str:
+        """The 12-hex "Lora hashes" value of a safetensors LoRA, from the cache or computed and stored."""
+        return self.data_sha256(path)[:LORA_HASH_LENGTH]
+
     # -- other facts about a file version (the registry keeps detection results here) -----------------
     def get_fact(self, path: Path, name: str) -> object | None:
         """A JSON value stored with :meth:`put_fact` for the current version of ``path``, else None."""

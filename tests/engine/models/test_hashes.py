@@ -67,6 +67,7 @@ def test_lora_hash_ignores_header_and_metadata(tmp_path: Path) -> None:
     write_safetensors_bytes(second, {**tensors, "__metadata__": {"ss_name": "other name"}}, payload)
 
     assert hashes.lora_hash(first) == hashlib.sha256(payload).hexdigest()[:12]
+    assert HashCache(tmp_path / "cache").lora_hash(first) == hashes.lora_hash(first)
     assert hashes.lora_hash(first) == hashes.lora_hash(second)
     assert hashes.file_sha256(first) != hashes.file_sha256(second)
 
