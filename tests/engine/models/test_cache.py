@@ -309,10 +309,20 @@ def test_real_loader_switch_back_is_instant_and_a_bad_file_keeps_the_model(
         (root / source.name).symlink_to(source)
     (root / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     registry = CheckpointRegistry([root], HashCache(tmp_path / "cache"))
-    runtime = RuntimeConfig(device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32,
-                            attention="sdpa", offload="none", vae_tiling=False, threads=1)
-    cache = ModelCache(lambda info, vae: load_checkpoint(info, runtime, vae_path=vae),
-                       capacity=2, offload_device=runtime.parking_device)
+    runtime = RuntimeConfig(
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        vae_dtype=torch.float32,
+        attention="sdpa",
+        offload="none",
+        vae_tiling=False,
+        threads=1,
+    )
+    cache = ModelCache(
+        lambda info, vae: load_checkpoint(info, runtime, vae_path=vae),
+        capacity=2,
+        offload_device=runtime.parking_device,
+    )
     sd1, sd2 = registry.find("tiny-sd1"), registry.find("tiny-sd2v")
 
     with cache.use(sd1) as first:
