@@ -21,7 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,7 +72,6 @@ class Detection:
     text_encoder_configs: tuple[dict[str, Any], ...]
     scheduler_config: dict[str, Any]
     unsupported_reason: str | None = None
-    notes: tuple[str, ...] = field(default=())
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts
 
@@ -328,10 +327,6 @@ class _Facts:
 
     def has_prefix(self, prefix: str) -> bool:
         return any(key.startswith(prefix) for key in self.shapes)
-
-    @property
-    def unet_in_channels(self) -> int:
-        return self.shapes[UNET_PREFIX + "input_blocks.0.0.weight"][1]
 
 
 class _Family:

@@ -340,3 +340,18 @@ def test_tiny_sd1_loads_in_fp16_and_steps_on_cuda(tiny_sd1_path: Path, applied_r
     assert {p.device.type for p in model.pipe.unet.parameters()} == {"cuda"}
     result = model.pipe("a cat", num_inference_steps=1, height=64, width=64, output_type="np")
     assert np.isfinite(result.images[0]).all()
+
+
+def test_sd1_file_with_the_old_text_encoder_layout_loads(tmp_path: Path, load: Load) -> None:
+    # Early SD1 files saved CLIP without the ``text_model.`` level.
+    built = tiny_sd1_components()
+    old = "cond_stage_model.transformer.text_model."
+    state = {
+        (k.replace(old, "cond_stage_model.transformer.") if k.startswith(old) else k): v
+        for k, v in sd1_ldm_state_dict(built).items()
+    }
+    path = write_ldm_safetensors(state, tmp_path / "old-layout.safetensors")
+
+    model = load(path)
+
+    assert_same_weights(built, model.pipe, ("text_encoder",))
