@@ -59,8 +59,8 @@ def test_equals_diffusers_pipeline_at_fp32(sampler: str, scheduler_cls: type, sd
 def test_sdxl_equals_diffusers_pipeline_at_fp32(sdxl_pipe, samplers) -> None:
     model = TinyModel(pipe=sdxl_pipe, family="sdxl")
     params = tiny_params(negative_prompt="", steps=3, seed=7)
-    reference_pipe = StableDiffusionXLPipeline(
-        **{**sdxl_pipe.components, "scheduler": EulerDiscreteScheduler.from_config(sdxl_pipe.scheduler.config)})
+    scheduler = EulerDiscreteScheduler.from_config(sdxl_pipe.scheduler.config)
+    reference_pipe = StableDiffusionXLPipeline(**{**sdxl_pipe.components, "scheduler": scheduler})
     reference_pipe.set_progress_bar_config(disable=True)
     theirs = reference_pipe(params.prompt, num_inference_steps=3, width=64, height=64,
                             guidance_scale=params.cfg_scale, output_type="latent",
@@ -145,7 +145,8 @@ def test_progress_reports_each_step_with_previews(sd1_model, samplers) -> None:
 
 def test_second_order_samplers_report_user_steps(sd1_model, samplers) -> None:
     seen: list[int] = []
-    _run(sd1_model, samplers, tiny_params(sampler_name="Heun", steps=3), on_step=lambda p: seen.append(p.step))
+    _run(sd1_model, samplers, tiny_params(sampler_name="Heun", steps=3),
+         on_step=lambda p: seen.append(p.step))
     assert seen == [1, 2, 3]
 
 
