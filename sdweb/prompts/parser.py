@@ -16,6 +16,7 @@ same prompt gives the same conditioning. The encoder in ``sdweb.engine`` turns t
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 
@@ -72,33 +73,39 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
     A weight that is not a number (``(a:1.2.3)``), which A1111 crashes on, is kept as literal text.
     """
-    runs: list[list[str | float]] = []
+    # Two parallel lists rather than a list of pairs: multiplying a suffix of plain floats in one list
+    # comprehension keeps a pasted wall of unclosed brackets fast.
+    texts: list[str] = []
+    weights: list[float] = []
     open_round: list[int] = []
     open_square: list[int] = []
 
     def multiply_from(start: int, factor: float) -> None:
-        for run in runs[start:]:
-            run[1] = float(run[1]) * factor
+        if start < len(weights):
+            weights[start:] = [weight * factor for weight in weights[start:]]
+
+    def add(run_text: str, weight: float = 1.0) -> None:
+        texts.append(run_text)
+        weights.append(weight)
 
     def add_text(part: str) -> None:
-        pieces = _BREAK.split(part)
-        for index, piece in enumerate(pieces):
+        for index, piece in enumerate(_BREAK.split(part)):
             if index > 0:
-                runs.append(["BREAK", BREAK_WEIGHT])
-            runs.append([piece, 1.0])
+                add("BREAK", BREAK_WEIGHT)
+            add(piece)
 
     for match in _ATTENTION_TOKEN.finditer(text):
         kind = match.lastgroup
         token = match.group(0)
         if kind == "escape":
-            runs.append([token[1], 1.0])
+            add(token[1])
         elif kind == "backslash":
             # A backslash that escapes nothing vanishes; the empty run keeps A1111's merge behaviour.
-            runs.append(["", 1.0])
+            add("")
         elif kind == "open_round":
-            open_round.append(len(runs))
+            open_round.append(len(weights))
         elif kind == "open_square":
-            open_square.append(len(runs))
+            open_square.append(len(weights))
         elif kind == "weight" and open_round and _is_number(match.group("weight")):
             multiply_from(open_round.pop(), float(match.group("weight")))
         elif kind == "close_round" and open_round:
@@ -110,18 +117,46 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
     # Unclosed brackets still count, outermost first, round before square (the order fixes the float
     # rounding, which decides which runs merge below).
-    for start in open_round:
-        multiply_from(start, _ROUND_MULTIPLIER)
-    for start in open_square:
-        multiply_from(start, _SQUARE_MULTIPLIER)
+    _apply_unclosed(weights, open_round, _ROUND_MULTIPLIER)
+    _apply_unclosed(weights, open_square, _SQUARE_MULTIPLIER)
 
     merged: list[tuple[str, float]] = []
-    for run_text, weight in runs:
-        if merged and merged[-1][1] == weight:
-            merged[-1] = (merged[-1][0] + str(run_text), merged[-1][1])
-        else:
-            merged.append((str(run_text), float(weight)))
+    index = 0
+    while index < len(weights):
+        end = index + 1
+        while end < len(weights) and weights[end] == weights[index]:
+            end += 1
+        merged.append(("".join(texts[index:end]), weights[index]))
+        index = end
     return merged or [("", 1.0)]
+
+
+def _apply_unclosed(weights: list[float], starts: list[int], factor: float) -> None:
+    """Multiply ``weights[start:]`` by ``factor`` once per start, in order, without O(len * starts) work.
+
+    The starts are ascending (they come off a stack), so run ``i`` is multiplied ``k`` times where ``k``
+    counts the starts <= ``i`` and grows along the runs. The multiplications stay one at a time (float
+    products depend on the order), but runs with the same weight reuse the product computed for the
+    previous one and only extend it.
+    """
+    if not starts:
+        return
+    # Keyed by value and sign: -0.0 == 0.0, but their products keep different signs.
+    done: dict[tuple[float, float], tuple[int, float]] = {}
+    covering = 0
+    for index, weight in enumerate(weights):
+        while covering < len(starts) and starts[covering] <= index:
+            covering += 1
+        if covering == 0:
+            continue
+        key = (weight, math.copysign(1.0, weight))
+        times, product = done.get(key, (0, weight))
+        if times > covering:  # cannot happen with ascending starts; kept for safety
+            times, product = 0, weight
+        for _ in range(covering - times):
+            product *= factor
+        done[key] = (covering, product)
+        weights[index] = product
 
 
 def _is_number(value: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import pytest
 
@@ -91,3 +92,20 @@ def test_schedule_right_before_a_stray_bracket_is_a_schedule() -> None:
     # A1111 (lark 1.1.2) flips between a schedule and plain text here from one start to the next;
     # we always read the schedule.
     assert get_learned_conditioning_prompt_schedules(["[a:3]]"], 10) == [[(3, "]"), (10, "a]")]]
+
+
+@pytest.mark.parametrize("prompt", ["(a" * 10_000, "[a" * 10_000, "(a)" * 6_666, "[a|" * 6_000])
+def test_a_maximal_pasted_prompt_parses_quickly(prompt: str) -> None:
+    # 20,000 characters is the longest prompt the request model accepts (params.MAX_PROMPT_CHARS).
+    started = time.perf_counter()
+    runs = parse_prompt_attention(prompt)
+    get_learned_conditioning_prompt_schedules([prompt], 150)
+    assert time.perf_counter() - started < 1.0
+    assert runs[0][0].startswith("a")
+
+
+def test_unclosed_brackets_multiply_in_order_like_a1111() -> None:
+    # Each unclosed "(" multiplies everything after it once more, one float product at a time.
+    runs = parse_prompt_attention("(a(b(c")
+    assert runs == [("a", 1.1), ("b", 1.1 * 1.1), ("c", 1.1 * 1.1 * 1.1)]
+    assert parse_prompt_attention("((a:-0)")[0] == ("a", -0.0 * 1.1)
