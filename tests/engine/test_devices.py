@@ -215,6 +215,10 @@ def test_default_thread_count_counts_physical_cores(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
+    return build_tiny_pipe()
+
+
+def build_tiny_pipe():
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -318,3 +322,23 @@ def test_vae_tiling_follows_the_runtime(tiny_pipe) -> None:
 
     apply_runtime(tiny_pipe, cpu_runtime(vae_tiling=False))
     assert not tiny_pipe.vae.use_tiling
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("offload", ["none", "model"])
+def test_cuda_runtime_runs_a_tiny_pipeline(tmp_path: Path, offload: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    runtime = resolve_runtime(settings(tmp_path, offload=offload))
+    assert runtime.device.type == "cuda" and runtime.dtype == torch.float16
+    pipe = build_tiny_pipe().to(torch.float16)
+
+    apply_runtime(pipe, runtime)
+    image = generate(pipe)
+
+    assert torch.isfinite(image.float()).all()
+    if offload == "none":
+        assert pipe.unet.device.type == "cuda"
+        assert runtime.parking_device == torch.device("cpu")
+    else:
+        assert runtime.parking_device is None
