@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from demo_model.dataset import COLOURS, POSITIONS, IMAGE_SIZE
+from demo_model.dataset import COLOURS, IMAGE_SIZE, POSITIONS
 
 _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in _NAMES], dtype=np.float32)
@@ -53,5 +53,6 @@ def read_scene(image: Image.Image) -> Reading:
     colour = _NAMES[int(np.bincount(shape_labels, minlength=len(_NAMES)).argmax())]
     ys, xs = np.nonzero(mask)
     cx, cy = float(xs.mean()), float(ys.mean())
-    position = min(POSITIONS, key=lambda name: (POSITIONS[name][0] - cx) ** 2 + (POSITIONS[name][1] - cy) ** 2)
+    position = min(POSITIONS,
+                   key=lambda name: (POSITIONS[name][0] - cx) ** 2 + (POSITIONS[name][1] - cy) ** 2)
     return Reading(background, colour, position, fraction, colour_shares)

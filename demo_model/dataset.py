@@ -80,7 +80,8 @@ def render(scene: Scene, rng: np.random.Generator | None = None, size: int = IMA
         side = half * 0.9
         draw.rectangle((cx - side, cy - side, cx + side, cy + side), fill=fill)
     else:
-        draw.polygon([(cx, cy - half), (cx - half, cy + half * 0.85), (cx + half, cy + half * 0.85)], fill=fill)
+        corners = [(cx, cy - half), (cx - half, cy + half * 0.85), (cx + half, cy + half * 0.85)]
+        draw.polygon(corners, fill=fill)
     return image
 
 

@@ -100,7 +100,8 @@ def train_diffusion(vae: AutoencoderKL, unet: UNet2DConditionModel, text: CLIPTe
     vae.requires_grad_(False)
     while time.monotonic() - started < seconds:
         elapsed = time.monotonic() - started
-        lr = 6e-4 * min(1.0, (step + 1) / 300) * (0.15 + 0.85 * 0.5 * (1 + math.cos(math.pi * elapsed / seconds)))
+        warmup = min(1.0, (step + 1) / 300)
+        lr = 6e-4 * warmup * (0.15 + 0.85 * 0.5 * (1 + math.cos(math.pi * elapsed / seconds)))
         for group in optimiser.param_groups:
             group["lr"] = lr
         images, captions, _ = batch(rng, batch_size)
@@ -120,7 +121,7 @@ def train_diffusion(vae: AutoencoderKL, unet: UNet2DConditionModel, text: CLIPTe
         optimiser.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
+            for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 e.lerp_(p, 1 - decay)
         step += 1
         if step % 50 == 0:
@@ -132,7 +133,8 @@ def train_diffusion(vae: AutoencoderKL, unet: UNet2DConditionModel, text: CLIPTe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--minutes", type=float, default=55.0, help="total training budget")
     parser.add_argument("--vae-share", type=float, default=0.15, help="fraction of the budget for the VAE")
@@ -157,8 +159,8 @@ def main() -> None:
     def save(unet_weights: UNet2DConditionModel) -> None:
         save_folder(args.out / "diffusers", vae, unet_weights, text, tokenizer)
 
-    ema = train_diffusion(vae, unet, text, tokenizer, scale, rng, total * (1 - args.vae_share), args.batch_size,
-                          on_checkpoint=save)
+    ema = train_diffusion(vae, unet, text, tokenizer, scale, rng, total * (1 - args.vae_share),
+                          args.batch_size, on_checkpoint=save)
     save(ema)
 
 
