@@ -132,7 +132,9 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     from sdweb.engine.models.loader import load_checkpoint
 
     runtime = resolve_runtime(settings)
-    configure_threads(runtime.threads)
+    # --threads wins; else the "torch_threads" setting (0 = one per physical core, the runtime's default).
+    option_threads = int(options.get("torch_threads") or 0) if options is not None else 0
+    configure_threads(getattr(settings, "threads", None) or option_threads or runtime.threads)
 
     def loader(info: Any, vae: Any) -> Any:
         return load_checkpoint(info, runtime, vae_path=Path(vae) if vae is not None else None)
