@@ -334,9 +334,9 @@ def build_vae(config: Mapping[str, Any], ldm_state: Mapping[str, torch.Tensor], 
 
 
 def _clip_config(config: Mapping[str, Any]) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        **{k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
-    )
+    # Bookkeeping fields of the public config.json; the dtype is the loader's choice, not the file's.
+    skipped = {"architectures", "model_type", "torch_dtype", "dtype", "transformers_version"}
+    return CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_") and k not in skipped})
 
 
 def _fit_text_model_prefix(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
