@@ -11,6 +11,11 @@ This module owns the meaning of the characters people paste from A1111 and Civit
 
 The results match A1111's for the same input (its documented examples are our test cases), so the
 same prompt gives the same conditioning. The encoder in ``sdweb.engine`` turns them into embeddings.
+
+A1111 applies them in this order, and so should callers: styles (``sdweb.prompts.styles``), then
+:func:`strip_extra_networks` on the whole prompt, then :func:`split_composable_prompt` (positive prompt
+only), then :func:`get_learned_conditioning_prompt_schedules` on each part, then
+:func:`parse_prompt_attention` on each scheduled text when it is encoded.
 """
 
 from __future__ import annotations
