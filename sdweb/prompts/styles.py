@@ -142,6 +142,8 @@ class StyleStore:
         Raises:
             UnknownStyleError: Any name is not a style (nothing is applied then).
         """
+        if not names:
+            return prompt, negative_prompt
         styles = self._current().styles
         missing = [name for name in names if name not in styles]
         if missing:

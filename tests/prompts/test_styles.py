@@ -139,8 +139,14 @@ def test_extra_columns_and_old_text_column_and_comments(tmp_path: Path) -> None:
 def test_file_without_name_column_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "styles.csv"
     path.write_text("title,prompt\nx,y\n", encoding="utf-8")
+    store = StyleStore(path)
     with pytest.raises(StyleFileError, match="no 'name' column"):
-        StyleStore(path).list()
+        store.list()
+    with pytest.raises(StyleFileError):
+        store.save(PromptStyle("x", "y"))  # never overwrite a file we could not read
+    assert path.read_text(encoding="utf-8") == "title,prompt\nx,y\n"
+    # Generating without styles does not depend on the file.
+    assert store.apply("a cat", "", []) == ("a cat", "")
 
 
 def test_empty_file_is_an_empty_store(tmp_path: Path) -> None:
