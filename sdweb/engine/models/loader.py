@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import time
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ from sdweb.engine.models.errors import (
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
+from sdweb.engine.models.hashes import file_sha256, short_hash
 from sdweb.engine.models.safetensors_io import iter_safetensors_tensors, read_safetensors_header
 
 if TYPE_CHECKING:
@@ -160,6 +162,7 @@ def load_checkpoint(
     from sdweb.engine.devices import apply_runtime
 
     path = Path(info.path)
+    started = time.perf_counter()
     logger.info("loading %s (%s) on %s as %s", info.name, info.kind, runtime.device, runtime.dtype)
     vae_path = Path(vae_path) if vae_path is not None else None
     if info.kind == "diffusers":
@@ -170,12 +173,11 @@ def load_checkpoint(
     if vae_path is not None:
         vae_name = vae_path.name
         if vae_hash is None:
-            from sdweb.engine.models.hashes import file_sha256, short_hash
-
             vae_hash = short_hash(file_sha256(vae_path))
     else:
         vae_hash = None
     apply_runtime(pipe, runtime)
+    logger.info("loaded %s as %s in %.1f s", info.name, detection.family, time.perf_counter() - started)
     return LoadedModel(
         info=info,
         detection=detection,
