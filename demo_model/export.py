@@ -44,6 +44,13 @@ _NOT_CONFIG = ("architectures", "transformers_version", "torch_dtype", "dtype", 
                "return_dict", "use_return_dict")
 
 
+#: What defines a CLIP text model; the rest of a transformers config is about the saving library.
+_CLIP_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers",
+                   "num_attention_heads", "max_position_embeddings", "hidden_act", "layer_norm_eps",
+                   "attention_dropout", "initializer_range", "initializer_factor", "pad_token_id",
+                   "bos_token_id", "eos_token_id")
+
+
 def _config(raw: dict[str, Any], *, keep_class: bool = False) -> dict[str, Any]:
     return {k: v for k, v in raw.items()
             if (keep_class and k == "_class_name") or (not k.startswith("_") and k not in _NOT_CONFIG)}
@@ -69,7 +76,8 @@ def checkpoint_state_and_metadata(folder: Path) -> tuple[dict[str, torch.Tensor]
         "sdweb_title": "sdweb demo: shapes (64x64, trained from scratch)",
         "sdweb_unet_config": json.dumps(_config(dict(unet.config))),
         "sdweb_vae_config": json.dumps(_config(dict(vae.config))),
-        "sdweb_text_encoder_config": json.dumps(_config(text.config.to_dict())),
+        "sdweb_text_encoder_config": json.dumps({k: v for k, v in text.config.to_dict().items()
+                                                 if k in _CLIP_TEXT_KEYS}),
         "sdweb_scheduler_config": json.dumps(_config(scheduler, keep_class=True)),
     }
     return state, metadata
