@@ -355,3 +355,27 @@ def test_sd1_file_with_the_old_text_encoder_layout_loads(tmp_path: Path, load: L
     model = load(path)
 
     assert_same_weights(built, model.pipe, ("text_encoder",))
+
+
+def test_the_tensors_read_from_the_file_become_the_weights_without_a_copy(
+    tiny_sd1_path: Path, load: Load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The memory promise (peak ~ model size) rests on this: each tensor read is adopted, never copied.
+    import sdweb.engine.models.loader as loader
+
+    read_pointers: set[int] = set()
+    real_reader = loader.iter_safetensors_tensors
+
+    def recording_reader(*args: Any, **kwargs: Any) -> Any:
+        for key, tensor in real_reader(*args, **kwargs):
+            read_pointers.add(tensor.untyped_storage().data_ptr())
+            yield key, tensor
+
+    monkeypatch.setattr(loader, "iter_safetensors_tensors", recording_reader)
+
+    model = load(tiny_sd1_path)
+
+    for name in ("unet", "vae", "text_encoder"):
+        params = list(getattr(model.pipe, name).parameters())
+        adopted = [p for p in params if p.untyped_storage().data_ptr() in read_pointers]
+        assert len(adopted) == len(params), name
