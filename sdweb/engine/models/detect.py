@@ -362,6 +362,8 @@ class _Family:
             )
         if in_channels == 8:
             return "-pix2pix", "instruct-pix2pix checkpoints (8 UNet input channels) are not supported yet"
+        if in_channels == 5:
+            return "-depth", "depth-conditioned checkpoints (5 UNet input channels) are not supported yet"
         if in_channels != 4:
             raise UnsupportedCheckpointError(
                 f"{facts.name}: UNet with {in_channels} input channels "
@@ -510,7 +512,9 @@ class _SD2(_Family):
         # A1111's convention: a same-named .yaml decides; without one, SD 2.x means the 768-v model.
         if facts.yaml_text is not None:
             return "v_prediction" if _yaml_says_v(facts.yaml_text) else "epsilon"
-        return "v_prediction"
+        # Only the plain text-to-image 768 model is v; SD 2's inpainting and depth models are epsilon.
+        conv_in = facts.shapes.get(UNET_PREFIX + "input_blocks.0.0.weight", (0, 4))
+        return "v_prediction" if conv_in[1] == 4 else "epsilon"
 
     def family_name(self, facts: _Facts, prediction_type: str) -> str:
         return "sd2-v" if prediction_type == "v_prediction" else "sd2"

@@ -255,3 +255,18 @@ def test_v_pred_marker_key_makes_an_sd1_or_sdxl_model_v_prediction(tiny_sd1_path
 
     assert detection.prediction_type == "v_prediction"
     assert detection.scheduler_config["prediction_type"] == "v_prediction"
+
+
+@pytest.mark.parametrize(("channels", "family"), [(9, "sd2-inpaint"), (5, "sd2-depth")])
+def test_sd2_inpainting_and_depth_models_are_epsilon_and_marked_unsupported(
+    tiny_sd2v_path: Path, channels: int, family: str
+) -> None:
+    shapes = shapes_of(tiny_sd2v_path)
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    shapes[key] = (shapes[key][0], channels, *shapes[key][2:])
+
+    detection = detect_checkpoint(shapes, name="512-inpainting-ema.safetensors")
+
+    assert detection.family == family
+    assert detection.prediction_type == "epsilon"
+    assert not detection.supported
