@@ -7,11 +7,13 @@ open in that case; we do not). With neither flag the API is open, as A1111's is.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import secrets
 from collections.abc import Callable, Sequence
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,38 @@ def credentials_match(
     return found
 
 
+class Utf8HttpBasic(HTTPBasic):
+    """HTTP Basic that reads UTF-8 credentials (RFC 7617), with Latin-1 as the fallback.
+
+    FastAPI's own scheme decodes as ASCII, so a password such as ``pässwörd`` could never match.
+    Returns None for a missing or unreadable header; the dependency below answers 401.
+    """
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:  # type: ignore[override]
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic" or not encoded:
+            return None
+        try:
+            raw = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        username, separator, password = text.partition(":")
+        if not separator:
+            return None
+        return HTTPBasicCredentials(username=username, password=password)
+
+
 def basic_auth_dependency(credentials: Sequence[tuple[str, str]]) -> Callable[..., None] | None:
     """A FastAPI dependency enforcing ``credentials``; None when there are none (an open API)."""
     if not credentials:
         return None
     known = tuple(credentials)
-    scheme = HTTPBasic(auto_error=False, realm="sdweb API")
+    scheme = Utf8HttpBasic(auto_error=False, realm="sdweb API")
 
     def require_credentials(given: HTTPBasicCredentials | None = Depends(scheme)) -> None:
         if given is not None and credentials_match(known, given.username, given.password):

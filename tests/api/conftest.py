@@ -6,6 +6,7 @@ default one. Each server has its own temporary data folder and is stopped after 
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 
 from sdweb.api.errors import install_error_handlers
 from sdweb.api.router import make_router
-from tests.fakes import FakeEngine, make_services
+from tests.fakes import FakeEngine, make_services, write_fake_checkpoint
 
 
 @dataclass
@@ -53,15 +54,26 @@ class _Server(uvicorn.Server):
         pass
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny SD1 checkpoint for the session: writing it (torch) costs more than a whole API test."""
+    return write_fake_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
 @pytest.fixture()
-def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiServer]]:
+def start_api(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Callable[..., ApiServer]]:
     started: list[tuple[_Server, threading.Thread, ApiServer]] = []
 
     def start(*, engine: FakeEngine | None = None, **settings: Any) -> ApiServer:
         root = tmp_path / f"data{len(started)}"
-        services, fake = make_services(root, engine=engine or FakeEngine(), **settings)
+        models = root / "models" / "Stable-diffusion"
+        models.mkdir(parents=True)
+        shutil.copy(tiny_checkpoint, models / tiny_checkpoint.name)
+        services, fake = make_services(root, engine=engine or FakeEngine(), with_checkpoint=False, **settings)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this; without it every request waits ~40 ms (Nagle vs delayed ACK).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         config = uvicorn.Config(build_app(services), log_level="warning", lifespan="off")

@@ -132,7 +132,7 @@ def test_infotext_fills_unset_fields(api: ApiServer) -> None:
     body = txt2img(api, infotext=infotext, steps=2)
     call = api.engine.calls[0]
     assert (call.prompt, call.negative_prompt) == ("a fox in snow", "blurry")
-    assert (call.seed, call.cfg_scale, call.checkpoint) == (42, 5.0, "fake-model.safetensors")
+    assert (call.seed, call.cfg_scale) == (42, 5.0) and call.checkpoint.startswith("fake-model.safetensors")
     assert (call.sampler_name, call.scheduler, call.clip_skip) == ("DPM++ 2M", "Karras", 2)
     assert call.steps == 2  # the request's own value wins
     assert "Seed: 42" in json.loads(body["info"])["infotexts"][0]
