@@ -80,6 +80,8 @@ _USED_PREFIXES = (
     "cond_stage_model.",
     "conditioner.embedders.",
 )
+#: The parts of a standalone VAE file that make up an ``AutoencoderKL``.
+_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 #: Keys a checkpoint may carry that the diffusers modules do not have, dropped without a warning.
 _IGNORABLE_SUFFIXES = ("position_ids", "logit_scale")
 
@@ -576,6 +578,9 @@ def load_vae(
         raise UnsupportedCheckpointError(
             f"{name}: this is a full checkpoint, not a VAE; put it in models/Stable-diffusion"
         )
+    # Training-time VAE files also carry the discriminator and LPIPS weights (``loss.*``): not needed.
+    state = {k: v for k, v in state.items() if k.startswith(_VAE_PARTS)}
+    shapes = {k: s for k, s in shapes.items() if k.startswith(_VAE_PARTS)}
     config = {
         **(dict(base_config) if base_config else bundled_config(config_family, "vae")),
         **infer_vae_config(shapes, name=name),

@@ -379,3 +379,16 @@ def test_the_tensors_read_from_the_file_become_the_weights_without_a_copy(
         params = list(getattr(model.pipe, name).parameters())
         adopted = [p for p in params if p.untyped_storage().data_ptr() in read_pointers]
         assert len(adopted) == len(params), name
+
+
+def test_training_vae_ckpt_with_loss_weights_loads(tiny_sd1_path: Path, tmp_path: Path, load: Load) -> None:
+    plain = load_file(str(write_tiny_vae(tmp_path / "plain.safetensors")))
+    vae_ckpt = tmp_path / "vae-ft-mse.ckpt"
+    extra = {"loss.discriminator.main.0.weight": torch.zeros(8, 3, 4, 4), "loss.logvar": torch.zeros(())}
+    torch.save({"state_dict": {**plain, **extra}}, vae_ckpt)
+
+    model = load(tiny_sd1_path, vae_path=vae_ckpt)
+
+    assert torch.equal(
+        model.pipe.vae.state_dict()["decoder.conv_out.weight"], plain["decoder.conv_out.weight"]
+    )
