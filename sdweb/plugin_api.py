@@ -16,6 +16,7 @@ The hook specifications, with their documentation, are in ``sdweb/extensions/hoo
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -47,6 +48,8 @@ class SamplerSpec:
         name: what users see and pass as ``sampler_name`` ("Euler a").
         scheduler_cls: a diffusers ``SchedulerMixin`` subclass, built from the model's scheduler config
             updated with ``overrides``. Exactly one of ``scheduler_cls`` and ``sample_fn`` is given.
+            Either may also be a ``"module:attribute"`` string, imported on first use: that keeps
+            listing samplers (and serving the page) free of torch/diffusers imports.
         sample_fn: a :data:`SamplingFunction`, run on the sigmas of the chosen schedule type.
         overrides: scheduler config overrides (``{"algorithm_type": "dpmsolver++"}``).
         aliases: other names that select it (A1111's ``k_euler_a``).
@@ -56,8 +59,8 @@ class SamplerSpec:
     """
 
     name: str
-    scheduler_cls: type | None = None
-    sample_fn: SamplingFunction | None = None
+    scheduler_cls: type | str | None = None
+    sample_fn: SamplingFunction | str | None = None
     overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     aliases: tuple[str, ...] = ()
     default_schedule: str = "Uniform"
@@ -69,6 +72,23 @@ class SamplerSpec:
             raise ValueError(f"sampler {self.name!r}: give exactly one of scheduler_cls and sample_fn")
         if not self.name.strip():
             raise ValueError("a sampler needs a name")
+
+    def scheduler_class(self) -> type | None:
+        """``scheduler_cls``, imported now if it was given as ``"module:Class"``."""
+        return _resolve(self.scheduler_cls)  # type: ignore[return-value]
+
+    def sampling_function(self) -> SamplingFunction | None:
+        """``sample_fn``, imported now if it was given as ``"module:function"``."""
+        return _resolve(self.sample_fn)  # type: ignore[return-value]
+
+
+def _resolve(target: object) -> object:
+    if not isinstance(target, str):
+        return target
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        raise ValueError(f"expected 'module:attribute', got {target!r}")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 @dataclass(frozen=True)

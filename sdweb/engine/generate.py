@@ -297,7 +297,7 @@ class _Txt2Img:
 
     def run_function_sampler(self, plan: FunctionSamplerPlan, guidance: _Guidance, noise: BatchNoise,
                              batch_index: int) -> torch.Tensor:
-        sample_fn = plan.sampler.sample_fn
+        sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
         # 6. Sigmas, the denoiser, the callback.
         sigmas = plan.sigmas(self.params.steps)

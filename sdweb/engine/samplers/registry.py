@@ -223,7 +223,7 @@ class SamplerRegistry:
                 f"it supports: {', '.join(self.compatible_schedules(sampler.name))}")
         if sampler.sample_fn is not None:
             return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config)
-        cls = sampler.scheduler_cls
+        cls = sampler.scheduler_class()
         assert cls is not None  # SamplerSpec guarantees one of the two
         accepted = _init_parameters(cls)
         options = {flag: False for flag in SIGMA_SPACING_FLAGS if flag in accepted}
@@ -308,7 +308,7 @@ def _incompatibility(sampler: SamplerSpec, schedule: ScheduleSpec) -> str | None
         return "the sampler lists the schedule types it supports"
     if sampler.sample_fn is not None:
         return function_schedule_problem(schedule)
-    cls = sampler.scheduler_cls
+    cls = sampler.scheduler_class()
     assert cls is not None
     if _route(cls, schedule) is not None:
         return None
