@@ -21,7 +21,7 @@ from sdweb.engine.samplers.registry import (
 )
 from sdweb.params import JobControl
 from sdweb.plugin_api import SamplerSpec, ScheduleSpec, hookimpl
-from tests.engine.conftest import tiny_params
+from tests.engine.conftest import TinyModel, tiny_params
 
 A1111_NAMES = ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "Euler",
                "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "PLMS", "UniPC", "LCM", "DEIS", "DDPM"]
@@ -176,8 +176,10 @@ class _EulerPlugin:
         return [SamplerSpec(name="Euler (function)", sample_fn=_euler_function, aliases=("my_euler",))]
 
 
-def test_a_plugin_function_sampler_equals_the_diffusers_scheduler(sd1_model) -> None:
-    """The adapter (c_in, sigma -> timestep, eps -> x0) adds no error: same result as diffusers' Euler."""
+@pytest.mark.parametrize("pipe_fixture", ["sd1_pipe", "sd2v_pipe"])
+def test_a_plugin_function_sampler_equals_the_diffusers_scheduler(pipe_fixture: str, request) -> None:
+    """The adapter (c_in, sigma -> timestep, eps/v -> x0) adds no error: same result as diffusers' Euler."""
+    sd1_model = TinyModel(pipe=request.getfixturevalue(pipe_fixture))
     registry = _registry_with(("my-extension", _EulerPlugin().register_samplers()))
     steps_seen: list[int] = []
     ours = run_txt2img(sd1_model, tiny_params(sampler_name="my_euler", scheduler="Karras", steps=4),
