@@ -16,6 +16,9 @@ shared with ``model_load.py``; the per-step cost of random weights is the real o
    by ``sdweb.engine.generate.run_txt2img``.
 3. **raw UNet + scheduler**: the same bf16 pipe driven by the minimal loop (cat, UNet, CFG, step): what
    our loop is made of. Overhead = (sdweb - raw) / raw.
+4. With ``--also-cast``: the fp32-loaded pipe of (1) cast in place with ``.to(bfloat16)`` + channels_last,
+   driven by our loop: issue 3 saw such a cast model run 1.35x faster than one loaded straight into bf16,
+   and this tells whether sdweb's loader (which casts each tensor as it reads it) pays that price.
 
 Batch 1 with CFG (the UNet sees batch 2), sampler Euler a. The first step of each run is a warm-up and
 is not counted; the figure is the mean of the other steps (timestamps from each loop's own per-step
@@ -157,6 +160,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is a warm-up")
     parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument("--also-cast", action="store_true",
+                        help="also time the fp32-loaded pipe cast with .to(bfloat16) (see the docstring)")
     args = parser.parse_args()
 
     import torch
@@ -169,7 +174,7 @@ def main() -> None:
     threads = configure_threads(runtime.threads)
     print(f"torch {torch.__version__}, {threads} thread(s), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     print(f"sdweb default runtime: {describe_runtime(runtime)}")
-    results: dict[str, dict[int, float]] = {"diffusers": {}, "sdweb": {}, "raw": {}}
+    results: dict[str, dict[int, float]] = {"diffusers": {}, "sdweb": {}, "raw": {}, "cast": {}}
 
     # 1. diffusers' default: fp32 weights, SDPA, diffusers' own loop.
     if not args.skip_diffusers:
@@ -177,6 +182,14 @@ def main() -> None:
         for size in args.sizes:
             results["diffusers"][size] = bench_diffusers(baseline.pipe, size, args.steps)
             print(f"  diffusers fp32 {size}x{size}: {results['diffusers'][size]:.2f} s/step", flush=True)
+        if args.also_cast and runtime.dtype != torch.float32:
+            baseline.pipe.to(runtime.dtype)
+            baseline.pipe.unet.to(memory_format=torch.channels_last)
+            baseline.dtype = runtime.dtype
+            for size in args.sizes:
+                results["cast"][size] = bench_sdweb(baseline, size, args.steps)
+                print(f"  fp32-loaded, cast .to({runtime.dtype}), our loop {size}x{size}: "
+                      f"{results['cast'][size]:.2f} s/step", flush=True)
         del baseline
         gc.collect()
 
@@ -197,6 +210,9 @@ def main() -> None:
         ours, raw = results["sdweb"][size], results["raw"][size]
         print(f"{size:>4}x{size:<4} | {base:>12.2f} s | {ours:>11.2f} s | {base / ours:>7.2f}x | "
               f"{raw:>7.2f} s | {100 * (ours - raw) / raw:>+12.1f}%")
+    for size, cast in results["cast"].items():
+        print(f"{size:>4}x{size:<4}: fp32-loaded then cast {cast:.2f} s/step vs sdweb's loader "
+              f"{results['sdweb'][size]:.2f} s/step")
     print("(s/step, batch 1 with CFG = UNet batch 2, Euler a, mean of steps 2..N)")
 
 
