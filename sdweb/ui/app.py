@@ -72,8 +72,8 @@ def model_status_html(services: Any) -> str:
 
 def banner_html(services: Any) -> str:
     """A red banner when the UI is on the LAN without a login."""
-    settings = services.settings
-    if settings.listen and not settings.gradio_auth:
+    launch = services.settings
+    if launch.listen and not launch.gradio_auth:
         warning = html.escape(LISTEN_WITHOUT_AUTH_WARNING)
         return f'<div class="sdweb-banner" id="sdweb-listen-warning">⚠ {warning}</div>'
     return ""
@@ -107,8 +107,8 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo.render_pnginfo_tab(services, t2i)
             render_extension_tabs(services)
-            with gr.Tab("Settings", id="settings", elem_id="tab-settings") as settings_tab:
-                settings.render_settings_tab(services, settings_tab)
+            with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
+                settings.render_settings_tab(services, demo)
 
         # 3. Lists that change while the server runs (and samplers, which need the engine's registry).
         txt2img.wire_page_load(demo, services, t2i)

@@ -3,7 +3,7 @@
 Each :class:`~sdweb.config.OptionSpec` is rendered by its type (checkbox, number, dropdown, text).
 "Apply settings" sends only what changed to ``OptionsStore.update`` — all or nothing: one invalid value
 refuses the whole change with the store's message, and nothing is written. The form re-reads the
-stored values whenever the tab is opened, so a change made elsewhere (API, another browser) shows.
+stored values whenever the page is opened, so a change made elsewhere (API, another browser) shows.
 """
 
 from __future__ import annotations
@@ -106,8 +106,12 @@ def _component(spec: OptionSpec, value: Any) -> Any:
     return gr.Textbox(value=to_form(spec, value), **common)
 
 
-def render_settings_tab(services: Any, tab: gr.Tab | None = None) -> None:
-    """Lay out and wire the Settings tab. Call inside an open ``gr.Tab``."""
+def render_settings_tab(services: Any, demo: gr.Blocks | None = None) -> None:
+    """Lay out and wire the Settings tab. Call inside an open ``gr.Tab``.
+
+    With ``demo``, the form re-reads the stored values (and dynamic choices) each time a page opens.
+    Not on tab selection: a reload racing the user's first edit would undo it.
+    """
     options = services.options
     specs: list[OptionSpec] = options.specs
     current = options.as_dict()
@@ -153,7 +157,7 @@ def render_settings_tab(services: Any, tab: gr.Tab | None = None) -> None:
                 updates[component] = to_form(spec, stored.get(key))
         return updates
 
-    if tab is not None and components:
-        tab.select(reload_values, outputs=set(components.values()), show_progress="hidden")
+    if demo is not None and components:
+        demo.load(reload_values, outputs=set(components.values()), show_progress="hidden")
     if not components:
         gr.HTML(html.escape("No settings are defined."), js_on_load=None)

@@ -567,6 +567,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
             return
         session = _session_of(request)
         jobs.start(session, job.id)
+        yield {message: ""}
         shown_preview: Any = None
         try:
             while job.task is not None and not job.task.done:
@@ -603,6 +604,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
         result_view = ResultView.of(result)
         yield {
             progress: finished_html(result, seconds),
+            message: "",
             preview: hide_preview,
             gallery: gr.update(value=gallery_items(result), selected_index=0 if result.images else None),
             infotext: infotext_html(result_view.infotext),
@@ -610,7 +612,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
         }
 
     generate_inputs = set(form.values())
-    generate_outputs = {progress, preview, gallery, infotext, view}
+    generate_outputs = {progress, message, preview, gallery, infotext, view}
     gr.on(
         [generate.click, form["prompt"].submit],
         run_generation,
@@ -662,10 +664,9 @@ def sampler_choices(services: Any) -> tuple[list[str], list[str]]:
 
 
 def _make_style(name: str, prompt: str, negative: str) -> Any:
-    from sdweb.prompts import styles as styles_module
+    from sdweb.prompts.styles import PromptStyle
 
-    style_cls = getattr(styles_module, "PromptStyle", None) or styles_module.Style
-    return style_cls(name=name, prompt=prompt, negative_prompt=negative)
+    return PromptStyle(name=name, prompt=prompt, negative_prompt=negative)
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:

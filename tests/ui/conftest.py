@@ -1,0 +1,78 @@
+"""UI test fixtures: the real service container with a fake engine, served by a real uvicorn server.
+
+:func:`serve` starts the app the way the command line does (``sdweb.cli.create_app``, gradio mounted
+at "/") on a free loopback port in a background thread, and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.fakes import FakeEngine, make_services
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def make_app(services: Any) -> Any:
+    """The app as ``webui.py`` builds it; a bare mount while the CLI's pieces are not all there."""
+    try:
+        from sdweb.cli import create_app
+
+        return create_app(services, api=False)
+    except ImportError:
+        import gradio as gr
+        from fastapi import FastAPI
+
+        from sdweb.ui.app import build_ui, mount_kwargs
+
+        auth = list(services.settings.gradio_auth) or None
+        return gr.mount_gradio_app(
+            FastAPI(), build_ui(services), path="/", auth=auth, **mount_kwargs(services)
+        )
+
+
+@dataclass
+class RunningServer:
+    url: str
+    services: Any
+    engine: FakeEngine
+    root: Path
+
+
+@contextlib.contextmanager
+def serve(root: Path, *, step_delay: float = 0.0, **settings: Any) -> Iterator[RunningServer]:
+    """Build services in ``root`` with a FakeEngine and serve the app until the block ends."""
+    import uvicorn
+
+    services, engine = make_services(root, engine=FakeEngine(step_delay=step_delay), **settings)
+    app = make_app(services)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
+    )
+    thread = threading.Thread(target=server.run, name="ui-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield RunningServer(url=f"http://127.0.0.1:{port}", services=services, engine=engine, root=root)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        services.worker.close(timeout=2)

@@ -1,0 +1,180 @@
+"""The txt2img form <-> GenerationParams mapping that every "send to txt2img" path uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sdweb.images.infotext import build_infotext
+from sdweb.params import GenerationParams, format_validation_error
+from sdweb.ui.fields import (
+    CLIP_SKIP_FROM_SETTING,
+    FORM_DEFAULTS,
+    FORM_FIELDS,
+    form_from_infotext,
+    form_from_params,
+    params_from_form,
+)
+from tests.fakes import make_services
+
+
+def test_defaults_make_the_default_request() -> None:
+    assert params_from_form(FORM_DEFAULTS) == GenerationParams()
+
+
+def test_gradio_floats_and_empty_boxes_become_the_request_types() -> None:
+    values = dict(
+        FORM_DEFAULTS,
+        steps=30.0,
+        width=768.0,
+        seed=1234.0,
+        n_iter=2.0,
+        clip_skip=2.0,
+        styles=["a", "b"],
+        checkpoint="",
+        subseed=None,
+    )
+    params = params_from_form(values)
+    assert params.steps == 30 and isinstance(params.steps, int)
+    assert params.width == 768 and params.seed == 1234 and params.n_iter == 2
+    assert params.clip_skip == 2
+    assert params.styles == ("a", "b")
+    assert params.checkpoint is None
+    assert params.subseed == -1  # an emptied number box means the default
+
+
+def test_clip_skip_zero_means_the_setting() -> None:
+    assert params_from_form(dict(FORM_DEFAULTS, clip_skip=CLIP_SKIP_FROM_SETTING)).clip_skip is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("steps", 500, "steps"),
+        ("width", 513, "multiple of 8"),
+        ("seed", 99_999_999_999, "seed"),
+        ("cfg_scale", 0.0, "cfg_scale"),
+    ],
+)
+def test_out_of_range_values_are_refused_with_a_message_naming_the_field(
+    field: str, value: object, words: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        params_from_form(dict(FORM_DEFAULTS, **{field: value}))
+    message = format_validation_error(caught.value)
+    assert field in message and words in message
+
+
+def test_every_form_field_round_trips() -> None:
+    params = GenerationParams(
+        prompt="a cat",
+        negative_prompt="blurry",
+        styles=("s1",),
+        steps=33,
+        cfg_scale=5.5,
+        sampler_name="DPM++ 2M",
+        scheduler="Karras",
+        seed=42,
+        subseed=7,
+        subseed_strength=0.25,
+        seed_resize_from_w=256,
+        seed_resize_from_h=320,
+        width=640,
+        height=448,
+        batch_size=2,
+        n_iter=3,
+        clip_skip=2,
+        checkpoint="model.safetensors [abc]",
+    )
+    values = form_from_params(params)
+    assert set(values) == set(FORM_FIELDS)
+    assert params_from_form(values) == params
+
+
+def test_form_from_params_keeps_the_dropdown_when_no_checkpoint_is_known() -> None:
+    assert "checkpoint" not in form_from_params(GenerationParams())
+    assert form_from_params(GenerationParams(), checkpoint_title="x [1]")["checkpoint"] == "x [1]"
+
+
+def _infotext(params: GenerationParams, *, model_hash: str, model_name: str) -> str:
+    return build_infotext(
+        params,
+        seed=params.seed,
+        subseed=params.subseed,
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        model_name=model_name,
+        model_hash=model_hash,
+        vae_name=None,
+        vae_hash=None,
+        clip_skip=params.clip_skip or 1,
+        rng="CPU",
+        extra={},
+        version="test",
+    )
+
+
+def test_pasted_infotext_fills_every_field_and_picks_the_checkpoint_by_hash(tmp_path: Path) -> None:
+    services, _ = make_services(tmp_path)
+    try:
+        info = services.models.list_checkpoints()[0]
+        info = services.models.registry.ensure_hash(info)
+        params = GenerationParams(
+            prompt="a lighthouse\nat dusk",
+            negative_prompt="fog",
+            steps=12,
+            cfg_scale=6.5,
+            sampler_name="DPM++ 2M",
+            scheduler="Karras",
+            seed=987,
+            subseed=55,
+            subseed_strength=0.3,
+            width=576,
+            height=384,
+            clip_skip=2,
+        )
+        pasted = form_from_infotext(
+            _infotext(params, model_hash=info.shorthash, model_name="renamed"), services.models
+        )
+        assert pasted.notes == []
+        assert pasted.values["checkpoint"] == info.title
+        restored = params_from_form(pasted.values)
+        for name in (
+            "prompt",
+            "negative_prompt",
+            "steps",
+            "cfg_scale",
+            "sampler_name",
+            "scheduler",
+            "seed",
+            "subseed",
+            "subseed_strength",
+            "width",
+            "height",
+            "clip_skip",
+        ):
+            assert getattr(restored, name) == getattr(params, name), name
+    finally:
+        services.worker.close()
+
+
+def test_unknown_checkpoint_hash_leaves_the_dropdown_alone_and_says_so(tmp_path: Path) -> None:
+    services, _ = make_services(tmp_path)
+    try:
+        text = _infotext(
+            GenerationParams(prompt="x", seed=1), model_hash="ffffffffff", model_name="elsewhere"
+        )
+        pasted = form_from_infotext(text, services.models)
+        assert "checkpoint" not in pasted.values
+        assert any("ffffffffff" in note and "not on disk" in note for note in pasted.notes)
+        assert pasted.values["prompt"] == "x" and pasted.values["seed"] == 1
+    finally:
+        services.worker.close()
+
+
+def test_infotext_with_values_a_request_cannot_take_keeps_the_prompt_and_says_why() -> None:
+    pasted = form_from_infotext("a dog\nSteps: 900, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 512x512")
+    assert pasted.values["prompt"] == "a dog"
+    assert pasted.notes and "steps" in pasted.notes[0].lower()
