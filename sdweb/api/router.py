@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
@@ -66,7 +66,7 @@ from sdweb.api.models import (
     Txt2ImgRequest,
     UpscalerItem,
 )
-from sdweb.api.security import basic_auth_dependency
+from sdweb.api.security import api_dependencies
 from sdweb.params import GenerationParams, GenerationResult
 from sdweb.services.container import AppServices
 from sdweb.services.generation import GenerationError, Job
@@ -152,14 +152,18 @@ def encode_png_base64(image: Any, infotext: str | None = None) -> str:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by None (JSON has no NaN; echoing one must not fail)."""
+    """``value`` as plain JSON data: non-finite floats become None (JSON has no NaN), and objects JSON
+    cannot hold (a ``torch.dtype`` in the runtime description, a Path in an option) become text.
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
     if isinstance(value, Mapping):
         return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [json_safe(item) for item in value]
-    return value
+    return str(value)
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -199,6 +203,15 @@ def memory_snapshot() -> dict[str, Any]:
         return {"used": peak * scale, "error": "system totals unavailable; used is the peak size"}
     except (ImportError, OSError, AttributeError):
         return {"error": "memory statistics are unavailable on this system"}
+
+
+def _load_failure_status(exc: BaseException) -> int:
+    """422 for a file the model manager refuses, 507 when memory ran out, else 500."""
+    if isinstance(exc, (LookupError, ValueError)):
+        return 422
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return 507
+    return 500
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +455,8 @@ class A1111Api:
             images = [encode_png_base64(image, infotext)
                       for image, infotext in zip(result.images, result.infotexts, strict=False)]
         return TextToImageResponse(images=images, parameters=json_safe(request.echo()),
-                                   info=json.dumps(self.info_of(request, result), ensure_ascii=False))
+                                   info=json.dumps(json_safe(self.info_of(request, result)),
+                                                   ensure_ascii=False))
 
     def _keep_settings(self, keep: Mapping[str, Any]) -> None:
         """override_settings_restore_afterwards=false: the overrides become the settings."""
@@ -601,7 +615,7 @@ class A1111Api:
                 self.services.models.select(info.title)
             except Exception as exc:  # the engine's message is what the user needs
                 logger.warning("could not switch to %s: %s", info.title, exc)
-                raise ApiError(422 if isinstance(exc, (LookupError, ValueError)) else 500,
+                raise ApiError(_load_failure_status(exc),
                                f"sd_model_checkpoint: could not load {info.title}: {exc}") from exc
         if converted:
             options.update(converted)
@@ -628,13 +642,8 @@ class A1111Api:
                 for info in self.services.models.list_vaes()]
 
     def prompt_styles(self) -> list[PromptStyleItem]:
-        styles = self.services.styles
-        if styles is None:
-            return []
-        listed = (styles.list() if callable(getattr(styles, "list", None))
-                  else list(getattr(styles, "styles", [])))
-        return [PromptStyleItem(name=style.name, prompt=getattr(style, "prompt", None),
-                                negative_prompt=getattr(style, "negative_prompt", None)) for style in listed]
+        return [PromptStyleItem(name=style.name, prompt=style.prompt, negative_prompt=style.negative_prompt)
+                for style in self.services.styles.list()]
 
     def embeddings(self) -> EmbeddingsResponse:
         return EmbeddingsResponse()  # textual inversion does not exist yet
@@ -691,16 +700,15 @@ class A1111Api:
             self.services.models.reload()
         except LookupError as exc:
             raise ApiError(404, str(exc).strip("'\"")) from exc
-        except ValueError as exc:
-            raise ApiError(422, f"could not load the model: {exc}") from exc
+        except Exception as exc:  # the engine's message is what the user needs
+            raise ApiError(_load_failure_status(exc), f"could not load the model: {exc}") from exc
         return {}
 
 
 def make_router(services: AppServices) -> APIRouter:
     """The ``/sdapi/v1`` routes (include with ``prefix="/sdapi/v1"``), auth-guarded when configured."""
-    auth = basic_auth_dependency(services.settings.effective_api_auth)
-    router = APIRouter(dependencies=[Depends(auth)] if auth else [], responses=ERROR_RESPONSES,
-                       tags=["sdapi"])
+    router = APIRouter(dependencies=api_dependencies(services.settings.effective_api_auth),
+                       responses=ERROR_RESPONSES, tags=["sdapi"])
     api = A1111Api(services)
 
     def add(path: str, endpoint: Callable[..., Any], method: str, model: Any = None, **kwargs: Any) -> None:

@@ -12,6 +12,7 @@ import binascii
 import logging
 import secrets
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -80,3 +81,11 @@ def basic_auth_dependency(credentials: Sequence[tuple[str, str]]) -> Callable[..
         )
 
     return require_credentials
+
+
+def api_dependencies(credentials: Sequence[tuple[str, str]]) -> list[Any]:
+    """``dependencies=`` for any router served under ``/sdapi`` (extension routes included), so that
+    every API route asks for the same credentials: ``app.include_router(r, dependencies=...)``.
+    """
+    dependency = basic_auth_dependency(credentials)
+    return [Depends(dependency)] if dependency is not None else []

@@ -125,6 +125,20 @@ def test_cmd_flags_never_show_passwords(start_api) -> None:
     assert response.json()["gradio_auth"] == "<set>"
 
 
+def test_prompt_styles_are_listed_and_applied(api: ApiServer) -> None:
+    from sdweb.prompts.styles import PromptStyle
+
+    api.services.styles.save(PromptStyle(name="cinematic", prompt="{prompt}, film grain",
+                                         negative_prompt="cartoon"))
+    assert api.get("prompt-styles").json() == [
+        {"name": "cinematic", "prompt": "{prompt}, film grain", "negative_prompt": "cartoon"}]
+    body = api.post("txt2img", json={"prompt": "a harbour", "styles": ["cinematic"], "steps": 1,
+                                     "width": 64, "height": 64}).json()
+    info = json.loads(body["info"])
+    assert info["prompt"] == "a harbour, film grain" and info["negative_prompt"] == "cartoon"
+    assert info["styles"] == ["cinematic"]
+
+
 # -- png-info -------------------------------------------------------------------------------------
 
 
