@@ -20,8 +20,6 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from sdweb.api.errors import install_error_handlers
-from sdweb.api.router import make_router
 from tests.fakes import FakeEngine, make_services, write_fake_checkpoint
 
 
@@ -43,10 +41,10 @@ class ApiServer:
 
 
 def build_app(services: Any) -> FastAPI:
-    app = FastAPI(title="sdweb test API")
-    install_error_handlers(app)
-    app.include_router(make_router(services), prefix="/sdapi/v1")
-    return app
+    """The app the server runs with ``--nowebui``: the real assembly, without the Gradio UI."""
+    from sdweb.cli import create_app
+
+    return create_app(services, api=True, webui=False)
 
 
 class _Server(uvicorn.Server):
