@@ -41,6 +41,10 @@ def mount_kwargs(services: Any) -> dict[str, Any]:
         "css": theme.CSS,
         "theme": gr.themes.Default(primary_hue="orange"),
         "show_error": False,
+        # Our History tab keeps generations; gradio's run history would copy every result into each
+        # browser and offers uploading them to a hub.
+        "run_history": False,
+        "footer_links": ["api", "settings"],
     }
 
 
@@ -81,7 +85,8 @@ def banner_html(services: Any) -> str:
 
 def build_ui(services: Any) -> gr.Blocks:
     """The whole page: header, then the tabs (txt2img, gallery, history, PNG Info, settings, extras)."""
-    with gr.Blocks(title="sdweb", analytics_enabled=False) as demo:
+    # Gallery pages are copied into gradio's cache; files older than a day are swept hourly.
+    with gr.Blocks(title="sdweb", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         # 1. Header: name, model status (refreshed while the page is open), LAN warning.
         with gr.Row(elem_id="sdweb-header"):
             gr.HTML("<h1>sdweb</h1>", js_on_load=None)

@@ -91,7 +91,7 @@ def wait_done(page: Any) -> str:
 
 
 def saved_images(server: RunningServer) -> list[Path]:
-    return sorted((server.root / "outputs").rglob("*.png"))
+    return sorted((server.root / "outputs" / "txt2img-images").rglob("*.png"))  # grids apart
 
 
 def test_generate_shows_the_image_and_saves_it_with_its_infotext(page: Any, server: RunningServer) -> None:
@@ -283,3 +283,56 @@ def test_save_the_prompt_as_a_style_and_apply_it(page: Any, server: RunningServe
     page.locator("#txt2img-message", has_text="Applied painterly").wait_for()
     assert page.locator("#txt2img-prompt textarea").input_value() == "oil painting, a cat"
     assert page.locator("#txt2img-negative-prompt textarea").input_value() == "photo"
+
+
+def test_two_users_share_the_queue_and_each_sees_their_own_job(
+    browser: Any, page: Any, server: RunningServer
+) -> None:
+    open_tab(page, "txt2img")
+    other_context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    server.engine.step_delay = 0.05
+    try:
+        other = other_context.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        other.goto(server.url)
+        other.wait_for_selector("#txt2img-prompt textarea")
+        generate(page, "first user")
+        page.locator("#txt2img-progress", has_text="Step").wait_for()
+        generate(other, "second user")
+        other.locator("#txt2img-progress", has_text="position 1 in the queue").wait_for()
+        assert "Done: 1 image" in wait_done(page)
+        assert "Done: 1 image" in wait_done(other)
+        assert "first user" in page.locator("#txt2img-infotext").inner_text()
+        assert "second user" in other.locator("#txt2img-infotext").inner_text()
+    finally:
+        server.engine.step_delay = 0.01
+        other_context.close()
+
+
+def test_an_engine_failure_is_a_message(page: Any, server: RunningServer) -> None:
+    server.engine.fail_with = RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+    try:
+        generate(page, "too big")
+        error = page.locator("#txt2img-progress .sdweb-error")
+        error.wait_for()
+        assert "out of memory" in error.inner_text() and "smaller size" in error.inner_text()
+    finally:
+        server.engine.fail_with = None
+
+
+def test_gallery_delete_asks_first_then_deletes(page: Any, server: RunningServer) -> None:
+    before = saved_images(server)
+    open_tab(page, "Gallery")
+    page.click("#gallery-refresh")
+    page.locator("#gallery-summary", has_text=f"{len(before)} images").wait_for()
+    page.locator("#gallery-grid img").first.click()
+    name = page.locator("#gallery-file :is(input, textarea)")
+    page.wait_for_function("el => el.value.length > 0", arg=name.element_handle())
+    chosen = server.root / "outputs" / name.input_value()
+    page.click("#gallery-delete")
+    page.locator("#gallery-delete", has_text="Really delete").wait_for()
+    assert chosen.exists()  # one click only asks
+    page.click("#gallery-delete")
+    page.locator("#gallery-status", has_text="Deleted").wait_for()
+    assert not chosen.exists() and len(saved_images(server)) == len(before) - 1
+    page.locator("#gallery-summary", has_text=f"{len(before) - 1} images").wait_for()
