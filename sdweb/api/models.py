@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from sdweb.config import OptionSpec
 from sdweb.params import MAX_PROMPT_CHARS, GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -345,3 +346,20 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown model or task"},
     422: {"model": ErrorResponse, "description": "Invalid field values (each problem named)"},
 }
+
+
+def options_model(specs: list[OptionSpec]) -> type[BaseModel]:
+    """A model documenting ``/options`` (one field per setting, its label as description), as A1111's.
+
+    Used for the OpenAPI schema only: the settings file may hold keys from an A1111 install
+    (``extra="allow"``), and answers are never re-validated against it.
+    """
+    fields: dict[str, Any] = {}
+    for spec in specs:
+        kind: Any = type(spec.default) if spec.default is not None else Any
+        if kind in (list, tuple):
+            kind = list[Any]
+        fields[spec.key] = (kind | None, Field(default=spec.default, description=spec.label))
+    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        "Options", __config__=ConfigDict(extra="allow", protected_namespaces=()), **fields)
+    return model

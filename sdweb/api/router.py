@@ -65,6 +65,7 @@ from sdweb.api.models import (
     TextToImageResponse,
     Txt2ImgRequest,
     UpscalerItem,
+    options_model,
 )
 from sdweb.api.security import api_dependencies
 from sdweb.params import GenerationParams, GenerationResult
@@ -724,7 +725,8 @@ def make_router(services: AppServices) -> APIRouter:
     add("/progress", api.progress, "GET", ProgressResponse)
     add("/interrupt", api.interrupt, "POST", dict[str, Any])
     add("/skip", api.skip, "POST", dict[str, Any])
-    add("/options", api.get_options, "GET", dict[str, Any])
+    options_doc = {200: {"model": options_model(services.options.specs), "description": "All settings"}}
+    add("/options", api.get_options, "GET", None, responses=options_doc)
     add("/options", api.set_options, "POST", None)
     add("/cmd-flags", api.cmd_flags, "GET", dict[str, Any])
     add("/samplers", api.samplers, "GET", list[SamplerItem])

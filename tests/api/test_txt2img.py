@@ -206,6 +206,20 @@ def test_unknown_model_is_refused_and_the_current_one_stays(api: ApiServer) -> N
     assert api.services.models.selected_title() == before
 
 
+def test_override_checkpoint_is_per_request(api: ApiServer) -> None:
+    from tests.fakes import write_fake_checkpoint
+
+    write_fake_checkpoint(api.services.settings.paths.ckpt_dirs[0], "second-model.safetensors")
+    assert api.post("refresh-checkpoints").status_code == 200
+    before = api.services.models.selected_title()
+    txt2img(api, override_settings={"sd_model_checkpoint": "second-model"})
+    assert api.engine.calls[0].checkpoint.startswith("second-model.safetensors")
+    assert api.services.models.selected_title() == before  # restored afterwards
+    txt2img(api, override_settings={"sd_model_checkpoint": "second-model"},
+            override_settings_restore_afterwards=False)
+    assert api.services.models.selected_title().startswith("second-model.safetensors")
+
+
 def test_force_task_id_is_the_job_id_and_cannot_be_reused(api: ApiServer) -> None:
     txt2img(api, force_task_id="my-task-1")
     progress = api.get("progress", params={"id_task": "my-task-1"}).json()
