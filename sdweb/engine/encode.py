@@ -28,7 +28,12 @@ from typing import Any
 
 import torch
 
-from sdweb.prompts.parser import parse_prompt_attention
+from sdweb.prompts.parser import (
+    get_learned_conditioning_prompt_schedules,
+    parse_prompt_attention,
+    split_composable_prompt,
+    strip_extra_networks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,20 @@ class TokenChunk:
 
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One text's conditioning, batch dimension 1."""
+
+    hidden: torch.Tensor  # (1, 77 * chunks, dim)
+    pooled: torch.Tensor | None = None  # SDXL: (1, proj_dim)
+
+
+def zero_like(encoded: EncodedText) -> EncodedText:
+    """All-zero conditioning (SDXL's empty negative prompt)."""
+    return EncodedText(hidden=torch.zeros_like(encoded.hidden),
+                       pooled=torch.zeros_like(encoded.pooled) if encoded.pooled is not None else None)
 
 
 @dataclass(frozen=True)
@@ -118,9 +137,17 @@ def tokenize_weighted(tokenizer: Any, text: str) -> tuple[list[TokenChunk], int]
     return chunks, token_count
 
 
-def count_tokens(tokenizer: Any, text: str) -> tuple[int, int]:
-    """``(tokens, limit)`` for the UI counter: the limit grows by 75 with each chunk (A1111's "12/75")."""
-    _chunks, tokens = tokenize_weighted(tokenizer, text)
+def count_tokens(tokenizer: Any, text: str, *, steps: int = 20, positive: bool = True) -> tuple[int, int]:
+    """``(tokens, limit)`` for the UI counter: the limit grows by 75 with each chunk (A1111's "12/75").
+
+    As A1111's counter: extra-network tags are left out, a positive prompt is split at ``AND``, and of
+    the texts prompt editing produces over ``steps`` the longest one counts.
+    """
+    text, _calls = strip_extra_networks(text)
+    parts = [part for part, _weight in split_composable_prompt(text)] if positive else [text]
+    schedules = get_learned_conditioning_prompt_schedules(parts, max(1, steps))
+    tokens = max(tokenize_weighted(tokenizer, scheduled)[1]
+                 for schedule in schedules for _end, scheduled in schedule)
     limit = max(1, -(-max(tokens, 1) // CHUNK_LENGTH)) * CHUNK_LENGTH
     return tokens, limit
 
@@ -156,42 +183,44 @@ class PromptEncoder:
 
     def encode(self, prompt: str, negative_prompt: str, *, clip_skip: int = 1) -> PromptConditioning:
         """Encode both prompts; the result has as many 77-token chunks for each."""
+        positive, negative = self.encode_texts([prompt, negative_prompt], clip_skip=clip_skip)
+        if self.is_sdxl and not negative_prompt.strip():
+            negative = zero_like(negative)
+        return PromptConditioning(
+            prompt_embeds=positive.hidden,
+            negative_prompt_embeds=negative.hidden,
+            pooled_prompt_embeds=positive.pooled,
+            negative_pooled_prompt_embeds=negative.pooled,
+            chunk_count=positive.hidden.shape[1] // (CHUNK_LENGTH + 2),
+        )
+
+    def encode_texts(self, texts: Sequence[str], *, clip_skip: int = 1) -> list[EncodedText]:
+        """Encode several texts, all padded with empty chunks to the longest one's chunk count.
+
+        One encoder call per text encoder for all the chunks of all the texts.
+        """
         if clip_skip < 1:
             raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
-        per_encoder: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
-        chunk_count = 1
-        zero_negative = self.is_sdxl and not negative_prompt.strip()
+        hidden_parts: list[list[torch.Tensor]] = [[] for _ in texts]
+        pooled: list[torch.Tensor | None] = [None] * len(texts)
         for index, (tokenizer, encoder) in enumerate(self._encoders):
-            positive_chunks, _ = tokenize_weighted(tokenizer, prompt)
-            negative_chunks, _ = tokenize_weighted(tokenizer, negative_prompt)
-            chunk_count = max(len(positive_chunks), len(negative_chunks))
+            per_text = [tokenize_weighted(tokenizer, text)[0] for text in texts]
+            chunk_count = max(len(chunks) for chunks in per_text)
             padding = empty_chunk(tokenizer)
-            positive_chunks += [padding] * (chunk_count - len(positive_chunks))
-            negative_chunks += [padding] * (chunk_count - len(negative_chunks))
-            # One encoder call for both prompts' chunks.
-            hidden, pooled = self._encode_chunks(encoder, [*positive_chunks, *negative_chunks],
-                                                 clip_skip=clip_skip, projected=self.is_sdxl and index == 1)
-            positive = hidden[:chunk_count].reshape(1, -1, hidden.shape[-1])
-            negative = hidden[chunk_count:].reshape(1, -1, hidden.shape[-1])
-            positive_pooled = pooled[:1] if pooled is not None else None
-            negative_pooled = pooled[chunk_count:chunk_count + 1] if pooled is not None else None
-            per_encoder.append((positive, negative, positive_pooled, negative_pooled))
-
-        prompt_embeds = torch.cat([item[0] for item in per_encoder], dim=-1)
-        negative_embeds = torch.cat([item[1] for item in per_encoder], dim=-1)
-        pooled = per_encoder[-1][2] if self.is_sdxl else None
-        negative_pooled = per_encoder[-1][3] if self.is_sdxl else None
-        if zero_negative:
-            negative_embeds = torch.zeros_like(negative_embeds)
-            negative_pooled = torch.zeros_like(negative_pooled) if negative_pooled is not None else None
-        dtype = self._dtype
-        return PromptConditioning(
-            prompt_embeds=prompt_embeds.to(dtype),
-            negative_prompt_embeds=negative_embeds.to(dtype),
-            pooled_prompt_embeds=pooled.to(dtype) if pooled is not None else None,
-            negative_pooled_prompt_embeds=negative_pooled.to(dtype) if negative_pooled is not None else None,
-            chunk_count=chunk_count,
-        )
+            flat = [chunk for chunks in per_text
+                    for chunk in [*chunks, *[padding] * (chunk_count - len(chunks))]]
+            hidden, pooled_all = self._encode_chunks(encoder, flat, clip_skip=clip_skip,
+                                                     projected=self.is_sdxl and index == 1)
+            for position in range(len(texts)):
+                rows = hidden[position * chunk_count:(position + 1) * chunk_count]
+                hidden_parts[position].append(rows.reshape(1, -1, hidden.shape[-1]))
+                if pooled_all is not None:  # SDXL: the projection of the first chunk (as A1111)
+                    pooled[position] = pooled_all[position * chunk_count:position * chunk_count + 1]
+        return [
+            EncodedText(hidden=torch.cat(parts, dim=-1).to(self._dtype),
+                        pooled=pooled[i].to(self._dtype) if pooled[i] is not None else None)
+            for i, parts in enumerate(hidden_parts)
+        ]
 
     def _encode_chunks(self, encoder: Any, chunks: Sequence[TokenChunk], *, clip_skip: int,
                        projected: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

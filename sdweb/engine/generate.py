@@ -35,11 +35,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdweb.engine.encode import PromptConditioning, PromptEncoder, is_sdxl_pipeline
+from sdweb.engine.encode import PromptEncoder, is_sdxl_pipeline, zero_like
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.params import EngineRun, GeneratedImage, GenerationParams, JobControl, StepProgress
+from sdweb.prompts.parser import (
+    get_learned_conditioning_prompt_schedules,
+    prompt_for_step,
+    split_composable_prompt,
+    strip_extra_networks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +86,14 @@ class _StopBatch(Exception):
 class _Guidance:
     """The conditioning of one batch, ready for the UNet."""
 
-    encoder_hidden_states: torch.Tensor  # (2B, L, D) [negative, positive], or (B, L, D) without CFG
+    #: ((1 + K) * B, L, D): [negative, AND part 1..K], each repeated per image; (B, L, D) without CFG.
+    encoder_hidden_states: torch.Tensor
     added_cond_kwargs: dict[str, torch.Tensor] | None
     timestep_cond: torch.Tensor | None
     do_cfg: bool
     scale: float
+    weights: tuple[float, ...]  # the AND parts' weights
+    rows: int  # conditionings stacked per image (1 + K with CFG)
 
 
 def run_txt2img(
@@ -136,8 +145,7 @@ class _Txt2Img:
         interrupted = False
         with circular_padding(self.unet, self.vae, enabled=params.tiling):
             # 2. Encode the prompts, once for the whole job.
-            conditioning = self.encode_prompts()
-            guidance = self.prepare_guidance(conditioning, params.batch_size)
+            self.encode_prompts()
             for batch_index in range(params.n_iter):
                 if self.control.interrupted:
                     interrupted = True
@@ -148,7 +156,7 @@ class _Txt2Img:
                 subseeds = [params.subseed + batch_index * params.batch_size + i
                             for i in range(params.batch_size)]
                 try:
-                    latents = self.sample_batch(guidance, seeds, subseeds, batch_index)
+                    latents = self.sample_batch(seeds, subseeds, batch_index)
                 except _StopBatch:
                     if self.control.interrupted:
                         interrupted = True
@@ -186,33 +194,73 @@ class _Txt2Img:
         self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
 
     # -- 2. prompts --------------------------------------------------------------------------
-    def encode_prompts(self) -> PromptConditioning:
+    def encode_prompts(self) -> None:
+        """Apply A1111's prompt grammar and encode every text the job will need, once.
+
+        Order as A1111: extra-network tags out of the prompt, split at ``AND`` (composable diffusion,
+        positive prompt only), prompt-editing / alternation schedules per part and for the negative
+        prompt; each distinct text is encoded once (emphasis, chunks) and all are padded to one chunk
+        count so any step's conditioning stacks into one UNet batch.
+        """
+        params = self.params
+        prompt, calls = strip_extra_networks(params.prompt)
+        if calls:
+            tags = ", ".join(f"<{call.kind}:{':'.join(call.items)}>" for call in calls)
+            raise ValueError(f"extra networks in the prompt are not supported by this engine yet ({tags}); "
+                             "remove the tags to generate without them")
+        parts = split_composable_prompt(prompt)
+        schedules = get_learned_conditioning_prompt_schedules(
+            [text for text, _weight in parts] + [params.negative_prompt], params.steps)
+        self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
+                                                                                       strict=False)]
+        self.negative_schedule = schedules[-1]
+        texts = list(dict.fromkeys(text for schedule in schedules for _end, text in schedule))
         encoder = PromptEncoder(self.pipe, device=self.device, dtype=self.unet.dtype)
-        return encoder.encode(self.params.prompt, self.params.negative_prompt,
-                              clip_skip=int(self.params.clip_skip or 1))
+        encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1))
+        self.encoded = dict(zip(texts, encoded, strict=True))
+        self.negative_encoded = {
+            text: zero_like(self.encoded[text]) if self.is_sdxl and not text.strip() else self.encoded[text]
+            for _end, text in self.negative_schedule
+        }
+        self._guidance_cache: dict[tuple[tuple[str, ...], str], _Guidance] = {}
+        self.step_index = 0
 
     # -- 3. guidance -------------------------------------------------------------------------
-    def prepare_guidance(self, conditioning: PromptConditioning, batch_size: int) -> _Guidance:
+    def guidance(self) -> _Guidance:
+        """The conditioning for the step being computed (prompt editing switches it between steps)."""
+        step = self.step_index
+        key = (tuple(prompt_for_step(schedule, step) for schedule, _w in self.part_schedules),
+               prompt_for_step(self.negative_schedule, step))
+        found = self._guidance_cache.get(key)
+        if found is None:
+            found = self._guidance_cache[key] = self.prepare_guidance(*key)
+        return found
+
+    def prepare_guidance(self, positive_texts: tuple[str, ...], negative_text: str) -> _Guidance:
         params = self.params
+        batch_size = params.batch_size
+        weights = tuple(weight for _schedule, weight in self.part_schedules)
         time_cond_dim = getattr(self.unet.config, "time_cond_proj_dim", None)
+        if time_cond_dim is not None and len(positive_texts) > 1:
+            raise ValueError("AND (composable diffusion) needs classifier-free guidance, which this "
+                             "guidance-distilled model does not use")
         # As diffusers: guidance-distilled UNets (LCM) take the scale as an embedding, not a second pass;
-        # at scale 1 the negative pass cancels out, so it is skipped.
-        do_cfg = params.cfg_scale > 1.0 and time_cond_dim is None
-        positive = conditioning.prompt_embeds.repeat(batch_size, 1, 1)
-        negative = conditioning.negative_prompt_embeds.repeat(batch_size, 1, 1)
-        hidden = torch.cat([negative, positive]) if do_cfg else positive
+        # at scale 1 a single prompt's negative pass cancels out, so it is skipped.
+        do_cfg = time_cond_dim is None and (params.cfg_scale > 1.0 or len(positive_texts) > 1)
+        rows = [self.encoded[text] for text in positive_texts]
+        if do_cfg:
+            rows.insert(0, self.negative_encoded[negative_text])
+        hidden = torch.cat([row.hidden.repeat(batch_size, 1, 1) for row in rows])
         added: dict[str, torch.Tensor] | None = None
         if self.is_sdxl:
-            assert conditioning.pooled_prompt_embeds is not None
-            assert conditioning.negative_pooled_prompt_embeds is not None
-            pooled = conditioning.pooled_prompt_embeds.repeat(batch_size, 1)
-            negative_pooled = conditioning.negative_pooled_prompt_embeds.repeat(batch_size, 1)
+            pooled = [row.pooled for row in rows]
+            assert all(item is not None for item in pooled)
             # original size, crop top-left, target size (SDXL micro-conditioning), as diffusers' defaults
             time_ids = torch.tensor([[params.height, params.width, 0, 0, params.height, params.width]],
-                                    dtype=hidden.dtype, device=self.device).repeat(batch_size, 1)
+                                    dtype=hidden.dtype, device=self.device)
             added = {
-                "text_embeds": torch.cat([negative_pooled, pooled]) if do_cfg else pooled,
-                "time_ids": torch.cat([time_ids, time_ids]) if do_cfg else time_ids,
+                "text_embeds": torch.cat([item.repeat(batch_size, 1) for item in pooled if item is not None]),
+                "time_ids": time_ids.repeat(batch_size * len(rows), 1),
             }
         timestep_cond = None
         if time_cond_dim is not None and hasattr(self.pipe, "get_guidance_scale_embedding"):
@@ -220,27 +268,33 @@ class _Txt2Img:
             timestep_cond = self.pipe.get_guidance_scale_embedding(scale, embedding_dim=time_cond_dim)
             timestep_cond = timestep_cond.to(device=self.device, dtype=self.unet.dtype)
         return _Guidance(encoder_hidden_states=hidden.to(self.device), added_cond_kwargs=added,
-                         timestep_cond=timestep_cond, do_cfg=do_cfg, scale=float(params.cfg_scale))
+                         timestep_cond=timestep_cond, do_cfg=do_cfg, scale=float(params.cfg_scale),
+                         weights=weights, rows=len(rows))
 
-    def predict(self, guidance: _Guidance, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def predict(self, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The UNet's guided output for ``model_input`` (already scaled), as float32."""
-        doubled = torch.cat([model_input, model_input]) if guidance.do_cfg else model_input
+        guidance = self.guidance()
+        stacked = torch.cat([model_input] * guidance.rows) if guidance.rows > 1 else model_input
         output = self.unet(
-            doubled.to(self.unet.dtype),
+            stacked.to(self.unet.dtype),
             timestep,
             encoder_hidden_states=guidance.encoder_hidden_states,
             timestep_cond=guidance.timestep_cond,
             added_cond_kwargs=guidance.added_cond_kwargs,
             return_dict=False,
         )[0].float()
-        if guidance.do_cfg:
-            uncond, cond = output.chunk(2)
-            output = uncond + guidance.scale * (cond - uncond)
-        return output
+        if not guidance.do_cfg:
+            return output
+        uncond, *conds = output.chunk(guidance.rows)
+        # A1111's combination: uncond + sum_k (cond_k - uncond) * weight_k * scale; one prompt of
+        # weight 1 gives diffusers' uncond + scale * (cond - uncond) exactly.
+        guided = uncond
+        for weight, cond in zip(guidance.weights, conds, strict=True):
+            guided = guided + (cond - uncond) * (weight * guidance.scale)
+        return guided
 
     # -- 4.-7. one batch ---------------------------------------------------------------------
-    def sample_batch(self, guidance: _Guidance, seeds: list[int], subseeds: list[int],
-                     batch_index: int) -> torch.Tensor:
+    def sample_batch(self, seeds: list[int], subseeds: list[int], batch_index: int) -> torch.Tensor:
         params = self.params
         # 4. Seeds -> initial noise and per-image generators.
         resize = (params.seed_resize_from_w, params.seed_resize_from_h)
@@ -255,11 +309,10 @@ class _Txt2Img:
         plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
         # 6.-7. Denoising loop.
         if isinstance(plan, FunctionSamplerPlan):
-            return self.run_function_sampler(plan, guidance, noise, batch_index)
-        return self.run_scheduler(plan, guidance, noise, batch_index)
+            return self.run_function_sampler(plan, noise, batch_index)
+        return self.run_scheduler(plan, noise, batch_index)
 
-    def run_scheduler(self, plan: SchedulerPlan, guidance: _Guidance, noise: BatchNoise,
-                      batch_index: int) -> torch.Tensor:
+    def run_scheduler(self, plan: SchedulerPlan, noise: BatchNoise, batch_index: int) -> torch.Tensor:
         scheduler = plan.scheduler
         # 6. Timesteps and step arguments.
         plan.set_timesteps(self.params.steps, self.device)
@@ -275,7 +328,8 @@ class _Txt2Img:
         for i, t in enumerate(timesteps):
             self.check_control()
             model_input = scheduler.scale_model_input(latents, t)
-            model_output = self.predict(guidance, model_input, t)
+            self.step_index = reported
+            model_output = self.predict(model_input, t)
             step = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=True)
             latents = step.prev_sample
             done = min(self.params.steps, -(-(i + 1) // order))
@@ -295,13 +349,14 @@ class _Txt2Img:
             kwargs["eta"] = 0.0 if self.params.eta is None else float(self.params.eta)
         return kwargs
 
-    def run_function_sampler(self, plan: FunctionSamplerPlan, guidance: _Guidance, noise: BatchNoise,
+    def run_function_sampler(self, plan: FunctionSamplerPlan, noise: BatchNoise,
                              batch_index: int) -> torch.Tensor:
         sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
         # 6. Sigmas, the denoiser, the callback.
         sigmas = plan.sigmas(self.params.steps)
-        denoiser = DiffusersDenoiser(lambda x, t: self.predict(guidance, x, t),
+        self.step_index = 0
+        denoiser = DiffusersDenoiser(self.predict,
                                      base_config=plan.base_config, device=self.device)
 
         def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
@@ -309,6 +364,7 @@ class _Txt2Img:
             return denoiser(x, sigma)
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+            self.step_index = i + 1
             self.report(min(i + 1, self.params.steps), batch_index, x0)
             self.check_control()
 

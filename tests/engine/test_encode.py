@@ -124,6 +124,13 @@ def test_count_tokens_for_the_ui_counter(sd1_pipe, text: str, expected: tuple[in
     assert count_tokens(sd1_pipe.tokenizer, text) == expected
 
 
+def test_count_tokens_reads_the_prompt_grammar_as_a1111(sd1_pipe) -> None:
+    tokenizer = sd1_pipe.tokenizer
+    assert count_tokens(tokenizer, "a cat <lora:detail:0.8>") == (2, 75)  # tags are not text
+    assert count_tokens(tokenizer, "a [cat:big dog:5]") == (3, 75)  # the longest scheduled text
+    assert count_tokens(tokenizer, "a cat AND a big dog :0.5") == (3, 75)  # the longest AND part
+
+
 @torch.inference_mode()
 def test_sdxl_equals_diffusers_and_zeroes_an_empty_negative(sdxl_pipe) -> None:
     encoder = PromptEncoder(sdxl_pipe, device="cpu", dtype=torch.float32)

@@ -234,3 +234,52 @@ def test_unresolved_request_is_refused_before_any_work(sd1_model, samplers) -> N
         _run(sd1_model, samplers, tiny_params(seed=-1))
     with pytest.raises(ValueError, match="not found; known"):
         _run(sd1_model, samplers, tiny_params(sampler_name="nope"))
+
+
+# -- A1111 prompt grammar in the loop ----------------------------------------------------------------
+
+
+class _ContextSpy:
+    """Records the encoder_hidden_states of every UNet call."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.calls: list[torch.Tensor] = []
+        self._unet = unet
+
+    def __enter__(self) -> _ContextSpy:
+        def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+            self.calls.append(kwargs["encoder_hidden_states"].clone())
+
+        self._handle = self._unet.register_forward_pre_hook(record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._handle.remove()
+
+
+def test_prompt_editing_switches_the_conditioning_at_the_right_step(sd1_model, samplers) -> None:
+    unet = sd1_model.pipe.unet
+    with _ContextSpy(unet) as edited:
+        _run(sd1_model, samplers, tiny_params(prompt="a [cat:dog:2]", steps=4))
+    with _ContextSpy(unet) as cat:
+        _run(sd1_model, samplers, tiny_params(prompt="a cat", steps=4))
+    with _ContextSpy(unet) as dog:
+        _run(sd1_model, samplers, tiny_params(prompt="a dog", steps=4))
+    used = ["cat" if torch.equal(call, cat.calls[0]) else "dog" if torch.equal(call, dog.calls[0]) else "?"
+            for call in edited.calls]
+    assert used == ["cat", "cat", "cat", "dog"]  # steps 0-2 "from", then "to" (A1111's counting)
+
+
+def test_and_stacks_the_parts_and_a_zero_weight_part_changes_nothing(sd1_model, samplers) -> None:
+    with _ContextSpy(sd1_model.pipe.unet) as spy:
+        both = _run(sd1_model, samplers, tiny_params(prompt="a cat AND a dog", batch_size=2))
+    assert spy.calls[0].shape[0] == 3 * 2  # [negative, cat, dog] for each of the 2 images
+    single = _run(sd1_model, samplers, tiny_params(prompt="a cat")).images[0].image
+    zero = _run(sd1_model, samplers, tiny_params(prompt="a cat AND a dog :0")).images[0].image
+    assert np.abs(_pixels(zero) - _pixels(single)).max() <= 1
+    assert not np.array_equal(_pixels(both.images[0].image), _pixels(single))
+
+
+def test_extra_network_tags_are_refused_until_supported(sd1_model, samplers) -> None:
+    with pytest.raises(ValueError, match=r"<lora:detail:0\.8>"):
+        _run(sd1_model, samplers, tiny_params(prompt="a cat <lora:detail:0.8>"))
