@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from PIL import Image
 
@@ -13,14 +14,24 @@ from sdweb.ui.tabs.txt2img import (
     estimate_tokens,
     finished_html,
     gallery_items,
+    load_checkpoint,
     progress_html,
     token_counter_text,
 )
+from tests.fakes import make_services
 
 
 def test_counter_shows_count_over_the_chunk_limit_like_a1111() -> None:
     assert ">~6/75<" in token_counter_text("a red fox in the snow", None)
     assert ">~0/75<" in token_counter_text("", None)
+
+
+def test_the_estimate_counts_the_longest_text_a1111_would_encode() -> None:
+    # AND splits the prompt; prompt editing yields one text per schedule: the longest one counts.
+    assert ">~4/75<" in token_counter_text("a cat AND a big red dog", None)
+    assert ">~4/75<" in token_counter_text("[a cat:a big red dog:0.5]", None, steps=20)
+    # A negative prompt is not split at AND (A1111 does the same).
+    assert ">~5/75<" in token_counter_text("a cat AND a dog", None, negative=True)
 
 
 def test_a_long_prompt_spills_into_the_next_chunk() -> None:
@@ -95,3 +106,23 @@ def test_interrupt_reaches_only_the_sessions_own_job() -> None:
     assert jobs.get("alice") == "job-a"
     jobs.finish("alice", "job-a")
     assert jobs.get("alice") is None and jobs.get("bob") == "job-b"
+
+
+def test_picking_a_checkpoint_loads_it_or_says_why_not(tmp_path: Path) -> None:
+    services, engine = make_services(tmp_path)
+    try:
+        title = services.models.list_checkpoints()[0].title
+        text, ok = load_checkpoint(services, title)
+        assert ok and text.startswith("Loaded") and engine.loaded == [title]
+        text, ok = load_checkpoint(services, "no-such-model")
+        assert not ok and "no-such-model" in text
+
+        def broken_load(info: object) -> object:
+            raise RuntimeError("unsupported model family")
+
+        engine.load = broken_load  # type: ignore[method-assign]
+        text, ok = load_checkpoint(services, title)
+        assert not ok and "unsupported model family" in text and "previous model stays" in text
+        assert load_checkpoint(services, None) == ("", True)
+    finally:
+        services.worker.close()

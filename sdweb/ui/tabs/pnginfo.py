@@ -54,8 +54,21 @@ def read_png_info(path: str | None) -> PngInfo:
     info = PngInfo(parameters=metadata.parameters or "", raw=raw, message=metadata.message or "")
     if metadata.parameters:
         parsed = parse_infotext(metadata.parameters)
-        info.table = [[str(key), _short(value)] for key, value in parsed.items()]
+        info.table = [[key, _short(value)] for key, value in _joined_sizes(parsed).items()]
     return info
+
+
+def _joined_sizes(parsed: dict[str, Any]) -> dict[str, Any]:
+    """Show ``Size: 512x768`` as written, not the ``Size-1``/``Size-2`` halves the parser splits it into."""
+    shown: dict[str, Any] = {}
+    for key, value in parsed.items():
+        base, dash, part = str(key).rpartition("-")
+        if dash and part in ("1", "2") and f"{base}-1" in parsed and f"{base}-2" in parsed:
+            if part == "1":
+                shown[base] = f"{parsed[f'{base}-1']}x{parsed[f'{base}-2']}"
+            continue
+        shown[str(key)] = value
+    return shown
 
 
 def _short(value: Any) -> str:

@@ -26,6 +26,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from sdweb.params import GenerationResult, JobProgress, format_validation_error
+from sdweb.prompts.tokens import CHUNK_TOKENS, TokenCount, texts_for_token_count
 from sdweb.services.generation import GenerationError
 from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form
 
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: How often the generate handler looks at its job (seconds).
 POLL_INTERVAL = 0.3
-#: CLIP's tokens per chunk (77 minus the start and end tokens), as A1111's counter shows them.
-CHUNK_TOKENS = 75
 TAB_ID = "txt2img"
 
 _TOKEN_RE = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
@@ -62,17 +61,30 @@ def estimate_tokens(text: str) -> int:
     return count
 
 
-def token_counter_text(text: str, counter: Callable[[str], tuple[int, int]] | None) -> str:
-    """A1111's counter: ``12/75``, then ``80/150`` once the prompt spills into a second chunk."""
+def token_counter_text(
+    text: str,
+    counter: Callable[[str], tuple[int, int]] | None,
+    *,
+    steps: int = 20,
+    negative: bool = False,
+) -> str:
+    """A1111's counter: ``12/75``, then ``80/150`` once the prompt spills into a second chunk.
+
+    ``counter`` is the engine's tokenizer (``services.token_counter``); until it exists the count is
+    estimated over the texts A1111 would count (``AND`` parts, prompt-editing variants over ``steps``).
+    """
     if counter is not None:
         try:
             tokens, limit = counter(text)
             return _counter_html(tokens, limit, estimated=False)
         except Exception:  # the counter is a convenience; never let it break typing
             logger.exception("token counter failed")
-    tokens = estimate_tokens(text)
-    limit = max(1, math.ceil(tokens / CHUNK_TOKENS)) * CHUNK_TOKENS
-    return _counter_html(tokens, limit, estimated=True)
+    try:
+        texts = texts_for_token_count(text, int(steps or 1), negative=negative) or [text]
+    except Exception:  # noqa: BLE001 - half-typed syntax: estimate the raw text
+        texts = [text]
+    count = TokenCount.from_counts(estimate_tokens(part) for part in texts)
+    return _counter_html(count.count, count.limit, estimated=True)
 
 
 def _counter_html(tokens: int, limit: int, *, estimated: bool) -> str:
@@ -444,23 +456,24 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
     assert set(form) == set(FORM_FIELDS), "every GenerationParams form field needs a component"
 
     # 3. Wiring.
-    counter = lambda text: token_counter_text(text or "", services.token_counter)  # noqa: E731
-    form["prompt"].change(
-        counter,
-        inputs=form["prompt"],
-        outputs=prompt_tokens,
-        show_progress="hidden",
-        trigger_mode="always_last",
-        concurrency_limit=None,
-    )
-    form["negative_prompt"].change(
-        counter,
-        inputs=form["negative_prompt"],
-        outputs=negative_tokens,
-        show_progress="hidden",
-        trigger_mode="always_last",
-        concurrency_limit=None,
-    )
+    def count_prompt(text: str, steps: float) -> str:
+        return token_counter_text(text or "", services.token_counter, steps=int(steps or 1))
+
+    def count_negative(text: str, steps: float) -> str:
+        return token_counter_text(text or "", services.token_counter, steps=int(steps or 1), negative=True)
+
+    for box, shown, count in (
+        (form["prompt"], prompt_tokens, count_prompt),
+        (form["negative_prompt"], negative_tokens, count_negative),
+    ):
+        box.change(
+            count,
+            inputs=[box, form["steps"]],
+            outputs=shown,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            concurrency_limit=None,
+        )
 
     swap.click(
         lambda w, h: (h, w),
@@ -494,19 +507,11 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
     )
 
     def select_checkpoint(title: str | None) -> str:
-        if not title:
-            return ""
-        try:
-            info = services.models.select(title)
-        except LookupError as exc:
-            gr.Warning(str(exc).strip("'\""))
-            return error_html(str(exc).strip("'\""))
-        except Exception as exc:  # the load failed; the previous model stays selected
-            logger.info("checkpoint %s could not be loaded: %s", title, exc)
-            message_text = f"Could not load {title}: {exc}"
-            gr.Warning(message_text)
-            return error_html(message_text)
-        return note_html(f"Loaded {getattr(info, 'title', title)}.")
+        text, ok = load_checkpoint(services, title)
+        if not ok:
+            gr.Warning(text)
+            return error_html(text)
+        return note_html(text) if text else ""
 
     form["checkpoint"].input(
         select_checkpoint,
@@ -645,6 +650,23 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
     gallery.select(show_selected, inputs=view, outputs=[view, infotext], show_progress="hidden")
 
     return Txt2ImgTab(form=form, tabs=tabs, message=message, checkpoint_choices=checkpoint_titles)
+
+
+def load_checkpoint(services: Any, title: str | None) -> tuple[str, bool]:
+    """Load the checkpoint picked in the dropdown; return (what to tell the user, whether it worked).
+
+    A failed load keeps the previous model (ModelService's rule); the reason is shown, not raised.
+    """
+    if not title:
+        return "", True
+    try:
+        info = services.models.select(title)
+    except LookupError as exc:
+        return str(exc).strip("'\""), False
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes a message for the user
+        logger.info("checkpoint %s could not be loaded: %s", title, exc)
+        return f"Could not load {title}: {exc}; the previous model stays selected", False
+    return f"Loaded {getattr(info, 'title', title)}.", True
 
 
 def load_choices(services: Any) -> dict[str, Any]:
