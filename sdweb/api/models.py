@@ -196,6 +196,27 @@ class ExtrasBatchImagesResponse(BaseModel):
     images: list[str]
 
 
+class InterrogateRequest(BaseModel):
+    image: str = Field("", description="Base64 image to caption.")
+    model: str = Field("clip", description="clip or deepdanbooru.")
+
+
+class InterrogateResponse(BaseModel):
+    caption: str | None = None
+
+
+class NamedPathItem(BaseModel):
+    """``/hypernetworks`` and ``/realesrgan-models`` items (always empty lists here)."""
+
+    name: str
+    path: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
 class PNGInfoRequest(BaseModel):
     image: str = Field(max_length=64 * 1024 * 1024,
                        description="Base64 image (PNG, JPEG or WEBP); a data: URL is accepted too.")

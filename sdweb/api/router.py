@@ -46,11 +46,15 @@ from sdweb.api.models import (
     ExtrasBatchImagesResponse,
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
+    FaceRestorerItem,
     ImageToImageResponse,
     Img2ImgRequest,
+    InterrogateRequest,
+    InterrogateResponse,
     LatentUpscalerModeItem,
     LoraItem,
     MemoryResponse,
+    NamedPathItem,
     PNGInfoRequest,
     PNGInfoResponse,
     ProgressResponse,
@@ -524,6 +528,9 @@ class A1111Api:
     async def extra_batch_images(self, request: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
         raise ApiError(501, "extras (upscaling) is not supported yet")
 
+    async def interrogate(self, request: InterrogateRequest) -> InterrogateResponse:
+        raise ApiError(501, "interrogate (image captioning) is not supported yet")
+
     # ------------------------------------------------------------------ png-info
     def png_info(self, request: PNGInfoRequest) -> PNGInfoResponse:
         from sdweb.images.infotext import parse_infotext
@@ -655,6 +662,10 @@ class A1111Api:
     def upscalers(self) -> list[UpscalerItem]:
         return [UpscalerItem(name=name, scale=scale) for name, scale in BUILTIN_UPSCALERS]
 
+    def no_items(self) -> list[Any]:
+        """Listings of features that do not exist yet (hypernetworks, face restorers...): empty."""
+        return []
+
     def latent_upscale_modes(self) -> list[LatentUpscalerModeItem]:
         return []
 
@@ -721,6 +732,7 @@ def make_router(services: AppServices) -> APIRouter:
         responses=NOT_IMPLEMENTED_RESPONSE)
     add("/extra-batch-images", api.extra_batch_images, "POST", ExtrasBatchImagesResponse,
         responses=NOT_IMPLEMENTED_RESPONSE)
+    add("/interrogate", api.interrogate, "POST", InterrogateResponse, responses=NOT_IMPLEMENTED_RESPONSE)
     add("/png-info", api.png_info, "POST", PNGInfoResponse)
     add("/progress", api.progress, "GET", ProgressResponse)
     add("/interrupt", api.interrupt, "POST", dict[str, Any])
@@ -733,6 +745,9 @@ def make_router(services: AppServices) -> APIRouter:
     add("/schedulers", api.schedulers, "GET", list[SchedulerItem])
     add("/upscalers", api.upscalers, "GET", list[UpscalerItem])
     add("/latent-upscale-modes", api.latent_upscale_modes, "GET", list[LatentUpscalerModeItem])
+    add("/hypernetworks", api.no_items, "GET", list[NamedPathItem])
+    add("/face-restorers", api.no_items, "GET", list[FaceRestorerItem])
+    add("/realesrgan-models", api.no_items, "GET", list[NamedPathItem])
     add("/sd-models", api.sd_models, "GET", list[SDModelItem])
     add("/sd-vae", api.sd_vae, "GET", list[SDVaeItem])
     add("/prompt-styles", api.prompt_styles, "GET", list[PromptStyleItem])

@@ -93,6 +93,8 @@ def test_listings_have_a1111_shapes(api: ApiServer) -> None:
     assert [item["name"] for item in api.get("upscalers").json()] == ["None", "Lanczos", "Nearest"]
     assert api.get("embeddings").json() == {"loaded": {}, "skipped": {}}
     assert api.get("loras").json() == []
+    for empty in ("hypernetworks", "face-restorers", "realesrgan-models", "latent-upscale-modes"):
+        assert api.get(empty).json() == []
     assert api.get("scripts").json() == {"txt2img": [], "img2img": []}
     assert api.get("extensions").json() == []
     assert api.get("prompt-styles").json() == []
@@ -175,7 +177,8 @@ def test_png_info_broken_input_is_a_400(api: ApiServer, payload: str) -> None:
 
 @pytest.mark.parametrize(("path", "words"), [("img2img", "img2img is not supported yet"),
                                              ("extra-single-image", "not supported yet"),
-                                             ("extra-batch-images", "not supported yet")])
+                                             ("extra-batch-images", "not supported yet"),
+                                             ("interrogate", "not supported yet")])
 def test_features_that_do_not_exist_yet_answer_501(api: ApiServer, path: str, words: str) -> None:
     response = api.post(path, json={})
     assert response.status_code == 501 and words in response.json()["detail"]

@@ -18,7 +18,8 @@ from tests.api.conftest import ApiServer
 from tests.fakes import FakeEngine
 
 EXAMPLES_PER_OPERATION = 25
-NOT_IMPLEMENTED = {"/sdapi/v1/img2img", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"}
+NOT_IMPLEMENTED = {"/sdapi/v1/img2img", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images",
+                   "/sdapi/v1/interrogate"}
 
 
 class OneImageEngine(FakeEngine):
