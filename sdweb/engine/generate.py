@@ -1,9 +1,15 @@
 """The txt2img denoising loop: one request in, images (and the facts for their infotext) out.
 
-This module owns the loop of the data path (DESIGN.md steps 4-6): encode the prompts once, then for each
-of the ``n_iter`` batches draw the seeds' noise, build a fresh sampler, run the UNet step by step with
-classifier-free guidance, report progress (with a cheap preview every N steps), honour interrupt and
-skip, and decode the finished latents to PIL images.
+This module owns the loop of the data path (DESIGN.md steps 4-6): read the prompt grammar and encode
+every text once, then for each of the ``n_iter`` batches draw the seeds' noise, build a fresh sampler,
+run the UNet step by step with classifier-free guidance, report progress (with a cheap preview every N
+steps), honour interrupt and skip, and decode the finished latents to PIL images.
+
+A1111's prompt grammar is applied in A1111's order: ``AND`` parts are stacked in the UNet batch and
+combined with their weights (composable diffusion), prompt editing / alternation switch the
+conditioning between steps (A1111's step counting), emphasis and long prompts are the encoder's
+(``sdweb.engine.encode``). Extra-network tags (``<lora:...>``) must be taken out, and applied, by the
+caller before the loop: one reaching it is an error rather than text fed to CLIP.
 
 It drives the pipeline's components directly (``unet``, ``vae``, text encoders) rather than calling the
 pipeline, because function samplers, per-step interrupt/skip and previews need the loop; the scheduler

@@ -203,3 +203,22 @@ def test_schedule_sigmas_refuses_bad_plugin_output(sd1_pipe) -> None:
     rising = ScheduleSpec(name="Rising", sigmas_fn=lambda n, lo, hi: torch.linspace(lo, hi, n))
     with pytest.raises(ValueError, match="decreasing"):
         schedule_sigmas(rising, 4, sd1_pipe.scheduler.config)
+
+
+def test_the_example_extension_sampler_runs_in_the_loop(sd1_model) -> None:
+    """The shipped example extension (extensions/example-sampler) keeps working with the contract."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "extensions" / "example-sampler" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("sdweb_example_sampler", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    registry = _registry_with(("example-sampler", module.register_samplers()))
+    ours = run_txt2img(sd1_model, tiny_params(sampler_name="k_euler_example", scheduler="Karras", steps=3),
+                       samplers=registry, control=JobControl(), on_step=lambda _: None, output_type="latent")
+    reference = run_txt2img(sd1_model, tiny_params(sampler_name="Euler", scheduler="Karras", steps=3),
+                            samplers=registry, control=JobControl(), on_step=lambda _: None,
+                            output_type="latent")
+    torch.testing.assert_close(ours.images[0].image, reference.images[0].image, atol=1e-4, rtol=1e-4)
