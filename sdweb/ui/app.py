@@ -39,6 +39,7 @@ def mount_kwargs(services: Any) -> dict[str, Any]:
     return {
         "allowed_paths": [str(outputs)],
         "css": theme.CSS,
+        "head": theme.HEAD,
         "theme": gr.themes.Default(primary_hue="orange"),
         "show_error": False,
         # Our History tab keeps generations; gradio's run history would copy every result into each

@@ -1,4 +1,4 @@
-"""The page's look: a little CSS on top of gradio's default theme (passed at mount time, Gradio 6)."""
+"""The page's look and keys: a little CSS and one script, passed at mount time (Gradio 6)."""
 
 from __future__ import annotations
 
@@ -21,4 +21,19 @@ CSS = """
 .sdweb-infotext { white-space: pre-wrap; word-break: break-word; font-size: 0.9em; font-family: monospace; }
 #txt2img-generate { min-height: 4.5em; }
 .sdweb-tool { max-width: 3em; min-width: 2.5em !important; }
+"""
+
+#: Ctrl+Enter (Cmd+Enter) in a txt2img prompt box presses Generate, as in A1111. Delegated from the
+#: document so it works for components gradio renders later.
+HEAD = """
+<script>
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+  const box = event.target.closest && event.target.closest("#txt2img-prompt, #txt2img-negative-prompt");
+  if (!box) return;
+  event.preventDefault();
+  const button = document.getElementById("txt2img-generate");
+  if (button) button.click();
+});
+</script>
 """

@@ -57,7 +57,11 @@ def test_restore_gives_the_concrete_seed_and_the_checkpoint_on_disk(tmp_path: Pa
             prompt="a boat", seed=-1, subseed=-1, steps=9, width=384, checkpoint=info.name
         )
         entry = HistoryEntry(
-            params=params, seeds=[777], subseeds=[888], model_title="renamed", model_hash=None
+            params=params.model_copy(update={"prompt": "a boat, oil painting", "styles": ("painterly",)}),
+            seeds=[777],
+            subseeds=[888],
+            model_title="renamed",
+            model_hash=None,
         )
         values, notes = restore_values(services, entry)
         restored = params_from_form(values)
@@ -66,6 +70,8 @@ def test_restore_gives_the_concrete_seed_and_the_checkpoint_on_disk(tmp_path: Pa
             restored.seed == 777 and restored.subseed == 888 and restored.steps == 9 and restored.width == 384
         )
         assert values["checkpoint"] == info.title
+        # The stored prompt has its style merged in already: restoring selects no style again.
+        assert restored.prompt == "a boat, oil painting" and restored.styles == ()
 
         missing = HistoryEntry(
             params=GenerationParams(prompt="x"), seeds=[1], model_title="gone-model", model_hash="ffffffffff"

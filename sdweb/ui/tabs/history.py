@@ -282,6 +282,9 @@ def restore_values(services: Any, entry: Any) -> tuple[dict[str, Any], list[str]
             f"checkpoint {entry.model_title or entry.model_hash} is not on disk any more; "
             "the checkpoint was left unchanged"
         )
+    # The recorded prompt already has its styles merged in (the service applies them before the
+    # run); selecting them again would apply them twice.
+    updates["styles"] = ()
     values = form_from_params(
         params.model_copy(update={**updates, "checkpoint": None}), checkpoint_title=title
     )

@@ -618,8 +618,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
 
     generate_inputs = set(form.values())
     generate_outputs = {progress, message, preview, gallery, infotext, view}
-    gr.on(
-        [generate.click, form["prompt"].submit],
+    generate.click(
         run_generation,
         inputs=generate_inputs,
         outputs=generate_outputs,
