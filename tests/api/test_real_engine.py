@@ -1,0 +1,75 @@
+"""The API with the real engine and the tiny SD1 checkpoint (loaded from its file, as a user's would be):
+txt2img answers decodable images with their infotext, the same seed gives the same image, and batch
+image i equals seed + i made alone."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from tests.api.conftest import _Server, build_app
+from tests.fakes import make_settings
+
+
+@pytest.fixture()
+def real_api(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[str]:
+    from sdweb.services.factory import build_services
+
+    settings = make_settings(tmp_path)
+    settings.paths.ckpt_dirs[0].mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, settings.paths.ckpt_dirs[0] / tiny_checkpoint.name)
+    services = build_services(settings)  # the real engine factory
+    services.models.load_selected(wait=True)  # as the server does at start-up
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = _Server(uvicorn.Config(build_app(services), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive()
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1"
+    server.should_exit = True
+    thread.join(10)
+    services.worker.close()
+
+
+def pixels(b64: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
+        assert image.size == (64, 64)
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_txt2img_with_the_tiny_model(real_api: str) -> None:
+    request = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 11,
+               "sampler_name": "Euler a", "batch_size": 2}
+    with httpx.Client(timeout=300) as client:
+        batch = client.post(f"{real_api}/txt2img", json=request)
+        assert batch.status_code == 200, batch.text
+        second_alone = client.post(f"{real_api}/txt2img", json={**request, "seed": 12, "batch_size": 1})
+        assert second_alone.status_code == 200, second_alone.text
+    body = batch.json()
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [11, 12] and info["sd_model_name"] == "fake-model"
+    assert info["sd_model_hash"] and len(info["sd_model_hash"]) == 10
+    with Image.open(io.BytesIO(base64.b64decode(body["images"][0]))) as image:
+        assert image.info["parameters"] == info["infotexts"][0]
+        assert "Sampler: Euler a" in image.info["parameters"] and "Seed: 11" in image.info["parameters"]
+    first, second = (pixels(b64) for b64 in body["images"])
+    assert np.abs(first - second).max() > 0  # different seeds, different images
+    # image i of a batch is what its seed makes alone (A1111's reproducibility promise)
+    assert np.abs(second - pixels(second_alone.json()["images"][0])).max() <= 2
