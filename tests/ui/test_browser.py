@@ -301,8 +301,13 @@ def test_two_users_share_the_queue_and_each_sees_their_own_job(
         other.fill("#txt2img-prompt textarea", "second user")
         other.press("#txt2img-prompt textarea", "Control+Enter")  # A1111's shortcut
         other.locator("#txt2img-progress", has_text="position 1 in the queue").wait_for()
+        # The second user changes their mind while queued: only their job goes, the first runs on.
+        other.click("#txt2img-interrupt")
+        other.locator("#txt2img-progress", has_text="Interrupted before it started").wait_for()
+        assert "first user" not in other.locator("#txt2img-progress").inner_text()
+        other.press("#txt2img-prompt textarea", "Control+Enter")
         assert "Done: 1 image" in wait_done(page)
-        assert "Done: 1 image" in wait_done(other)
+        other.locator("#txt2img-progress", has_text="Done: 1 image").wait_for()
         assert "first user" in page.locator("#txt2img-infotext").inner_text()
         assert "second user" in other.locator("#txt2img-infotext").inner_text()
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gradio as gr
@@ -21,8 +21,21 @@ from sdweb.ui.tabs.txt2img import error_html, note_html
 logger = logging.getLogger(__name__)
 
 
-def _kind(spec: OptionSpec) -> str:
-    if spec.choices is not None or spec.dynamic_choices is not None:
+def suggestions(services: Any) -> dict[str, Callable[[], list[str]]]:
+    """Lists offered for free-text options that name files (A1111 shows these as dropdowns)."""
+    models = services.models
+
+    def checkpoints() -> list[str]:
+        return [info.title for info in models.list_checkpoints()]
+
+    def vaes() -> list[str]:
+        return ["Automatic", "None", *(info.name for info in models.list_vaes())]
+
+    return {"sd_model_checkpoint": checkpoints, "sd_vae": vaes}
+
+
+def _kind(spec: OptionSpec, suggested: Mapping[str, Any] | None = None) -> str:
+    if spec.choices is not None or spec.dynamic_choices is not None or spec.key in (suggested or {}):
         return "choice"
     if isinstance(spec.default, bool):
         return "bool"
@@ -87,8 +100,8 @@ def apply_settings(options: Any, values: Mapping[str, Any]) -> tuple[str, bool]:
     return f"Applied {len(applied)} change{'s' if len(applied) != 1 else ''}: {listed}.", True
 
 
-def _component(spec: OptionSpec, value: Any) -> Any:
-    kind = _kind(spec)
+def _component(spec: OptionSpec, value: Any, suggested: Mapping[str, Any]) -> Any:
+    kind = _kind(spec, suggested)
     common: dict[str, Any] = {"label": spec.label, "info": spec.key, "elem_id": f"setting-{spec.key}"}
     if kind == "choice":
         choices = list(spec.choices) if spec.choices is not None else [value]
@@ -115,6 +128,7 @@ def render_settings_tab(services: Any, demo: gr.Blocks | None = None) -> None:
     options = services.options
     specs: list[OptionSpec] = options.specs
     current = options.as_dict()
+    suggested = suggestions(services)
     sections: dict[str, list[OptionSpec]] = {}
     for spec in specs:
         sections.setdefault(spec.section, []).append(spec)
@@ -128,7 +142,7 @@ def render_settings_tab(services: Any, demo: gr.Blocks | None = None) -> None:
         for index, (section, section_specs) in enumerate(sections.items()):
             with columns[index % 2], gr.Accordion(section, open=True):
                 for spec in section_specs:
-                    components[spec.key] = _component(spec, current.get(spec.key))
+                    components[spec.key] = _component(spec, current.get(spec.key), suggested)
     by_component = {component: key for key, component in components.items()}
     spec_by_key = {spec.key: spec for spec in specs}
 
@@ -146,13 +160,17 @@ def render_settings_tab(services: Any, demo: gr.Blocks | None = None) -> None:
         updates: dict[Any, Any] = {}
         for key, component in components.items():
             spec = spec_by_key[key]
-            if spec.dynamic_choices is not None:
+            listing = spec.dynamic_choices or suggested.get(key)
+            if listing is not None:
                 try:
-                    choices = list(spec.dynamic_choices())
+                    choices = list(listing())
                 except Exception as exc:  # noqa: BLE001 - show the value even if the list fails
                     logger.warning("choices for %s failed: %s", key, exc)
-                    choices = [stored.get(key)]
-                updates[component] = gr.update(choices=choices, value=stored.get(key))
+                    choices = []
+                value = stored.get(key)
+                if value not in choices:
+                    choices.append(value)
+                updates[component] = gr.update(choices=choices, value=value)
             else:
                 updates[component] = to_form(spec, stored.get(key))
         return updates
