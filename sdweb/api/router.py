@@ -261,10 +261,11 @@ class A1111Api:
                 values[name] = getattr(request, name)
         if "styles" in given:
             values["styles"] = tuple(request.styles or ())
+        # sampler_name wins; sampler_index (A1111's older field, default "Euler") when it is absent.
         if "sampler_name" in given:
             values["sampler_name"] = request.sampler_name
-        elif "sampler_index" in given or "sampler_name" not in values:
-            values["sampler_name"] = request.sampler_index or "Euler"
+        elif "sampler_index" in given:
+            values["sampler_name"] = request.sampler_index
         if "scheduler" in given:
             values["scheduler"] = request.scheduler
 
@@ -287,8 +288,6 @@ class A1111Api:
             detail, errors = describe_validation_errors(
                 [{**item, "loc": self._api_location(item.get("loc", ()))} for item in exc.errors()])
             raise ApiError(422, detail, errors=errors) from exc
-        if params.checkpoint:
-            self._find_checkpoint(params.checkpoint, "override_settings.sd_model_checkpoint")
         return params, after
 
     def _refuse_unsupported(self, request: Txt2ImgRequest, given: set[str]) -> None:
