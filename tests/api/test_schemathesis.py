@@ -17,7 +17,7 @@ from sdweb.params import EngineRun, GeneratedImage, GenerationParams, JobControl
 from tests.api.conftest import ApiServer
 from tests.fakes import FakeEngine
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 50
 NOT_IMPLEMENTED = {"/sdapi/v1/img2img", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images",
                    "/sdapi/v1/interrogate"}
 
