@@ -20,6 +20,8 @@ from sdweb.ui.tabs import gallery, history, pnginfo, settings, txt2img
 
 logger = logging.getLogger(__name__)
 
+#: How many calls of one UI event (paging, searching...) run at once across all users.
+EVENT_CONCURRENCY = 16
 #: How often an open page refreshes the model status in its header (seconds).
 STATUS_REFRESH_SECONDS = 2.0
 
@@ -118,6 +120,9 @@ def build_ui(services: Any) -> gr.Blocks:
 
         # 3. Lists that change while the server runs (and samplers, which need the engine's registry).
         txt2img.wire_page_load(demo, services, t2i)
+    # Gradio runs each event one call at a time unless told otherwise: paging or searching by one user
+    # must not wait for another's. GPU work is serialised by our own queue, not by this limit.
+    demo.queue(default_concurrency_limit=EVENT_CONCURRENCY)
     return demo
 
 

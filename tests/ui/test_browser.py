@@ -66,6 +66,9 @@ def page(browser: Any, server: RunningServer) -> Iterator[Any]:
 
 def screenshot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
+    # Toasts from earlier steps would cover the header; the page is what is being recorded.
+    if page.evaluate("document.querySelectorAll('.toast-close').forEach(b => b.click()) || true"):
+        page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
