@@ -14,7 +14,9 @@ Other paths (the web UI) keep FastAPI's default answers.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +120,55 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("API error: %s %s", request.method, request.url.path)
     detail = f"internal error while handling {request.method} {request.url.path}: {type(exc).__name__}: {exc}"
     return JSONResponse(status_code=500, content=error_body(type(exc).__name__, detail, str(exc)))
+
+
+#: A JSON ``\uD800``-``\uDFFF`` escape: only then can a body hold an unpaired surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _unpaired_surrogate_at(value: Any, where: str) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _unpaired_surrogate_at(key, where) or _unpaired_surrogate_at(
+                item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unpaired_surrogate_at(item, f"{where}.{index}" if where else str(index))
+            if found:
+                return found
+    return None
+
+
+async def reject_unpaired_surrogates(request: Request) -> None:
+    r"""Refuse (422) a JSON body with a lone UTF-16 surrogate escape such as ``"\ud800"``.
+
+    Python's JSON reader accepts them, but such a string cannot be written as UTF-8: left in, it
+    would fail later while answering, saving the settings file or writing a PNG chunk (a 500, or a
+    settings file that breaks ``GET /options``). Bodies without such an escape cost one regex scan.
+    """
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    body = await request.body()  # cached by Starlette; the route reads the same bytes
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return  # the route's own parsing answers malformed JSON
+    where = _unpaired_surrogate_at(data, "")
+    if where is not None:
+        message = (f"{where}: contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff); "
+                   "send text as UTF-8 or as complete surrogate pairs")
+        raise ApiError(422, message, errors=[{"loc": where.split("."), "field": where, "msg": message,
+                                              "type": "unpaired_surrogate", "input": None}])
 
 
 def install_error_handlers(app: FastAPI) -> None:

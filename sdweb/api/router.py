@@ -32,11 +32,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from sdweb.api.errors import ApiError, describe_validation_errors
+from sdweb.api.errors import ApiError, describe_validation_errors, reject_unpaired_surrogates
 from sdweb.api.models import (
     ERROR_RESPONSES,
     EmbeddingsResponse,
@@ -718,8 +718,9 @@ class A1111Api:
 
 def make_router(services: AppServices) -> APIRouter:
     """The ``/sdapi/v1`` routes (include with ``prefix="/sdapi/v1"``), auth-guarded when configured."""
-    router = APIRouter(dependencies=api_dependencies(services.settings.effective_api_auth),
-                       responses=ERROR_RESPONSES, tags=["sdapi"])
+    dependencies = [*api_dependencies(services.settings.effective_api_auth),
+                    Depends(reject_unpaired_surrogates)]
+    router = APIRouter(dependencies=dependencies, responses=ERROR_RESPONSES, tags=["sdapi"])
     api = A1111Api(services)
 
     def add(path: str, endpoint: Callable[..., Any], method: str, model: Any = None, **kwargs: Any) -> None:

@@ -222,3 +222,32 @@ def test_ui_credentials_cover_the_api_when_it_has_none(start_api) -> None:
 
 def test_api_is_open_without_any_credentials(api: ApiServer) -> None:
     assert api.get("options").status_code == 200
+
+
+# -- text that cannot be written as UTF-8 --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "raw", "field"), [
+    ("txt2img", b'{"prompt": "a \\ud800 cat", "steps": 1, "width": 64, "height": 64}', "prompt"),
+    ("txt2img", b'{"override_settings": {"sd_vae": ["\\udc00"]}}', "override_settings.sd_vae.0"),
+    ("options", b'{"sd_vae": "\\ud800"}', "sd_vae"),
+    ("png-info", b'{"image": "\\udfff"}', "image"),
+])
+def test_unpaired_surrogates_are_refused_not_stored(api: ApiServer, path: str, raw: bytes,
+                                                    field: str) -> None:
+    response = api.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(f"{field}: contains an unpaired UTF-16 surrogate")
+    assert api.get("options").status_code == 200  # nothing unwritable reached the settings file
+    assert api.engine.calls == []
+
+
+def test_surrogate_pairs_and_non_latin_text_are_fine(api: ApiServer) -> None:
+    raw = ('{"prompt": "\\ud83d\\ude00 ein Fuchs im Schnee, 雪の中の狐", '
+           '"steps": 1, "width": 64, "height": 64}')
+    response = api.post("txt2img", content=raw.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    infotext = json.loads(response.json()["info"])["infotexts"][0]
+    assert infotext.startswith("\U0001f600 ein Fuchs im Schnee, 雪の中の狐")
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    assert image.info["parameters"] == infotext  # iTXt chunk for non-Latin-1 text
