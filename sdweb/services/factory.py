@@ -109,7 +109,8 @@ def build_services(
             raise LookupError(models.empty_message())
 
     generation = GenerationService(worker=worker, engine=engine, options=options, images=images,
-                                   history=history, styles=styles, plugins=plugins, validate=validate)
+                                   history=history, styles=styles, plugins=plugins, validate=validate,
+                                   default_checkpoint=models.selected_title)
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers,

@@ -107,6 +107,7 @@ class GenerationService:
         styles: Any | None = None,
         plugins: Any | None = None,
         validate: Callable[[GenerationParams], None] | None = None,
+        default_checkpoint: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._worker = worker
@@ -117,6 +118,7 @@ class GenerationService:
         self._styles = styles
         self._plugins = plugins
         self._validate = validate
+        self._default_checkpoint = default_checkpoint
         self._rng = rng or random.SystemRandom()
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -280,6 +282,9 @@ class GenerationService:
             updates["clip_skip"] = int(self._options.get("CLIP_stop_at_last_layers"))
         if params.rng is None:
             updates["rng"] = self._options.get("randn_source")
+        if params.checkpoint is None and self._default_checkpoint is not None:
+            # The selected model (A1111's sd_model_checkpoint, else the first one found).
+            updates["checkpoint"] = self._default_checkpoint()
         if params.eta is None and "ancestral" not in params.sampler_name.lower():
             pass  # the sampler's own default eta
         self._last_seed = seed
