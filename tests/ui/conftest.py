@@ -52,12 +52,29 @@ class RunningServer:
     root: Path
 
 
+def real_engine_services(root: Path, **settings: Any) -> Any:
+    """The real services and the real engine (torch), with the tiny SD1 checkpoint loaded."""
+    from sdweb.services.factory import build_services
+    from tests.fakes import make_settings, write_fake_checkpoint
+
+    launch = make_settings(root, **settings)
+    write_fake_checkpoint(launch.paths.ckpt_dirs[0])
+    services = build_services(launch)
+    services.models.load_selected(wait=True)  # as the server does once the page is up
+    return services
+
+
 @contextlib.contextmanager
-def serve(root: Path, *, step_delay: float = 0.0, **settings: Any) -> Iterator[RunningServer]:
-    """Build services in ``root`` with a FakeEngine and serve the app until the block ends."""
+def serve(
+    root: Path, *, step_delay: float = 0.0, real_engine: bool = False, **settings: Any
+) -> Iterator[RunningServer]:
+    """Build services in ``root`` (FakeEngine, or the real one) and serve the app until the block ends."""
     import uvicorn
 
-    services, engine = make_services(root, engine=FakeEngine(step_delay=step_delay), **settings)
+    if real_engine:
+        services, engine = real_engine_services(root, **settings), FakeEngine()  # engine unused
+    else:
+        services, engine = make_services(root, engine=FakeEngine(step_delay=step_delay), **settings)
     app = make_app(services)
     port = free_port()
     server = uvicorn.Server(
