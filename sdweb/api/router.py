@@ -333,8 +333,8 @@ class A1111Api:
         parsed = parse_infotext(infotext)
         try:
             from_text, extras = infotext_to_params(parsed)
-        except InfotextError as exc:
-            raise ApiError(422, f"infotext: {exc}") from exc
+        except InfotextError as exc:  # its message already names the infotext key
+            raise ApiError(422, str(exc) if str(exc).startswith("infotext") else f"infotext: {exc}") from exc
         unsupported = sorted({feature for key, feature in INFOTEXT_UNSUPPORTED.items() if key in extras})
         if unsupported:
             raise ApiError(422, f"infotext: it uses {', '.join(unsupported)}, which is not supported yet")
@@ -422,7 +422,8 @@ class A1111Api:
             try:
                 spec = registry.get(head)
             except ValueError as exc:
-                raise ApiError(400, f"Sampler not found: {exc}") from exc
+                known = ", ".join(registry.names())
+                raise ApiError(400, f"Sampler not found: {sampler!r}; known: {known}") from exc
             scheduler = schedule
         try:
             schedule_spec = registry.get_schedule(scheduler)
@@ -430,7 +431,8 @@ class A1111Api:
             try:
                 schedule_spec = registry.get_schedule(scheduler.replace("_", " "))
             except ValueError as exc:
-                raise ApiError(400, f"Scheduler not found: {exc}") from exc
+                known = ", ".join(registry.schedule_names())
+                raise ApiError(400, f"Scheduler not found: {scheduler!r}; known: {known}") from exc
         return spec.name, schedule_spec.name
 
     @staticmethod
