@@ -345,3 +345,19 @@ def test_gallery_delete_asks_first_then_deletes(page: Any, server: RunningServer
     page.locator("#gallery-status", has_text="Deleted").wait_for()
     assert not chosen.exists() and len(saved_images(server)) == len(before) - 1
     page.locator("#gallery-summary", has_text=f"{len(before) - 1} images").wait_for()
+
+
+def test_history_delete_asks_first_and_keeps_the_image_files(page: Any, server: RunningServer) -> None:
+    history = server.services.history
+    before, files = history.count(), saved_images(server)
+    open_tab(page, "History")
+    page.click("#history-search-button")
+    page.locator("#history-summary", has_text=f"{before} generations").wait_for()
+    page.locator("#history-grid img").first.click()
+    page.locator("#history-details", has_text="Seeds").wait_for()
+    page.click("#history-delete")
+    page.locator("#history-delete", has_text="Really delete").wait_for()
+    assert history.count() == before  # one click only asks
+    page.click("#history-delete")
+    page.locator("#history-status", has_text="Entry deleted").wait_for()
+    assert history.count() == before - 1 and saved_images(server) == files
