@@ -44,7 +44,10 @@ BatchCount = Annotated[(int, *_bounds_of("n_iter"))]
 Eta = Annotated[(float, *_bounds_of("eta"))]
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 Name = Annotated[str, Field(max_length=1000)]
-TaskId = Annotated[str, Field(min_length=1, max_length=200)]
+TaskId = Annotated[str, Field(max_length=200)]
+
+#: Fields where A1111 treats an empty string as "not given" (``sampler_name or sampler_index``).
+EMPTY_MEANS_UNSET = frozenset({"sampler_name", "sampler_index", "scheduler", "force_task_id", "infotext"})
 
 
 class Txt2ImgRequest(BaseModel):
@@ -110,9 +113,14 @@ class Txt2ImgRequest(BaseModel):
     infotext: Prompt | None = Field(None, description="An infotext whose values fill the unset fields.")
 
     def given(self) -> set[str]:
-        """The declared fields the client actually sent with a non-null value."""
-        return {name for name in self.model_fields_set
-                if name in type(self).model_fields and getattr(self, name) is not None}
+        """The declared fields the client actually sent with a value (not null, not an empty name)."""
+        given = set()
+        for name in self.model_fields_set & set(type(self).model_fields):
+            value = getattr(self, name)
+            if value is None or (value == "" and name in EMPTY_MEANS_UNSET):
+                continue
+            given.add(name)
+        return given
 
     def unknown_fields(self) -> list[str]:
         """Fields no A1111 version defines (ignored, as A1111 does)."""

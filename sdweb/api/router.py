@@ -238,8 +238,8 @@ class A1111Api:
         async with self._submit_lock:
             params, plan = await run_in_threadpool(self.build_params, request)
             try:
-                job = self.services.generation.submit(
-                    params, save=bool(request.save_images), source="api", job_id=request.force_task_id)
+                job = self.services.generation.submit(params, save=bool(request.save_images), source="api",
+                                                      job_id=request.force_task_id or None)
             except GenerationError as exc:
                 raise ApiError(exc.status, exc.message) from exc
         result = await run_in_threadpool(self._wait, job)

@@ -99,8 +99,9 @@ def test_send_images_false_answers_info_only(api: ApiServer) -> None:
 def test_sampler_aliases_and_pre_1_9_names(api: ApiServer) -> None:
     txt2img(api, sampler_name="k_euler_a")
     txt2img(api, sampler_index="DPM++ 2M Karras")  # pre-1.9 name carrying its schedule
-    assert (api.engine.calls[0].sampler_name, api.engine.calls[1].sampler_name) == ("Euler a", "DPM++ 2M")
-    assert api.engine.calls[1].scheduler == "Karras"
+    txt2img(api, sampler_name="", sampler_index="LMS", scheduler="", force_task_id="")  # "" is "not given"
+    assert [call.sampler_name for call in api.engine.calls] == ["Euler a", "DPM++ 2M", "LMS"]
+    assert [call.scheduler for call in api.engine.calls] == ["Automatic", "Karras", "Automatic"]
 
 
 def test_override_settings_clip_skip_is_per_request(api: ApiServer) -> None:
