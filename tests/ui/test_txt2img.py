@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 
@@ -124,5 +125,33 @@ def test_picking_a_checkpoint_loads_it_or_says_why_not(tmp_path: Path) -> None:
         text, ok = load_checkpoint(services, title)
         assert not ok and "unsupported model family" in text and "previous model stays" in text
         assert load_checkpoint(services, None) == ("", True)
+    finally:
+        services.worker.close()
+
+
+def test_sending_a_sampler_this_install_lacks_says_so(tmp_path: Path) -> None:
+    import gradio as gr
+
+    from sdweb.ui.tabs.txt2img import Txt2ImgTab, sampler_choices
+
+    services, _ = make_services(tmp_path)
+    try:
+        with gr.Blocks(), gr.Tabs() as tabs, gr.Tab("txt2img"):
+            form = {"sampler_name": gr.Dropdown(), "scheduler": gr.Dropdown(), "prompt": gr.Textbox()}
+            message = gr.HTML()
+        tab = Txt2ImgTab(
+            form=form,
+            tabs=tabs,
+            message=message,
+            checkpoint_choices=lambda: [],
+            sampler_choices=lambda: sampler_choices(services),
+        )
+        updates = tab.fill({"sampler_name": "Not A Sampler", "scheduler": "Karras", "prompt": "x"})
+        text = html.unescape(updates[message])
+        assert "sampler 'Not A Sampler' is not available here" in text
+        assert "schedule type 'Karras'" not in text
+        assert updates[form["prompt"]] == "x"
+        updates = tab.fill({"sampler_name": "Euler a", "scheduler": "Automatic"})
+        assert "not available" not in updates[message]
     finally:
         services.worker.close()

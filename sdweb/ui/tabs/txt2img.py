@@ -227,6 +227,8 @@ class Txt2ImgTab:
     tabs: gr.Tabs
     message: gr.HTML
     checkpoint_choices: Callable[[], list[str]]
+    #: ``() -> (sampler names, schedule names)``; None in tests that have no sampler registry.
+    sampler_choices: Callable[[], tuple[list[str], list[str]]] | None = None
 
     def outputs(self) -> set[Any]:
         return {*self.form.values(), self.tabs, self.message}
@@ -245,10 +247,29 @@ class Txt2ImgTab:
                 updates[component] = gr.update(value=value, choices=choices)
             else:
                 updates[component] = value
+        notes = [*(notes or ()), *self._unknown_sampler_notes(values)]
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
         text = "Parameters restored." + (" " + "; ".join(notes) + "." if notes else "")
         updates[self.message] = note_html(text)
         return updates
+
+    def _unknown_sampler_notes(self, values: Mapping[str, Any]) -> list[str]:
+        """Say so when a pasted sampler or schedule type is not installed here (Generate would refuse it)."""
+        if self.sampler_choices is None or not ({"sampler_name", "scheduler"} & set(values)):
+            return []
+        try:
+            samplers, schedules = self.sampler_choices()
+        except Exception:  # noqa: BLE001 - the note is a courtesy; Generate checks again
+            logger.exception("could not list the samplers")
+            return []
+        notes = []
+        for key, known, what in (
+            ("sampler_name", samplers, "sampler"),
+            ("scheduler", schedules, "schedule type"),
+        ):
+            if key in values and values[key] not in known:
+                notes.append(f"{what} {values[key]!r} is not available here (known: {', '.join(known)})")
+        return notes
 
     def wire_send(
         self, trigger: Any, fn: Callable[..., tuple[Mapping[str, Any], list[str]] | None], inputs: list[Any]
@@ -648,7 +669,13 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
 
     gallery.select(show_selected, inputs=view, outputs=[view, infotext], show_progress="hidden")
 
-    return Txt2ImgTab(form=form, tabs=tabs, message=message, checkpoint_choices=checkpoint_titles)
+    return Txt2ImgTab(
+        form=form,
+        tabs=tabs,
+        message=message,
+        checkpoint_choices=checkpoint_titles,
+        sampler_choices=lambda: sampler_choices(services),
+    )
 
 
 def load_checkpoint(services: Any, title: str | None) -> tuple[str, bool]:
