@@ -283,3 +283,17 @@ def test_and_stacks_the_parts_and_a_zero_weight_part_changes_nothing(sd1_model, 
 def test_extra_network_tags_are_refused_until_supported(sd1_model, samplers) -> None:
     with pytest.raises(ValueError, match=r"<lora:detail:0\.8>"):
         _run(sd1_model, samplers, tiny_params(prompt="a cat <lora:detail:0.8>"))
+
+
+@pytest.mark.gpu
+def test_cuda_half_precision_and_both_rng_sources(samplers) -> None:
+    from tests.fixtures.checkpoints import tiny_sd1_components
+
+    pipe = StableDiffusionPipeline(**tiny_sd1_components()).to("cuda", torch.float16)
+    model = TinyModel(pipe=pipe, device=torch.device("cuda"), dtype=torch.float16)
+    cpu = _run(model, samplers, tiny_params(sampler_name="Euler a", rng="CPU")).images[0].image
+    cpu_again = _run(model, samplers, tiny_params(sampler_name="Euler a", rng="CPU")).images[0].image
+    gpu = _run(model, samplers, tiny_params(sampler_name="Euler a", rng="GPU")).images[0].image
+    assert np.array_equal(_pixels(cpu), _pixels(cpu_again))
+    assert not np.array_equal(_pixels(cpu), _pixels(gpu))  # A1111's GPU noise is another sequence
+    assert _pixels(gpu).std() > 1.0
