@@ -182,6 +182,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
 
     from sdweb.api.errors import install_error_handlers
     from sdweb.api.router import make_router
+    from sdweb.api.security import api_dependencies
 
     settings: LaunchSettings = services.settings
     api = settings.api if api is None else api
@@ -190,9 +191,11 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     install_error_handlers(app)
     if api:
         app.include_router(make_router(services), prefix="/sdapi/v1")
+        # Extension routes sit behind the same credentials as ours: never an open door beside a locked one.
+        guard = api_dependencies(settings.effective_api_auth)
         for _name, routers in services.plugins.collect("register_api_routes", services=services):
             for router in routers or ():
-                app.include_router(router, prefix="/sdapi/v1/ext")
+                app.include_router(router, prefix="/sdapi/v1/ext", dependencies=guard)
     if webui:
         import gradio as gr
 

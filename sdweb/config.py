@@ -207,10 +207,15 @@ class OptionSpec:
                 if not isinstance(value, str):
                     raise TypeError
                 converted = value
+            elif kind is list:
+                if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+                    raise TypeError
+                converted = list(value)
             else:
                 converted = value
         except (TypeError, ValueError):
-            raise ValueError(f"option {self.key!r} must be a {kind.__name__}, got {value!r}") from None
+            expected = "list of strings" if kind is list else kind.__name__
+            raise ValueError(f"option {self.key!r} must be a {expected}, got {value!r}") from None
         if self.minimum is not None and converted < self.minimum:
             raise ValueError(f"option {self.key!r} must be >= {self.minimum}, got {converted}")
         if self.maximum is not None and converted > self.maximum:

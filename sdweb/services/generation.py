@@ -85,6 +85,10 @@ class Job:
         assert self.task is not None
         try:
             return self.task.wait(timeout)
+        except RuntimeError:
+            if self.task.cancelled and self.result is not None:
+                return self.result  # interrupted while still queued: an empty, interrupted result
+            raise GenerationError("the job could not run", status=500) from None
         except GenerationError:
             raise
         except TimeoutError:
