@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sdweb.config import BUILTIN_OPTIONS, LaunchSettings, OptionSpec, OptionsStore
@@ -20,6 +21,9 @@ from sdweb.services.models import EngineProvider, ModelService
 from sdweb.services.worker import GpuWorker
 
 logger = logging.getLogger(__name__)
+
+#: The small demo model trained by demo_model/train.py, shipped so a fresh install makes images at once.
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "demo" / "sdweb-demo-shapes.safetensors"
 
 EXTRA_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("disabled_extensions", [], "Disabled extensions", "Extensions"),
@@ -72,7 +76,9 @@ def build_services(
     images = ImageStore(paths.outputs_dir)
     history = HistoryStore(paths.history_db)
     styles = StyleStore(paths.styles_file)
-    registry = CheckpointRegistry(paths.ckpt_dirs, HashCache(paths.cache_dir / "hashes.json"))
+    demo_files = () if settings.skip_demo_model else (DEMO_CHECKPOINT,)
+    registry = CheckpointRegistry(paths.ckpt_dirs, HashCache(paths.cache_dir / "hashes.json"),
+                                  demo_files=demo_files)
     registry.refresh()
     vaes = VaeRegistry(paths.vae_dir)
 

@@ -134,6 +134,8 @@ class ModelService:
         usable = [info for info in checkpoints if not getattr(info, "detect_error", None)]
         if not usable:
             return None
+        # The user's own checkpoints first; the bundled demo only when there is nothing else.
+        usable.sort(key=_is_demo)
         return usable[0].title
 
     def select(self, query: str, *, wait: bool = True) -> Any:

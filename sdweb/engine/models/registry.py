@@ -168,10 +168,14 @@ class CheckpointRegistry:
     Thread-safe: one lock guards the listing; scanning and hashing run outside it.
     """
 
-    def __init__(self, dirs: Sequence[Path], hash_cache: HashCache) -> None:
+    def __init__(
+        self, dirs: Sequence[Path], hash_cache: HashCache, *, demo_files: Sequence[Path] = ()
+    ) -> None:
+        """``demo_files``: bundled demo checkpoints, listed after the user's own (marked ``demo``)."""
         if not dirs:
             raise ValueError("CheckpointRegistry needs at least one checkpoint folder")
         self._dirs = tuple(Path(d) for d in dirs)
+        self._demo_files = tuple(Path(f) for f in demo_files if Path(f).is_file())
         self._hash_cache = hash_cache
         self._lock = threading.RLock()
         self._infos: list[CheckpointInfo] = []
@@ -200,6 +204,10 @@ class CheckpointRegistry:
                 seen.add(real)
                 found.append(info)
         found.sort(key=lambda info: (info.name.lower(), info.name))
+        for demo in self._demo_files:
+            info = self._file_info(demo, demo.parent, "safetensors")
+            if info is not None and demo.resolve() not in seen:
+                found.append(replace(info, demo=True))
         self._hash_cache.flush()
         with self._lock:
             self._infos = found

@@ -1,0 +1,75 @@
+"""ModelService: which checkpoint is selected, the demo fallback, switching and failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdweb.services.factory import build_services
+from tests.fakes import FakeEngine, make_settings
+from tests.fixtures.checkpoints import write_tiny_sd1
+
+
+@pytest.fixture()
+def demo_file(tmp_path: Path) -> Path:
+    return write_tiny_sd1(tmp_path / "bundled" / "demo-shapes.safetensors")
+
+
+def build(root: Path, demo: Path, monkeypatch: pytest.MonkeyPatch, **overrides):
+    monkeypatch.setattr("sdweb.services.factory.DEMO_CHECKPOINT", demo)
+    engine = FakeEngine()
+    services = build_services(make_settings(root, **overrides), engine_factory=lambda _s: engine)
+    return services, engine
+
+
+def test_with_no_checkpoint_the_demo_is_selected_and_labelled(tmp_path: Path, demo_file: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    services, engine = build(tmp_path / "data", demo_file, monkeypatch)
+    try:
+        [info] = services.models.list_checkpoints()
+        assert info.demo and info.name == "demo-shapes.safetensors"
+        services.models.load_selected(wait=True)
+        status = services.models.status()
+        assert status.state == "ready" and status.is_demo
+        assert engine.loaded == [info.title]
+    finally:
+        services.worker.close()
+
+
+def test_the_users_own_checkpoint_wins_over_the_demo(tmp_path: Path, demo_file: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    write_tiny_sd1(root / "models" / "Stable-diffusion" / "zzz-mine.safetensors")
+    services, _ = build(root, demo_file, monkeypatch)
+    try:
+        names = [info.name for info in services.models.list_checkpoints()]
+        assert names == ["zzz-mine.safetensors", "demo-shapes.safetensors"]
+        assert services.models.selected_title().startswith("zzz-mine.safetensors")
+    finally:
+        services.worker.close()
+
+
+def test_skip_demo_model_leaves_an_empty_list_with_a_hint(tmp_path: Path, demo_file: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    services, _ = build(tmp_path / "data", demo_file, monkeypatch, skip_demo_model=True)
+    try:
+        assert services.models.list_checkpoints() == []
+        services.models.load_selected(wait=True)
+        status = services.models.status()
+        assert status.state == "none" and "models" in status.message and "Stable-diffusion" in status.message
+    finally:
+        services.worker.close()
+
+
+def test_a_failed_switch_keeps_the_selected_model(tmp_path: Path, demo_file: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    services, _ = build(tmp_path / "data", demo_file, monkeypatch)
+    try:
+        services.models.load_selected(wait=True)
+        before = services.options.get("sd_model_checkpoint")
+        with pytest.raises(LookupError):
+            services.models.select("no-such-model")
+        assert services.options.get("sd_model_checkpoint") == before
+    finally:
+        services.worker.close()
