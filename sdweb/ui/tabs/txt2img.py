@@ -611,15 +611,17 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
 
     async def _finish(job: Any) -> Any:
         hide_preview = gr.update(value=None, visible=False)
+        if job.task is not None and job.task.cancelled:
+            # Interrupted while still queued: it never reached the GPU.
+            yield {
+                progress: note_html("Interrupted before it started; nothing was made."),
+                message: "",
+                preview: hide_preview,
+            }
+            return
         try:
             result = job.wait(timeout=0)
         except GenerationError as exc:
-            if job.task is not None and job.task.cancelled:
-                yield {
-                    progress: note_html("Interrupted before it started; nothing was made."),
-                    preview: hide_preview,
-                }
-                return
             gr.Warning(exc.message)
             yield {progress: error_html(exc.message), preview: hide_preview}
             return
