@@ -77,6 +77,20 @@ class GenerationParams(BaseModel):
         return self.model_copy(update={"seed": seed, "subseed": subseed})
 
 
+class Img2ImgParams(GenerationParams):
+    """One img2img request: a txt2img request plus how the init images are used (A1111 field names).
+
+    The init images themselves travel beside the request (``submit_img2img(params, images)``), not
+    in it: a frozen, JSON-serialisable request is what history stores and extensions receive.
+    ``width``/``height`` are the output size the init images are fitted to.
+    """
+
+    #: 0 keeps the init image (up to the VAE round trip), 1 ignores it; A1111's default 0.75.
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    #: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale).
+    resize_mode: int = Field(0, ge=0, le=3)
+
+
 def format_validation_error(error: ValidationError) -> str:
     """One line per problem, each naming the field: ``steps: Input should be less than or equal to 150``."""
     lines = []

@@ -1,0 +1,227 @@
+"""img2img: the txt2img loop started part-way, from init images instead of pure noise.
+
+This module owns what differs from txt2img (``sdweb.engine.generate``), and only that:
+
+1. The init images are flattened (transparency onto white, as A1111) and fitted to the request's
+   size with its resize mode (``sdweb.images.resize``), in Pillow, before the VAE sees them.
+2. Each is encoded with the VAE: the latent distribution's *mean*, times ``scaling_factor`` (minus
+   ``shift_factor`` first where the VAE has one). A1111 draws a sample from the distribution with the
+   global RNG; the mean makes the same request give the same image (the difference is far below what
+   the noise adds). Resize mode 3 encodes the image at its own size and resizes the latents
+   (bilinear, as A1111).
+3. Denoising strength picks where the schedule starts, with diffusers' ``get_timesteps`` convention:
+   ``int(steps * strength)`` steps are run, the last ones of the full ``steps`` schedule; the seed's
+   noise (``sdweb.engine.seeds``: same seeds, same noise as txt2img) is added to the init latents at
+   the first of them (``scheduler.add_noise``; ``init + sigma * noise`` for function samplers).
+   Strength 0 runs no step and returns the init images through the VAE; strength 1 runs them all
+   from (almost) pure noise.
+
+Prompt encoding (A1111's grammar), guidance, progress, previews, interrupt/skip, tiling and decoding
+are the txt2img loop's own: :class:`_Img2Img` extends its runner and replaces only the sampling of a
+batch. Progress counts the steps actually run.
+
+Several init images: image *i* of every batch starts from init image *i*; one init image is used for
+the whole batch. A1111 shrinks the batch to the number of images given; the service does that
+before the engine (here the count must be 1 or ``batch_size``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdweb.engine.generate import LoadedModelLike, _Txt2Img, preview_image
+from sdweb.engine.samplers.functions import DiffusersDenoiser
+from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
+from sdweb.engine.seeds import BatchNoise, create_batch_noise
+from sdweb.images.resize import flatten_alpha, latent_upscale_source_size, resize_image
+from sdweb.params import EngineRun, Img2ImgParams, JobControl, StepProgress
+
+logger = logging.getLogger(__name__)
+
+#: Largest side an init image is VAE-encoded at in resize mode 3 (the request size limit).
+MAX_LATENT_UPSCALE_SOURCE_SIDE = 2048
+
+
+def img2img_steps(steps: int, denoising_strength: float) -> int:
+    """How many sampling steps an img2img job runs (diffusers' ``get_timesteps``; A1111's default)."""
+    return min(int(steps * denoising_strength), steps)
+
+
+def run_img2img(
+    model: LoadedModelLike,
+    params: Img2ImgParams,
+    init_images: Sequence[Image.Image],
+    *,
+    samplers: SamplerRegistry,
+    control: JobControl,
+    on_step: Callable[[StepProgress], None],
+    preview_every: int = 0,
+    extra_networks: Any = None,
+) -> EngineRun:
+    """Make ``params.batch_size * params.n_iter`` images from ``init_images``; see the module docstring.
+
+    ``params`` must be resolved as for :func:`sdweb.engine.generate.run_txt2img`. ``init_images`` are
+    PIL images of any size and mode: one for every image of a batch, or ``batch_size`` of them.
+    ``extra_networks`` (LoRA, embeddings) is handed to the txt2img loop as it is.
+    """
+    with torch.inference_mode():
+        return _Img2Img(model, params, init_images, samplers, control, on_step, preview_every,
+                        extra_networks=extra_networks).run()
+
+
+class _Img2Img(_Txt2Img):
+    params: Img2ImgParams
+
+    def __init__(self, model: LoadedModelLike, params: Img2ImgParams, init_images: Sequence[Image.Image],
+                 samplers: SamplerRegistry, control: JobControl, on_step: Callable[[StepProgress], None],
+                 preview_every: int, *, extra_networks: Any = None) -> None:
+        # Passed on only when given, so the loop's own default (none) stays its business.
+        options = {"extra_networks": extra_networks} if extra_networks is not None else {}
+        super().__init__(model, params, samplers, control, on_step, preview_every, **options)
+        self.init_images = list(init_images)
+        self.denoise_steps = img2img_steps(params.steps, params.denoising_strength)
+        self._init_latents: torch.Tensor | None = None
+
+    # -- 1. inputs ---------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        count, batch_size = len(self.init_images), self.params.batch_size
+        if count == 0:
+            raise ValueError("img2img needs an init image")
+        if count not in (1, batch_size):
+            raise ValueError(f"{count} init images for a batch of {batch_size}: give one image, or one per "
+                             "image of the batch")
+        if not isinstance(self.params, Img2ImgParams):
+            raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
+
+    # -- 4. init images -> latents -----------------------------------------------------------
+    def init_latents(self) -> torch.Tensor:
+        """``(batch_size, C, H/8, W/8)`` float32 latents of the init images (encoded once per job)."""
+        if self._init_latents is None:
+            encoded = [self.encode_image(image) for image in self.init_images]
+            latents = torch.cat(encoded)
+            if latents.shape[0] == 1 and self.params.batch_size > 1:
+                latents = latents.repeat(self.params.batch_size, 1, 1, 1)
+            self._init_latents = latents
+        return self._init_latents
+
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        params = self.params
+        scale = int(getattr(self.pipe, "vae_scale_factor", 8))
+        rgb = flatten_alpha(image)
+        if params.resize_mode == 3:
+            size = latent_upscale_source_size(rgb, scale)
+            if max(size) > MAX_LATENT_UPSCALE_SOURCE_SIDE:
+                raise ValueError(f"the init image is {rgb.width}x{rgb.height}; resize mode 3 "
+                                 f"(latent upscale) encodes it at that size, at most "
+                                 f"{MAX_LATENT_UPSCALE_SOURCE_SIDE} a side: "
+                                 "use resize mode 0, 1 or 2 for larger images")
+            fitted = rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
+        else:
+            fitted = resize_image(rgb, params.resize_mode, params.width, params.height)
+        pixels = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0)
+        pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=self.device, dtype=self.vae.dtype)
+        config = self.vae.config
+        latents = self.vae.encode(pixels).latent_dist.mean.float()
+        shift = getattr(config, "shift_factor", None)
+        if shift:
+            latents = latents - shift
+        latents = latents * config.scaling_factor
+        target = (params.height // scale, params.width // scale)
+        if tuple(latents.shape[-2:]) != target:
+            latents = torch.nn.functional.interpolate(latents, size=target, mode="bilinear")
+        return latents
+
+    # -- 4.-7. one batch ---------------------------------------------------------------------
+    def sample_batch(self, seeds: list[int], subseeds: list[int], batch_index: int) -> torch.Tensor:
+        params = self.params
+        init = self.init_latents()
+        # 4. Seeds -> noise, exactly as txt2img draws it.
+        resize = (params.seed_resize_from_w, params.seed_resize_from_h)
+        noise = create_batch_noise(
+            seeds=seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+            seed_resize_from=resize if min(resize) > 0 else None,
+            width=params.width, height=params.height, rng=params.rng or "CPU", device=self.device,
+            channels=int(init.shape[1]), scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)),
+        )
+        if self.denoise_steps == 0:
+            self.check_control()
+            return init.clone()  # strength 0: nothing to denoise
+        # 5. A fresh sampler for this batch.
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        # 6.-7. Denoising from part-way down the schedule.
+        if isinstance(plan, FunctionSamplerPlan):
+            return self.run_function_sampler_from(plan, init, noise, batch_index)
+        return self.run_scheduler_from(plan, init, noise, batch_index)
+
+    def run_scheduler_from(self, plan: SchedulerPlan, init: torch.Tensor, noise: BatchNoise,
+                           batch_index: int) -> torch.Tensor:
+        scheduler = plan.scheduler
+        # 6. The full schedule, then its last denoise_steps steps (diffusers' get_timesteps).
+        plan.set_timesteps(self.params.steps, self.device)
+        order = max(1, int(getattr(scheduler, "order", 1)))
+        start = (self.params.steps - self.denoise_steps) * order
+        timesteps = scheduler.timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        if hasattr(scheduler, "noise_sampler_seed"):
+            scheduler.noise_sampler_seed = list(noise.seeds)
+        step_kwargs = self.step_kwargs(scheduler, noise.generators)
+        latents = scheduler.add_noise(init, noise.latents, timesteps[:1].repeat(init.shape[0]))
+        reported = 0
+        # 7. Denoising loop; prompt editing counts the steps of the full schedule, as A1111's.
+        for i, t in enumerate(timesteps):
+            self.check_control()
+            model_input = scheduler.scale_model_input(latents, t)
+            self.step_index = self.params.steps - self.denoise_steps + reported
+            model_output = self.predict(model_input, t)
+            step = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=True)
+            latents = step.prev_sample
+            done = min(self.denoise_steps, -(-(i + 1) // order))
+            if done != reported:
+                reported = done
+                x0 = getattr(step, "pred_original_sample", None)
+                self.report(done, batch_index, x0 if x0 is not None else latents)
+        return latents
+
+    def run_function_sampler_from(self, plan: FunctionSamplerPlan, init: torch.Tensor, noise: BatchNoise,
+                                  batch_index: int) -> torch.Tensor:
+        sample_fn = plan.sampler.sampling_function()
+        assert sample_fn is not None
+        # 6. The last denoise_steps + 1 sigmas of the full schedule.
+        offset = self.params.steps - self.denoise_steps
+        sigmas = plan.sigmas(self.params.steps)[offset:]
+        self.step_index = offset
+        denoiser = DiffusersDenoiser(self.predict, base_config=plan.base_config, device=self.device)
+
+        def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
+            self.check_control()
+            return denoiser(x, sigma)
+
+        def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+            self.step_index = offset + i + 1
+            self.report(min(i + 1, self.denoise_steps), batch_index, x0)
+            self.check_control()
+
+        extra: dict[str, Any] = {}
+        if self.params.eta is not None and "eta" in inspect.signature(sample_fn).parameters:
+            extra["eta"] = float(self.params.eta)
+        start = init + noise.latents * float(sigmas[0])
+        # 7. Denoising loop (inside the sampling function).
+        return sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
+
+    # -- progress ----------------------------------------------------------------------------
+    def report(self, step: int, batch_index: int, latents: torch.Tensor) -> None:
+        # As the txt2img loop, counting the steps this job runs.
+        preview = None
+        if self.preview_every and step % self.preview_every == 0 and step < self.denoise_steps:
+            preview = preview_image(latents, sdxl=self.is_sdxl)
+        self.on_step(StepProgress(step=step, total_steps=self.denoise_steps, batch_index=batch_index,
+                                  batch_count=self.params.n_iter, preview=preview))
