@@ -8,8 +8,9 @@ steps), honour interrupt and skip, and decode the finished latents to PIL images
 A1111's prompt grammar is applied in A1111's order: ``AND`` parts are stacked in the UNet batch and
 combined with their weights (composable diffusion), prompt editing / alternation switch the
 conditioning between steps (A1111's step counting), emphasis and long prompts are the encoder's
-(``sdweb.engine.encode``). Extra-network tags (``<lora:...>``) must be taken out, and applied, by the
-caller before the loop: one reaching it is an error rather than text fed to CLIP.
+(``sdweb.engine.encode``). Extra-network tags (``<lora:...>``) are taken out of the text and their LoRAs
+applied for the job, embeddings used by name (``sdweb.engine.extra_networks``); without libraries a tag
+is an error rather than text fed to CLIP.
 
 It drives the pipeline's components directly (``unet``, ``vae``, text encoders) rather than calling the
 pipeline, because function samplers, per-step interrupt/skip and previews need the loop; the scheduler
@@ -42,6 +43,7 @@ import torch
 from PIL import Image
 
 from sdweb.engine.encode import PromptEncoder, is_sdxl_pipeline, zero_like
+from sdweb.engine.extra_networks.job import ExtraNetworks, JobNetworks, job_extra_networks
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
@@ -111,6 +113,7 @@ def run_txt2img(
     on_step: Callable[[StepProgress], None],
     preview_every: int = 0,
     output_type: Literal["pil", "latent"] = "pil",
+    extra_networks: ExtraNetworks | None = None,
 ) -> EngineRun:
     """Make ``params.batch_size * params.n_iter`` images; see the module docstring.
 
@@ -121,13 +124,15 @@ def run_txt2img(
     ``(1, C, h, w)`` float32 latents (as diffusers' ``output_type="latent"``).
     """
     with torch.inference_mode():
-        return _Txt2Img(model, params, samplers, control, on_step, preview_every, output_type).run()
+        return _Txt2Img(model, params, samplers, control, on_step, preview_every, output_type,
+                        extra_networks=extra_networks).run()
 
 
 class _Txt2Img:
     def __init__(self, model: LoadedModelLike, params: GenerationParams, samplers: SamplerRegistry,
                  control: JobControl, on_step: Callable[[StepProgress], None], preview_every: int,
-                 output_type: Literal["pil", "latent"] = "pil") -> None:
+                 output_type: Literal["pil", "latent"] = "pil", *,
+                 extra_networks: ExtraNetworks | None = None) -> None:
         if output_type not in ("pil", "latent"):
             raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         self.output_type = output_type
@@ -142,6 +147,9 @@ class _Txt2Img:
         self.vae = model.pipe.vae
         self.device = torch.device(model.device)
         self.is_sdxl = is_sdxl_pipeline(model.pipe)
+        # LoRA tags and embeddings (sdweb.engine.extra_networks); set for the job by run().
+        self.extra_networks = extra_networks
+        self.networks: JobNetworks | None = None
 
     def run(self) -> EngineRun:
         params = self.params
@@ -149,7 +157,8 @@ class _Txt2Img:
         self.check_inputs()
         images: list[GeneratedImage] = []
         interrupted = False
-        with circular_padding(self.unet, self.vae, enabled=params.tiling):
+        with (circular_padding(self.unet, self.vae, enabled=params.tiling),
+              job_extra_networks(self.pipe, params.prompt, self.extra_networks) as self.networks):
             # 2. Encode the prompts, once for the whole job.
             self.encode_prompts()
             for batch_index in range(params.n_iter):
@@ -175,7 +184,8 @@ class _Txt2Img:
                 for i, pixels in enumerate(outputs):
                     images.append(GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
                                                  prompt=params.prompt,
-                                                 negative_prompt=params.negative_prompt))
+                                                 negative_prompt=params.negative_prompt,
+                                                 extra=self.networks.infotext() if self.networks else {}))
         info = getattr(self.model, "info", None)
         return EngineRun(
             images=images,
@@ -209,11 +219,8 @@ class _Txt2Img:
         count so any step's conditioning stacks into one UNet batch.
         """
         params = self.params
-        prompt, calls = strip_extra_networks(params.prompt)
-        if calls:
-            tags = ", ".join(f"<{call.kind}:{':'.join(call.items)}>" for call in calls)
-            raise ValueError(f"extra networks in the prompt are not supported by this engine yet ({tags}); "
-                             "remove the tags to generate without them")
+        # The tags were read, and their LoRAs applied, by job_extra_networks in run().
+        prompt, _calls = strip_extra_networks(params.prompt)
         parts = split_composable_prompt(prompt)
         schedules = get_learned_conditioning_prompt_schedules(
             [text for text, _weight in parts] + [params.negative_prompt], params.steps)
@@ -221,7 +228,8 @@ class _Txt2Img:
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]
         texts = list(dict.fromkeys(text for schedule in schedules for _end, text in schedule))
-        encoder = PromptEncoder(self.pipe, device=self.device, dtype=self.unet.dtype)
+        text_pipe = self.networks.text_pipe if self.networks is not None else self.pipe  # + embeddings
+        encoder = PromptEncoder(text_pipe, device=self.device, dtype=self.unet.dtype)
         encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1))
         self.encoded = dict(zip(texts, encoded, strict=True))
         self.negative_encoded = {

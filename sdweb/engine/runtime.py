@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdweb.engine.encode import count_tokens
+from sdweb.engine.extra_networks.job import ExtraNetworks
 from sdweb.engine.generate import run_txt2img
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.params import EngineRun, GenerationParams, JobControl, StepProgress
@@ -37,6 +38,8 @@ class Engine:
         *,
         runtime: Any,
         options: Any = None,
+        loras: Any = None,
+        embeddings: Any = None,
     ) -> None:
         """Args:
         cache: ``sdweb.engine.models.cache.ModelCache``.
@@ -45,6 +48,8 @@ class Engine:
         samplers: the sampler registry built from the plugins.
         runtime: ``sdweb.engine.devices.RuntimeConfig``.
         options: the ``OptionsStore`` (for ``sd_model_checkpoint`` / ``sd_vae``); None in tests.
+        loras: ``sdweb.engine.extra_networks.lora.LoraLibrary`` (None: ``<lora:...>`` tags are refused).
+        embeddings: ``sdweb.engine.extra_networks.embeddings.EmbeddingLibrary`` (None: no embeddings).
         """
         self._cache = cache
         self._registry = registry
@@ -53,6 +58,7 @@ class Engine:
         self._runtime = runtime
         self._options = options
         self._fallback_tokenizer: Any = None
+        self._networks = ExtraNetworks(loras=loras, embeddings=embeddings)
 
     # -- generation --------------------------------------------------------------------------
     def txt2img(
@@ -68,7 +74,7 @@ class Engine:
         vae = self._vae_path(params.vae, info)
         with self._cache.use(info, vae=vae) as model:
             return run_txt2img(model, params, samplers=self._samplers, control=control, on_step=on_step,
-                               preview_every=preview_every)
+                               preview_every=preview_every, extra_networks=self._networks)
 
     # -- models ------------------------------------------------------------------------------
     def load(self, info: Any) -> Any:
@@ -87,6 +93,25 @@ class Engine:
         described = dict(describe_runtime(self._runtime)) if self._runtime is not None else {}
         described["loaded_models"] = self._cache.loaded()
         return described
+
+    # -- extra networks ----------------------------------------------------------------------
+    @property
+    def extra_networks(self) -> ExtraNetworks:
+        return self._networks
+
+    def embeddings(self) -> dict[str, Any]:
+        """``/sdapi/v1/embeddings``: loaded / skipped (with the reason) for the current model."""
+        from sdweb.engine.extra_networks.embeddings import text_encoder_widths
+
+        library = self._networks.embeddings
+        if library is None:
+            return {"loaded": {}, "skipped": {}}
+        pipe = getattr(self._cache.current, "pipe", None)
+        return library.listing(text_encoder_widths(pipe) if pipe is not None else None)
+
+    def refresh_embeddings(self) -> None:
+        if self._networks.embeddings is not None:
+            self._networks.embeddings.refresh()
 
     def count_tokens(self, text: str) -> tuple[int, int]:
         """``(tokens, limit)`` for the prompt token counter, with the current model's tokenizer."""
@@ -125,9 +150,15 @@ class Engine:
 
 
 def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: SamplerRegistry,
-                  options: Any = None) -> Engine:
-    """Build the engine for the launch ``settings``: runtime, CPU threads, model cache."""
+                  options: Any = None, loras: Any = None) -> Engine:
+    """Build the engine for the launch ``settings``: runtime, CPU threads, model cache, extra networks.
+
+    ``loras``: the service layer's ``LoraLibrary`` (shared, so its listing and the engine agree); built
+    here from ``settings.paths.lora_dir`` when not given.
+    """
     from sdweb.engine.devices import configure_threads, resolve_runtime
+    from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
+    from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.models.cache import ModelCache
     from sdweb.engine.models.loader import load_checkpoint
 
@@ -141,4 +172,8 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
 
     cache = ModelCache(loader, capacity=settings.models_in_memory, offload_device=runtime.parking_device)
     logger.info("engine ready: %s, %s, %s attention", runtime.device, runtime.dtype, runtime.attention)
-    return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options)
+    if loras is None:
+        loras = LoraLibrary(settings.paths.lora_dir)
+    embeddings = EmbeddingLibrary(settings.paths.embeddings_dir, hashes=getattr(loras, "hashes", None))
+    return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
+                  embeddings=embeddings)

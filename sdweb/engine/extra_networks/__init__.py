@@ -1,0 +1,1 @@
+"""Extra networks: LoRA (``<lora:name:weight>`` tags) and textual-inversion embeddings (words)."""
