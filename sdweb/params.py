@@ -90,6 +90,11 @@ class Img2ImgParams(GenerationParams):
     #: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale).
     resize_mode: int = Field(0, ge=0, le=3)
 
+    @property
+    def denoising_steps(self) -> int:
+        """Sampling steps the job runs: the last ``int(steps * strength)`` of the schedule (diffusers')."""
+        return min(int(self.steps * self.denoising_strength), self.steps)
+
 
 def format_validation_error(error: ValidationError) -> str:
     """One line per problem, each naming the field: ``steps: Input should be less than or equal to 150``."""

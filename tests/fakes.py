@@ -38,6 +38,8 @@ class FakeEngine:
     loaded: list[str] = field(default_factory=list)
     fail_with: Exception | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The init images of each img2img call, in call order.
+    init_images: list[list[Any]] = field(default_factory=list)
 
     def load(self, info: Any) -> FakeLoaded:
         self.loaded.append(info.title)
@@ -49,8 +51,23 @@ class FakeEngine:
     def describe(self) -> dict[str, Any]:
         return {"device": "fake", "dtype": "float32", "attention": "none"}
 
-    def txt2img(self, params: GenerationParams, *, control: JobControl, on_step: Any,
+    def img2img(self, params: Any, init_images: Any, *, control: JobControl, on_step: Any,
                 preview_every: int) -> EngineRun:
+        """As txt2img, each image the init image (resized) blended towards its seed's colour by the
+        denoising strength: strength 0 gives the init image back, 1 the txt2img colour."""
+        with self.lock:
+            self.init_images.append(list(init_images))
+        sources = [image.convert("RGB").resize((params.width, params.height)) for image in init_images]
+
+        def make(index: int, seed: int) -> Image.Image:
+            colour = Image.new("RGB", (params.width, params.height), colour_for(seed, params.prompt))
+            return Image.blend(sources[index % len(sources)], colour, params.denoising_strength)
+
+        return self.txt2img(params, control=control, on_step=on_step, preview_every=preview_every,
+                            make_image=make)
+
+    def txt2img(self, params: GenerationParams, *, control: JobControl, on_step: Any,
+                preview_every: int, make_image: Any = None) -> EngineRun:
         with self.lock:
             self.calls.append(params)
         if self.fail_with is not None:
@@ -76,8 +93,11 @@ class FakeEngine:
                 continue
             for index in range(params.batch_size):
                 seed = params.seed + batch * params.batch_size + index
+                size = (params.width, params.height)
+                image = (make_image(index, seed) if make_image is not None
+                         else Image.new("RGB", size, colour_for(seed, params.prompt)))
                 images.append(GeneratedImage(
-                    image=Image.new("RGB", (params.width, params.height), colour_for(seed, params.prompt)),
+                    image=image,
                     seed=seed, subseed=params.subseed + batch * params.batch_size + index,
                     prompt=params.prompt, negative_prompt=params.negative_prompt))
         return EngineRun(images=images, model_name="fake-model", model_hash="0123456789",

@@ -51,7 +51,7 @@ MAX_LATENT_UPSCALE_SOURCE_SIDE = 2048
 
 def img2img_steps(steps: int, denoising_strength: float) -> int:
     """How many sampling steps an img2img job runs (diffusers' ``get_timesteps``; A1111's default)."""
-    return min(int(steps * denoising_strength), steps)
+    return Img2ImgParams(steps=steps, denoising_strength=denoising_strength).denoising_steps
 
 
 def run_img2img(
@@ -82,11 +82,13 @@ class _Img2Img(_Txt2Img):
     def __init__(self, model: LoadedModelLike, params: Img2ImgParams, init_images: Sequence[Image.Image],
                  samplers: SamplerRegistry, control: JobControl, on_step: Callable[[StepProgress], None],
                  preview_every: int, *, extra_networks: Any = None) -> None:
+        if not isinstance(params, Img2ImgParams):
+            raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         # Passed on only when given, so the loop's own default (none) stays its business.
         options = {"extra_networks": extra_networks} if extra_networks is not None else {}
         super().__init__(model, params, samplers, control, on_step, preview_every, **options)
         self.init_images = list(init_images)
-        self.denoise_steps = img2img_steps(params.steps, params.denoising_strength)
+        self.denoise_steps = params.denoising_steps
         self._init_latents: torch.Tensor | None = None
 
     # -- 1. inputs ---------------------------------------------------------------------------
@@ -98,8 +100,6 @@ class _Img2Img(_Txt2Img):
         if count not in (1, batch_size):
             raise ValueError(f"{count} init images for a batch of {batch_size}: give one image, or one per "
                              "image of the batch")
-        if not isinstance(self.params, Img2ImgParams):
-            raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
 
     # -- 4. init images -> latents -----------------------------------------------------------
     def init_latents(self) -> torch.Tensor:

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from sdweb.params import (
     EngineRun,
     GenerationParams,
     GenerationResult,
+    Img2ImgParams,
     JobControl,
     JobProgress,
     StepProgress,
@@ -60,14 +61,28 @@ class EngineLike(Protocol):
         preview_every: int,
     ) -> EngineRun: ...
 
+    def img2img(
+        self,
+        params: Img2ImgParams,
+        init_images: Sequence[Any],
+        *,
+        control: JobControl,
+        on_step: Callable[[StepProgress], None],
+        preview_every: int,
+    ) -> EngineRun: ...
+
 
 class Job:
-    """One queued or running generation request."""
+    """One queued or running generation request (txt2img, or img2img with its init images)."""
 
-    def __init__(self, params: GenerationParams, *, source: str, job_id: str | None = None) -> None:
+    def __init__(self, params: GenerationParams, *, source: str, job_id: str | None = None,
+                 init_images: Sequence[Any] = ()) -> None:
         self.id = job_id or uuid.uuid4().hex
         self.params = params
         self.source = source
+        #: PIL images for an img2img job (``params`` is then an ``Img2ImgParams``); empty for txt2img.
+        self.init_images = list(init_images)
+        self.kind = "img2img" if isinstance(params, Img2ImgParams) else "txt2img"
         self.control = JobControl()
         self.progress = JobProgress(job_id=self.id, job_count=params.n_iter,
                                     sampling_steps=params.steps)
@@ -138,8 +153,14 @@ class GenerationService:
         save_grid: bool | None = None,
         source: str = "ui",
         job_id: str | None = None,
+        init_images: Sequence[Any] = (),
     ) -> Job:
-        """Check the request now (bad sampler, model or style -> GenerationError), then queue it."""
+        """Check the request now (bad sampler, model or style -> GenerationError), then queue it.
+
+        ``init_images`` belong to img2img requests (``Img2ImgParams``): use :meth:`submit_img2img`.
+        """
+        if isinstance(params, Img2ImgParams) != bool(init_images):
+            raise GenerationError("img2img requests need init images, and only they take them")
         if self._validate is not None:
             try:
                 self._validate(params)
@@ -152,7 +173,7 @@ class GenerationService:
                 raise GenerationError(str(exc)) from exc
         if job_id is not None and job_id in self._jobs:
             raise GenerationError(f"task id {job_id!r} is already in use")
-        job = Job(params, source=source, job_id=job_id)
+        job = Job(params, source=source, job_id=job_id, init_images=init_images)
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > FINISHED_JOBS_KEPT:
@@ -161,8 +182,35 @@ class GenerationService:
                     break
                 del self._jobs[oldest_id]
         job.task = self._worker.submit(lambda: self._run(job, save=save, save_grid=save_grid),
-                                       label=f"txt2img {job.id[:8]}")
+                                       label=f"{job.kind} {job.id[:8]}")
         return job
+
+    def submit_img2img(
+        self,
+        params: Img2ImgParams,
+        init_images: Sequence[Any],
+        *,
+        save: bool = True,
+        save_grid: bool | None = None,
+        source: str = "ui",
+        job_id: str | None = None,
+    ) -> Job:
+        """Queue an img2img job on the same GPU queue as txt2img.
+
+        ``init_images`` are PIL images (decoded with ``sdweb.images.metadata``'s size limit). As A1111:
+        one image is used for every image of a batch; several set the batch size to their number, and
+        more images than ``batch_size`` is an error.
+        """
+        images = list(init_images)
+        if not images:
+            raise GenerationError("img2img needs an init image")
+        if len(images) > params.batch_size:
+            raise GenerationError(f"{len(images)} init images for a batch size of {params.batch_size}: "
+                                  "give at most batch_size images (each makes one image of the batch)")
+        if len(images) > 1:
+            params = params.model_copy(update={"batch_size": len(images)})
+        return self.submit(params, save=save, save_grid=save_grid, source=source, job_id=job_id,
+                           init_images=images)
 
     def generate(self, params: GenerationParams, **kwargs: Any) -> GenerationResult:
         """Submit and wait: the blocking form the CLI and the API use."""
@@ -249,7 +297,8 @@ class GenerationService:
         params = self._prepare(job.params)
         job.params = params
         job.progress.job_count = params.n_iter
-        job.progress.sampling_steps = params.steps
+        job.progress.sampling_steps = (params.denoising_steps if isinstance(params, Img2ImgParams)
+                                       else params.steps)
 
         # 2. Run the engine, reporting each step to the job and to extensions.
         def on_step(step: StepProgress) -> None:
@@ -266,8 +315,12 @@ class GenerationService:
         preview_every = 0
         if self._options.get("live_previews_enable"):
             preview_every = int(self._options.get("show_progress_every_n_steps"))
-        run = self._engine().txt2img(params, control=job.control, on_step=on_step,
-                                     preview_every=preview_every)
+        if isinstance(params, Img2ImgParams):
+            run = self._engine().img2img(params, job.init_images, control=job.control, on_step=on_step,
+                                         preview_every=preview_every)
+        else:
+            run = self._engine().txt2img(params, control=job.control, on_step=on_step,
+                                         preview_every=preview_every)
 
         # 3. Infotext, save, grid, history.
         return self._record(params, run, save=save, save_grid=save_grid)
@@ -299,6 +352,10 @@ class GenerationService:
         from sdweb.images.infotext import build_infotext
 
         extra: dict[str, Any] = {}
+        kind = "txt2img"
+        if isinstance(params, Img2ImgParams):
+            kind = "img2img"
+            extra["Denoising strength"] = params.denoising_strength  # A1111 writes it at its place
         if self._plugins is not None:
             for _name, pairs in self._plugins.collect("extra_infotext", params=params):
                 if isinstance(pairs, dict):
@@ -334,7 +391,7 @@ class GenerationService:
             result.extra_generation_params.update(generated.extra)
             if save and self._options.get("samples_save"):
                 path = self._images.save(generated.image, infotext=infotext, seed=generated.seed,
-                                         kind="txt2img", fmt=fmt, jpeg_quality=quality)
+                                         kind=kind, fmt=fmt, jpeg_quality=quality)
                 result.paths.append(str(path))
                 if self._plugins is not None:
                     self._plugins.notify("after_image_saved", path=str(path), params=params,
@@ -342,7 +399,7 @@ class GenerationService:
         want_grid = self._options.get("grid_save") if save_grid is None else save_grid
         if save and want_grid and len(result.images) > 1:
             grid = self._images.save_grid(result.images, infotext=result.infotexts[0],
-                                          seed=result.seeds[0], kind="txt2img", fmt=fmt)
+                                          seed=result.seeds[0], kind=kind, fmt=fmt)
             result.grid_path = str(grid)
         if self._history is not None and result.images:
             result.history_id = self._add_history(result)
@@ -353,8 +410,16 @@ class GenerationService:
 
         try:
             thumbnail = _thumbnail_png(result.images[0])
+            params = result.params
+            extra: dict[str, Any] = {"interrupted": result.interrupted, "grid_path": result.grid_path}
+            if isinstance(params, Img2ImgParams):
+                # History restores txt2img requests; the img2img fields (not the init image) go beside.
+                extra.update(kind="img2img", denoising_strength=params.denoising_strength,
+                             resize_mode=params.resize_mode)
+                params = GenerationParams.model_validate(
+                    params.model_dump(include=set(GenerationParams.model_fields)))
             entry = HistoryEntry(
-                params=result.params,
+                params=params,
                 seeds=list(result.seeds),
                 subseeds=list(result.subseeds),
                 model_title=result.model_name,
@@ -362,7 +427,7 @@ class GenerationService:
                 output_paths=list(result.paths),
                 infotexts=list(result.infotexts),
                 thumbnail=thumbnail,
-                extra={"interrupted": result.interrupted, "grid_path": result.grid_path},
+                extra=extra,
             )
             return int(self._history.add(entry))
         except Exception:  # history must never cost the user their images
