@@ -10,7 +10,7 @@ helper that builds the runtime, the thread count and the cache from the launch s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from sdweb.engine.encode import count_tokens
 from sdweb.engine.extra_networks.job import ExtraNetworks
 from sdweb.engine.generate import run_txt2img
 from sdweb.engine.samplers.registry import SamplerRegistry
-from sdweb.params import EngineRun, GenerationParams, JobControl, StepProgress
+from sdweb.params import EngineRun, GenerationParams, Img2ImgParams, JobControl, StepProgress
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,24 @@ class Engine:
         with self._cache.use(info, vae=vae) as model:
             return run_txt2img(model, params, samplers=self._samplers, control=control, on_step=on_step,
                                preview_every=preview_every, extra_networks=self._networks)
+
+    def img2img(
+        self,
+        params: Img2ImgParams,
+        init_images: Sequence[Any],
+        *,
+        control: JobControl,
+        on_step: Callable[[StepProgress], None],
+        preview_every: int = 0,
+    ) -> EngineRun:
+        """img2img from ``init_images`` (PIL images) on the request's checkpoint; as :meth:`txt2img`."""
+        from sdweb.engine.img2img import run_img2img
+
+        info = self._checkpoint(params.checkpoint)
+        vae = self._vae_path(params.vae, info)
+        with self._cache.use(info, vae=vae) as model:
+            return run_img2img(model, params, init_images, samplers=self._samplers, control=control,
+                               on_step=on_step, preview_every=preview_every, extra_networks=self._networks)
 
     # -- models ------------------------------------------------------------------------------
     def load(self, info: Any) -> Any:

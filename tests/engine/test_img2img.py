@@ -156,3 +156,14 @@ def test_interrupt_keeps_finished_batches(sd1_model, samplers) -> None:
     run = run_img2img(sd1_model, img_params(n_iter=3), [_gradient()], samplers=samplers, control=control,
                       on_step=stop_in_second_batch)
     assert run.interrupted and len(run.images) == 1
+
+
+def test_engine_runs_img2img_on_the_requested_checkpoint_held_for_the_job(sd1_model, samplers) -> None:
+    from tests.engine.test_runtime import _engine
+
+    engine, cache, registry = _engine(sd1_model, samplers, sd_vae="Automatic")
+    held: list[bool] = []
+    run = engine.img2img(img_params(checkpoint="other"), [_gradient()], control=JobControl(),
+                         on_step=lambda _: held.append(cache.in_use))
+    assert registry.found == ["other"] and run.model_hash == "feedc0ffee"
+    assert held and all(held) and len(run.images) == 1
