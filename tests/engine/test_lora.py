@@ -130,7 +130,8 @@ def test_bad_tags_are_errors(networks: ExtraNetworks) -> None:
 def test_lora_hashes_in_the_infotext(sd1_model: TinyModel, samplers: SamplerRegistry, networks: ExtraNetworks,
                                      lora_dir: Path) -> None:
     run = run_txt2img(sd1_model, tiny_params(prompt="a cat <lora:add_detail:0.8>, <lora:style:1>"),
-                      samplers=samplers, control=JobControl(), on_step=lambda _: None, extra_networks=networks)
+                      samplers=samplers, control=JobControl(), on_step=lambda _: None,
+                      extra_networks=networks)
     detail = lora_hash(lora_dir / "detail.safetensors")
     style = lora_hash(lora_dir / "styles" / "style.safetensors")
     assert len(detail) == 12 and detail != style

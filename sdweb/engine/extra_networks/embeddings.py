@@ -26,6 +26,7 @@ hex of the sha256 of the whole file, as A1111 writes it.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -239,8 +240,13 @@ def load_embedding(path: Path) -> Embedding:
             data: Any = load_file(str(path), device="cpu")
         else:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise EmbeddingError(f"cannot be loaded safely: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False; we never do that, so say what is wrong instead.
+        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        raise EmbeddingError("refused: not a plain-tensor file; a pickle that needs more than tensors "
+                             f"could run code ({detail[0][:120] if detail else 'unreadable'})") from exc
+    except Exception as exc:  # torch and safetensors raise RuntimeError, EOFError... for bad files
+        raise EmbeddingError(f"cannot be read: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(data, Mapping):
         raise EmbeddingError(f"not an embedding: the file holds a {type(data).__name__}, not a dict")
     vectors = _vectors_of(data)
