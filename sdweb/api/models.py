@@ -318,6 +318,8 @@ class EmbeddingItem(BaseModel):
     sd_checkpoint_name: str | None = None
     shape: int
     vectors: int
+    #: Only for skipped embeddings: why it is not used with the current model (not in A1111's API).
+    reason: str | None = None
 
 
 class EmbeddingsResponse(BaseModel):

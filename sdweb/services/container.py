@@ -42,6 +42,8 @@ class AppServices:
     installer: Any = None
     #: Restarts the server process cleanly (the Extensions tab's button).
     restart: Callable[[], None] = field(default=lambda: None)
+    #: ``sdweb.engine.extra_networks.lora.LoraLibrary`` (torch-free listing of models/Lora); None in tests.
+    loras: Any = None
     #: Counts tokens for the UI counter: ``(text) -> (tokens, limit)``; None until the engine is up.
     token_counter: Callable[[str], tuple[int, int]] | None = None
     version: str = __version__

@@ -187,6 +187,21 @@ class ModelService:
         self.unload()
         return self.select(title)
 
+    def embeddings(self) -> dict[str, Any]:
+        """``{loaded: {name: item}, skipped: {name: item + reason}}`` for the current model.
+
+        Reading embedding files needs torch, so this starts the engine (once).
+        """
+        listing = getattr(self._engine(), "embeddings", None)
+        return dict(listing()) if listing is not None else {"loaded": {}, "skipped": {}}
+
+    def refresh_embeddings(self) -> None:
+        """Rescan the embeddings folder (before the engine exists there is nothing to rescan)."""
+        if self._engine.started:
+            refresh = getattr(self._engine(), "refresh_embeddings", None)
+            if refresh is not None:
+                refresh()
+
     def runtime_description(self) -> dict[str, Any]:
         """Device, precision and attention backend, once the engine exists."""
         if not self._engine.started:
