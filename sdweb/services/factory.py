@@ -117,10 +117,19 @@ def build_services(
     generation = GenerationService(worker=worker, engine=engine, options=options, images=images,
                                    history=history, styles=styles, plugins=plugins, validate=validate,
                                    default_checkpoint=models.selected_title)
+
+    def count_tokens(text: str) -> tuple[int, int]:
+        # The UI's token counter, with the loaded model's tokenizer; only once the engine is up, so that
+        # typing a prompt never is what imports torch (the UI estimates until then).
+        if not engine.started:
+            raise LookupError("the tokenizer loads with the engine")
+        return engine().count_tokens(text)
+
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
+        token_counter=count_tokens,
     )
     holder["services"] = services
     return services

@@ -46,6 +46,10 @@ def test_a_real_image_carries_the_checkpoint_hash_and_pnginfo_finds_the_checkpoi
     assert info.shorthash and page.locator("#sdweb-model-status[data-state=ready]").count() == 1
 
     page.fill("#txt2img-prompt textarea", "a lighthouse")
+    # The engine is up: the counter uses the model's own tokenizer (no "~" estimate).
+    counter = page.locator("#txt2img-prompt-tokens .sdweb-tokens:not([title^=estimated])")
+    counter.wait_for()
+    assert counter.inner_text().strip() == "2/75"  # "a", "lighthouse"
     for selector, value in (("#txt2img-width", 64), ("#txt2img-height", 64), ("#txt2img-steps", 2)):
         set_number(page, f"{selector} input[type=number]", value)
     set_number(page, "#txt2img-seed input", 11)

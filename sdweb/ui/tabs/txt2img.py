@@ -77,8 +77,10 @@ def token_counter_text(
         try:
             tokens, limit = counter(text)
             return _counter_html(tokens, limit, estimated=False)
+        except LookupError:
+            pass  # the engine (and its tokenizer) is not up yet
         except Exception:  # the counter is a convenience; never let it break typing
-            logger.exception("token counter failed")
+            logger.debug("token counter failed; estimating", exc_info=True)
     try:
         texts = texts_for_token_count(text, int(steps or 1), negative=negative) or [text]
     except Exception:  # noqa: BLE001 - half-typed syntax: estimate the raw text
