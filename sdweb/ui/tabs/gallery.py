@@ -2,8 +2,8 @@
 
 Only one page (:data:`PER_PAGE` files) is listed and sent to the browser at a time, so a folder of
 10,000 images opens as fast as one of ten. Every path the tab touches comes from the image store's
-own listing (kept server-side in ``gr.State``) and is re-checked by ``ImageStore.resolve`` before it
-is read or deleted: the browser never names a file.
+own listing, kept server-side in ``gr.State`` (the browser never names a file), and a delete goes
+through ``ImageStore.delete``'s path gate once more.
 """
 
 from __future__ import annotations
