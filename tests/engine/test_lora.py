@@ -183,3 +183,6 @@ def test_library_items_have_the_a1111_shape(networks: ExtraNetworks, lora_dir: P
     assert "new" not in networks.loras.names()
     networks.loras.refresh()
     assert "new" in networks.loras.names()
+    # A tag naming a file added since the last scan finds it without a refresh.
+    (lora_dir / "newer.safetensors").write_bytes((lora_dir / "detail.safetensors").read_bytes())
+    assert networks.loras.find("newer").path == lora_dir / "newer.safetensors"

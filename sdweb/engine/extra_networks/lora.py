@@ -134,17 +134,13 @@ class LoraLibrary:
         Raises:
             LoraError: nothing matches; the message lists some known names.
         """
-        files = self.files()
-        by_name = {file.name: file for file in files}
-        if name in by_name:
-            return by_name[name]
-        for file in files:
-            if file.alias == name:
-                return file
-        folded = [file for file in files if file.name.lower() == name.lower()]
-        if folded:
-            return folded[0]
-        raise LoraError(self._unknown_message(name, files))
+        found = _match(name, self.files())
+        if found is None:
+            # A file dropped in since the last scan works without pressing refresh.
+            found = _match(name, self.refresh())
+        if found is None:
+            raise LoraError(self._unknown_message(name, self.files()))
+        return found
 
     def hash(self, file: LoraFile) -> str:
         """The 12-hex "Lora hashes" value of ``file`` (cached on disk when a HashCache was given)."""
@@ -175,6 +171,17 @@ class LoraLibrary:
         shown = ", ".join(names[:KNOWN_NAMES_SHOWN])
         more = f" (and {len(names) - KNOWN_NAMES_SHOWN} more)" if len(names) > KNOWN_NAMES_SHOWN else ""
         return f"LoRA {name!r} not found in {self._folder}; known: {shown}{more}"
+
+
+def _match(name: str, files: Sequence[LoraFile]) -> LoraFile | None:
+    by_name = {file.name: file for file in files}
+    if name in by_name:
+        return by_name[name]
+    for file in files:
+        if file.alias == name:
+            return file
+    folded = [file for file in files if file.name.lower() == name.lower()]
+    return folded[0] if folded else None
 
 
 def lora_requests(calls: Sequence[ExtraNetworkCall], library: LoraLibrary) -> list[LoraRequest]:
