@@ -132,12 +132,16 @@ class Txt2ImgRequest(BaseModel):
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    """``POST /sdapi/v1/img2img`` (not supported yet: answered with 501)."""
+    """``POST /sdapi/v1/img2img``: the txt2img fields plus A1111's img2img ones (inpainting: 422 yet)."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, title="StableDiffusionProcessingImg2Img")
 
-    init_images: list[str] | None = None
-    resize_mode: int | None = 0
+    init_images: list[str] | None = Field(None, max_length=16, description="Base64 images (PNG, JPEG, "
+                                          "WEBP); one for the whole batch or one per image of the batch.")
+    denoising_strength: float | None = Field(0.75, ge=0.0, le=1.0,
+                                             description="0 keeps the init image, 1 ignores it.")
+    resize_mode: int | None = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, "
+                                    "2 resize and fill, 3 just resize (latent upscale).")
     image_cfg_scale: float | None = None
     mask: str | None = None
     mask_blur_x: int | None = 4

@@ -44,7 +44,11 @@ ExtrasResizeMode = Literal[0, 1]
 
 
 class UpscaleError(ValueError):
-    """An upscale request that cannot be done (unknown upscaler, size out of range); says why."""
+    """An upscale request that cannot be done (size or factor out of range); says why."""
+
+
+class UnknownUpscalerError(UpscaleError):
+    """No upscaler by that name (the message lists the known ones)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def find_upscaler(name: str) -> str:
     for known in _FILTERS:
         if known.lower() == name.strip().lower():
             return known
-    raise UpscaleError(f"upscaler {name!r} not found; known: {', '.join(_FILTERS)} "
+    raise UnknownUpscalerError(f"upscaler {name!r} not found; known: {', '.join(_FILTERS)} "
                        "(model upscalers such as ESRGAN are not supported yet)")
 
 

@@ -1,0 +1,158 @@
+"""The API requests that carry images: img2img and the Extras (upscaling) routes.
+
+This module owns turning their A1111 fields into our typed calls, and every refusal they need, so that
+:mod:`sdweb.api.router` only queues and answers:
+
+* img2img: ``init_images`` (base64, decoded with the decompression-bomb limit of
+  :mod:`sdweb.images.metadata`), ``denoising_strength`` and ``resize_mode`` on top of the txt2img
+  fields (:class:`sdweb.params.Img2ImgParams`); inpainting fields (``mask``, ``latent_mask``) and
+  ``initial_noise_multiplier`` other than 1 are refused with 422, never silently dropped.
+* Extras: ``upscaler_1`` (and ``upscaler_2`` blended in at ``extras_upscaler_2_visibility``), "scale
+  by" (``upscaling_resize``) or "scale to" (``upscaling_resize_w/h``, ``upscaling_crop``), with the
+  built-in Pillow upscalers (:mod:`sdweb.images.upscale`). These need no GPU, so they run in the
+  request's thread rather than on the GPU queue. Face restoration is refused with 422.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+
+from sdweb.api.errors import ApiError, describe_validation_errors
+from sdweb.api.models import ExtrasBaseRequest, Img2ImgRequest
+from sdweb.images.metadata import ImageDecodeError, decode_base64_image, read_image_metadata
+from sdweb.images.upscale import UnknownUpscalerError, UpscaleError, upscale_image
+from sdweb.params import GenerationParams, Img2ImgParams
+
+logger = logging.getLogger(__name__)
+
+#: Most init images one img2img request may carry (each makes one image of the batch; batch_size <= 16).
+MAX_INIT_IMAGES = 16
+#: Most images one extra-batch-images request may carry.
+MAX_EXTRAS_BATCH = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# img2img
+# ---------------------------------------------------------------------------------------------
+
+
+def refuse_unsupported_img2img(request: Img2ImgRequest) -> None:
+    """422 for img2img fields that would change the image and that we cannot honour yet."""
+    problems: list[str] = []
+    if request.mask:
+        problems.append("mask: inpainting is not supported yet; send img2img without a mask")
+    if request.latent_mask:
+        problems.append("latent_mask: inpainting is not supported yet")
+    if request.initial_noise_multiplier not in (None, 1.0):
+        problems.append(f"initial_noise_multiplier: only 1 is supported yet (got "
+                        f"{request.initial_noise_multiplier})")
+    if problems:
+        raise ApiError(422, "; ".join(problems))
+
+
+def decode_images(encoded: Sequence[str], field: str) -> list[Image.Image]:
+    """Base64 images as loaded PIL images; a bad one -> 400 naming ``field[index]`` and the problem."""
+    images = []
+    for index, text in enumerate(encoded):
+        try:
+            images.append(decode_base64_image(text))
+        except ImageDecodeError as exc:
+            raise ApiError(400, f"{field}[{index}]: {exc}") from exc
+    return images
+
+
+def init_images_of(request: Img2ImgRequest) -> list[Image.Image]:
+    """The request's init images, decoded (at least one, at most :data:`MAX_INIT_IMAGES`)."""
+    encoded = [text for text in (request.init_images or []) if text]
+    if not encoded:
+        raise ApiError(422, "init_images: img2img needs at least one init image (base64 PNG, JPEG or WEBP)")
+    if len(encoded) > MAX_INIT_IMAGES:
+        raise ApiError(422, f"init_images: at most {MAX_INIT_IMAGES} images (got {len(encoded)})")
+    return decode_images(encoded, "init_images")
+
+
+def img2img_params(base: GenerationParams, request: Img2ImgRequest) -> Img2ImgParams:
+    """``base`` (the txt2img fields, as the txt2img route builds them) plus the img2img fields."""
+    values = base.model_dump()
+    given = request.given()
+    for name in ("denoising_strength", "resize_mode"):
+        if name in given:
+            values[name] = getattr(request, name)
+    try:
+        return Img2ImgParams(**values)
+    except ValidationError as exc:
+        detail, errors = describe_validation_errors(list(exc.errors()))
+        raise ApiError(422, detail, errors=errors) from exc
+
+
+def img2img_echo(request: Img2ImgRequest) -> dict[str, Any]:
+    """``parameters`` of the response: as A1111, the init images and mask only with include_init_images."""
+    echo = request.echo()
+    if not request.include_init_images:
+        echo["init_images"] = None
+        echo["mask"] = None
+    return echo
+
+
+# ---------------------------------------------------------------------------------------------
+# Extras
+# ---------------------------------------------------------------------------------------------
+
+
+def refuse_unsupported_extras(request: ExtrasBaseRequest) -> None:
+    problems = []
+    if request.gfpgan_visibility:
+        problems.append("gfpgan_visibility: face restoration is not supported yet; send 0")
+    if request.codeformer_visibility:
+        problems.append("codeformer_visibility: face restoration is not supported yet; send 0")
+    if not 0 <= request.extras_upscaler_2_visibility <= 1:
+        problems.append(f"extras_upscaler_2_visibility: must be between 0 and 1 "
+                        f"(got {request.extras_upscaler_2_visibility})")
+    if problems:
+        raise ApiError(422, "; ".join(problems))
+
+
+def upscale_for_extras(image: Image.Image, request: ExtrasBaseRequest) -> tuple[Image.Image, str]:
+    """``(upscaled image, info text)`` for one Extras image; bad values -> 400/422 naming the field."""
+    options: dict[str, Any] = dict(mode=request.resize_mode, factor=request.upscaling_resize,
+                                   to_width=request.upscaling_resize_w, to_height=request.upscaling_resize_h,
+                                   crop=request.upscaling_crop)
+    try:
+        result = upscale_image(image, upscaler=request.upscaler_1, **options)
+        second = request.upscaler_2 or "None"
+        visibility = float(request.extras_upscaler_2_visibility)
+        if second != "None" and visibility > 0:
+            other = upscale_image(image, upscaler=second, **options)
+            if other.size == result.size:  # "None" as the first upscaler leaves the size as it was
+                result = Image.blend(result.convert(other.mode), other, visibility)
+    except UnknownUpscalerError as exc:
+        raise ApiError(400, f"upscaler_1/upscaler_2: {exc}") from exc
+    except UpscaleError as exc:
+        raise ApiError(422, str(exc)) from exc
+    return result, _extras_info(request, result)
+
+
+def _extras_info(request: ExtrasBaseRequest, result: Image.Image) -> str:
+    # A1111's postprocessing infotext keys.
+    if (request.upscaler_1 or "None") == "None":
+        return ""
+    if request.resize_mode == 1:
+        pairs = [f"Postprocess upscale to: {request.upscaling_resize_w}x{request.upscaling_resize_h}"]
+        if request.upscaling_crop:
+            pairs.append(f"Postprocess crop to: {result.width}x{result.height}")
+    else:
+        pairs = [f"Postprocess upscale by: {request.upscaling_resize:g}"]
+    pairs.append(f"Postprocess upscaler: {request.upscaler_1}")
+    if (request.upscaler_2 or "None") != "None" and request.extras_upscaler_2_visibility > 0:
+        pairs.append(f"Postprocess upscaler 2: {request.upscaler_2}")
+    return ", ".join(pairs)
+
+
+def source_infotext(image: Image.Image) -> str | None:
+    """The generation parameters the source image carried (kept on the upscaled PNG, as A1111)."""
+    return read_image_metadata(image).parameters
