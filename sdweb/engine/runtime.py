@@ -135,6 +135,11 @@ class Engine:
         """``(tokens, limit)`` for the prompt token counter, with the current model's tokenizer."""
         current = self._cache.current
         tokenizer = getattr(getattr(current, "pipe", None), "tokenizer", None)
+        if tokenizer is not None and self._networks.embeddings is not None:
+            from sdweb.engine.extra_networks.embeddings import counting_tokenizer
+
+            # An embedding's name counts as its vectors, as in A1111's counter.
+            tokenizer = counting_tokenizer(current.pipe, self._networks.embeddings)
         if tokenizer is None:
             if self._fallback_tokenizer is None:
                 from transformers import CLIPTokenizer

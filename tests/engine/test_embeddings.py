@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from sdweb.engine.extra_networks.embeddings import (
 from sdweb.engine.extra_networks.job import ExtraNetworks
 from sdweb.engine.generate import run_txt2img
 from sdweb.engine.models.hashes import file_sha256
+from sdweb.engine.runtime import Engine
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.params import JobControl
 from tests.engine.conftest import TinyModel, tiny_params
@@ -163,3 +165,25 @@ def test_sdxl_embedding_on_the_sdxl_model(sdxl_pipe: Any, tmp_path: Path) -> Non
     assert torch.allclose(mine.hidden, plain.hidden, atol=1e-6)
     assert mine.pooled is not None and plain.pooled is not None
     assert torch.allclose(mine.pooled, plain.pooled, atol=1e-6)
+
+
+@dataclass
+class _Cache:
+    current: Any = None
+
+
+def test_engine_lists_embeddings_for_the_current_model_and_counts_their_tokens(
+        sd1_model: TinyModel, samplers: SamplerRegistry, embeddings_dir: Path) -> None:
+    cache = _Cache()
+    engine = Engine(cache, registry=None, vae_registry=None, samplers=samplers, runtime=None,
+                    embeddings=EmbeddingLibrary(embeddings_dir))
+    nothing_loaded = engine.embeddings()
+    assert nothing_loaded["loaded"] == {}
+    assert nothing_loaded["skipped"]["fluffy"]["reason"] == "no model is loaded to check it against"
+    cache.current = sd1_model
+    listing = engine.embeddings()
+    assert sorted(listing["loaded"]) == ["fluffy", "kitty"]
+    assert engine.count_tokens("a fluffy cat") == (3 + 2, 75)  # fluffy: 3 vectors
+    write_a1111_embedding(embeddings_dir / "huge.pt", torch.zeros(80, WIDTH))
+    engine.refresh_embeddings()
+    assert engine.count_tokens("huge") == (80, 150)

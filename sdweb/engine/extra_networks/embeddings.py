@@ -300,6 +300,12 @@ def text_encoder_widths(pipe: Any) -> tuple[int, ...]:
     return tuple(int(encoder.config.hidden_size) for encoder in encoders if encoder is not None)
 
 
+def counting_tokenizer(pipe: Any, library: EmbeddingLibrary) -> Any:
+    """``pipe``'s tokenizer, with the embeddings that fit it counted as their vectors (token counter)."""
+    usable, _skipped = library.split_for(text_encoder_widths(pipe))
+    return EmbeddingTextView(pipe, usable).tokenizer if usable else pipe.tokenizer
+
+
 class EmbeddingTextView:
     """What :class:`~sdweb.engine.encode.PromptEncoder` reads of a pipeline, with embeddings usable.
 
