@@ -1,0 +1,46 @@
+"""img2img (tiled, resized, RGBA input) over the API with the real engine and the tiny SD1 file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from tests.api.test_real_engine import real_api  # noqa: F401 (the fixture)
+
+
+def _b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _image(text: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(text)))
+    image.load()
+    return image
+
+
+def test_img2img_with_the_tiny_model(real_api: str) -> None:  # noqa: F811
+    init = Image.new("RGBA", (100, 60), (200, 40, 40, 255))
+    request = {"prompt": "a lighthouse", "steps": 4, "width": 64, "height": 64, "seed": 11,
+               "sampler_name": "Euler a", "init_images": [_b64(init)], "denoising_strength": 0.5,
+               "tiling": True, "resize_mode": 1}
+    with httpx.Client(timeout=300) as client:
+        first = client.post(f"{real_api}/img2img", json=request)
+        assert first.status_code == 200, first.text
+        again = client.post(f"{real_api}/img2img", json=request).json()
+        kept = client.post(f"{real_api}/img2img", json={**request, "denoising_strength": 0}).json()
+    body = first.json()
+    image = _image(body["images"][0])
+    assert image.size == (64, 64)
+    text = image.info["parameters"]
+    assert "Denoising strength: 0.5" in text and "Tiling: True" in text and "Model hash: " in text
+    assert json.loads(body["info"])["denoising_strength"] == 0.5
+    same = np.asarray(_image(again["images"][0]), dtype=np.int16)
+    assert np.array_equal(np.asarray(image, dtype=np.int16), same)  # same seed, same image
+    assert "Denoising strength: 0, " in _image(kept["images"][0]).info["parameters"]
