@@ -16,7 +16,7 @@ from sdweb.engine.models.hashes import HashCache, lora_hash
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.params import JobControl, StepProgress
 from tests.engine.conftest import TinyModel, tiny_params
-from tests.fixtures.lora import write_tiny_sd1_lora
+from tests.fixtures.lora import kohya_sdxl_text_lora_state, write_tiny_sd1_lora
 
 
 @pytest.fixture()
@@ -46,8 +46,9 @@ def _differ(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _no_adapters(pipe: Any) -> bool:
-    peft_layers = [name for name, module in pipe.unet.named_modules() if hasattr(module, "lora_A")]
-    peft_layers += [name for name, module in pipe.text_encoder.named_modules() if hasattr(module, "lora_A")]
+    components = [pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
+    peft_layers = [name for component in components if component is not None
+                   for name, module in component.named_modules() if hasattr(module, "lora_A")]
     return not any(pipe.get_list_adapters().values()) and not peft_layers
 
 
@@ -186,3 +187,18 @@ def test_library_items_have_the_a1111_shape(networks: ExtraNetworks, lora_dir: P
     # A tag naming a file added since the last scan finds it without a refresh.
     (lora_dir / "newer.safetensors").write_bytes((lora_dir / "detail.safetensors").read_bytes())
     assert networks.loras.find("newer").path == lora_dir / "newer.safetensors"
+
+
+def test_sdxl_text_encoder_lora_on_the_tiny_sdxl_model(sdxl_pipe: Any, samplers: SamplerRegistry,
+                                                       tmp_path: Path) -> None:
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    save_file(kohya_sdxl_text_lora_state(sdxl_pipe, seed=3), str(folder / "xl.safetensors"))
+    networks = ExtraNetworks(loras=LoraLibrary(folder))
+    model = TinyModel(pipe=sdxl_pipe, family="sdxl")
+    plain = _latents(model, samplers, "a cat", networks)
+    with_lora = _latents(model, samplers, "a cat <lora:xl:1>", networks)
+    assert _no_adapters(sdxl_pipe)
+    assert _differ(with_lora, plain) > 1e-3
+    assert _differ(_latents(model, samplers, "a cat <lora:xl:0>", networks), plain) <= 1e-5
+    assert _differ(_latents(model, samplers, "a cat", networks), plain) <= 1e-6
