@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,30 @@ from sdweb.ui.tabs.txt2img import Txt2ImgTab, error_html, infotext_html, note_ht
 logger = logging.getLogger(__name__)
 
 PER_PAGE = 36
-#: The folders of outputs/ the tab offers: label -> (ImageStore kind, grids?).
-FOLDERS: dict[str, tuple[str, bool]] = {
-    "txt2img images": ("txt2img", False),
-    "txt2img grids": ("txt2img", True),
-}
-DEFAULT_FOLDER = "txt2img images"
+#: Folders of outputs/ the tab browses: ``<kind>-images`` and ``<kind>-grids`` (ImageStore's layout).
+_FOLDER_RE = re.compile(r"^([a-z0-9][a-z0-9_]*)-(images|grids)$")
+DEFAULT_FOLDER = "txt2img-images"
+
+
+def parse_folder(folder: str) -> tuple[str, bool]:
+    """``"img2img-grids"`` -> (``"img2img"``, grids=True); anything else is the default folder."""
+    match = _FOLDER_RE.match(folder or "") or _FOLDER_RE.match(DEFAULT_FOLDER)
+    assert match is not None
+    return match.group(1), match.group(2) == "grids"
+
+
+def output_folders(images: Any) -> list[str]:
+    """The image folders outputs/ holds (txt2img's first, even before anything was made)."""
+    found = {DEFAULT_FOLDER}
+    try:
+        found.update(
+            entry.name
+            for entry in Path(images.root).iterdir()
+            if entry.is_dir() and _FOLDER_RE.match(entry.name)
+        )
+    except FileNotFoundError:
+        pass
+    return sorted(found, key=lambda name: (name != DEFAULT_FOLDER, name))
 
 
 @dataclass
@@ -57,7 +76,7 @@ def page_count(total: int, per_page: int = PER_PAGE) -> int:
 
 def load_page(images: Any, folder: str, date: str | None, page: int, per_page: int = PER_PAGE) -> GalleryPage:
     """List one page of ``folder``/``date`` (newest date when ``date`` is None); pages clamp to range."""
-    kind, grids = FOLDERS.get(folder, FOLDERS[DEFAULT_FOLDER])
+    kind, grids = parse_folder(folder)
     dates = list(images.list_dates(kind, grids=grids))
     if not dates:
         return GalleryPage(folder=folder, dates=[])
@@ -96,7 +115,11 @@ def render_gallery_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
 
     with gr.Row():
         kind = gr.Dropdown(
-            label="Folder", choices=list(FOLDERS), value=DEFAULT_FOLDER, scale=2, elem_id="gallery-kind"
+            label="Folder",
+            choices=output_folders(images),
+            value=DEFAULT_FOLDER,
+            scale=2,
+            elem_id="gallery-kind",
         )
         date = gr.Dropdown(label="Date", choices=[], value=None, scale=2, elem_id="gallery-date")
         refresh = gr.Button("↻ Refresh", scale=1, elem_id="gallery-refresh")
@@ -149,6 +172,7 @@ def render_gallery_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
     def show(current: GalleryPage, message: str = "") -> dict[Any, Any]:
         return {
             state: current,
+            kind: gr.update(choices=output_folders(images), value=current.folder),
             date: gr.update(choices=current.dates, value=current.date),
             page_number: current.page,
             summary: html.escape(current.summary),
@@ -164,6 +188,7 @@ def render_gallery_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
 
     outputs = {
         state,
+        kind,
         date,
         page_number,
         summary,
