@@ -267,7 +267,8 @@ def applied_loras(pipe: Any, requests: Sequence[LoraRequest]) -> Iterator[None]:
             state = _load_state_dict(request.file.path)
             adapters.append(adapter)  # before loading: a half-loaded adapter is cleaned up too
             try:
-                pipe.load_lora_weights(state, adapter_name=adapter)
+                with _quiet_load_report():
+                    pipe.load_lora_weights(state, adapter_name=adapter)
             except Exception as exc:
                 raise LoraError(f"LoRA {request.file.path.name} could not be applied to this model: "
                                 f"{exc}") from exc
@@ -283,6 +284,25 @@ def applied_loras(pipe: Any, requests: Sequence[LoraRequest]) -> Iterator[None]:
     finally:
         if adapters:
             _remove_adapters(pipe, adapters)
+
+
+class _DropLoadReport(logging.Filter):
+    """transformers logs a table of every base weight as "MISSING" for each text-encoder LoRA load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    # Only for the load call (jobs run one at a time on the GPU worker); real errors still raise.
+    target = logging.getLogger("transformers.integrations.peft")
+    dropper = _DropLoadReport()
+    target.addFilter(dropper)
+    try:
+        yield
+    finally:
+        target.removeFilter(dropper)
 
 
 def _remove_adapters(pipe: Any, adapters: Sequence[str]) -> None:
