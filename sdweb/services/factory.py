@@ -38,6 +38,7 @@ def build_services(
     restart: Callable[[], None] | None = None,
 ) -> AppServices:
     """Build the container. ``engine_factory(services)`` makes the engine; default: the real one."""
+    from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
     from sdweb.extensions.installer import ExtensionInstaller
@@ -77,10 +78,11 @@ def build_services(
     history = HistoryStore(paths.history_db)
     styles = StyleStore(paths.styles_file)
     demo_files = () if settings.skip_demo_model else (DEMO_CHECKPOINT,)
-    registry = CheckpointRegistry(paths.ckpt_dirs, HashCache(paths.cache_dir / "hashes.json"),
-                                  demo_files=demo_files)
+    hashes = HashCache(paths.cache_dir / "hashes.json")  # one instance: they all write the same file
+    registry = CheckpointRegistry(paths.ckpt_dirs, hashes, demo_files=demo_files)
     registry.refresh()
     vaes = VaeRegistry(paths.vae_dir)
+    loras = LoraLibrary(paths.lora_dir, hashes=hashes)  # torch-free: lists files, checks <lora:> tags
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
     sampler_lock = threading.Lock()
@@ -109,6 +111,7 @@ def build_services(
         if params.scheduler not in registry_.schedule_names():
             known = ", ".join(registry_.schedule_names())
             raise ValueError(f"schedule type {params.scheduler!r} not found; known: {known}")
+        loras.check_prompt(params.prompt)  # unknown LoRA names / tag kinds: before the job is queued
         if params.checkpoint:
             models.find(params.checkpoint)
         elif models.selected_title() is None:
@@ -127,7 +130,7 @@ def build_services(
 
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
-        images=images, history=history, styles=styles, plugins=plugins, samplers=samplers,
+        images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
         token_counter=count_tokens,
     )
@@ -140,4 +143,4 @@ def default_engine_factory(services: AppServices) -> Any:
     from sdweb.engine.runtime import create_engine
 
     return create_engine(services.settings, services.models.registry, services.models.vae_registry,
-                         services.samplers(), services.options)
+                         services.samplers(), services.options, loras=services.loras)
