@@ -54,6 +54,19 @@ class GenerationParams(BaseModel):
     #: None means the setting ``randn_source``.
     rng: RngSource | None = None
     tiling: bool = False
+    # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
+    enable_hr: bool = False
+    #: Upscale factor of the second pass (used when hr_resize_x and hr_resize_y are both 0).
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    #: Second-pass size; one of them 0 keeps the aspect ratio, both set crops to fit (A1111).
+    hr_resize_x: int = Field(0, ge=0, le=4096)
+    hr_resize_y: int = Field(0, ge=0, le=4096)
+    #: "Latent" (and its variants: resize the latents) or a pixel upscaler ("Lanczos", "Nearest", "None").
+    hr_upscaler: str = Field("Latent", min_length=1, max_length=100)
+    #: Sampling steps of the second pass before the denoising strength applies; 0 = ``steps``.
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)
+    #: How much the second pass (hires fix) changes the upscaled image; img2img's strength.
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
 
     @field_validator("width", "height")
     @classmethod
@@ -85,8 +98,9 @@ class Img2ImgParams(GenerationParams):
     ``width``/``height`` are the output size the init images are fitted to.
     """
 
-    #: 0 keeps the init image (up to the VAE round trip), 1 ignores it; A1111's default 0.75.
-    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    # ``denoising_strength`` is GenerationParams': 0 keeps the init image (up to the VAE round trip),
+    # 1 ignores it.
+
     #: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale).
     resize_mode: int = Field(0, ge=0, le=3)
 

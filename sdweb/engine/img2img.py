@@ -81,7 +81,8 @@ class _Img2Img(_Txt2Img):
 
     def __init__(self, model: LoadedModelLike, params: Img2ImgParams, init_images: Sequence[Image.Image],
                  samplers: SamplerRegistry, control: JobControl, on_step: Callable[[StepProgress], None],
-                 preview_every: int, *, extra_networks: Any = None) -> None:
+                 preview_every: int, *, extra_networks: Any = None,
+                 init_latents: torch.Tensor | None = None) -> None:
         if not isinstance(params, Img2ImgParams):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         # Passed on only when given, so the loop's own default (none) stays its business.
@@ -89,12 +90,14 @@ class _Img2Img(_Txt2Img):
         super().__init__(model, params, samplers, control, on_step, preview_every, **options)
         self.init_images = list(init_images)
         self.denoise_steps = params.denoising_steps
-        self._init_latents: torch.Tensor | None = None
+        #: Given by hires fix's latent upscalers: the starting latents, no VAE encoding.
+        self._init_latents: torch.Tensor | None = init_latents
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
         super().check_inputs()
-        count, batch_size = len(self.init_images), self.params.batch_size
+        batch_size = self.params.batch_size
+        count = len(self.init_images) if self._init_latents is None else int(self._init_latents.shape[0])
         if count == 0:
             raise ValueError("img2img needs an init image")
         if count not in (1, batch_size):

@@ -73,6 +73,12 @@ class Engine:
         info = self._checkpoint(params.checkpoint)
         vae = self._vae_path(params.vae, info)
         with self._cache.use(info, vae=vae) as model:
+            if params.enable_hr:
+                from sdweb.engine.hires import run_hires_txt2img
+
+                return run_hires_txt2img(model, params, samplers=self._samplers, control=control,
+                                         on_step=on_step, preview_every=preview_every,
+                                         extra_networks=self._networks)
             return run_txt2img(model, params, samplers=self._samplers, control=control, on_step=on_step,
                                preview_every=preview_every, extra_networks=self._networks)
 

@@ -356,6 +356,8 @@ class GenerationService:
         if isinstance(params, Img2ImgParams):
             kind = "img2img"
             extra["Denoising strength"] = params.denoising_strength  # A1111 writes it at its place
+        elif params.enable_hr:
+            extra.update(_hires_infotext(params))
         if self._plugins is not None:
             for _name, pairs in self._plugins.collect("extra_infotext", params=params):
                 if isinstance(pairs, dict):
@@ -433,6 +435,19 @@ class GenerationService:
         except Exception:  # history must never cost the user their images
             logger.exception("could not record the generation in history")
             return None
+
+
+def _hires_infotext(params: GenerationParams) -> dict[str, Any]:
+    """The hires fix keys A1111 writes, in its order (``Denoising strength`` lands at its own place)."""
+    pairs: dict[str, Any] = {"Denoising strength": params.denoising_strength}
+    if params.hr_resize_x or params.hr_resize_y:
+        pairs["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
+    else:
+        pairs["Hires upscale"] = params.hr_scale
+    if params.hr_second_pass_steps:
+        pairs["Hires steps"] = params.hr_second_pass_steps
+    pairs["Hires upscaler"] = params.hr_upscaler
+    return pairs
 
 
 def _thumbnail_png(image: Any, size: int = 128) -> bytes:

@@ -1,0 +1,189 @@
+"""Hires fix: txt2img at the requested size, upscaled, then an img2img pass at the larger size.
+
+This module owns the two-pass txt2img A1111 calls "Hires. fix" (``enable_hr``):
+
+1. For each of the ``n_iter`` batches, the first pass is plain txt2img at ``width x height``
+   (:func:`sdweb.engine.generate.run_txt2img`, same seeds).
+2. The result is upscaled to the hires size (:func:`hires_size`): a latent upscaler ("Latent",
+   "Latent (nearest)", ... A1111's modes, ``torch.nn.functional.interpolate`` on the latents, no VAE
+   round trip) or a pixel upscaler of :mod:`sdweb.images.upscale` (decode, resize, encode again).
+3. The second pass is img2img (:mod:`sdweb.engine.img2img`) from those, with the same seeds (the noise
+   drawn at the hires size), ``hr_second_pass_steps`` (0 = ``steps``) and ``denoising_strength``.
+
+Progress counts both passes as one run of ``steps + second-pass steps`` per batch. Interrupt keeps the
+finished batches; skip drops the batch being made, in either pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sdweb.engine.generate import LoadedModelLike, run_txt2img
+from sdweb.engine.img2img import _Img2Img
+from sdweb.engine.samplers.registry import SamplerRegistry
+from sdweb.images.resize import resize_image
+from sdweb.images.upscale import find_upscaler
+from sdweb.params import EngineRun, GeneratedImage, GenerationParams, Img2ImgParams, JobControl, StepProgress
+
+logger = logging.getLogger(__name__)
+
+#: A1111's latent upscale modes: name -> (interpolation mode, antialias).
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+#: Largest side of the second pass (as the request size limit, doubled: the hires target).
+MAX_HIRES_SIDE = 4096
+
+
+def hires_size(params: GenerationParams, multiple: int = 8) -> tuple[int, int, int, int]:
+    """``(scaled_w, scaled_h, final_w, final_h)`` of the second pass, A1111's arithmetic.
+
+    ``hr_resize_x/y`` both 0: ``hr_scale`` times the size. One of them set: that side, the other from
+    the aspect ratio. Both set: scale to cover that box, then crop its centre (``final`` < ``scaled``).
+    Sizes are floored to the VAE's grid of ``multiple`` pixels.
+    """
+    width, height = params.width, params.height
+    x, y = params.hr_resize_x, params.hr_resize_y
+    if x == 0 and y == 0:
+        scaled = (int(width * params.hr_scale), int(height * params.hr_scale))
+        final = scaled
+    elif y == 0:
+        scaled = final = (x, x * height // width)
+    elif x == 0:
+        scaled = final = (y * width // height, y)
+    else:
+        if width / height < x / y:
+            scaled = (x, x * height // width)
+        else:
+            scaled = (y * width // height, y)
+        final = (x, y)
+    scaled = (scaled[0] // multiple * multiple, scaled[1] // multiple * multiple)
+    final = (min(final[0], scaled[0]) // multiple * multiple, min(final[1], scaled[1]) // multiple * multiple)
+    if min(final) < multiple or max(scaled) > MAX_HIRES_SIDE:
+        raise ValueError(f"hires fix size {scaled[0]}x{scaled[1]} is out of range (at least {multiple}, at "
+                         f"most {MAX_HIRES_SIDE} pixels a side): change hr_scale or hr_resize_x/y")
+    return scaled[0], scaled[1], final[0], final[1]
+
+
+def check_hires_upscaler(name: str) -> str:
+    """The canonical name of a hires upscaler (latent mode or built-in pixel upscaler), or ValueError."""
+    for mode in LATENT_UPSCALE_MODES:
+        if mode.lower() == name.strip().lower():
+            return mode
+    try:
+        return find_upscaler(name)
+    except ValueError as exc:
+        raise ValueError(f"hr_upscaler {name!r} not found; known: {', '.join(LATENT_UPSCALE_MODES)}, "
+                         "None, Lanczos, Nearest") from exc
+
+
+def run_hires_txt2img(
+    model: LoadedModelLike,
+    params: GenerationParams,
+    *,
+    samplers: SamplerRegistry,
+    control: JobControl,
+    on_step: Callable[[StepProgress], None],
+    preview_every: int = 0,
+    extra_networks: Any = None,
+) -> EngineRun:
+    """txt2img with hires fix (``params.enable_hr``); see the module docstring.
+
+    Images come at the hires size, in seed order, as :func:`sdweb.engine.generate.run_txt2img`'s.
+    """
+    # 1. Check inputs before any model work.
+    upscaler = check_hires_upscaler(params.hr_upscaler)
+    scale = int(getattr(model.pipe, "vae_scale_factor", 8))
+    scaled_w, scaled_h, final_w, final_h = hires_size(params, scale)
+    second_steps = params.hr_second_pass_steps or params.steps
+    second_template = Img2ImgParams(**{
+        **params.model_dump(), "enable_hr": False, "width": final_w, "height": final_h,
+        "steps": second_steps, "n_iter": 1, "resize_mode": 0})
+    run_steps = second_template.denoising_steps
+    total = params.steps + run_steps
+    latent = upscaler in LATENT_UPSCALE_MODES
+    options = {"extra_networks": extra_networks} if extra_networks is not None else {}
+
+    images: list[GeneratedImage] = []
+    interrupted = False
+    last: EngineRun | None = None
+    for batch_index in range(params.n_iter):
+        if control.interrupted:
+            interrupted = True
+            break
+        control.clear_skip()
+        seed = params.seed + batch_index * params.batch_size
+        subseed = params.subseed + batch_index * params.batch_size
+
+        def first_step(step: StepProgress, batch: int = batch_index) -> None:
+            on_step(replace(step, total_steps=total, batch_index=batch, batch_count=params.n_iter))
+
+        def second_step(step: StepProgress, batch: int = batch_index) -> None:
+            on_step(replace(step, step=params.steps + step.step, total_steps=total, batch_index=batch,
+                            batch_count=params.n_iter))
+
+        # 2. First pass.
+        first_params = params.model_copy(update={"enable_hr": False, "n_iter": 1, "seed": seed,
+                                                 "subseed": subseed})
+        first = run_txt2img(model, first_params, samplers=samplers, control=control, on_step=first_step,
+                            preview_every=preview_every, output_type="latent" if latent else "pil",
+                            **options)
+        if first.interrupted:
+            interrupted = True
+            break
+        if not first.images:
+            continue  # skipped
+        # 3. Upscale, then the second pass.
+        second_params = second_template.model_copy(update={"seed": seed, "subseed": subseed})
+        init_images: list[Image.Image] = []
+        init_latents: torch.Tensor | None = None
+        if latent:
+            init_latents = _upscale_latents(torch.cat([item.image for item in first.images]), upscaler,
+                                            (scaled_w // scale, scaled_h // scale),
+                                            (final_w // scale, final_h // scale))
+        else:
+            init_images = [_upscale_pixels(item.image, upscaler, (scaled_w, scaled_h), (final_w, final_h))
+                           for item in first.images]
+        with torch.inference_mode():
+            second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
+                              preview_every, init_latents=init_latents, **options).run()
+        last = second
+        images.extend(second.images)
+        if second.interrupted:
+            interrupted = True
+            break
+    reference = last or EngineRun(images=[])
+    info = getattr(model, "info", None)
+    return EngineRun(images=images, model_name=getattr(info, "model_name", reference.model_name),
+                     model_hash=getattr(info, "shorthash", reference.model_hash),
+                     vae_name=getattr(model, "vae_name", None), vae_hash=getattr(model, "vae_hash", None),
+                     clip_skip=int(params.clip_skip or 1), interrupted=interrupted)
+
+
+def _upscale_latents(latents: torch.Tensor, mode_name: str, scaled: tuple[int, int],
+                     final: tuple[int, int]) -> torch.Tensor:
+    mode, antialias = LATENT_UPSCALE_MODES[mode_name]
+    kwargs: dict[str, Any] = {"antialias": True} if antialias else {}
+    upscaled = torch.nn.functional.interpolate(latents, size=(scaled[1], scaled[0]), mode=mode, **kwargs)
+    left = (scaled[0] - final[0]) // 2
+    top = (scaled[1] - final[1]) // 2
+    return upscaled[:, :, top:top + final[1], left:left + final[0]]
+
+
+def _upscale_pixels(image: Image.Image, upscaler: str, scaled: tuple[int, int],
+                    final: tuple[int, int]) -> Image.Image:
+    # "None" as A1111's: no upscaler model, so plain Lanczos to the size the second pass needs.
+    resample = Image.Resampling.NEAREST if upscaler == "Nearest" else Image.Resampling.LANCZOS
+    upscaled = image.resize(scaled, resample)
+    return upscaled if scaled == final else resize_image(upscaled, 1, *final)

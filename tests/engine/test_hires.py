@@ -1,0 +1,88 @@
+"""Hires fix: target sizes as A1111 computes them, both passes run, seeds and progress as txt2img's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sdweb.engine.generate import run_txt2img
+from sdweb.engine.hires import hires_size, run_hires_txt2img
+from sdweb.params import JobControl, StepProgress
+from tests.engine.conftest import tiny_params
+
+
+def hires_params(**changes: Any):
+    values: dict[str, Any] = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", steps=3,
+                                  denoising_strength=0.5)
+    values.update(changes)
+    return tiny_params(**values)
+
+
+def _run(model, samplers, params, **kwargs):
+    kwargs.setdefault("control", JobControl())
+    kwargs.setdefault("on_step", lambda _: None)
+    return run_hires_txt2img(model, params, samplers=samplers, **kwargs)
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"hr_scale": 2.0}, (128, 128, 128, 128)),
+    ({"hr_scale": 1.3}, (80, 80, 80, 80)),  # 83.2 floored to the 8-pixel grid
+    ({"hr_resize_x": 96}, (96, 96, 96, 96)),
+    ({"hr_resize_y": 120, "width": 128, "height": 64}, (240, 120, 240, 120)),
+    ({"hr_resize_x": 128, "hr_resize_y": 96}, (128, 128, 128, 96)),  # cover the box, crop the centre
+])
+def test_hires_size_is_a1111s(changes, expected) -> None:
+    assert hires_size(hires_params(**changes)) == expected
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Latent (nearest)", "Lanczos", "Nearest", "None"])
+def test_output_has_the_hires_size(upscaler: str, sd1_model, samplers) -> None:
+    run = _run(sd1_model, samplers, hires_params(hr_upscaler=upscaler))
+    assert [item.image.size for item in run.images] == [(96, 96)]
+
+
+def test_second_pass_changes_the_first_and_both_passes_report(sd1_model, samplers) -> None:
+    steps: list[StepProgress] = []
+    params = hires_params(hr_second_pass_steps=4, batch_size=2, n_iter=2)
+    run = _run(sd1_model, samplers, params, on_step=steps.append)
+    # 3 first-pass steps, then int(4 * 0.5) = 2 second-pass steps, per batch.
+    assert [(s.step, s.total_steps, s.batch_index) for s in steps] == [
+        (1, 5, 0), (2, 5, 0), (3, 5, 0), (4, 5, 0), (5, 5, 0),
+        (1, 5, 1), (2, 5, 1), (3, 5, 1), (4, 5, 1), (5, 5, 1)]
+    assert [item.seed for item in run.images] == [1234, 1235, 1236, 1237]
+    alone = _run(sd1_model, samplers, hires_params(hr_second_pass_steps=4, seed=1236)).images[0].image
+    assert np.abs(np.asarray(run.images[2].image, np.int16) - np.asarray(alone, np.int16)).max() <= 1
+    plain = run_txt2img(sd1_model, tiny_params(steps=3), samplers=samplers, control=JobControl(),
+                        on_step=lambda _: None).images[0].image
+    assert plain.size == (64, 64)
+
+
+def test_bad_hires_requests_are_refused_before_any_work(sd1_model, samplers) -> None:
+    calls: list[StepProgress] = []
+    with pytest.raises(ValueError, match="hr_upscaler 'ESRGAN' not found; known: Latent"):
+        _run(sd1_model, samplers, hires_params(hr_upscaler="ESRGAN"), on_step=calls.append)
+    with pytest.raises(ValueError, match="out of range"):
+        _run(sd1_model, samplers, hires_params(width=2048, height=2048, hr_scale=4), on_step=calls.append)
+    assert calls == []
+
+
+def test_interrupt_in_the_second_pass_keeps_earlier_batches(sd1_model, samplers) -> None:
+    control = JobControl()
+
+    def stop(step: StepProgress) -> None:
+        if step.batch_index == 1 and step.step == 4:
+            control.interrupt()
+
+    run = _run(sd1_model, samplers, hires_params(n_iter=3, hr_second_pass_steps=4), control=control,
+               on_step=stop)
+    assert run.interrupted and len(run.images) == 1
+
+
+def test_engine_runs_hires_when_asked(sd1_model, samplers) -> None:
+    from tests.engine.test_runtime import _engine
+
+    engine, _cache, _registry = _engine(sd1_model, samplers, sd_vae="Automatic")
+    run = engine.txt2img(hires_params(checkpoint="other"), control=JobControl(), on_step=lambda _: None)
+    assert run.images[0].image.size == (96, 96)
