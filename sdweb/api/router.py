@@ -655,10 +655,11 @@ class A1111Api:
                 for style in self.services.styles.list()]
 
     def embeddings(self) -> EmbeddingsResponse:
-        return EmbeddingsResponse()  # textual inversion does not exist yet
+        return EmbeddingsResponse.model_validate(self.services.models.embeddings())
 
     def loras(self) -> list[LoraItem]:
-        return []  # LoRA does not exist yet
+        library = self.services.loras
+        return [LoraItem(**item) for item in library.items()] if library is not None else []
 
     def upscalers(self) -> list[UpscalerItem]:
         return [UpscalerItem(name=name, scale=scale) for name, scale in BUILTIN_UPSCALERS]
@@ -701,8 +702,12 @@ class A1111Api:
     def refresh_vae(self) -> None:
         self.services.models.refresh_vaes()
 
-    def refresh_nothing(self) -> None:
-        """LoRA and embeddings do not exist yet: nothing to rescan."""
+    def refresh_loras(self) -> None:
+        if self.services.loras is not None:
+            self.services.loras.refresh()
+
+    def refresh_embeddings(self) -> None:
+        self.services.models.refresh_embeddings()
 
     def unload_checkpoint(self) -> dict[str, Any]:
         self.services.models.unload()
@@ -761,8 +766,8 @@ def make_router(services: AppServices) -> APIRouter:
     add("/memory", api.memory, "GET", MemoryResponse)
     add("/refresh-checkpoints", api.refresh_checkpoints, "POST", None)
     add("/refresh-vae", api.refresh_vae, "POST", None)
-    add("/refresh-loras", api.refresh_nothing, "POST", None)
-    add("/refresh-embeddings", api.refresh_nothing, "POST", None)
+    add("/refresh-loras", api.refresh_loras, "POST", None)
+    add("/refresh-embeddings", api.refresh_embeddings, "POST", None)
     add("/unload-checkpoint", api.unload_checkpoint, "POST", dict[str, Any])
     add("/reload-checkpoint", api.reload_checkpoint, "POST", dict[str, Any])
     return router
