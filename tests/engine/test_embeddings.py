@@ -124,7 +124,14 @@ def test_new_files_are_found_without_refresh(tmp_path: Path) -> None:
     library = EmbeddingLibrary(tmp_path)
     assert library.embeddings() == {}
     write_a1111_embedding(tmp_path / "late.pt", torch.randn(1, WIDTH))
+    first = library.embeddings()["late"]
     assert list(library.embeddings()) == ["late"]
+    write_a1111_embedding(tmp_path / "later.pt", torch.randn(2, WIDTH))
+    found = library.embeddings()
+    assert sorted(found) == ["late", "later"]
+    assert found["late"] is first  # unchanged files are not loaded again
+    (tmp_path / "late.pt").unlink()
+    assert list(library.embeddings()) == ["later"]
 
 
 def test_generation_with_an_embedding_writes_ti_hashes(sd1_model: TinyModel, samplers: SamplerRegistry,

@@ -120,6 +120,8 @@ class SkippedEmbedding:
 @dataclass
 class _Scan:
     stamp: tuple[tuple[str, int, int], ...] = ()
+    #: What each file version gave: (path, size, mtime) -> the embedding, or why it is unreadable.
+    files: dict[tuple[str, int, int], Embedding | SkippedEmbedding] = field(default_factory=dict)
     embeddings: dict[str, Embedding] = field(default_factory=dict)
     unreadable: dict[str, SkippedEmbedding] = field(default_factory=dict)
 
@@ -144,17 +146,27 @@ class EmbeddingLibrary:
         with self._lock:
             if not force and stamp == self._scan.stamp:
                 return
+            previous = self._scan
+            # Unchanged files keep their loaded vectors (unless forced): one new file loads one file.
+            kept = {} if force else {entry: item for entry, item in previous.files.items() if entry in stamp}
             scan = _Scan(stamp=stamp)
-            for path, _stat in files:
+            for (path, _stat), entry in zip(files, stamp, strict=True):
                 name = path.stem
                 if name in scan.embeddings or name in scan.unreadable:
                     logger.warning("two embeddings are named %r: ignoring %s", name, path)
                     continue
-                try:
-                    scan.embeddings[name] = load_embedding(path)
-                except EmbeddingError as exc:
-                    logger.warning("embedding %s skipped: %s", path, exc)
-                    scan.unreadable[name] = SkippedEmbedding(name=name, path=path, reason=str(exc))
+                item = kept.get(entry)
+                if item is None:
+                    try:
+                        item = load_embedding(path)
+                    except EmbeddingError as exc:
+                        logger.warning("embedding %s skipped: %s", path, exc)
+                        item = SkippedEmbedding(name=name, path=path, reason=str(exc))
+                scan.files[entry] = item
+                if isinstance(item, Embedding):
+                    scan.embeddings[name] = item
+                else:
+                    scan.unreadable[name] = item
             self._scan = scan
         logger.info("embeddings: %d loaded from %s, %d unreadable", len(scan.embeddings), self._folder,
                     len(scan.unreadable))
