@@ -202,3 +202,23 @@ def test_sdxl_text_encoder_lora_on_the_tiny_sdxl_model(sdxl_pipe: Any, samplers:
     assert _differ(with_lora, plain) > 1e-3
     assert _differ(_latents(model, samplers, "a cat <lora:xl:0>", networks), plain) <= 1e-5
     assert _differ(_latents(model, samplers, "a cat", networks), plain) <= 1e-6
+
+
+@pytest.mark.gpu
+def test_lora_on_cuda_half_precision(samplers: SamplerRegistry, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from tests.fixtures.checkpoints import tiny_sd1_components
+
+    pipe = StableDiffusionPipeline(**tiny_sd1_components()).to("cuda", torch.float16)
+    model = TinyModel(pipe=pipe, device=torch.device("cuda"), dtype=torch.float16)
+    write_tiny_sd1_lora(tmp_path / "detail.safetensors", pipe, seed=1)
+    networks = ExtraNetworks(loras=LoraLibrary(tmp_path))
+    plain = _latents(model, samplers, "a cat", networks)
+    zero = _latents(model, samplers, "a cat <lora:detail:0>", networks)
+    one = _latents(model, samplers, "a cat <lora:detail:1>", networks)
+    assert _no_adapters(pipe)
+    after = _latents(model, samplers, "a cat", networks)
+    assert _differ(zero, plain) <= 1e-3
+    assert _differ(one, plain) > 1e-2
+    assert _differ(after, plain) <= 1e-3
