@@ -1,0 +1,88 @@
+"""The command line: A1111 flags map onto settings; bad values and busy ports are one-line errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdweb.cli import UsageError, build_parser, check_port_free, settings_from_args
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings_for(*argv: str):
+    return settings_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_defaults_are_local_only(tmp_path: Path) -> None:
+    settings = settings_for("--data-dir", str(tmp_path))
+    assert settings.host == "127.0.0.1" and settings.port == 7860
+    assert not settings.api and not settings.listen
+    assert settings.paths.outputs_dir == tmp_path.resolve() / "outputs"
+    assert settings.paths.ckpt_dirs[0] == tmp_path.resolve() / "models" / "Stable-diffusion"
+
+
+def test_a1111_flags_are_understood(tmp_path: Path) -> None:
+    settings = settings_for("--data-dir", str(tmp_path), "--listen", "--port", "7861", "--xformers",
+                            "--medvram", "--no-half", "--use-cpu", "all", "--api-auth", "a:b",
+                            "--gradio-auth", "u:p,v:q", "--ckpt-dir", str(tmp_path / "more"))
+    assert settings.host == "0.0.0.0" and settings.port == 7861
+    assert settings.attention == "xformers" and settings.offload == "model"
+    assert settings.precision == "fp32" and settings.device == "cpu"
+    assert settings.gradio_auth == (("u", "p"), ("v", "q")) and settings.api_auth == (("a", "b"),)
+    assert settings.paths.ckpt_dirs[-1] == (tmp_path / "more").resolve()
+
+
+def test_ui_credentials_protect_the_api_when_it_has_none(tmp_path: Path) -> None:
+    settings = settings_for("--data-dir", str(tmp_path), "--gradio-auth", "u:p")
+    assert settings.effective_api_auth == (("u", "p"),)
+
+
+def test_cmd_flags_never_show_passwords(tmp_path: Path) -> None:
+    flags = settings_for("--data-dir", str(tmp_path), "--gradio-auth", "u:secret1",
+                         "--api-auth", "a:secret2").public_flags()
+    assert "secret1" not in repr(flags) and "secret2" not in repr(flags)
+
+
+def test_malformed_credentials_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="user:password"):
+        settings_for("--data-dir", str(tmp_path), "--gradio-auth", "nopassword")
+
+
+def test_extension_changes_need_the_insecure_flag_on_a_lan(tmp_path: Path) -> None:
+    assert settings_for("--data-dir", str(tmp_path)).extension_changes_allowed
+    assert not settings_for("--data-dir", str(tmp_path), "--listen").extension_changes_allowed
+    assert settings_for("--data-dir", str(tmp_path), "--listen",
+                        "--enable-insecure-extension-access").extension_changes_allowed
+
+
+def test_busy_port_is_a_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(UsageError, match=f"port {port} .* already in use"):
+            check_port_free("127.0.0.1", port)
+
+
+def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "webui.py"), *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_list_models_on_an_empty_folder_says_where_to_put_one(tmp_path: Path) -> None:
+    done = run_cli("--data-dir", str(tmp_path), "models")
+    assert done.returncode == 0, done.stderr
+    assert "No checkpoints found" in done.stdout
+    assert str(tmp_path / "models" / "Stable-diffusion") in done.stdout
+
+
+def test_bad_argument_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+    done = run_cli("--data-dir", str(tmp_path), "txt2img", "--prompt", "x", "--width", "500")
+    assert done.returncode == 2
+    assert "width" in done.stderr and "multiple of 8" in done.stderr
+    assert "Traceback" not in done.stderr
