@@ -5,15 +5,16 @@ typed with the models of :mod:`sdweb.api.models` (so ``/docs`` and ``/openapi.js
 guarded by HTTP Basic auth when credentials are configured (:mod:`sdweb.api.security`), and answers
 errors in A1111's shape through :mod:`sdweb.api.errors`.
 
-txt2img requests go through the one GPU queue the UI uses (``services.generation.submit``), in
-arrival order; waiting for a job happens in a worker thread so the event loop keeps serving
-``/progress`` and ``/interrupt`` meanwhile.
+txt2img and img2img requests go through the one GPU queue the UI uses (``services.generation.submit``,
+``submit_img2img``), in arrival order; waiting for a job happens in a worker thread so the event loop
+keeps serving ``/progress`` and ``/interrupt`` meanwhile. The Extras (Pillow upscalers) need no GPU and
+run in the request's thread (:mod:`sdweb.api.image_requests`).
 
 How request fields we cannot honour yet are treated (see also :mod:`sdweb.api.models`):
 
-* ones that would change the image (``enable_hr``, ``restore_faces``, ``script_name``,
-  ``alwayson_scripts``, ``refiner_checkpoint``, non-neutral ``s_*`` values, an infotext using hires fix)
-  are refused with 422 and a message saying so: never a silently different image;
+* ones that would change the image (``restore_faces``, ``script_name``, ``alwayson_scripts``,
+  ``refiner_checkpoint``, non-neutral ``s_*`` values, hires fix with its own prompt, sampler or
+  checkpoint) are refused with 422 and a message saying so: never a silently different image;
 * ones that do not (``do_not_save_*``, ``hr_*`` while ``enable_hr`` is false, ``comments``...) are
   ignored and listed in one warning log line per request, as are fields no A1111 version knows.
 """
@@ -37,6 +38,17 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from sdweb.api.errors import ApiError, describe_validation_errors, reject_unpaired_surrogates
+from sdweb.api.image_requests import (
+    MAX_EXTRAS_BATCH,
+    decode_images,
+    img2img_echo,
+    img2img_params,
+    init_images_of,
+    refuse_unsupported_extras,
+    refuse_unsupported_img2img,
+    source_infotext,
+    upscale_for_extras,
+)
 from sdweb.api.models import (
     ERROR_RESPONSES,
     EmbeddingsResponse,
@@ -98,6 +110,20 @@ IGNORED_FIELDS: tuple[str, ...] = (
     "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "comments", "disable_extra_networks", "refiner_switch_at", "firstpass_image", "script_args",
 )
+#: Hires fix fields that become GenerationParams fields when ``enable_hr`` is true (same names).
+HIRES_FIELDS: tuple[str, ...] = ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+                                 "hr_resize_y", "denoising_strength")
+#: Hires fix fields that would give the second pass its own settings, and the values meaning "the same".
+HIRES_SAME: Mapping[str, tuple[str, ...]] = {
+    "hr_checkpoint_name": ("", "Use same checkpoint"), "hr_sampler_name": ("", "Use same sampler"),
+    "hr_scheduler": ("", "Use same scheduler"),
+}
+#: Infotext keys of hires fix, and the GenerationParams field each fills.
+INFOTEXT_HIRES: Mapping[str, str] = {
+    "Hires upscale": "hr_scale", "Hires steps": "hr_second_pass_steps", "Hires upscaler": "hr_upscaler",
+    "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y",
+    "Denoising strength": "denoising_strength",
+}
 #: Sampler tuning values that leave the image as it is; anything else would change it.
 NEUTRAL_SAMPLER_VALUES: Mapping[str, tuple[float, ...]] = {
     "s_churn": (0.0,), "s_tmin": (0.0,), "s_tmax": (0.0, math.inf), "s_noise": (1.0,), "s_min_uncond": (0.0,),
@@ -127,12 +153,11 @@ A1111_IMAGE_SETTINGS: Mapping[str, Any] = {
 }
 #: Infotext keys that mean a feature we do not have yet; applying the rest would make another image.
 INFOTEXT_UNSUPPORTED: Mapping[str, str] = {
-    "Hires upscale": "hires fix", "Hires resize": "hires fix", "Hires steps": "hires fix",
-    "Hires upscaler": "hires fix", "Face restoration": "face restoration",
+    "Hires prompt": "a hires fix prompt", "Hires negative prompt": "a hires fix prompt",
+    "Hires sampler": "a hires fix sampler", "Hires schedule type": "a hires fix sampler",
+    "Hires checkpoint": "a hires fix checkpoint", "Hires CFG Scale": "a hires fix CFG scale",
+    "Face restoration": "face restoration",
 }
-
-#: Built-in upscalers A1111 lists even without any model (name, scale).
-BUILTIN_UPSCALERS: tuple[tuple[str, float], ...] = (("None", 4.0), ("Lanczos", 4.0), ("Nearest", 4.0))
 
 NOT_IMPLEMENTED_RESPONSE: dict[int | str, dict[str, Any]] = {
     501: {"model": ErrorResponse, "description": "The feature does not exist yet"},
@@ -259,6 +284,9 @@ class A1111Api:
         for name in DIRECT_FIELDS:
             if name in given:
                 values[name] = getattr(request, name)
+        if request.enable_hr:
+            values["enable_hr"] = True
+            values.update({name: getattr(request, name) for name in HIRES_FIELDS if name in given})
         if "styles" in given:
             values["styles"] = tuple(request.styles or ())
         # sampler_name wins; sampler_index (A1111's older field, default "Euler") when it is absent.
@@ -292,8 +320,19 @@ class A1111Api:
 
     def _refuse_unsupported(self, request: Txt2ImgRequest, given: set[str]) -> None:
         problems: list[str] = []
-        if request.enable_hr:
-            problems.append("enable_hr: hires fix is not supported yet; send enable_hr false")
+        if request.enable_hr and isinstance(request, Img2ImgRequest):
+            problems.append("enable_hr: hires fix is a txt2img feature; send enable_hr false to img2img")
+        elif request.enable_hr:
+            for name, same in HIRES_SAME.items():
+                value = getattr(request, name)
+                if value not in (None, *same):
+                    problems.append(f"{name}: a second-pass setting of its own is not supported yet "
+                                    f"(got {value!r}; send {same[-1]!r})")
+            for name, main in (("hr_prompt", request.prompt),
+                               ("hr_negative_prompt", request.negative_prompt)):
+                value = getattr(request, name)
+                if value and value != main:
+                    problems.append(f"{name}: a second-pass prompt of its own is not supported yet")
         if request.restore_faces:
             problems.append("restore_faces: face restoration is not supported yet")
         if request.script_name:
@@ -316,7 +355,9 @@ class A1111Api:
     def _log_ignored(self, request: Txt2ImgRequest, given: set[str]) -> None:
         defaults = Txt2ImgRequest()
         ignored = [name for name in IGNORED_FIELDS
-                   if name in given and getattr(request, name) != getattr(defaults, name)]
+                   if name in given and getattr(request, name) != getattr(defaults, name)
+                   and not (name == "denoising_strength" and isinstance(request, Img2ImgRequest))
+                   and not (request.enable_hr and name in HIRES_FIELDS)]
         if "sampler_index" in given and "sampler_name" in given:
             ignored.append("sampler_index")
         unknown = request.unknown_fields()
@@ -343,6 +384,18 @@ class A1111Api:
         if "RNG" in extras:
             raise ApiError(422, f"infotext: RNG {extras['RNG']!r} is not supported (only CPU and GPU)")
         values: dict[str, Any] = {}
+        if any(key.startswith("Hires ") for key in extras):
+            # A hires fix image: its infotext turns hires fix on, with the values it wrote.
+            if "enable_hr" not in given:
+                values["enable_hr"] = True
+            hires = dict(extras)
+            width, _, height = str(hires.pop("Hires resize", "")).partition("x")
+            if height:  # "128x96", when the parser kept it whole
+                hires.setdefault("Hires resize-1", width.strip())
+                hires.setdefault("Hires resize-2", height.strip())
+            for key, name in INFOTEXT_HIRES.items():
+                if key in hires and name not in given:
+                    values[name] = hires[key]
         for name in from_text.model_fields_set:
             if name == "styles" or name in given:
                 continue
@@ -353,7 +406,10 @@ class A1111Api:
         wanted = [str(extras[key]) for key in ("Model hash", "Model") if extras.get(key)]
         if wanted:
             values["checkpoint"] = self._infotext_checkpoint(wanted)
-        left = [key for key in extras if key not in ("Model hash", "Model", "Version", "VAE", "VAE hash")]
+        applied = {"Model hash", "Model", "Version", "VAE", "VAE hash"}
+        if values.get("enable_hr"):
+            applied |= {*INFOTEXT_HIRES, "Hires resize"}
+        left = [key for key in extras if key not in applied]
         if left:
             logger.warning("txt2img: infotext keys not applied: %s", ", ".join(left[:20]))
         return values
@@ -507,7 +563,7 @@ class A1111Api:
             "sd_vae_hash": result.vae_hash,
             "seed_resize_from_w": params.seed_resize_from_w,
             "seed_resize_from_h": params.seed_resize_from_h,
-            "denoising_strength": None,  # txt2img without hires fix uses none
+            "denoising_strength": params.denoising_strength if params.enable_hr else None,
             "extra_generation_params": json_safe(dict(result.extra_generation_params)),
             "index_of_first_image": 0,  # no grid is sent back
             "infotexts": list(result.infotexts),
@@ -519,16 +575,53 @@ class A1111Api:
             "version": self.services.version,
         }
 
-    # ------------------------------------------------------------------ not there yet
+    # ------------------------------------------------------------------ img2img
     async def img2img(self, request: Img2ImgRequest) -> ImageToImageResponse:
-        raise ApiError(501, "img2img is not supported yet")
+        """As txt2img, from init images (see :mod:`sdweb.api.image_requests`), on the same queue."""
+        refuse_unsupported_img2img(request)
+        async with self._submit_lock:
+            base, plan = await run_in_threadpool(self.build_params, request)
+            params = img2img_params(base, request)
+            images = await run_in_threadpool(init_images_of, request)
+            try:
+                job = self.services.generation.submit_img2img(
+                    params, images, save=bool(request.save_images), source="api",
+                    job_id=request.force_task_id or None)
+            except GenerationError as exc:
+                raise ApiError(exc.status, exc.message) from exc
+        result = await run_in_threadpool(self._wait, job)
+        response = await run_in_threadpool(self._txt2img_response, request, result, plan)
+        info = json.loads(response.info)
+        info["denoising_strength"] = params.denoising_strength
+        return ImageToImageResponse(images=response.images, parameters=json_safe(img2img_echo(request)),
+                                    info=json.dumps(info, ensure_ascii=False))
 
-    async def extra_single_image(self, request: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
-        raise ApiError(501, "extras (upscaling) is not supported yet")
+    # ------------------------------------------------------------------ extras (upscaling)
+    def extra_single_image(self, request: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
+        refuse_unsupported_extras(request)
+        (image,) = decode_images([request.image], "image")
+        upscaled, info = upscale_for_extras(image, request)
+        return ExtrasSingleImageResponse(html_info=info,
+                                         image=encode_png_base64(upscaled, source_infotext(image)))
 
-    async def extra_batch_images(self, request: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
-        raise ApiError(501, "extras (upscaling) is not supported yet")
+    def extra_batch_images(self, request: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
+        refuse_unsupported_extras(request)
+        count = len(request.imageList)
+        if count > MAX_EXTRAS_BATCH:
+            raise ApiError(422, f"imageList: at most {MAX_EXTRAS_BATCH} images (got {count})")
+        encoded: list[str] = []
+        info = ""
+        for index, item in enumerate(request.imageList):
+            # One at a time: one decoded source and its result in memory, whatever the batch size.
+            image = decode_images([item.data], "imageList")[0]
+            try:
+                upscaled, info = upscale_for_extras(image, request)
+            except ApiError as exc:
+                raise ApiError(exc.status, f"imageList[{index}] ({item.name}): {exc.detail}") from exc
+            encoded.append(encode_png_base64(upscaled, source_infotext(image)))
+        return ExtrasBatchImagesResponse(html_info=info, images=encoded)
 
+    # ------------------------------------------------------------------ not there yet
     async def interrogate(self, request: InterrogateRequest) -> InterrogateResponse:
         raise ApiError(501, "interrogate (image captioning) is not supported yet")
 
@@ -564,7 +657,7 @@ class A1111Api:
         state = ProgressState(
             skipped=progress.skipped, interrupted=progress.interrupted,
             stopping_generation=progress.interrupted,
-            job="txt2img" if progress.state == "running" else progress.state,
+            job=job.kind if progress.state == "running" else progress.state,
             job_count=progress.job_count, job_timestamp=time.strftime("%Y%m%d%H%M%S",
                                                                       time.localtime(job.created)),
             job_no=progress.job_no, sampling_step=progress.sampling_step,
@@ -662,7 +755,10 @@ class A1111Api:
         return [LoraItem(**item) for item in library.items()] if library is not None else []
 
     def upscalers(self) -> list[UpscalerItem]:
-        return [UpscalerItem(name=name, scale=scale) for name, scale in BUILTIN_UPSCALERS]
+        from sdweb.images.upscale import list_upscalers
+
+        return [UpscalerItem(name=item.name, scale=item.scale, model_name=item.model_name,
+                             model_path=item.model_path) for item in list_upscalers()]
 
     def no_items(self) -> list[Any]:
         """Listings of features that do not exist yet (hypernetworks, face restorers...): empty."""
@@ -734,11 +830,9 @@ def make_router(services: AppServices) -> APIRouter:
         router.add_api_route(path, endpoint, methods=[method], response_model=model, **kwargs)
 
     add("/txt2img", api.txt2img, "POST", TextToImageResponse)
-    add("/img2img", api.img2img, "POST", ImageToImageResponse, responses=NOT_IMPLEMENTED_RESPONSE)
-    add("/extra-single-image", api.extra_single_image, "POST", ExtrasSingleImageResponse,
-        responses=NOT_IMPLEMENTED_RESPONSE)
-    add("/extra-batch-images", api.extra_batch_images, "POST", ExtrasBatchImagesResponse,
-        responses=NOT_IMPLEMENTED_RESPONSE)
+    add("/img2img", api.img2img, "POST", ImageToImageResponse)
+    add("/extra-single-image", api.extra_single_image, "POST", ExtrasSingleImageResponse)
+    add("/extra-batch-images", api.extra_batch_images, "POST", ExtrasBatchImagesResponse)
     add("/interrogate", api.interrogate, "POST", InterrogateResponse, responses=NOT_IMPLEMENTED_RESPONSE)
     add("/png-info", api.png_info, "POST", PNGInfoResponse)
     add("/progress", api.progress, "GET", ProgressResponse)

@@ -175,10 +175,7 @@ def test_png_info_broken_input_is_a_400(api: ApiServer, payload: str) -> None:
 # -- not there yet, unknown routes ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "words"), [("img2img", "img2img is not supported yet"),
-                                             ("extra-single-image", "not supported yet"),
-                                             ("extra-batch-images", "not supported yet"),
-                                             ("interrogate", "not supported yet")])
+@pytest.mark.parametrize(("path", "words"), [("interrogate", "not supported yet")])
 def test_features_that_do_not_exist_yet_answer_501(api: ApiServer, path: str, words: str) -> None:
     response = api.post(path, json={})
     assert response.status_code == 501 and words in response.json()["detail"]

@@ -1,4 +1,4 @@
-"""img2img (tiled, resized, RGBA input) over the API with the real engine and the tiny SD1 file."""
+"""img2img (tiled, resized, RGBA input) and hires fix over the API, real engine, tiny SD1 file."""
 
 from __future__ import annotations
 
@@ -44,3 +44,18 @@ def test_img2img_with_the_tiny_model(real_api: str) -> None:  # noqa: F811
     same = np.asarray(_image(again["images"][0]), dtype=np.int16)
     assert np.array_equal(np.asarray(image, dtype=np.int16), same)  # same seed, same image
     assert "Denoising strength: 0, " in _image(kept["images"][0]).info["parameters"]
+
+
+def test_hires_fix_with_the_tiny_model(real_api: str) -> None:  # noqa: F811
+    request = {"prompt": "a lighthouse", "steps": 3, "width": 64, "height": 64, "seed": 11, "enable_hr": True,
+               "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 4, "denoising_strength": 0.5}
+    with httpx.Client(timeout=300) as client:
+        response = client.post(f"{real_api}/txt2img", json=request)
+        pixel = client.post(f"{real_api}/txt2img", json={**request, "hr_upscaler": "Lanczos"})
+    assert response.status_code == 200, response.text
+    image = _image(response.json()["images"][0])
+    assert image.size == (96, 96)
+    text = image.info["parameters"]
+    assert "Size: 64x64" in text and "Denoising strength: 0.5" in text
+    assert "Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Latent" in text
+    assert _image(pixel.json()["images"][0]).size == (96, 96)

@@ -2,7 +2,7 @@
 
 Every operation gets a bounded number of valid-by-schema and invalid-by-schema requests (schemathesis
 + hypothesis), sent over HTTP to the real server. The only 5xx allowed is the documented 501 of the
-routes whose feature does not exist yet (img2img, extras).
+routes whose feature does not exist yet (interrogate).
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from tests.api.conftest import ApiServer
 from tests.fakes import FakeEngine
 
 EXAMPLES_PER_OPERATION = 50
-NOT_IMPLEMENTED = {"/sdapi/v1/img2img", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images",
-                   "/sdapi/v1/interrogate"}
+NOT_IMPLEMENTED = {"/sdapi/v1/interrogate"}
 
 
 class OneImageEngine(FakeEngine):
     """Answers any request with one tiny image at once: generated requests may ask for 1600 images."""
 
     def txt2img(self, params: GenerationParams, *, control: JobControl, on_step: Any,
-                preview_every: int) -> EngineRun:
+                preview_every: int, make_image: Any = None) -> EngineRun:
         from PIL import Image
 
         self.calls.append(params)

@@ -139,10 +139,11 @@ def test_infotext_fills_unset_fields(api: ApiServer) -> None:
     assert "Seed: 42" in json.loads(body["info"])["infotexts"][0]
 
 
-def test_infotext_using_hires_fix_is_refused(api: ApiServer) -> None:
-    infotext = "a fox\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, Hires upscale: 2"
+def test_infotext_using_a_hires_fix_prompt_is_refused(api: ApiServer) -> None:
+    infotext = ("a fox\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, Hires upscale: 2, "
+                "Hires prompt: a wolf")
     response = api.post("txt2img", json={**SMALL, "infotext": infotext})
-    assert response.status_code == 422 and "hires fix" in response.json()["detail"]
+    assert response.status_code == 422 and "hires fix prompt" in response.json()["detail"]
     assert api.engine.calls == []
 
 
@@ -161,7 +162,7 @@ def test_infotext_using_hires_fix_is_refused(api: ApiServer) -> None:
         ({"sampler_name": "Nope"}, 400, ["Sampler not found", "Nope"]),
         ({"scheduler": "Wobbly"}, 400, ["Scheduler not found", "Wobbly"]),
         ({"styles": ["no such style"]}, 400, ["no such style"]),
-        ({"enable_hr": True}, 422, ["enable_hr", "hires fix is not supported yet"]),
+        ({"enable_hr": True, "hr_sampler_name": "DDIM"}, 422, ["hr_sampler_name", "not supported yet"]),
         ({"restore_faces": True}, 422, ["restore_faces"]),
         ({"script_name": "x/y/z plot"}, 422, ["x/y/z plot"]),
         ({"alwayson_scripts": {"ADetailer": {"args": []}}}, 422, ["ADetailer"]),
