@@ -21,7 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -554,13 +554,64 @@ def _yaml_says_v(yaml_text: str) -> bool:
     )
 
 
-def detect_checkpoint(shapes: Shapes, *, name: str, yaml_text: str | None = None) -> Detection:
+#: Safetensors metadata keys under which a checkpoint may carry its own component configs as JSON, for
+#: architectures shapes cannot describe (norm groups, head counts, latent scale): sdweb's bundled demo model
+#: (written by demo_model/export.py). All four or none.
+METADATA_CONFIG_KEYS: dict[str, str] = {
+    "unet": "sdweb_unet_config",
+    "vae": "sdweb_vae_config",
+    "text_encoder": "sdweb_text_encoder_config",
+    "scheduler": "sdweb_scheduler_config",
+}
+
+
+def apply_metadata_configs(
+    detection: Detection, metadata: Mapping[str, str] | None, *, name: str
+) -> Detection:
+    """``detection`` with the component configs the file's safetensors metadata carries, when it does.
+
+    The family (tokenizer, conventions) still comes from the shapes; only the configs are replaced.
+    """
+    present = [key for key in METADATA_CONFIG_KEYS.values() if key in (metadata or {})]
+    if not present:
+        return detection
+    assert metadata is not None
+    if detection.config_family == "sdxl":
+        raise UnsupportedCheckpointError(
+            f"{name}: component configs in the metadata are only read for SD 1.x/2.x")
+    try:
+        configs = {part: json.loads(metadata[key]) for part, key in METADATA_CONFIG_KEYS.items()}
+    except KeyError as exc:
+        raise UnsupportedCheckpointError(
+            f"{name}: its metadata carries some component configs but not {exc.args[0]}") from exc
+    except json.JSONDecodeError as exc:
+        raise UnsupportedCheckpointError(
+            f"{name}: a component config in its metadata is not JSON ({exc})") from exc
+    if not all(isinstance(config, dict) for config in configs.values()):
+        raise UnsupportedCheckpointError(
+            f"{name}: the component configs in its metadata must be JSON objects")
+    scheduler = configs["scheduler"]
+    return replace(
+        detection,
+        unet_config=configs["unet"],
+        vae_config=configs["vae"] if detection.vae_config is not None else None,
+        text_encoder_configs=(configs["text_encoder"],),
+        scheduler_config=scheduler,
+        prediction_type=str(scheduler.get("prediction_type", detection.prediction_type)),
+    )
+
+
+def detect_checkpoint(
+    shapes: Shapes, *, name: str, yaml_text: str | None = None, metadata: Mapping[str, str] | None = None
+) -> Detection:
     """Detect the family of a single-file checkpoint from its keys and shapes.
 
     Args:
         shapes: every tensor's key and shape (from a safetensors header or a loaded state dict).
         name: the file name, used in error messages.
         yaml_text: the same-named ``.yaml`` beside the file, if any (A1111 convention for SD 2.x v/eps).
+        metadata: the safetensors header metadata; component configs in it (:data:`METADATA_CONFIG_KEYS`)
+            replace the inferred ones.
 
     Raises:
         UnsupportedCheckpointError: not a Stable Diffusion checkpoint sdweb knows; the message says what
@@ -569,7 +620,7 @@ def detect_checkpoint(shapes: Shapes, *, name: str, yaml_text: str | None = None
     facts = _Facts(name=name, shapes=shapes, yaml_text=yaml_text)
     for family in FAMILIES:
         if family.matches(facts):
-            detection = family.detect(facts)
+            detection = apply_metadata_configs(family.detect(facts), metadata, name=name)
             logger.debug("%s: detected %s (%s)", name, detection.family, detection.prediction_type)
             return detection
     raise UnsupportedCheckpointError(f"{name}: {_what_it_looks_like(facts)}")

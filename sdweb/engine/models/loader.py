@@ -433,7 +433,9 @@ def _load_single_file(
 ) -> tuple[Detection, DiffusionPipeline]:
     # 1. Shapes and family.
     shapes, pickled = read_checkpoint_shapes(path, kind)
-    detection = detect_checkpoint(shapes, name=name, yaml_text=_read_yaml_beside(path))
+    # A file may carry its component configs in its metadata (the bundled demo model does).
+    metadata = read_safetensors_header(path).metadata if kind == "safetensors" else None
+    detection = detect_checkpoint(shapes, name=name, yaml_text=_read_yaml_beside(path), metadata=metadata)
     if detection.unsupported_reason:
         raise UnsupportedCheckpointError(f"{name}: not supported yet: {detection.unsupported_reason}")
     if detection.vae_config is None and vae_path is None:
