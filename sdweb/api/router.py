@@ -305,9 +305,17 @@ class A1111Api:
             after["keep_settings"] = {key: value for key, value in overrides.items()
                                       if key in OVERRIDE_TO_FIELD}
 
-        # 4. Sampler and schedule type by their canonical names ("k_euler_a" -> "Euler a").
+        # 4. Sampler and schedule type by their canonical names ("k_euler_a" -> "Euler a"); same for
+        # the hires upscaler ("latent" -> "Latent").
         values["sampler_name"], values["scheduler"] = self._resolve_sampler(
             str(values["sampler_name"]), str(values.get("scheduler") or "Automatic"))
+        if values.get("enable_hr") and values.get("hr_upscaler"):
+            from sdweb.images.upscale import UnknownUpscalerError, find_hires_upscaler
+
+            try:
+                values["hr_upscaler"] = find_hires_upscaler(str(values["hr_upscaler"]))
+            except UnknownUpscalerError as exc:
+                raise ApiError(400, str(exc)) from exc
 
         # 5. The typed request; bounds are checked here too (infotext and override values).
         try:
@@ -765,7 +773,9 @@ class A1111Api:
         return []
 
     def latent_upscale_modes(self) -> list[LatentUpscalerModeItem]:
-        return []
+        from sdweb.images.upscale import LATENT_UPSCALE_MODES
+
+        return [LatentUpscalerModeItem(name=name) for name in LATENT_UPSCALE_MODES]
 
     def scripts(self) -> ScriptsList:
         return ScriptsList(txt2img=[], img2img=[])

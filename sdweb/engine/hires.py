@@ -28,20 +28,11 @@ from sdweb.engine.generate import LoadedModelLike, run_txt2img
 from sdweb.engine.img2img import _Img2Img
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.images.resize import resize_image
-from sdweb.images.upscale import find_upscaler
+from sdweb.images.upscale import LATENT_UPSCALE_MODES, find_hires_upscaler
 from sdweb.params import EngineRun, GeneratedImage, GenerationParams, Img2ImgParams, JobControl, StepProgress
 
 logger = logging.getLogger(__name__)
 
-#: A1111's latent upscale modes: name -> (interpolation mode, antialias).
-LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-}
 #: Largest side of the second pass (as the request size limit, doubled: the hires target).
 MAX_HIRES_SIDE = 4096
 
@@ -76,18 +67,6 @@ def hires_size(params: GenerationParams, multiple: int = 8) -> tuple[int, int, i
     return scaled[0], scaled[1], final[0], final[1]
 
 
-def check_hires_upscaler(name: str) -> str:
-    """The canonical name of a hires upscaler (latent mode or built-in pixel upscaler), or ValueError."""
-    for mode in LATENT_UPSCALE_MODES:
-        if mode.lower() == name.strip().lower():
-            return mode
-    try:
-        return find_upscaler(name)
-    except ValueError as exc:
-        raise ValueError(f"hr_upscaler {name!r} not found; known: {', '.join(LATENT_UPSCALE_MODES)}, "
-                         "None, Lanczos, Nearest") from exc
-
-
 def run_hires_txt2img(
     model: LoadedModelLike,
     params: GenerationParams,
@@ -103,7 +82,7 @@ def run_hires_txt2img(
     Images come at the hires size, in seed order, as :func:`sdweb.engine.generate.run_txt2img`'s.
     """
     # 1. Check inputs before any model work.
-    upscaler = check_hires_upscaler(params.hr_upscaler)
+    upscaler = find_hires_upscaler(params.hr_upscaler)
     scale = int(getattr(model.pipe, "vae_scale_factor", 8))
     scaled_w, scaled_h, final_w, final_h = hires_size(params, scale)
     second_steps = params.hr_second_pass_steps or params.steps

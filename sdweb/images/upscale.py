@@ -42,6 +42,18 @@ _FILTERS: dict[str, Image.Resampling | None] = {
 
 ExtrasResizeMode = Literal[0, 1]
 
+#: A1111's latent upscale modes for hires fix: name -> (``torch.nn.functional.interpolate`` mode,
+#: antialias). The engine applies them (``sdweb.engine.hires``); listed here so the API can name them
+#: without torch.
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
 
 class UpscaleError(ValueError):
     """An upscale request that cannot be done (size or factor out of range); says why."""
@@ -73,6 +85,21 @@ def find_upscaler(name: str) -> str:
             return known
     raise UnknownUpscalerError(f"upscaler {name!r} not found; known: {', '.join(_FILTERS)} "
                        "(model upscalers such as ESRGAN are not supported yet)")
+
+
+def find_hires_upscaler(name: str) -> str:
+    """The canonical name of a hires fix upscaler (a latent mode or a built-in one).
+
+    Unknown names raise :class:`UnknownUpscalerError` listing them all.
+    """
+    for mode in LATENT_UPSCALE_MODES:
+        if mode.lower() == name.strip().lower():
+            return mode
+    try:
+        return find_upscaler(name)
+    except UnknownUpscalerError:
+        known = ", ".join([*LATENT_UPSCALE_MODES, *_FILTERS])
+        raise UnknownUpscalerError(f"hr_upscaler {name!r} not found; known: {known}") from None
 
 
 def upscaled_size(width: int, height: int, *, mode: int, factor: float, to_width: int, to_height: int,

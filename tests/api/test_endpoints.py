@@ -93,8 +93,9 @@ def test_listings_have_a1111_shapes(api: ApiServer) -> None:
     assert [item["name"] for item in api.get("upscalers").json()] == ["None", "Lanczos", "Nearest"]
     assert api.get("embeddings").json() == {"loaded": {}, "skipped": {}}
     assert api.get("loras").json() == []
-    for empty in ("hypernetworks", "face-restorers", "realesrgan-models", "latent-upscale-modes"):
+    for empty in ("hypernetworks", "face-restorers", "realesrgan-models"):
         assert api.get(empty).json() == []
+    assert api.get("latent-upscale-modes").json()[0] == {"name": "Latent"}
     assert api.get("scripts").json() == {"txt2img": [], "img2img": []}
     assert api.get("extensions").json() == []
     assert api.get("prompt-styles").json() == []

@@ -12,7 +12,7 @@ SMALL = {"steps": 3, "width": 64, "height": 64, "seed": 3}
 
 def test_hires_fields_reach_the_engine_and_the_infotext(api: ApiServer) -> None:
     response = api.post("txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5,
-                                         "hr_upscaler": "Lanczos", "hr_second_pass_steps": 6,
+                                         "hr_upscaler": "lanczos", "hr_second_pass_steps": 6,
                                          "denoising_strength": 0.4,
                                          "hr_sampler_name": "Use same sampler", "hr_prompt": ""})
     assert response.status_code == 200, response.text
@@ -50,8 +50,9 @@ def test_bad_hires_values_are_refused_naming_the_field(api: ApiServer) -> None:
     for fields, words in [({"hr_scale": 9}, ["hr_scale"]),
                           ({"denoising_strength": 2}, ["denoising_strength"]),
                           ({"hr_checkpoint_name": "other.safetensors"}, ["hr_checkpoint_name"]),
-                          ({"hr_negative_prompt": "ugly"}, ["hr_negative_prompt"])]:
+                          ({"hr_negative_prompt": "ugly"}, ["hr_negative_prompt"]),
+                          ({"hr_upscaler": "4x-UltraSharp"}, ["'4x-UltraSharp' not found", "Latent"])]:
         response = api.post("txt2img", json={**SMALL, "enable_hr": True, **fields})
-        assert response.status_code == 422, response.text
+        assert response.status_code == (400 if "hr_upscaler" in fields else 422), response.text
         assert all(word in response.json()["detail"] for word in words)
     assert api.engine.calls == []

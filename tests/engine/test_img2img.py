@@ -167,3 +167,24 @@ def test_engine_runs_img2img_on_the_requested_checkpoint_held_for_the_job(sd1_mo
                          on_step=lambda _: held.append(cache.in_use))
     assert registry.found == ["other"] and run.model_hash == "feedc0ffee"
     assert held and all(held) and len(run.images) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ 2S a"])
+def test_cuda_half_precision_img2img_and_hires(sampler: str, samplers) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from sdweb.engine.hires import run_hires_txt2img
+    from tests.fixtures.checkpoints import tiny_sd1_components
+
+    pipe = StableDiffusionPipeline(**tiny_sd1_components()).to("cuda", torch.float16)
+    model = TinyModel(pipe=pipe, device=torch.device("cuda"), dtype=torch.float16)
+    params = img_params(sampler_name=sampler, rng="GPU", tiling=True)
+    first = _run(model, samplers, params, [_gradient()])[0]
+    assert np.array_equal(_pixels(first), _pixels(_run(model, samplers, params, [_gradient()])[0]))
+    assert _pixels(first).std() > 1.0
+    for upscaler in ("Latent", "Lanczos"):
+        run = run_hires_txt2img(model, tiny_params(sampler_name=sampler, enable_hr=True, hr_scale=1.5,
+                                                   hr_upscaler=upscaler, steps=3),
+                                samplers=samplers, control=JobControl(), on_step=lambda _: None)
+        assert run.images[0].image.size == (96, 96)
