@@ -315,6 +315,9 @@ class GenerationService:
         preview_every = 0
         if self._options.get("live_previews_enable"):
             preview_every = int(self._options.get("show_progress_every_n_steps"))
+        if job.kind == "img2img" and not isinstance(params, Img2ImgParams):
+            raise GenerationError("an extension's before_generate hook returned a txt2img request for an "
+                                  "img2img job; it must return params.model_copy(update=...)")
         if isinstance(params, Img2ImgParams):
             run = self._engine().img2img(params, job.init_images, control=job.control, on_step=on_step,
                                          preview_every=preview_every)
