@@ -127,8 +127,8 @@ def test_progress_counts_the_steps_run_and_batches_follow_seeds(sd1_model, sampl
     assert np.abs(_pixels(out[3]) - _pixels(alone)).max() <= 1
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DDIM", "PLMS", "UniPC", "DPM2 a",
-                                     "DPM++ 2S a", "LMS"])
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ SDE", "Heun", "DDIM", "PLMS", "UniPC",
+                                     "DPM2 a", "DPM++ 2S a", "LMS"])
 def test_every_kind_of_sampler_starts_part_way(sampler: str, sd1_model, samplers) -> None:
     params = img_params(sampler_name=sampler, steps=4, denoising_strength=0.5)
     first = _run(sd1_model, samplers, params, [_gradient()])[0]
