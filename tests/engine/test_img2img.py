@@ -188,3 +188,13 @@ def test_cuda_half_precision_img2img_and_hires(sampler: str, samplers) -> None:
                                                    hr_upscaler=upscaler, steps=3),
                                 samplers=samplers, control=JobControl(), on_step=lambda _: None)
         assert run.images[0].image.size == (96, 96)
+
+
+def test_sdxl_img2img(sdxl_pipe, samplers) -> None:
+    model = TinyModel(pipe=sdxl_pipe, family="sdxl")
+    params = img_params(width=64, height=96, resize_mode=1)
+    first = _run(model, samplers, params, [_gradient()])[0]
+    assert first.size == (64, 96)
+    assert np.array_equal(_pixels(first), _pixels(_run(model, samplers, params, [_gradient()])[0]))
+    kept = _run(model, samplers, img_params(denoising_strength=0.0), [_gradient()])[0]
+    assert np.abs(_pixels(kept) - _pixels(_round_trip(model, _gradient()))).max() <= 1
