@@ -98,6 +98,12 @@ class _Img2Img(_Txt2Img):
         super().check_inputs()
         batch_size = self.params.batch_size
         count = len(self.init_images) if self._init_latents is None else int(self._init_latents.shape[0])
+        unet_channels = int(self.unet.config.in_channels)
+        latent_channels = int(getattr(self.vae.config, "latent_channels", unet_channels))
+        if unet_channels != latent_channels:
+            # A dedicated inpainting UNet (9 channels: latents, mask, masked image) needs the mask path.
+            raise ValueError(f"this checkpoint's UNet takes {unet_channels} input channels (an inpainting "
+                             "model); img2img with it needs inpainting, which is not supported yet")
         if count == 0:
             raise ValueError("img2img needs an init image")
         if count not in (1, batch_size):

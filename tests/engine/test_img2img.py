@@ -198,3 +198,11 @@ def test_sdxl_img2img(sdxl_pipe, samplers) -> None:
     assert np.array_equal(_pixels(first), _pixels(_run(model, samplers, params, [_gradient()])[0]))
     kept = _run(model, samplers, img_params(denoising_strength=0.0), [_gradient()])[0]
     assert np.abs(_pixels(kept) - _pixels(_round_trip(model, _gradient()))).max() <= 1
+
+
+def test_an_inpainting_unet_is_refused_clearly(sd1_model, samplers, monkeypatch) -> None:
+    config = dict(sd1_model.pipe.unet.config)
+    config["in_channels"] = 9
+    monkeypatch.setattr(sd1_model.pipe.unet, "_internal_dict", type(sd1_model.pipe.unet.config)(config))
+    with pytest.raises(ValueError, match="9 input channels .* inpainting"):
+        _run(sd1_model, samplers, img_params(), [_gradient()])
