@@ -103,6 +103,17 @@ class Img2ImgParams(GenerationParams):
 
     #: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale).
     resize_mode: int = Field(0, ge=0, le=3)
+    # Inpainting (used when a mask comes with the init images); A1111's names and defaults.
+    #: Gaussian blur radius of the mask's edge, pixels.
+    mask_blur: int = Field(4, ge=0, le=64)
+    #: What the masked area starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
+    inpainting_fill: int = Field(0, ge=0, le=3)
+    #: True: "Only masked" (the area around the mask at full resolution); False: "Whole picture".
+    inpaint_full_res: bool = True
+    #: "Only masked" padding around the mask, pixels.
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256)
+    #: Repaint the black part of the mask instead of the white one.
+    inpainting_mask_invert: bool = False
 
     @property
     def denoising_steps(self) -> int:

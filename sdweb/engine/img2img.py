@@ -40,6 +40,7 @@ from sdweb.engine.generate import LoadedModelLike, _Txt2Img, preview_image
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
+from sdweb.images.mask import InpaintPlan, paste_back, prepare_inpaint
 from sdweb.images.resize import flatten_alpha, latent_upscale_source_size, resize_image
 from sdweb.params import EngineRun, Img2ImgParams, JobControl, StepProgress
 
@@ -64,8 +65,12 @@ def run_img2img(
     on_step: Callable[[StepProgress], None],
     preview_every: int = 0,
     extra_networks: Any = None,
+    mask: Image.Image | None = None,
 ) -> EngineRun:
     """Make ``params.batch_size * params.n_iter`` images from ``init_images``; see the module docstring.
+
+    With ``mask`` (same size as the init images; white = repaint) this is inpainting: only the masked
+    part changes, the rest of each output is the init image's own pixels (:mod:`sdweb.images.mask`).
 
     ``params`` must be resolved as for :func:`sdweb.engine.generate.run_txt2img`. ``init_images`` are
     PIL images of any size and mode: one for every image of a batch, or ``batch_size`` of them.
@@ -73,7 +78,7 @@ def run_img2img(
     """
     with torch.inference_mode():
         return _Img2Img(model, params, init_images, samplers, control, on_step, preview_every,
-                        extra_networks=extra_networks).run()
+                        extra_networks=extra_networks, mask=mask).run()
 
 
 class _Img2Img(_Txt2Img):
@@ -82,7 +87,7 @@ class _Img2Img(_Txt2Img):
     def __init__(self, model: LoadedModelLike, params: Img2ImgParams, init_images: Sequence[Image.Image],
                  samplers: SamplerRegistry, control: JobControl, on_step: Callable[[StepProgress], None],
                  preview_every: int, *, extra_networks: Any = None,
-                 init_latents: torch.Tensor | None = None) -> None:
+                 init_latents: torch.Tensor | None = None, mask: Image.Image | None = None) -> None:
         if not isinstance(params, Img2ImgParams):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         # Passed on only when given, so the loop's own default (none) stays its business.
@@ -92,6 +97,10 @@ class _Img2Img(_Txt2Img):
         self.denoise_steps = params.denoising_steps
         #: Given by hires fix's latent upscalers: the starting latents, no VAE encoding.
         self._init_latents: torch.Tensor | None = init_latents
+        #: Inpainting: one plan per init image, and the latent mask (1 = repaint), made with the latents.
+        self.mask = mask
+        self.plans: list[InpaintPlan] = []
+        self.latent_mask: torch.Tensor | None = None
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -109,17 +118,52 @@ class _Img2Img(_Txt2Img):
         if count not in (1, batch_size):
             raise ValueError(f"{count} init images for a batch of {batch_size}: give one image, or one per "
                              "image of the batch")
+        if self.mask is not None and not self.plans:
+            # Pillow only; a mask that does not fit its image fails here, before any model work.
+            self.plans = [self.plan_inpainting(image, self.mask) for image in self.init_images]
 
     # -- 4. init images -> latents -----------------------------------------------------------
     def init_latents(self) -> torch.Tensor:
         """``(batch_size, C, H/8, W/8)`` float32 latents of the init images (encoded once per job)."""
         if self._init_latents is None:
-            encoded = [self.encode_image(image) for image in self.init_images]
+            sources = self.init_images
+            if self.mask is not None:
+                if not self.plans:
+                    self.plans = [self.plan_inpainting(image, self.mask) for image in self.init_images]
+                sources = [plan.init for plan in self.plans]
+            encoded = [self.encode_image(image) for image in sources]
             latents = torch.cat(encoded)
             if latents.shape[0] == 1 and self.params.batch_size > 1:
                 latents = latents.repeat(self.params.batch_size, 1, 1, 1)
             self._init_latents = latents
+            if self.plans:
+                self.latent_mask = self.make_latent_mask(latents)
         return self._init_latents
+
+    def plan_inpainting(self, image: Image.Image, mask: Image.Image) -> InpaintPlan:
+        params = self.params
+        return prepare_inpaint(image, mask, width=params.width, height=params.height,
+                               resize_mode=params.resize_mode, mask_blur=params.mask_blur,
+                               invert=params.inpainting_mask_invert, fill=params.inpainting_fill,
+                               only_masked=params.inpaint_full_res, padding=params.inpaint_full_res_padding)
+
+    def make_latent_mask(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)`` float32: 1 where the model repaints, 0 where the init latents stay.
+
+        A1111's: the blurred mask downscaled (bicubic) to the latent size, then rounded.
+        """
+        size = (int(latents.shape[-1]), int(latents.shape[-2]))
+        rows = []
+        for index in range(latents.shape[0]):
+            small = self.plans[index % len(self.plans)].mask.resize(size, Image.Resampling.BICUBIC)
+            rows.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).round())
+        return torch.stack(rows)[:, None].to(self.device)
+
+    def keep_unmasked(self, latents: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
+        """Inpainting: outside the mask the latents are the init image's (noised as the step needs)."""
+        if self.latent_mask is None:
+            return latents
+        return init * (1.0 - self.latent_mask) + latents * self.latent_mask
 
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         params = self.params
@@ -133,6 +177,8 @@ class _Img2Img(_Txt2Img):
                                  f"{MAX_LATENT_UPSCALE_SOURCE_SIDE} a side: "
                                  "use resize mode 0, 1 or 2 for larger images")
             fitted = rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
+        elif rgb.size == (params.width, params.height) and self.plans:
+            fitted = rgb  # fitted (and filled) by the inpainting plan
         else:
             fitted = resize_image(rgb, params.resize_mode, params.width, params.height)
         pixels = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0)
@@ -160,6 +206,10 @@ class _Img2Img(_Txt2Img):
             width=params.width, height=params.height, rng=params.rng or "CPU", device=self.device,
             channels=int(init.shape[1]), scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)),
         )
+        if self.latent_mask is not None and params.inpainting_fill in (2, 3):
+            # "latent noise" / "latent nothing": the masked area starts from the noise, or from zeros.
+            fill = noise.latents if params.inpainting_fill == 2 else torch.zeros_like(init)
+            init = self.keep_unmasked(fill, init)
         if self.denoise_steps == 0:
             self.check_control()
             return init.clone()  # strength 0: nothing to denoise
@@ -193,6 +243,12 @@ class _Img2Img(_Txt2Img):
             model_output = self.predict(model_input, t)
             step = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=True)
             latents = step.prev_sample
+            if self.latent_mask is not None:
+                # The kept part follows the init image, noised to the level the next step expects
+                # (diffusers' inpainting with a plain UNet).
+                upcoming = timesteps[i + 1:i + 2]
+                kept = scheduler.add_noise(init, noise.latents, upcoming) if len(upcoming) else init
+                latents = self.keep_unmasked(latents, kept)
             done = min(self.denoise_steps, -(-(i + 1) // order))
             if done != reported:
                 reported = done
@@ -212,7 +268,8 @@ class _Img2Img(_Txt2Img):
 
         def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
             self.check_control()
-            return denoiser(x, sigma)
+            # Inpainting: the prediction outside the mask is the init image itself (A1111's way).
+            return self.keep_unmasked(denoiser(x, sigma), init)
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
             self.step_index = offset + i + 1
@@ -225,6 +282,13 @@ class _Img2Img(_Txt2Img):
         start = init + noise.latents * float(sigmas[0])
         # 7. Denoising loop (inside the sampling function).
         return sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
+
+    # -- 8. decode (and paste inpainted images back) ------------------------------------------
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        images = super().decode(latents)
+        if not self.plans:
+            return images
+        return [paste_back(image, self.plans[index % len(self.plans)]) for index, image in enumerate(images)]
 
     # -- progress ----------------------------------------------------------------------------
     def report(self, step: int, batch_index: int, latents: torch.Tensor) -> None:
