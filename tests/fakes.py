@@ -40,6 +40,8 @@ class FakeEngine:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The init images of each img2img call, in call order.
     init_images: list[list[Any]] = field(default_factory=list)
+    #: The mask of each img2img call (None without one).
+    masks: list[Any] = field(default_factory=list)
 
     def load(self, info: Any) -> FakeLoaded:
         self.loaded.append(info.title)
@@ -52,16 +54,22 @@ class FakeEngine:
         return {"device": "fake", "dtype": "float32", "attention": "none"}
 
     def img2img(self, params: Any, init_images: Any, *, control: JobControl, on_step: Any,
-                preview_every: int) -> EngineRun:
+                preview_every: int, mask: Any = None) -> EngineRun:
         """As txt2img, each image the init image (resized) blended towards its seed's colour by the
-        denoising strength: strength 0 gives the init image back, 1 the txt2img colour."""
+        denoising strength: strength 0 gives the init image back, 1 the txt2img colour. With a mask,
+        only its white part changes."""
         with self.lock:
             self.init_images.append(list(init_images))
-        sources = [image.convert("RGB").resize((params.width, params.height)) for image in init_images]
+            self.masks.append(mask)
+        size = (params.width, params.height)
+        sources = [image.convert("RGB").resize(size) for image in init_images]
+        where = mask.convert("L").resize(size) if mask is not None else None
 
         def make(index: int, seed: int) -> Image.Image:
-            colour = Image.new("RGB", (params.width, params.height), colour_for(seed, params.prompt))
-            return Image.blend(sources[index % len(sources)], colour, params.denoising_strength)
+            colour = Image.new("RGB", size, colour_for(seed, params.prompt))
+            source = sources[index % len(sources)]
+            made = Image.blend(source, colour, params.denoising_strength)
+            return made if where is None else Image.composite(made, source, where)
 
         return self.txt2img(params, control=control, on_step=on_step, preview_every=preview_every,
                             make_image=make)

@@ -5,7 +5,9 @@ This module owns turning their A1111 fields into our typed calls, and every refu
 
 * img2img: ``init_images`` (base64, decoded with the decompression-bomb limit of
   :mod:`sdweb.images.metadata`), ``denoising_strength`` and ``resize_mode`` on top of the txt2img
-  fields (:class:`sdweb.params.Img2ImgParams`); inpainting fields (``mask``, ``latent_mask``) and
+  fields (:class:`sdweb.params.Img2ImgParams`); ``mask`` (same size as the init images) with
+  ``mask_blur`` (or equal ``mask_blur_x``/``mask_blur_y``), ``inpainting_fill``, ``inpaint_full_res``,
+  ``inpaint_full_res_padding``, ``inpainting_mask_invert`` makes it inpainting. ``latent_mask`` and
   ``initial_noise_multiplier`` other than 1 are refused with 422, never silently dropped.
 * Extras: ``upscaler_1`` (and ``upscaler_2`` blended in at ``extras_upscaler_2_visibility``), "scale
   by" (``upscaling_resize``) or "scale to" (``upscaling_resize_w/h``, ``upscaling_crop``), with the
@@ -44,10 +46,11 @@ MAX_EXTRAS_BATCH = 64
 def refuse_unsupported_img2img(request: Img2ImgRequest) -> None:
     """422 for img2img fields that would change the image and that we cannot honour yet."""
     problems: list[str] = []
-    if request.mask:
-        problems.append("mask: inpainting is not supported yet; send img2img without a mask")
     if request.latent_mask:
-        problems.append("latent_mask: inpainting is not supported yet")
+        problems.append("latent_mask: a separate latent mask is not supported yet; send only mask")
+    if request.mask_blur is None and request.mask_blur_x != request.mask_blur_y:
+        problems.append(f"mask_blur_x/mask_blur_y: different blurs across and down are not supported yet "
+                        f"(got {request.mask_blur_x} and {request.mask_blur_y}); send mask_blur")
     if request.initial_noise_multiplier not in (None, 1.0):
         problems.append(f"initial_noise_multiplier: only 1 is supported yet (got "
                         f"{request.initial_noise_multiplier})")
@@ -76,13 +79,24 @@ def init_images_of(request: Img2ImgRequest) -> list[Image.Image]:
     return decode_images(encoded, "init_images")
 
 
+def mask_of(request: Img2ImgRequest) -> Image.Image | None:
+    """The request's inpainting mask, decoded; None without one."""
+    if not request.mask:
+        return None
+    return decode_images([request.mask], "mask")[0]
+
+
 def img2img_params(base: GenerationParams, request: Img2ImgRequest) -> Img2ImgParams:
     """``base`` (the txt2img fields, as the txt2img route builds them) plus the img2img fields."""
     values = base.model_dump()
     given = request.given()
-    for name in ("denoising_strength", "resize_mode"):
+    for name in ("denoising_strength", "resize_mode", "inpainting_fill", "inpaint_full_res",
+                 "inpaint_full_res_padding", "inpainting_mask_invert"):
         if name in given:
             values[name] = getattr(request, name)
+    blur = request.mask_blur if request.mask_blur is not None else request.mask_blur_x
+    if blur is not None:
+        values["mask_blur"] = blur
     try:
         return Img2ImgParams(**values)
     except ValidationError as exc:

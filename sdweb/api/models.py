@@ -132,7 +132,7 @@ class Txt2ImgRequest(BaseModel):
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    """``POST /sdapi/v1/img2img``: the txt2img fields plus A1111's img2img ones (inpainting: 422 yet)."""
+    """``POST /sdapi/v1/img2img``: the txt2img fields plus A1111's img2img and inpainting ones."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, title="StableDiffusionProcessingImg2Img")
 

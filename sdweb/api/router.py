@@ -44,6 +44,7 @@ from sdweb.api.image_requests import (
     img2img_echo,
     img2img_params,
     init_images_of,
+    mask_of,
     refuse_unsupported_extras,
     refuse_unsupported_img2img,
     source_infotext,
@@ -591,10 +592,11 @@ class A1111Api:
             base, plan = await run_in_threadpool(self.build_params, request)
             params = img2img_params(base, request)
             images = await run_in_threadpool(init_images_of, request)
+            mask = await run_in_threadpool(mask_of, request)
             try:
                 job = self.services.generation.submit_img2img(
                     params, images, save=bool(request.save_images), source="api",
-                    job_id=request.force_task_id or None)
+                    job_id=request.force_task_id or None, mask=mask)
             except GenerationError as exc:
                 raise ApiError(exc.status, exc.message) from exc
         result = await run_in_threadpool(self._wait, job)

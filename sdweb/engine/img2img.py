@@ -20,6 +20,14 @@ Prompt encoding (A1111's grammar), guidance, progress, previews, interrupt/skip,
 are the txt2img loop's own: :class:`_Img2Img` extends its runner and replaces only the sampling of a
 batch. Progress counts the steps actually run.
 
+Inpainting (a ``mask`` beside the init images; plain 4-channel checkpoints): the images and mask are
+prepared by :mod:`sdweb.images.mask` ("whole picture" or "only masked"); after every step the latents
+outside the mask are reset to the init latents noised to the next step's level (diffusers' way with a
+plain UNet; for function samplers the prediction outside the mask is the init latents, A1111's way);
+"latent noise" / "latent nothing" start the masked area from noise / zeros; the decoded image is pasted
+back through the blurred mask, so unmasked pixels are the original's exactly. Dedicated inpainting
+checkpoints (9-channel UNet) are refused with a message for now.
+
 Several init images: image *i* of every batch starts from init image *i*; one init image is used for
 the whole batch. A1111 shrinks the batch to the number of images given; the service does that
 before the engine (here the count must be 1 or ``batch_size``).

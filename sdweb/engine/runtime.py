@@ -90,15 +90,20 @@ class Engine:
         control: JobControl,
         on_step: Callable[[StepProgress], None],
         preview_every: int = 0,
+        mask: Any = None,
     ) -> EngineRun:
-        """img2img from ``init_images`` (PIL images) on the request's checkpoint; as :meth:`txt2img`."""
+        """img2img from ``init_images`` (PIL images) on the request's checkpoint; as :meth:`txt2img`.
+
+        ``mask`` (a PIL image, white = repaint) makes it inpainting.
+        """
         from sdweb.engine.img2img import run_img2img
 
         info = self._checkpoint(params.checkpoint)
         vae = self._vae_path(params.vae, info)
         with self._cache.use(info, vae=vae) as model:
             return run_img2img(model, params, init_images, samplers=self._samplers, control=control,
-                               on_step=on_step, preview_every=preview_every, extra_networks=self._networks)
+                               on_step=on_step, preview_every=preview_every, extra_networks=self._networks,
+                               mask=mask)
 
     # -- models ------------------------------------------------------------------------------
     def load(self, info: Any) -> Any:

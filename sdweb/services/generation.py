@@ -69,6 +69,7 @@ class EngineLike(Protocol):
         control: JobControl,
         on_step: Callable[[StepProgress], None],
         preview_every: int,
+        mask: Any = None,
     ) -> EngineRun: ...
 
 
@@ -76,12 +77,14 @@ class Job:
     """One queued or running generation request (txt2img, or img2img with its init images)."""
 
     def __init__(self, params: GenerationParams, *, source: str, job_id: str | None = None,
-                 init_images: Sequence[Any] = ()) -> None:
+                 init_images: Sequence[Any] = (), mask: Any = None) -> None:
         self.id = job_id or uuid.uuid4().hex
         self.params = params
         self.source = source
         #: PIL images for an img2img job (``params`` is then an ``Img2ImgParams``); empty for txt2img.
         self.init_images = list(init_images)
+        #: Inpainting mask (PIL image, white = repaint) of an img2img job; None for plain img2img.
+        self.mask = mask
         self.kind = "img2img" if isinstance(params, Img2ImgParams) else "txt2img"
         self.control = JobControl()
         self.progress = JobProgress(job_id=self.id, job_count=params.n_iter,
@@ -154,6 +157,7 @@ class GenerationService:
         source: str = "ui",
         job_id: str | None = None,
         init_images: Sequence[Any] = (),
+        mask: Any = None,
     ) -> Job:
         """Check the request now (bad sampler, model or style -> GenerationError), then queue it.
 
@@ -173,7 +177,7 @@ class GenerationService:
                 raise GenerationError(str(exc)) from exc
         if job_id is not None and job_id in self._jobs:
             raise GenerationError(f"task id {job_id!r} is already in use")
-        job = Job(params, source=source, job_id=job_id, init_images=init_images)
+        job = Job(params, source=source, job_id=job_id, init_images=init_images, mask=mask)
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > FINISHED_JOBS_KEPT:
@@ -194,8 +198,9 @@ class GenerationService:
         save_grid: bool | None = None,
         source: str = "ui",
         job_id: str | None = None,
+        mask: Any = None,
     ) -> Job:
-        """Queue an img2img job on the same GPU queue as txt2img.
+        """Queue an img2img job on the same GPU queue as txt2img; with ``mask``, an inpainting job.
 
         ``init_images`` are PIL images (decoded with ``sdweb.images.metadata``'s size limit). As A1111:
         one image is used for every image of a batch; several set the batch size to their number, and
@@ -209,8 +214,13 @@ class GenerationService:
                                   "give at most batch_size images (each makes one image of the batch)")
         if len(images) > 1:
             params = params.model_copy(update={"batch_size": len(images)})
+        if mask is not None:
+            wrong = [f"{image.width}x{image.height}" for image in images if image.size != mask.size]
+            if wrong:
+                raise GenerationError(f"the mask is {mask.width}x{mask.height} but the init image is "
+                                      f"{wrong[0]}; they must have the same size")
         return self.submit(params, save=save, save_grid=save_grid, source=source, job_id=job_id,
-                           init_images=images)
+                           init_images=images, mask=mask)
 
     def generate(self, params: GenerationParams, **kwargs: Any) -> GenerationResult:
         """Submit and wait: the blocking form the CLI and the API use."""
@@ -319,14 +329,15 @@ class GenerationService:
             raise GenerationError("an extension's before_generate hook returned a txt2img request for an "
                                   "img2img job; it must return params.model_copy(update=...)")
         if isinstance(params, Img2ImgParams):
+            masked = {"mask": job.mask} if job.mask is not None else {}
             run = self._engine().img2img(params, job.init_images, control=job.control, on_step=on_step,
-                                         preview_every=preview_every)
+                                         preview_every=preview_every, **masked)
         else:
             run = self._engine().txt2img(params, control=job.control, on_step=on_step,
                                          preview_every=preview_every)
 
         # 3. Infotext, save, grid, history.
-        return self._record(params, run, save=save, save_grid=save_grid)
+        return self._record(params, run, save=save, save_grid=save_grid, masked=job.mask is not None)
 
     def _prepare(self, params: GenerationParams) -> GenerationParams:
         if self._plugins is not None:
@@ -351,7 +362,7 @@ class GenerationService:
         return params.model_copy(update=updates)
 
     def _record(self, params: GenerationParams, run: EngineRun, *, save: bool,
-                save_grid: bool | None) -> GenerationResult:
+                save_grid: bool | None, masked: bool = False) -> GenerationResult:
         from sdweb.images.infotext import build_infotext
 
         extra: dict[str, Any] = {}
@@ -359,6 +370,8 @@ class GenerationService:
         if isinstance(params, Img2ImgParams):
             kind = "img2img"
             extra["Denoising strength"] = params.denoising_strength  # A1111 writes it at its place
+            if masked:
+                extra.update(_inpaint_infotext(params))
         elif params.enable_hr:
             extra.update(_hires_infotext(params))
         if self._plugins is not None:
@@ -438,6 +451,17 @@ class GenerationService:
         except Exception:  # history must never cost the user their images
             logger.exception("could not record the generation in history")
             return None
+
+
+def _inpaint_infotext(params: Img2ImgParams) -> dict[str, Any]:
+    """The inpainting keys A1111 writes, in its order."""
+    pairs: dict[str, Any] = {"Mask blur": params.mask_blur}
+    if params.inpainting_mask_invert:
+        pairs["Mask mode"] = "Inpaint not masked"
+    if params.inpaint_full_res:
+        pairs["Inpaint area"] = "Only masked"
+        pairs["Masked area padding"] = params.inpaint_full_res_padding
+    return pairs
 
 
 def _hires_infotext(params: GenerationParams) -> dict[str, Any]:

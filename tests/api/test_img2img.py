@@ -94,7 +94,12 @@ def test_saved_images_go_to_img2img_images(api: ApiServer) -> None:
     ({"denoising_strength": 1.5}, 422, ["denoising_strength"]),
     ({"denoising_strength": -0.1}, 422, ["denoising_strength"]),
     ({"resize_mode": 4}, 422, ["resize_mode"]),
-    ({"mask": "iVBORw0KGgo="}, 422, ["mask", "inpainting is not supported yet"]),
+    ({"latent_mask": "iVBORw0KGgo="}, 422, ["latent_mask", "not supported yet"]),
+    ({"mask": "%%%"}, 400, ["mask[0]", "base64"]),
+    ({"mask": b64(Image.new("L", (10, 10), 255))}, 400, ["mask is 10x10", "32x48"]),
+    ({"mask": b64(Image.new("L", (32, 48), 255)), "mask_blur_x": 2}, 422, ["mask_blur_x"]),
+    ({"mask": b64(Image.new("L", (32, 48), 255)), "mask_blur": 100}, 422, ["mask_blur"]),
+    ({"mask": b64(Image.new("L", (32, 48), 255)), "inpainting_fill": 4}, 422, ["inpainting_fill"]),
     ({"initial_noise_multiplier": 1.2}, 422, ["initial_noise_multiplier"]),
     ({"enable_hr": True}, 422, ["enable_hr"]),
     ({"sampler_name": "nope"}, 400, ["Sampler not found"]),
@@ -107,6 +112,25 @@ def test_bad_requests_get_a_4xx_naming_the_problem(api: ApiServer, fields, statu
     for word in words:
         assert word in detail, detail
     assert api.engine.init_images == []  # nothing reached the engine
+
+
+def test_inpainting_changes_only_the_masked_part_and_says_so(api: ApiServer) -> None:
+    mask = Image.new("L", (32, 48), 0)
+    mask.paste(255, (0, 0, 16, 48))  # the left half
+    body = img2img(api, mask=b64(mask), denoising_strength=1, width=64, height=96, prompt="p",
+                   mask_blur=6, inpaint_full_res_padding=8)
+    image = decode(body["images"][0])
+    assert image.getpixel((8, 20)) == colour_for(5, "p") and image.getpixel((56, 20)) == (0, 200, 0)
+    text = image.info["parameters"]
+    assert "Denoising strength: 1, " in text
+    assert "Mask blur: 6, Inpaint area: Only masked, Masked area padding: 8, Version" in text
+    call = api.engine.calls[-1]
+    assert (call.mask_blur, call.inpaint_full_res, call.inpaint_full_res_padding) == (6, True, 8)
+    assert api.engine.masks[-1].size == (32, 48)
+    body = img2img(api, mask=b64(mask), inpaint_full_res=False, inpainting_mask_invert=1, inpainting_fill=1)
+    text = decode(body["images"][0]).info["parameters"]
+    assert "Mask blur: 4, Mask mode: Inpaint not masked, Version" in text
+    assert api.engine.calls[-1].inpainting_fill == 1 and api.engine.calls[-1].inpainting_mask_invert
 
 
 def test_progress_names_the_img2img_job(start_api) -> None:

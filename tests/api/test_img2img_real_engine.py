@@ -59,3 +59,20 @@ def test_hires_fix_with_the_tiny_model(real_api: str) -> None:  # noqa: F811
     assert "Size: 64x64" in text and "Denoising strength: 0.5" in text
     assert "Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Latent" in text
     assert _image(pixel.json()["images"][0]).size == (96, 96)
+
+
+def test_inpainting_with_the_tiny_model_keeps_the_unmasked_pixels(real_api: str) -> None:  # noqa: F811
+    init = Image.new("RGB", (96, 80), (30, 160, 90))
+    mask = Image.new("L", (96, 80), 0)
+    mask.paste(255, (60, 10, 80, 30))
+    request = {"prompt": "a lighthouse", "steps": 4, "width": 64, "height": 64, "seed": 11,
+               "init_images": [_b64(init)], "mask": _b64(mask), "denoising_strength": 0.9, "mask_blur": 2,
+               "inpaint_full_res_padding": 4}
+    with httpx.Client(timeout=300) as client:
+        response = client.post(f"{real_api}/img2img", json=request)
+    assert response.status_code == 200, response.text
+    out = np.asarray(_image(response.json()["images"][0]).convert("RGB"), dtype=np.int16)
+    assert out.shape == (80, 96, 3)  # "only masked" keeps the picture's size
+    source = np.asarray(init, dtype=np.int16)
+    assert np.array_equal(out[:, :50], source[:, :50]) and np.array_equal(out[40:], source[40:])
+    assert np.abs(out[14:26, 64:76] - source[14:26, 64:76]).mean() > 5
