@@ -6,6 +6,7 @@ Pure numpy + Pillow; deterministic for a given ``numpy.random.Generator``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
         f"{thing} {where} {background} background",
     )
     text = str(rng.choice(templates))
+    text = re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange circle", as people write it
     return " ".join(text.replace(" ,", ",").split()).strip(" ,")
 
 
