@@ -202,7 +202,10 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     configure_threads(getattr(settings, "threads", None) or option_threads or runtime.threads)
 
     def loader(info: Any, vae: Any) -> Any:
-        return load_checkpoint(info, runtime, vae_path=Path(vae) if vae is not None else None)
+        if vae is None:
+            return load_checkpoint(info, runtime)
+        # The VAE hash for infotexts comes from the registry's on-disk cache: hashed once per file.
+        return load_checkpoint(info, runtime, vae_path=Path(vae), vae_hash=vae_registry.short_hash(Path(vae)))
 
     cache = ModelCache(loader, capacity=settings.models_in_memory, offload_device=runtime.parking_device)
     logger.info("engine ready: %s, %s, %s attention", runtime.device, runtime.dtype, runtime.attention)

@@ -81,7 +81,7 @@ def build_services(
     hashes = HashCache(paths.cache_dir / "hashes.json")  # one instance: they all write the same file
     registry = CheckpointRegistry(paths.ckpt_dirs, hashes, demo_files=demo_files)
     registry.refresh()
-    vaes = VaeRegistry(paths.vae_dir)
+    vaes = VaeRegistry(paths.vae_dir, hashes)
     loras = LoraLibrary(paths.lora_dir, hashes=hashes)  # torch-free: lists files, checks <lora:> tags
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
