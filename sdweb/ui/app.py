@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.ui import theme
-from sdweb.ui.tabs import gallery, history, pnginfo, settings, txt2img
+from sdweb.ui.tabs import extras, gallery, history, img2img, pnginfo, settings, txt2img
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def banner_html(services: Any) -> str:
 
 
 def build_ui(services: Any) -> gr.Blocks:
-    """The whole page: header, then the tabs (txt2img, gallery, history, PNG Info, settings, extras)."""
+    """The whole page: header, then the tabs (txt2img, img2img, Extras, Gallery, History, PNG Info...)."""
     # Gallery pages are copied into gradio's cache; files older than a day are swept hourly.
     with gr.Blocks(title="sdweb", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         # 1. Header: name, model status (refreshed while the page is open), LAN warning.
@@ -108,6 +108,10 @@ def build_ui(services: Any) -> gr.Blocks:
         with gr.Tabs(elem_id="sdweb-tabs") as tabs:
             with gr.Tab("txt2img", id=txt2img.TAB_ID, elem_id="tab-txt2img"):
                 t2i = txt2img.render_txt2img_tab(services, tabs)
+            with gr.Tab("img2img", id=img2img.TAB_ID, elem_id="tab-img2img"):
+                i2i = img2img.render_img2img_tab(services, tabs)
+            with gr.Tab("Extras", id=extras.TAB_ID, elem_id="tab-extras"):
+                extras.render_extras_tab(services)
             with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery") as gallery_tab:
                 gallery.render_gallery_tab(services, t2i, gallery_tab)
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
@@ -120,10 +124,27 @@ def build_ui(services: Any) -> gr.Blocks:
 
         # 3. Lists that change while the server runs (and samplers, which need the engine's registry).
         txt2img.wire_page_load(demo, services, t2i)
+        img2img.wire_page_load(demo, services, i2i)
+        wire_send_to_img2img(services, t2i, i2i)
     # Gradio runs each event one call at a time unless told otherwise: paging or searching by one user
     # must not wait for another's. GPU work is serialised by our own queue, not by this limit.
     demo.queue(default_concurrency_limit=EVENT_CONCURRENCY)
     return demo
+
+
+def wire_send_to_img2img(services: Any, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab) -> None:
+    """txt2img's "Send to img2img": the selected result and its parameters go to the img2img tab."""
+    if t2i.send_to_img2img is None or t2i.view is None:
+        return
+
+    def send_result(view: txt2img.ResultView) -> tuple[Any, dict[str, Any], list[str]] | None:
+        if view.item is None:
+            gr.Warning("Generate an image first.")
+            return None
+        values, notes = img2img.values_for_img2img(view.infotext, services.models)
+        return view.item, values, notes
+
+    i2i.wire_send(t2i.send_to_img2img.click, send_result, [t2i.view])
 
 
 def render_extension_tabs(services: Any) -> None:

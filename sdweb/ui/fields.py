@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdweb.params import GenerationParams
+from sdweb.params import GenerationParams, Img2ImgParams
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,34 @@ FORM_FIELDS: tuple[str, ...] = (
     "seed_resize_from_w",
     "seed_resize_from_h",
     "clip_skip",
+    # Hires fix (the "Hires. fix" accordion).
+    "enable_hr",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "denoising_strength",
+    "hr_scale",
+    "hr_resize_x",
+    "hr_resize_y",
 )
+
+#: The img2img tab's fields beyond the txt2img ones it shares (Img2ImgParams' own), in form order.
+IMG2IMG_FIELDS: tuple[str, ...] = (
+    "resize_mode",
+    "mask_blur",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+)
+
+#: Infotext keys of a hires fix image -> the form field each fills (A1111's names).
+INFOTEXT_HIRES_FIELDS: Mapping[str, str] = {
+    "Hires upscale": "hr_scale",
+    "Hires steps": "hr_second_pass_steps",
+    "Hires upscaler": "hr_upscaler",
+    "Hires resize-1": "hr_resize_x",
+    "Hires resize-2": "hr_resize_y",
+}
 
 #: Form fields holding whole numbers (gradio Number/Slider hand floats back).
 _INT_FIELDS = frozenset(
@@ -57,6 +84,13 @@ _INT_FIELDS = frozenset(
         "seed_resize_from_w",
         "seed_resize_from_h",
         "clip_skip",
+        "hr_second_pass_steps",
+        "hr_resize_x",
+        "hr_resize_y",
+        "resize_mode",
+        "mask_blur",
+        "inpainting_fill",
+        "inpaint_full_res_padding",
     }
 )
 
@@ -99,8 +133,21 @@ def params_from_form(values: Mapping[str, Any]) -> GenerationParams:
     Raises:
         pydantic.ValidationError: a value is out of range (the message names the field).
     """
+    return GenerationParams(**_request_data(values, FORM_FIELDS))
+
+
+def img2img_params_from_form(values: Mapping[str, Any]) -> Img2ImgParams:
+    """The img2img request from the img2img form's values (txt2img's fields plus IMG2IMG_FIELDS).
+
+    Raises:
+        pydantic.ValidationError: a value is out of range (the message names the field).
+    """
+    return Img2ImgParams(**_request_data(values, (*FORM_FIELDS, *IMG2IMG_FIELDS)))
+
+
+def _request_data(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    for name in FORM_FIELDS:
+    for name in names:
         if name not in values:
             continue
         value = values[name]
@@ -115,7 +162,7 @@ def params_from_form(values: Mapping[str, Any]) -> GenerationParams:
         elif value is None or (value == "" and name not in ("prompt", "negative_prompt")):
             continue  # an emptied number box means "the default", as in A1111
         data[name] = value
-    return GenerationParams(**data)
+    return data
 
 
 def form_from_params(params: GenerationParams, *, checkpoint_title: str | None = None) -> dict[str, Any]:
@@ -148,7 +195,7 @@ def form_from_infotext(text: str, models: Any | None = None) -> PastedValues:
     parsed = parse_infotext(text)
     pasted = PastedValues()
     try:
-        params, _extras = infotext_to_params(parsed)
+        params, extras = infotext_to_params(parsed)
     except InfotextError as exc:
         # Keep what fits (the prompt at least) and say what did not: a paste should not be all-or-nothing.
         pasted.notes.append(str(exc))
@@ -156,11 +203,45 @@ def form_from_infotext(text: str, models: Any | None = None) -> PastedValues:
             prompt=str(parsed.get("Prompt", ""))[:20_000],
             negative_prompt=str(parsed.get("Negative prompt", ""))[:20_000],
         )
+        extras = {}
     pasted.values = form_from_params(params.model_copy(update={"checkpoint": None}))
+    pasted.values.update(_hires_values(extras, pasted.notes))
     title = _checkpoint_title(parsed, models, pasted.notes)
     if title is not None:
         pasted.values["checkpoint"] = title
     return pasted
+
+
+def _hires_values(extras: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Hires fix fields from an infotext's extra pairs: a hires image's infotext turns hires fix on."""
+    values: dict[str, Any] = {}
+    if "Denoising strength" in extras:
+        values["denoising_strength"] = extras["Denoising strength"]
+    if not any(str(key).startswith("Hires ") for key in extras):
+        return _checked(values, notes)
+    values["enable_hr"] = True
+    hires = dict(extras)
+    width, _, height = str(hires.pop("Hires resize", "")).partition("x")
+    if height:  # the parser joins "Hires resize-1/-2" back into "128x96"
+        hires.setdefault("Hires resize-1", width.strip())
+        hires.setdefault("Hires resize-2", height.strip())
+    for key, name in INFOTEXT_HIRES_FIELDS.items():
+        if key in hires:
+            values[name] = hires[key]
+    return _checked(values, notes)
+
+
+def _checked(values: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Keep the values GenerationParams accepts (typed as it types them); note the others."""
+    kept: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            typed = GenerationParams(**{name: _as_int(value) if name in _INT_FIELDS else value})
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            notes.append(f"{name} {value!r} from the infotext is out of range; the default is used")
+            continue
+        kept[name] = getattr(typed, name)
+    return kept
 
 
 def _checkpoint_title(parsed: Mapping[str, Any], models: Any | None, notes: list[str]) -> str | None:

@@ -178,3 +178,54 @@ def test_infotext_with_values_a_request_cannot_take_keeps_the_prompt_and_says_wh
     pasted = form_from_infotext("a dog\nSteps: 900, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 512x512")
     assert pasted.values["prompt"] == "a dog"
     assert pasted.notes and "steps" in pasted.notes[0].lower()
+
+
+def test_hires_fix_controls_reach_the_request() -> None:
+    values = dict(
+        FORM_DEFAULTS,
+        enable_hr=True,
+        hr_upscaler="Lanczos",
+        hr_second_pass_steps=5.0,
+        denoising_strength=0.4,
+        hr_scale=1.5,
+        hr_resize_x=768.0,
+        hr_resize_y=0.0,
+    )
+    params = params_from_form(values)
+    assert params.enable_hr is True
+    assert params.hr_upscaler == "Lanczos"
+    assert params.hr_second_pass_steps == 5 and isinstance(params.hr_second_pass_steps, int)
+    assert params.denoising_strength == 0.4
+    assert params.hr_scale == 1.5
+    assert (params.hr_resize_x, params.hr_resize_y) == (768, 0)
+    assert form_from_params(params)["hr_upscaler"] == "Lanczos"
+
+
+def test_pasting_a_hires_infotext_turns_hires_fix_on_with_its_values() -> None:
+    text = (
+        "a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x384, "
+        "Denoising strength: 0.45, Hires upscale: 1.5, Hires resize: 768x640, Hires steps: 8, "
+        "Hires upscaler: Latent (bicubic)"
+    )
+    pasted = form_from_infotext(text)
+    assert pasted.notes == []
+    params = params_from_form(pasted.values)
+    assert params.enable_hr is True
+    assert params.denoising_strength == 0.45
+    assert params.hr_scale == 1.5
+    assert (params.hr_resize_x, params.hr_resize_y) == (768, 640)
+    assert params.hr_second_pass_steps == 8
+    assert params.hr_upscaler == "Latent (bicubic)"
+
+
+def test_an_infotext_without_hires_leaves_hires_fix_off() -> None:
+    pasted = form_from_infotext("a dog\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 512x512")
+    assert params_from_form(pasted.values).enable_hr is False
+
+
+def test_out_of_range_hires_values_take_the_default_with_a_note() -> None:
+    text = "a dog\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 512x512, Hires upscale: 9"
+    pasted = form_from_infotext(text)
+    assert pasted.values["hr_scale"] == 2.0  # the default, not 9
+    assert any("hr_scale" in note and "out of range" in note for note in pasted.notes)
+    assert pasted.values["enable_hr"] is True

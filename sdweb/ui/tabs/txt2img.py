@@ -18,13 +18,15 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gradio as gr
 from pydantic import ValidationError
 
+from sdweb.images.upscale import LATENT_UPSCALE_MODES, list_upscalers
 from sdweb.params import GenerationResult, JobProgress, format_validation_error
 from sdweb.prompts.tokens import CHUNK_TOKENS, TokenCount, texts_for_token_count
 from sdweb.services.generation import GenerationError
@@ -158,13 +160,27 @@ class ResultView:
     subseeds: list[int] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
     selected: int = 0
+    #: What the gallery shows (saved paths, else the images), for "send to img2img".
+    items: list[Any] = field(default_factory=list)
 
     @classmethod
     def of(cls, result: GenerationResult) -> ResultView:
-        return cls(seeds=list(result.seeds), subseeds=list(result.subseeds), infotexts=list(result.infotexts))
+        return cls(
+            seeds=list(result.seeds),
+            subseeds=list(result.subseeds),
+            infotexts=list(result.infotexts),
+            items=gallery_items(result),
+        )
 
     def pick(self, index: int) -> ResultView:
-        return ResultView(self.seeds, self.subseeds, self.infotexts, selected=index)
+        return ResultView(self.seeds, self.subseeds, self.infotexts, selected=index, items=self.items)
+
+    @property
+    def item(self) -> Any:
+        """The selected image (a saved file's path or the image itself), or None before a result."""
+        if 0 <= self.selected < len(self.items):
+            return self.items[self.selected]
+        return None
 
     @property
     def infotext(self) -> str:
@@ -217,6 +233,144 @@ def _session_of(request: gr.Request | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Results and job progress, shared by the txt2img and img2img tabs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResultPanel:
+    """The right-hand column of a generating tab: messages, progress, preview, gallery, infotext."""
+
+    message: gr.HTML
+    progress: gr.HTML
+    preview: gr.Image
+    gallery: gr.Gallery
+    infotext: gr.HTML
+    #: The user's last result (:class:`ResultView`).
+    view: gr.State
+
+    def outputs(self) -> set[Any]:
+        return {self.progress, self.message, self.preview, self.gallery, self.infotext, self.view}
+
+
+def render_result_panel(prefix: str) -> ResultPanel:
+    """Lay out a :class:`ResultPanel` (elem ids ``{prefix}-progress`` ...) and wire image selection."""
+    message = gr.HTML("", elem_id=f"{prefix}-message", js_on_load=None)
+    progress = gr.HTML("", elem_id=f"{prefix}-progress", js_on_load=None)
+    preview = gr.Image(
+        label="Preview", visible=False, interactive=False, elem_id=f"{prefix}-preview", height=320
+    )
+    gallery = gr.Gallery(
+        label="Output",
+        columns=2,
+        height=480,
+        object_fit="contain",
+        elem_id=f"{prefix}-gallery",
+        interactive=False,
+        format="png",
+        fit_columns=False,
+    )
+    infotext = gr.HTML("", elem_id=f"{prefix}-infotext", js_on_load=None)
+    view = gr.State(ResultView())
+
+    def show_selected(current: ResultView, evt: gr.SelectData) -> tuple[ResultView, str]:
+        picked = current.pick(int(evt.index)) if isinstance(evt.index, int) else current
+        return picked, infotext_html(picked.infotext)
+
+    gallery.select(show_selected, inputs=view, outputs=[view, infotext], show_progress="hidden")
+    return ResultPanel(message, progress, preview, gallery, infotext, view)
+
+
+async def run_job(
+    services: Any,
+    submit: Callable[[], Any],
+    panel: ResultPanel,
+    jobs: SessionJobs,
+    request: gr.Request | None,
+) -> AsyncIterator[dict[Any, Any]]:
+    """Submit a job to our GPU queue (``submit()`` returns the Job), stream its progress, show the result.
+
+    Yields gradio updates for ``panel``'s components. A refused request (GenerationError) is shown, not
+    raised; the job is registered under the user's session so Interrupt/Skip reach it.
+    """
+    try:
+        job = await asyncio.to_thread(submit)
+    except GenerationError as exc:
+        gr.Warning(exc.message)
+        yield {panel.progress: error_html(exc.message)}
+        return
+    session = _session_of(request)
+    jobs.start(session, job.id)
+    yield {panel.message: ""}
+    shown_preview: Any = None
+    try:
+        while job.task is not None and not job.task.done:
+            state = services.generation.progress(job)
+            update: dict[Any, Any] = {panel.progress: progress_html(state)}
+            if state.preview is not None and state.preview is not shown_preview:
+                shown_preview = state.preview
+                update[panel.preview] = gr.update(value=shown_preview, visible=True)
+            yield update
+            await asyncio.sleep(POLL_INTERVAL)
+    finally:
+        jobs.finish(session, job.id)
+    yield _finished_updates(job, panel)
+
+
+def _finished_updates(job: Any, panel: ResultPanel) -> dict[Any, Any]:
+    hide_preview = gr.update(value=None, visible=False)
+    if job.task is not None and job.task.cancelled:
+        # Interrupted while still queued: it never reached the GPU.
+        return {
+            panel.progress: note_html("Interrupted before it started; nothing was made."),
+            panel.message: "",
+            panel.preview: hide_preview,
+        }
+    try:
+        result = job.wait(timeout=0)
+    except GenerationError as exc:
+        gr.Warning(exc.message)
+        return {panel.progress: error_html(exc.message), panel.preview: hide_preview}
+    started = job.progress.started_at
+    seconds = time.monotonic() - started if started is not None else None
+    result_view = ResultView.of(result)
+    return {
+        panel.progress: finished_html(result, seconds),
+        panel.message: "",
+        panel.preview: hide_preview,
+        panel.gallery: gr.update(value=result_view.items, selected_index=0 if result.images else None),
+        panel.infotext: infotext_html(result_view.infotext),
+        panel.view: result_view,
+    }
+
+
+def wire_interrupt_skip(
+    services: Any, jobs: SessionJobs, interrupt: gr.Button, skip: gr.Button, message: gr.HTML
+) -> None:
+    """Interrupt / Skip reach only the job this browser session started from the tab."""
+
+    def interrupt_job(request: gr.Request) -> str:
+        job_id = jobs.get(_session_of(request))
+        if job_id is None or not services.generation.interrupt(job_id):
+            return note_html("Nothing of yours is running.")
+        return note_html("Interrupting… the images finished so far are kept.")
+
+    def skip_image(request: gr.Request) -> str:
+        job_id = jobs.get(_session_of(request))
+        if job_id is None or not services.generation.skip(job_id):
+            return note_html("Nothing of yours is running.")
+        return note_html("Skipping the current image…")
+
+    interrupt.click(interrupt_job, outputs=message, concurrency_limit=None, show_progress="hidden")
+    skip.click(skip_image, outputs=message, concurrency_limit=None, show_progress="hidden")
+
+
+def hires_upscaler_names() -> list[str]:
+    """The hires fix upscalers: the latent modes, then the pixel upscalers (A1111's order)."""
+    return [*LATENT_UPSCALE_MODES, *(info.name for info in list_upscalers())]
+
+
+# ---------------------------------------------------------------------------------------------
 # The tab
 # ---------------------------------------------------------------------------------------------
 
@@ -231,6 +385,9 @@ class Txt2ImgTab:
     checkpoint_choices: Callable[[], list[str]]
     #: ``() -> (sampler names, schedule names)``; None in tests that have no sampler registry.
     sampler_choices: Callable[[], tuple[list[str], list[str]]] | None = None
+    #: The results' "Send to img2img" button and the result state it sends from (None in tests).
+    send_to_img2img: gr.Button | None = None
+    view: gr.State | None = None
 
     def outputs(self) -> set[Any]:
         return {*self.form.values(), self.tabs, self.message}
@@ -402,6 +559,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
             form["cfg_scale"] = gr.Slider(
                 1.0, 30.0, value=defaults["cfg_scale"], step=0.5, label="CFG Scale", elem_id="txt2img-cfg"
             )
+            render_hires_fix(form, defaults)
             with gr.Row():
                 form["seed"] = gr.Number(
                     value=defaults["seed"], precision=0, label="Seed", elem_id="txt2img-seed", scale=5
@@ -459,23 +617,9 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
                     elem_id="txt2img-clip-skip",
                 )
         with gr.Column(scale=1):
-            message = gr.HTML("", elem_id="txt2img-message", js_on_load=None)
-            progress = gr.HTML("", elem_id="txt2img-progress", js_on_load=None)
-            preview = gr.Image(
-                label="Preview", visible=False, interactive=False, elem_id="txt2img-preview", height=320
-            )
-            gallery = gr.Gallery(
-                label="Output",
-                columns=2,
-                height=480,
-                object_fit="contain",
-                elem_id="txt2img-gallery",
-                interactive=False,
-                format="png",
-                fit_columns=False,
-            )
-            infotext = gr.HTML("", elem_id="txt2img-infotext", js_on_load=None)
-    view = gr.State(ResultView())
+            panel = render_result_panel(TAB_ID)
+            send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id="txt2img-send-to-img2img")
+    message, view = panel.message, panel.view
     assert set(form) == set(FORM_FIELDS), "every GenerationParams form field needs a component"
 
     # 3. Wiring.
@@ -585,93 +729,21 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
         except ValidationError as exc:
             text = format_validation_error(exc)
             gr.Warning(text)
-            yield {progress: error_html(text)}
+            yield {panel.progress: error_html(text)}
             return
-        try:
-            job = await asyncio.to_thread(services.generation.submit, params, source="ui")
-        except GenerationError as exc:
-            gr.Warning(exc.message)
-            yield {progress: error_html(exc.message)}
-            return
-        session = _session_of(request)
-        jobs.start(session, job.id)
-        yield {message: ""}
-        shown_preview: Any = None
-        try:
-            while job.task is not None and not job.task.done:
-                state = services.generation.progress(job)
-                update: dict[Any, Any] = {progress: progress_html(state)}
-                if state.preview is not None and state.preview is not shown_preview:
-                    shown_preview = state.preview
-                    update[preview] = gr.update(value=shown_preview, visible=True)
-                yield update
-                await asyncio.sleep(POLL_INTERVAL)
-        finally:
-            jobs.finish(session, job.id)
-        async for update in _finish(job):
+        submit = partial(services.generation.submit, params, source="ui")
+        async for update in run_job(services, submit, panel, jobs, request):
             yield update
 
-    async def _finish(job: Any) -> Any:
-        hide_preview = gr.update(value=None, visible=False)
-        if job.task is not None and job.task.cancelled:
-            # Interrupted while still queued: it never reached the GPU.
-            yield {
-                progress: note_html("Interrupted before it started; nothing was made."),
-                message: "",
-                preview: hide_preview,
-            }
-            return
-        try:
-            result = job.wait(timeout=0)
-        except GenerationError as exc:
-            gr.Warning(exc.message)
-            yield {progress: error_html(exc.message), preview: hide_preview}
-            return
-        started = job.progress.started_at
-        seconds = None
-        if started is not None:
-            seconds = time.monotonic() - started
-        result_view = ResultView.of(result)
-        yield {
-            progress: finished_html(result, seconds),
-            message: "",
-            preview: hide_preview,
-            gallery: gr.update(value=gallery_items(result), selected_index=0 if result.images else None),
-            infotext: infotext_html(result_view.infotext),
-            view: result_view,
-        }
-
-    generate_inputs = set(form.values())
-    generate_outputs = {progress, message, preview, gallery, infotext, view}
     generate.click(
         run_generation,
-        inputs=generate_inputs,
-        outputs=generate_outputs,
+        inputs=set(form.values()),
+        outputs=panel.outputs(),
         concurrency_limit=None,
         show_progress="hidden",
         trigger_mode="once",
     )
-
-    def interrupt_job(request: gr.Request) -> str:
-        job_id = jobs.get(_session_of(request))
-        if job_id is None or not services.generation.interrupt(job_id):
-            return note_html("Nothing of yours is running.")
-        return note_html("Interrupting… the images finished so far are kept.")
-
-    def skip_image(request: gr.Request) -> str:
-        job_id = jobs.get(_session_of(request))
-        if job_id is None or not services.generation.skip(job_id):
-            return note_html("Nothing of yours is running.")
-        return note_html("Skipping the current image…")
-
-    interrupt.click(interrupt_job, outputs=message, concurrency_limit=None, show_progress="hidden")
-    skip.click(skip_image, outputs=message, concurrency_limit=None, show_progress="hidden")
-
-    def show_selected(current: ResultView, evt: gr.SelectData) -> tuple[ResultView, str]:
-        picked = current.pick(int(evt.index)) if isinstance(evt.index, int) else current
-        return picked, infotext_html(picked.infotext)
-
-    gallery.select(show_selected, inputs=view, outputs=[view, infotext], show_progress="hidden")
+    wire_interrupt_skip(services, jobs, interrupt, skip, message)
 
     return Txt2ImgTab(
         form=form,
@@ -679,7 +751,68 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
         message=message,
         checkpoint_choices=checkpoint_titles,
         sampler_choices=lambda: sampler_choices(services),
+        send_to_img2img=send_to_img2img,
+        view=view,
     )
+
+
+def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+    """The "Hires. fix" accordion: a second, img2img pass at a larger size (A1111's controls)."""
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
+        form["enable_hr"] = gr.Checkbox(
+            value=defaults["enable_hr"], label="Enable hires. fix", elem_id="txt2img-enable-hr"
+        )
+        with gr.Row():
+            form["hr_upscaler"] = gr.Dropdown(
+                label="Upscaler",
+                choices=hires_upscaler_names(),
+                value=defaults["hr_upscaler"],
+                elem_id="txt2img-hr-upscaler",
+            )
+            form["hr_second_pass_steps"] = gr.Slider(
+                0,
+                150,
+                value=defaults["hr_second_pass_steps"],
+                step=1,
+                label="Hires steps",
+                info="0: the sampling steps",
+                elem_id="txt2img-hr-steps",
+            )
+            form["denoising_strength"] = gr.Slider(
+                0.0,
+                1.0,
+                value=defaults["denoising_strength"],
+                step=0.01,
+                label="Denoising strength",
+                elem_id="txt2img-denoising",
+            )
+        with gr.Row():
+            form["hr_scale"] = gr.Slider(
+                1.0,
+                4.0,
+                value=defaults["hr_scale"],
+                step=0.05,
+                label="Upscale by",
+                elem_id="txt2img-hr-scale",
+            )
+            form["hr_resize_x"] = gr.Slider(
+                0,
+                2048,
+                value=defaults["hr_resize_x"],
+                step=8,
+                label="Resize width to",
+                info="0: upscale by",
+                elem_id="txt2img-hr-resize-x",
+            )
+            form["hr_resize_y"] = gr.Slider(
+                0,
+                2048,
+                value=defaults["hr_resize_y"],
+                step=8,
+                label="Resize height to",
+                info="0: upscale by",
+                elem_id="txt2img-hr-resize-y",
+            )
 
 
 def load_checkpoint(services: Any, title: str | None) -> tuple[str, bool]:

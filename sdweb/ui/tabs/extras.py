@@ -1,0 +1,152 @@
+"""The Extras tab: upscale one uploaded picture by a factor or to a size (``sdweb.images.upscale``).
+
+Pillow's upscalers are fast and need no GPU, so the work runs right in the event (no queue). The
+source picture's infotext is shown beside the result, with the postprocessing that was done, so a
+user still sees how the picture was made. :func:`upscale_upload` is the pure handler, tested without
+a browser.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from sdweb.images.upscale import UpscaleError, list_upscalers, upscale_image
+from sdweb.ui.tabs.img2img import UploadError, read_upload
+from sdweb.ui.tabs.txt2img import error_html, infotext_html
+
+logger = logging.getLogger(__name__)
+
+TAB_ID = "extras"
+#: The "Resize" radio: label -> ``upscale_image``'s ``mode``.
+SCALE_MODES: tuple[tuple[str, int], ...] = (("Scale by", 0), ("Scale to", 1))
+
+
+@dataclass
+class ExtrasResult:
+    """What the tab shows after an upscale: the picture (None on failure) and the text under it."""
+
+    image: Image.Image | None
+    info_html: str
+
+
+def upscale_upload(
+    path: str | None,
+    *,
+    upscaler: str,
+    mode: int,
+    factor: float,
+    to_width: int,
+    to_height: int,
+    crop: bool,
+) -> ExtrasResult:
+    """Upscale the uploaded file; errors (no upload, broken file, size too large) come back as text."""
+    try:
+        source = read_upload(path, "an image to upscale")
+    except UploadError as exc:
+        return ExtrasResult(None, error_html(str(exc)))
+    try:
+        result = upscale_image(
+            source,
+            upscaler=upscaler,
+            mode=int(mode),
+            factor=float(factor),
+            to_width=int(to_width),
+            to_height=int(to_height),
+            crop=bool(crop),
+        )
+    except UpscaleError as exc:
+        return ExtrasResult(None, error_html(str(exc)))
+    done = postprocess_text(upscaler, mode=int(mode), factor=float(factor), size=result.size)
+    parameters = _source_infotext(source)
+    shown = (
+        f'<div class="sdweb-note" id="extras-size">{source.width}x{source.height} → '
+        f"{result.width}x{result.height}. {html.escape(done)}</div>"
+    )
+    if parameters:
+        shown += infotext_html(parameters)
+    return ExtrasResult(result, shown)
+
+
+def postprocess_text(upscaler: str, *, mode: int, factor: float, size: tuple[int, int]) -> str:
+    """A1111's postprocessing pairs for what was done (``Postprocess upscale by: 2, ...``)."""
+    if mode == 1:
+        how = f"Postprocess upscale to: {size[0]}x{size[1]}"
+    else:
+        how = f"Postprocess upscale by: {factor:g}"
+    return f"{how}, Postprocess upscaler: {upscaler}"
+
+
+def _source_infotext(image: Image.Image) -> str:
+    from sdweb.images.metadata import read_image_metadata
+
+    try:
+        return read_image_metadata(image).parameters or ""
+    except Exception:  # noqa: BLE001 - odd metadata must not fail an upscale
+        logger.debug("could not read the source's metadata", exc_info=True)
+        return ""
+
+
+def render_extras_tab(services: Any) -> None:
+    """Lay out the tab and wire it. Call inside an open ``gr.Tab``."""
+    del services  # the built-in upscalers need nothing from the services
+    names = [info.name for info in list_upscalers()]
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            source = gr.Image(
+                label="Source",
+                type="filepath",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                height=360,
+                elem_id="extras-image",
+            )
+            mode = gr.Radio(list(SCALE_MODES), value=0, label="Resize", elem_id="extras-mode")
+            factor = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize by", elem_id="extras-factor")
+            with gr.Row():
+                to_width = gr.Slider(64, 8192, value=512, step=8, label="Width", elem_id="extras-width")
+                to_height = gr.Slider(64, 8192, value=512, step=8, label="Height", elem_id="extras-height")
+            crop = gr.Checkbox(value=True, label="Crop to fit", elem_id="extras-crop")
+            upscaler = gr.Dropdown(
+                choices=names,
+                value="Lanczos" if "Lanczos" in names else names[0],
+                label="Upscaler",
+                elem_id="extras-upscaler",
+            )
+            run = gr.Button("Upscale", variant="primary", elem_id="extras-run")
+        with gr.Column(scale=1):
+            info = gr.HTML("", elem_id="extras-info", js_on_load=None)
+            output = gr.Image(
+                label="Result",
+                type="pil",
+                format="png",
+                interactive=False,
+                height=480,
+                elem_id="extras-output",
+            )
+
+    def run_upscale(
+        path: str | None, upscaler_name: str, how: int, by: float, width: float, height: float, cut: bool
+    ) -> tuple[Any, str]:
+        got = upscale_upload(
+            path,
+            upscaler=upscaler_name,
+            mode=how,
+            factor=by,
+            to_width=int(width),
+            to_height=int(height),
+            crop=cut,
+        )
+        return (got.image if got.image is not None else gr.update()), got.info_html
+
+    run.click(
+        run_upscale,
+        inputs=[source, upscaler, mode, factor, to_width, to_height, crop],
+        outputs=[output, info],
+        show_progress="minimal",
+    )

@@ -1,0 +1,103 @@
+"""The img2img tab's pure pieces: reading uploads, building the request, sizes, what "send" carries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from sdweb.params import Img2ImgParams
+from sdweb.ui.fields import FORM_DEFAULTS, img2img_params_from_form
+from sdweb.ui.tabs.img2img import (
+    UploadError,
+    img2img_request,
+    read_upload,
+    size_for_upload,
+    values_for_img2img,
+)
+
+
+def _png(path: Path, size: tuple[int, int] = (96, 64), mode: str = "RGB") -> str:
+    Image.new(mode, size, "red" if mode == "RGB" else 255).save(path)
+    return str(path)
+
+
+def test_form_values_make_an_img2img_request_with_the_inpaint_fields() -> None:
+    values = dict(
+        FORM_DEFAULTS,
+        prompt="a boat",
+        denoising_strength=0.3,
+        resize_mode=2.0,
+        mask_blur=8.0,
+        inpainting_fill=1,
+        inpaint_full_res=False,
+        inpaint_full_res_padding=32.0,
+        inpainting_mask_invert=True,
+    )
+    params = img2img_params_from_form(values)
+    assert isinstance(params, Img2ImgParams)
+    assert params.prompt == "a boat" and params.denoising_strength == 0.3
+    assert params.resize_mode == 2 and isinstance(params.resize_mode, int)
+    assert (params.mask_blur, params.inpainting_fill, params.inpaint_full_res) == (8, 1, False)
+    assert params.inpaint_full_res_padding == 32 and params.inpainting_mask_invert is True
+
+
+def test_defaults_make_the_default_img2img_request() -> None:
+    assert img2img_params_from_form(FORM_DEFAULTS) == Img2ImgParams()
+
+
+def test_denoising_outside_0_1_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="denoising_strength"):
+        img2img_params_from_form(dict(FORM_DEFAULTS, denoising_strength=1.5))
+
+
+def test_request_carries_the_uploaded_image_and_mask(tmp_path: Path) -> None:
+    image = _png(tmp_path / "init.png")
+    mask = _png(tmp_path / "mask.png", mode="L")
+    params, images, got_mask = img2img_request(dict(FORM_DEFAULTS, prompt="x"), image, mask)
+    assert params.prompt == "x"
+    assert [im.size for im in images] == [(96, 64)]
+    assert got_mask is not None and got_mask.size == (96, 64)
+    _, _, no_mask = img2img_request(FORM_DEFAULTS, image, None)
+    assert no_mask is None
+
+
+def test_missing_or_broken_uploads_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(UploadError, match="Upload an image for img2img first"):
+        img2img_request(FORM_DEFAULTS, None, None)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")
+    with pytest.raises(UploadError, match="Cannot read the mask"):
+        img2img_request(FORM_DEFAULTS, _png(tmp_path / "ok.png"), str(broken))
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    Image.new("1", (20_000, 20_000)).save(path)  # small file, 400 megapixels
+    with pytest.raises(UploadError, match="Cannot read the upload"):
+        read_upload(str(path), "the upload")
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((512, 512), (512, 512)), ((501, 333), (504, 336)), ((4096, 2048), (2048, 1024)), ((30, 20), (64, 64))],
+)
+def test_an_upload_suggests_its_own_size_within_the_limits(
+    size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    assert size_for_upload(*size) == expected
+
+
+def test_sending_a_result_carries_its_prompt_seed_and_size_but_not_hires_denoising() -> None:
+    text = (
+        "a castle\nNegative prompt: fog\nSteps: 12, Sampler: Euler a, CFG scale: 6, Seed: 42, "
+        "Size: 512x384, Denoising strength: 0.2, Hires upscale: 2, Hires upscaler: Latent"
+    )
+    values, notes = values_for_img2img(text)
+    assert notes == []
+    assert values["prompt"] == "a castle" and values["negative_prompt"] == "fog"
+    assert (values["seed"], values["steps"], values["width"], values["height"]) == (42, 12, 512, 384)
+    assert "denoising_strength" not in values and "enable_hr" not in values
+    assert values_for_img2img("") == ({}, [])
