@@ -34,9 +34,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: A sampling function in the k-diffusion style:
 #: ``sample(denoise, x, sigmas, *, generator, callback) -> x``, where ``denoise(x, sigma) -> x0`` is
-#: the CFG-combined denoiser, ``sigmas`` a decreasing 1-D tensor ending in 0, ``generator`` a
-#: ``torch.Generator`` (or None) for any noise the sampler adds, and ``callback(i, x, x0)`` is called
-#: after each step (it raises to stop early).
+#: the CFG-combined denoiser, ``sigmas`` a decreasing 1-D tensor ending in 0, ``generator`` a list
+#: with one ``torch.Generator`` per image of the batch (diffusers' convention; draw image i's noise
+#: from ``generator[i]`` so each image is reproducible alone), or None, and ``callback(i, x, x0)`` is
+#: called after each step (it raises to stop early).
 SamplingFunction = Callable[..., Any]
 
 
