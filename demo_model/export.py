@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,12 @@ def export_checkpoint(folder: Path, output: Path = DEFAULT_OUTPUT) -> Path:
     return output
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="the diffusers folder train.py wrote")
     parser.add_argument("output", type=Path, nargs="?", default=DEFAULT_OUTPUT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     export_checkpoint(args.folder, args.output)
 
