@@ -99,16 +99,18 @@ class Img2ImgTab:
     """What other tabs need from img2img: the init image and form, to "send to img2img"."""
 
     image: gr.Image
+    #: The inpainting mask upload; a sent picture clears it (a mask belongs to the picture it was made for).
+    mask: gr.Image
     form: dict[str, Any]
     tabs: gr.Tabs
     message: gr.HTML
 
     def outputs(self) -> set[Any]:
-        return {self.image, *self.form.values(), self.tabs, self.message}
+        return {self.image, self.mask, *self.form.values(), self.tabs, self.message}
 
     def fill(self, image: Any, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``image`` (a path or picture) and ``values`` into the tab and switch to it."""
-        updates: dict[Any, Any] = {self.image: image}
+        updates: dict[Any, Any] = {self.image: image, self.mask: None}
         for name, value in values.items():
             component = self.form.get(name)
             if component is not None:
@@ -324,7 +326,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         trigger_mode="once",
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, panel.message)
-    return Img2ImgTab(image=image, form=form, tabs=tabs, message=panel.message)
+    return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message)
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:

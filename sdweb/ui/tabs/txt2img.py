@@ -762,6 +762,7 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
         form["enable_hr"] = gr.Checkbox(
             value=defaults["enable_hr"], label="Enable hires. fix", elem_id="txt2img-enable-hr"
         )
+        # Two controls a row: three would wrap every label in the parameters column.
         with gr.Row():
             form["hr_upscaler"] = gr.Dropdown(
                 label="Upscaler",
@@ -775,9 +776,10 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
                 value=defaults["hr_second_pass_steps"],
                 step=1,
                 label="Hires steps",
-                info="0: the sampling steps",
+                info="0: as many as the first pass",
                 elem_id="txt2img-hr-steps",
             )
+        with gr.Row():
             form["denoising_strength"] = gr.Slider(
                 0.0,
                 1.0,
@@ -786,7 +788,6 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
                 label="Denoising strength",
                 elem_id="txt2img-denoising",
             )
-        with gr.Row():
             form["hr_scale"] = gr.Slider(
                 1.0,
                 4.0,
@@ -795,13 +796,14 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
                 label="Upscale by",
                 elem_id="txt2img-hr-scale",
             )
+        with gr.Row():
             form["hr_resize_x"] = gr.Slider(
                 0,
                 2048,
                 value=defaults["hr_resize_x"],
                 step=8,
                 label="Resize width to",
-                info="0: upscale by",
+                info="0: use Upscale by",
                 elem_id="txt2img-hr-resize-x",
             )
             form["hr_resize_y"] = gr.Slider(
@@ -810,7 +812,7 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
                 value=defaults["hr_resize_y"],
                 step=8,
                 label="Resize height to",
-                info="0: upscale by",
+                info="0: use Upscale by",
                 elem_id="txt2img-hr-resize-y",
             )
 

@@ -1,0 +1,198 @@
+"""Real-browser tests of img2img, inpainting with an uploaded mask, Extras and txt2img's Hires. fix.
+
+Same harness as ``test_browser.py`` (Debian's chromium via Playwright, a real server, the fake engine,
+which blends the init image towards a colour by the denoising strength). The tests share one server
+and one page and run in file order. The new tabs are screenshotted into ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from tests.ui.conftest import RunningServer, serve
+from tests.ui.test_browser import CHROMIUM, TIMEOUT_MS, browser, open_tab, screenshot, set_number
+
+pytestmark = pytest.mark.browser
+
+__all__ = ["browser"]  # the shared chromium fixture
+
+if not CHROMIUM.exists():  # pragma: no cover - the image installs it
+    pytest.skip("chromium is not installed: apt-get install -y chromium", allow_module_level=True)
+
+PROMPT = "a lighthouse in a storm"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with serve(tmp_path_factory.mktemp("ui-img2img"), step_delay=0.01) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, server: RunningServer) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    opened.goto(server.url)
+    opened.wait_for_selector("#txt2img-prompt textarea")
+    yield opened
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("uploads") / "init.png"
+    Image.new("RGB", (96, 64), (20, 60, 200)).save(path)
+    return path
+
+
+def saved(server: RunningServer, kind: str) -> list[Path]:
+    return sorted((server.root / "outputs" / f"{kind}-images").rglob("*.png"))
+
+
+def wait_done(page: Any, tab: str) -> str:
+    done = page.locator(f"#{tab}-progress", has_text=re.compile(r"Done|Interrupted"))
+    done.wait_for()
+    return str(done.inner_text())
+
+
+def wait_for_engine_call(page: Any, server: RunningServer, before: int) -> None:
+    """Until the engine got img2img call number ``before + 1`` (the progress line still shows the last)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(server.engine.init_images) <= before:
+        shown = page.locator("#img2img-progress").inner_text()
+        assert time.monotonic() < deadline, f"the img2img request never reached the engine: {shown}"
+        page.wait_for_timeout(50)
+
+
+def test_img2img_upload_and_generate_saves_with_denoising_strength(
+    page: Any, server: RunningServer, init_image: Path
+) -> None:
+    open_tab(page, "img2img")
+    page.set_input_files("#img2img-image input[type=file]", str(init_image))
+    # The upload's own size becomes the output size.
+    page.wait_for_function(
+        "document.querySelector('#img2img-width input[type=number]').value === '96'"
+    )
+    assert page.locator("#img2img-height input[type=number]").input_value() == "64"
+    page.fill("#img2img-prompt textarea", PROMPT)
+    set_number(page, "#img2img-denoising input[type=number]", 0.35)
+    page.click("#img2img-generate")
+    assert "Done: 1 image" in wait_done(page, "img2img")
+    page.locator("#img2img-gallery img").first.wait_for()
+    assert "Denoising strength: 0.35" in page.locator("#img2img-infotext").inner_text()
+    screenshot(page, "img2img")
+
+    files = saved(server, "img2img")
+    assert len(files) == 1
+    with Image.open(files[0]) as image:
+        assert image.size == (96, 64)
+        parameters = image.info["parameters"]
+    assert parameters.startswith(PROMPT) and "Denoising strength: 0.35" in parameters
+    # The engine got the uploaded picture itself (no mask: plain img2img).
+    assert server.engine.init_images[-1][0].size == (96, 64)
+    assert server.engine.masks[-1] is None
+
+
+def test_inpainting_with_an_uploaded_mask_and_a_wrong_sized_one(
+    page: Any, server: RunningServer, init_image: Path, tmp_path: Path
+) -> None:
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 48, 64))  # repaint the left half
+    mask_path = tmp_path / "mask.png"
+    mask.save(mask_path)
+    wrong_path = tmp_path / "wrong.png"
+    Image.new("L", (32, 32), 255).save(wrong_path)
+
+    page.get_by_text("Inpaint: upload a mask").click()
+    page.set_input_files("#img2img-mask input[type=file]", str(wrong_path))
+    page.locator("#img2img-mask img").wait_for()
+    page.click("#img2img-generate")
+    page.locator("#img2img-progress", has_text="they must have the same size").wait_for()
+
+    page.locator("#img2img-mask button[aria-label='Remove Image']").first.click()
+    page.set_input_files("#img2img-mask input[type=file]", str(mask_path))
+    page.locator("#img2img-mask img").wait_for()
+    before = len(server.engine.init_images)
+    page.click("#img2img-generate")
+    wait_for_engine_call(page, server, before)
+    assert "Done: 1 image" in wait_done(page, "img2img")
+    screenshot(page, "img2img-inpaint")
+
+    assert server.engine.masks[-1] is not None and server.engine.masks[-1].size == (96, 64)
+    newest = saved(server, "img2img")[-1]
+    with Image.open(newest) as image:
+        parameters = image.info["parameters"]
+        right = image.convert("RGB").getpixel((90, 32))
+    assert "Mask blur: 4" in parameters
+    assert right == (20, 60, 200)  # outside the mask: the init image's pixels
+
+
+def test_extras_upscales_2x_to_the_exact_size_and_shows_the_source_infotext(
+    page: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "small.png"
+    info = PngInfo()
+    info.add_text("parameters", "a tiny fox\nSteps: 20, Sampler: Euler a, Seed: 7, Size: 40x30")
+    Image.new("RGB", (40, 30), (200, 100, 0)).save(source, pnginfo=info)
+
+    open_tab(page, "Extras")
+    page.set_input_files("#extras-image input[type=file]", str(source))
+    page.locator("#extras-image img").wait_for()
+    page.click("#extras-run")
+    page.locator("#extras-info", has_text="40x30 → 80x60").wait_for()
+    shown = page.locator("#extras-info").inner_text()
+    assert "a tiny fox" in shown and "Postprocess upscale by: 2" in shown
+    page.wait_for_function(
+        "(() => { const img = document.querySelector('#extras-output img');"
+        " return img && img.complete && img.naturalWidth > 0; })()"
+    )
+    size = page.evaluate(
+        "(() => { const img = document.querySelector('#extras-output img');"
+        " return [img.naturalWidth, img.naturalHeight]; })()"
+    )
+    assert size == [80, 60]
+    screenshot(page, "extras")
+
+
+def test_hires_fix_reaches_the_engine_and_the_infotext(page: Any, server: RunningServer) -> None:
+    open_tab(page, "txt2img")
+    page.get_by_text("Hires. fix", exact=True).click()
+    page.locator("#txt2img-enable-hr input[type=checkbox]").check()
+    set_number(page, "#txt2img-hr-scale input[type=number]", 1.5)
+    set_number(page, "#txt2img-hr-steps input[type=number]", 4)
+    page.fill("#txt2img-prompt textarea", "a hires castle")
+    page.click("#txt2img-generate")
+    page.locator("#txt2img-progress", has_text="Done").wait_for()
+    screenshot(page, "txt2img-hires")
+
+    params = server.engine.calls[-1]
+    assert params.enable_hr is True
+    assert (params.hr_scale, params.hr_second_pass_steps, params.hr_upscaler) == (1.5, 4, "Latent")
+    with Image.open(saved(server, "txt2img")[-1]) as image:
+        parameters = image.info["parameters"]
+    assert "Hires upscale: 1.5" in parameters and "Hires steps: 4" in parameters
+    assert "Denoising strength: 0.75" in parameters
+
+
+def test_send_a_txt2img_result_to_img2img(page: Any, server: RunningServer) -> None:
+    page.click("#txt2img-send-to-img2img")
+    page.locator("#img2img-message", has_text="Image sent to img2img").wait_for()
+    assert page.locator("#img2img-prompt textarea").input_value() == "a hires castle"
+    page.locator("#img2img-image img").wait_for()
+    seed = server.engine.calls[-1].seed
+    assert page.locator("#img2img-seed input").input_value() == str(seed)
+    # The sent picture is what the next img2img run starts from.
+    before = len(server.engine.init_images)
+    page.click("#img2img-generate")
+    wait_for_engine_call(page, server, before)
+    assert "Done" in wait_done(page, "img2img")
+    assert server.engine.init_images[-1][0].size == (512, 512)
