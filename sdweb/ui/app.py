@@ -113,7 +113,7 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("Extras", id=extras.TAB_ID, elem_id="tab-extras"):
                 extras.render_extras_tab(services)
             with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery") as gallery_tab:
-                gallery.render_gallery_tab(services, t2i, gallery_tab)
+                gallery.render_gallery_tab(services, t2i, gallery_tab, i2i)
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
                 history.render_history_tab(services, t2i, history_tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):

@@ -196,3 +196,16 @@ def test_send_a_txt2img_result_to_img2img(page: Any, server: RunningServer) -> N
     wait_for_engine_call(page, server, before)
     assert "Done" in wait_done(page, "img2img")
     assert server.engine.init_images[-1][0].size == (512, 512)
+
+
+def test_send_a_gallery_picture_to_img2img(page: Any, server: RunningServer) -> None:
+    page.fill("#img2img-prompt textarea", "to be replaced")
+    open_tab(page, "Gallery")
+    page.locator("#gallery-grid img").first.wait_for()
+    page.locator("#gallery-grid img").first.click()
+    page.locator("#gallery-infotext", has_text="a hires castle").wait_for()
+    page.click("#gallery-send-to-img2img")
+    page.locator("#img2img-message", has_text="Image sent to img2img").wait_for()
+    assert page.locator("#img2img-prompt textarea").input_value() == "a hires castle"
+    page.locator("#img2img-image img").wait_for()
+    screenshot(page, "img2img-from-gallery")

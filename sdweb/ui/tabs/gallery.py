@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.ui.fields import form_from_infotext
+from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab, error_html, infotext_html, note_html
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,13 @@ def image_infotext(path: str) -> tuple[str, str | None]:
     return metadata.parameters or "", metadata.message
 
 
-def render_gallery_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = None) -> None:
-    """Lay out and wire the Gallery tab. Call inside an open ``gr.Tab``."""
+def render_gallery_tab(
+    services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = None, img2img: Img2ImgTab | None = None
+) -> None:
+    """Lay out and wire the Gallery tab. Call inside an open ``gr.Tab``.
+
+    With ``img2img``, a "Send to img2img" button sends the selected picture and its parameters there.
+    """
     images = services.images
 
     with gr.Row():
@@ -163,6 +169,9 @@ def render_gallery_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
             details = gr.HTML("", elem_id="gallery-infotext", js_on_load=None)
             with gr.Row():
                 send = gr.Button("Send to txt2img", elem_id="gallery-send", variant="primary")
+                send_to_img2img = gr.Button(
+                    "Send to img2img", elem_id="gallery-send-to-img2img", visible=img2img is not None
+                )
                 delete = gr.Button("Delete", variant="stop", elem_id="gallery-delete")
             status = gr.HTML("", elem_id="gallery-status", js_on_load=None)
     state = gr.State(GalleryPage())
@@ -303,6 +312,17 @@ def render_gallery_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
         return pasted.values, pasted.notes
 
     txt2img.wire_send(send.click, send_selected, [selected])
+
+    def send_picture(path: str) -> tuple[Any, dict[str, Any], list[str]] | None:
+        if not path:
+            gr.Warning("Select an image first.")
+            return None
+        text, _ = image_infotext(path)  # a picture without parameters is still worth sending
+        values, notes = values_for_img2img(text, services.models)
+        return path, values, notes
+
+    if img2img is not None:
+        img2img.wire_send(send_to_img2img.click, send_picture, [selected])
 
 
 def _relative_name(images: Any, path: str) -> str:
