@@ -117,7 +117,7 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
                 history.render_history_tab(services, t2i, history_tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
-                pnginfo.render_pnginfo_tab(services, t2i)
+                pnginfo.render_pnginfo_tab(services, t2i, i2i)
             render_extension_tabs(services)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 settings.render_settings_tab(services, demo)

@@ -209,3 +209,15 @@ def test_send_a_gallery_picture_to_img2img(page: Any, server: RunningServer) -> 
     assert page.locator("#img2img-prompt textarea").input_value() == "a hires castle"
     page.locator("#img2img-image img").wait_for()
     screenshot(page, "img2img-from-gallery")
+
+
+def test_send_a_picture_from_png_info_to_img2img(page: Any, server: RunningServer) -> None:
+    path = saved(server, "txt2img")[-1]
+    page.fill("#img2img-prompt textarea", "to be replaced")
+    open_tab(page, "PNG Info")
+    page.set_input_files("#pnginfo-image input[type=file]", str(path))
+    page.locator("#pnginfo-table", has_text="Steps").wait_for()
+    page.click("#pnginfo-send-to-img2img")
+    page.locator("#img2img-message", has_text="Image sent to img2img").wait_for()
+    assert page.locator("#img2img-prompt textarea").input_value() == "a hires castle"
+    page.locator("#img2img-image img").wait_for()

@@ -101,3 +101,20 @@ def test_sending_a_result_carries_its_prompt_seed_and_size_but_not_hires_denoisi
     assert (values["seed"], values["steps"], values["width"], values["height"]) == (42, 12, 512, 384)
     assert "denoising_strength" not in values and "enable_hr" not in values
     assert values_for_img2img("") == ({}, [])
+
+
+def test_sending_fills_the_tab_clears_the_old_mask_and_switches_to_it() -> None:
+    import gradio as gr
+
+    from sdweb.ui.tabs.img2img import TAB_ID, Img2ImgTab
+
+    with gr.Blocks(), gr.Tabs() as tabs, gr.Tab("img2img"):
+        image, mask = gr.Image(), gr.Image()
+        form = {"prompt": gr.Textbox(), "seed": gr.Number()}
+        message = gr.HTML()
+    tab = Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=message)
+    updates = tab.fill("/outputs/x.png", {"prompt": "a cat", "seed": 3, "unknown": 1}, ["a note"])
+    assert updates[image] == "/outputs/x.png" and updates[mask] is None
+    assert updates[form["prompt"]] == "a cat" and updates[form["seed"]] == 3
+    assert updates[tabs].selected == TAB_ID
+    assert "Image sent to img2img. a note." in updates[message]

@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.ui.fields import form_from_infotext
+from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab, error_html, note_html
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 2000 else text[:2000] + "…"
 
 
-def render_pnginfo_tab(services: Any, txt2img: Txt2ImgTab) -> None:
-    """Lay out and wire the PNG Info tab. Call inside an open ``gr.Tab``."""
+def render_pnginfo_tab(services: Any, txt2img: Txt2ImgTab, img2img: Img2ImgTab | None = None) -> None:
+    """Lay out and wire the PNG Info tab. Call inside an open ``gr.Tab``.
+
+    With ``img2img``, "Send to img2img" sends the dropped picture itself and its parameters there.
+    """
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             upload = gr.Image(
@@ -104,7 +108,13 @@ def render_pnginfo_tab(services: Any, txt2img: Txt2ImgTab) -> None:
                 max_height=420,
                 column_widths=["30%", "70%"],
             )
-            send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo-send", interactive=False)
+            with gr.Row():
+                send = gr.Button(
+                    "Send to txt2img", variant="primary", elem_id="pnginfo-send", interactive=False
+                )
+                send_to_img2img = gr.Button(
+                    "Send to img2img", elem_id="pnginfo-send-to-img2img", visible=img2img is not None
+                )
             parameters = gr.Textbox(
                 label="Infotext", lines=4, interactive=False, elem_id="pnginfo-parameters", buttons=["copy"]
             )
@@ -142,3 +152,13 @@ def render_pnginfo_tab(services: Any, txt2img: Txt2ImgTab) -> None:
         return pasted.values, pasted.notes
 
     txt2img.wire_send(send.click, send_parameters, [parameters])
+
+    def send_picture(path: str | None, text: str) -> tuple[Any, dict[str, Any], list[str]] | None:
+        if not path:
+            gr.Warning("Drop an image first.")
+            return None
+        values, notes = values_for_img2img(text, services.models)  # no parameters: the picture alone
+        return path, values, notes
+
+    if img2img is not None:
+        img2img.wire_send(send_to_img2img.click, send_picture, [upload, parameters])
