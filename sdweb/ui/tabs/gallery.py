@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdweb.ui.controls import render_page_number
 from sdweb.ui.fields import form_from_infotext
 from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab, error_html, infotext_html, note_html
@@ -134,16 +135,7 @@ def render_gallery_tab(
             with gr.Row():
                 first = gr.Button("«", size="sm", scale=0, min_width=50)
                 previous = gr.Button("◀ Previous", size="sm", elem_id="gallery-previous")
-                page_number = gr.Number(
-                    value=1,
-                    precision=0,
-                    minimum=1,
-                    show_label=False,
-                    container=False,
-                    scale=0,
-                    min_width=80,
-                    elem_id="gallery-page",
-                )
+                page_number = render_page_number(elem_id="gallery-page")
                 following = gr.Button("Next ▶", size="sm", elem_id="gallery-next")
                 last = gr.Button("»", size="sm", scale=0, min_width=50)
             summary = gr.HTML("", elem_id="gallery-summary", js_on_load=None)

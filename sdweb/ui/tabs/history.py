@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from sdweb.ui.controls import render_page_number
 from sdweb.ui.fields import form_from_params
 from sdweb.ui.tabs.txt2img import Txt2ImgTab, error_html, note_html
 
@@ -134,16 +135,7 @@ def render_history_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
         with gr.Column(scale=3):
             with gr.Row():
                 previous = gr.Button("◀ Newer", size="sm", elem_id="history-previous")
-                page_number = gr.Number(
-                    value=1,
-                    precision=0,
-                    minimum=1,
-                    show_label=False,
-                    container=False,
-                    scale=0,
-                    min_width=80,
-                    elem_id="history-page",
-                )
+                page_number = render_page_number(elem_id="history-page")
                 following = gr.Button("Older ▶", size="sm", elem_id="history-next")
             summary = gr.HTML("", elem_id="history-summary", js_on_load=None)
             grid = gr.Gallery(

@@ -26,6 +26,8 @@ from pydantic import ValidationError
 from sdweb.images.mask import MASKED_CONTENT_NAMES
 from sdweb.images.resize import RESIZE_MODE_NAMES
 from sdweb.params import Img2ImgParams, format_validation_error
+from sdweb.ui import controls
+from sdweb.ui.controls import MAX_SIDE
 from sdweb.ui.fields import FORM_DEFAULTS, img2img_params_from_form
 from sdweb.ui.tabs.txt2img import (
     SessionJobs,
@@ -40,8 +42,6 @@ from sdweb.ui.tabs.txt2img import (
 logger = logging.getLogger(__name__)
 
 TAB_ID = "img2img"
-#: Largest width/height the form allows (GenerationParams' bound).
-MAX_SIDE = 2048
 #: "Inpaint area" choices: label -> ``inpaint_full_res``.
 INPAINT_AREAS: tuple[tuple[str, bool], ...] = (("Whole picture", False), ("Only masked", True))
 #: "Mask mode" choices: label -> ``inpainting_mask_invert``.
@@ -217,64 +217,15 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
                 label="Resize mode",
                 elem_id="img2img-resize-mode",
             )
+            controls.render_sampler_and_steps(form, defaults, prefix=TAB_ID)
             with gr.Row():
-                form["sampler_name"] = gr.Dropdown(
-                    label="Sampling method",
-                    choices=[defaults["sampler_name"]],
-                    value=defaults["sampler_name"],
-                    elem_id="img2img-sampler",
-                )
-                form["scheduler"] = gr.Dropdown(
-                    label="Schedule type",
-                    choices=[defaults["scheduler"]],
-                    value=defaults["scheduler"],
-                    elem_id="img2img-scheduler",
-                )
-            form["steps"] = gr.Slider(
-                1, 150, value=defaults["steps"], step=1, label="Sampling steps", elem_id="img2img-steps"
-            )
+                controls.render_size_sliders(form, defaults, prefix=TAB_ID)
             with gr.Row():
-                form["width"] = gr.Slider(
-                    64, MAX_SIDE, value=defaults["width"], step=8, label="Width", elem_id="img2img-width"
-                )
-                form["height"] = gr.Slider(
-                    64, MAX_SIDE, value=defaults["height"], step=8, label="Height", elem_id="img2img-height"
-                )
+                controls.render_batch_sliders(form, defaults, prefix=TAB_ID)
+            controls.render_cfg_slider(form, defaults, prefix=TAB_ID)
+            controls.render_denoising_slider(form, defaults, prefix=TAB_ID)
             with gr.Row():
-                form["n_iter"] = gr.Slider(
-                    1,
-                    100,
-                    value=defaults["n_iter"],
-                    step=1,
-                    label="Batch count",
-                    elem_id="img2img-batch-count",
-                )
-                form["batch_size"] = gr.Slider(
-                    1,
-                    16,
-                    value=defaults["batch_size"],
-                    step=1,
-                    label="Batch size",
-                    elem_id="img2img-batch-size",
-                )
-            form["cfg_scale"] = gr.Slider(
-                1.0, 30.0, value=defaults["cfg_scale"], step=0.5, label="CFG Scale", elem_id="img2img-cfg"
-            )
-            form["denoising_strength"] = gr.Slider(
-                0.0,
-                1.0,
-                value=defaults["denoising_strength"],
-                step=0.01,
-                label="Denoising strength",
-                elem_id="img2img-denoising",
-            )
-            with gr.Row():
-                form["seed"] = gr.Number(
-                    value=defaults["seed"], precision=0, label="Seed", elem_id="img2img-seed", scale=5
-                )
-                random_seed = gr.Button(
-                    "⚄", elem_classes="sdweb-tool", scale=0, elem_id="img2img-random-seed"
-                )
+                random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
         with gr.Column(scale=1):
             panel = render_result_panel(TAB_ID)
 
@@ -339,16 +290,7 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
         except Exception:  # txt2img's message already says so; the rest of the tab still works
             logger.exception("could not list the samplers")
             return {}
-        return {
-            form["sampler_name"]: gr.update(
-                choices=samplers,
-                value=sampler if sampler in samplers else (samplers[0] if samplers else sampler),
-            ),
-            form["scheduler"]: gr.update(
-                choices=schedules,
-                value=schedule if schedule in schedules else (schedules[0] if schedules else schedule),
-            ),
-        }
+        return controls.sampler_dropdown_updates(form, samplers, schedules, sampler, schedule)
 
     demo.load(
         fill_samplers,

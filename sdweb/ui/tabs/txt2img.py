@@ -30,6 +30,7 @@ from sdweb.images.upscale import LATENT_UPSCALE_MODES, list_upscalers
 from sdweb.params import GenerationResult, JobProgress, format_validation_error
 from sdweb.prompts.tokens import CHUNK_TOKENS, TokenCount, texts_for_token_count
 from sdweb.services.generation import GenerationError
+from sdweb.ui import controls
 from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form
 
 logger = logging.getLogger(__name__)
@@ -514,59 +515,17 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
     # 2. Parameters (left) and results (right).
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            with gr.Row():
-                form["sampler_name"] = gr.Dropdown(
-                    label="Sampling method",
-                    choices=[defaults["sampler_name"]],
-                    value=defaults["sampler_name"],
-                    elem_id="txt2img-sampler",
-                )
-                form["scheduler"] = gr.Dropdown(
-                    label="Schedule type",
-                    choices=[defaults["scheduler"]],
-                    value=defaults["scheduler"],
-                    elem_id="txt2img-scheduler",
-                )
-            form["steps"] = gr.Slider(
-                1, 150, value=defaults["steps"], step=1, label="Sampling steps", elem_id="txt2img-steps"
-            )
+            controls.render_sampler_and_steps(form, defaults, prefix=TAB_ID)
             with gr.Row():
                 with gr.Column(scale=5):
-                    form["width"] = gr.Slider(
-                        64, 2048, value=defaults["width"], step=8, label="Width", elem_id="txt2img-width"
-                    )
-                    form["height"] = gr.Slider(
-                        64, 2048, value=defaults["height"], step=8, label="Height", elem_id="txt2img-height"
-                    )
+                    controls.render_size_sliders(form, defaults, prefix=TAB_ID)
                 swap = gr.Button("⇅", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-swap-size")
                 with gr.Column(scale=3, min_width=140):
-                    form["n_iter"] = gr.Slider(
-                        1,
-                        100,
-                        value=defaults["n_iter"],
-                        step=1,
-                        label="Batch count",
-                        elem_id="txt2img-batch-count",
-                    )
-                    form["batch_size"] = gr.Slider(
-                        1,
-                        16,
-                        value=defaults["batch_size"],
-                        step=1,
-                        label="Batch size",
-                        elem_id="txt2img-batch-size",
-                    )
-            form["cfg_scale"] = gr.Slider(
-                1.0, 30.0, value=defaults["cfg_scale"], step=0.5, label="CFG Scale", elem_id="txt2img-cfg"
-            )
+                    controls.render_batch_sliders(form, defaults, prefix=TAB_ID)
+            controls.render_cfg_slider(form, defaults, prefix=TAB_ID)
             render_hires_fix(form, defaults)
             with gr.Row():
-                form["seed"] = gr.Number(
-                    value=defaults["seed"], precision=0, label="Seed", elem_id="txt2img-seed", scale=5
-                )
-                random_seed = gr.Button(
-                    "⚄", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-random-seed"
-                )
+                random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
                 reuse_seed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-reuse-seed")
             with gr.Accordion("Variation seed", open=False, elem_id="txt2img-variation"):
                 with gr.Row():
@@ -780,14 +739,7 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
                 elem_id="txt2img-hr-steps",
             )
         with gr.Row():
-            form["denoising_strength"] = gr.Slider(
-                0.0,
-                1.0,
-                value=defaults["denoising_strength"],
-                step=0.01,
-                label="Denoising strength",
-                elem_id="txt2img-denoising",
-            )
+            controls.render_denoising_slider(form, defaults, prefix=TAB_ID)
             form["hr_scale"] = gr.Slider(
                 1.0,
                 4.0,
@@ -882,16 +834,7 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:
         except Exception as exc:  # shown, not raised: the rest of the page still works
             logger.exception("could not list the samplers")
             return {tab.message: error_html(f"Could not list the samplers: {exc}")}
-        return {
-            form["sampler_name"]: gr.update(
-                choices=samplers,
-                value=sampler if sampler in samplers else (samplers[0] if samplers else sampler),
-            ),
-            form["scheduler"]: gr.update(
-                choices=schedules,
-                value=schedule if schedule in schedules else (schedules[0] if schedules else schedule),
-            ),
-        }
+        return controls.sampler_dropdown_updates(form, samplers, schedules, sampler, schedule)
 
     demo.load(
         fill_samplers,
