@@ -30,7 +30,7 @@ def test_a1111_flags_are_understood(tmp_path: Path) -> None:
     settings = settings_for("--data-dir", str(tmp_path), "--listen", "--port", "7861", "--xformers",
                             "--medvram", "--no-half", "--use-cpu", "all", "--api-auth", "a:b",
                             "--gradio-auth", "u:p,v:q", "--ckpt-dir", str(tmp_path / "more"))
-    assert settings.host == "0.0.0.0" and settings.port == 7861
+    assert settings.host == "0.0.0.0" and settings.port == 7861  # --listen: all interfaces
     assert settings.attention == "xformers" and settings.offload == "model"
     assert settings.precision == "fp32" and settings.device == "cpu"
     assert settings.gradio_auth == (("u", "p"), ("v", "q")) and settings.api_auth == (("a", "b"),)

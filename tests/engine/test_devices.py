@@ -219,43 +219,11 @@ def tiny_pipe():
 
 
 def build_tiny_pipe():
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionPipeline
 
-    import sdweb
+    from tests.fixtures.checkpoints import tiny_sd1_components
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                       vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(
-        Path(sdweb.__file__).parent / "data" / "tokenizers" / "sd1", local_files_only=True
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=DDIMScheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = StableDiffusionPipeline(**tiny_sd1_components())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
