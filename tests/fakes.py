@@ -43,12 +43,19 @@ class FakeEngine:
     #: The mask of each img2img call (None without one).
     masks: list[Any] = field(default_factory=list)
 
+    current: Any = None
+
     def load(self, info: Any) -> FakeLoaded:
         self.loaded.append(info.title)
+        self.current = info
         return FakeLoaded(info)
+
+    def current_info(self) -> Any:
+        return self.current
 
     def unload_all(self) -> None:
         self.loaded.clear()
+        self.current = None
 
     def describe(self) -> dict[str, Any]:
         return {"device": "fake", "dtype": "float32", "attention": "none"}

@@ -112,6 +112,11 @@ class Engine:
         with self._cache.use(info, vae=self._vae_path(None, info)) as model:
             return model
 
+    def current_info(self) -> Any:
+        """The CheckpointInfo of the model on the device now (a job may have switched it), or None."""
+        current = self._cache.current
+        return getattr(current, "info", None)
+
     def unload_all(self) -> None:
         self._cache.unload_all()
 

@@ -116,7 +116,17 @@ class ModelService:
 
     # ------------------------------------------------------------------ selection
     def status(self) -> ModelStatus:
-        return self._status
+        """The state to show. A job that loaded another checkpoint (a per-request override, or the
+        first generation before any explicit load) is reflected too: the engine knows what it holds.
+        """
+        status = self._status
+        if status.state in ("loading", "error") or not self._engine.started:
+            return status
+        current_info = getattr(self._engine(), "current_info", None)
+        info = current_info() if current_info is not None else None
+        if info is None or info.title == status.title:
+            return status
+        return ModelStatus("ready", title=info.title, message=f"{info.title} is ready", is_demo=_is_demo(info))
 
     def _set_status(self, status: ModelStatus) -> None:
         with self._lock:

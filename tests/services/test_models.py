@@ -73,3 +73,21 @@ def test_a_failed_switch_keeps_the_selected_model(tmp_path: Path, demo_file: Pat
         assert services.options.get("sd_model_checkpoint") == before
     finally:
         services.worker.close()
+
+
+def test_status_follows_a_model_a_job_switched_to(tmp_path: Path, demo_file: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    write_tiny_sd1(root / "models" / "Stable-diffusion" / "other.safetensors")
+    services, engine = build(root, demo_file, monkeypatch)
+    try:
+        services.models.load_selected(wait=True)
+        assert services.models.status().title.startswith("other.safetensors")
+        demo = next(info for info in services.models.list_checkpoints() if info.demo)
+        engine.current = demo  # a request with its own checkpoint made the engine switch
+        status = services.models.status()
+        assert status.state == "ready" and status.title == demo.title and status.is_demo
+        services.models.unload()
+        assert services.models.status().state == "idle"
+    finally:
+        services.worker.close()
