@@ -126,7 +126,8 @@ class ModelService:
         info = current_info() if current_info is not None else None
         if info is None or info.title == status.title:
             return status
-        return ModelStatus("ready", title=info.title, message=f"{info.title} is ready", is_demo=_is_demo(info))
+        return ModelStatus("ready", title=info.title, message=f"{info.title} is ready",
+                           is_demo=_is_demo(info))
 
     def _set_status(self, status: ModelStatus) -> None:
         with self._lock:
