@@ -70,7 +70,7 @@ def model_status_html(services: Any) -> str:
     else:
         text = status.message or models.empty_message()
     if status.is_demo and state == "ready":
-        text += " (demo model: random weights, for trying the UI)"
+        text += " (demo model: simple coloured shapes at 64x64, for trying the UI)"
     return (
         f'<span class="sdweb-model sdweb-model-{state}" id="sdweb-model-status" '
         f'data-state="{state}">{html.escape(text)}</span>'
