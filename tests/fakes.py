@@ -128,6 +128,9 @@ def write_fake_checkpoint(folder: Path, name: str = "fake-model.safetensors") ->
 
 
 def make_settings(root: Path, **overrides: Any) -> LaunchSettings:
+    """Settings for a test data folder. The bundled demo model is left out unless a test asks for it,
+    so each test sees exactly the checkpoints it wrote."""
+    overrides.setdefault("skip_demo_model", True)
     return LaunchSettings(paths=DataPaths.from_root(root), **overrides)
 
 

@@ -19,6 +19,7 @@ def demo_file(tmp_path: Path) -> Path:
 def build(root: Path, demo: Path, monkeypatch: pytest.MonkeyPatch, **overrides):
     monkeypatch.setattr("sdweb.services.factory.DEMO_CHECKPOINT", demo)
     engine = FakeEngine()
+    overrides.setdefault("skip_demo_model", False)
     services = build_services(make_settings(root, **overrides), engine_factory=lambda _s: engine)
     return services, engine
 
