@@ -93,3 +93,17 @@ def serve(
         server.should_exit = True
         thread.join(timeout=10)
         services.worker.close(timeout=2)
+
+
+@contextlib.contextmanager
+def opened_page(browser: Any, url: str, *, timeout_ms: int) -> Iterator[Any]:
+    """A fresh browser context on ``url``, once the txt2img form is on the page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(timeout_ms)
+        page.goto(url)
+        page.wait_for_selector("#txt2img-prompt textarea")
+        yield page
+    finally:
+        context.close()

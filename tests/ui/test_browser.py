@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.ui.conftest import ARTIFACTS, RunningServer, serve
+from tests.ui.conftest import ARTIFACTS, RunningServer, opened_page, serve
 
 pytestmark = pytest.mark.browser
 
@@ -55,13 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def page(browser: Any, server: RunningServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    opened = context.new_page()
-    opened.set_default_timeout(TIMEOUT_MS)
-    opened.goto(server.url)
-    opened.wait_for_selector("#txt2img-prompt textarea")
-    yield opened
-    context.close()
+    with opened_page(browser, server.url, timeout_ms=TIMEOUT_MS) as opened:
+        yield opened
 
 
 def screenshot(page: Any, name: str) -> None:

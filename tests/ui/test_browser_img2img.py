@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tests.ui.conftest import RunningServer, serve
+from tests.ui.conftest import RunningServer, opened_page, serve
 from tests.ui.test_browser import CHROMIUM, TIMEOUT_MS, browser, open_tab, screenshot, set_number
 
 pytestmark = pytest.mark.browser
@@ -38,13 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def page(browser: Any, server: RunningServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    opened = context.new_page()
-    opened.set_default_timeout(TIMEOUT_MS)
-    opened.goto(server.url)
-    opened.wait_for_selector("#txt2img-prompt textarea")
-    yield opened
-    context.close()
+    with opened_page(browser, server.url, timeout_ms=TIMEOUT_MS) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
