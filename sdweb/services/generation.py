@@ -356,8 +356,6 @@ class GenerationService:
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()
-        if params.eta is None and "ancestral" not in params.sampler_name.lower():
-            pass  # the sampler's own default eta
         self._last_seed = seed
         return params.model_copy(update=updates)
 
