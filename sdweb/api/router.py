@@ -13,8 +13,8 @@ run in the request's thread (:mod:`sdweb.api.image_requests`).
 How request fields we cannot honour yet are treated (see also :mod:`sdweb.api.models`):
 
 * ones that would change the image (``restore_faces``, ``script_name``, ``alwayson_scripts``,
-  ``refiner_checkpoint``, non-neutral ``s_*`` values, hires fix with its own prompt, sampler or
-  checkpoint) are refused with 422 and a message saying so: never a silently different image;
+  ``refiner_checkpoint``, non-neutral ``s_*`` values, hires fix with its own checkpoint) are refused
+  with 422 and a message saying so: never a silently different image;
 * ones that do not (``do_not_save_*``, ``hr_*`` while ``enable_hr`` is false, ``comments``...) are
   ignored and listed in one warning log line per request, as are fields no A1111 version knows.
 """
@@ -113,18 +113,13 @@ IGNORED_FIELDS: tuple[str, ...] = (
 )
 #: Hires fix fields that become GenerationParams fields when ``enable_hr`` is true (same names).
 HIRES_FIELDS: tuple[str, ...] = ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
-                                 "hr_resize_y", "denoising_strength")
-#: Hires fix fields that would give the second pass its own settings, and the values meaning "the same".
-HIRES_SAME: Mapping[str, tuple[str, ...]] = {
-    "hr_checkpoint_name": ("", "Use same checkpoint"), "hr_sampler_name": ("", "Use same sampler"),
-    "hr_scheduler": ("", "Use same scheduler"),
+                                 "hr_resize_y", "denoising_strength", "hr_prompt", "hr_negative_prompt")
+#: Second-pass sampler fields, and the values meaning "the same as the first pass" (A1111's UI labels).
+HIRES_SAMPLER_SAME: Mapping[str, tuple[str, ...]] = {
+    "hr_sampler_name": ("", "Use same sampler"), "hr_scheduler": ("", "Use same scheduler"),
 }
-#: Infotext keys of hires fix, and the GenerationParams field each fills.
-INFOTEXT_HIRES: Mapping[str, str] = {
-    "Hires upscale": "hr_scale", "Hires steps": "hr_second_pass_steps", "Hires upscaler": "hr_upscaler",
-    "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y",
-    "Denoising strength": "denoising_strength",
-}
+#: Hires fix fields that would give the second pass settings we cannot honour yet, and "the same".
+HIRES_SAME: Mapping[str, tuple[str, ...]] = {"hr_checkpoint_name": ("", "Use same checkpoint")}
 #: Sampler tuning values that leave the image as it is; anything else would change it.
 NEUTRAL_SAMPLER_VALUES: Mapping[str, tuple[float, ...]] = {
     "s_churn": (0.0,), "s_tmin": (0.0,), "s_tmax": (0.0, math.inf), "s_noise": (1.0,), "s_min_uncond": (0.0,),
@@ -154,8 +149,6 @@ A1111_IMAGE_SETTINGS: Mapping[str, Any] = {
 }
 #: Infotext keys that mean a feature we do not have yet; applying the rest would make another image.
 INFOTEXT_UNSUPPORTED: Mapping[str, str] = {
-    "Hires prompt": "a hires fix prompt", "Hires negative prompt": "a hires fix prompt",
-    "Hires sampler": "a hires fix sampler", "Hires schedule type": "a hires fix sampler",
     "Hires checkpoint": "a hires fix checkpoint", "Hires CFG Scale": "a hires fix CFG scale",
     "Face restoration": "face restoration",
 }
@@ -287,7 +280,12 @@ class A1111Api:
                 values[name] = getattr(request, name)
         if request.enable_hr:
             values["enable_hr"] = True
-            values.update({name: getattr(request, name) for name in HIRES_FIELDS if name in given})
+            values.update({name: getattr(request, name) for name in HIRES_FIELDS
+                           if name in given and getattr(request, name) is not None})
+            for name, same in HIRES_SAMPLER_SAME.items():
+                if name in given:
+                    value = getattr(request, name)
+                    values[name] = "" if value in (None, *same) else value
         if "styles" in given:
             values["styles"] = tuple(request.styles or ())
         # sampler_name wins; sampler_index (A1111's older field, default "Euler") when it is absent.
@@ -310,11 +308,15 @@ class A1111Api:
         # the hires upscaler ("latent" -> "Latent").
         values["sampler_name"], values["scheduler"] = self._resolve_sampler(
             str(values["sampler_name"]), str(values.get("scheduler") or "Automatic"))
+        if values.get("enable_hr") and (values.get("hr_sampler_name") or values.get("hr_scheduler")):
+            values["hr_sampler_name"], values["hr_scheduler"] = self._resolve_second_pass_sampler(
+                values["sampler_name"], str(values.get("hr_sampler_name") or ""),
+                str(values.get("hr_scheduler") or ""))
         if values.get("enable_hr") and values.get("hr_upscaler"):
             from sdweb.images.upscale import UnknownUpscalerError, find_hires_upscaler
 
             try:
-                values["hr_upscaler"] = find_hires_upscaler(str(values["hr_upscaler"]))
+                values["hr_upscaler"] = find(str(values["hr_upscaler"]))
             except UnknownUpscalerError as exc:
                 raise ApiError(400, str(exc)) from exc
 
@@ -337,11 +339,6 @@ class A1111Api:
                 if value not in (None, *same):
                     problems.append(f"{name}: a second-pass setting of its own is not supported yet "
                                     f"(got {value!r}; send {same[-1]!r})")
-            for name, main in (("hr_prompt", request.prompt),
-                               ("hr_negative_prompt", request.negative_prompt)):
-                value = getattr(request, name)
-                if value and value != main:
-                    problems.append(f"{name}: a second-pass prompt of its own is not supported yet")
         if request.restore_faces:
             problems.append("restore_faces: face restoration is not supported yet")
         if request.script_name:
@@ -366,7 +363,7 @@ class A1111Api:
         ignored = [name for name in IGNORED_FIELDS
                    if name in given and getattr(request, name) != getattr(defaults, name)
                    and not (name == "denoising_strength" and isinstance(request, Img2ImgRequest))
-                   and not (request.enable_hr and name in HIRES_FIELDS)]
+                   and not (request.enable_hr and (name in HIRES_FIELDS or name in HIRES_SAMPLER_SAME))]
         if "sampler_index" in given and "sampler_name" in given:
             ignored.append("sampler_index")
         unknown = request.unknown_fields()
@@ -393,18 +390,7 @@ class A1111Api:
         if "RNG" in extras:
             raise ApiError(422, f"infotext: RNG {extras['RNG']!r} is not supported (only CPU and GPU)")
         values: dict[str, Any] = {}
-        if any(key.startswith("Hires ") for key in extras):
-            # A hires fix image: its infotext turns hires fix on, with the values it wrote.
-            if "enable_hr" not in given:
-                values["enable_hr"] = True
-            hires = dict(extras)
-            width, _, height = str(hires.pop("Hires resize", "")).partition("x")
-            if height:  # "128x96", when the parser kept it whole
-                hires.setdefault("Hires resize-1", width.strip())
-                hires.setdefault("Hires resize-2", height.strip())
-            for key, name in INFOTEXT_HIRES.items():
-                if key in hires and name not in given:
-                    values[name] = hires[key]
+        # A hires fix image's infotext turns hires fix on, with the values it wrote (infotext_to_params).
         for name in from_text.model_fields_set:
             if name == "styles" or name in given:
                 continue
@@ -416,8 +402,6 @@ class A1111Api:
         if wanted:
             values["checkpoint"] = self._infotext_checkpoint(wanted)
         applied = {"Model hash", "Model", "Version", "VAE", "VAE hash"}
-        if values.get("enable_hr"):
-            applied |= {*INFOTEXT_HIRES, "Hires resize"}
         left = [key for key in extras if key not in applied]
         if left:
             logger.warning("txt2img: infotext keys not applied: %s", ", ".join(left[:20]))
@@ -502,6 +486,17 @@ class A1111Api:
 
     @staticmethod
     def _api_location(loc: Any) -> tuple[Any, ...]:
+    def _resolve_second_pass_sampler(self, first_sampler: str, sampler: str,
+                                     scheduler: str) -> tuple[str, str]:
+        """Canonical names of hires fix's own sampler / schedule type; "" stays "the first pass's"."""
+        try:
+            name, schedule = self._resolve_sampler(sampler or first_sampler, scheduler or "Automatic")
+        except ApiError as exc:
+            raise ApiError(exc.status, f"hr_sampler_name/hr_scheduler: {exc.detail}") from exc
+        # An old-style "DPM++ 2M Karras" brings its schedule type; "Automatic" from nothing stays "".
+        keep_schedule = bool(scheduler) or schedule != "Automatic"
+        return (name if sampler else ""), (schedule if keep_schedule else "")
+
         names = {field: f"override_settings.{key}" for key, field in OVERRIDE_TO_FIELD.items()}
         parts = tuple(loc)
         if parts and parts[0] in names:

@@ -94,6 +94,7 @@ def run_hires_txt2img(
     latent = upscaler in LATENT_UPSCALE_MODES
     options = {"extra_networks": extra_networks} if extra_networks is not None else {}
 
+    # The second pass's own prompt, negative prompt, sampler and schedule type ("" = the first pass's).
     images: list[GeneratedImage] = []
     interrupted = False
     last: EngineRun | None = None
@@ -138,7 +139,9 @@ def run_hires_txt2img(
             second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
                               preview_every, init_latents=init_latents, **options).run()
         last = second
-        images.extend(second.images)
+        # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
+        images.extend(replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)
+                      for item, first_item in zip(second.images, first.images, strict=False))
         if second.interrupted:
             interrupted = True
             break

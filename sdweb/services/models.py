@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from sdweb.config import LaunchSettings, OptionsStore
@@ -108,6 +109,28 @@ class ModelService:
     def find(self, query: str) -> Any:
         """Find a checkpoint by title, name, hash...; raise LookupError with a helpful message."""
         return self._registry.find(query)
+
+    # ------------------------------------------------------------------ downloads
+    def known_downloads(self) -> list[tuple[str, str]]:
+        """``(label, name)`` of the well-known checkpoints offered for download (SD 1.5, SDXL base)."""
+        from sdweb.engine.models.download import KNOWN_MODELS
+
+        return [(model.label, model.name) for model in KNOWN_MODELS]
+
+    def download(self, spec: str, progress: Callable[[int, int], None] | None = None) -> Any:
+        """Fetch ``spec`` (a well-known name, ``owner/repo`` or ``owner/repo:file``) from the hub into the
+        first checkpoint folder, then list it at once. Returns its catalogue entry.
+
+        Raises ValueError for a spec that names nothing downloadable and ``DownloadError`` (a
+        RuntimeError; offline, not found, hash mismatch...) with a message a person can act on.
+        """
+        from sdweb.engine.models.download import download_model
+
+        path = download_model(spec, self._settings.paths.ckpt_dirs[0], progress=progress)
+        for info in self.refresh():
+            if Path(info.path).resolve() == path.resolve():
+                return info
+        return self.find(path.name)
 
     def empty_message(self) -> str:
         folder = self._settings.paths.ckpt_dirs[0]

@@ -92,3 +92,48 @@ def test_status_follows_a_model_a_job_switched_to(tmp_path: Path, demo_file: Pat
         assert services.models.status().state == "idle"
     finally:
         services.worker.close()
+
+
+def test_a_downloaded_checkpoint_is_listed_at_once_and_selectable(tmp_path: Path, demo_file: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixtures.fake_hub import REPO, running_hub
+
+    services, _engine = build(tmp_path / "data", demo_file, monkeypatch)
+    seen: list[tuple[int, int]] = []
+    try:
+        with running_hub() as hub:
+            data = write_tiny_sd1(tmp_path / "upload" / "tiny.safetensors").read_bytes()
+            hub.add(REPO, "tiny.safetensors", data)
+            monkeypatch.setenv("HF_ENDPOINT", hub.url)
+            info = services.models.download(f"{REPO}:tiny.safetensors",
+                                            progress=lambda done, total: seen.append((done, total)))
+        assert info.path == services.settings.paths.ckpt_dirs[0] / "tiny.safetensors"
+        assert info.family == "sd1" and not info.demo
+        assert [i.title for i in services.models.list_checkpoints()][0] == info.title
+        assert seen[-1] == (len(data), len(data))
+        # The user's own checkpoint now comes before the bundled demo.
+        assert services.models.selected_title() == info.title
+    finally:
+        services.worker.close(timeout=2)
+
+
+def test_a_download_that_cannot_reach_the_hub_says_so_and_lists_nothing_new(
+        tmp_path: Path, demo_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from sdweb.engine.models.download import DownloadError
+
+    services, _engine = build(tmp_path / "data", demo_file, monkeypatch)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    try:
+        before = [i.title for i in services.models.list_checkpoints()]
+        with pytest.raises(DownloadError, match="cannot reach the Hugging Face hub"):
+            services.models.download("sd15")
+        with pytest.raises(ValueError, match="well-known name"):
+            services.models.download("not a repo")
+        assert [i.title for i in services.models.list_checkpoints()] == before
+    finally:
+        services.worker.close(timeout=2)

@@ -32,6 +32,7 @@ from sdweb.prompts.tokens import CHUNK_TOKENS, TokenCount, texts_for_token_count
 from sdweb.services.generation import GenerationError
 from sdweb.ui import controls
 from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form
+from sdweb.ui.tabs.download import render_download_section
 
 logger = logging.getLogger(__name__)
 
@@ -476,6 +477,9 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
                 refresh_models = gr.Button(
                     "↻", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-refresh-models"
                 )
+            # Open while the bundled demo is all there is: the way to a real model is right there.
+            only_demo = all(getattr(info, "demo", False) for info in services.models.list_checkpoints())
+            render_download_section(services, form["checkpoint"], open_=only_demo)
             form["prompt"] = gr.Textbox(
                 label="Prompt",
                 lines=3,

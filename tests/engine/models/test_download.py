@@ -1,21 +1,11 @@
-"""Model download against a fake hub on 127.0.0.1 that speaks the hub's URL layout and headers.
-
-The server answers ``HEAD``/``GET /{repo}/resolve/{revision}/{file}`` with what huggingface_hub reads
-(``X-Repo-Commit``, ``ETag``/``X-Linked-Etag`` = the file's sha256, ``X-Linked-Size``), honours ``Range``,
-lists ``/api/models/{repo}/tree/{revision}``, and can be told to drop the connection midway through a file.
-"""
+"""Model download against the fake hub of tests/fixtures/fake_hub.py (the hub's URL layout on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,131 +17,19 @@ from sdweb.engine.models.download import (
     download_model,
     parse_model_spec,
 )
-
-COMMIT = "a" * 40
-REPO = "someone/tiny-model"
-
-
-@dataclass
-class FakeHub:
-    """Files by (repo, path); what the server should do wrong; what it was asked."""
-
-    files: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    advertised_sha256: dict[tuple[str, str], str] = field(default_factory=dict)
-    drop_after: int | None = None  # bytes of the next GET body sent before the connection is cut
-    range_requests: list[str] = field(default_factory=list)
-    url: str = ""
-
-    def add(self, repo: str, path: str, data: bytes) -> None:
-        self.files[(repo, path)] = data
-
-
-def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _lookup(self) -> tuple[str, str, bytes] | None:
-            match = re.match(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", self.path)
-            if not match:
-                return None
-            key = (match["repo"], match["path"])
-            return (*key, hub.files[key]) if key in hub.files else None
-
-        def _not_found(self, code: str) -> None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def _file_headers(self, repo: str, path: str, data: bytes) -> None:
-            sha = hub.advertised_sha256.get((repo, path), hashlib.sha256(data).hexdigest())
-            self.send_header("X-Repo-Commit", COMMIT)
-            self.send_header("ETag", f'"{sha}"')
-            self.send_header("X-Linked-Etag", f'"{sha}"')
-            self.send_header("X-Linked-Size", str(len(data)))
-            self.send_header("Accept-Ranges", "bytes")
-
-        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-            found = self._lookup()
-            if found is None:
-                return self._not_found("EntryNotFound")
-            repo, path, data = found
-            self.send_response(200)
-            self._file_headers(repo, path, data)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            tree = re.match(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/[^/?]+", self.path)
-            if tree:
-                entries = [
-                    {"type": "file", "path": path, "size": len(data), "oid": "0" * 40}
-                    for (repo, path), data in hub.files.items()
-                    if repo == tree["repo"]
-                ]
-                body = json.dumps(entries).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return None
-            found = self._lookup()
-            if found is None:
-                return self._not_found("EntryNotFound")
-            repo, path, data = found
-            start = 0
-            requested = self.headers.get("Range")
-            if requested:
-                hub.range_requests.append(requested)
-                start = int(re.match(r"bytes=(\d+)-", requested)[1])  # type: ignore[index]
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            self._file_headers(repo, path, data)
-            body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if hub.drop_after is not None:
-                cut, hub.drop_after = hub.drop_after, None
-                self.wfile.write(body[:cut])
-                self.wfile.flush()
-                # Cut the connection as a network failure would: no more bytes, socket closed.
-                self.connection.shutdown(socket.SHUT_RDWR)
-                self.close_connection = True
-                return None
-            self.wfile.write(body)
-            return None
-
-    return Handler
+from tests.fixtures.fake_hub import REPO, FakeHub, payload, running_hub
 
 
 @pytest.fixture
 def hub() -> Iterator[FakeHub]:
-    state = FakeHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-def _payload(size: int, seed: int = 0) -> bytes:
-    block = hashlib.sha256(str(seed).encode()).digest()
-    return (block * (size // len(block) + 1))[:size]
+    with running_hub() as state:
+        yield state
 
 
 def test_full_download_reports_progress_and_lands_verified_in_the_folder(
     hub: FakeHub, tmp_path: Path
 ) -> None:
-    data = _payload(3_000_000)
+    data = payload(3_000_000)
     hub.add(REPO, "tiny.safetensors", data)
     seen: list[tuple[int, int]] = []
 
@@ -171,14 +49,14 @@ def test_full_download_reports_progress_and_lands_verified_in_the_folder(
 
 
 def test_a_repo_with_one_checkpoint_needs_no_file_name(hub: FakeHub, tmp_path: Path) -> None:
-    hub.add(REPO, "only.safetensors", _payload(1000))
+    hub.add(REPO, "only.safetensors", payload(1000))
     hub.add(REPO, "README.md", b"hello")
     assert download_model(REPO, tmp_path, progress=None, endpoint=hub.url).name == "only.safetensors"
 
 
 def test_a_repo_with_several_checkpoints_asks_which(hub: FakeHub, tmp_path: Path) -> None:
-    hub.add(REPO, "a.safetensors", _payload(10))
-    hub.add(REPO, "b.safetensors", _payload(10, 1))
+    hub.add(REPO, "a.safetensors", payload(10))
+    hub.add(REPO, "b.safetensors", payload(10, 1))
     with pytest.raises(DownloadError, match=r"several checkpoints \(a.safetensors, b.safetensors\)"):
         download_model(REPO, tmp_path, progress=None, endpoint=hub.url)
 
@@ -186,7 +64,7 @@ def test_a_repo_with_several_checkpoints_asks_which(hub: FakeHub, tmp_path: Path
 def test_an_interrupted_download_keeps_its_partial_file_and_the_next_call_resumes_it(
     hub: FakeHub, tmp_path: Path
 ) -> None:
-    data = _payload(2_000_000, 2)
+    data = payload(2_000_000, 2)
     hub.add(REPO, "big.safetensors", data)
     hub.drop_after = 700_000
 
@@ -204,7 +82,7 @@ def test_an_interrupted_download_keeps_its_partial_file_and_the_next_call_resume
 
 
 def test_a_dropped_connection_is_resumed_within_the_same_call(hub: FakeHub, tmp_path: Path) -> None:
-    data = _payload(1_500_000, 3)
+    data = payload(1_500_000, 3)
     hub.add(REPO, "big.safetensors", data)
     hub.drop_after = 500_000
     seen: list[int] = []
@@ -221,7 +99,7 @@ def test_a_dropped_connection_is_resumed_within_the_same_call(hub: FakeHub, tmp_
 def test_a_file_whose_hash_does_not_match_is_refused_and_its_partial_removed(
     hub: FakeHub, tmp_path: Path
 ) -> None:
-    data = _payload(400_000, 4)
+    data = payload(400_000, 4)
     hub.add(REPO, "bad.safetensors", data)
     # The hub claims another sha256 than the bytes it serves (a corrupted mirror or a tampered file).
     hub.advertised_sha256[(REPO, "bad.safetensors")] = hashlib.sha256(b"something else").hexdigest()
@@ -236,7 +114,7 @@ def test_a_well_known_model_is_checked_against_its_published_hash_not_the_server
 ) -> None:
     sd15 = KNOWN_MODELS[0]
     # A server that serves other bytes and advertises their (matching) hash: only the table catches it.
-    hub.add(sd15.repo_id, sd15.filename, _payload(1000, 5))
+    hub.add(sd15.repo_id, sd15.filename, payload(1000, 5))
     hub.advertised_sha256[(sd15.repo_id, sd15.filename)] = "0" * 64
 
     with pytest.raises(ChecksumMismatchError, match="different .* than the published release"):
@@ -260,7 +138,7 @@ def test_a_missing_file_is_named_in_the_error(hub: FakeHub, tmp_path: Path) -> N
 
 
 def test_a_file_already_downloaded_is_not_fetched_again(hub: FakeHub, tmp_path: Path) -> None:
-    data = _payload(5000, 6)
+    data = payload(5000, 6)
     hub.add(REPO, "done.safetensors", data)
     (tmp_path / "done.safetensors").write_bytes(data)
     hub.files[(REPO, "done.safetensors")] = data
@@ -301,13 +179,13 @@ def test_the_command_line_downloads_into_the_checkpoint_folder(
 ) -> None:
     from sdweb.cli import main
 
-    hub.add(REPO, "cli.safetensors", _payload(300_000, 7))
+    hub.add(REPO, "cli.safetensors", payload(300_000, 7))
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
 
     assert main(["--data-dir", str(tmp_path), "--download-model", f"{REPO}:cli.safetensors"]) == 0
 
     saved = tmp_path / "models" / "Stable-diffusion" / "cli.safetensors"
-    assert saved.read_bytes() == _payload(300_000, 7)
+    assert saved.read_bytes() == payload(300_000, 7)
     out, err = capsys.readouterr()
     assert str(saved) in out
     assert "100%" in err
