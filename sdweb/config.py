@@ -76,6 +76,11 @@ class DataPaths:
             cache_dir=root / "cache",
         )
 
+    @property
+    def esrgan_dir(self) -> Path:
+        """``models/ESRGAN``: A1111's folder of ESRGAN-family upscaler models (.pth, .safetensors)."""
+        return self.root / "models" / "ESRGAN"
+
     def ensure(self) -> None:
         """Create the folders a user is expected to drop files into."""
         for folder in (*self.ckpt_dirs[:1], self.vae_dir, self.lora_dir, self.embeddings_dir,

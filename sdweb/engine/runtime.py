@@ -40,6 +40,7 @@ class Engine:
         options: Any = None,
         loras: Any = None,
         embeddings: Any = None,
+        upscalers: Any = None,
     ) -> None:
         """Args:
         cache: ``sdweb.engine.models.cache.ModelCache``.
@@ -50,6 +51,7 @@ class Engine:
         options: the ``OptionsStore`` (for ``sd_model_checkpoint`` / ``sd_vae``); None in tests.
         loras: ``sdweb.engine.extra_networks.lora.LoraLibrary`` (None: ``<lora:...>`` tags are refused).
         embeddings: ``sdweb.engine.extra_networks.embeddings.EmbeddingLibrary`` (None: no embeddings).
+        upscalers: ``sdweb.engine.upscalers.ModelUpscalers`` (models/ESRGAN; None: none).
         """
         self._cache = cache
         self._registry = registry
@@ -59,6 +61,7 @@ class Engine:
         self._options = options
         self._fallback_tokenizer: Any = None
         self._networks = ExtraNetworks(loras=loras, embeddings=embeddings)
+        self.upscalers = upscalers
 
     # -- generation --------------------------------------------------------------------------
     def txt2img(
@@ -78,7 +81,7 @@ class Engine:
 
                 return run_hires_txt2img(model, params, samplers=self._samplers, control=control,
                                          on_step=on_step, preview_every=preview_every,
-                                         extra_networks=self._networks)
+                                         extra_networks=self._networks, model_upscalers=self.upscalers)
             return run_txt2img(model, params, samplers=self._samplers, control=control, on_step=on_step,
                                preview_every=preview_every, extra_networks=self._networks)
 
@@ -104,6 +107,14 @@ class Engine:
             return run_img2img(model, params, init_images, samplers=self._samplers, control=control,
                                on_step=on_step, preview_every=preview_every, extra_networks=self._networks,
                                mask=mask)
+
+    def upscale(self, image: Any, name: str, size: tuple[int, int]) -> Any:
+        """``image`` (PIL) brought to ``size`` by upscaler model ``name`` of models/ESRGAN, tiled."""
+        from sdweb.engine.upscalers import UpscalerModelError
+
+        if self.upscalers is None:
+            raise UpscalerModelError(f"upscaler model {name!r}: this engine has no upscaler models")
+        return self.upscalers.upscale(image, name, size)
 
     # -- models ------------------------------------------------------------------------------
     def load(self, info: Any) -> Any:
@@ -189,17 +200,19 @@ class Engine:
 
 
 def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: SamplerRegistry,
-                  options: Any = None, loras: Any = None) -> Engine:
+                  options: Any = None, loras: Any = None, upscaler_models: Any = None) -> Engine:
     """Build the engine for the launch ``settings``: runtime, CPU threads, model cache, extra networks.
 
     ``loras``: the service layer's ``LoraLibrary`` (shared, so its listing and the engine agree); built
-    here from ``settings.paths.lora_dir`` when not given.
+    here from ``settings.paths.lora_dir`` when not given. ``upscaler_models``: the service layer's
+    ``UpscalerModelLibrary`` likewise (models/ESRGAN), run on the runtime's device and dtype.
     """
     from sdweb.engine.devices import configure_threads, resolve_runtime
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.models.cache import ModelCache
     from sdweb.engine.models.loader import load_checkpoint
+    from sdweb.engine.upscalers import ModelUpscalers, UpscalerModelLibrary
 
     runtime = resolve_runtime(settings)
     # --threads wins; else the "torch_threads" setting (0 = one per physical core, the runtime's default).
@@ -217,5 +230,8 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     if loras is None:
         loras = LoraLibrary(settings.paths.lora_dir)
     embeddings = EmbeddingLibrary(settings.paths.embeddings_dir, hashes=getattr(loras, "hashes", None))
+    if upscaler_models is None:
+        upscaler_models = UpscalerModelLibrary(settings.paths.esrgan_dir)
+    upscalers = ModelUpscalers(upscaler_models, device=runtime.device, dtype=runtime.dtype)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
-                  embeddings=embeddings)
+                  embeddings=embeddings, upscalers=upscalers)

@@ -12,16 +12,19 @@ This module owns what ``/sdapi/v1/upscalers`` lists and what ``extra-single-imag
   it the aspect ratio wins and one side may be larger than asked, as in A1111.
 
 Memory: a Pillow resize holds the source and the result and nothing else, so no tiling is needed;
-what bounds memory is :data:`MAX_OUTPUT_SIDE` (checked before any pixel is touched). Tiles matter
-for model upscalers (ESRGAN-family networks, whose activations grow with the input); those are not
-built in: spandrel, the library that loads them, imports torchvision, which does not import beside
-the CPU torch build the core install uses. They are meant for an optional ``upscalers`` extra that
-would add a tiled engine-side upscaler behind the same :func:`upscale_image` names.
+what bounds memory is :data:`MAX_OUTPUT_SIDE` (checked before any pixel is touched).
+
+Model upscalers (ESRGAN-family ``.pth`` / ``.safetensors`` files in ``models/ESRGAN``) are run by the
+engine (:mod:`sdweb.engine.upscalers`, tiled, through the optional ``upscalers`` extra) and listed
+beside these by the service layer (:mod:`sdweb.services.upscalers`). This module stays torch-free:
+:func:`upscale_image` takes the model's resampling as a function (``model_resize``) and keeps the size
+arithmetic and cropping the same for every upscaler.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,14 +66,19 @@ class UnknownUpscalerError(UpscaleError):
     """No upscaler by that name (the message lists the known ones)."""
 
 
+class ModelUpscalerError(UpscaleError):
+    """A model upscaler that cannot run: the optional extra is missing, or its file is unusable."""
+
+
 @dataclass(frozen=True)
 class UpscalerInfo:
-    """One entry of ``/sdapi/v1/upscalers``."""
+    """One entry of ``/sdapi/v1/upscalers`` (A1111's fields)."""
 
     name: str
     scale: float = 4.0
     model_name: str | None = None
     model_path: str | None = None
+    model_url: str | None = None
 
 
 def list_upscalers() -> list[UpscalerInfo]:
@@ -78,17 +86,21 @@ def list_upscalers() -> list[UpscalerInfo]:
     return [UpscalerInfo(name=name) for name in _FILTERS]
 
 
-def find_upscaler(name: str) -> str:
-    """The canonical name of upscaler ``name`` (case-insensitive), or :class:`UpscaleError`."""
-    for known in _FILTERS:
+def find_upscaler(name: str, model_names: Sequence[str] = ()) -> str:
+    """The canonical name of upscaler ``name`` (case-insensitive), or :class:`UnknownUpscalerError`.
+
+    ``model_names``: the model upscalers there are (``models/ESRGAN``), known after the built-ins.
+    """
+    for known in (*_FILTERS, *model_names):
         if known.lower() == name.strip().lower():
             return known
-    raise UnknownUpscalerError(f"upscaler {name!r} not found; known: {', '.join(_FILTERS)} "
-                       "(model upscalers such as ESRGAN are not supported yet)")
+    hint = "" if model_names else " (model upscalers: put ESRGAN .pth/.safetensors files in models/ESRGAN)"
+    raise UnknownUpscalerError(f"upscaler {name!r} not found; known: {', '.join([*_FILTERS, *model_names])}"
+                               f"{hint}")
 
 
-def find_hires_upscaler(name: str) -> str:
-    """The canonical name of a hires fix upscaler (a latent mode or a built-in one).
+def find_hires_upscaler(name: str, model_names: Sequence[str] = ()) -> str:
+    """The canonical name of a hires fix upscaler (a latent mode, a built-in one or a model's).
 
     Unknown names raise :class:`UnknownUpscalerError` listing them all.
     """
@@ -96,10 +108,15 @@ def find_hires_upscaler(name: str) -> str:
         if mode.lower() == name.strip().lower():
             return mode
     try:
-        return find_upscaler(name)
+        return find_upscaler(name, model_names)
     except UnknownUpscalerError:
-        known = ", ".join([*LATENT_UPSCALE_MODES, *_FILTERS])
+        known = ", ".join([*LATENT_UPSCALE_MODES, *_FILTERS, *model_names])
         raise UnknownUpscalerError(f"hr_upscaler {name!r} not found; known: {known}") from None
+
+
+def is_builtin_upscaler(name: str) -> bool:
+    """Whether ``name`` is one of the Pillow upscalers or latent modes (needs no model file)."""
+    return name in _FILTERS or name in LATENT_UPSCALE_MODES
 
 
 def upscaled_size(width: int, height: int, *, mode: int, factor: float, to_width: int, to_height: int,
@@ -126,17 +143,30 @@ def upscaled_size(width: int, height: int, *, mode: int, factor: float, to_width
     return scaled, crop_to
 
 
+ModelResize = Callable[[Image.Image, tuple[int, int]], Image.Image]
+
+
 def upscale_image(image: Image.Image, *, upscaler: str, mode: int = 0, factor: float = 2.0,
-                  to_width: int = 512, to_height: int = 512, crop: bool = True) -> Image.Image:
-    """``image`` upscaled as the Extras tab asks; "None" returns it unchanged (only converted)."""
-    name = find_upscaler(upscaler)
+                  to_width: int = 512, to_height: int = 512, crop: bool = True,
+                  model_resize: ModelResize | None = None) -> Image.Image:
+    """``image`` upscaled as the Extras tab asks; "None" returns it unchanged (only converted).
+
+    ``model_resize(image, size)``: for a model upscaler, the function that brings ``image`` to ``size``
+    with it (``upscaler`` is then only its name); without it ``upscaler`` must be a built-in one.
+    """
+    name = upscaler if model_resize is not None else find_upscaler(upscaler)
     image = _workable(image)
-    resample = _FILTERS[name]
-    if resample is None:
+    resample = None if model_resize is not None else _FILTERS[name]
+    if model_resize is None and resample is None:
         return image
     scaled_size, crop_to = upscaled_size(image.width, image.height, mode=mode, factor=factor,
                                          to_width=to_width, to_height=to_height, crop=crop)
-    scaled = image if scaled_size == image.size else image.resize(scaled_size, resample)
+    if scaled_size == image.size:
+        scaled = image
+    elif model_resize is not None:
+        scaled = model_resize(image, scaled_size)
+    else:
+        scaled = image.resize(scaled_size, resample)
     if crop_to is None or crop_to == scaled.size:
         return scaled
     left = (scaled.width - crop_to[0]) // 2
