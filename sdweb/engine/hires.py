@@ -76,13 +76,15 @@ def run_hires_txt2img(
     on_step: Callable[[StepProgress], None],
     preview_every: int = 0,
     extra_networks: Any = None,
+    model_upscalers: Any = None,
 ) -> EngineRun:
     """txt2img with hires fix (``params.enable_hr``); see the module docstring.
 
     Images come at the hires size, in seed order, as :func:`sdweb.engine.generate.run_txt2img`'s.
+    ``model_upscalers``: ``sdweb.engine.upscalers.ModelUpscalers``, for ``hr_upscaler`` models/ESRGAN names.
     """
     # 1. Check inputs before any model work.
-    upscaler = find_hires_upscaler(params.hr_upscaler)
+    upscaler = find_hires_upscaler(params.hr_upscaler, model_upscalers.names() if model_upscalers else ())
     scale = int(getattr(model.pipe, "vae_scale_factor", 8))
     scaled_w, scaled_h, final_w, final_h = hires_size(params, scale)
     second_steps = params.hr_second_pass_steps or params.steps
@@ -133,8 +135,8 @@ def run_hires_txt2img(
                                             (scaled_w // scale, scaled_h // scale),
                                             (final_w // scale, final_h // scale))
         else:
-            init_images = [_upscale_pixels(item.image, upscaler, (scaled_w, scaled_h), (final_w, final_h))
-                           for item in first.images]
+            init_images = [_upscale_pixels(item.image, upscaler, (scaled_w, scaled_h), (final_w, final_h),
+                                           model_upscalers) for item in first.images]
         with torch.inference_mode():
             second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
                               preview_every, init_latents=init_latents, **options).run()
@@ -164,8 +166,11 @@ def _upscale_latents(latents: torch.Tensor, mode_name: str, scaled: tuple[int, i
 
 
 def _upscale_pixels(image: Image.Image, upscaler: str, scaled: tuple[int, int],
-                    final: tuple[int, int]) -> Image.Image:
-    # "None" as A1111's: no upscaler model, so plain Lanczos to the size the second pass needs.
-    resample = Image.Resampling.NEAREST if upscaler == "Nearest" else Image.Resampling.LANCZOS
-    upscaled = image.resize(scaled, resample)
+                    final: tuple[int, int], model_upscalers: Any = None) -> Image.Image:
+    if model_upscalers is not None and upscaler in model_upscalers.names():
+        upscaled = model_upscalers.upscale(image, upscaler, scaled)  # an ESRGAN model, on the decoded image
+    else:
+        # "None" as A1111's: no upscaler model, so plain Lanczos to the size the second pass needs.
+        resample = Image.Resampling.NEAREST if upscaler == "Nearest" else Image.Resampling.LANCZOS
+        upscaled = image.resize(scaled, resample)
     return upscaled if scaled == final else resize_image(upscaled, 1, *final)
