@@ -67,6 +67,11 @@ class GenerationParams(BaseModel):
     hr_second_pass_steps: int = Field(0, ge=0, le=150)
     #: How much the second pass (hires fix) changes the upscaled image; img2img's strength.
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    # Second-pass overrides (A1111's names); "" means "the same as the first pass".
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_sampler_name: str = Field("", max_length=100)
+    hr_scheduler: str = Field("", max_length=100)
 
     @field_validator("width", "height")
     @classmethod
@@ -75,7 +80,7 @@ class GenerationParams(BaseModel):
             raise ValueError(f"must be a multiple of 8 (got {value}; nearest: {round(value / 8) * 8})")
         return value
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
     @classmethod
     def _no_nul(cls, value: str) -> str:
         if "\x00" in value:

@@ -316,7 +316,7 @@ class A1111Api:
             from sdweb.images.upscale import UnknownUpscalerError, find_hires_upscaler
 
             try:
-                values["hr_upscaler"] = find(str(values["hr_upscaler"]))
+                values["hr_upscaler"] = find_hires_upscaler(str(values["hr_upscaler"]))
             except UnknownUpscalerError as exc:
                 raise ApiError(400, str(exc)) from exc
 
@@ -484,8 +484,6 @@ class A1111Api:
                 raise ApiError(400, f"Scheduler not found: {scheduler!r}; known: {known}") from exc
         return spec.name, schedule_spec.name
 
-    @staticmethod
-    def _api_location(loc: Any) -> tuple[Any, ...]:
     def _resolve_second_pass_sampler(self, first_sampler: str, sampler: str,
                                      scheduler: str) -> tuple[str, str]:
         """Canonical names of hires fix's own sampler / schedule type; "" stays "the first pass's"."""
@@ -497,6 +495,8 @@ class A1111Api:
         keep_schedule = bool(scheduler) or schedule != "Automatic"
         return (name if sampler else ""), (schedule if keep_schedule else "")
 
+    @staticmethod
+    def _api_location(loc: Any) -> tuple[Any, ...]:
         names = {field: f"override_settings.{key}" for key, field in OVERRIDE_TO_FIELD.items()}
         parts = tuple(loc)
         if parts and parts[0] in names:

@@ -103,7 +103,26 @@ _MAPPED_KEYS = frozenset(
         "Seed resize from-2",
         "Clip skip",
         "Tiling",
+        "Denoising strength",
     }
+)
+
+
+#: Hires fix keys whose text is a request field as it is.
+INFOTEXT_HIRES_TEXT: Mapping[str, str] = {
+    "Hires upscaler": "hr_upscaler",
+    "Hires prompt": "hr_prompt",
+    "Hires negative prompt": "hr_negative_prompt",
+    "Hires sampler": "hr_sampler_name",
+    "Hires schedule type": "hr_scheduler",
+}
+#: Every hires fix key :func:`infotext_to_params` maps (``Hires resize`` is split into -1/-2 when parsed).
+INFOTEXT_HIRES_KEYS: tuple[str, ...] = (
+    "Hires upscale",
+    "Hires steps",
+    "Hires resize-1",
+    "Hires resize-2",
+    *INFOTEXT_HIRES_TEXT,
 )
 
 
@@ -214,6 +233,32 @@ def build_infotext(
         rendered.append(key if text == key else f"{key}: {quote_value(text)}")
     negative_line = f"\n{NEGATIVE_PROMPT_PREFIX} {negative_text}" if negative_text else ""
     return f"{prompt_text}{negative_line}\n{', '.join(rendered)}".strip()
+
+
+def hires_infotext(params: GenerationParams) -> dict[str, Any]:
+    """The hires fix pairs A1111 writes, in its order, for ``build_infotext``'s ``extra``.
+
+    ``Denoising strength`` lands at its own place among the base keys. The second pass's own sampler,
+    prompts and schedule type are written only where they differ from the first pass's (A1111's rule);
+    :func:`infotext_to_params` reads all of them back.
+    """
+    pairs: dict[str, Any] = {"Denoising strength": params.denoising_strength}
+    if params.hr_resize_x or params.hr_resize_y:
+        pairs["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
+    else:
+        pairs["Hires upscale"] = params.hr_scale
+    if params.hr_second_pass_steps:
+        pairs["Hires steps"] = params.hr_second_pass_steps
+    pairs["Hires upscaler"] = params.hr_upscaler
+    if params.hr_sampler_name and params.hr_sampler_name != params.sampler_name:
+        pairs["Hires sampler"] = params.hr_sampler_name
+    if params.hr_prompt and params.hr_prompt != params.prompt:
+        pairs["Hires prompt"] = params.hr_prompt
+    if params.hr_negative_prompt and params.hr_negative_prompt != params.negative_prompt:
+        pairs["Hires negative prompt"] = params.hr_negative_prompt
+    if params.hr_scheduler and params.hr_scheduler != params.scheduler:
+        pairs["Hires schedule type"] = params.hr_scheduler
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,63 +373,119 @@ def _rejoin_sizes(parsed: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
     return extras
 
 
-def infotext_to_params(parsed: Mapping[str, Any]) -> tuple[GenerationParams, dict[str, Any]]:
+def infotext_to_params(
+    parsed: Mapping[str, Any], *, problems: list[str] | None = None
+) -> tuple[GenerationParams, dict[str, Any]]:
     """Map a :func:`parse_infotext` result onto a request, plus the keys that are not request fields.
 
     Mapped: Prompt, Negative prompt, Steps, Sampler, Schedule type (an old "DPM++ 2M Karras" sampler
     name is split), CFG scale, Seed, Size, Variation seed and strength, Seed resize from, Clip skip,
-    RNG (CPU or GPU), Tiling. ``checkpoint`` stays None: the checkpoint is chosen by the caller from
-    ``Model hash`` / ``Model``, which come back in the second dict with every other unmapped key
-    (VAE, Version, Hires ..., Lora hashes, ...) in the infotext's order; ``WxH`` pairs there are
-    joined back (``"Hires resize": "1024x1024"``).
+    RNG (CPU or GPU), Tiling, Denoising strength, and hires fix: any ``Hires ...`` key turns
+    ``enable_hr`` on (an image made with hires fix is remade with it); ``Hires upscale``, ``Hires
+    resize``, ``Hires steps``, ``Hires upscaler``, ``Hires prompt``, ``Hires negative prompt``,
+    ``Hires sampler`` and ``Hires schedule type`` fill the ``hr_*`` fields. ``checkpoint`` stays None:
+    the checkpoint is chosen by the caller from ``Model hash`` / ``Model``, which come back in the
+    second dict with every other unmapped key (VAE, Version, Hires checkpoint, Lora hashes, ...) in the
+    infotext's order; ``WxH`` pairs there are joined back (``"Tile size": "64x64"``).
+
+    Args:
+        parsed: what :func:`parse_infotext` returned.
+        problems: when given, a value that does not fit a request is left at its default and described
+            here (for a paste into a form, which should not be all-or-nothing) instead of raising.
 
     Raises:
-        InfotextError: a value is not a number where one is needed, or is outside what a request
-            allows (the message names the field and the range; nothing is corrected).
+        InfotextError: without ``problems``: a value is not a number where one is needed, or is
+            outside what a request allows (the message names the field and the range; nothing is
+            corrected).
     """
     fields: dict[str, Any] = {
         "prompt": str(parsed.get("Prompt", "")),
         "negative_prompt": str(parsed.get("Negative prompt", "")),
     }
-    if "Steps" in parsed:
-        fields["steps"] = _to_int(parsed, "Steps")
+
+    def convert(name: str, key: str, to: Any, source: Mapping[str, Any] = parsed) -> None:
+        if key not in source:
+            return
+        try:
+            fields[name] = to(source, key)
+        except InfotextError as exc:
+            if problems is None:
+                raise
+            problems.append(f"{exc}; the default is used")
+
+    convert("steps", "Steps", _to_int)
     schedule = str(parsed["Schedule type"]) if "Schedule type" in parsed else None
     if "Sampler" in parsed:
         fields["sampler_name"], schedule = split_sampler_name(str(parsed["Sampler"]), schedule)
     if schedule is not None:
         fields["scheduler"] = schedule
-    if "CFG scale" in parsed:
-        fields["cfg_scale"] = _to_float(parsed, "CFG scale")
-    if "Seed" in parsed:
-        fields["seed"] = _to_int(parsed, "Seed")
+    convert("cfg_scale", "CFG scale", _to_float)
+    convert("seed", "Seed", _to_int)
     if "Size-1" in parsed and "Size-2" in parsed:
-        fields["width"] = _to_int(parsed, "Size-1")
-        fields["height"] = _to_int(parsed, "Size-2")
-    if "Variation seed" in parsed:
-        fields["subseed"] = _to_int(parsed, "Variation seed")
-    if "Variation seed strength" in parsed:
-        fields["subseed_strength"] = _to_float(parsed, "Variation seed strength")
+        convert("width", "Size-1", _to_int)
+        convert("height", "Size-2", _to_int)
+    convert("subseed", "Variation seed", _to_int)
+    convert("subseed_strength", "Variation seed strength", _to_float)
     if "Seed resize from-1" in parsed and "Seed resize from-2" in parsed:
-        fields["seed_resize_from_w"] = _to_int(parsed, "Seed resize from-1")
-        fields["seed_resize_from_h"] = _to_int(parsed, "Seed resize from-2")
-    if "Clip skip" in parsed:
-        fields["clip_skip"] = _to_int(parsed, "Clip skip")
+        convert("seed_resize_from_w", "Seed resize from-1", _to_int)
+        convert("seed_resize_from_h", "Seed resize from-2", _to_int)
+    convert("clip_skip", "Clip skip", _to_int)
     if "Tiling" in parsed:
         fields["tiling"] = str(parsed["Tiling"]).strip().lower() == "true"
-
+    convert("denoising_strength", "Denoising strength", _to_float)
     mapped = set(_MAPPED_KEYS)
+    mapped |= _hires_fields(parsed, fields, convert)
+
     rng = str(parsed.get("RNG", "GPU"))
     if rng in ("CPU", "GPU"):
         fields["rng"] = rng
         mapped.add("RNG")
     # Any other RNG ("NV") is not something a request can ask for: it stays in the extras, visible.
     unmapped = [key for key in parsed if key not in mapped]
+    return _checked_params(fields, problems), _rejoin_sizes(parsed, unmapped)
 
+
+def _hires_fields(parsed: Mapping[str, Any], fields: dict[str, Any], convert: Any) -> set[str]:
+    """Fill the hires fix fields from ``Hires ...`` keys; return the keys used."""
+    if not any(str(key).startswith("Hires ") for key in parsed):
+        return set()
+    fields["enable_hr"] = True
+    hires = dict(parsed)
+    width, _, height = str(hires.get("Hires resize", "")).partition("x")
+    if height:  # "128x96" when the caller's dictionary kept it whole
+        hires.setdefault("Hires resize-1", width.strip())
+        hires.setdefault("Hires resize-2", height.strip())
+    convert("hr_scale", "Hires upscale", _to_float, hires)
+    convert("hr_second_pass_steps", "Hires steps", _to_int, hires)
+    convert("hr_resize_x", "Hires resize-1", _to_int, hires)
+    convert("hr_resize_y", "Hires resize-2", _to_int, hires)
+    for key, name in INFOTEXT_HIRES_TEXT.items():
+        if key in hires:
+            fields[name] = str(hires[key])
+    if "hr_sampler_name" in fields:  # an old "DPM++ 2M Karras" carries its schedule type
+        sampler, schedule = split_sampler_name(fields["hr_sampler_name"], fields.get("hr_scheduler"))
+        fields["hr_sampler_name"] = sampler
+        if schedule != "Automatic":
+            fields["hr_scheduler"] = schedule
+    return {*INFOTEXT_HIRES_KEYS, "Hires resize"}
+
+
+def _checked_params(fields: dict[str, Any], problems: list[str] | None) -> GenerationParams:
     try:
-        params = GenerationParams(**fields)
+        return GenerationParams(**fields)
     except ValidationError as error:
-        raise InfotextError(f"infotext does not fit a request: {format_validation_error(error)}") from None
-    return params, _rejoin_sizes(parsed, unmapped)
+        if problems is None:
+            raise InfotextError(
+                f"infotext does not fit a request: {format_validation_error(error)}"
+            ) from None
+        bad = {str(item["loc"][0]) for item in error.errors() if item.get("loc")}
+        for item in error.errors():
+            name = str(item["loc"][0]) if item.get("loc") else "request"
+            message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+            problems.append(f"{name} {fields.get(name)!r} from the infotext is out of range ({message}); "
+                            "the default is used")
+        kept = {name: value for name, value in fields.items() if name not in bad}
+        return GenerationParams(**kept)  # every value left passed its check above
 
 
 def has_parameter_line(text: str) -> bool:

@@ -170,6 +170,12 @@ class GenerationService:
                 self._validate(params)
             except (LookupError, ValueError) as exc:
                 raise GenerationError(str(exc).strip("'\"")) from exc
+            second_pass = _hires_second_pass(params)
+            try:
+                if second_pass is not None:
+                    self._validate(second_pass)
+            except (LookupError, ValueError) as exc:
+                raise GenerationError(f"hires fix second pass: {str(exc).strip(chr(39) + chr(34))}") from exc
         if self._styles is not None and params.styles:
             try:
                 self._styles.apply(params.prompt, params.negative_prompt, list(params.styles))
@@ -346,6 +352,13 @@ class GenerationService:
         if self._styles is not None and params.styles:
             prompt, negative = self._styles.apply(params.prompt, params.negative_prompt, list(params.styles))
             updates.update(prompt=prompt, negative_prompt=negative)
+            if params.enable_hr and (params.hr_prompt or params.hr_negative_prompt):
+                # As A1111: the styles apply to the second pass's own prompts too.
+                hr_prompt, hr_negative = self._styles.apply(
+                    params.hr_prompt or params.prompt, params.hr_negative_prompt or params.negative_prompt,
+                    list(params.styles))
+                updates.update(hr_prompt=hr_prompt if params.hr_prompt else "",
+                               hr_negative_prompt=hr_negative if params.hr_negative_prompt else "")
         seed = params.seed if params.seed != -1 else self._rng.randint(0, MAX_SEED)
         subseed = params.subseed if params.subseed != -1 else self._rng.randint(0, MAX_SEED)
         updates.update(seed=seed, subseed=subseed)
@@ -361,7 +374,7 @@ class GenerationService:
 
     def _record(self, params: GenerationParams, run: EngineRun, *, save: bool,
                 save_grid: bool | None, masked: bool = False) -> GenerationResult:
-        from sdweb.images.infotext import build_infotext
+        from sdweb.images.infotext import build_infotext, hires_infotext
 
         extra: dict[str, Any] = {}
         kind = "txt2img"
@@ -371,7 +384,7 @@ class GenerationService:
             if masked:
                 extra.update(_inpaint_infotext(params))
         elif params.enable_hr:
-            extra.update(_hires_infotext(params))
+            extra.update(hires_infotext(params))
         if self._plugins is not None:
             for _name, pairs in self._plugins.collect("extra_infotext", params=params):
                 if isinstance(pairs, dict):
@@ -462,17 +475,20 @@ def _inpaint_infotext(params: Img2ImgParams) -> dict[str, Any]:
     return pairs
 
 
-def _hires_infotext(params: GenerationParams) -> dict[str, Any]:
-    """The hires fix keys A1111 writes, in its order (``Denoising strength`` lands at its own place)."""
-    pairs: dict[str, Any] = {"Denoising strength": params.denoising_strength}
-    if params.hr_resize_x or params.hr_resize_y:
-        pairs["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
-    else:
-        pairs["Hires upscale"] = params.hr_scale
-    if params.hr_second_pass_steps:
-        pairs["Hires steps"] = params.hr_second_pass_steps
-    pairs["Hires upscaler"] = params.hr_upscaler
-    return pairs
+def _hires_second_pass(params: GenerationParams) -> GenerationParams | None:
+    """The hires fix second pass as a request of its own, to check its sampler and prompt.
+
+    None when it has no settings of its own.
+    """
+    if not params.enable_hr or not (params.hr_prompt or params.hr_negative_prompt or params.hr_sampler_name
+                                    or params.hr_scheduler):
+        return None
+    return params.model_copy(update={
+        "prompt": params.hr_prompt or params.prompt,
+        "negative_prompt": params.hr_negative_prompt or params.negative_prompt,
+        "sampler_name": params.hr_sampler_name or params.sampler_name,
+        "scheduler": params.hr_scheduler or params.scheduler,
+    })
 
 
 def _thumbnail_png(image: Any, size: int = 128) -> bytes:

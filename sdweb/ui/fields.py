@@ -50,6 +50,10 @@ FORM_FIELDS: tuple[str, ...] = (
     "hr_scale",
     "hr_resize_x",
     "hr_resize_y",
+    "hr_sampler_name",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative_prompt",
 )
 
 #: The img2img tab's fields beyond the txt2img ones it shares (Img2ImgParams' own), in form order.
@@ -61,15 +65,6 @@ IMG2IMG_FIELDS: tuple[str, ...] = (
     "inpaint_full_res_padding",
     "inpainting_mask_invert",
 )
-
-#: Infotext keys of a hires fix image -> the form field each fills (A1111's names).
-INFOTEXT_HIRES_FIELDS: Mapping[str, str] = {
-    "Hires upscale": "hr_scale",
-    "Hires steps": "hr_second_pass_steps",
-    "Hires upscaler": "hr_upscaler",
-    "Hires resize-1": "hr_resize_x",
-    "Hires resize-2": "hr_resize_y",
-}
 
 #: Form fields holding whole numbers (gradio Number/Slider hand floats back).
 _INT_FIELDS = frozenset(
@@ -190,58 +185,17 @@ def form_from_infotext(text: str, models: Any | None = None) -> PastedValues:
     ``models`` is the :class:`~sdweb.services.models.ModelService` (``find(query)`` raising
     LookupError). A hash (or name) that matches no checkpoint leaves the dropdown as it is, with a note.
     """
-    from sdweb.images.infotext import InfotextError, infotext_to_params, parse_infotext
+    from sdweb.images.infotext import infotext_to_params, parse_infotext
 
     parsed = parse_infotext(text)
     pasted = PastedValues()
-    try:
-        params, extras = infotext_to_params(parsed)
-    except InfotextError as exc:
-        # Keep what fits (the prompt at least) and say what did not: a paste should not be all-or-nothing.
-        pasted.notes.append(str(exc))
-        params = GenerationParams(
-            prompt=str(parsed.get("Prompt", ""))[:20_000],
-            negative_prompt=str(parsed.get("Negative prompt", ""))[:20_000],
-        )
-        extras = {}
+    # A value that does not fit is left at its default with a note: a paste should not be all-or-nothing.
+    params, _extras = infotext_to_params(parsed, problems=pasted.notes)
     pasted.values = form_from_params(params.model_copy(update={"checkpoint": None}))
-    pasted.values.update(_hires_values(extras, pasted.notes))
     title = _checkpoint_title(parsed, models, pasted.notes)
     if title is not None:
         pasted.values["checkpoint"] = title
     return pasted
-
-
-def _hires_values(extras: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
-    """Hires fix fields from an infotext's extra pairs: a hires image's infotext turns hires fix on."""
-    values: dict[str, Any] = {}
-    if "Denoising strength" in extras:
-        values["denoising_strength"] = extras["Denoising strength"]
-    if not any(str(key).startswith("Hires ") for key in extras):
-        return _checked(values, notes)
-    values["enable_hr"] = True
-    hires = dict(extras)
-    width, _, height = str(hires.pop("Hires resize", "")).partition("x")
-    if height:  # the parser joins "Hires resize-1/-2" back into "128x96"
-        hires.setdefault("Hires resize-1", width.strip())
-        hires.setdefault("Hires resize-2", height.strip())
-    for key, name in INFOTEXT_HIRES_FIELDS.items():
-        if key in hires:
-            values[name] = hires[key]
-    return _checked(values, notes)
-
-
-def _checked(values: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    """Keep the values GenerationParams accepts (typed as it types them); note the others."""
-    kept: dict[str, Any] = {}
-    for name, value in values.items():
-        try:
-            typed = GenerationParams(**{name: _as_int(value) if name in _INT_FIELDS else value})
-        except ValueError:  # pydantic's ValidationError is a ValueError
-            notes.append(f"{name} {value!r} from the infotext is out of range; the default is used")
-            continue
-        kept[name] = getattr(typed, name)
-    return kept
 
 
 def _checkpoint_title(parsed: Mapping[str, Any], models: Any | None, notes: list[str]) -> str | None:

@@ -1,5 +1,6 @@
 """Hires fix over POST /sdapi/v1/txt2img: A1111's fields reach the engine, the infotext carries both
-passes, an infotext with hires keys turns it on, and second-pass settings of their own are refused."""
+passes, an infotext with hires keys turns it on, the second pass's own prompt and sampler are used and
+written, and a second-pass checkpoint of its own is refused."""
 
 from __future__ import annotations
 
@@ -50,9 +51,42 @@ def test_bad_hires_values_are_refused_naming_the_field(api: ApiServer) -> None:
     for fields, words in [({"hr_scale": 9}, ["hr_scale"]),
                           ({"denoising_strength": 2}, ["denoising_strength"]),
                           ({"hr_checkpoint_name": "other.safetensors"}, ["hr_checkpoint_name"]),
-                          ({"hr_negative_prompt": "ugly"}, ["hr_negative_prompt"]),
                           ({"hr_upscaler": "4x-UltraSharp"}, ["'4x-UltraSharp' not found", "Latent"])]:
         response = api.post("txt2img", json={**SMALL, "enable_hr": True, **fields})
         assert response.status_code == (400 if "hr_upscaler" in fields else 422), response.text
         assert all(word in response.json()["detail"] for word in words)
     assert api.engine.calls == []
+
+
+def test_second_pass_prompt_and_sampler_reach_the_engine_and_the_infotext(api: ApiServer) -> None:
+    response = api.post("txt2img", json={**SMALL, "prompt": "a fox", "negative_prompt": "blur",
+                                         "enable_hr": True, "hr_prompt": "a fox, detailed fur",
+                                         "hr_negative_prompt": "blur, noise",
+                                         "hr_sampler_name": "k_dpmpp_2m", "hr_scheduler": "karras"})
+    assert response.status_code == 200, response.text
+    call = api.engine.calls[-1]
+    assert (call.hr_prompt, call.hr_negative_prompt) == ("a fox, detailed fur", "blur, noise")
+    assert (call.hr_sampler_name, call.hr_scheduler) == ("DPM++ 2M", "Karras")  # canonical names
+    infotext = json.loads(response.json()["info"])["infotexts"][0]
+    assert infotext.startswith("a fox\nNegative prompt: blur\n")  # the first pass's prompt stays the prompt
+    assert ('Hires sampler: DPM++ 2M, Hires prompt: "a fox, detailed fur", '
+            'Hires negative prompt: "blur, noise", Hires schedule type: Karras') in infotext
+
+
+def test_use_same_sampler_and_empty_prompts_mean_the_first_passs(api: ApiServer) -> None:
+    response = api.post("txt2img", json={**SMALL, "enable_hr": True, "hr_sampler_name": "Use same sampler",
+                                         "hr_scheduler": "Use same scheduler", "hr_prompt": ""})
+    assert response.status_code == 200, response.text
+    call = api.engine.calls[-1]
+    assert (call.hr_sampler_name, call.hr_scheduler, call.hr_prompt) == ("", "", "")
+    assert "Hires sampler" not in json.loads(response.json()["info"])["infotexts"][0]
+
+
+def test_an_infotext_with_a_hires_prompt_and_sampler_is_applied(api: ApiServer) -> None:
+    infotext = ("a fox\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, Hires upscale: 1.5, "
+                'Hires upscaler: Latent, Hires sampler: DPM++ 2M Karras, Hires prompt: "a wolf, moon"')
+    response = api.post("txt2img", json={"infotext": infotext})
+    assert response.status_code == 200, response.text
+    call = api.engine.calls[-1]
+    assert (call.enable_hr, call.hr_prompt, call.hr_sampler_name, call.hr_scheduler) == (
+        True, "a wolf, moon", "DPM++ 2M", "Karras")

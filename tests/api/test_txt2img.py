@@ -139,11 +139,11 @@ def test_infotext_fills_unset_fields(api: ApiServer) -> None:
     assert "Seed: 42" in json.loads(body["info"])["infotexts"][0]
 
 
-def test_infotext_using_a_hires_fix_prompt_is_refused(api: ApiServer) -> None:
+def test_infotext_using_a_hires_fix_checkpoint_is_refused(api: ApiServer) -> None:
     infotext = ("a fox\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, Hires upscale: 2, "
-                "Hires prompt: a wolf")
+                "Hires checkpoint: other")
     response = api.post("txt2img", json={**SMALL, "infotext": infotext})
-    assert response.status_code == 422 and "hires fix prompt" in response.json()["detail"]
+    assert response.status_code == 422 and "hires fix checkpoint" in response.json()["detail"]
     assert api.engine.calls == []
 
 
@@ -162,7 +162,8 @@ def test_infotext_using_a_hires_fix_prompt_is_refused(api: ApiServer) -> None:
         ({"sampler_name": "Nope"}, 400, ["Sampler not found", "Nope"]),
         ({"scheduler": "Wobbly"}, 400, ["Scheduler not found", "Wobbly"]),
         ({"styles": ["no such style"]}, 400, ["no such style"]),
-        ({"enable_hr": True, "hr_sampler_name": "DDIM"}, 422, ["hr_sampler_name", "not supported yet"]),
+        ({"enable_hr": True, "hr_sampler_name": "Wobbly"}, 400, ["hr_sampler_name", "Wobbly"]),
+        ({"enable_hr": True, "hr_checkpoint_name": "x"}, 422, ["hr_checkpoint_name", "not supported yet"]),
         ({"restore_faces": True}, 422, ["restore_faces"]),
         ({"script_name": "x/y/z plot"}, 422, ["x/y/z plot"]),
         ({"alwayson_scripts": {"ADetailer": {"args": []}}}, 422, ["ADetailer"]),

@@ -9,6 +9,7 @@ import pytest
 from sdweb.images.infotext import (
     InfotextError,
     build_infotext,
+    hires_infotext,
     infotext_to_params,
     parse_infotext,
     split_sampler_name,
@@ -78,7 +79,7 @@ def rebuild(text: str) -> str:
         vae_hash=vae_hash,
         clip_skip=params.clip_skip or 1,
         rng=params.rng or "GPU",
-        extra=extras,
+        extra={**extras, **(hires_infotext(params) if params.enable_hr else {})},
         version=version,  # type: ignore[arg-type]
     )
 
@@ -92,6 +93,8 @@ def build(params: GenerationParams, **overrides: Any) -> str:
         "version": "0.1.0",
     }
     kwargs.update(overrides)
+    if params.enable_hr:  # as the service writes a hires fix image's infotext
+        kwargs["extra"] = {**kwargs.get("extra", {}), **hires_infotext(params)}
     return build_infotext(params, **kwargs)
 
 
@@ -290,7 +293,9 @@ def test_infotext_to_params_splits_old_sampler_names() -> None:
     assert (params.sampler_name, params.scheduler) == ("DPM++ SDE", "Karras")
     assert params.seed == 3624413002
     assert extras["ENSD"] == "31337"
-    assert extras["Hires upscale"] == "2"
+    assert (params.enable_hr, params.hr_scale, params.hr_second_pass_steps) == (True, 2.0, 14)
+    assert (params.hr_upscaler, params.denoising_strength) == ("R-ESRGAN 4x+ Anime6B", 0.5)
+    assert not any(key.startswith("Hires ") for key in extras)
     assert split_sampler_name("DPM++ 2M SDE Exponential", None) == ("DPM++ 2M SDE", "Exponential")
     assert split_sampler_name("DPM++ 2M Karras", "Exponential") == ("DPM++ 2M Karras", "Exponential")
     assert split_sampler_name("Euler a", "Automatic") == ("Euler a", "Automatic")
@@ -306,10 +311,10 @@ def test_infotext_to_params_variation_and_seed_resize() -> None:
 
 
 def test_infotext_to_params_rejoins_size_pairs_in_extras() -> None:
-    text = REFERENCE_EXAMPLE.replace("Version:", "Hires resize: 1024x1536, Version:")
+    text = REFERENCE_EXAMPLE.replace("Version:", "Tile size: 64x96, Version:")
     _, extras = infotext_to_params(parse_infotext(text))
-    assert extras["Hires resize"] == "1024x1536"
-    assert "Hires resize-1" not in extras
+    assert extras["Tile size"] == "64x96"
+    assert "Tile size-1" not in extras
 
 
 def test_infotext_to_params_refuses_values_a_request_cannot_hold() -> None:
@@ -351,19 +356,27 @@ def test_old_a1111_string_keeps_every_value_through_a_rebuild() -> None:
         (GenerationParams(prompt="a cat", seed=1), {}),
         (GenerationParams(prompt="(masterpiece:1.2), a cat, <lora:add_detail:0.5>",
                           negative_prompt="lowres, bad anatomy", seed=4294967294, cfg_scale=6.5,
-                          sampler_name="DPM++ 2M", scheduler="Karras", width=832, height=1216, steps=150),
-         {"extra": {"Lora hashes": "add_detail: 7c6bad76eb54", "Hires upscale": 2, "Hires steps": 10,
-                    "Hires upscaler": "Latent", "Denoising strength": 0.55}}),
+                          sampler_name="DPM++ 2M", scheduler="Karras", width=832, height=1216, steps=150,
+                          enable_hr=True, hr_scale=2, hr_second_pass_steps=10, hr_upscaler="Latent",
+                          denoising_strength=0.55),
+         {"extra": {"Lora hashes": "add_detail: 7c6bad76eb54"}}),
         (GenerationParams(prompt="line 1\nline 2", negative_prompt="n1\nn2", seed=7, subseed=8,
                           subseed_strength=1.0, seed_resize_from_w=256, seed_resize_from_h=320, tiling=True),
          {"clip_skip": 3, "rng": "CPU", "vae_name": "my vae, v2", "vae_hash": "abcdef0123"}),
         (GenerationParams(prompt="日本語のプロンプト: 猫", negative_prompt="", seed=0),
          {"model_name": "model: with colon", "extra": {"Note": 'quote " and\nnewline'}}),
-        (GenerationParams(prompt="masterpiece, 1girl", seed=11),
+        (GenerationParams(prompt="masterpiece, 1girl", seed=11, enable_hr=True, hr_resize_x=1024,
+                          hr_resize_y=1536),
          {"extra": {"Hashes": '{"vae": "c6a580b13a", "model": "0f1b80cfe8", "lora:detail": "7c6bad76eb"}',
-                    "Path": "C:\\models\\", "Hires resize": "1024x1536"}}),
+                    "Path": "C:\\models\\"}}),
+        (GenerationParams(prompt="a castle", negative_prompt="fog", seed=3, enable_hr=True,
+                          hr_prompt="a castle, sharp details, <lora:detail:0.4>",
+                          hr_negative_prompt="blur, fog",
+                          hr_sampler_name="DPM++ 2M", hr_scheduler="Karras"),
+         {}),
     ],
-    ids=["minimal", "civitai-style", "multiline-variation", "unicode-quoted", "json-and-backslashes"],
+    ids=["minimal", "civitai-style", "multiline-variation", "unicode-quoted", "json-and-backslashes",
+         "hires-overrides"],
 )
 def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: dict[str, Any]) -> None:
     text = build(params, **overrides)
@@ -371,3 +384,38 @@ def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: d
     back, _ = infotext_to_params(parse_infotext(text))
     assert back.model_dump(exclude={"rng", "clip_skip", "subseed", "batch_size", "n_iter"}) == \
         params.model_dump(exclude={"rng", "clip_skip", "subseed", "batch_size", "n_iter"})
+
+
+def test_hires_overrides_are_written_as_a1111_writes_them_and_read_back() -> None:
+    params = GenerationParams(prompt="a fox", negative_prompt="blur", sampler_name="Euler a", seed=2,
+                              enable_hr=True, hr_scale=1.5, denoising_strength=0.4, hr_prompt="a fox, fur",
+                              hr_negative_prompt="blur, noise", hr_sampler_name="DPM++ 2M Karras")
+    text = build(params)
+    assert "Denoising strength: 0.4, " in text
+    assert ("Hires upscale: 1.5, Hires upscaler: Latent, "
+            'Hires sampler: DPM++ 2M Karras, Hires prompt: "a fox, fur", '
+            'Hires negative prompt: "blur, noise", Version') in text
+    back, extras = infotext_to_params(parse_infotext(text))
+    # An old-style sampler name carries its schedule type, as the first pass's does.
+    assert (back.hr_sampler_name, back.hr_scheduler) == ("DPM++ 2M", "Karras")
+    assert (back.hr_prompt, back.hr_negative_prompt) == ("a fox, fur", "blur, noise")
+    assert (back.enable_hr, back.hr_scale, back.denoising_strength) == (True, 1.5, 0.4)
+    assert list(extras) == ["Model hash", "Model", "Version"]
+
+
+def test_overrides_equal_to_the_first_pass_are_not_written() -> None:
+    params = GenerationParams(prompt="a fox", sampler_name="Euler", enable_hr=True, hr_prompt="a fox",
+                              hr_sampler_name="Euler")
+    assert "Hires prompt" not in build(params) and "Hires sampler" not in build(params)
+
+
+def test_a_value_that_does_not_fit_is_noted_when_asked_instead_of_raising() -> None:
+    problems: list[str] = []
+    text = A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 9").replace("Steps: 32", "Steps: many")
+    params, _ = infotext_to_params(parse_infotext(text), problems=problems)
+    assert params.hr_scale == 2.0 and params.steps == 20  # defaults
+    assert params.hr_second_pass_steps == 14 and params.seed == 3624413002  # the rest is kept
+    assert any("hr_scale" in problem for problem in problems)
+    assert any("Steps" in problem for problem in problems)
+    with pytest.raises(InfotextError, match="hr_scale"):
+        infotext_to_params(parse_infotext(A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 9")))

@@ -719,6 +719,11 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
     )
 
 
+#: The hires sampler dropdowns' first choice (value ""): the first pass's sampler / schedule type.
+HIRES_SAME_SAMPLER = "Use same sampler"
+HIRES_SAME_SCHEDULE = "Use same scheduler"
+
+
 def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
     """The "Hires. fix" accordion: a second, img2img pass at a larger size (A1111's controls)."""
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
@@ -771,6 +776,35 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
                 info="0: use Upscale by",
                 elem_id="txt2img-hr-resize-y",
             )
+        # The second pass's own sampler and prompts; "" (the first choice, an empty box) = the first pass's.
+        # The sampler lists are filled on page load (sdweb.ui.app.wire_hires_samplers).
+        with gr.Row():
+            form["hr_sampler_name"] = gr.Dropdown(
+                label="Hires sampling method",
+                choices=[(HIRES_SAME_SAMPLER, "")],
+                value=defaults["hr_sampler_name"],
+                elem_id="txt2img-hr-sampler",
+            )
+            form["hr_scheduler"] = gr.Dropdown(
+                label="Hires schedule type",
+                choices=[(HIRES_SAME_SCHEDULE, "")],
+                value=defaults["hr_scheduler"],
+                elem_id="txt2img-hr-scheduler",
+            )
+        form["hr_prompt"] = gr.Textbox(
+            label="Hires prompt",
+            placeholder="empty: the prompt above",
+            lines=2,
+            max_lines=20,
+            elem_id="txt2img-hr-prompt",
+        )
+        form["hr_negative_prompt"] = gr.Textbox(
+            label="Hires negative prompt",
+            placeholder="empty: the negative prompt above",
+            lines=2,
+            max_lines=20,
+            elem_id="txt2img-hr-negative-prompt",
+        )
 
 
 def load_checkpoint(services: Any, title: str | None) -> tuple[str, bool]:
