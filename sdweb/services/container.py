@@ -47,3 +47,6 @@ class AppServices:
     #: Counts tokens for the UI counter: ``(text) -> (tokens, limit)``; None until the engine is up.
     token_counter: Callable[[str], tuple[int, int]] | None = None
     version: str = __version__
+    #: ``sdweb.services.upscalers.UpscalerService``: the Pillow and models/ESRGAN upscalers; None in tests
+    #: that build the container by hand.
+    upscalers: Any = None

@@ -41,11 +41,13 @@ def build_services(
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
+    from sdweb.engine.upscalers import UpscalerModelLibrary
     from sdweb.extensions.installer import ExtensionInstaller
     from sdweb.extensions.manager import ExtensionManager, PluginHost
     from sdweb.history.store import HistoryStore
     from sdweb.images.store import ImageStore
     from sdweb.prompts.styles import StyleStore
+    from sdweb.services.upscalers import UpscalerService
 
     # 1. Folders and persisted options.
     paths = settings.paths
@@ -83,6 +85,8 @@ def build_services(
     registry.refresh()
     vaes = VaeRegistry(paths.vae_dir, hashes)
     loras = LoraLibrary(paths.lora_dir, hashes=hashes)  # torch-free: lists files, checks <lora:> tags
+    paths.esrgan_dir.mkdir(parents=True, exist_ok=True)  # A1111's folder: where people look to drop models
+    upscaler_models = UpscalerModelLibrary(paths.esrgan_dir)  # torch-free listing
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
     sampler_lock = threading.Lock()
@@ -104,6 +108,7 @@ def build_services(
     engine = EngineProvider(lambda: factory(holder["services"]))
     models = ModelService(settings=settings, registry=registry, vaes=vaes, worker=worker, engine=engine,
                           options=options, plugins=plugins)
+    upscalers = UpscalerService(upscaler_models, worker=worker, engine=engine)
 
     def validate(params: GenerationParams) -> None:
         registry_ = samplers()
@@ -112,6 +117,8 @@ def build_services(
             known = ", ".join(registry_.schedule_names())
             raise ValueError(f"schedule type {params.scheduler!r} not found; known: {known}")
         loras.check_prompt(params.prompt)  # unknown LoRA names / tag kinds: before the job is queued
+        if params.enable_hr:  # an unknown hires upscaler, or a model one without its extra: not queued
+            upscalers.check_usable(upscalers.find_hires(params.hr_upscaler))
         if params.checkpoint:
             models.find(params.checkpoint)
         elif models.selected_title() is None:
@@ -132,7 +139,7 @@ def build_services(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
-        token_counter=count_tokens,
+        token_counter=count_tokens, upscalers=upscalers,
     )
     holder["services"] = services
     return services
@@ -142,5 +149,7 @@ def default_engine_factory(services: AppServices) -> Any:
     """The real engine: imports torch and diffusers (seconds), so it runs after the page is up."""
     from sdweb.engine.runtime import create_engine
 
+    upscalers = services.upscalers
     return create_engine(services.settings, services.models.registry, services.models.vae_registry,
-                         services.samplers(), services.options, loras=services.loras)
+                         services.samplers(), services.options, loras=services.loras,
+                         upscaler_models=upscalers.library if upscalers is not None else None)
