@@ -44,6 +44,7 @@ from PIL import Image
 
 from sdweb.engine.encode import PromptEncoder, is_sdxl_pipeline, zero_like
 from sdweb.engine.extra_networks.job import ExtraNetworks, JobNetworks, job_extra_networks
+from sdweb.engine.image_conditioning import conditioning_channels, full_mask_conditioning, latent_channels
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
@@ -150,6 +151,10 @@ class _Txt2Img:
         # LoRA tags and embeddings (sdweb.engine.extra_networks); set for the job by run().
         self.extra_networks = extra_networks
         self.networks: JobNetworks | None = None
+        #: Inpainting UNets (sdweb.engine.image_conditioning): the mask and masked-image latents put
+        #: beside the latents at every UNet call, ``(batch_size, 5, h, w)``; None for plain UNets.
+        self.image_conditioning: torch.Tensor | None = None
+        self.conditioning_channels = 0
 
     def run(self) -> EngineRun:
         params = self.params
@@ -206,6 +211,8 @@ class _Txt2Img:
             raise ValueError(f"rng must be resolved to 'CPU' or 'GPU', got {params.rng!r}")
         if params.clip_skip is None:
             raise ValueError("clip_skip must be resolved (the setting CLIP_stop_at_last_layers)")
+        # 0 for plain UNets, 5 for inpainting ones; other layouts (depth, pix2pix) are refused here.
+        self.conditioning_channels = conditioning_channels(self.pipe)
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
         self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
 
@@ -288,6 +295,10 @@ class _Txt2Img:
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The UNet's guided output for ``model_input`` (already scaled), as float32."""
         guidance = self.guidance()
+        if self.image_conditioning is not None:
+            # Inpainting UNets: mask and masked-image latents after the latents, not scaled by the
+            # sampler; the uncond rows of CFG get the same ones (diffusers and A1111 alike).
+            model_input = torch.cat([model_input, self.image_conditioning.to(model_input.dtype)], dim=1)
         stacked = torch.cat([model_input] * guidance.rows) if guidance.rows > 1 else model_input
         output = self.unet(
             stacked.to(self.unet.dtype),
@@ -316,15 +327,24 @@ class _Txt2Img:
             seeds=seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
             seed_resize_from=resize if min(resize) > 0 else None,
             width=params.width, height=params.height, rng=params.rng or "CPU", device=self.device,
-            channels=int(self.unet.config.in_channels),
+            channels=latent_channels(self.pipe),
             scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)),
         )
+        if self.conditioning_channels and self.image_conditioning is None:
+            self.image_conditioning = self.txt2img_image_conditioning()
         # 5. A fresh sampler for this batch.
         plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
         # 6.-7. Denoising loop.
         if isinstance(plan, FunctionSamplerPlan):
             return self.run_function_sampler(plan, noise, batch_index)
         return self.run_scheduler(plan, noise, batch_index)
+
+    def txt2img_image_conditioning(self) -> torch.Tensor:
+        """An inpainting UNet's extra input for txt2img (A1111's): all masked, the masked image grey."""
+        params = self.params
+        return full_mask_conditioning(self.vae, batch_size=params.batch_size, height=params.height,
+                                      width=params.width, device=self.device,
+                                      scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)))
 
     def run_scheduler(self, plan: SchedulerPlan, noise: BatchNoise, batch_index: int) -> torch.Tensor:
         scheduler = plan.scheduler

@@ -10,6 +10,9 @@ This module owns the two-pass txt2img A1111 calls "Hires. fix" (``enable_hr``):
 3. The second pass is img2img (:mod:`sdweb.engine.img2img`) from those, with the same seeds (the noise
    drawn at the hires size), ``hr_second_pass_steps`` (0 = ``steps``) and ``denoising_strength``.
 
+With a dedicated inpainting checkpoint (9-channel UNet) the first pass is txt2img's (everything
+masked) and the second pass img2img's without a mask (:mod:`sdweb.engine.image_conditioning`), as A1111.
+
 Progress counts both passes as one run of ``steps + second-pass steps`` per batch. Interrupt keeps the
 finished batches; skip drops the batch being made, in either pass.
 """
@@ -25,6 +28,7 @@ import torch
 from PIL import Image
 
 from sdweb.engine.generate import LoadedModelLike, run_txt2img
+from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.images.resize import resize_image
@@ -76,11 +80,13 @@ def run_hires_txt2img(
     on_step: Callable[[StepProgress], None],
     preview_every: int = 0,
     extra_networks: Any = None,
+    inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT,
     model_upscalers: Any = None,
 ) -> EngineRun:
     """txt2img with hires fix (``params.enable_hr``); see the module docstring.
 
     Images come at the hires size, in seed order, as :func:`sdweb.engine.generate.run_txt2img`'s.
+    ``inpainting_mask_weight``: the second pass's, for inpainting checkpoints only (A1111's setting).
     ``model_upscalers``: ``sdweb.engine.upscalers.ModelUpscalers``, for ``hr_upscaler`` models/ESRGAN names.
     """
     # 1. Check inputs before any model work.
@@ -88,19 +94,15 @@ def run_hires_txt2img(
     scale = int(getattr(model.pipe, "vae_scale_factor", 8))
     scaled_w, scaled_h, final_w, final_h = hires_size(params, scale)
     second_steps = params.hr_second_pass_steps or params.steps
-    # The second pass's own prompt, negative prompt, sampler and schedule type ("" = the first pass's).
     second_template = Img2ImgParams(**{
         **params.model_dump(), "enable_hr": False, "width": final_w, "height": final_h,
-        "steps": second_steps, "n_iter": 1, "resize_mode": 0,
-        "prompt": params.hr_prompt or params.prompt,
-        "negative_prompt": params.hr_negative_prompt or params.negative_prompt,
-        "sampler_name": params.hr_sampler_name or params.sampler_name,
-        "scheduler": params.hr_scheduler or params.scheduler})
+        "steps": second_steps, "n_iter": 1, "resize_mode": 0})
     run_steps = second_template.denoising_steps
     total = params.steps + run_steps
     latent = upscaler in LATENT_UPSCALE_MODES
     options = {"extra_networks": extra_networks} if extra_networks is not None else {}
 
+    # The second pass's own prompt, negative prompt, sampler and schedule type ("" = the first pass's).
     images: list[GeneratedImage] = []
     interrupted = False
     last: EngineRun | None = None
@@ -143,7 +145,8 @@ def run_hires_txt2img(
                                            model_upscalers) for item in first.images]
         with torch.inference_mode():
             second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
-                              preview_every, init_latents=init_latents, **options).run()
+                              preview_every, init_latents=init_latents,
+                              inpainting_mask_weight=inpainting_mask_weight, **options).run()
         last = second
         # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
         images.extend(replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)

@@ -20,13 +20,19 @@ Prompt encoding (A1111's grammar), guidance, progress, previews, interrupt/skip,
 are the txt2img loop's own: :class:`_Img2Img` extends its runner and replaces only the sampling of a
 batch. Progress counts the steps actually run.
 
-Inpainting (a ``mask`` beside the init images; plain 4-channel checkpoints): the images and mask are
-prepared by :mod:`sdweb.images.mask` ("whole picture" or "only masked"); after every step the latents
-outside the mask are reset to the init latents noised to the next step's level (diffusers' way with a
-plain UNet; for function samplers the prediction outside the mask is the init latents, A1111's way);
+Inpainting (a ``mask`` beside the init images): the images and mask are prepared by
+:mod:`sdweb.images.mask` ("whole picture" or "only masked"); after every step the latents outside the
+mask are reset to the init latents noised to the next step's level (diffusers' way with a plain UNet;
+for function samplers the prediction outside the mask is the init latents, A1111's way);
 "latent noise" / "latent nothing" start the masked area from noise / zeros; the decoded image is pasted
-back through the blurred mask, so unmasked pixels are the original's exactly. Dedicated inpainting
-checkpoints (9-channel UNet) are refused with a message for now.
+back through the blurred mask, so unmasked pixels are the original's exactly.
+
+Dedicated inpainting checkpoints (9-channel UNet) go the same way and also see, at every step, the
+mask and the masked image's latents (:mod:`sdweb.engine.image_conditioning`, A1111's
+``img2img_image_conditioning``): with a mask, the prepared mask and init image; without one (plain
+img2img, hires fix's second pass), a mask of ones and the init image weakened by
+``inpainting_mask_weight`` (at its default 1: a grey picture). A1111 keeps the latent blending above for
+these models too, and so do we.
 
 Several init images: image *i* of every batch starts from init image *i*; one init image is used for
 the whole batch. A1111 shrinks the batch to the number of images given; the service does that
@@ -45,6 +51,14 @@ import torch
 from PIL import Image
 
 from sdweb.engine.generate import LoadedModelLike, _Txt2Img, preview_image
+from sdweb.engine.image_conditioning import (
+    DEFAULT_MASK_WEIGHT,
+    encode_pixels,
+    full_mask_conditioning,
+    image_to_pixels,
+    mask_to_tensor,
+    masked_image_conditioning,
+)
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
@@ -74,6 +88,7 @@ def run_img2img(
     preview_every: int = 0,
     extra_networks: Any = None,
     mask: Image.Image | None = None,
+    inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT,
 ) -> EngineRun:
     """Make ``params.batch_size * params.n_iter`` images from ``init_images``; see the module docstring.
 
@@ -83,10 +98,13 @@ def run_img2img(
     ``params`` must be resolved as for :func:`sdweb.engine.generate.run_txt2img`. ``init_images`` are
     PIL images of any size and mode: one for every image of a batch, or ``batch_size`` of them.
     ``extra_networks`` (LoRA, embeddings) is handed to the txt2img loop as it is.
+    ``inpainting_mask_weight`` (A1111's setting "Inpainting conditioning mask strength", 0..1) matters
+    only for inpainting checkpoints (:mod:`sdweb.engine.image_conditioning`).
     """
     with torch.inference_mode():
         return _Img2Img(model, params, init_images, samplers, control, on_step, preview_every,
-                        extra_networks=extra_networks, mask=mask).run()
+                        extra_networks=extra_networks, mask=mask,
+                        inpainting_mask_weight=inpainting_mask_weight).run()
 
 
 class _Img2Img(_Txt2Img):
@@ -95,9 +113,13 @@ class _Img2Img(_Txt2Img):
     def __init__(self, model: LoadedModelLike, params: Img2ImgParams, init_images: Sequence[Image.Image],
                  samplers: SamplerRegistry, control: JobControl, on_step: Callable[[StepProgress], None],
                  preview_every: int, *, extra_networks: Any = None,
-                 init_latents: torch.Tensor | None = None, mask: Image.Image | None = None) -> None:
+                 init_latents: torch.Tensor | None = None, mask: Image.Image | None = None,
+                 inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT) -> None:
         if not isinstance(params, Img2ImgParams):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
+        if not 0.0 <= inpainting_mask_weight <= 1.0:
+            raise ValueError(f"inpainting_mask_weight must be between 0 and 1, got {inpainting_mask_weight}")
+        self.mask_weight = float(inpainting_mask_weight)
         # Passed on only when given, so the loop's own default (none) stays its business.
         options = {"extra_networks": extra_networks} if extra_networks is not None else {}
         super().__init__(model, params, samplers, control, on_step, preview_every, **options)
@@ -115,12 +137,6 @@ class _Img2Img(_Txt2Img):
         super().check_inputs()
         batch_size = self.params.batch_size
         count = len(self.init_images) if self._init_latents is None else int(self._init_latents.shape[0])
-        unet_channels = int(self.unet.config.in_channels)
-        latent_channels = int(getattr(self.vae.config, "latent_channels", unet_channels))
-        if unet_channels != latent_channels:
-            # A dedicated inpainting UNet (9 channels: latents, mask, masked image) needs the mask path.
-            raise ValueError(f"this checkpoint's UNet takes {unet_channels} input channels (an inpainting "
-                             "model); img2img with it needs inpainting, which is not supported yet")
         if count == 0:
             raise ValueError("img2img needs an init image")
         if count not in (1, batch_size):
@@ -167,6 +183,47 @@ class _Img2Img(_Txt2Img):
             rows.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).round())
         return torch.stack(rows)[:, None].to(self.device)
 
+    def img2img_image_conditioning(self, init: torch.Tensor) -> torch.Tensor:
+        """An inpainting UNet's extra input, ``(batch_size, 5, h, w)``: mask and masked-image latents."""
+        params = self.params
+        batch_size = int(init.shape[0])
+        latent_size = (int(init.shape[-2]), int(init.shape[-1]))
+        if self.plans:
+            # With a mask: the prepared (filled) init image and the blurred mask, as the loop sees them.
+            pixels = torch.cat([image_to_pixels(plan.init) for plan in self.plans])
+            masks = torch.cat([mask_to_tensor(plan.mask) for plan in self.plans])
+            conditioning = masked_image_conditioning(self.vae, pixels, masks, latent_size=latent_size,
+                                                     mask_weight=self.mask_weight, device=self.device)
+        elif self.mask_weight >= 1.0:
+            # No mask, full strength: the whole picture is masked, so the source does not matter.
+            return full_mask_conditioning(self.vae, batch_size=batch_size, height=params.height,
+                                          width=params.width, device=self.device,
+                                          scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)))
+        else:
+            pixels = self.source_pixels(init)
+            conditioning = masked_image_conditioning(self.vae, pixels, torch.ones(1, 1, *pixels.shape[-2:]),
+                                                     latent_size=latent_size, mask_weight=self.mask_weight,
+                                                     device=self.device)
+        if conditioning.shape[0] == 1 and batch_size > 1:
+            conditioning = conditioning.repeat(batch_size, 1, 1, 1)
+        return conditioning
+
+    def source_pixels(self, init: torch.Tensor) -> torch.Tensor:
+        """The init pictures at ``width x height`` in [-1, 1], for a conditioning image without a mask."""
+        params = self.params
+        if self.init_images and params.resize_mode != 3:
+            fitted = [resize_image(flatten_alpha(image), params.resize_mode, params.width, params.height)
+                      for image in self.init_images]
+            return torch.cat([image_to_pixels(image) for image in fitted])
+        # Latent upscale (resize mode 3, hires fix's latent upscalers): the pictures the latents show.
+        scaled = init / self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift:
+            scaled = scaled + shift
+        decoded = [self.vae.decode(scaled[i:i + 1].to(self.vae.dtype), return_dict=False)[0].float()
+                   for i in range(scaled.shape[0])]
+        return torch.cat(decoded).clamp(-1.0, 1.0)
+
     def keep_unmasked(self, latents: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         """Inpainting: outside the mask the latents are the init image's (noised as the step needs)."""
         if self.latent_mask is None:
@@ -189,14 +246,7 @@ class _Img2Img(_Txt2Img):
             fitted = rgb  # fitted (and filled) by the inpainting plan
         else:
             fitted = resize_image(rgb, params.resize_mode, params.width, params.height)
-        pixels = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0)
-        pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=self.device, dtype=self.vae.dtype)
-        config = self.vae.config
-        latents = self.vae.encode(pixels).latent_dist.mean.float()
-        shift = getattr(config, "shift_factor", None)
-        if shift:
-            latents = latents - shift
-        latents = latents * config.scaling_factor
+        latents = encode_pixels(self.vae, image_to_pixels(fitted), self.device)
         target = (params.height // scale, params.width // scale)
         if tuple(latents.shape[-2:]) != target:
             latents = torch.nn.functional.interpolate(latents, size=target, mode="bilinear")
@@ -206,6 +256,8 @@ class _Img2Img(_Txt2Img):
     def sample_batch(self, seeds: list[int], subseeds: list[int], batch_index: int) -> torch.Tensor:
         params = self.params
         init = self.init_latents()
+        if self.conditioning_channels and self.image_conditioning is None:
+            self.image_conditioning = self.img2img_image_conditioning(init)
         # 4. Seeds -> noise, exactly as txt2img draws it.
         resize = (params.seed_resize_from_w, params.seed_resize_from_h)
         noise = create_batch_noise(

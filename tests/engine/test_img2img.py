@@ -200,9 +200,11 @@ def test_sdxl_img2img(sdxl_pipe, samplers) -> None:
     assert np.abs(_pixels(kept) - _pixels(_round_trip(model, _gradient()))).max() <= 1
 
 
-def test_an_inpainting_unet_is_refused_clearly(sd1_model, samplers, monkeypatch) -> None:
+def test_a_depth_shaped_unet_is_refused_clearly(sd1_model, samplers, monkeypatch) -> None:
     config = dict(sd1_model.pipe.unet.config)
-    config["in_channels"] = 9
+    config["in_channels"] = 5
     monkeypatch.setattr(sd1_model.pipe.unet, "_internal_dict", type(sd1_model.pipe.unet.config)(config))
-    with pytest.raises(ValueError, match="9 input channels .* inpainting"):
-        _run(sd1_model, samplers, img_params(), [_gradient()])
+    calls: list[StepProgress] = []
+    with pytest.raises(ValueError, match="takes 5 input channels .* not depth-to-image or instruct-pix2pix"):
+        _run(sd1_model, samplers, img_params(), [_gradient()], on_step=calls.append)
+    assert calls == []

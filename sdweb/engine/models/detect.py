@@ -312,6 +312,34 @@ def is_ldm_vae(shapes: Shapes, prefix: str = "") -> bool:
     return prefix + "encoder.down.0.block.0.conv1.weight" in shapes
 
 
+#: UNet input channels -> (family suffix, why sdweb cannot run it or None). Latents have 4 channels;
+#: inpainting models add a mask and the masked image's latents (4 + 1 + 4), depth-to-image a depth map
+#: (4 + 1), instruct-pix2pix the source image's latents (4 + 4).
+_CHANNEL_VARIANTS: dict[int, tuple[str, str | None]] = {
+    4: ("", None),
+    9: ("-inpaint", None),
+    5: ("-depth", "depth-to-image checkpoints (5 UNet input channels: latents + a depth map) need a depth "
+                  "estimator sdweb does not have; sdweb runs plain (4-channel) and inpainting (9-channel) "
+                  "models"),
+    8: ("-pix2pix", "instruct-pix2pix checkpoints (8 UNet input channels: latents + the source image) are "
+                    "not supported; sdweb runs plain (4-channel) and inpainting (9-channel) models"),
+}
+
+
+def unet_variant(in_channels: int, *, name: str) -> tuple[str, str | None]:
+    """``(family suffix, unsupported reason or None)`` for a UNet taking ``in_channels`` inputs.
+
+    Raises:
+        UnsupportedCheckpointError: a channel count no Stable Diffusion variant uses.
+    """
+    found = _CHANNEL_VARIANTS.get(int(in_channels))
+    if found is None:
+        raise UnsupportedCheckpointError(
+            f"{name}: UNet with {in_channels} input channels is no Stable Diffusion model sdweb knows"
+        )
+    return found
+
+
 # --------------------------------------------------------------------------------------------------
 # Families
 # --------------------------------------------------------------------------------------------------
@@ -353,23 +381,8 @@ class _Family:
         return {"attention_head_dim": [max(1, c // HEAD_CHANNELS) for c in config["block_out_channels"]]}
 
     def variant(self, facts: _Facts, unet: dict[str, Any]) -> tuple[str, str | None]:
-        """Suffix and reason for variants recognised but not runnable yet."""
-        in_channels = unet["in_channels"]
-        if in_channels == 9:
-            return "-inpaint", (
-                "inpainting checkpoints (9 UNet input channels) need the inpainting pipeline, which sdweb "
-                "does not have yet; use the base model for txt2img"
-            )
-        if in_channels == 8:
-            return "-pix2pix", "instruct-pix2pix checkpoints (8 UNet input channels) are not supported yet"
-        if in_channels == 5:
-            return "-depth", "depth-conditioned checkpoints (5 UNet input channels) are not supported yet"
-        if in_channels != 4:
-            raise UnsupportedCheckpointError(
-                f"{facts.name}: UNet with {in_channels} input channels "
-                "is no Stable Diffusion model sdweb knows"
-            )
-        return "", None
+        """Family suffix from the UNet's input channels, and the reason when sdweb cannot run it."""
+        return unet_variant(unet["in_channels"], name=facts.name)
 
     def detect(self, facts: _Facts) -> Detection:
         name = facts.name
@@ -674,7 +687,7 @@ def detect_diffusers_folder(folder: Path) -> Detection:
             ) from exc
 
     index = read("model_index.json")
-    pipeline = index.get("_class_name", "")
+    pipeline = index.get("_class_name", "").replace("InpaintPipeline", "Pipeline")
     unet = read("unet", "config.json")
     scheduler = read("scheduler", "scheduler_config.json")
     vae = read("vae", "config.json") if (folder / "vae" / "config.json").is_file() else None
@@ -691,10 +704,8 @@ def detect_diffusers_folder(folder: Path) -> Detection:
     prediction = scheduler.get("prediction_type", "epsilon")
     if config_family == "sd2" and prediction == "v_prediction":
         family = "sd2-v"
-    reason = None
-    if unet.get("in_channels", 4) != 4:
-        family += "-inpaint" if unet.get("in_channels") == 9 else "-other"
-        reason = f"UNet with {unet.get('in_channels')} input channels (inpainting) is not supported yet"
+    suffix, reason = unet_variant(int(unet.get("in_channels", 4)), name=name)
+    family += suffix
     return Detection(
         family=family,
         config_family=config_family,

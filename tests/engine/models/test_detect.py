@@ -156,7 +156,7 @@ def test_a_reduced_model_without_middle_block_is_detected() -> None:
     assert detection.unet_config["mid_block_type"] is None
 
 
-def test_inpainting_checkpoint_is_recognised_but_marked_unsupported(tiny_sd1_path: Path) -> None:
+def test_inpainting_checkpoint_is_recognised_and_supported(tiny_sd1_path: Path) -> None:
     shapes = shapes_of(tiny_sd1_path)
     conv_in = shapes["model.diffusion_model.input_blocks.0.0.weight"]
     shapes["model.diffusion_model.input_blocks.0.0.weight"] = (conv_in[0], 9, *conv_in[2:])
@@ -164,8 +164,29 @@ def test_inpainting_checkpoint_is_recognised_but_marked_unsupported(tiny_sd1_pat
     detection = detect_checkpoint(shapes, name="sd-inpainting.safetensors")
 
     assert detection.family == "sd1-inpaint"
+    assert detection.config_family == "sd1"
+    assert detection.supported
+    assert detection.unet_config["in_channels"] == 9
+    assert detection.unet_config["out_channels"] == 4
+
+
+@pytest.mark.parametrize(("channels", "family", "words"), [
+    (5, "sd1-depth", "depth-to-image checkpoints (5 UNet input channels"),
+    (8, "sd1-pix2pix", "instruct-pix2pix checkpoints (8 UNet input channels"),
+])
+def test_depth_and_pix2pix_checkpoints_are_marked_unsupported_with_a_reason(
+    tiny_sd1_path: Path, channels: int, family: str, words: str
+) -> None:
+    shapes = shapes_of(tiny_sd1_path)
+    conv_in = shapes["model.diffusion_model.input_blocks.0.0.weight"]
+    shapes["model.diffusion_model.input_blocks.0.0.weight"] = (conv_in[0], channels, *conv_in[2:])
+
+    detection = detect_checkpoint(shapes, name="other.safetensors")
+
+    assert detection.family == family
     assert not detection.supported
-    assert "inpainting" in detection.unsupported_reason
+    assert words in detection.unsupported_reason
+    assert "inpainting (9-channel)" in detection.unsupported_reason
 
 
 def test_sdxl_refiner_is_recognised_but_marked_unsupported(tiny_sdxl_path: Path) -> None:
@@ -257,9 +278,10 @@ def test_v_pred_marker_key_makes_an_sd1_or_sdxl_model_v_prediction(tiny_sd1_path
     assert detection.scheduler_config["prediction_type"] == "v_prediction"
 
 
-@pytest.mark.parametrize(("channels", "family"), [(9, "sd2-inpaint"), (5, "sd2-depth")])
-def test_sd2_inpainting_and_depth_models_are_epsilon_and_marked_unsupported(
-    tiny_sd2v_path: Path, channels: int, family: str
+@pytest.mark.parametrize(("channels", "family", "supported"), [(9, "sd2-inpaint", True),
+                                                              (5, "sd2-depth", False)])
+def test_sd2_inpainting_and_depth_models_are_epsilon_512_models(
+    tiny_sd2v_path: Path, channels: int, family: str, supported: bool
 ) -> None:
     shapes = shapes_of(tiny_sd2v_path)
     key = "model.diffusion_model.input_blocks.0.0.weight"
@@ -269,4 +291,5 @@ def test_sd2_inpainting_and_depth_models_are_epsilon_and_marked_unsupported(
 
     assert detection.family == family
     assert detection.prediction_type == "epsilon"
-    assert not detection.supported
+    assert detection.supported is supported
+    assert detection.unet_config["sample_size"] == 64  # the 512 model's conventions, not 768-v's

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file, save_file
 
 from sdweb.engine.models.errors import CheckpointReadError, UnsupportedCheckpointError
@@ -24,6 +24,9 @@ from tests.fixtures.checkpoints import (
     write_ldm_ckpt,
     write_ldm_safetensors,
     write_tiny_diffusers_folder,
+    write_tiny_sd1,
+    write_tiny_sd2v,
+    write_tiny_sdxl,
     write_tiny_sdxl_diffusers_folder,
     write_tiny_vae,
 )
@@ -266,14 +269,48 @@ def test_truncated_checkpoint_is_refused_as_truncated(
         load(path)
 
 
-def test_inpainting_checkpoint_says_not_supported_yet(tmp_path: Path, load: Load) -> None:
-    built = tiny_sd1_components(in_channels=9)
-    path = write_ldm_safetensors(sd1_ldm_state_dict(built), tmp_path / "inpaint.safetensors")
+@pytest.mark.parametrize(
+    ("builder", "writer", "family", "pipeline"),
+    [
+        (tiny_sd1_components, write_tiny_sd1, "sd1-inpaint", StableDiffusionPipeline),
+        (tiny_sd2v_components, write_tiny_sd2v, "sd2-inpaint", StableDiffusionPipeline),
+        (tiny_sdxl_components, write_tiny_sdxl, "sdxl-inpaint", StableDiffusionXLPipeline),
+    ],
+)
+def test_inpainting_checkpoints_load_with_a_9_channel_unet(
+    tmp_path: Path, load: Load, builder: Callable[..., dict], writer: Callable[..., Path], family: str,
+    pipeline: type,
+) -> None:
+    path = writer(tmp_path / "model-inpainting.safetensors", in_channels=9)
 
-    with pytest.raises(
-        UnsupportedCheckpointError, match=r"inpaint\.safetensors: not supported yet: inpainting"
-    ):
+    loaded = load(path)
+
+    assert loaded.family == family
+    assert isinstance(loaded.pipe, pipeline)
+    assert loaded.pipe.unet.config.in_channels == 9
+    assert loaded.pipe.unet.config.out_channels == 4
+    assert loaded.pipe.scheduler.config.prediction_type == "epsilon"
+    assert_same_weights(builder(in_channels=9), loaded.pipe)
+
+
+def test_depth_checkpoint_is_refused_with_what_sdweb_runs_instead(tmp_path: Path, load: Load) -> None:
+    path = write_tiny_sd1(tmp_path / "depth.safetensors", in_channels=5)
+
+    expected = r"depth\.safetensors: not supported yet: depth-to-image .* inpainting \(9-channel\)"
+    with pytest.raises(UnsupportedCheckpointError, match=expected):
         load(path)
+
+
+def test_inpainting_diffusers_folder_loads(tmp_path: Path, load: Load) -> None:
+    built = tiny_sd1_components(in_channels=9)
+    folder = tmp_path / "sd-inpainting"
+    StableDiffusionInpaintPipeline(**built).save_pretrained(str(folder), safe_serialization=True)
+
+    loaded = load(folder)
+
+    assert loaded.family == "sd1-inpaint"
+    assert loaded.pipe.unet.config.in_channels == 9
+    assert_same_weights(tiny_sd1_components(in_channels=9), loaded.pipe)
 
 
 def test_unrelated_keys_and_ema_weights_are_never_read(tmp_path: Path, load: Load) -> None:
