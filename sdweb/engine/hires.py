@@ -94,15 +94,19 @@ def run_hires_txt2img(
     scale = int(getattr(model.pipe, "vae_scale_factor", 8))
     scaled_w, scaled_h, final_w, final_h = hires_size(params, scale)
     second_steps = params.hr_second_pass_steps or params.steps
+    # The second pass's own prompt, negative prompt, sampler and schedule type ("" = the first pass's).
     second_template = Img2ImgParams(**{
         **params.model_dump(), "enable_hr": False, "width": final_w, "height": final_h,
-        "steps": second_steps, "n_iter": 1, "resize_mode": 0})
+        "steps": second_steps, "n_iter": 1, "resize_mode": 0,
+        "prompt": params.hr_prompt or params.prompt,
+        "negative_prompt": params.hr_negative_prompt or params.negative_prompt,
+        "sampler_name": params.hr_sampler_name or params.sampler_name,
+        "scheduler": params.hr_scheduler or params.scheduler})
     run_steps = second_template.denoising_steps
     total = params.steps + run_steps
     latent = upscaler in LATENT_UPSCALE_MODES
     options = {"extra_networks": extra_networks} if extra_networks is not None else {}
 
-    # The second pass's own prompt, negative prompt, sampler and schedule type ("" = the first pass's).
     images: list[GeneratedImage] = []
     interrupted = False
     last: EngineRun | None = None
