@@ -11,8 +11,9 @@ This module owns turning their A1111 fields into our typed calls, and every refu
   ``initial_noise_multiplier`` other than 1 are refused with 422, never silently dropped.
 * Extras: ``upscaler_1`` (and ``upscaler_2`` blended in at ``extras_upscaler_2_visibility``), "scale
   by" (``upscaling_resize``) or "scale to" (``upscaling_resize_w/h``, ``upscaling_crop``), with the
-  built-in Pillow upscalers (:mod:`sdweb.images.upscale`). These need no GPU, so they run in the
-  request's thread rather than on the GPU queue. Face restoration is refused with 422.
+  upscalers of the ``UpscalerService``: the built-in Pillow ones (:mod:`sdweb.images.upscale`) run in
+  the request's thread; model upscalers (models/ESRGAN) wait for their turn on the GPU queue. Face
+  restoration is refused with 422.
 """
 
 from __future__ import annotations
@@ -131,17 +132,23 @@ def refuse_unsupported_extras(request: ExtrasBaseRequest) -> None:
         raise ApiError(422, "; ".join(problems))
 
 
-def upscale_for_extras(image: Image.Image, request: ExtrasBaseRequest) -> tuple[Image.Image, str]:
-    """``(upscaled image, info text)`` for one Extras image; bad values -> 400/422 naming the field."""
+def upscale_for_extras(image: Image.Image, request: ExtrasBaseRequest,
+                       upscalers: Any = None) -> tuple[Image.Image, str]:
+    """``(upscaled image, info text)`` for one Extras image; bad values -> 400/422 naming the field.
+
+    ``upscalers``: the ``UpscalerService`` (built-in and models/ESRGAN upscalers); None: built-ins only.
+    A model upscaler that cannot run (the optional extra missing) is a 422 saying how to install it.
+    """
     options: dict[str, Any] = dict(mode=request.resize_mode, factor=request.upscaling_resize,
                                    to_width=request.upscaling_resize_w, to_height=request.upscaling_resize_h,
                                    crop=request.upscaling_crop)
+    upscale = upscalers.upscale if upscalers is not None else upscale_image
     try:
-        result = upscale_image(image, upscaler=request.upscaler_1, **options)
+        result = upscale(image, upscaler=request.upscaler_1, **options)
         second = request.upscaler_2 or "None"
         visibility = float(request.extras_upscaler_2_visibility)
         if second != "None" and visibility > 0:
-            other = upscale_image(image, upscaler=second, **options)
+            other = upscale(image, upscaler=second, **options)
             if other.size == result.size:  # "None" as the first upscaler leaves the size as it was
                 result = Image.blend(result.convert(other.mode), other, visibility)
     except UnknownUpscalerError as exc:

@@ -7,8 +7,8 @@ errors in A1111's shape through :mod:`sdweb.api.errors`.
 
 txt2img and img2img requests go through the one GPU queue the UI uses (``services.generation.submit``,
 ``submit_img2img``), in arrival order; waiting for a job happens in a worker thread so the event loop
-keeps serving ``/progress`` and ``/interrupt`` meanwhile. The Extras (Pillow upscalers) need no GPU and
-run in the request's thread (:mod:`sdweb.api.image_requests`).
+keeps serving ``/progress`` and ``/interrupt`` meanwhile. The Extras run in the request's thread
+(:mod:`sdweb.api.image_requests`): Pillow upscalers right there, model upscalers via the GPU queue.
 
 How request fields we cannot honour yet are treated (see also :mod:`sdweb.api.models`):
 
@@ -315,8 +315,10 @@ class A1111Api:
         if values.get("enable_hr") and values.get("hr_upscaler"):
             from sdweb.images.upscale import UnknownUpscalerError, find_hires_upscaler
 
+            service = self.services.upscalers  # knows the models/ESRGAN names too
+            find = service.find_hires if service is not None else find_hires_upscaler
             try:
-                values["hr_upscaler"] = find_hires_upscaler(str(values["hr_upscaler"]))
+                values["hr_upscaler"] = find(str(values["hr_upscaler"]))
             except UnknownUpscalerError as exc:
                 raise ApiError(400, str(exc)) from exc
 
@@ -605,7 +607,7 @@ class A1111Api:
     def extra_single_image(self, request: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
         refuse_unsupported_extras(request)
         (image,) = decode_images([request.image], "image")
-        upscaled, info = upscale_for_extras(image, request)
+        upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
         return ExtrasSingleImageResponse(html_info=info,
                                          image=encode_png_base64(upscaled, source_infotext(image)))
 
@@ -620,7 +622,7 @@ class A1111Api:
             # One at a time: one decoded source and its result in memory, whatever the batch size.
             image = decode_images([item.data], "imageList")[0]
             try:
-                upscaled, info = upscale_for_extras(image, request)
+                upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
             except ApiError as exc:
                 raise ApiError(exc.status, f"imageList[{index}] ({item.name}): {exc.detail}") from exc
             encoded.append(encode_png_base64(upscaled, source_infotext(image)))
@@ -762,8 +764,10 @@ class A1111Api:
     def upscalers(self) -> list[UpscalerItem]:
         from sdweb.images.upscale import list_upscalers
 
+        service = self.services.upscalers
+        listed = service.items() if service is not None else list_upscalers()
         return [UpscalerItem(name=item.name, scale=item.scale, model_name=item.model_name,
-                             model_path=item.model_path) for item in list_upscalers()]
+                             model_path=item.model_path, model_url=item.model_url) for item in listed]
 
     def no_items(self) -> list[Any]:
         """Listings of features that do not exist yet (hypernetworks, face restorers...): empty."""
