@@ -45,3 +45,31 @@ def test_problems_come_back_as_messages_not_exceptions(tmp_path: Path) -> None:
     assert too_big.image is None and "at most 8192" in html.unescape(too_big.info_html)
     unknown = _run(_upload(tmp_path / "c.png"), upscaler="ESRGAN_4x")
     assert unknown.image is None and "not found" in html.unescape(unknown.info_html)
+
+
+def _model_service(tmp_path: Path, problem: str | None) -> object:
+    from sdweb.engine.upscalers import UpscalerModelLibrary
+    from sdweb.services.upscalers import UpscalerService
+
+    folder = tmp_path / "ESRGAN"
+    folder.mkdir()
+    (folder / "4x-UltraSharp.pth").write_bytes(b"")
+
+    class Engine:
+        def upscale(self, image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+            return image.resize(size)
+
+    return UpscalerService(UpscalerModelLibrary(folder), engine=Engine, spandrel_check=lambda: problem)
+
+
+def test_a_model_upscaler_from_the_service(tmp_path: Path) -> None:
+    service = _model_service(tmp_path, None)
+    got = _run(_upload(tmp_path / "a.png"), upscaler="4x-UltraSharp", upscalers=service)
+    assert got.image is not None and got.image.size == (80, 60)
+    assert "Postprocess upscaler: 4x-UltraSharp" in html.unescape(got.info_html)
+
+
+def test_a_model_upscaler_without_the_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    service = _model_service(tmp_path, "spandrel did not import; pip install 'sdweb[upscalers]'")
+    got = _run(_upload(tmp_path / "a.png"), upscaler="4x-UltraSharp", upscalers=service)
+    assert got.image is None and "pip install 'sdweb[upscalers]'" in html.unescape(got.info_html)

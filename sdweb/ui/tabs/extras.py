@@ -1,9 +1,10 @@
-"""The Extras tab: upscale one uploaded picture by a factor or to a size (``sdweb.images.upscale``).
+"""The Extras tab: upscale one uploaded picture by a factor or to a size.
 
-Pillow's upscalers are fast and need no GPU, so the work runs right in the event (no queue). The
-source picture's infotext is shown beside the result, with the postprocessing that was done, so a
-user still sees how the picture was made. :func:`upscale_upload` is the pure handler, tested without
-a browser.
+The upscalers are the service's (``services.upscalers``): Pillow's are fast and need no GPU, so they
+run right in the event; a model upscaler (models/ESRGAN) takes its turn on the GPU queue, and one that
+cannot run (the optional ``upscalers`` extra missing) says how to install it. The source picture's
+infotext is shown beside the result, with the postprocessing that was done, so a user still sees how
+the picture was made. :func:`upscale_upload` is the pure handler, tested without a browser.
 """
 
 from __future__ import annotations
@@ -44,14 +45,20 @@ def upscale_upload(
     to_width: int,
     to_height: int,
     crop: bool,
+    upscalers: Any = None,
 ) -> ExtrasResult:
-    """Upscale the uploaded file; errors (no upload, broken file, size too large) come back as text."""
+    """Upscale the uploaded file; errors (no upload, broken file, size too large, a model upscaler
+    that cannot run) come back as text.
+
+    ``upscalers``: the ``UpscalerService`` (Pillow and model upscalers); None: Pillow's only.
+    """
     try:
         source = read_upload(path, "an image to upscale")
     except UploadError as exc:
         return ExtrasResult(None, error_html(str(exc)))
+    upscale = upscalers.upscale if upscalers is not None else upscale_image
     try:
-        result = upscale_image(
+        result = upscale(
             source,
             upscaler=upscaler,
             mode=int(mode),
@@ -62,6 +69,9 @@ def upscale_upload(
         )
     except UpscaleError as exc:
         return ExtrasResult(None, error_html(str(exc)))
+    except (RuntimeError, MemoryError) as exc:  # e.g. the device ran out of memory in a model upscaler
+        logger.exception("upscale with %s failed", upscaler)
+        return ExtrasResult(None, error_html(f"the upscale with {upscaler} failed: {exc}"))
     done = postprocess_text(upscaler, mode=int(mode), factor=float(factor), size=result.size)
     parameters = _source_infotext(source)
     shown = (
@@ -94,8 +104,8 @@ def _source_infotext(image: Image.Image) -> str:
 
 def render_extras_tab(services: Any) -> None:
     """Lay out the tab and wire it. Call inside an open ``gr.Tab``."""
-    del services  # the built-in upscalers need nothing from the services
-    names = [info.name for info in list_upscalers()]
+    upscalers = getattr(services, "upscalers", None)
+    names = upscalers.names() if upscalers is not None else [info.name for info in list_upscalers()]
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             source = gr.Image(
@@ -141,6 +151,7 @@ def render_extras_tab(services: Any) -> None:
             to_width=int(width),
             to_height=int(height),
             crop=cut,
+            upscalers=upscalers,
         )
         return (got.image if got.image is not None else gr.update()), got.info_html
 

@@ -367,8 +367,13 @@ def wire_interrupt_skip(
     skip.click(skip_image, outputs=message, concurrency_limit=None, show_progress="hidden")
 
 
-def hires_upscaler_names() -> list[str]:
-    """The hires fix upscalers: the latent modes, then the pixel upscalers (A1111's order)."""
+def hires_upscaler_names(upscalers: Any = None) -> list[str]:
+    """The hires fix upscalers: the latent modes, then the pixel upscalers (A1111's order).
+
+    ``upscalers``: the ``UpscalerService`` (adds the models/ESRGAN models); None: the built-ins only.
+    """
+    if upscalers is not None:
+        return upscalers.hires_names()
     return [*LATENT_UPSCALE_MODES, *(info.name for info in list_upscalers())]
 
 
@@ -527,7 +532,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
                 with gr.Column(scale=3, min_width=140):
                     controls.render_batch_sliders(form, defaults, prefix=TAB_ID)
             controls.render_cfg_slider(form, defaults, prefix=TAB_ID)
-            render_hires_fix(form, defaults)
+            render_hires_fix(form, defaults, getattr(services, "upscalers", None))
             with gr.Row():
                 random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
                 reuse_seed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-reuse-seed")
@@ -724,7 +729,7 @@ HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULE = "Use same scheduler"
 
 
-def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any], upscalers: Any = None) -> None:
     """The "Hires. fix" accordion: a second, img2img pass at a larger size (A1111's controls)."""
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
         form["enable_hr"] = gr.Checkbox(
@@ -734,7 +739,7 @@ def render_hires_fix(form: dict[str, Any], defaults: Mapping[str, Any]) -> None:
         with gr.Row():
             form["hr_upscaler"] = gr.Dropdown(
                 label="Upscaler",
-                choices=hires_upscaler_names(),
+                choices=hires_upscaler_names(upscalers),
                 value=defaults["hr_upscaler"],
                 elem_id="txt2img-hr-upscaler",
             )
