@@ -222,6 +222,30 @@ def test_without_spandrel_using_a_model_says_how_to_install_it(tmp_path: Path,
     assert isinstance(caught.value, UpscaleError)  # what the API and UI turn into a message
 
 
+def test_hires_fix_upscales_the_decoded_first_pass_with_a_model(tmp_path: Path, sd1_model: Any,
+                                                                samplers: Any) -> None:
+    from sdweb.engine.hires import run_hires_txt2img
+    from sdweb.params import JobControl
+    from tests.engine.conftest import tiny_params
+
+    upscalers, loaded = _upscalers(tmp_path, scale=2, tile=48, overlap=8)
+    params = tiny_params(enable_hr=True, hr_scale=1.5, hr_upscaler="2x-fake", steps=2, denoising_strength=0.5)
+    run = run_hires_txt2img(sd1_model, params, samplers=samplers, control=JobControl(),
+                            on_step=lambda _: None, model_upscalers=upscalers)
+    assert [item.image.size for item in run.images] == [(96, 96)]
+    assert loaded == [tmp_path / "2x-Fake.pth"]  # the 64x64 first pass went through the model
+
+
+def test_hires_fix_refuses_a_model_name_it_was_not_given(sd1_model: Any, samplers: Any) -> None:
+    from sdweb.engine.hires import run_hires_txt2img
+    from sdweb.params import JobControl
+    from tests.engine.conftest import tiny_params
+
+    params = tiny_params(enable_hr=True, hr_upscaler="2x-Fake")
+    with pytest.raises(UpscaleError, match="hr_upscaler '2x-Fake' not found"):
+        run_hires_txt2img(sd1_model, params, samplers=samplers, control=JobControl(), on_step=lambda _: None)
+
+
 # ---------------------------------------------------------------------------------------------
 # spandrel itself (the optional extra)
 # ---------------------------------------------------------------------------------------------
