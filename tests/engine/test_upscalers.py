@@ -293,4 +293,4 @@ def test_spandrel_detects_an_esrgan_file_and_it_upscales_tiled(tmp_path: Path) -
     whole = ModelUpscalers(library, tile=0).upscale(image, "4x-Tiny", (112, 80))
     assert tiled.size == whole.size == (112, 80)
     difference = np.abs(np.asarray(tiled, dtype=int) - np.asarray(whole, dtype=int))
-    assert difference.max() <= 8 and difference.mean() < 0.5  # no seams: the cross-fade hides tile edges
+    assert difference.max() <= 2 and difference.mean() < 0.1  # no seams: the cross-fade hides tile edges
