@@ -130,6 +130,8 @@ class Engine:
 
     def unload_all(self) -> None:
         self._cache.unload_all()
+        if self.upscalers is not None:
+            self.upscalers.unload()
 
     def describe(self) -> dict[str, Any]:
         """Device, precision, attention and the loaded models, for the API and the UI."""
@@ -212,7 +214,7 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.models.cache import ModelCache
     from sdweb.engine.models.loader import load_checkpoint
-    from sdweb.engine.upscalers import ModelUpscalers, UpscalerModelLibrary
+    from sdweb.engine.upscalers import DEFAULT_OVERLAP, DEFAULT_TILE, ModelUpscalers, UpscalerModelLibrary
 
     runtime = resolve_runtime(settings)
     # --threads wins; else the "torch_threads" setting (0 = one per physical core, the runtime's default).
@@ -232,6 +234,15 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     embeddings = EmbeddingLibrary(settings.paths.embeddings_dir, hashes=getattr(loras, "hashes", None))
     if upscaler_models is None:
         upscaler_models = UpscalerModelLibrary(settings.paths.esrgan_dir)
-    upscalers = ModelUpscalers(upscaler_models, device=runtime.device, dtype=runtime.dtype)
+
+    def upscaler_tiling() -> tuple[int, int]:
+        # The "ESRGAN_tile" / "ESRGAN_tile_overlap" settings, read per upscale so a change applies at once.
+        try:
+            return int(options.get("ESRGAN_tile")), int(options.get("ESRGAN_tile_overlap"))
+        except (AttributeError, KeyError):  # no options, or a store without these specs
+            return DEFAULT_TILE, DEFAULT_OVERLAP
+
+    upscalers = ModelUpscalers(upscaler_models, device=runtime.device, dtype=runtime.dtype,
+                               tiling=upscaler_tiling)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
                   embeddings=embeddings, upscalers=upscalers)

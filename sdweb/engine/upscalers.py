@@ -318,6 +318,7 @@ class ModelUpscalers:
         dtype: torch.dtype | None = None,
         tile: int = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
+        tiling: Callable[[], tuple[int, int]] | None = None,
         loader: Callable[[Path], Any] = load_spandrel_model,
     ) -> None:
         """Args:
@@ -325,6 +326,7 @@ class ModelUpscalers:
         device, dtype: where and in what precision models run (the engine's runtime); the dtype falls
             back to float32 for models that do not support it.
         tile, overlap: :func:`tiled_upscale`'s, in input pixels (``tile`` 0: no tiling).
+        tiling: ``() -> (tile, overlap)``, asked at each upscale (the settings); overrides the two above.
         loader: path -> spandrel ``ImageModelDescriptor`` (tests pass their own).
         """
         self.library = library
@@ -332,6 +334,7 @@ class ModelUpscalers:
         self._dtype = dtype
         self.tile = tile
         self.overlap = overlap
+        self._tiling = tiling
         self._loader = loader
         self._lock = threading.Lock()
         self._loaded: tuple[Path, float, Any] | None = None
@@ -396,8 +399,12 @@ class ModelUpscalers:
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         # spandrel's own tiling advice: models that tile internally (or break when tiled) run whole.
         internal = getattr(getattr(model, "tiling", None), "name", "") == "INTERNAL"
-        result = tiled_upscale(pixels, model, scale=scale, tile=0 if internal else self.tile,
-                               overlap=self.overlap, device=self._device, dtype=self._run_dtype(model))
+        tile, overlap = self._tiling() if self._tiling is not None else (self.tile, self.overlap)
+        if tile > 0 and not 0 <= overlap < tile:
+            raise UpscalerModelError(f"the upscaler tile overlap ({overlap}) must be less than the tile size "
+                                     f"({tile}): change ESRGAN_tile_overlap or ESRGAN_tile in Settings")
+        result = tiled_upscale(pixels, model, scale=scale, tile=0 if internal else tile,
+                               overlap=overlap, device=self._device, dtype=self._run_dtype(model))
         array = (result[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
         return Image.fromarray(array, "RGB")
 

@@ -27,6 +27,11 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "demo" / "sd
 
 EXTRA_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("disabled_extensions", [], "Disabled extensions", "Extensions"),
+    # A1111's keys; the overlap default is wider than its 8 (seams of large-receptive-field models).
+    OptionSpec("ESRGAN_tile", 192, "Tile size for ESRGAN upscalers (0 = no tiling)", "Upscaling",
+               minimum=0, maximum=4096),
+    OptionSpec("ESRGAN_tile_overlap", 16, "Tile overlap for ESRGAN upscalers, in pixels", "Upscaling",
+               minimum=0, maximum=512),
 )
 
 

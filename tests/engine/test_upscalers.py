@@ -174,6 +174,24 @@ def test_model_passes_reach_the_asked_size_then_lanczos_makes_it_exact(tmp_path:
     assert len(loaded) == 1  # the model stays loaded between upscales
 
 
+def test_tile_size_and_overlap_are_read_at_each_upscale(tmp_path: Path) -> None:
+    _touch(tmp_path / "2x-Fake.pth")
+    descriptor = FakeDescriptor(2)
+    setting = [(8, 2)]
+    upscalers = ModelUpscalers(UpscalerModelLibrary(tmp_path), loader=lambda _path: descriptor,
+                               tiling=lambda: setting[0])
+    image = Image.new("RGB", (20, 20))
+    upscalers.upscale(image, "2x-Fake", (40, 40))
+    assert max(max(size) for size in descriptor.network.seen) == 8
+    descriptor.network.seen.clear()
+    setting[0] = (0, 0)  # no tiling
+    upscalers.upscale(image, "2x-Fake", (40, 40))
+    assert descriptor.network.seen == [(20, 20)]
+    setting[0] = (8, 8)
+    with pytest.raises(UpscalerModelError, match="ESRGAN_tile_overlap"):
+        upscalers.upscale(image, "2x-Fake", (40, 40))
+
+
 def test_transparency_is_kept(tmp_path: Path) -> None:
     upscalers, _ = _upscalers(tmp_path)
     image = Image.new("RGBA", (8, 8), (10, 20, 30, 128))
