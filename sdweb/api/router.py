@@ -40,11 +40,15 @@ from pydantic import ValidationError
 from sdweb.api.errors import ApiError, describe_validation_errors, reject_unpaired_surrogates
 from sdweb.api.image_requests import (
     MAX_EXTRAS_BATCH,
+    OUTPAINT_SCRIPT,
     decode_images,
     img2img_echo,
     img2img_params,
     init_images_of,
+    is_img2img_script,
     mask_of,
+    outpaint_request,
+    outpaint_script_of,
     refuse_unsupported_extras,
     refuse_unsupported_img2img,
     source_infotext,
@@ -343,7 +347,8 @@ class A1111Api:
                                     f"(got {value!r}; send {same[-1]!r})")
         if request.restore_faces:
             problems.append("restore_faces: face restoration is not supported yet")
-        if request.script_name:
+        if request.script_name and not (isinstance(request, Img2ImgRequest)
+                                        and is_img2img_script(request.script_name)):
             problems.append(f"script_name: Script {request.script_name!r} not found (scripts are not "
                             "supported yet)")
         if request.alwayson_scripts:
@@ -588,8 +593,11 @@ class A1111Api:
         async with self._submit_lock:
             base, plan = await run_in_threadpool(self.build_params, request)
             params = img2img_params(base, request)
+            script = outpaint_script_of(request)
             images = await run_in_threadpool(init_images_of, request)
             mask = await run_in_threadpool(mask_of, request)
+            if script is not None:
+                params, images, mask = await run_in_threadpool(outpaint_request, params, images, script)
             try:
                 job = self.services.generation.submit_img2img(
                     params, images, save=bool(request.save_images), source="api",
@@ -779,7 +787,7 @@ class A1111Api:
         return [LatentUpscalerModeItem(name=name) for name in LATENT_UPSCALE_MODES]
 
     def scripts(self) -> ScriptsList:
-        return ScriptsList(txt2img=[], img2img=[])
+        return ScriptsList(txt2img=[], img2img=[OUTPAINT_SCRIPT])
 
     def script_info(self) -> list[ScriptInfo]:
         return []

@@ -96,7 +96,7 @@ def test_listings_have_a1111_shapes(api: ApiServer) -> None:
     for empty in ("hypernetworks", "face-restorers", "realesrgan-models"):
         assert api.get(empty).json() == []
     assert api.get("latent-upscale-modes").json()[0] == {"name": "Latent"}
-    assert api.get("scripts").json() == {"txt2img": [], "img2img": []}
+    assert api.get("scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting"]}
     assert api.get("extensions").json() == []
     assert api.get("prompt-styles").json() == []
     memory = api.get("memory").json()
