@@ -303,19 +303,23 @@ def _announce(settings: LaunchSettings, seconds: float) -> None:
 
 
 def list_models(settings: LaunchSettings) -> int:
+    """One line per checkpoint: title, family, size, short hash; the bundled demo last, marked as such."""
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.registry import CheckpointRegistry
+    from sdweb.services.factory import DEMO_CHECKPOINT
 
     hash_cache = HashCache(settings.paths.cache_dir / "hashes.json")
-    registry = CheckpointRegistry(settings.paths.ckpt_dirs, hash_cache)
+    demo_files = () if settings.skip_demo_model else (DEMO_CHECKPOINT,)
+    registry = CheckpointRegistry(settings.paths.ckpt_dirs, hash_cache, demo_files=demo_files)
     found = registry.refresh()
-    if not found:
-        print(f"No checkpoints found. Put .safetensors files in {settings.paths.ckpt_dirs[0]}")
-        return 0
+    if not any(not info.demo for info in found):
+        print(f"No checkpoints found. Put .safetensors files in {settings.paths.ckpt_dirs[0]}"
+              + (" (until then the bundled demo model is used)" if found else ""))
     for info in found:
         info = registry.ensure_hash(info)
         family = info.family or (f"unsupported: {info.detect_error}" if info.detect_error else "unknown")
-        print(f"{info.title}\t{family}\t{info.size / 2**30:.2f} GiB\t{info.shorthash or '-'}")
+        demo = "\tdemo model (simple shapes, 64x64)" if info.demo else ""
+        print(f"{info.title}\t{family}\t{info.size / 2**30:.2f} GiB\t{info.shorthash or '-'}{demo}")
     return 0
 
 

@@ -74,11 +74,22 @@ def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str
                           timeout=timeout, cwd=ROOT)
 
 
-def test_list_models_on_an_empty_folder_says_where_to_put_one(tmp_path: Path) -> None:
+def test_list_models_on_an_empty_folder_says_where_to_put_one_and_lists_the_demo(tmp_path: Path) -> None:
     done = run_cli("--data-dir", str(tmp_path), "models")
     assert done.returncode == 0, done.stderr
     assert "No checkpoints found" in done.stdout
     assert str(tmp_path / "models" / "Stable-diffusion") in done.stdout
+    assert "bundled demo model is used" in done.stdout
+    demo_line = done.stdout.splitlines()[-1]
+    assert demo_line.startswith("sdweb-demo-shapes.safetensors") and "demo model" in demo_line
+    assert "\tsd1\t" in demo_line
+
+
+def test_list_models_without_the_demo(tmp_path: Path) -> None:
+    done = run_cli("--data-dir", str(tmp_path), "--skip-demo-model", "models")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == [
+        f"No checkpoints found. Put .safetensors files in {tmp_path / 'models' / 'Stable-diffusion'}"]
 
 
 def test_bad_argument_exits_nonzero_with_one_line(tmp_path: Path) -> None:
