@@ -44,7 +44,12 @@ from PIL import Image
 
 from sdweb.engine.encode import PromptEncoder, is_sdxl_pipeline, zero_like
 from sdweb.engine.extra_networks.job import ExtraNetworks, JobNetworks, job_extra_networks
-from sdweb.engine.image_conditioning import conditioning_channels, full_mask_conditioning, latent_channels
+from sdweb.engine.image_conditioning import (
+    DEFAULT_MASK_WEIGHT,
+    conditioning_channels,
+    full_mask_conditioning,
+    latent_channels,
+)
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
@@ -155,6 +160,8 @@ class _Txt2Img:
         #: beside the latents at every UNet call, ``(batch_size, 5, h, w)``; None for plain UNets.
         self.image_conditioning: torch.Tensor | None = None
         self.conditioning_channels = 0
+        #: A1111's "Inpainting conditioning mask strength"; txt2img only writes it in the infotext.
+        self.mask_weight = DEFAULT_MASK_WEIGHT
 
     def run(self) -> EngineRun:
         params = self.params
@@ -190,7 +197,7 @@ class _Txt2Img:
                     images.append(GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
                                                  prompt=params.prompt,
                                                  negative_prompt=params.negative_prompt,
-                                                 extra=self.networks.infotext() if self.networks else {}))
+                                                 extra=self.image_extra()))
         info = getattr(self.model, "info", None)
         return EngineRun(
             images=images,
@@ -201,6 +208,14 @@ class _Txt2Img:
             clip_skip=int(params.clip_skip or 1),
             interrupted=interrupted,
         )
+
+    def image_extra(self) -> dict[str, Any]:
+        """The infotext pairs each image of the job adds (LoRA hashes; inpainting models' mask weight)."""
+        extra = dict(self.networks.infotext()) if self.networks else {}
+        if self.conditioning_channels:
+            # A1111 writes it whenever an inpainting model's image conditioning was used.
+            extra["Conditional mask weight"] = self.mask_weight
+        return extra
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:

@@ -119,10 +119,10 @@ class _Img2Img(_Txt2Img):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         if not 0.0 <= inpainting_mask_weight <= 1.0:
             raise ValueError(f"inpainting_mask_weight must be between 0 and 1, got {inpainting_mask_weight}")
-        self.mask_weight = float(inpainting_mask_weight)
         # Passed on only when given, so the loop's own default (none) stays its business.
         options = {"extra_networks": extra_networks} if extra_networks is not None else {}
         super().__init__(model, params, samplers, control, on_step, preview_every, **options)
+        self.mask_weight = float(inpainting_mask_weight)
         self.init_images = list(init_images)
         self.denoise_steps = params.denoising_steps
         #: Given by hires fix's latent upscalers: the starting latents, no VAE encoding.

@@ -158,6 +158,7 @@ def test_txt2img_with_an_inpainting_model_masks_everything(inpaint_model: Loaded
         run = run_txt2img(inpaint_model, tiny_params(batch_size=2, width=96, height=64), samplers=samplers,
                           control=JobControl(), on_step=lambda _: None)
     assert [item.image.size for item in run.images] == [(96, 64), (96, 64)]
+    assert run.images[0].extra["Conditional mask weight"] == 1.0  # A1111's infotext for these models
     grey = _encode(pipe, np.zeros((64, 96, 3)))[0]
     for sample in seen:
         assert sample.shape == (4, 9, 32, 48)
@@ -171,8 +172,10 @@ def test_img2img_without_a_mask_follows_the_mask_weight(inpaint_model: LoadedMod
     with unet_inputs(pipe) as full:
         _inpaint(inpaint_model, samplers, image, None, denoising_strength=0.5, steps=2)
     with unet_inputs(pipe) as half:
-        run_img2img(inpaint_model, img_params(denoising_strength=0.5, steps=2), [image], samplers=samplers,
-                    control=JobControl(), on_step=lambda _: None, inpainting_mask_weight=0.5)
+        run = run_img2img(inpaint_model, img_params(denoising_strength=0.5, steps=2), [image],
+                          samplers=samplers, control=JobControl(), on_step=lambda _: None,
+                          inpainting_mask_weight=0.5)
+    assert run.images[0].extra["Conditional mask weight"] == 0.5
     # Weight 1 (A1111's default): all masked, a grey picture. 0.5: half the init picture shows through.
     torch.testing.assert_close(full[0][:, 5:], _encode(pipe, np.zeros((64, 64, 3))).expand(2, -1, -1, -1),
                                rtol=1e-4, atol=1e-4)
@@ -205,6 +208,9 @@ def test_sdxl_inpainting_model_inpaints_and_draws(samplers) -> None:
 
 def test_plain_models_still_get_only_the_latents(sd1_model, samplers) -> None:
     with unet_inputs(sd1_model.pipe) as seen:
-        _inpaint(sd1_model, samplers, _gradient(), _mask((64, 64), (16, 16, 48, 48)), denoising_strength=0.5)
-        run_txt2img(sd1_model, tiny_params(), samplers=samplers, control=JobControl(), on_step=lambda _: None)
+        inpainted = _inpaint(sd1_model, samplers, _gradient(), _mask((64, 64), (16, 16, 48, 48)),
+                             denoising_strength=0.5)
+        drawn = run_txt2img(sd1_model, tiny_params(), samplers=samplers, control=JobControl(),
+                            on_step=lambda _: None)
     assert seen and all(sample.shape[1] == 4 for sample in seen)
+    assert "Conditional mask weight" not in {**inpainted.images[0].extra, **drawn.images[0].extra}

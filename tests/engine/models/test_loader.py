@@ -10,7 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from safetensors.torch import load_file, save_file
 
 from sdweb.engine.models.errors import CheckpointReadError, UnsupportedCheckpointError
@@ -301,16 +306,24 @@ def test_depth_checkpoint_is_refused_with_what_sdweb_runs_instead(tmp_path: Path
         load(path)
 
 
-def test_inpainting_diffusers_folder_loads(tmp_path: Path, load: Load) -> None:
-    built = tiny_sd1_components(in_channels=9)
-    folder = tmp_path / "sd-inpainting"
-    StableDiffusionInpaintPipeline(**built).save_pretrained(str(folder), safe_serialization=True)
+@pytest.mark.parametrize(
+    ("builder", "saver", "family"),
+    [
+        (tiny_sd1_components, StableDiffusionInpaintPipeline, "sd1-inpaint"),
+        (tiny_sdxl_components, StableDiffusionXLInpaintPipeline, "sdxl-inpaint"),
+    ],
+)
+def test_inpainting_diffusers_folders_load(
+    tmp_path: Path, load: Load, builder: Callable[..., dict], saver: type, family: str
+) -> None:
+    folder = tmp_path / "inpainting"
+    saver(**builder(in_channels=9)).save_pretrained(str(folder), safe_serialization=True)
 
     loaded = load(folder)
 
-    assert loaded.family == "sd1-inpaint"
+    assert loaded.family == family
     assert loaded.pipe.unet.config.in_channels == 9
-    assert_same_weights(tiny_sd1_components(in_channels=9), loaded.pipe)
+    assert_same_weights(builder(in_channels=9), loaded.pipe)
 
 
 def test_unrelated_keys_and_ema_weights_are_never_read(tmp_path: Path, load: Load) -> None:
