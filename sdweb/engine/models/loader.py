@@ -11,6 +11,8 @@ Single-file checkpoints (``.safetensors``, ``.ckpt``/``.pt``) go through these s
    the tensors that were read: the weights exist once, never twice.
 4. Assemble ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` with the bundled tokenizer(s) and
    a scheduler from the bundled scheduler config, then :func:`sdweb.engine.devices.apply_runtime`.
+   Inpainting checkpoints (``sd1-inpaint``...: a 9-channel UNet) get the same pipeline classes: the
+   engine drives the components and adds the mask channels itself (:mod:`sdweb.engine.image_conditioning`).
 
 Nothing here asks a hub: configs come from detection plus ``sdweb/data``; diffusers folders load with
 ``local_files_only=True``. Pickle files are only opened with ``torch.load(weights_only=True)``.

@@ -145,6 +145,21 @@ def test_full_size_sd15_gets_the_public_sd15_configs() -> None:
     assert detection.vae_config["block_out_channels"] == [128, 256, 512, 512]
 
 
+def test_full_size_sd15_inpainting_gets_sd15_configs_with_a_9_channel_unet() -> None:
+    # sd-v1-5-inpainting.safetensors: SD 1.5 with conv_in taking latents + mask + masked-image latents.
+    shapes = full_size_sd15_shapes()
+    shapes["model.diffusion_model.input_blocks.0.0.weight"] = (320, 9, 3, 3)
+
+    detection = detect_checkpoint(shapes, name="sd-v1-5-inpainting.safetensors")
+
+    assert detection.family == "sd1-inpaint"
+    assert detection.prediction_type == "epsilon" and detection.supported
+    unet = detection.unet_config
+    assert (unet["in_channels"], unet["out_channels"], unet["sample_size"]) == (9, 4, 64)
+    assert unet["block_out_channels"] == [320, 640, 1280, 1280]
+    assert detection.vae_config["latent_channels"] == 4
+
+
 def test_a_reduced_model_without_middle_block_is_detected() -> None:
     # BK-SDM-style distillation drops the UNet's middle block; the shapes say so.
     components = tiny_sd1_components(mid_block_type=None)
