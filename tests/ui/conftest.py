@@ -52,13 +52,17 @@ class RunningServer:
     root: Path
 
 
-def real_engine_services(root: Path, **settings: Any) -> Any:
-    """The real services and the real engine (torch), with the tiny SD1 checkpoint loaded."""
+def real_engine_services(root: Path, *, demo_only: bool = False, **settings: Any) -> Any:
+    """The real services and the real engine (torch), with the tiny SD1 checkpoint loaded; with
+    ``demo_only``, a fresh install instead: no checkpoint of the user's, the bundled demo model loaded."""
     from sdweb.services.factory import build_services
     from tests.fakes import make_settings, write_fake_checkpoint
 
+    if demo_only:
+        settings["skip_demo_model"] = False
     launch = make_settings(root, **settings)
-    write_fake_checkpoint(launch.paths.ckpt_dirs[0])
+    if not demo_only:
+        write_fake_checkpoint(launch.paths.ckpt_dirs[0])
     services = build_services(launch)
     services.models.load_selected(wait=True)  # as the server does once the page is up
     return services
