@@ -186,14 +186,22 @@ def test_img2img_without_a_mask_follows_the_mask_weight(inpaint_model: LoadedMod
         assert torch.equal(sample[:, 4], torch.ones(2, 32, 32))
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.5])
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
-def test_hires_fix_with_an_inpainting_model(upscaler: str, inpaint_model: LoadedModel, samplers) -> None:
+def test_hires_fix_with_an_inpainting_model(upscaler: str, weight: float, inpaint_model: LoadedModel,
+                                            samplers) -> None:
     params = tiny_params(enable_hr=True, hr_scale=1.5, hr_upscaler=upscaler, steps=2, denoising_strength=0.5)
     with unet_inputs(inpaint_model.pipe) as seen:
         run = run_hires_txt2img(inpaint_model, params, samplers=samplers, control=JobControl(),
-                                on_step=lambda _: None)
+                                on_step=lambda _: None, inpainting_mask_weight=weight)
     assert [item.image.size for item in run.images] == [(96, 96)]
     assert {tuple(sample.shape) for sample in seen} == {(2, 9, 32, 32), (2, 9, 48, 48)}
+    # The second pass: everything masked; at weight 1 a grey picture, below it the first pass shows through.
+    second = seen[-1]
+    assert torch.equal(second[:, 4], torch.ones(2, 48, 48))
+    grey = _encode(inpaint_model.pipe, np.zeros((96, 96, 3)))[0]
+    assert torch.allclose(second[0, 5:], grey, atol=1e-4) is (weight == 1.0)
+    assert run.images[0].extra["Conditional mask weight"] == weight
 
 
 def test_sdxl_inpainting_model_inpaints_and_draws(samplers) -> None:
