@@ -34,7 +34,7 @@ from sdweb.api.models import ExtrasBaseRequest, Img2ImgRequest
 from sdweb.images.mask import MASKED_CONTENT_NAMES
 from sdweb.images.metadata import ImageDecodeError, decode_base64_image, read_image_metadata
 from sdweb.images.outpaint import OUTPAINT_SIDES, OutpaintError, prepare_outpainting
-from sdweb.images.upscale import UnknownUpscalerError, UpscaleError, upscale_image
+from sdweb.images.upscale import UnknownUpscalerError, UpscaleError, find_upscaler, upscale_image
 from sdweb.params import GenerationParams, Img2ImgParams
 
 logger = logging.getLogger(__name__)
@@ -223,7 +223,11 @@ def upscale_for_extras(image: Image.Image, request: ExtrasBaseRequest,
                                    to_width=request.upscaling_resize_w, to_height=request.upscaling_resize_h,
                                    crop=request.upscaling_crop)
     upscale = upscalers.upscale if upscalers is not None else upscale_image
+    find = upscalers.find if upscalers is not None else find_upscaler
     try:
+        # The infotext names upscalers as they are listed ("4x-UltraSharp", whatever the case asked).
+        request = request.model_copy(update={"upscaler_1": find(request.upscaler_1 or "None"),
+                                             "upscaler_2": find(request.upscaler_2 or "None")})
         result = upscale(image, upscaler=request.upscaler_1, **options)
         second = request.upscaler_2 or "None"
         visibility = float(request.extras_upscaler_2_visibility)

@@ -73,7 +73,7 @@ def test_extra_single_image_with_a_model_upscaler(model_api: ApiServer) -> None:
     assert response.status_code == 200, response.text
     assert _decoded(response.json()["image"]).size == (60, 30)
     assert model_api.engine.upscales == [(MODEL, (60, 30))]
-    assert "Postprocess upscaler: 4x-fake" in response.json()["html_info"]
+    assert "Postprocess upscaler: 4x-Fake" in response.json()["html_info"]  # as listed
 
 
 def test_extra_batch_images_blends_a_model_upscaler_as_the_second(model_api: ApiServer) -> None:
