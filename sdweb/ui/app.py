@@ -115,7 +115,7 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery") as gallery_tab:
                 gallery.render_gallery_tab(services, t2i, gallery_tab, i2i)
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
-                history.render_history_tab(services, t2i, history_tab)
+                history.render_history_tab(services, t2i, history_tab, i2i)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo.render_pnginfo_tab(services, t2i, i2i)
             render_extension_tabs(services)

@@ -2,8 +2,9 @@
 
 Entries come from ``services.history`` (SQLite under the data folder, full-text search over prompts).
 Selecting one shows its details; "Restore to txt2img" puts every parameter back into the form (seed
-included, so the same image comes out); deleting an entry leaves its image files alone, and deleted
-image files leave the entry readable (thumbnails live in the database).
+included, so the same image comes out); "Send to img2img" sends its first image that is still on disk,
+with its prompt, seed and size, to the img2img tab; deleting an entry leaves its image files alone, and
+deleted image files leave the entry readable (thumbnails live in the database).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image
 
 from sdweb.ui.controls import render_page_number
 from sdweb.ui.fields import form_from_params
+from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab, error_html, note_html
 
 logger = logging.getLogger(__name__)
@@ -119,8 +121,26 @@ def details_html(entry: Any) -> str:
     return f'<table class="sdweb-history-details">{body}<tr><th>Files</th><td>{files}</td></tr></table>'
 
 
-def render_history_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = None) -> None:
-    """Lay out and wire the History tab. Call inside an open ``gr.Tab``."""
+def picture_to_send(entry: Any) -> tuple[str, str] | None:
+    """``(path, infotext)`` of the entry's first image still on disk, for "Send to img2img".
+
+    None when every file was deleted (or none was saved).
+    """
+    existing = set(entry.existing_paths())
+    infotexts = list(getattr(entry, "infotexts", []) or [])
+    for index, path in enumerate(entry.output_paths):
+        if path in existing:
+            return path, infotexts[index] if index < len(infotexts) else (infotexts[0] if infotexts else "")
+    return None
+
+
+def render_history_tab(
+    services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = None, img2img: Img2ImgTab | None = None
+) -> None:
+    """Lay out and wire the History tab. Call inside an open ``gr.Tab``.
+
+    With ``img2img``, a "Send to img2img" button sends the selected entry's picture and parameters there.
+    """
     history = services.history
 
     with gr.Row():
@@ -158,6 +178,9 @@ def render_history_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
             )
             with gr.Row():
                 restore = gr.Button("Restore to txt2img", variant="primary", elem_id="history-restore")
+                send_to_img2img = gr.Button(
+                    "Send to img2img", elem_id="history-send-to-img2img", visible=img2img is not None
+                )
                 delete = gr.Button("Delete entry", variant="stop", elem_id="history-delete")
             status = gr.HTML("", elem_id="history-status", js_on_load=None)
     state = gr.State(HistoryPage())
@@ -249,6 +272,25 @@ def render_history_tab(services: Any, txt2img: Txt2ImgTab, tab: gr.Tab | None = 
         return restore_values(services, entry)
 
     txt2img.wire_send(restore.click, restore_entry, [selected])
+
+    def send_picture(entry_id: int | None) -> tuple[Any, dict[str, Any], list[str]] | None:
+        if entry_id is None:
+            gr.Warning("Select a generation first.")
+            return None
+        entry = history.get(entry_id)
+        if entry is None:
+            gr.Warning("That entry was deleted meanwhile.")
+            return None
+        found = picture_to_send(entry)
+        if found is None:
+            gr.Warning("The images of this generation were deleted (or never saved); nothing to send.")
+            return None
+        path, text = found
+        values, notes = values_for_img2img(text, services.models)
+        return path, values, notes
+
+    if img2img is not None:
+        img2img.wire_send(send_to_img2img.click, send_picture, [selected])
 
 
 def restore_values(services: Any, entry: Any) -> tuple[dict[str, Any], list[str]]:
