@@ -317,7 +317,8 @@ def list_models(settings: LaunchSettings) -> int:
               + (" (until then the bundled demo model is used)" if found else ""))
     for info in found:
         info = registry.ensure_hash(info)
-        family = info.family or (f"unsupported: {info.detect_error}" if info.detect_error else "unknown")
+        # A refused file (depth, pix2pix...) may still have a family; say first that it cannot be used.
+        family = f"unsupported: {info.detect_error}" if info.detect_error else (info.family or "unknown")
         demo = "\tdemo model (simple shapes, 64x64)" if info.demo else ""
         print(f"{info.title}\t{family}\t{info.size / 2**30:.2f} GiB\t{info.shorthash or '-'}{demo}")
     return 0

@@ -97,3 +97,17 @@ def test_bad_argument_exits_nonzero_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "width" in done.stderr and "multiple of 8" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_list_models_says_when_a_checkpoint_cannot_be_used(tmp_path: Path) -> None:
+    from tests.fixtures.checkpoints import write_tiny_sd1
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    write_tiny_sd1(folder / "plain.safetensors")
+    write_tiny_sd1(folder / "depth.safetensors", in_channels=5)
+    done = run_cli("--data-dir", str(tmp_path), "--skip-demo-model", "models")
+    assert done.returncode == 0, done.stderr
+    lines = {line.split("\t")[0].split(" ")[0]: line for line in done.stdout.splitlines()}
+    assert "\tsd1\t" in lines["plain.safetensors"]
+    assert "\tunsupported: " in lines["depth.safetensors"]
