@@ -107,7 +107,7 @@ def test_inpainting_with_an_uploaded_mask_and_a_wrong_sized_one(
     wrong_path = tmp_path / "wrong.png"
     Image.new("L", (32, 32), 255).save(wrong_path)
 
-    page.get_by_text("Inpaint: upload a mask").click()
+    page.get_by_text("Inpaint: draw or upload a mask").click()
     page.set_input_files("#img2img-mask input[type=file]", str(wrong_path))
     page.locator("#img2img-mask img").wait_for()
     page.click("#img2img-generate")
