@@ -48,6 +48,13 @@ MAX_EXTRAS_BATCH = 64
 OUTPAINT_SCRIPT = "poor man's outpainting"
 #: Its ``script_args`` in A1111's order, with A1111's defaults: pixels, mask blur, masked content, directions.
 OUTPAINT_SCRIPT_DEFAULTS: tuple[Any, ...] = (128, 4, 0, list(OUTPAINT_SIDES))
+#: Its arguments as ``GET /script-info`` describes them (A1111's labels and ranges).
+OUTPAINT_SCRIPT_ARGS: tuple[dict[str, Any], ...] = (
+    {"label": "Pixels to expand", "value": 128, "minimum": 8, "maximum": 256, "step": 8},
+    {"label": "Mask blur", "value": 4, "minimum": 0, "maximum": 64, "step": 1},
+    {"label": "Masked content", "value": "fill", "choices": list(MASKED_CONTENT_NAMES.values())},
+    {"label": "Outpainting direction", "value": list(OUTPAINT_SIDES), "choices": list(OUTPAINT_SIDES)},
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from sdweb.api.errors import ApiError, describe_validation_errors, reject_unpair
 from sdweb.api.image_requests import (
     MAX_EXTRAS_BATCH,
     OUTPAINT_SCRIPT,
+    OUTPAINT_SCRIPT_ARGS,
     decode_images,
     img2img_echo,
     img2img_params,
@@ -790,7 +791,8 @@ class A1111Api:
         return ScriptsList(txt2img=[], img2img=[OUTPAINT_SCRIPT])
 
     def script_info(self) -> list[ScriptInfo]:
-        return []
+        return [ScriptInfo(name=OUTPAINT_SCRIPT, is_alwayson=False, is_img2img=True,
+                           args=[dict(arg) for arg in OUTPAINT_SCRIPT_ARGS])]
 
     def extensions(self) -> list[ExtensionItem]:
         manager = self.services.extensions

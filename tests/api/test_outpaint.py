@@ -75,3 +75,11 @@ def test_other_scripts_are_still_refused_and_the_script_is_listed(api: ApiServer
     response = api.post("txt2img", json={**SMALL, "script_name": SCRIPT})
     assert response.status_code == 422  # an img2img script
     assert api.get("scripts").json()["img2img"] == ["poor man's outpainting"]
+
+
+def test_script_info_describes_the_arguments_in_a1111s_order(api: ApiServer) -> None:
+    (info,) = api.get("script-info").json()
+    assert (info["name"], info["is_img2img"], info["is_alwayson"]) == ("poor man's outpainting", True, False)
+    assert [arg["label"] for arg in info["args"]] == ["Pixels to expand", "Mask blur", "Masked content",
+                                                      "Outpainting direction"]
+    assert [arg["value"] for arg in info["args"]][:2] == [128, 4]
