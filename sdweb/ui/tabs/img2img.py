@@ -472,7 +472,8 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
                 )
                 gr.Markdown(
                     "The new area is inpainted with the mask blur and masked content of the Inpaint "
-                    "section; the mask blur is also how far the repainting reaches into the picture."
+                    "section; the mask blur is also how far the repainting reaches into the picture. "
+                    "The output has the grown picture's size (Width and Height do not apply)."
                 )
             with gr.Accordion("Batch: several pictures", open=False, elem_id="img2img-batch"):
                 batch_files = gr.File(
