@@ -81,7 +81,8 @@ class Engine:
 
                 return run_hires_txt2img(model, params, samplers=self._samplers, control=control,
                                          on_step=on_step, preview_every=preview_every,
-                                         extra_networks=self._networks, model_upscalers=self.upscalers)
+                                         extra_networks=self._networks, model_upscalers=self.upscalers,
+                                         inpainting_mask_weight=self._mask_weight())
             return run_txt2img(model, params, samplers=self._samplers, control=control, on_step=on_step,
                                preview_every=preview_every, extra_networks=self._networks)
 
@@ -106,7 +107,14 @@ class Engine:
         with self._cache.use(info, vae=vae) as model:
             return run_img2img(model, params, init_images, samplers=self._samplers, control=control,
                                on_step=on_step, preview_every=preview_every, extra_networks=self._networks,
-                               mask=mask)
+                               mask=mask, inpainting_mask_weight=self._mask_weight())
+
+    def _mask_weight(self) -> float:
+        """The "Inpainting conditioning mask strength" setting, read per job so a change applies at once."""
+        try:
+            return float(self._options.get("inpainting_mask_weight"))
+        except (AttributeError, KeyError, TypeError, ValueError):  # no options, or a store without the spec
+            return 1.0
 
     def upscale(self, image: Any, name: str, size: tuple[int, int]) -> Any:
         """``image`` (PIL) brought to ``size`` by upscaler model ``name`` of models/ESRGAN, tiled."""

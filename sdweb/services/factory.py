@@ -32,6 +32,10 @@ EXTRA_OPTIONS: tuple[OptionSpec, ...] = (
                minimum=0, maximum=4096),
     OptionSpec("ESRGAN_tile_overlap", 16, "Tile overlap for ESRGAN upscalers, in pixels", "Upscaling",
                minimum=0, maximum=512),
+    # A1111's key: how much of the init picture an inpainting checkpoint (9-channel UNet) is shown where
+    # it repaints, for img2img and hires fix (1 = none of it, grey).
+    OptionSpec("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", "img2img",
+               minimum=0.0, maximum=1.0),
 )
 
 

@@ -112,3 +112,24 @@ def test_load_and_unload(sd1_model, samplers) -> None:
     assert engine.describe()["loaded_models"] == [loaded.info.title]
     engine.unload_all()
     assert cache.current is None
+
+
+@pytest.mark.parametrize(("setting", "expected"), [({}, 1.0), ({"inpainting_mask_weight": 0.25}, 0.25)])
+def test_the_inpainting_mask_strength_setting_reaches_img2img_and_hires(
+        sd1_model, samplers, monkeypatch: pytest.MonkeyPatch, setting: dict[str, float],
+        expected: float) -> None:
+    """A1111's "Inpainting conditioning mask strength": read per job (1 when it was never set)."""
+    import sdweb.engine.hires
+    import sdweb.engine.img2img
+
+    seen: list[float] = []
+    monkeypatch.setattr(sdweb.engine.img2img, "run_img2img",
+                        lambda *args, inpainting_mask_weight, **kwargs: seen.append(inpainting_mask_weight))
+    monkeypatch.setattr(sdweb.engine.hires, "run_hires_txt2img",
+                        lambda *args, inpainting_mask_weight, **kwargs: seen.append(inpainting_mask_weight))
+    engine, _cache, _registry = _engine(sd1_model, samplers, sd_model_checkpoint="chosen", **setting)
+    from tests.engine.test_img2img import img_params
+
+    engine.img2img(img_params(), [object()], control=JobControl(), on_step=lambda _: None)
+    engine.txt2img(tiny_params(enable_hr=True, hr_scale=2.0), control=JobControl(), on_step=lambda _: None)
+    assert seen == [expected, expected]
