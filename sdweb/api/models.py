@@ -8,8 +8,9 @@ Field names, defaults and response shapes are AUTOMATIC1111's (v1.10, see
   must be multiples of 8: a request out of range gets a 422 naming the field, never a silently
   corrected image.
 * Request fields A1111 knows but we cannot honour yet are accepted when they would not change the
-  image (listed in a warning log line), and refused with a 4xx when they would (``enable_hr``,
-  ``restore_faces``, scripts...). The router decides which is which (:data:`IMAGE_CHANGING_FIELDS`).
+  image (listed in a warning log line), and refused with a 4xx when they would (``restore_faces``,
+  ``hr_checkpoint_name``, scripts other than "poor man's outpainting"...). The router decides which is
+  which (:data:`IMAGE_CHANGING_FIELDS`).
 * Fields no A1111 version knows are ignored, as A1111 does; they are named in a warning log line
   (``extra="allow"`` keeps them visible to the router, they are never echoed back).
 """
@@ -77,7 +78,8 @@ class Txt2ImgRequest(BaseModel):
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
     eta: Eta | None = None
-    denoising_strength: float | None = Field(0.75, description="Only used by hires fix (not supported yet).")
+    denoising_strength: float | None = Field(0.75, description="How much hires fix's second pass changes "
+                                             "the upscaled image (with enable_hr).")
     s_min_uncond: float | None = None
     s_churn: float | None = None
     s_tmax: float | None = None
@@ -100,13 +102,17 @@ class Txt2ImgRequest(BaseModel):
     hr_resize_x: int | None = 0
     hr_resize_y: int | None = 0
     hr_checkpoint_name: Name | None = None
-    hr_sampler_name: Name | None = None
-    hr_scheduler: Name | None = None
-    hr_prompt: Prompt | None = ""
-    hr_negative_prompt: Prompt | None = ""
+    hr_sampler_name: Name | None = Field(None, description="The second pass's sampler; empty or "
+                                         "'Use same sampler': the first pass's.")
+    hr_scheduler: Name | None = Field(None, description="The second pass's schedule type; empty or "
+                                      "'Use same scheduler': the first pass's.")
+    hr_prompt: Prompt | None = Field("", description="The second pass's prompt; empty: the prompt.")
+    hr_negative_prompt: Prompt | None = Field("", description="The second pass's negative prompt; empty: "
+                                              "the negative prompt.")
     force_task_id: TaskId | None = Field(None, description="Job id to follow with /progress?id_task=.")
-    script_name: Name | None = None
-    script_args: list[Any] | None = Field(default_factory=list)
+    script_name: Name | None = Field(None, description="img2img: \"poor man's outpainting\" (any case).")
+    script_args: list[Any] | None = Field(default_factory=list, description="The script's arguments in "
+                                          "A1111's order; see GET /script-info.")
     send_images: bool | None = True
     save_images: bool | None = False
     alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
