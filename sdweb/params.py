@@ -94,6 +94,18 @@ class GenerationParams(BaseModel):
     def with_seeds(self, seed: int, subseed: int) -> GenerationParams:
         return self.model_copy(update={"seed": seed, "subseed": subseed})
 
+    def hires_second_pass_fields(self) -> dict[str, str]:
+        """The prompt, negative prompt, sampler and schedule type of hires fix's second pass.
+
+        Its own (``hr_*``) where set, else the first pass's.
+        """
+        return {
+            "prompt": self.hr_prompt or self.prompt,
+            "negative_prompt": self.hr_negative_prompt or self.negative_prompt,
+            "sampler_name": self.hr_sampler_name or self.sampler_name,
+            "scheduler": self.hr_scheduler or self.scheduler,
+        }
+
 
 class Img2ImgParams(GenerationParams):
     """One img2img request: a txt2img request plus how the init images are used (A1111 field names).

@@ -97,11 +97,7 @@ def run_hires_txt2img(
     # The second pass's own prompt, negative prompt, sampler and schedule type ("" = the first pass's).
     second_template = Img2ImgParams(**{
         **params.model_dump(), "enable_hr": False, "width": final_w, "height": final_h,
-        "steps": second_steps, "n_iter": 1, "resize_mode": 0,
-        "prompt": params.hr_prompt or params.prompt,
-        "negative_prompt": params.hr_negative_prompt or params.negative_prompt,
-        "sampler_name": params.hr_sampler_name or params.sampler_name,
-        "scheduler": params.hr_scheduler or params.scheduler})
+        "steps": second_steps, "n_iter": 1, "resize_mode": 0, **params.hires_second_pass_fields()})
     run_steps = second_template.denoising_steps
     total = params.steps + run_steps
     latent = upscaler in LATENT_UPSCALE_MODES

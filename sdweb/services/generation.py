@@ -483,12 +483,7 @@ def _hires_second_pass(params: GenerationParams) -> GenerationParams | None:
     if not params.enable_hr or not (params.hr_prompt or params.hr_negative_prompt or params.hr_sampler_name
                                     or params.hr_scheduler):
         return None
-    return params.model_copy(update={
-        "prompt": params.hr_prompt or params.prompt,
-        "negative_prompt": params.hr_negative_prompt or params.negative_prompt,
-        "sampler_name": params.hr_sampler_name or params.sampler_name,
-        "scheduler": params.hr_scheduler or params.scheduler,
-    })
+    return params.model_copy(update=params.hires_second_pass_fields())
 
 
 def _thumbnail_png(image: Any, size: int = 128) -> bytes:
