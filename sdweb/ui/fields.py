@@ -190,7 +190,10 @@ def form_from_infotext(text: str, models: Any | None = None) -> PastedValues:
     parsed = parse_infotext(text)
     pasted = PastedValues()
     # A value that does not fit is left at its default with a note: a paste should not be all-or-nothing.
-    params, _extras = infotext_to_params(parsed, problems=pasted.notes)
+    params, extras = infotext_to_params(parsed, problems=pasted.notes)
+    # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
+    pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
+                        for key, value in extras.items() if str(key).startswith("Hires "))
     pasted.values = form_from_params(params.model_copy(update={"checkpoint": None}))
     title = _checkpoint_title(parsed, models, pasted.notes)
     if title is not None:

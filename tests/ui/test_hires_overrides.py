@@ -59,3 +59,11 @@ def test_the_page_has_the_override_controls(tmp_path: Path) -> None:
         assert isinstance(demo, gr.Blocks)
     finally:
         services.worker.close()
+
+
+def test_second_pass_settings_this_program_lacks_are_named_in_a_note() -> None:
+    pasted = form_from_infotext("a dog\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 512x512, "
+                                "Hires upscale: 2, Hires checkpoint: other_model, Hires CFG Scale: 4")
+    assert pasted.values["enable_hr"] is True and pasted.values["hr_scale"] == 2
+    assert any("Hires checkpoint 'other_model' is not supported" in note for note in pasted.notes)
+    assert any("Hires CFG Scale" in note for note in pasted.notes)
