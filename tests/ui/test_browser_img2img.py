@@ -216,3 +216,46 @@ def test_send_a_picture_from_png_info_to_img2img(page: Any, server: RunningServe
     page.locator("#img2img-message", has_text="Image sent to img2img").wait_for()
     assert page.locator("#img2img-prompt textarea").input_value() == "a hires castle"
     page.locator("#img2img-image img").wait_for()
+
+
+def test_inpainting_with_a_mask_drawn_with_the_brush(
+    page: Any, server: RunningServer, init_image: Path
+) -> None:
+    open_tab(page, "img2img")
+    page.set_input_files("#img2img-image input[type=file]", str(init_image))
+    page.wait_for_function(
+        "document.querySelector('#img2img-width input[type=number]').value === '96'"
+    )
+    sketch = page.locator("#img2img-sketch")
+    if not sketch.is_visible():
+        page.get_by_text("Inpaint: draw or upload a mask").click()
+    canvas = sketch.locator("canvas").first
+    canvas.wait_for()
+    page.wait_for_timeout(500)  # the editor draws the new picture as its background
+    sketch.get_by_role("button", name="Brush", exact=True).click()
+    page.keyboard.press("Escape")  # close the brush options
+    sketch.scroll_into_view_if_needed()  # the mouse only reaches what is in the viewport
+    box = canvas.bounding_box()
+    assert box is not None
+    # A short stroke on the left of the picture, as a user drags the brush.
+    x, y = box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 8):
+        page.mouse.move(x + step * box["width"] * 0.015, y, steps=2)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    screenshot(page, "img2img-drawn-mask")
+
+    before = len(server.engine.init_images)
+    page.click("#img2img-generate")
+    wait_for_engine_call(page, server, before)
+    assert "Done: 1 image" in wait_done(page, "img2img")
+
+    mask = server.engine.masks[-1]
+    assert mask is not None and mask.size == (96, 64)  # the picture's size, whatever the canvas' size
+    painted = mask.getbbox()
+    assert painted is not None and painted[0] < 20 and painted[2] < 96  # the stroke, not the picture
+    with Image.open(saved(server, "img2img")[-1]) as image:
+        assert "Mask blur: 4" in image.info["parameters"]
+        assert image.convert("RGB").getpixel((95, 32)) == (20, 60, 200)  # unpainted: the original
