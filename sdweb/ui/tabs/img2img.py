@@ -244,8 +244,9 @@ async def run_batch(
 ) -> AsyncIterator[dict[Any, Any]]:
     """Run ``paths`` one after the other as img2img jobs (``make_job(picture)``), then show all results.
 
-    Progress is streamed per picture. A picture that cannot be read or used is skipped and named at the end; a refused request stops the
-    batch (the settings are the same for all); Interrupt stops the batch after keeping what was made.
+    Progress is streamed per picture. A picture that cannot be read or used is skipped and named at the
+    end; a refused request stops the batch (the settings are the same for all); Interrupt stops the
+    batch after keeping what was made.
     """
     state = _BatchState()
     session = _session_of(request)
