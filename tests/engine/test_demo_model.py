@@ -65,14 +65,20 @@ def test_the_demo_model_paints_the_colours_the_prompt_names(
     assert (colour, background) == ("yellow", "black")
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped demo model (run 2, issue 8) follows colours but not "
-                   "position words yet; this test must pass once a model that does is exported")
 def test_the_demo_model_puts_the_shape_where_the_prompt_says(
         demo_cache: tuple[CheckpointRegistry, ModelCache], samplers: SamplerRegistry) -> None:
     registry, cache = demo_cache
     (info,) = registry.refresh()
-    for seed in (1, 2, 3):
-        for where in ("left", "right"):
-            prompt = f"a large red circle on the {where}, blue background"
-            _, _, position = _read(cache, info, samplers, prompt, seed)
-            assert position == where, f"seed {seed}: asked {where}, drawn {position}"
+    phrases = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+               "center": "in the center"}
+    drawn = {}
+    for where, phrase in phrases.items():
+        for seed in (1, 2):
+            _, _, drawn[(where, seed)] = _read(cache, info, samplers,
+                                                f"a large red circle {phrase}, blue background", seed)
+    right = [key for key, position in drawn.items() if position == key[0]]
+    # The bar of issue 8 is 70% over 48 prompts (demo_model/evaluate.py); 8 of these 10 is that bar's
+    # neighbourhood for the easiest captions, with room for a different CPU's rounding.
+    assert len(right) >= 8, f"asked -> drawn: {drawn}"
+    # Each way of saying where moves the shape: not one fixed place that happens to match some.
+    assert len({position for position in drawn.values()}) >= 4, drawn
