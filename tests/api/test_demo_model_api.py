@@ -1,5 +1,5 @@
 """The API on a fresh install: no checkpoint of the user's, so the bundled demo model is listed, selected
-and used, and its images show what the prompt asks for (read back from the pixels).
+and used, and its images show what the prompt asks for: colours and place, read back from the pixels.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ def test_the_demo_model_is_listed_and_selected(demo_api: str) -> None:
     assert options["sd_model_checkpoint"] == models[0]["title"]
 
 
-@pytest.mark.parametrize(("prompt", "colour", "background"), [
-    ("a large red circle, blue background", "red", "blue"),
-    ("a yellow background with a large purple square", "purple", "yellow"),
+@pytest.mark.parametrize(("prompt", "colour", "background", "position"), [
+    ("a large red circle on the left, blue background", "red", "blue", "left"),
+    ("a yellow background with a large purple square at the top", "purple", "yellow", "top"),
 ])
-def test_txt2img_draws_the_colours_the_prompt_names(demo_api: str, prompt: str, colour: str,
-                                                    background: str) -> None:
+def test_txt2img_draws_what_the_prompt_names(demo_api: str, prompt: str, colour: str, background: str,
+                                             position: str) -> None:
     request = {"prompt": prompt, "steps": 20, "width": 64, "height": 64, "seed": 3, "cfg_scale": 7,
                "sampler_name": "Euler a", "batch_size": 2}
     with httpx.Client(timeout=300) as client:
@@ -72,4 +72,4 @@ def test_txt2img_draws_the_colours_the_prompt_names(demo_api: str, prompt: str, 
             assert image.size == (64, 64)
             assert "sdweb-demo-shapes" in image.info["parameters"]
             reading = read_scene(image)
-        assert (reading.colour, reading.background) == (colour, background)
+        assert (reading.colour, reading.background, reading.position) == (colour, background, position)

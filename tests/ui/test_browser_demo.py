@@ -43,8 +43,9 @@ def test_the_page_opens_with_the_demo_model_labelled_as_a_demo(page: Any) -> Non
     assert page.locator("#sdweb-download-start").is_visible()
 
 
-def test_generate_draws_the_shape_and_background_the_prompt_names(page: Any, server: RunningServer) -> None:
-    page.fill("#txt2img-prompt textarea", "a large red circle, blue background")
+def test_generate_draws_the_shape_background_and_place_the_prompt_names(
+        page: Any, server: RunningServer) -> None:
+    page.fill("#txt2img-prompt textarea", "a large red circle on the right, blue background")
     for selector, value in (("#txt2img-width", 64), ("#txt2img-height", 64), ("#txt2img-steps", 20)):
         set_number(page, f"{selector} input[type=number]", value)
     set_number(page, "#txt2img-seed input", 5)
@@ -57,4 +58,4 @@ def test_generate_draws_the_shape_and_background_the_prompt_names(page: Any, ser
         assert image.size == (64, 64)
         assert "Model: sdweb-demo-shapes" in image.info["parameters"]
         reading = read_scene(image)
-    assert (reading.colour, reading.background) == ("red", "blue")
+    assert (reading.colour, reading.background, reading.position) == ("red", "blue", "right")
