@@ -6,6 +6,7 @@ default one. Each server has its own temporary data folder and is stopped after 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
@@ -50,6 +51,27 @@ def build_app(services: Any) -> FastAPI:
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the server runs in a thread of the test process
         pass
+
+
+@contextlib.contextmanager
+def served_api(services: Any) -> Iterator[str]:
+    """Serve ``services`` (``--nowebui``) with uvicorn on a free loopback port; yields the /sdapi/v1 URL.
+    The worker is closed when the block ends."""
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = _Server(uvicorn.Config(build_app(services), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the API server did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        services.worker.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from demo_model.checker import read_scene
 from sdweb.services.factory import DEMO_CHECKPOINT
-from tests.api.conftest import _Server, build_app
+from tests.api.conftest import served_api
 from tests.fakes import make_settings
 
 pytestmark = pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo checkpoint is not exported")
@@ -32,18 +28,8 @@ def demo_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = make_settings(tmp_path_factory.mktemp("fresh"), skip_demo_model=False)
     services = build_services(settings)  # the real engine, as webui.py builds it
     services.models.load_selected(wait=True)  # as the server does at start-up
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = _Server(uvicorn.Config(build_app(services), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1"
-    server.should_exit = True
-    thread.join(10)
-    services.worker.close()
+    with served_api(services) as url:
+        yield url
 
 
 def test_the_demo_model_is_listed_and_selected(demo_api: str) -> None:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +17,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from sdweb.engine.models.hashes import file_sha256, lora_hash
-from tests.api.conftest import _Server, build_app
+from tests.api.conftest import served_api
 from tests.fakes import make_settings
 from tests.fixtures.checkpoints import tiny_sd1_components
 from tests.fixtures.lora import write_a1111_embedding, write_safetensors_embedding, write_tiny_sd1_lora
@@ -46,19 +42,8 @@ def real_api(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[tuple[str, Path]
                                 {"emb_params": torch.zeros(1, 768)})
     services = build_services(settings)  # the real engine factory
     services.models.load_selected(wait=True)
-    sock = socket.socket()
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = _Server(uvicorn.Config(build_app(services), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1", settings.paths.root
-    server.should_exit = True
-    thread.join(10)
-    services.worker.close()
+    with served_api(services) as url:
+        yield url, settings.paths.root
 
 
 def _image(body: dict) -> tuple[np.ndarray, str]:

@@ -8,19 +8,15 @@ import base64
 import io
 import json
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from tests.api.conftest import _Server, build_app
+from tests.api.conftest import served_api
 from tests.fakes import make_settings
 
 
@@ -33,19 +29,8 @@ def real_api(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[str]:
     shutil.copy(tiny_checkpoint, settings.paths.ckpt_dirs[0] / tiny_checkpoint.name)
     services = build_services(settings)  # the real engine factory
     services.models.load_selected(wait=True)  # as the server does at start-up
-    sock = socket.socket()
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = _Server(uvicorn.Config(build_app(services), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1"
-    server.should_exit = True
-    thread.join(10)
-    services.worker.close()
+    with served_api(services) as url:
+        yield url
 
 
 def pixels(b64: str) -> np.ndarray:

@@ -5,23 +5,20 @@ is a 422 naming the fix. The spandrel tests run only where the optional ``upscal
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import shutil
-import socket
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-import uvicorn
 from PIL import Image
 
 from sdweb.engine.upscalers import spandrel_problem
-from tests.api.conftest import _Server, build_app
+from tests.api.conftest import served_api
 from tests.engine.test_upscalers import rrdbnet_state_dict
 from tests.fakes import make_settings
 
@@ -36,31 +33,18 @@ def start_real_api(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Callable[[
     """Starts the API around the real services and engine, with ``4x-Tiny.pth`` in models/ESRGAN."""
     from sdweb.services.factory import build_services
 
-    running: list[tuple[_Server, threading.Thread, object]] = []
+    with contextlib.ExitStack() as servers:
 
-    def start() -> str:
-        settings = make_settings(tmp_path)
-        settings.paths.ckpt_dirs[0].mkdir(parents=True)
-        shutil.copy(tiny_checkpoint, settings.paths.ckpt_dirs[0] / tiny_checkpoint.name)
-        settings.paths.esrgan_dir.mkdir(parents=True)
-        torch.save(rrdbnet_state_dict(), settings.paths.esrgan_dir / "4x-Tiny.pth")
-        services = build_services(settings)  # the real engine factory
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        server = _Server(uvicorn.Config(build_app(services), log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        while not server.started:
-            assert thread.is_alive()
-            time.sleep(0.01)
-        running.append((server, thread, services))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/sdapi/v1"
+        def start() -> str:
+            settings = make_settings(tmp_path)
+            settings.paths.ckpt_dirs[0].mkdir(parents=True)
+            shutil.copy(tiny_checkpoint, settings.paths.ckpt_dirs[0] / tiny_checkpoint.name)
+            settings.paths.esrgan_dir.mkdir(parents=True)
+            torch.save(rrdbnet_state_dict(), settings.paths.esrgan_dir / "4x-Tiny.pth")
+            services = build_services(settings)  # the real engine factory
+            return servers.enter_context(served_api(services))
 
-    yield start
-    for server, thread, services in running:
-        server.should_exit = True
-        thread.join(10)
-        services.worker.close()  # type: ignore[attr-defined]
+        yield start
 
 
 def _png(size: tuple[int, int]) -> str:
