@@ -261,25 +261,25 @@ def render_history_tab(
         delete_entry, inputs=[state, selected, delete_armed], outputs=outputs, show_progress="hidden"
     )
 
-    def restore_entry(entry_id: int | None) -> tuple[dict[str, Any], list[str]] | None:
+    def selected_entry(entry_id: int | None) -> Any:
+        """The history entry selected, or None after telling the user why there is none."""
         if entry_id is None:
             gr.Warning("Select a generation first.")
             return None
         entry = history.get(entry_id)
         if entry is None:
             gr.Warning("That entry was deleted meanwhile.")
-            return None
-        return restore_values(services, entry)
+        return entry
+
+    def restore_entry(entry_id: int | None) -> tuple[dict[str, Any], list[str]] | None:
+        entry = selected_entry(entry_id)
+        return None if entry is None else restore_values(services, entry)
 
     txt2img.wire_send(restore.click, restore_entry, [selected])
 
     def send_picture(entry_id: int | None) -> tuple[Any, dict[str, Any], list[str]] | None:
-        if entry_id is None:
-            gr.Warning("Select a generation first.")
-            return None
-        entry = history.get(entry_id)
+        entry = selected_entry(entry_id)
         if entry is None:
-            gr.Warning("That entry was deleted meanwhile.")
             return None
         found = picture_to_send(entry)
         if found is None:

@@ -532,19 +532,19 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         return OutpaintChoice(enabled=bool(data[outpaint_enabled]), pixels=int(data[outpaint_pixels] or 0),
                               sides=tuple(data[outpaint_sides] or ()), fill=str(data[outpaint_fill]))
 
+    def form_error(exc: UploadError | ValidationError) -> dict[Any, str]:
+        """A toast and the progress line saying what is wrong with the form (no job was queued)."""
+        text = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        gr.Warning(text)
+        return {panel.progress: error_html(text)}
+
     async def run_generation(data: dict[Any, Any], request: gr.Request) -> Any:
         values = {name: data[component] for name, component in form.items()}
         try:
             params, images, mask_image = img2img_request(values, data[image], data[mask], drawn=data[sketch],
                                                          outpaint=outpaint_choice(data))
-        except UploadError as exc:
-            gr.Warning(str(exc))
-            yield {panel.progress: error_html(str(exc))}
-            return
-        except ValidationError as exc:
-            text = format_validation_error(exc)
-            gr.Warning(text)
-            yield {panel.progress: error_html(text)}
+        except (UploadError, ValidationError) as exc:
+            yield form_error(exc)
             return
         submit = partial(services.generation.submit_img2img, params, images, mask=mask_image, source="ui")
         async for update in run_job(services, submit, panel, jobs, request):
@@ -564,14 +564,8 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         try:
             paths = batch_paths(data[batch_files])
             params = img2img_params_from_form(values)
-        except UploadError as exc:
-            gr.Warning(str(exc))
-            yield {panel.progress: error_html(str(exc))}
-            return
-        except ValidationError as exc:
-            text = format_validation_error(exc)
-            gr.Warning(text)
-            yield {panel.progress: error_html(text)}
+        except (UploadError, ValidationError) as exc:
+            yield form_error(exc)
             return
         # A batch has no mask of its own (each picture would need one); outpainting applies to each.
         choice = outpaint_choice(data)
