@@ -31,8 +31,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextModel
 
-# The diffusers -> LDM key mapping lives with the test fixtures until it moves into the product.
-from tests.fixtures.checkpoints import clip_to_ldm, unet_to_ldm, vae_to_ldm
+from sdweb.engine.models.ldm_layout import clip_to_ldm, unet_to_ldm, vae_to_ldm
 
 logger = logging.getLogger("demo_model.export")
 

@@ -18,9 +18,9 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdweb.engine.devices import RuntimeConfig
 from sdweb.engine.models.errors import UnsupportedCheckpointError
+from sdweb.engine.models.ldm_layout import clip_to_ldm, unet_to_ldm, vae_to_ldm
 from sdweb.engine.models.loader import load_checkpoint
 from sdweb.engine.models.registry import CheckpointInfo
-from tests.fixtures.checkpoints import clip_to_ldm, unet_to_ldm, vae_to_ldm
 
 UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
         "block_out_channels": [16, 32], "cross_attention_dim": 32, "attention_head_dim": 2,
