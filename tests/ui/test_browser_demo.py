@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from demo_model.checker import read_scene
 from sdweb.services.factory import DEMO_CHECKPOINT
@@ -41,6 +42,9 @@ def test_the_page_opens_with_the_demo_model_labelled_as_a_demo(page: Any) -> Non
     assert page.locator("#txt2img-checkpoint input").input_value().startswith("sdweb-demo-shapes")
     # The way to a real model is open next to it.
     assert page.locator("#sdweb-download-start").is_visible()
+    # The size starts at what the demo was trained for, not 512.
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("64")
+    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("64")
 
 
 def test_generate_draws_the_shape_background_and_place_the_prompt_names(

@@ -36,6 +36,9 @@ from sdweb.ui.tabs.download import render_download_section
 
 logger = logging.getLogger(__name__)
 
+#: The side the bundled demo model was trained at (demo_model/dataset.py's IMAGE_SIZE).
+DEMO_MODEL_SIZE = 64
+
 #: How often the generate handler looks at its job (seconds).
 POLL_INTERVAL = 0.3
 TAB_ID = "txt2img"
@@ -855,18 +858,26 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:
     """Fill the dropdowns when a page opens: lists change while the server runs (new files, styles)."""
     form = tab.form
 
-    def fill_lists(current_checkpoint: str | None) -> dict[Any, Any]:
+    def fill_lists(current_checkpoint: str | None, width: int, height: int) -> dict[Any, Any]:
         choices = load_choices(services)
         value = current_checkpoint if current_checkpoint in choices["checkpoints"] else choices["checkpoint"]
-        return {
+        updates = {
             form["checkpoint"]: gr.update(choices=choices["checkpoints"], value=value),
             form["styles"]: gr.update(choices=choices["styles"]),
         }
+        # A fresh install has only the bundled demo model, which was trained at 64x64 and draws noise
+        # at the usual 512: start the size where it works (a size the user already changed is kept).
+        infos = services.models.list_checkpoints()
+        if (infos and all(getattr(info, "demo", False) for info in infos)
+                and (width, height) == (FORM_DEFAULTS["width"], FORM_DEFAULTS["height"])):
+            updates[form["width"]] = DEMO_MODEL_SIZE
+            updates[form["height"]] = DEMO_MODEL_SIZE
+        return updates
 
     demo.load(
         fill_lists,
-        inputs=form["checkpoint"],
-        outputs={form["checkpoint"], form["styles"]},
+        inputs=[form["checkpoint"], form["width"], form["height"]],
+        outputs={form["checkpoint"], form["styles"], form["width"], form["height"]},
         show_progress="hidden",
         concurrency_limit=None,
     )
