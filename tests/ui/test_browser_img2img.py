@@ -68,6 +68,15 @@ def wait_for_engine_call(page: Any, server: RunningServer, before: int) -> None:
         page.wait_for_timeout(50)
 
 
+def wait_for_new_file(page: Any, server: RunningServer, before: int) -> None:
+    """Until img2img output number ``before + 1`` is on disk (the progress line may still show the
+    previous job's "Done")."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(saved(server, "img2img")) <= before:
+        assert time.monotonic() < deadline, "the img2img result was never saved"
+        page.wait_for_timeout(50)
+
+
 def test_img2img_upload_and_generate_saves_with_denoising_strength(
     page: Any, server: RunningServer, init_image: Path
 ) -> None:
@@ -116,9 +125,10 @@ def test_inpainting_with_an_uploaded_mask_and_a_wrong_sized_one(
     page.locator("#img2img-mask button[aria-label='Remove Image']").first.click()
     page.set_input_files("#img2img-mask input[type=file]", str(mask_path))
     page.locator("#img2img-mask img").wait_for()
-    before = len(server.engine.init_images)
+    before, files_before = len(server.engine.init_images), len(saved(server, "img2img"))
     page.click("#img2img-generate")
     wait_for_engine_call(page, server, before)
+    wait_for_new_file(page, server, files_before)
     assert "Done: 1 image" in wait_done(page, "img2img")
     screenshot(page, "img2img-inpaint")
 
@@ -247,9 +257,10 @@ def test_inpainting_with_a_mask_drawn_with_the_brush(
     page.wait_for_timeout(300)
     screenshot(page, "img2img-drawn-mask")
 
-    before = len(server.engine.init_images)
+    before, files_before = len(server.engine.init_images), len(saved(server, "img2img"))
     page.click("#img2img-generate")
     wait_for_engine_call(page, server, before)
+    wait_for_new_file(page, server, files_before)
     assert "Done: 1 image" in wait_done(page, "img2img")
 
     mask = server.engine.masks[-1]
