@@ -111,7 +111,7 @@ def build_ui(services: Any) -> gr.Blocks:
             with gr.Tab("img2img", id=img2img.TAB_ID, elem_id="tab-img2img"):
                 i2i = img2img.render_img2img_tab(services, tabs)
             with gr.Tab("Extras", id=extras.TAB_ID, elem_id="tab-extras"):
-                extras.render_extras_tab(services)
+                extras_upscaler = extras.render_extras_tab(services)
             with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery") as gallery_tab:
                 gallery.render_gallery_tab(services, t2i, gallery_tab, i2i)
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
@@ -126,6 +126,7 @@ def build_ui(services: Any) -> gr.Blocks:
         txt2img.wire_page_load(demo, services, t2i)
         wire_hires_samplers(demo, services, t2i)
         img2img.wire_page_load(demo, services, i2i)
+        extras.wire_page_load(demo, services, extras_upscaler)
         wire_send_to_img2img(services, t2i, i2i)
     # Gradio runs each event one call at a time unless told otherwise: paging or searching by one user
     # must not wait for another's. GPU work is serialised by our own queue, not by this limit.

@@ -73,3 +73,18 @@ def test_a_model_upscaler_without_the_extra_says_how_to_install_it(tmp_path: Pat
     service = _model_service(tmp_path, "spandrel did not import; pip install 'sdweb[upscalers]'")
     got = _run(_upload(tmp_path / "a.png"), upscaler="4x-UltraSharp", upscalers=service)
     assert got.image is None and "pip install 'sdweb[upscalers]'" in html.unescape(got.info_html)
+
+
+def test_a_model_dropped_into_the_folder_is_offered_when_a_page_opens(tmp_path: Path) -> None:
+    from sdweb.ui.tabs.extras import upscaler_names
+    from tests.fakes import make_services
+
+    services, _engine = make_services(tmp_path)
+    try:
+        before = upscaler_names(services)
+        assert "Lanczos" in before and "4x-New" not in before
+        services.settings.paths.esrgan_dir.mkdir(parents=True, exist_ok=True)
+        (services.settings.paths.esrgan_dir / "4x-New.pth").write_bytes(b"not read until used")
+        assert upscaler_names(services) == [*before, "4x-New"]
+    finally:
+        services.worker.close(timeout=2)

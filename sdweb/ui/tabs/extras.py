@@ -102,10 +102,16 @@ def _source_infotext(image: Image.Image) -> str:
         return ""
 
 
-def render_extras_tab(services: Any) -> None:
-    """Lay out the tab and wire it. Call inside an open ``gr.Tab``."""
+def upscaler_names(services: Any) -> list[str]:
+    """What the Upscaler dropdown offers now: the built-ins, then the files in models/ESRGAN."""
     upscalers = getattr(services, "upscalers", None)
-    names = upscalers.names() if upscalers is not None else [info.name for info in list_upscalers()]
+    return upscalers.names() if upscalers is not None else [info.name for info in list_upscalers()]
+
+
+def render_extras_tab(services: Any) -> gr.Dropdown:
+    """Lay out the tab and wire it. Call inside an open ``gr.Tab``; returns the Upscaler dropdown."""
+    upscalers = getattr(services, "upscalers", None)
+    names = upscaler_names(services)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             source = gr.Image(
@@ -161,3 +167,14 @@ def render_extras_tab(services: Any) -> None:
         outputs=[output, info],
         show_progress="minimal",
     )
+    return upscaler
+
+
+def wire_page_load(demo: gr.Blocks, services: Any, upscaler: gr.Dropdown) -> None:
+    """List the upscalers again when a page opens: a model dropped into models/ESRGAN shows up on reload."""
+
+    def fill(current: str | None) -> Any:
+        names = upscaler_names(services)
+        return gr.update(choices=names, value=current if current in names else names[0])
+
+    demo.load(fill, inputs=upscaler, outputs=upscaler, show_progress="hidden", concurrency_limit=None)
