@@ -93,6 +93,10 @@ class ModelService:
     def list_checkpoints(self) -> list[Any]:
         return list(self._registry.list())
 
+    def has_own_checkpoint(self) -> bool:
+        """Whether the user has a checkpoint of their own (anything listed besides the bundled demo)."""
+        return any(not _is_demo(info) for info in self._registry.list())
+
     def refresh(self) -> list[Any]:
         found = self._registry.refresh()
         if not found:

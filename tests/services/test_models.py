@@ -101,6 +101,7 @@ def test_a_downloaded_checkpoint_is_listed_at_once_and_selectable(tmp_path: Path
     services, _engine = build(tmp_path / "data", demo_file, monkeypatch)
     seen: list[tuple[int, int]] = []
     try:
+        assert not services.models.has_own_checkpoint()  # only the bundled demo
         with running_hub() as hub:
             data = write_tiny_sd1(tmp_path / "upload" / "tiny.safetensors").read_bytes()
             hub.add(REPO, "tiny.safetensors", data)
@@ -113,6 +114,7 @@ def test_a_downloaded_checkpoint_is_listed_at_once_and_selectable(tmp_path: Path
         assert seen[-1] == (len(data), len(data))
         # The user's own checkpoint now comes before the bundled demo.
         assert services.models.selected_title() == info.title
+        assert services.models.has_own_checkpoint()
     finally:
         services.worker.close(timeout=2)
 

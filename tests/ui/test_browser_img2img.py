@@ -77,15 +77,28 @@ def wait_for_new_file(page: Any, server: RunningServer, before: int) -> None:
         page.wait_for_timeout(50)
 
 
-def test_img2img_upload_and_generate_saves_with_denoising_strength(
-    page: Any, server: RunningServer, init_image: Path
-) -> None:
+def upload_init_image(page: Any, path: Path) -> None:
+    """Open img2img and upload ``path`` (96x64), until its size is in the Width box."""
     open_tab(page, "img2img")
-    page.set_input_files("#img2img-image input[type=file]", str(init_image))
-    # The upload's own size becomes the output size.
+    page.set_input_files("#img2img-image input[type=file]", str(path))
     page.wait_for_function(
         "document.querySelector('#img2img-width input[type=number]').value === '96'"
     )
+
+
+def generate_one_image(page: Any, server: RunningServer) -> None:
+    """Generate on img2img and wait for this job: its engine call, its saved file, then "Done"."""
+    before, files_before = len(server.engine.init_images), len(saved(server, "img2img"))
+    page.click("#img2img-generate")
+    wait_for_engine_call(page, server, before)
+    wait_for_new_file(page, server, files_before)
+    assert "Done: 1 image" in wait_done(page, "img2img")
+
+
+def test_img2img_upload_and_generate_saves_with_denoising_strength(
+    page: Any, server: RunningServer, init_image: Path
+) -> None:
+    upload_init_image(page, init_image)  # its own size (96x64) becomes the output size
     assert page.locator("#img2img-height input[type=number]").input_value() == "64"
     page.fill("#img2img-prompt textarea", PROMPT)
     set_number(page, "#img2img-denoising input[type=number]", 0.35)
@@ -125,11 +138,7 @@ def test_inpainting_with_an_uploaded_mask_and_a_wrong_sized_one(
     page.locator("#img2img-mask button[aria-label='Remove Image']").first.click()
     page.set_input_files("#img2img-mask input[type=file]", str(mask_path))
     page.locator("#img2img-mask img").wait_for()
-    before, files_before = len(server.engine.init_images), len(saved(server, "img2img"))
-    page.click("#img2img-generate")
-    wait_for_engine_call(page, server, before)
-    wait_for_new_file(page, server, files_before)
-    assert "Done: 1 image" in wait_done(page, "img2img")
+    generate_one_image(page, server)
     screenshot(page, "img2img-inpaint")
 
     assert server.engine.masks[-1] is not None and server.engine.masks[-1].size == (96, 64)
@@ -231,11 +240,7 @@ def test_send_a_picture_from_png_info_to_img2img(page: Any, server: RunningServe
 def test_inpainting_with_a_mask_drawn_with_the_brush(
     page: Any, server: RunningServer, init_image: Path
 ) -> None:
-    open_tab(page, "img2img")
-    page.set_input_files("#img2img-image input[type=file]", str(init_image))
-    page.wait_for_function(
-        "document.querySelector('#img2img-width input[type=number]').value === '96'"
-    )
+    upload_init_image(page, init_image)
     sketch = page.locator("#img2img-sketch")
     if not sketch.is_visible():
         page.get_by_text("Inpaint: draw or upload a mask").click()
@@ -257,11 +262,7 @@ def test_inpainting_with_a_mask_drawn_with_the_brush(
     page.wait_for_timeout(300)
     screenshot(page, "img2img-drawn-mask")
 
-    before, files_before = len(server.engine.init_images), len(saved(server, "img2img"))
-    page.click("#img2img-generate")
-    wait_for_engine_call(page, server, before)
-    wait_for_new_file(page, server, files_before)
-    assert "Done: 1 image" in wait_done(page, "img2img")
+    generate_one_image(page, server)
 
     mask = server.engine.masks[-1]
     assert mask is not None and mask.size == (96, 64)  # the picture's size, whatever the canvas' size

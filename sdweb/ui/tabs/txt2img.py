@@ -486,8 +486,8 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs) -> Txt2ImgTab:
                     "↻", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-refresh-models"
                 )
             # Open while the bundled demo is all there is: the way to a real model is right there.
-            only_demo = all(getattr(info, "demo", False) for info in services.models.list_checkpoints())
-            render_download_section(services, form["checkpoint"], open_=only_demo)
+            render_download_section(services, form["checkpoint"],
+                                    open_=not services.models.has_own_checkpoint())
             form["prompt"] = gr.Textbox(
                 label="Prompt",
                 lines=3,
@@ -867,8 +867,7 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:
         }
         # A fresh install has only the bundled demo model, which was trained at 64x64 and draws noise
         # at the usual 512: start the size where it works (a size the user already changed is kept).
-        infos = services.models.list_checkpoints()
-        if (infos and all(getattr(info, "demo", False) for info in infos)
+        if (choices["checkpoints"] and not services.models.has_own_checkpoint()
                 and (width, height) == (FORM_DEFAULTS["width"], FORM_DEFAULTS["height"])):
             updates[form["width"]] = DEMO_MODEL_SIZE
             updates[form["height"]] = DEMO_MODEL_SIZE
