@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from sdweb.params import GenerationResult, Img2ImgParams
+from sdweb.ui.components.jobs import SessionJobs
+from sdweb.ui.components.results import ResultPanel
 from sdweb.ui.tabs.img2img import (
     MAX_BATCH_PICTURES,
     OutpaintChoice,
@@ -21,7 +23,6 @@ from sdweb.ui.tabs.img2img import (
     picture_job,
     run_batch,
 )
-from sdweb.ui.tabs.txt2img import ResultPanel, SessionJobs
 from tests.fakes import FakeEngine, make_services
 
 PARAMS = Img2ImgParams(prompt="a boat", steps=2, width=64, height=64, seed=7, denoising_strength=0.5)

@@ -1,6 +1,6 @@
 """The img2img tab: an init image plus a prompt -> images; inpainting, outpainting and batches of pictures.
 
-Same queue, progress and results as txt2img (:func:`sdweb.ui.tabs.txt2img.run_job`); the request is an
+Same queue, progress and results as txt2img (:mod:`sdweb.ui.components`); the request is an
 :class:`~sdweb.params.Img2ImgParams` built by :func:`sdweb.ui.fields.img2img_params_from_form`.
 Uploads are decoded by ``sdweb.images.metadata.decode_image_bytes`` (its pixel limit refuses
 decompression bombs with a message) rather than by gradio, which would decode any size.
@@ -41,23 +41,26 @@ from sdweb.images.resize import RESIZE_MODE_NAMES
 from sdweb.params import GenerationResult, Img2ImgParams, format_validation_error
 from sdweb.services.generation import GenerationError
 from sdweb.ui import controls
+from sdweb.ui.components.jobs import (
+    POLL_INTERVAL,
+    SessionJobs,
+    progress_html,
+    run_job,
+    session_of,
+    wire_interrupt_skip,
+)
+from sdweb.ui.components.messages import error_html, infotext_html, note_html
+from sdweb.ui.components.results import ResultPanel, ResultView, gallery_items, render_result_panel
+from sdweb.ui.components.samplers import wire_sampler_lists
 from sdweb.ui.controls import MAX_SIDE
 from sdweb.ui.fields import FORM_DEFAULTS, img2img_params_from_form
-from sdweb.ui.tabs.txt2img import (
-    POLL_INTERVAL,
-    ResultPanel,
-    ResultView,
-    SessionJobs,
-    _session_of,
-    error_html,
-    gallery_items,
-    infotext_html,
-    note_html,
-    progress_html,
-    render_result_panel,
-    run_job,
-    sampler_choices,
-    wire_interrupt_skip,
+from sdweb.ui.sections import (
+    PARAMETERS,
+    SCRIPTS,
+    FormSections,
+    SectionContext,
+    SectionError,
+    img2img_sections,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,11 +162,12 @@ def img2img_request(
     *,
     drawn: Mapping[str, Any] | None = None,
     outpaint: OutpaintChoice | None = None,
+    section_values: Mapping[str, Any] | None = None,
 ) -> tuple[Img2ImgParams, list[Image.Image], Image.Image | None]:
     """The request, init images and mask from the tab's values, uploaded files and drawn mask.
 
     ``drawn`` is the inpaint editor's value (its strokes are the mask); ``outpaint`` grows the picture
-    and makes the mask itself.
+    and makes the mask itself; ``section_values`` are the request fields the form's sections add.
 
     Raises:
         UploadError: no init image, an upload that does not decode, both a drawn and an uploaded mask,
@@ -176,7 +180,7 @@ def img2img_request(
     if uploaded is not None and painted is not None:
         raise UploadError("There is a drawn mask and an uploaded mask: clear one of them (the drawn one "
                           "with the editor's eraser or by uploading the image again).")
-    params = img2img_params_from_form(values)
+    params = img2img_params_from_form(values, section_values)
     return picture_job(params, image, painted if painted is not None else uploaded, outpaint)
 
 
@@ -249,7 +253,7 @@ async def run_batch(
     batch after keeping what was made.
     """
     state = _BatchState()
-    session = _session_of(request)
+    session = session_of(request)
     started = time.monotonic()
     for index, path in enumerate(paths):
         name = Path(path).name
@@ -331,6 +335,8 @@ class Img2ImgTab:
     message: gr.HTML
     #: The inpaint editor (the drawn mask); it follows ``image`` on its own (a change event).
     sketch: gr.ImageEditor | None = None
+    #: The form's feature sections, for their page-load wiring.
+    sections: FormSections = field(default_factory=FormSections)
 
     def outputs(self) -> set[Any]:
         return {self.image, self.mask, *self.form.values(), self.tabs, self.message}
@@ -368,11 +374,16 @@ class Img2ImgTab:
         trigger(send, inputs=inputs, outputs=self.outputs(), show_progress="hidden")
 
 
-def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
-    """Lay out the tab's components and wire them. Call inside an open ``gr.Tab``."""
+def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | None = None) -> Img2ImgTab:
+    """Lay out the tab's components and wire them. Call inside an open ``gr.Tab``.
+
+    ``sections``: the form's feature sections (default :func:`sdweb.ui.sections.img2img_sections`).
+    """
     jobs = SessionJobs()
     form: dict[str, Any] = {}
     defaults = FORM_DEFAULTS
+    sections = img2img_sections(services) if sections is None else sections
+    section_ctx = SectionContext(services=services, tab=TAB_ID, form=form, defaults=defaults)
 
     # 1. Prompts and the action buttons.
     with gr.Row(equal_height=False):
@@ -498,8 +509,10 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
                 controls.render_batch_sliders(form, defaults, prefix=TAB_ID)
             controls.render_cfg_slider(form, defaults, prefix=TAB_ID)
             controls.render_denoising_slider(form, defaults, prefix=TAB_ID)
+            sections.render(section_ctx, PARAMETERS)
             with gr.Row():
                 random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
+            sections.render(section_ctx, SCRIPTS)
         with gr.Column(scale=1):
             panel = render_result_panel(TAB_ID)
 
@@ -532,7 +545,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         return OutpaintChoice(enabled=bool(data[outpaint_enabled]), pixels=int(data[outpaint_pixels] or 0),
                               sides=tuple(data[outpaint_sides] or ()), fill=str(data[outpaint_fill]))
 
-    def form_error(exc: UploadError | ValidationError) -> dict[Any, str]:
+    def form_error(exc: UploadError | ValidationError | SectionError) -> dict[Any, str]:
         """A toast and the progress line saying what is wrong with the form (no job was queued)."""
         text = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
         gr.Warning(text)
@@ -542,8 +555,9 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         values = {name: data[component] for name, component in form.items()}
         try:
             params, images, mask_image = img2img_request(values, data[image], data[mask], drawn=data[sketch],
-                                                         outpaint=outpaint_choice(data))
-        except (UploadError, ValidationError) as exc:
+                                                         outpaint=outpaint_choice(data),
+                                                         section_values=sections.request_values(data))
+        except (UploadError, ValidationError, SectionError) as exc:
             yield form_error(exc)
             return
         submit = partial(services.generation.submit_img2img, params, images, mask=mask_image, source="ui")
@@ -552,7 +566,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
 
     generate.click(
         run_generation,
-        inputs={image, mask, sketch, *outpaint_inputs, *form.values()},
+        inputs={image, mask, sketch, *outpaint_inputs, *form.values(), *sections.inputs()},
         outputs=panel.outputs(),
         concurrency_limit=None,
         show_progress="hidden",
@@ -563,8 +577,8 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         values = {name: data[component] for name, component in form.items()}
         try:
             paths = batch_paths(data[batch_files])
-            params = img2img_params_from_form(values)
-        except (UploadError, ValidationError) as exc:
+            params = img2img_params_from_form(values, sections.request_values(data))
+        except (UploadError, ValidationError, SectionError) as exc:
             yield form_error(exc)
             return
         # A batch has no mask of its own (each picture would need one); outpainting applies to each.
@@ -578,35 +592,24 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
 
     generate_batch.click(
         run_batch_generation,
-        inputs={batch_files, *outpaint_inputs, *form.values()},
+        inputs={batch_files, *outpaint_inputs, *form.values(), *sections.inputs()},
         outputs=panel.outputs(),
         concurrency_limit=None,
         show_progress="hidden",
         trigger_mode="once",
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, panel.message)
-    return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch)
+    return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch,
+                      sections=sections)
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
-    """Fill the sampler lists when a page opens (they need the engine's registry)."""
-    form = tab.form
+    """Fill the sampler lists when a page opens (they need the engine's registry), then the sections'.
 
-    def fill_samplers(sampler: str, schedule: str) -> dict[Any, Any]:
-        try:
-            samplers, schedules = sampler_choices(services)
-        except Exception:  # txt2img's message already says so; the rest of the tab still works
-            logger.exception("could not list the samplers")
-            return {}
-        return controls.sampler_dropdown_updates(form, samplers, schedules, sampler, schedule)
-
-    demo.load(
-        fill_samplers,
-        inputs=[form["sampler_name"], form["scheduler"]],
-        outputs={form["sampler_name"], form["scheduler"]},
-        show_progress="hidden",
-        concurrency_limit=None,
-    )
+    A failure to list the samplers is only logged: txt2img's message already says so.
+    """
+    wire_sampler_lists(demo, services, tab.form)
+    tab.sections.wire_page_load(demo, services)
 
 
 def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[str, Any], list[str]]:
