@@ -18,6 +18,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -29,10 +30,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from sdweb import __version__
+from sdweb.a1111_flags import strip_ignored_flags, warn_ignored
 from sdweb.config import PROJECT_ROOT, DataPaths, LaunchSettings, parse_credentials
 from sdweb.params import GenerationParams, format_validation_error
 
 logger = logging.getLogger(__name__)
+
+
+#: A1111's ``--precision`` values -> ours.
+A1111_PRECISIONS = {"full": "fp32", "half": "fp16", "autocast": "auto"}
 
 
 class UsageError(Exception):
@@ -63,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--api-auth", default=None, help="HTTP Basic credentials for the API: user:pass[,...]")
     add("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     add("--use-cpu", nargs="*", default=None, help="A1111 compatibility: --use-cpu all == --device cpu")
-    add("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    add("--precision", choices=("auto", "fp32", "fp16", "bf16", *A1111_PRECISIONS), default="auto",
+        help="auto, fp32, fp16, bf16 (A1111's full = fp32, half = fp16, autocast = auto)")
     add("--no-half", action="store_true", help="run in fp32 (same as --precision fp32)")
     add("--no-half-vae", action="store_true", help="keep the VAE in fp32")
     add("--attention", choices=("auto", "sdpa", "xformers", "sliced"), default="auto")
@@ -78,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--disable-all-extensions", action="store_true")
     add("--enable-insecure-extension-access", action="store_true",
         help="allow installing extensions while --listen is on")
+    add("--cors-allow-origins", default=None, help="browser origins allowed to call the server (CORS), "
+        "comma-separated: http://localhost:8000,https://example.org")
+    add("--cors-allow-origins-regex", default=None, help="browser origins allowed (CORS), as one regex")
+    add("--api-allow-local-requests", action="store_true",
+        help="let API image URLs point at this machine or the LAN (refused by default)")
     add("--skip-demo-model", action="store_true", help="do not offer the bundled demo model")
     add("--list-models", action="store_true", help="print the checkpoints found and exit")
     add("--download-model", metavar="NAME_OR_REPO[:FILE]", default=None,
@@ -136,7 +148,13 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         attention = "sdpa"
     elif args.opt_split_attention:
         attention = "sliced"
-    precision = "fp32" if args.no_half else args.precision
+    precision = "fp32" if args.no_half else A1111_PRECISIONS.get(args.precision, args.precision)
+    origins = tuple(item.strip() for item in (args.cors_allow_origins or "").split(",") if item.strip())
+    if args.cors_allow_origins_regex:
+        try:
+            re.compile(args.cors_allow_origins_regex)
+        except re.error as exc:
+            raise UsageError(f"--cors-allow-origins-regex is not a valid regular expression: {exc}") from exc
     cpu_forced = args.use_cpu is not None and ("all" in args.use_cpu or not args.use_cpu)
     device = "cpu" if cpu_forced else args.device
     offload = "sequential" if args.lowvram else "model" if args.medvram else "none"
@@ -168,6 +186,9 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         enable_insecure_extension_access=args.enable_insecure_extension_access,
         ckpt=args.ckpt,
         skip_demo_model=args.skip_demo_model,
+        api_allow_local_requests=args.api_allow_local_requests,
+        cors_allow_origins=origins,
+        cors_allow_origins_regex=args.cors_allow_origins_regex or None,
     )
 
 
@@ -180,6 +201,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     """One FastAPI app: the Gradio UI at ``/`` and (with --api) the A1111 API at ``/sdapi/v1``."""
     from fastapi import FastAPI
 
+    from sdweb.api.cors import install_cors
     from sdweb.api.errors import install_error_handlers
     from sdweb.api.router import make_router
     from sdweb.api.security import api_dependencies
@@ -189,6 +211,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     webui = (not settings.nowebui) if webui is None else webui
     app = FastAPI(title="sdweb", version=__version__, docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
+    install_cors(app, settings)
     if api:
         app.include_router(make_router(services))  # its paths are whole: /sdapi/v1/..., /controlnet/...
         # Extension routes sit behind the same credentials as ours: never an open door beside a locked one.
@@ -420,8 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (README: Performance)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A1111's flags that sdweb does not use are taken out (and named in a warning), not refused.
+    kept, ignored = strip_ignored_flags(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(kept)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_ignored(ignored)
     try:
         settings = settings_from_args(args)
         if args.download_model:

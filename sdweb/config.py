@@ -112,6 +112,12 @@ class LaunchSettings:
     enable_insecure_extension_access: bool = False
     ckpt: str | None = None
     skip_demo_model: bool = False
+    #: Image URLs in API requests may point at this machine or the LAN (A1111's api_forbid_local_requests
+    #: switched off).
+    api_allow_local_requests: bool = False
+    #: CORS: origins allowed to call the server from a browser page (A1111's --cors-allow-origins[-regex]).
+    cors_allow_origins: tuple[str, ...] = ()
+    cors_allow_origins_regex: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,6 +160,9 @@ class LaunchSettings:
             "threads": self.threads,
             "disable_all_extensions": self.disable_all_extensions,
             "enable_insecure_extension_access": self.enable_insecure_extension_access,
+            "api_allow_local_requests": self.api_allow_local_requests,
+            "cors_allow_origins": ",".join(self.cors_allow_origins) or None,
+            "cors_allow_origins_regex": self.cors_allow_origins_regex,
         }
 
 

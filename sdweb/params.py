@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_PROMPT_CHARS = 20_000
 #: Largest seed value A1111 draws for "random" (-1).
 MAX_SEED = 4_294_967_294
+#: Largest seed a request may carry: torch's generators take 64-bit seeds (A1111 passes them through).
+MAX_SEED_VALUE = 2**64 - 1
+#: Largest image side. A1111 has no bound; memory is what limits a size (the API's pixel budget).
+MAX_SIDE = 16_384
+#: Most sampling steps. A1111 has no bound (its sliders stop at 150); this one only stops typos
+#: (steps: 1e6) from holding the GPU for days.
+MAX_STEPS = 10_000
 
 RngSource = Literal["CPU", "GPU"]
 
@@ -30,23 +37,24 @@ class GenerationParams(BaseModel):
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     styles: tuple[str, ...] = ()
-    steps: int = Field(20, ge=1, le=150)
-    cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    #: Any finite value, as A1111 (below 1 the unconditional prediction weighs more; 0 is it alone).
+    cfg_scale: float = Field(7.0, allow_inf_nan=False)
     sampler_name: str = Field("Euler a", min_length=1, max_length=100)
     scheduler: str = Field("Automatic", min_length=1, max_length=100)
-    seed: int = Field(-1, ge=-1, le=MAX_SEED)
-    subseed: int = Field(-1, ge=-1, le=MAX_SEED)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED_VALUE)
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED_VALUE)
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
-    seed_resize_from_w: int = Field(-1, ge=-1, le=2048)
-    seed_resize_from_h: int = Field(-1, ge=-1, le=2048)
-    width: int = Field(512, ge=64, le=2048)
-    height: int = Field(512, ge=64, le=2048)
-    batch_size: int = Field(1, ge=1, le=16)
+    seed_resize_from_w: int = Field(-1, ge=-1, le=MAX_SIDE)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=MAX_SIDE)
+    width: int = Field(512, ge=8, le=MAX_SIDE)
+    height: int = Field(512, ge=8, le=MAX_SIDE)
+    batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=100)
     #: None means "use the setting CLIP_stop_at_last_layers".
     clip_skip: int | None = Field(None, ge=1, le=12)
-    #: None means "use the sampler's / setting's default".
-    eta: float | None = Field(None, ge=0.0, le=1.0)
+    #: None means "use the sampler's / setting's default"; above 1 is allowed, as A1111.
+    eta: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     #: Checkpoint title, name or hash; None means the currently selected model.
     checkpoint: str | None = Field(None, max_length=1000)
     #: VAE name, "Automatic" or "None"; None means the setting.
@@ -57,14 +65,14 @@ class GenerationParams(BaseModel):
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False
     #: Upscale factor of the second pass (used when hr_resize_x and hr_resize_y are both 0).
-    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_scale: float = Field(2.0, ge=1.0, le=16.0)
     #: Second-pass size; one of them 0 keeps the aspect ratio, both set crops to fit (A1111).
-    hr_resize_x: int = Field(0, ge=0, le=4096)
-    hr_resize_y: int = Field(0, ge=0, le=4096)
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
     #: "Latent" (and its variants: resize the latents) or a pixel upscaler ("Lanczos", "Nearest", "None").
     hr_upscaler: str = Field("Latent", min_length=1, max_length=100)
     #: Sampling steps of the second pass before the denoising strength applies; 0 = ``steps``.
-    hr_second_pass_steps: int = Field(0, ge=0, le=150)
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
     #: How much the second pass (hires fix) changes the upscaled image; img2img's strength.
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     # Second-pass overrides (A1111's names); "" means "the same as the first pass".
@@ -123,6 +131,9 @@ class Img2ImgParams(GenerationParams):
     # Inpainting (used when a mask comes with the init images); A1111's names and defaults.
     #: Gaussian blur radius of the mask's edge, pixels.
     mask_blur: int = Field(4, ge=0, le=64)
+    #: A vertical blur other than ``mask_blur`` (which is then the horizontal one), as A1111's
+    #: ``mask_blur_x`` / ``mask_blur_y``; None: the same both ways.
+    mask_blur_y: int | None = Field(None, ge=0, le=64)
     #: What the masked area starts from: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
     inpainting_fill: int = Field(0, ge=0, le=3)
     #: True: "Only masked" (the area around the mask at full resolution); False: "Whole picture".

@@ -1,4 +1,6 @@
-"""How API responses carry images and values: base64 PNGs (with their infotext) and plain JSON data."""
+"""How API responses carry images and values: base64 images in the ``samples_format`` (with their
+infotext) and plain JSON data.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +23,36 @@ def encode_png_base64(image: Any, infotext: str | None = None) -> str:
         info.add_text("parameters", infotext)  # tEXt, or iTXt for non-Latin-1 text
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+#: A1111's ``samples_format`` values -> Pillow's format names.
+_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+#: JPEG keeps EXIF in one APP1 segment of at most 64 KiB.
+_MAX_JPEG_EXIF = 65_533
+
+
+def encode_image_base64(image: Any, infotext: str | None = None, fmt: str = "png", quality: int = 80) -> str:
+    """``image`` base64 in ``fmt`` (A1111's ``samples_format``: png, jpg, jpeg or webp), as A1111's API
+    answers: the infotext in the PNG ``parameters`` chunk, or in EXIF UserComment for JPEG and WEBP.
+    """
+    pil_format = _FORMATS.get(str(fmt).lower().lstrip("."), "PNG")
+    if pil_format == "PNG":
+        return encode_png_base64(image, infotext)
+    from sdweb.images.metadata import exif_bytes_with_user_comment
+
+    options: dict[str, Any] = {"quality": int(quality)}
+    if infotext:
+        exif = exif_bytes_with_user_comment(infotext)
+        if pil_format != "JPEG" or len(exif) <= _MAX_JPEG_EXIF:
+            options["exif"] = exif
+        else:
+            logger.warning("the infotext (%d characters) does not fit in JPEG EXIF; sent without it",
+                           len(infotext))
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=pil_format, **options)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

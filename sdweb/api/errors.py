@@ -2,10 +2,11 @@
 
 :func:`install_error_handlers` is called once on the app that mounts the router. Under ``/sdapi``:
 
-* invalid fields and malformed JSON -> 422, ``detail`` names every bad field and its allowed range,
-  ``errors`` lists them (location, message, type) for programs;
+* invalid fields and malformed JSON -> 422 with FastAPI's list-shaped answer, as A1111's API gives it
+  (``{"detail": [{"loc", "msg", "type", "input"}]}``; long inputs are cut, never echoed whole);
 * :class:`ApiError` (raised by the routes) and FastAPI's ``HTTPException`` -> their status, with
-  their headers (``WWW-Authenticate`` on 401);
+  their headers (``WWW-Authenticate`` on 401), and A1111's values: ``error`` "HTTPException",
+  ``detail`` the message, ``body`` "", ``errors`` "<status>: <message>";
 * anything unexpected -> a JSON 500 saying what failed, logged with its traceback. The routes are
   written so that no request reaches this (the schemathesis test proves it on our schema).
 
@@ -50,6 +51,17 @@ def error_body(error: str, detail: str, errors: str | list[dict[str, Any]] = "")
     return {"error": error, "detail": detail, "body": "", "errors": errors}
 
 
+def http_error_body(status: int, detail: str) -> dict[str, Any]:
+    """What A1111 answers for an HTTPException: ``errors`` is ``str(exception)``, "404: Not Found"."""
+    return error_body("HTTPException", detail, f"{status}: {detail}")
+
+
+def validation_error_items(items: list[Any]) -> list[dict[str, Any]]:
+    """FastAPI's list of validation problems, each ``{loc, msg, type, input}`` with short inputs."""
+    return [{"loc": list(item.get("loc", ())), "msg": str(item.get("msg", "invalid value")),
+             "type": str(item.get("type", "")), "input": _quoted(item.get("input"))} for item in items]
+
+
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(part) for part in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
@@ -92,15 +104,16 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     if not _is_api(request):
         return await request_validation_exception_handler(request, exc)
-    detail, errors = describe_validation_errors(list(exc.errors()))
-    return JSONResponse(status_code=422, content=jsonable_encoder(
-        error_body("RequestValidationError", detail, errors)))
+    items = validation_error_items(list(exc.errors()))
+    logger.info("%s %s: invalid request: %s", request.method, request.url.path,
+                describe_validation_errors(list(exc.errors()))[0])
+    return JSONResponse(status_code=422, content=jsonable_encoder({"detail": items}))
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return JSONResponse(status_code=exc.status, headers=exc.headers or None,
-                        content=jsonable_encoder(error_body(type(exc).__name__, exc.detail, exc.errors)))
+                        content=jsonable_encoder(http_error_body(exc.status, exc.detail)))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -113,7 +126,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 404 and detail == "Not Found":
         detail = f"no API route {request.url.path}"
     return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None),
-                        content=error_body("HTTPException", detail, detail))
+                        content=http_error_body(exc.status_code, detail))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -4,9 +4,11 @@ Field names, defaults and response shapes are AUTOMATIC1111's (v1.10, see
 ``shared/reference/a1111-api.md``), so existing clients work unchanged. Differences, on purpose:
 
 * Every request field is optional and ``null`` means "not given" (the A1111 default applies).
-* Numeric fields carry the bounds of :class:`sdweb.params.GenerationParams` in the schema, and sizes
-  must be multiples of 8: a request out of range gets a 422 naming the field, never a silently
-  corrected image.
+* Values A1111 coerces are coerced the same way, and said (:mod:`sdweb.api.leniency`): fractional
+  numbers in integer fields are truncated before validation (the request models' ``model_validator``);
+  sizes, seeds and names are the request builder's (:mod:`sdweb.api.request_params`). Numeric fields
+  carry the bounds of :class:`sdweb.params.GenerationParams` (which only refuse values that cannot
+  run) in the schema: out of range is a 422 naming the field.
 * Request fields A1111 knows but we cannot honour yet are accepted when they would not change the
   image (listed in a warning log line), and refused with a 4xx when they would (``restore_faces``,
   ``hr_checkpoint_name``, scripts other than "poor man's outpainting"...). The router decides which is
@@ -20,7 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from sdweb.config import OptionSpec
 from sdweb.params import MAX_PROMPT_CHARS, GenerationParams
@@ -36,10 +39,12 @@ def _bounds_of(name: str) -> list[Any]:
 # Bounded types shared by the request models; `None` stays allowed (it means "use the default").
 Steps = Annotated[(int, *_bounds_of("steps"))]
 CfgScale = Annotated[(float, *_bounds_of("cfg_scale"))]
-Seed = Annotated[(int, *_bounds_of("seed"))]
+#: Any integer: one outside 0..2**64-1 is reduced as torch reduces it (sdweb.api.leniency.reduce_seed).
+Seed = int
 SubseedStrength = Annotated[(float, *_bounds_of("subseed_strength"))]
 SeedResize = Annotated[(int, *_bounds_of("seed_resize_from_w"))]
-Size = Annotated[(int, *_bounds_of("width"), Field(multiple_of=8))]
+#: Rounded down to a multiple of 8 by the request builder, as A1111 (sdweb.api.leniency.round_size).
+Size = Annotated[(int, *_bounds_of("width"))]
 BatchSize = Annotated[(int, *_bounds_of("batch_size"))]
 BatchCount = Annotated[(int, *_bounds_of("n_iter"))]
 Eta = Annotated[(float, *_bounds_of("eta"))]
@@ -117,6 +122,27 @@ class Txt2ImgRequest(BaseModel):
     save_images: bool | None = False
     alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
     infotext: Prompt | None = Field(None, description="An infotext whose values fill the unset fields.")
+
+    #: What A1111's leniency changed while reading the body (``steps: 2.5 ... used 2``).
+    _coercions: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _truncate_integers(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Fractional numbers in integer fields are truncated, as A1111's pydantic v1 models do."""
+        from sdweb.api.leniency import truncate_integers
+
+        notes: list[str] = []
+        if isinstance(data, dict):
+            data = truncate_integers(cls, data, notes)
+        model = handler(data)
+        if notes and isinstance(model, Txt2ImgRequest):
+            model._coercions = notes
+        return model
+
+    def coercions(self) -> list[str]:
+        """What reading the body changed (one sentence each), for ``info.warnings`` and the log."""
+        return list(self._coercions)
 
     def given(self) -> set[str]:
         """The declared fields the client actually sent with a value (not null, not an empty name)."""

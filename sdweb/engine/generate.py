@@ -162,6 +162,8 @@ class _Txt2Img:
         self.conditioning_channels = 0
         #: A1111's "Inpainting conditioning mask strength"; txt2img only writes it in the infotext.
         self.mask_weight = DEFAULT_MASK_WEIGHT
+        #: The latents (the denoised prediction where the sampler gives one) of the last reported step.
+        self.reached: torch.Tensor | None = None
 
     def run(self) -> EngineRun:
         params = self.params
@@ -182,11 +184,14 @@ class _Txt2Img:
                 seeds = [first + i for i in range(params.batch_size)]
                 subseeds = [params.subseed + batch_index * params.batch_size + i
                             for i in range(params.batch_size)]
+                self.reached = None
                 try:
                     latents = self.sample_batch(seeds, subseeds, batch_index)
                 except _StopBatch:
                     if self.control.interrupted:
                         interrupted = True
+                        # As A1111: the batch being made is decoded from the latents it had reached.
+                        images.extend(self.reached_images(seeds, subseeds))
                         break
                     logger.info("batch %d/%d skipped", batch_index + 1, params.n_iter)
                     self.control.clear_skip()
@@ -208,6 +213,18 @@ class _Txt2Img:
             clip_skip=int(params.clip_skip or 1),
             interrupted=interrupted,
         )
+
+    def reached_images(self, seeds: list[int], subseeds: list[int]) -> list[GeneratedImage]:
+        """The images of an interrupted batch, from its last reported (denoised) latents; none before
+        its first step.
+        """
+        if self.reached is None:
+            return []
+        latents = self.reached.float()
+        outputs = self.decode(latents) if self.output_type == "pil" else list(latents.split(1))
+        return [GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i], prompt=self.params.prompt,
+                               negative_prompt=self.params.negative_prompt, extra=self.image_extra())
+                for i, pixels in enumerate(outputs)]
 
     def image_extra(self) -> dict[str, Any]:
         """The infotext pairs each image of the job adds (LoRA hashes; inpainting models' mask weight)."""
@@ -282,7 +299,8 @@ class _Txt2Img:
                              "guidance-distilled model does not use")
         # As diffusers: guidance-distilled UNets (LCM) take the scale as an embedding, not a second pass;
         # at scale 1 a single prompt's negative pass cancels out, so it is skipped.
-        do_cfg = time_cond_dim is None and (params.cfg_scale > 1.0 or len(positive_texts) > 1)
+        # Below 1 (down to 0, and negative) the negative prompt weighs in, as in A1111.
+        do_cfg = time_cond_dim is None and (params.cfg_scale != 1.0 or len(positive_texts) > 1)
         rows = [self.encoded[text] for text in positive_texts]
         if do_cfg:
             rows.insert(0, self.negative_encoded[negative_text])
@@ -430,6 +448,7 @@ class _Txt2Img:
             raise _StopBatch
 
     def report(self, step: int, batch_index: int, latents: torch.Tensor) -> None:
+        self.reached = latents
         preview = None
         if self.preview_every and step % self.preview_every == 0 and step < self.params.steps:
             preview = preview_image(latents, sdxl=self.is_sdxl)

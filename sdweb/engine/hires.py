@@ -33,12 +33,20 @@ from sdweb.engine.img2img import _Img2Img
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.images.resize import resize_image
 from sdweb.images.upscale import LATENT_UPSCALE_MODES, find_hires_upscaler
-from sdweb.params import EngineRun, GeneratedImage, GenerationParams, Img2ImgParams, JobControl, StepProgress
+from sdweb.params import (
+    MAX_SIDE,
+    EngineRun,
+    GeneratedImage,
+    GenerationParams,
+    Img2ImgParams,
+    JobControl,
+    StepProgress,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Largest side of the second pass (as the request size limit, doubled: the hires target).
-MAX_HIRES_SIDE = 4096
+#: Largest side of the second pass: the request's own limit (memory is the API's pixel budget's business).
+MAX_HIRES_SIDE = MAX_SIDE
 
 
 def hires_size(params: GenerationParams, multiple: int = 8) -> tuple[int, int, int, int]:

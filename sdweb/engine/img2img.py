@@ -168,6 +168,7 @@ class _Img2Img(_Txt2Img):
         params = self.params
         return prepare_inpaint(image, mask, width=params.width, height=params.height,
                                resize_mode=params.resize_mode, mask_blur=params.mask_blur,
+                               mask_blur_y=params.mask_blur_y,
                                invert=params.inpainting_mask_invert, fill=params.inpainting_fill,
                                only_masked=params.inpaint_full_res, padding=params.inpaint_full_res_padding)
 
@@ -353,6 +354,7 @@ class _Img2Img(_Txt2Img):
     # -- progress ----------------------------------------------------------------------------
     def report(self, step: int, batch_index: int, latents: torch.Tensor) -> None:
         # As the txt2img loop, counting the steps this job runs.
+        self.reached = latents
         preview = None
         if self.preview_every and step % self.preview_every == 0 and step < self.denoise_steps:
             preview = preview_image(latents, sdxl=self.is_sdxl)

@@ -65,8 +65,13 @@ def read_mask(mask: Image.Image, *, invert: bool = False) -> Image.Image:
 
 
 def prepare_inpaint(image: Image.Image, mask: Image.Image, *, width: int, height: int, resize_mode: int,
-                    mask_blur: int, invert: bool, fill: int, only_masked: bool, padding: int) -> InpaintPlan:
-    """Fit ``image`` and ``mask`` for one inpainting job (see the module docstring)."""
+                    mask_blur: int, invert: bool, fill: int, only_masked: bool, padding: int,
+                    mask_blur_y: int | None = None) -> InpaintPlan:
+    """Fit ``image`` and ``mask`` for one inpainting job (see the module docstring).
+
+    ``mask_blur_y``: a vertical blur other than ``mask_blur`` (then the horizontal one), as A1111's
+    ``mask_blur_x`` / ``mask_blur_y``; None blurs both ways alike.
+    """
     if mask.size != image.size:
         raise MaskError(f"the mask is {mask.width}x{mask.height} but its init image is "
                         f"{image.width}x{image.height}; they must have the same size")
@@ -76,7 +81,8 @@ def prepare_inpaint(image: Image.Image, mask: Image.Image, *, width: int, height
     binary = read_mask(mask, invert=invert)
     if binary.getbbox() is None:
         raise MaskError("the mask is empty (nothing to repaint): paint the area to change in white")
-    blurred = binary.filter(ImageFilter.GaussianBlur(mask_blur)) if mask_blur > 0 else binary
+    radius = (mask_blur, mask_blur if mask_blur_y is None else mask_blur_y)
+    blurred = binary.filter(ImageFilter.GaussianBlur(radius)) if max(radius) > 0 else binary
     if only_masked:
         box = _expand_to_aspect(_crop_box(binary, padding), width, height, rgb.width, rgb.height)
         fitted_mask = resize_image(blurred.crop(box), 2, width, height)

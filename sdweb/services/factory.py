@@ -36,6 +36,10 @@ EXTRA_OPTIONS: tuple[OptionSpec, ...] = (
     # it repaints, for img2img and hires fix (1 = none of it, grey).
     OptionSpec("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", "img2img",
                minimum=0.0, maximum=1.0),
+    # The API's memory budget (A1111 has none, and runs out of memory instead): width x height x batch
+    # size, hires fix's final size included, in megapixels (2**20 pixels); 0 = no limit.
+    OptionSpec("api_max_megapixels", 16.0, "Largest image batch the API makes, in megapixels "
+               "(width x height x batch size; 0 = no limit)", "API", minimum=0.0),
 )
 
 

@@ -241,6 +241,11 @@ class GenerationService:
     def current(self) -> Job | None:
         return self._current
 
+    def queued(self) -> list[Job]:
+        """The jobs waiting for their turn, oldest first."""
+        with self._lock:
+            return [job for job in self._jobs.values() if job.progress.state == "queued"]
+
     def queue_position(self, job: Job) -> int:
         return self._worker.position(job.task) if job.task is not None else 0
 
@@ -466,7 +471,9 @@ class GenerationService:
 
 def _inpaint_infotext(params: Img2ImgParams) -> dict[str, Any]:
     """The inpainting keys A1111 writes, in its order."""
-    pairs: dict[str, Any] = {"Mask blur": params.mask_blur}
+    # A1111 writes "Mask blur" only when it is the same both ways.
+    same = params.mask_blur_y is None or params.mask_blur_y == params.mask_blur
+    pairs: dict[str, Any] = {"Mask blur": params.mask_blur} if same else {}
     if params.inpainting_mask_invert:
         pairs["Mask mode"] = "Inpaint not masked"
     if params.inpaint_full_res:

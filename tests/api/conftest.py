@@ -41,6 +41,14 @@ class ApiServer:
         return self.client.post(self.url(path), **kwargs)
 
 
+def detail_text(body: dict[str, Any]) -> str:
+    """An error answer's ``detail`` as text: A1111's string, or FastAPI's list of field problems."""
+    detail = body["detail"]
+    if isinstance(detail, list):
+        return "; ".join(".".join(str(part) for part in item["loc"]) + ": " + item["msg"] for item in detail)
+    return str(detail)
+
+
 def build_app(services: Any) -> FastAPI:
     """The app the server runs with ``--nowebui``: the real assembly, without the Gradio UI."""
     from sdweb.cli import create_app

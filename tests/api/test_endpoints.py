@@ -173,13 +173,7 @@ def test_png_info_broken_input_is_a_400(api: ApiServer, payload: str) -> None:
     assert response.json()["detail"].startswith("image: ")
 
 
-# -- not there yet, unknown routes ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("path", "words"), [("interrogate", "not supported yet")])
-def test_features_that_do_not_exist_yet_answer_501(api: ApiServer, path: str, words: str) -> None:
-    response = api.post(path, json={})
-    assert response.status_code == 501 and words in response.json()["detail"]
+# -- unknown routes ---------------------------------------------------------------------------------
 
 
 def test_unknown_route_and_wrong_method_are_json_errors(api: ApiServer) -> None:

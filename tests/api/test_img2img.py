@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tests.api.conftest import ApiServer
+from tests.api.conftest import ApiServer, detail_text
 from tests.fakes import colour_for
 from tests.images.test_metadata import _png_claiming_size
 
@@ -97,18 +97,15 @@ def test_saved_images_go_to_img2img_images(api: ApiServer) -> None:
     ({"latent_mask": "iVBORw0KGgo="}, 422, ["latent_mask", "not supported yet"]),
     ({"mask": "%%%"}, 400, ["mask[0]", "base64"]),
     ({"mask": b64(Image.new("L", (10, 10), 255))}, 400, ["mask is 10x10", "32x48"]),
-    ({"mask": b64(Image.new("L", (32, 48), 255)), "mask_blur_x": 2}, 422, ["mask_blur_x"]),
     ({"mask": b64(Image.new("L", (32, 48), 255)), "mask_blur": 100}, 422, ["mask_blur"]),
     ({"mask": b64(Image.new("L", (32, 48), 255)), "inpainting_fill": 4}, 422, ["inpainting_fill"]),
     ({"initial_noise_multiplier": 1.2}, 422, ["initial_noise_multiplier"]),
-    ({"enable_hr": True}, 422, ["enable_hr"]),
-    ({"sampler_name": "nope"}, 400, ["Sampler not found"]),
     ({"batch_size": 1, "init_images": [b64(GREEN)] * 2}, 400, ["2 init images for a batch size of 1"]),
 ])
 def test_bad_requests_get_a_4xx_naming_the_problem(api: ApiServer, fields, status, words) -> None:
     response = api.post("img2img", json={**SMALL, "init_images": [b64(GREEN)], **fields})
     assert response.status_code == status, response.text
-    detail = response.json()["detail"]
+    detail = detail_text(response.json())
     for word in words:
         assert word in detail, detail
     assert api.engine.init_images == []  # nothing reached the engine
@@ -194,7 +191,7 @@ def test_extra_batch_images_upscales_each(api: ApiServer) -> None:
 
 @pytest.mark.parametrize(("path", "fields", "status", "words"), [
     ("extra-single-image", {"image": "%%%"}, 400, ["image[0]", "base64"]),
-    ("extra-single-image", {"upscaler_1": "R-ESRGAN 4x+"}, 400, ["R-ESRGAN 4x+", "known: None, Lanczos"]),
+    ("extra-single-image", {"upscaler_1": "Wobbly 3x"}, 400, ["Wobbly 3x", "known: None, Lanczos"]),
     ("extra-single-image", {"upscaler_1": "Lanczos", "upscaling_resize": 20}, 422, ["at most 8"]),
     ("extra-single-image", {"upscaler_1": "Lanczos", "upscaling_resize": 8,
                             "image": b64(Image.new("RGB", (2000, 10)))}, 422, ["at most 8192"]),
@@ -207,4 +204,4 @@ def test_bad_extras_requests_get_a_4xx(api: ApiServer, path, fields, status, wor
     response = api.post(path, json=body)
     assert response.status_code == status, response.text
     for word in words:
-        assert word in response.json()["detail"]
+        assert word in detail_text(response.json())

@@ -164,17 +164,25 @@ def _interrupt_from_another_thread(control: JobControl, action: str) -> None:
     worker.join()
 
 
-def test_interrupt_mid_run_keeps_finished_images(sd1_model, samplers) -> None:
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2S a"])
+def test_interrupt_mid_run_keeps_finished_images_and_the_batch_reached(sampler: str, sd1_model,
+                                                                       samplers) -> None:
     control = JobControl()
 
     def on_step(progress: StepProgress) -> None:
         if progress.batch_index == 1 and progress.step == 1:
             _interrupt_from_another_thread(control, "interrupt")
 
-    run = _run(sd1_model, samplers, tiny_params(n_iter=3, batch_size=2, seed=100, steps=3),
-               control=control, on_step=on_step)
+    params = tiny_params(sampler_name=sampler, n_iter=3, batch_size=2, seed=100, steps=3)
+    run = _run(sd1_model, samplers, params, control=control, on_step=on_step)
     assert run.interrupted
-    assert [image.seed for image in run.images] == [100, 101]
+    # As A1111: the batch being made when the interrupt came is decoded from the latents it had reached.
+    assert [image.seed for image in run.images] == [100, 101, 102, 103]
+    full = _run(sd1_model, samplers, params.model_copy(update={"n_iter": 2}))
+    finished, partial = np.asarray(full.images[2].image, dtype=float), np.asarray(run.images[2].image,
+                                                                                  dtype=float)
+    assert run.images[2].image.size == (64, 64) and np.abs(finished - partial).mean() > 0.5  # 1 of 3 steps
+    assert np.array_equal(np.asarray(full.images[0].image), np.asarray(run.images[0].image))
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2S a"])
@@ -297,3 +305,17 @@ def test_cuda_half_precision_and_both_rng_sources(samplers) -> None:
     assert np.array_equal(_pixels(cpu), _pixels(cpu_again))
     assert not np.array_equal(_pixels(cpu), _pixels(gpu))  # A1111's GPU noise is another sequence
     assert _pixels(gpu).std() > 1.0
+
+
+def test_cfg_scale_below_one_weighs_the_negative_prompt_as_a1111(sd1_model, samplers) -> None:
+    # A1111's guidance is uncond + (cond - uncond) * scale at any scale: at 0 the image is the negative
+    # prompt's alone (the same image as that text prompted at scale 1, where guidance is a no-op).
+    at_zero = _run(sd1_model, samplers, tiny_params(prompt="a red cat", negative_prompt="a blue dog",
+                                                    cfg_scale=0.0)).images[0].image
+    negative_only = _run(sd1_model, samplers, tiny_params(prompt="a blue dog", negative_prompt="",
+                                                          cfg_scale=1.0)).images[0].image
+    prompt_only = _run(sd1_model, samplers, tiny_params(prompt="a red cat", negative_prompt="",
+                                                        cfg_scale=1.0)).images[0].image
+    to_negative = np.abs(_pixels(at_zero) - _pixels(negative_only)).mean()
+    to_prompt = np.abs(_pixels(at_zero) - _pixels(prompt_only)).mean()  # the tiny model's texts differ little
+    assert to_prompt > 0.1 and to_negative < to_prompt / 5, (to_negative, to_prompt)

@@ -411,11 +411,11 @@ def test_overrides_equal_to_the_first_pass_are_not_written() -> None:
 
 def test_a_value_that_does_not_fit_is_noted_when_asked_instead_of_raising() -> None:
     problems: list[str] = []
-    text = A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 9").replace("Steps: 32", "Steps: many")
+    text = A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 17").replace("Steps: 32", "Steps: many")
     params, _ = infotext_to_params(parse_infotext(text), problems=problems)
     assert params.hr_scale == 2.0 and params.steps == 20  # defaults
     assert params.hr_second_pass_steps == 14 and params.seed == 3624413002  # the rest is kept
     assert any("hr_scale" in problem for problem in problems)
     assert any("Steps" in problem for problem in problems)
     with pytest.raises(InfotextError, match="hr_scale"):
-        infotext_to_params(parse_infotext(A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 9")))
+        infotext_to_params(parse_infotext(A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 17")))

@@ -1,5 +1,5 @@
 """``POST /extra-single-image`` and ``/extra-batch-images`` (upscaling), ``/png-info`` (an image's
-generation parameters) and ``/interrogate`` (not there yet: 501).
+generation parameters) and ``/interrogate`` (a BLIP caption: :mod:`sdweb.services.captioning`).
 
 The Extras run in the request's thread (:mod:`sdweb.api.image_requests`): Pillow upscalers right
 there, model upscalers via the GPU queue.
@@ -8,12 +8,14 @@ there, model upscalers via the GPU queue.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from sdweb.api.encoding import encode_png_base64
 from sdweb.api.errors import ApiError
 from sdweb.api.image_requests import (
     MAX_EXTRAS_BATCH,
+    UrlPolicy,
     decode_images,
     refuse_unsupported_extras,
     source_infotext,
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 NOT_IMPLEMENTED_RESPONSE: dict[int | str, dict[str, Any]] = {
     501: {"model": ErrorResponse, "description": "The feature does not exist yet"},
 }
+UNAVAILABLE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "The captioning model is not there and cannot be fetched"},
+}
 
 
 def add_routes(routes: ApiRoutes) -> None:
@@ -45,7 +50,7 @@ def add_routes(routes: ApiRoutes) -> None:
     routes.add("/extra-single-image", handlers.extra_single_image, "POST", ExtrasSingleImageResponse)
     routes.add("/extra-batch-images", handlers.extra_batch_images, "POST", ExtrasBatchImagesResponse)
     routes.add("/interrogate", handlers.interrogate, "POST", InterrogateResponse,
-               responses=NOT_IMPLEMENTED_RESPONSE)
+               responses={**NOT_IMPLEMENTED_RESPONSE, **UNAVAILABLE_RESPONSE})
     routes.add("/png-info", handlers.png_info, "POST", PNGInfoResponse)
 
 
@@ -54,10 +59,12 @@ class ExtrasRoutes:
 
     def __init__(self, services: AppServices) -> None:
         self.services = services
+        self._caption_lock = threading.Lock()
+        self._caption_service: Any = None
 
     def extra_single_image(self, request: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
         refuse_unsupported_extras(request)
-        (image,) = decode_images([request.image], "image")
+        (image,) = decode_images([request.image], "image", UrlPolicy.of(self.services))
         upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
         return ExtrasSingleImageResponse(html_info=info,
                                          image=encode_png_base64(upscaled, source_infotext(image)))
@@ -71,7 +78,7 @@ class ExtrasRoutes:
         info = ""
         for index, item in enumerate(request.imageList):
             # One at a time: one decoded source and its result in memory, whatever the batch size.
-            image = decode_images([item.data], "imageList")[0]
+            image = decode_images([item.data], "imageList", UrlPolicy.of(self.services))[0]
             try:
                 upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
             except ApiError as exc:
@@ -79,8 +86,28 @@ class ExtrasRoutes:
             encoded.append(encode_png_base64(upscaled, source_infotext(image)))
         return ExtrasBatchImagesResponse(html_info=info, images=encoded)
 
-    async def interrogate(self, request: InterrogateRequest) -> InterrogateResponse:
-        raise ApiError(501, "interrogate (image captioning) is not supported yet")
+    def interrogate(self, request: InterrogateRequest) -> InterrogateResponse:
+        """A caption of the image (BLIP, fetched into models/BLIP on first use; 503 when it cannot be)."""
+        from sdweb.services.captioning import CaptionError
+
+        if not request.image:
+            raise ApiError(404, "Image not found: send the image to caption as base64 (or an http(s) URL)")
+        (image,) = decode_images([request.image], "image", UrlPolicy.of(self.services))
+        try:
+            caption = self._captions().caption(image, request.model)
+        except CaptionError as exc:
+            raise ApiError(exc.status, f"interrogate: {exc.message}") from exc
+        return InterrogateResponse(caption=caption)
+
+    def _captions(self) -> Any:
+        from sdweb.services.captioning import CaptionService
+
+        with self._caption_lock:
+            if self._caption_service is None:
+                settings = self.services.settings
+                self._caption_service = CaptionService(settings.paths.root / "models",
+                                                       worker=self.services.worker, settings=settings)
+            return self._caption_service
 
     def png_info(self, request: PNGInfoRequest) -> PNGInfoResponse:
         from sdweb.images.infotext import parse_infotext

@@ -18,9 +18,10 @@ from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 
-from sdweb.api.encoding import encode_png_base64, json_safe
+from sdweb.api.encoding import encode_image_base64, json_safe
 from sdweb.api.errors import ApiError
 from sdweb.api.image_requests import (
+    UrlPolicy,
     img2img_echo,
     img2img_params,
     init_images_of,
@@ -71,12 +72,14 @@ class GenerationRoutes:
     async def img2img(self, request: Img2ImgRequest) -> ImageToImageResponse:
         """As txt2img, from init images (see :mod:`sdweb.api.image_requests`), on the same queue."""
         refuse_unsupported_img2img(request)
+        # Decoded (or fetched: URLs) before taking the queue's turn, which a slow download must not hold.
+        urls = UrlPolicy.of(self.services)
+        images = await run_in_threadpool(init_images_of, request, urls)
+        mask = await run_in_threadpool(mask_of, request, urls)
         async with self._submit_lock:
             base, after = await run_in_threadpool(build_params, request, self.services, self.scripts)
             params = img2img_params(base, request)
             scripts = self.scripts.plan(request)
-            images = await run_in_threadpool(init_images_of, request)
-            mask = await run_in_threadpool(mask_of, request)
             if scripts:
                 job = await run_in_threadpool(self.scripts.apply, scripts, ImageJob(params, images, mask))
                 params, images, mask = job.params, job.images, job.mask
@@ -106,13 +109,30 @@ class GenerationRoutes:
         keep = after.get("keep_settings")
         if keep:
             self._keep_settings(keep)
-        images: list[str] = []
+        images = list(result.images)
+        infotexts = list(result.infotexts)
+        grid_first = bool(request.save_images) and len(images) > 1 and option(self.services.options,
+                                                                               "return_grid", True)
+        if grid_first:
+            # As A1111 with return_grid: the grid (with the first image's infotext) comes first.
+            from sdweb.images.store import make_grid
+
+            images.insert(0, make_grid(images))
+            infotexts.insert(0, infotexts[0] if infotexts else "")
+        encoded: list[str] = []
         if request.send_images is not False:
-            images = [encode_png_base64(image, infotext)
-                      for image, infotext in zip(result.images, result.infotexts, strict=False)]
-        return TextToImageResponse(images=images, parameters=json_safe(request.echo()),
-                                   info=json.dumps(json_safe(info_of(result, self.services.version)),
-                                                   ensure_ascii=False))
+            # As A1111's API: images in the samples_format, the infotext inside.
+            fmt = option(self.services.options, "samples_format", "png")
+            quality = option(self.services.options, "jpeg_quality", 80)
+            encoded = [encode_image_base64(image, infotext, fmt, quality)
+                       for image, infotext in zip(images, infotexts, strict=False)]
+        info = info_of(result, self.services.version)
+        info.update(index_of_first_image=1 if grid_first else 0, infotexts=infotexts)
+        warnings = list(after.get("warnings") or ())
+        if warnings:
+            info["warnings"] = warnings  # not in A1111's info: what was coerced or ignored, and why
+        return TextToImageResponse(images=encoded, parameters=json_safe(request.echo()),
+                                   info=json.dumps(json_safe(info), ensure_ascii=False))
 
     def _keep_settings(self, keep: Mapping[str, Any]) -> None:
         """override_settings_restore_afterwards=false: the overrides become the settings."""
@@ -125,6 +145,12 @@ class GenerationRoutes:
                 self.services.options.update(changes)
         except (LookupError, ValueError) as exc:
             logger.warning("could not keep override_settings after the request: %s", exc)
+
+
+def option(options: Any, key: str, default: Any) -> Any:
+    """A setting's value, or ``default`` where this install has no such setting (A1111-only keys)."""
+    value = options.as_dict().get(key, default)
+    return default if value is None else value
 
 
 def info_of(result: GenerationResult, version: str) -> dict[str, Any]:
@@ -160,7 +186,7 @@ def info_of(result: GenerationResult, version: str) -> dict[str, Any]:
         "seed_resize_from_h": params.seed_resize_from_h,
         "denoising_strength": params.denoising_strength if params.enable_hr else None,
         "extra_generation_params": json_safe(dict(result.extra_generation_params)),
-        "index_of_first_image": 0,  # no grid is sent back
+        "index_of_first_image": 0,  # 1 when the grid comes first (the route sets it)
         "infotexts": list(result.infotexts),
         "styles": list(params.styles),
         "job_timestamp": result.job_timestamp,

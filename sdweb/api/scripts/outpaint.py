@@ -85,7 +85,7 @@ def outpaint_job(job: ImageJob, script: OutpaintScript) -> ImageJob:
     if len(job.images) != 1:
         raise ApiError(422, f"init_images: poor man's outpainting takes one init image "
                             f"(got {len(job.images)})")
-    params = job.params.model_copy(update={"mask_blur": script.mask_blur,
+    params = job.params.model_copy(update={"mask_blur": script.mask_blur, "mask_blur_y": None,
                                            "inpainting_fill": script.inpainting_fill})
     try:
         request, canvas, mask = prepare_outpainting(params, job.images[0], pixels=script.pixels,
