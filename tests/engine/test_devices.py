@@ -336,18 +336,31 @@ def test_vae_tiling_follows_the_runtime(tiny_pipe) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("offload", ["none", "model"])
-def test_cuda_runtime_runs_a_tiny_pipeline(tmp_path: Path, offload: str) -> None:
+@pytest.mark.parametrize("offload", ["none", "model", "sequential"])
+def test_cuda_runtime_runs_the_engine_on_a_tiny_pipeline(tmp_path: Path, offload: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    from sdweb.engine.generate import run_txt2img
+    from sdweb.engine.samplers import builtin
+    from sdweb.engine.samplers.registry import SamplerRegistry
+    from sdweb.params import JobControl
+    from tests.engine.conftest import TinyModel, tiny_params
+
     runtime = resolve_runtime(settings(tmp_path, offload=offload))
     assert runtime.device.type == "cuda" and runtime.dtype == torch.float16
+    devices.apply_backend_flags(runtime)
     pipe = build_tiny_pipe().to(torch.float16)
+    samplers = SamplerRegistry.from_plugin_results([("builtin", builtin.register_samplers())],
+                                                   [("builtin", builtin.register_schedules())])
 
     apply_runtime(pipe, runtime)
-    image = generate(pipe)
+    model = TinyModel(pipe=pipe, device=runtime.device, dtype=runtime.dtype)
+    run = run_txt2img(model, tiny_params(sampler_name="Euler a"), samplers=samplers, control=JobControl(),
+                      on_step=lambda _: None)
 
-    assert torch.isfinite(image.float()).all()
+    import numpy as np
+
+    assert np.asarray(run.images[0].image).std() > 1.0
     if offload == "none":
         assert pipe.unet.device.type == "cuda"
         assert runtime.parking_device == torch.device("cpu")
