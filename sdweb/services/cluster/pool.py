@@ -371,7 +371,7 @@ class RayWorkerPool:
                 continue
             with self._cond:
                 slot.device = str(described.get("device", "?"))
-                slot.host = str(described.get("host", slot.host))
+                slot.host = f"{described.get('host', '?')} ({slot.host})"  # name and node address
                 slot.state = "idle"
                 self._cond.notify_all()
             logger.info("worker %s ready on %s (%s)", slot.id, slot.host, slot.device)
@@ -402,7 +402,7 @@ class RayWorkerPool:
         slot = Slot(
             id=slot_id,
             node_id=node_id,
-            host=str(node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or "?"),
+            host=str(node.get("NodeManagerAddress") or "?"),
             actor=actor,
             ready_ref=actor.describe.remote(),
         )
