@@ -75,19 +75,28 @@ def test_without_cluster_flags_ray_is_never_imported(tmp_path: Path) -> None:
         services.generation.generate(GenerationParams(prompt="x", steps=2, width=64, height=64, seed=1,
                                                       checkpoint=services.models.selected_title()))
         assert services.generation.workers()[0].jobs_done == 1
-        leaked = sorted(name for name in sys.modules if name == "ray" or name.startswith(("ray.", "sdweb.services.cluster")))
+        prefixes = ("ray.", "sdweb.services.cluster")
+        leaked = sorted(name for name in sys.modules if name == "ray" or name.startswith(prefixes))
         print("LEAKED", leaked)
         sys.exit(1 if leaked else 0)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_affinity_prefers_the_holder_then_the_least_recently_used() -> None:
-    idle = [SlotView("a", "sha-x", None, frozenset(), last_used=5.0),
-            SlotView("b", None, None, frozenset(), last_used=1.0),
-            SlotView("c", "sha-y", None, frozenset({"detail"}), last_used=3.0)]
+    idle = [
+        SlotView("a", "sha-x", None, frozenset(), last_used=5.0),
+        SlotView("b", None, None, frozenset(), last_used=1.0),
+        SlotView("c", "sha-y", None, frozenset({"detail"}), last_used=3.0),
+    ]
     assert [s.id for s in rank_workers(idle, Wanted("sha-x"))] == ["a", "b", "c"]
     # Nobody holds it: the least recently used idle worker loads it.
     assert rank_workers(idle, Wanted("sha-z"))[0].id == "b"
@@ -111,7 +120,9 @@ def test_batches_split_by_seed_range_in_order() -> None:
 
 
 def test_job_needs_name_checkpoint_loras_and_batches() -> None:
-    needs = JobNeeds.of(GenerationParams(prompt="cat <lora:detail:0.5> <lora:ink:1>", n_iter=3), "m.safetensors")
+    needs = JobNeeds.of(
+        GenerationParams(prompt="cat <lora:detail:0.5> <lora:ink:1>", n_iter=3), "m.safetensors"
+    )
     assert needs == JobNeeds(checkpoint="m.safetensors", vae=None, loras=("detail", "ink"), parallel=3)
 
 

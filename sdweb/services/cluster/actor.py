@@ -114,7 +114,12 @@ class GenerationWorker:
         device = str(described.get("device") or self._settings.device)
         if described.get("device_name"):
             device = f"{device} ({described['device_name']})"
-        return {"host": self._host, "device": device, "pid": os.getpid(), "data_dir": str(self._settings.paths.root)}
+        return {
+            "host": self._host,
+            "device": device,
+            "pid": os.getpid(),
+            "data_dir": str(self._settings.paths.root),
+        }
 
     def run(self, request: WorkRequest) -> EngineRun:
         control = self._control(request.job_id)
