@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -223,6 +224,35 @@ def _params(**changes: Any) -> GenerationParams:
         "checkpoint": "sdweb-demo-shapes.safetensors",
     }
     return GenerationParams(**{**base, **changes})
+
+
+def test_local_workers_bind_loopback_with_a_token_and_run_jobs(tmp_path: Path) -> None:
+    # --workers local in a fresh interpreter (this process joins the test cluster below).
+    script = textwrap.dedent(f"""
+        import stat, sys, time
+        from pathlib import Path
+        from sdweb.cli import build_parser, settings_from_args
+        from sdweb.services.factory import build_services
+        from sdweb.params import GenerationParams
+        args = ["--data-dir", {str(tmp_path)!r}, "--workers", "local:1", "--threads", "1"]
+        services = build_services(settings_from_args(build_parser().parse_args(args)), load_extensions=False)
+        import ray
+        assert {{n["NodeManagerAddress"] for n in ray.nodes()}} == {{"127.0.0.1"}}, ray.nodes()
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        token = Path({str(tmp_path)!r}) / "cluster" / "ray_token"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        result = services.generation.generate(GenerationParams(prompt="x", steps=2, width=64, height=64,
+                                              seed=5, n_iter=2, checkpoint="sdweb-demo-shapes.safetensors"))
+        assert result.seeds == [5, 6], result.seeds
+        [worker] = services.generation.workers()
+        assert worker.jobs_done == 1 and worker.host.endswith("(127.0.0.1)"), worker
+        print("OK")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def test_jobs_go_to_a_worker_that_has_or_holds_the_model(cluster: Cluster) -> None:
