@@ -113,7 +113,8 @@ def connect(request: ClusterRequest, data_dir: Path) -> Any:
     init: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "namespace": "sdweb"}
     if request.local:
         os.environ[LOOPBACK_SWITCH] = "0"
-        init.update(include_dashboard=False)
+        # "local": always a new instance, never the cluster a 'ray start' on this PC left recorded.
+        init.update(address="local", include_dashboard=False)
     else:
         assert request.address is not None
         host, port = parse_address(request.address)
