@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
-from sdweb.api.workers import add_worker_routes
 from sdweb.params import GenerationParams
+from tests.api.conftest import build_app
 from tests.fakes import make_services
 
 
 def test_workers_route_lists_the_in_process_worker_and_its_jobs(tmp_path: Path) -> None:
     services, engine = make_services(tmp_path)
-    router = APIRouter()
-    add_worker_routes(router, services)
-    app = FastAPI()
-    app.include_router(router, prefix="/sdapi/v1")
-    client = TestClient(app)
+    client = TestClient(build_app(services))  # the app the server builds, with --api
 
     [before] = client.get("/sdapi/v1/workers").json()
     assert before["id"] == "local" and before["state"] == "idle" and before["jobs_done"] == 0

@@ -8,10 +8,11 @@ Lost workers stay listed (state ``lost``) with the reason, so a PC that went awa
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Literal
 
-from fastapi import APIRouter
 from pydantic import BaseModel
+
+from sdweb.api.routes import ApiRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ class WorkerItem(BaseModel):
     last_error: str | None = None
 
 
-def add_worker_routes(router: APIRouter, services: Any) -> None:
-    """Add ``/workers`` to ``router`` (the ``/sdapi/v1`` router, with its auth dependencies)."""
+def add_routes(routes: ApiRoutes) -> None:
+    services = routes.services
 
     def workers() -> list[WorkerItem]:
         return [WorkerItem(**status.as_dict()) for status in services.generation.workers()]
 
-    router.add_api_route("/workers", workers, methods=["GET"], response_model=list[WorkerItem])
+    routes.add("/workers", workers, "GET", list[WorkerItem])
