@@ -109,13 +109,14 @@ def main() -> None:
             f"in-process worker: 1-step job {local_job * 1000:.0f} ms, {local_rate:.1f} images/min",
             flush=True,
         )
-        one_job, one_rate = run(root / "ray1", 1, args)
+        # One data folder for both Ray runs: Ray keeps a process's first cluster token for its lifetime.
+        one_job, one_rate = run(root / "ray", 1, args)
         print(
             f"1 Ray worker:      1-step job {one_job * 1000:.0f} ms, {one_rate:.1f} images/min "
             f"(dispatch overhead {(one_job - local_job) * 1000:+.0f} ms/job)",
             flush=True,
         )
-        _two_job, two_rate = run(root / "ray2", 2, args)
+        _two_job, two_rate = run(root / "ray", 2, args)
         print(
             f"2 Ray workers:     {two_rate:.1f} images/min ({two_rate / one_rate:.2f}x one worker)",
             flush=True,
