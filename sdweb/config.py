@@ -118,6 +118,10 @@ class LaunchSettings:
     #: CORS: origins allowed to call the server from a browser page (A1111's --cors-allow-origins[-regex]).
     cors_allow_origins: tuple[str, ...] = ()
     cors_allow_origins_regex: str | None = None
+    #: ``--workers local[:N]``: jobs run on N local Ray workers (0 = one per GPU); None = in this process.
+    workers: int | None = None
+    #: ``--ray-address HOST:PORT``: jobs run on the workers of that Ray cluster (docs/multi-gpu.md).
+    ray_address: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -163,6 +167,8 @@ class LaunchSettings:
             "api_allow_local_requests": self.api_allow_local_requests,
             "cors_allow_origins": ",".join(self.cors_allow_origins) or None,
             "cors_allow_origins_regex": self.cors_allow_origins_regex,
+            "workers": self.workers,
+            "ray_address": self.ray_address,
         }
 
 

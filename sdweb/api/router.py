@@ -29,6 +29,7 @@ from sdweb.api.routes import (
     models,
     options,
     progress,
+    workers,
 )
 from sdweb.api.scripts import ScriptRegistry, builtin_scripts
 from sdweb.api.security import api_dependencies
@@ -37,7 +38,8 @@ from sdweb.services.container import AppServices
 logger = logging.getLogger(__name__)
 
 #: The route modules the API is made of, in the order ``/docs`` lists them.
-ROUTE_MODULES: tuple[RouteModule, ...] = (generation, extras, progress, options, info, models, internal)
+ROUTE_MODULES: tuple[RouteModule, ...] = (generation, extras, progress, options, info, models, workers,
+                                          internal)
 
 
 def make_router(
