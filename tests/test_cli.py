@@ -111,3 +111,43 @@ def test_list_models_says_when_a_checkpoint_cannot_be_used(tmp_path: Path) -> No
     lines = {line.split("\t")[0].split(" ")[0]: line for line in done.stdout.splitlines()}
     assert "\tsd1\t" in lines["plain.safetensors"]
     assert "\tunsupported: " in lines["depth.safetensors"]
+
+
+def test_a1111_flags_sdweb_does_not_use_are_accepted_with_a_warning(tmp_path: Path) -> None:
+    # A webui-user.bat COMMANDLINE_ARGS of an A1111 install, flags with and without values.
+    done = run_cli("--data-dir", str(tmp_path), "--skip-demo-model", "--skip-torch-cuda-test", "--theme",
+                   "dark", "--no-half-vae", "--opt-sdp-no-mem-attention", "--styles-file=extra.csv",
+                   "--upcast-sampling", "--precision", "full", "--api-log", "models")
+    assert done.returncode == 0, done.stderr
+    assert "A1111 flags not used by sdweb (accepted and ignored)" in done.stderr
+    assert "--theme dark" in done.stderr and "--styles-file=extra.csv" in done.stderr
+    assert "--no-half-vae" not in done.stderr.split("ignored)")[-1]  # one of ours: used, not ignored
+    assert "No checkpoints found" in done.stdout
+
+
+def test_unknown_flags_are_still_refused(tmp_path: Path) -> None:
+    done = run_cli("--data-dir", str(tmp_path), "--no-such-flag", "models")
+    assert done.returncode == 2 and "--no-such-flag" in done.stderr
+
+
+def test_ignored_flags_take_their_values_but_not_the_next_flag() -> None:
+    from sdweb.a1111_flags import strip_ignored_flags
+
+    kept, ignored = strip_ignored_flags(["--theme", "--api", "--ngrok", "token", "--listen", "--device-id=1",
+                                         "txt2img", "--prompt", "x"])
+    assert kept == ["--api", "--listen", "txt2img", "--prompt", "x"]
+    assert ignored == ["--theme", "--ngrok token", "--device-id=1"]
+
+
+def test_a1111_precision_names_and_cors_flags(tmp_path: Path) -> None:
+    assert settings_for("--data-dir", str(tmp_path), "--precision", "full").precision == "fp32"
+    assert settings_for("--data-dir", str(tmp_path), "--precision", "half").precision == "fp16"
+    assert settings_for("--data-dir", str(tmp_path), "--precision", "autocast").precision == "auto"
+    settings = settings_for("--data-dir", str(tmp_path), "--cors-allow-origins",
+                            "http://a.test,https://b.test", "--cors-allow-origins-regex",
+                            r"https://.*\.example\.org", "--api-allow-local-requests")
+    assert settings.cors_allow_origins == ("http://a.test", "https://b.test")
+    assert settings.cors_allow_origins_regex == r"https://.*\.example\.org"
+    assert settings.api_allow_local_requests
+    with pytest.raises(UsageError, match="cors-allow-origins-regex"):
+        settings_for("--data-dir", str(tmp_path), "--cors-allow-origins-regex", "(")

@@ -19,8 +19,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 BLIP_REPO = "Salesforce/blip-image-captioning-base"
-#: The files a BLIP folder needs (what the download fetches).
-BLIP_FILES = ("*.json", "*.txt", "model.safetensors")
+#: The files of a BLIP folder that are fetched (those a repository lacks are skipped)...
+BLIP_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+              "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "vocab.txt",
+              "model.safetensors")
+#: ... and those it cannot do without.
+REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
 MIN_TOKENS = 24
 MAX_TOKENS = 48
 NUM_BEAMS = 1
@@ -36,28 +40,34 @@ def blip_folder(models_dir: Path) -> Path:
 
 
 def model_present(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    return all((folder / name).is_file() for name in REQUIRED_FILES)
 
 
-def ensure_model(folder: Path, repo: str = BLIP_REPO) -> Path:
-    """``folder`` with the model in it, downloading ``repo`` there when it is missing."""
+def ensure_model(folder: Path, repo: str = BLIP_REPO, *, endpoint: str | None = None) -> Path:
+    """``folder`` with the model in it, downloading ``repo``'s files there when it is missing.
+
+    ``endpoint``: the hub's address (default: huggingface_hub's, ``HF_ENDPOINT``).
+    """
     if model_present(folder):
         return folder
     logger.info("downloading the captioning model %s into %s", repo, folder)
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
-        snapshot_download(repo_id=repo, local_dir=folder, allow_patterns=list(BLIP_FILES))
+        for name in BLIP_FILES:
+            try:
+                hf_hub_download(repo_id=repo, filename=name, local_dir=folder, endpoint=endpoint)
+            except EntryNotFoundError:
+                if name in REQUIRED_FILES:
+                    raise
     except Exception as exc:  # offline, hub errors, disk: all end in the same advice
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
         raise CaptionerUnavailable(
             f"image captioning needs the model {repo}, which is not in {folder} and could not be "
-            f"downloaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
-            f"Download its files (config.json, preprocessor_config.json, tokenizer files, model.safetensors) "
-            f"from https://huggingface.co/{repo} into {folder}") from exc
-    if not model_present(folder):
-        raise CaptionerUnavailable(f"the download of {repo} into {folder} is incomplete (no config.json or "
-                                   "model.safetensors); download the files from "
-                                   f"https://huggingface.co/{repo} into that folder")
+            f"downloaded ({type(exc).__name__}: {detail}). Download its files "
+            f"({', '.join(REQUIRED_FILES)}, the tokenizer and preprocessor files) from "
+            f"https://huggingface.co/{repo} into {folder}") from exc
     return folder
 
 

@@ -7,6 +7,7 @@ default one. Each server has its own temporary data folder and is stopped after 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import threading
@@ -93,10 +94,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_api(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Callable[..., ApiServer]]:
     started: list[tuple[_Server, threading.Thread, ApiServer]] = []
 
-    def start(*, engine: FakeEngine | None = None, **settings: Any) -> ApiServer:
+    def start(*, engine: FakeEngine | None = None, config: dict[str, Any] | None = None,
+              **settings: Any) -> ApiServer:
+        """``config``: a config.json to start from (as an A1111 install's may be)."""
         root = tmp_path / f"data{len(started)}"
         models = root / "models" / "Stable-diffusion"
         models.mkdir(parents=True)
+        if config is not None:
+            (root / "config.json").write_text(json.dumps(config), encoding="utf-8")
         shutil.copy(tiny_checkpoint, models / tiny_checkpoint.name)
         services, fake = make_services(root, engine=engine or FakeEngine(), with_checkpoint=False, **settings)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -58,3 +58,32 @@ def test_txt2img_with_the_tiny_model(real_api: str) -> None:
     assert np.abs(first - second).max() > 0  # different seeds, different images
     # image i of a batch is what its seed makes alone (A1111's reproducibility promise)
     assert np.abs(second - pixels(second_alone.json()["images"][0])).max() <= 2
+
+
+def test_an_interrupted_job_answers_the_image_it_had_reached(real_api: str) -> None:
+    """As A1111: interrupting mid-sampling returns the batch decoded from the latents it had reached."""
+    import threading
+    import time
+
+    answer: dict[str, httpx.Response] = {}
+
+    def generate() -> None:
+        with httpx.Client(timeout=300) as client:
+            answer["response"] = client.post(f"{real_api}/txt2img", json={
+                "prompt": "a kite", "steps": 2000, "width": 64, "height": 64, "seed": 5, "batch_size": 2})
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    with httpx.Client(timeout=30) as client:
+        deadline = time.monotonic() + 120
+        while client.get(f"{real_api}/progress").json()["state"]["sampling_step"] < 3:
+            assert time.monotonic() < deadline and thread.is_alive(), "the job never started"
+            time.sleep(0.05)
+        assert client.post(f"{real_api}/interrupt").status_code == 200
+    thread.join(120)
+    response = answer["response"]
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])
+    assert info["interrupted"] is True and info["all_seeds"] == [5, 6]
+    assert [pixels(b64).shape for b64 in body["images"]] == [(64, 64, 3)] * 2

@@ -113,8 +113,36 @@ def test_hires_fix_with_a_model_upscaler_and_no_extra_is_refused_before_queueing
 
 
 def test_an_unknown_upscaler_lists_the_models_too(model_api: ApiServer) -> None:
-    response = model_api.post("extra-single-image", json={"image": _png(), "upscaler_1": "R-ESRGAN 4x+"})
+    response = model_api.post("extra-single-image", json={"image": _png(), "upscaler_1": "Wobbly 3x"})
     assert response.status_code == 400
     assert f"Nearest, {MODEL}" in response.text
+
+
+def test_a1111_upscaler_names_use_their_model_file_when_it_is_there(model_api: ApiServer) -> None:
+    # A1111 calls RealESRGAN_x4plus.pth "R-ESRGAN 4x+" (webuiapi's HiResUpscaler.ESRGAN_4x, Discord bots).
+    (model_api.services.settings.paths.esrgan_dir / "RealESRGAN_x4plus.pth").write_bytes(b"")
+    response = model_api.post("extra-single-image", json={"image": _png(), "upscaler_1": "R-ESRGAN 4x+"})
+    assert response.status_code == 200, response.text
+    assert model_api.engine.upscales == [("RealESRGAN_x4plus", (40, 20))]
+    assert "Postprocess upscaler: RealESRGAN_x4plus" in response.json()["html_info"]
+    response = model_api.post("txt2img", json={"steps": 2, "width": 64, "height": 64, "enable_hr": True,
+                                                "hr_upscaler": "R-ESRGAN 4x+"})
+    assert response.status_code == 200, response.text
+    assert model_api.engine.calls[-1].hr_upscaler == "RealESRGAN_x4plus"
+    assert "warnings" not in response.json()["info"]
+
+
+def test_a1111_upscaler_names_without_their_file_upscale_with_lanczos_and_say_which_file(
+        model_api: ApiServer) -> None:
+    response = model_api.post("extra-single-image", json={"image": _png(), "upscaler_1": "SwinIR 4x"})
+    assert response.status_code == 200, response.text
+    assert _decoded(response.json()["image"]).size == (40, 20) and model_api.engine.upscales == []
+    info = response.json()["html_info"]
+    assert "Postprocess upscaler: Lanczos" in info and "SwinIR_4x.pth in models/ESRGAN" in info
+    response = model_api.post("txt2img", json={"steps": 2, "width": 64, "height": 64, "enable_hr": True,
+                                                "hr_upscaler": "4x-UltraSharp"})
+    assert response.status_code == 200, response.text
+    assert model_api.engine.calls[-1].hr_upscaler == "Lanczos"
+    assert "4x-UltraSharp.pth in models/ESRGAN" in response.json()["info"]
 
 

@@ -55,3 +55,18 @@ def test_bad_masks_are_refused() -> None:
     with pytest.raises(MaskError, match="empty"):
         prepare_inpaint(_picture(), Image.new("L", (64, 64)), width=64, height=64, resize_mode=0,
                         mask_blur=4, invert=False, fill=1, only_masked=False, padding=0)
+
+
+def test_blur_across_and_down_may_differ_as_a1111s_mask_blur_x_and_y() -> None:
+    def plan(blur: int, blur_y: int | None) -> Image.Image:
+        return prepare_inpaint(_picture(), _mask((24, 24, 40, 40)), width=64, height=64, resize_mode=0,
+                               mask_blur=blur, mask_blur_y=blur_y, invert=False, fill=1, only_masked=False,
+                               padding=0).mask
+
+    down_only = plan(0, 6)
+    assert down_only.getpixel((20, 32)) == 0 and down_only.getpixel((23, 32)) == 0  # left edge stays sharp
+    assert 0 < down_only.getpixel((32, 20)) < 255  # the top edge is soft
+    across_only = plan(6, 0)
+    assert 0 < across_only.getpixel((20, 32)) < 255 and across_only.getpixel((32, 20)) == 0
+    both = plan(6, None)  # mask_blur alone blurs both ways, as before
+    assert 0 < both.getpixel((20, 32)) < 255 and 0 < both.getpixel((32, 20)) < 255
