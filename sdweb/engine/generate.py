@@ -247,7 +247,13 @@ class _Txt2Img:
         # 0 for plain UNets, 5 for inpainting ones; other layouts (depth, pix2pix) are refused here.
         self.conditioning_channels = conditioning_channels(self.pipe)
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
-        self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        if isinstance(plan, SchedulerPlan):
+            try:  # a step count the scheduler cannot make (DDIM above the 1000 trained steps)
+                plan.set_timesteps(params.steps, "cpu")
+            except ValueError as exc:
+                raise ValueError(f"steps: {params.sampler_name} cannot sample {params.steps} steps "
+                                 f"({exc})") from exc
 
     # -- 2. prompts --------------------------------------------------------------------------
     def encode_prompts(self) -> None:

@@ -319,3 +319,11 @@ def test_cfg_scale_below_one_weighs_the_negative_prompt_as_a1111(sd1_model, samp
     to_negative = np.abs(_pixels(at_zero) - _pixels(negative_only)).mean()
     to_prompt = np.abs(_pixels(at_zero) - _pixels(prompt_only)).mean()  # the tiny model's texts differ little
     assert to_prompt > 0.1 and to_negative < to_prompt / 5, (to_negative, to_prompt)
+
+
+def test_a_step_count_the_sampler_cannot_make_is_an_error_naming_steps(sd1_model, samplers) -> None:
+    # A1111's API has no step limit; DDIM's schedule has only the model's 1000 trained steps.
+    seen: list[StepProgress] = []
+    with pytest.raises(ValueError, match="steps: DDIM cannot sample 1200 steps"):
+        _run(sd1_model, samplers, tiny_params(sampler_name="DDIM", steps=1200), on_step=seen.append)
+    assert seen == []  # refused before any work
