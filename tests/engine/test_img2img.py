@@ -146,7 +146,7 @@ def test_bad_init_image_counts_are_refused(sd1_model, samplers) -> None:
         _run(sd1_model, samplers, img_params(batch_size=2), [_gradient()] * 3)
 
 
-def test_interrupt_keeps_finished_batches(sd1_model, samplers) -> None:
+def test_interrupt_keeps_finished_batches_and_the_one_reached(sd1_model, samplers) -> None:
     control = JobControl()
 
     def stop_in_second_batch(step: StepProgress) -> None:
@@ -155,7 +155,8 @@ def test_interrupt_keeps_finished_batches(sd1_model, samplers) -> None:
 
     run = run_img2img(sd1_model, img_params(n_iter=3), [_gradient()], samplers=samplers, control=control,
                       on_step=stop_in_second_batch)
-    assert run.interrupted and len(run.images) == 1
+    # As A1111: the second batch is decoded from the latents its first step reached; the third never ran.
+    assert run.interrupted and len(run.images) == 2 and run.images[1].image.size == run.images[0].image.size
 
 
 def test_engine_runs_img2img_on_the_requested_checkpoint_held_for_the_job(sd1_model, samplers) -> None:

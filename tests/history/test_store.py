@@ -194,7 +194,7 @@ def test_params_this_version_refuses_are_dropped_not_fatal(tmp_path: Path) -> No
         entry_id = history.add(entry("old entry"))
     with sqlite3.connect(db) as conn:
         conn.execute(
-            "UPDATE entries SET params_json = json_set(params_json, '$.steps', 999, '$.removed_field', 1)"
+            "UPDATE entries SET params_json = json_set(params_json, '$.steps', 99999, '$.removed_field', 1)"
         )
     with HistoryStore(db) as history:
         got = history.get(entry_id)
