@@ -428,6 +428,8 @@ def module_problem(
             return f"it is {module.width} wide; this model's pooled text input is {need} wide (a CLIP-L)"
         return None
     # SD3: CLIP-L and CLIP-G side by side, padded to the joint width; their projections make the pooled input.
+    if "projection_dim" not in module.config:
+        return "it has no text projection; SD 3.x needs CLIP-L and CLIP-G with theirs"
     if module.width > int(transformer["joint_attention_dim"]):
         return f"it is {module.width} wide, wider than the model's text attention"
     other_slot = "clip_g" if slot == "clip_l" else "clip_l"

@@ -254,7 +254,7 @@ class ModuleRegistry:
                 return slot
             if slot in item.module.slots:
                 problems.append(f"as its {slot}: {problem}")
-        why = "; ".join(problems) or f"{checkpoint} has no slot for {item.describe()}"
+        why = "; ".join(problems) or f"the model has no slot for {item.describe()}"
         raise ModuleMismatchError(f"{item.name} does not fit {checkpoint} ({why})")
 
     def _automatic(
