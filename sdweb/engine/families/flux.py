@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sdweb.engine.families.base import FamilyDefaults
+from sdweb.engine.families.defaults import FLUX_DEV_T5_TOKENS, FLUX_SCHNELL_T5_TOKENS, family_defaults
 from sdweb.engine.families.flow_family import FlowModelFamily
 from sdweb.engine.families.flow_loop import FlowGuidance
 from sdweb.params import GenerationParams
@@ -39,9 +40,6 @@ FLUX_PREVIEW_FACTORS = (
     (-0.1262, -0.0982, -0.0778),
 )
 FLUX_PREVIEW_BIAS = (-0.0329, -0.0718, -0.0851)
-#: T5 tokens per chunk: dev was trained with 512, schnell with 256 (diffusers' defaults).
-DEV_T5_TOKENS = 512
-SCHNELL_T5_TOKENS = 256
 
 
 class FluxFamily(FlowModelFamily):
@@ -52,22 +50,13 @@ class FluxFamily(FlowModelFamily):
     preview_bias = FLUX_PREVIEW_BIAS
 
     def defaults(self, family: str) -> FamilyDefaults:
-        common = {
-            "sampler_name": "Euler",
-            "cfg_scale": 1.0,
-            "width": 1024,
-            "height": 1024,
-            "uses_negative_prompt": False,
-        }
-        if family.startswith("flux-schnell"):
-            return FamilyDefaults(steps=4, t5_tokens=SCHNELL_T5_TOKENS - 1, **common)
-        return FamilyDefaults(steps=20, distilled_cfg_scale=3.5, t5_tokens=DEV_T5_TOKENS - 1, **common)
+        return family_defaults(family)
 
     def uses_distilled_guidance(self, pipe: Any) -> bool:
         return bool(pipe.transformer.config.guidance_embeds)
 
     def max_sequence_length(self, pipe: Any) -> int:
-        return DEV_T5_TOKENS if self.uses_distilled_guidance(pipe) else SCHNELL_T5_TOKENS
+        return FLUX_DEV_T5_TOKENS if self.uses_distilled_guidance(pipe) else FLUX_SCHNELL_T5_TOKENS
 
     def image_tokens(self, pipe: Any, latent_height: int, latent_width: int) -> int:
         return (latent_height // 2) * (latent_width // 2)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from sdweb.engine.families.base import FamilyDefaults
+from sdweb.engine.families.defaults import SD3_T5_TOKENS, family_defaults
 from sdweb.engine.families.flow_family import FlowModelFamily
 from sdweb.engine.families.flow_loop import FlowGuidance
 from sdweb.params import GenerationParams
@@ -36,7 +37,6 @@ SD3_PREVIEW_FACTORS = (
     (-0.0749, -0.0634, -0.0456),
     (-0.1418, -0.1457, -0.1259),
 )
-SD3_T5_TOKENS = 256
 
 
 class SD3Family(FlowModelFamily):
@@ -46,14 +46,7 @@ class SD3Family(FlowModelFamily):
     preview_factors = SD3_PREVIEW_FACTORS
 
     def defaults(self, family: str) -> FamilyDefaults:
-        common = {"sampler_name": "Euler", "width": 1024, "height": 1024, "t5_tokens": SD3_T5_TOKENS - 1}
-        if family.endswith("turbo"):  # Stability: 4 steps, no guidance
-            return FamilyDefaults(steps=4, cfg_scale=1.0, uses_negative_prompt=False, **common)
-        if family == "sd3.5-medium":
-            return FamilyDefaults(steps=40, cfg_scale=4.5, **common)
-        if family == "sd3.5-large":
-            return FamilyDefaults(steps=28, cfg_scale=3.5, **common)
-        return FamilyDefaults(steps=28, cfg_scale=7.0, **common)
+        return family_defaults(family)
 
     def max_sequence_length(self, pipe: Any) -> int:
         return SD3_T5_TOKENS

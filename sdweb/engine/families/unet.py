@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdweb.engine.families.base import FamilyDefaults, FamilyJob
+from sdweb.engine.families.defaults import family_defaults
 from sdweb.params import EngineRun, GenerationParams, Img2ImgParams
 
 _PREFIXES = ("sd1", "sd2", "sdxl")
@@ -27,11 +28,7 @@ class UNetFamily:
         return family.startswith(_PREFIXES)
 
     def defaults(self, family: str) -> FamilyDefaults:
-        if family.startswith("sdxl"):
-            return FamilyDefaults(width=1024, height=1024)
-        if family.startswith("sd2-v"):
-            return FamilyDefaults(width=768, height=768)
-        return FamilyDefaults()
+        return family_defaults(family)
 
     def txt2img(self, model: Any, params: GenerationParams, job: FamilyJob) -> EngineRun:
         if params.enable_hr:
