@@ -33,8 +33,12 @@ def flow_api(tmp_path: Path, library: Path) -> Iterator[str]:
     from sdweb.services.factory import build_services
 
     shutil.copytree(library / "models", tmp_path / "models")
-    for name in ("flux-dev-aio.safetensors", "sd35-large-aio.safetensors", "sd35-medium.safetensors",
-                 "flux-schnell-fp8.safetensors"):
+    for name in (
+        "flux-dev-aio.safetensors",
+        "sd35-large-aio.safetensors",
+        "sd35-medium.safetensors",
+        "flux-schnell-fp8.safetensors",
+    ):
         (tmp_path / "models" / "Stable-diffusion" / name).unlink()  # one checkpoint per form is enough here
     services = build_services(make_settings(tmp_path))
     with served_api(services) as url:
@@ -52,28 +56,46 @@ def test_flux_transformer_only_generates_with_modules_found_in_the_folders(flow_
         modules = {item["model_name"]: item for item in client.get(f"{flow_api}/sd-modules").json()}
         assert modules["t5xxl_fp16.safetensors"]["slots"] == ["t5xxl"]
         assert modules["ae.safetensors"]["kind"] == "vae"
-        body = client.post(f"{flow_api}/txt2img", json=request(
-            override_settings={"sd_model_checkpoint": "flux-schnell"}))
+        body = client.post(
+            f"{flow_api}/txt2img", json=request(override_settings={"sd_model_checkpoint": "flux-schnell"})
+        )
         assert body.status_code == 200, body.text
         info = json.loads(body.json()["info"])
         # schnell's defaults for the fields left out: 4 steps, CFG 1, Euler
         assert (info["steps"], info["cfg_scale"], info["sampler_name"]) == (4, 1.0, "Euler")
         assert info["sd_vae_name"] == "ae.safetensors"
         assert "Distilled CFG Scale" not in info["infotexts"][0]
-        gguf = client.post(f"{flow_api}/txt2img", json=request(
-            steps=2, override_settings={"sd_model_checkpoint": "flux-schnell-Q8_0"}))
+        gguf = client.post(
+            f"{flow_api}/txt2img",
+            json=request(steps=2, override_settings={"sd_model_checkpoint": "flux-schnell-Q8_0"}),
+        )
         assert gguf.status_code == 200, gguf.text
 
 
 def test_a_text_encoder_that_does_not_fit_is_a_clear_4xx(flow_api: str) -> None:
     with httpx.Client(timeout=300) as client:
-        wrong = client.post(f"{flow_api}/txt2img", json=request(steps=2, override_settings={
-            "sd_model_checkpoint": "flux-schnell",
-            "forge_additional_modules": ["t5xxl_sd3_fp8_e4m3fn.safetensors"]}))
+        wrong = client.post(
+            f"{flow_api}/txt2img",
+            json=request(
+                steps=2,
+                override_settings={
+                    "sd_model_checkpoint": "flux-schnell",
+                    "forge_additional_modules": ["t5xxl_sd3_fp8_e4m3fn.safetensors"],
+                },
+            ),
+        )
         assert 400 <= wrong.status_code < 500, wrong.text
         assert "t5xxl_sd3_fp8_e4m3fn.safetensors does not fit" in wrong.text
-        missing = client.post(f"{flow_api}/txt2img", json=request(steps=2, override_settings={
-            "sd_model_checkpoint": "flux-schnell", "forge_additional_modules": ["nope.safetensors"]}))
+        missing = client.post(
+            f"{flow_api}/txt2img",
+            json=request(
+                steps=2,
+                override_settings={
+                    "sd_model_checkpoint": "flux-schnell",
+                    "forge_additional_modules": ["nope.safetensors"],
+                },
+            ),
+        )
         assert 400 <= missing.status_code < 500 and "nope.safetensors" in missing.text
 
 

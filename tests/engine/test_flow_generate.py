@@ -224,26 +224,40 @@ def _flux_lora_files(folder: Any, flux: TinyModel) -> None:
     up = torch.randn(proj.out_features, rank, generator=generator)
     folder.mkdir(parents=True, exist_ok=True)
     # kohya's Flux naming (BFL module paths), as diffusers converts it
-    save_file({"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": down,
-               "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": up,
-               "lora_unet_double_blocks_0_img_attn_proj.alpha": torch.tensor(float(rank))},
-              str(folder / "kohya_flux.safetensors"))
+    save_file(
+        {
+            "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": down,
+            "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": up,
+            "lora_unet_double_blocks_0_img_attn_proj.alpha": torch.tensor(float(rank)),
+        },
+        str(folder / "kohya_flux.safetensors"),
+    )
     # diffusers / peft naming
-    save_file({"transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": down,
-               "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight": up},
-              str(folder / "diffusers_flux.safetensors"))
+    save_file(
+        {
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": down,
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight": up,
+        },
+        str(folder / "diffusers_flux.safetensors"),
+    )
 
 
-def test_flux_loras_in_kohya_and_diffusers_form_apply_for_the_job_only(flux: TinyModel, tmp_path: Any) -> None:
+def test_flux_loras_in_kohya_and_diffusers_form_apply_for_the_job_only(
+    flux: TinyModel, tmp_path: Any
+) -> None:
     from sdweb.engine.extra_networks.job import ExtraNetworks
     from sdweb.engine.extra_networks.lora import LoraLibrary
 
     _flux_lora_files(tmp_path / "Lora", flux)
     networks = ExtraNetworks(loras=LoraLibrary(tmp_path / "Lora"))
-    plain = pixels(run(flux, params()).images[0].image)
-    kohya = run(flux, params(prompt="a photo of a cat <lora:kohya_flux:1>"), extra_networks=networks).images[0]
-    peft = run(flux, params(prompt="a photo of a cat <lora:diffusers_flux:1>"), extra_networks=networks).images[0]
+    plain = pixels(run(flux, params(prompt="a cat")).images[0].image)
+    kohya = run(flux, params(prompt="a photo of a cat <lora:kohya_flux:1>"), extra_networks=networks).images[
+        0
+    ]
+    peft = run(
+        flux, params(prompt="a photo of a cat <lora:diffusers_flux:1>"), extra_networks=networks
+    ).images[0]
     assert not np.array_equal(plain, pixels(kohya.image))
     assert np.abs(pixels(kohya.image) - pixels(peft.image)).max() <= 1  # the same LoRA, two file forms
     assert "kohya_flux" in kohya.extra["Lora hashes"]
-    assert np.array_equal(plain, pixels(run(flux, params()).images[0].image))  # removed after the job
+    assert np.array_equal(plain, pixels(run(flux, params(prompt="a cat")).images[0].image))  # removed after

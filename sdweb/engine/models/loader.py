@@ -192,7 +192,10 @@ def load_checkpoint(
             vae_hash = short_hash(file_sha256(vae_path))
     else:
         vae_hash = None
-    apply_runtime(pipe, runtime)
+    # On CUDA: offload when the model does not fit the free GPU memory (or --medvram/--lowvram say so).
+    from sdweb.engine.models.placement import fit_runtime
+
+    apply_runtime(pipe, fit_runtime(pipe, runtime, info.name))
     logger.info("loaded %s as %s in %.1f s", info.name, detection.family, time.perf_counter() - started)
     return LoadedModel(
         info=info,
