@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdweb.engine.accelerator import inference_context
 from sdweb.engine.generate import LoadedModelLike, run_txt2img
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img
@@ -151,7 +152,7 @@ def run_hires_txt2img(
                                on_step=second_step, preview_every=preview_every, init_latents=init_latents,
                                **options)
         else:
-            with torch.inference_mode():
+            with inference_context(model.pipe):
                 second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
                                   preview_every, init_latents=init_latents,
                                   inpainting_mask_weight=inpainting_mask_weight, **options).run()

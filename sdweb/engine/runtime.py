@@ -6,9 +6,10 @@ files that lack them, the text encoders and VAE from ``models/text_encoder`` and
 (:mod:`sdweb.engine.models.modules`; the "forge_additional_modules" setting or the request's
 ``additional_modules``), holds the model through ``ModelCache.use`` for the whole job (so it is never
 moved or evicted mid-generation), and hands over to the model's family (:mod:`sdweb.engine.families`):
-the UNet loops for SD 1.x/2.x/XL, the flow-matching loop for SD 3.x and Flux. :func:`create_engine` is
-the composition-root helper that builds the runtime, the thread count and the cache from the launch
-settings.
+the UNet loops for SD 1.x/2.x/XL, the flow-matching loop for SD 3.x and Flux. Each job runs inside
+:func:`sdweb.engine.accelerator.job_scope`: afterwards, however it ended, no offloaded component stays on
+the accelerator and unused cached memory goes back. :func:`create_engine` is the composition-root
+helper that builds the runtime, the thread count and the cache from the launch settings.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdweb.engine.accelerator import DeviceMemory, job_scope
 from sdweb.engine.encode import count_tokens
 from sdweb.engine.extra_networks.job import ExtraNetworks
 from sdweb.engine.families import FamilyJob, FamilyRegistry, default_families
@@ -47,6 +49,7 @@ class Engine:
         upscalers: Any = None,
         modules: Any = None,
         families: FamilyRegistry | None = None,
+        memory: DeviceMemory | None = None,
     ) -> None:
         """Args:
         cache: ``sdweb.engine.models.cache.ModelCache``.
@@ -61,6 +64,7 @@ class Engine:
         modules: ``sdweb.engine.models.modules.ModuleRegistry`` (text encoders / VAEs for SD 3.x and Flux;
             None: such files must carry their own).
         families: the model families (default: :func:`sdweb.engine.families.default_families`).
+        memory: the accelerator's memory (emptied after unloads and large jobs); None: nothing to empty.
         """
         self._cache = cache
         self._registry = registry
@@ -74,6 +78,7 @@ class Engine:
         self.modules = modules
         self.families = families or default_families()
         self._detections: dict[tuple[str, int, float], Any] = {}
+        self._memory = memory
 
     # -- generation --------------------------------------------------------------------------
     def txt2img(
@@ -87,7 +92,7 @@ class Engine:
         """Generate ``params`` (seeds, clip skip and RNG resolved) on its checkpoint."""
         info = self._checkpoint(params.checkpoint)
         vae, modules = self._load_choice(info, params)
-        with self._cache.use(info, vae=vae, **modules) as model:
+        with self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory):
             job = self._job(control, on_step, preview_every)
             return self.families.for_family(model.family).txt2img(model, params, job)
 
@@ -107,7 +112,7 @@ class Engine:
         """
         info = self._checkpoint(params.checkpoint)
         vae, modules = self._load_choice(info, params)
-        with self._cache.use(info, vae=vae, **modules) as model:
+        with self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory):
             job = self._job(control, on_step, preview_every)
             return self.families.for_family(model.family).img2img(model, params, init_images, job, mask=mask)
 
@@ -191,6 +196,8 @@ class Engine:
         self._cache.unload_all()
         if self.upscalers is not None:
             self.upscalers.unload()
+        if self._memory is not None:
+            self._memory.release()
 
     def describe(self) -> dict[str, Any]:
         """Device, precision, attention and the loaded models, for the API and the UI."""
@@ -275,15 +282,17 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     ``modules``: the service layer's ``ModuleRegistry`` (models/text_encoder + models/VAE); built here
     when not given.
     """
-    from sdweb.engine.devices import configure_threads, resolve_runtime
+    from sdweb.engine.devices import apply_backend_flags, configure_threads, resolve_runtime
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.models.cache import ModelCache
-    from sdweb.engine.models.loader import load_checkpoint
+    from sdweb.engine.models.loader import check_checkpoint, load_checkpoint
     from sdweb.engine.models.modules import ModuleRegistry
     from sdweb.engine.upscalers import DEFAULT_OVERLAP, DEFAULT_TILE, ModelUpscalers, UpscalerModelLibrary
 
     runtime = resolve_runtime(settings)
+    apply_backend_flags(runtime)
+    memory = DeviceMemory(runtime.device)
     # --threads wins; else the "torch_threads" setting (0 = one per physical core, the runtime's default).
     option_threads = int(options.get("torch_threads") or 0) if options is not None else 0
     configure_threads(getattr(settings, "threads", None) or option_threads or runtime.threads)
@@ -302,7 +311,11 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
         # The VAE hash for infotexts comes from the registry's on-disk cache: hashed once per file.
         return load_checkpoint(info, runtime, vae_path=Path(vae), vae_hash=vae_registry.short_hash(Path(vae)))
 
-    cache = ModelCache(loader, capacity=settings.models_in_memory, offload_device=runtime.parking_device)
+    def precheck(info: Any, vae: Any) -> None:
+        check_checkpoint(info, Path(vae) if vae is not None else None)
+
+    cache = ModelCache(loader, capacity=settings.models_in_memory, offload_device=runtime.parking_device,
+                       precheck=precheck, on_released=memory.release)
     logger.info("engine ready: %s, %s, %s attention", runtime.device, runtime.dtype, runtime.attention)
     if loras is None:
         loras = LoraLibrary(settings.paths.lora_dir)
@@ -317,7 +330,10 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
         except (AttributeError, KeyError):  # no options, or a store without these specs
             return DEFAULT_TILE, DEFAULT_OVERLAP
 
+    # Under --medvram/--lowvram the upscaler model waits in RAM and visits the device only to upscale.
     upscalers = ModelUpscalers(upscaler_models, device=runtime.device, dtype=runtime.dtype,
-                               tiling=upscaler_tiling)
+                               tiling=upscaler_tiling,
+                               park_device="cpu" if runtime.offload != "none" else None,
+                               memory=memory)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
-                  embeddings=embeddings, upscalers=upscalers, modules=module_files)
+                  embeddings=embeddings, upscalers=upscalers, modules=module_files, memory=memory)

@@ -33,6 +33,7 @@ from sdweb.params import (
     StepProgress,
 )
 from sdweb.services.worker import GpuWorker, Task
+from sdweb.services.workers import JobNeeds, JobWorkers, LocalWorkers, WorkerStatus
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,11 @@ class GenerationService:
         validate: Callable[[GenerationParams], None] | None = None,
         default_checkpoint: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
+        workers: JobWorkers | None = None,
     ) -> None:
         self._worker = worker
+        #: Where jobs run (DESIGN.md "Workers"): the in-process GPU worker unless a cluster pool is given.
+        self._workers: JobWorkers = workers or LocalWorkers(worker, engine)
         self._engine = engine
         self._options = options
         self._images = images
@@ -191,8 +195,9 @@ class GenerationService:
                 if not oldest.finished:
                     break
                 del self._jobs[oldest_id]
-        job.task = self._worker.submit(lambda: self._run(job, save=save, save_grid=save_grid),
-                                       label=f"{job.kind} {job.id[:8]}")
+        default = self._default_checkpoint() if self._default_checkpoint is not None else None
+        job.task = self._workers.submit(lambda engine: self._run(job, engine, save=save, save_grid=save_grid),
+                                        label=f"{job.kind} {job.id[:8]}", needs=JobNeeds.of(params, default))
         return job
 
     def submit_img2img(
@@ -242,7 +247,7 @@ class GenerationService:
         return self._current
 
     def queue_position(self, job: Job) -> int:
-        return self._worker.position(job.task) if job.task is not None else 0
+        return self._workers.position(job.task) if job.task is not None else 0
 
     def progress(self, job: Job) -> JobProgress:
         job.progress.queue_position = self.queue_position(job)
@@ -252,13 +257,17 @@ class GenerationService:
     def last_seed(self) -> int | None:
         return self._last_seed
 
+    def workers(self) -> list[WorkerStatus]:
+        """The workers jobs run on (one in-process worker, or the cluster's): for the UI and the API."""
+        return self._workers.health()
+
     # ------------------------------------------------------------------ control
     def interrupt(self, job_id: str | None = None) -> bool:
         """Stop the given (or the running) job; images finished so far are kept and saved."""
         job = self._target(job_id)
         if job is None:
             return False
-        if job.task is not None and self._worker.cancel(job.task):
+        if job.task is not None and self._workers.cancel(job.task):
             job.progress.state = "interrupted"
             job.progress.interrupted = True
             job.result = GenerationResult(params=job.params, interrupted=True)
@@ -282,13 +291,14 @@ class GenerationService:
         return self.job(job_id)
 
     # ------------------------------------------------------------------ running (worker thread)
-    def _run(self, job: Job, *, save: bool, save_grid: bool | None) -> GenerationResult:
+    def _run(self, job: Job, engine: EngineLike, *, save: bool,
+             save_grid: bool | None) -> GenerationResult:
         self._current = job
         progress = job.progress
         progress.state = "running"
         progress.started_at = time.monotonic()
         try:
-            result = self._run_steps(job, save=save, save_grid=save_grid)
+            result = self._run_steps(job, engine, save=save, save_grid=save_grid)
         except GenerationError as exc:
             progress.state = "failed"
             progress.error = exc.message
@@ -302,13 +312,15 @@ class GenerationService:
             job.error = GenerationError(message, status=_status_for(exc))
             raise job.error from exc
         finally:
-            self._current = None
+            if self._current is job:  # with several workers another job may have started meanwhile
+                self._current = None
         progress.state = "interrupted" if result.interrupted else "done"
         progress.preview = None
         job.result = result
         return result
 
-    def _run_steps(self, job: Job, *, save: bool, save_grid: bool | None) -> GenerationResult:
+    def _run_steps(self, job: Job, engine: EngineLike, *, save: bool,
+                   save_grid: bool | None) -> GenerationResult:
         # 1. Let extensions adjust the request, then apply styles (A1111 writes the styled prompt).
         params = self._prepare(job.params)
         job.params = params
@@ -336,11 +348,10 @@ class GenerationService:
                                   "img2img job; it must return params.model_copy(update=...)")
         if isinstance(params, Img2ImgParams):
             masked = {"mask": job.mask} if job.mask is not None else {}
-            run = self._engine().img2img(params, job.init_images, control=job.control, on_step=on_step,
-                                         preview_every=preview_every, **masked)
+            run = engine.img2img(params, job.init_images, control=job.control, on_step=on_step,
+                                 preview_every=preview_every, **masked)
         else:
-            run = self._engine().txt2img(params, control=job.control, on_step=on_step,
-                                         preview_every=preview_every)
+            run = engine.txt2img(params, control=job.control, on_step=on_step, preview_every=preview_every)
 
         # 3. Infotext, save, grid, history.
         return self._record(params, run, save=save, save_grid=save_grid, masked=job.mask is not None)

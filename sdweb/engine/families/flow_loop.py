@@ -32,6 +32,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdweb.engine.accelerator import (
+    execution_device,
+    inference_context,
+    offload_module,
+    vae_decode,
+    vae_encode,
+)
 from sdweb.engine.families.base import FamilyJob
 from sdweb.engine.families.flow_encode import FlowCond, FlowTextEncoder
 from sdweb.engine.families.flow_samplers import FlowPlan, build_flow_plan
@@ -105,7 +112,7 @@ def run_flow_txt2img(
     *,
     output_type: Literal["pil", "latent"] = "pil",
 ) -> EngineRun:
-    with torch.inference_mode():
+    with inference_context(model.pipe):  # inference mode; no_grad under --lowvram
         return FlowTxt2Img(model, params, job, family, output_type=output_type).run()
 
 
@@ -119,7 +126,7 @@ def run_flow_img2img(
     mask: Image.Image | None = None,
     init_latents: torch.Tensor | None = None,
 ) -> EngineRun:
-    with torch.inference_mode():
+    with inference_context(model.pipe):
         return FlowImg2Img(
             model, params, job, family, init_images=init_images, mask=mask, init_latents=init_latents
         ).run()
@@ -143,7 +150,7 @@ class FlowTxt2Img:
         self.pipe = model.pipe
         self.transformer = model.pipe.transformer
         self.vae = model.pipe.vae
-        self.device = torch.device(model.device)
+        self.device = execution_device(model.pipe, default=model.device)  # the offload hooks' device
         self.networks: Any = None
         self.scale = int(getattr(self.pipe, "vae_scale_factor", 8))
         self.step_index = 0
@@ -408,18 +415,19 @@ class FlowTxt2Img:
         scaled = latents / config.scaling_factor + float(getattr(config, "shift_factor", 0.0) or 0.0)
         images = []
         for index in range(scaled.shape[0]):
-            decoded = self.vae.decode(
-                scaled[index : index + 1].to(self.vae.device, self.vae.dtype), return_dict=False
-            )[0]
+            decoded = vae_decode(
+                self.vae, scaled[index : index + 1].to(self.device)
+            )  # NaN-checked, fp32 retry
             images.append(to_pil(decoded[0]))
+        offload_module(self.vae)  # --medvram: the next batch's transformer runs alone on the device
         return images
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] ``(B, 3, H, W)`` -> model-space latents (the distribution's mean)."""
         config = self.vae.config
-        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        mean = vae_encode(self.vae, pixels, self.device)  # NaN-checked, fp32 retry
         shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
-        return ((dist.mean.float() - shift) * config.scaling_factor).to(self.device)
+        return ((mean - shift) * config.scaling_factor).to(self.device)
 
 
 class FlowImg2Img(FlowTxt2Img):
