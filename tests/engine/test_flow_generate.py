@@ -180,6 +180,9 @@ def test_img2img_strength_zero_keeps_the_picture_and_inpainting_keeps_unmasked_p
     out = pixels(result.images[0].image)
     assert (out[:, 40:] == np.array([200, 40, 40])).all()  # outside the mask: the original, exactly
     assert steps == [1, 2]  # int(3 * 0.9) steps run
+    latent_resize = Img2ImgParams(**{**params().model_dump(), "resize_mode": 3})
+    with pytest.raises(ValueError, match="resize_mode: 3"):
+        family.img2img(flux, latent_resize, [init], job())
 
 
 def test_hires_fix_runs_both_passes_on_the_flow_loop(flux: TinyModel) -> None:

@@ -466,6 +466,9 @@ class FlowImg2Img(FlowTxt2Img):
                 f"{count} init images for a batch of {self.params.batch_size}: give one image, "
                 "or one per image of the batch"
             )
+        if self.params.resize_mode == 3 and self._init is None:
+            raise ValueError("resize_mode: 3 (latent upscale) is not supported for SD 3.x / Flux models yet; "
+                             "use 0 (just resize), 1 (crop and resize) or 2 (resize and fill)")
         if self.mask is not None and not self.plans:
             from sdweb.images.mask import prepare_inpaint
 
@@ -496,12 +499,7 @@ class FlowImg2Img(FlowTxt2Img):
                 sources = [plan.init for plan in self.plans]
             else:
                 sources = [
-                    resize_image(
-                        flatten_alpha(image),
-                        params.resize_mode if params.resize_mode != 3 else 0,
-                        params.width,
-                        params.height,
-                    )
+                    resize_image(flatten_alpha(image), params.resize_mode, params.width, params.height)
                     for image in self.init_images
                 ]
             latents = torch.cat([self.encode_pixels(image_to_pixels(image)) for image in sources])
