@@ -21,6 +21,21 @@ ratios to diffusers' default. The weights are random with the released width (30
 one-layer stand-ins of the real widths (they run once per job, not per step). Q4_0 rather than Q4_K_S:
 the ``gguf`` package can write Q4_0 but not the K-quants; both dequantize per layer the same way.
 Files are written once into ``benchmarks/out/flux-<double>x<single>/`` (a few GB).
+
+Measured on the 2-core shared dev box (CPU with avx512_bf16, load average ~9 from other jobs, so the
+times are noisy: a first run gave bf16 1.61x diffusers' s/step, this one 0.72x; a single process timing
+both transformers back to back gave 8.2-8.5 s vs 8.7-9.6 s, i.e. the same speed),
+``python benchmarks/flux.py --double 1 --single 2 --size 256 --steps 4``::
+
+    form             load s  load peak  - imports     model  ratio   s/step x diff.   peak RSS x diff.
+    diffusers          51.0   1.27 GiB   1.01 GiB  1.44 GiB   0.70     9.14    1.00   2.48 GiB    1.00
+    sdweb-bf16         15.0   2.45 GiB   2.19 GiB  1.91 GiB   1.14     6.60    0.72   2.79 GiB    1.12
+    sdweb-fp8          22.8   1.99 GiB   1.73 GiB  1.45 GiB   1.19    19.01    2.08   2.38 GiB    0.96
+    sdweb-gguf-q4_0    20.6   1.53 GiB   1.27 GiB  0.99 GiB   1.28    30.09    3.29   2.08 GiB    0.84
+
+sdweb's "model" includes the stand-in text encoders (0.47 GiB) that diffusers' run does not load. On a CPU
+fp8 and Q4_0 trade speed for memory (each step casts / dequantizes every layer); the full 19 + 38 block
+transformer is 22.2 GiB in bf16, 11.1 GiB in fp8 and about 6.3 GiB in Q4_0.
 """
 
 from __future__ import annotations
