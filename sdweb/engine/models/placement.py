@@ -94,14 +94,13 @@ def choose_offload(
 def fit_runtime(pipe: Any, runtime: Any, name: str) -> Any:
     """``runtime`` with the offload :func:`choose_offload` picks for ``pipe`` (logged with the reason)."""
     device = torch.device(runtime.device)
-    free: int | None = None
-    if device.type == "cuda" and torch.cuda.is_available():
-        free, _total = torch.cuda.mem_get_info(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return runtime  # no separate GPU memory to fit (CPU, MPS): the runtime's own offload applies
+    free, _total = torch.cuda.mem_get_info(device)
     placement = choose_offload(
         component_bytes(pipe), free=free, forced=runtime.offload, device_type=device.type
     )
-    if device.type == "cuda":
-        logger.info("%s: %s", name, placement.reason)
+    logger.info("%s: %s", name, placement.reason)
     if placement.offload == runtime.offload:
         return runtime
     return replace(
