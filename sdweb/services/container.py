@@ -50,3 +50,6 @@ class AppServices:
     #: ``sdweb.services.upscalers.UpscalerService``: the Pillow and models/ESRGAN upscalers; None in tests
     #: that build the container by hand.
     upscalers: Any = None
+    #: ``sdweb.services.scripts.service.ScriptService``: X/Y/Z plot, prompt matrix ... (None in tests that
+    #: build the container by hand).
+    scripts: Any = None

@@ -56,6 +56,7 @@ def build_services(
     from sdweb.history.store import HistoryStore
     from sdweb.images.store import ImageStore
     from sdweb.prompts.styles import StyleStore
+    from sdweb.services.scripts.service import ScriptService
     from sdweb.services.upscalers import UpscalerService
 
     # 1. Folders and persisted options.
@@ -66,8 +67,10 @@ def build_services(
     # 2. Plugins: built-ins first, then extensions (they may add options and samplers).
     plugins = PluginHost()
     from sdweb.engine.samplers import builtin as builtin_samplers
+    from sdweb.services.scripts import builtin as builtin_scripts
 
     plugins.register_builtin(builtin_samplers, "builtin-samplers")
+    plugins.register_builtin(builtin_scripts, builtin_scripts.PLUGIN_NAME)
     extensions = ExtensionManager(
         paths.extensions_dir,
         plugins,
@@ -144,11 +147,14 @@ def build_services(
             raise LookupError("the tokenizer loads with the engine")
         return engine().count_tokens(text)
 
+    scripts = ScriptService(generation=generation, plugins=plugins, options=options, samplers=samplers,
+                            models=models, styles=styles, upscalers=upscalers)
+
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
-        token_counter=count_tokens, upscalers=upscalers,
+        token_counter=count_tokens, upscalers=upscalers, scripts=scripts,
     )
     holder["services"] = services
     return services
