@@ -53,3 +53,5 @@ class AppServices:
     #: ``sdweb.services.scripts.service.ScriptService``: X/Y/Z plot, prompt matrix ... (None in tests that
     #: build the container by hand).
     scripts: Any = None
+    #: ``sdweb.services.merger.MergeService``: the Checkpoint Merger (None in hand-built containers).
+    merger: Any = None

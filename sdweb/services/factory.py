@@ -56,6 +56,7 @@ def build_services(
     from sdweb.history.store import HistoryStore
     from sdweb.images.store import ImageStore
     from sdweb.prompts.styles import StyleStore
+    from sdweb.services.merger import MergeService
     from sdweb.services.scripts.service import ScriptService
     from sdweb.services.upscalers import UpscalerService
 
@@ -149,12 +150,13 @@ def build_services(
 
     scripts = ScriptService(generation=generation, plugins=plugins, options=options, samplers=samplers,
                             models=models, styles=styles, upscalers=upscalers)
+    merger = MergeService(registry, vaes, worker)
 
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
-        token_counter=count_tokens, upscalers=upscalers, scripts=scripts,
+        token_counter=count_tokens, upscalers=upscalers, scripts=scripts, merger=merger,
     )
     holder["services"] = services
     return services
