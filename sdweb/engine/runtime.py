@@ -41,6 +41,7 @@ class Engine:
         loras: Any = None,
         embeddings: Any = None,
         upscalers: Any = None,
+        face_restorer: Any = None,
     ) -> None:
         """Args:
         cache: ``sdweb.engine.models.cache.ModelCache``.
@@ -52,6 +53,7 @@ class Engine:
         loras: ``sdweb.engine.extra_networks.lora.LoraLibrary`` (None: ``<lora:...>`` tags are refused).
         embeddings: ``sdweb.engine.extra_networks.embeddings.EmbeddingLibrary`` (None: no embeddings).
         upscalers: ``sdweb.engine.upscalers.ModelUpscalers`` (models/ESRGAN; None: none).
+        face_restorer: ``sdweb.engine.face_restore.FaceRestorer`` (models/GFPGAN, models/Codeformer).
         """
         self._cache = cache
         self._registry = registry
@@ -62,6 +64,7 @@ class Engine:
         self._fallback_tokenizer: Any = None
         self._networks = ExtraNetworks(loras=loras, embeddings=embeddings)
         self.upscalers = upscalers
+        self.face_restorer = face_restorer
 
     # -- generation --------------------------------------------------------------------------
     def txt2img(
@@ -124,6 +127,14 @@ class Engine:
             raise UpscalerModelError(f"upscaler model {name!r}: this engine has no upscaler models")
         return self.upscalers.upscale(image, name, size)
 
+    def restore_faces(self, image: Any, name: str, codeformer_weight: float = 0.5) -> Any:
+        """``image`` (PIL) with its faces restored by ``name`` ("CodeFormer", "GFPGAN")."""
+        from sdweb.engine.face_restore import FaceRestoreError
+
+        if self.face_restorer is None:
+            raise FaceRestoreError("this engine has no face restorer")
+        return self.face_restorer.restore(image, name, codeformer_weight=codeformer_weight)
+
     # -- models ------------------------------------------------------------------------------
     def load(self, info: Any) -> Any:
         """Load ``info`` (with the "SD VAE" setting's VAE) and make it the current model."""
@@ -140,6 +151,8 @@ class Engine:
         self._cache.unload_all()
         if self.upscalers is not None:
             self.upscalers.unload()
+        if self.face_restorer is not None:
+            self.face_restorer.unload()
 
     def describe(self) -> dict[str, Any]:
         """Device, precision, attention and the loaded models, for the API and the UI."""
@@ -220,6 +233,7 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     from sdweb.engine.devices import configure_threads, resolve_runtime
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
+    from sdweb.engine.face_restore import FaceModelLibrary, FaceRestorer
     from sdweb.engine.models.cache import ModelCache
     from sdweb.engine.models.loader import load_checkpoint
     from sdweb.engine.upscalers import DEFAULT_OVERLAP, DEFAULT_TILE, ModelUpscalers, UpscalerModelLibrary
@@ -252,5 +266,7 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
 
     upscalers = ModelUpscalers(upscaler_models, device=runtime.device, dtype=runtime.dtype,
                                tiling=upscaler_tiling)
+    face_restorer = FaceRestorer(FaceModelLibrary(settings.paths.root / "models"), device=runtime.device,
+                                 dtype=runtime.dtype)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
-                  embeddings=embeddings, upscalers=upscalers)
+                  embeddings=embeddings, upscalers=upscalers, face_restorer=face_restorer)

@@ -55,3 +55,5 @@ class AppServices:
     scripts: Any = None
     #: ``sdweb.services.merger.MergeService``: the Checkpoint Merger (None in hand-built containers).
     merger: Any = None
+    #: ``sdweb.services.face_restore.FaceRestoreService``: GFPGAN / CodeFormer (None when hand-built).
+    face_restorers: Any = None

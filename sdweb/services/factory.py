@@ -16,6 +16,7 @@ from typing import Any
 from sdweb.config import BUILTIN_OPTIONS, LaunchSettings, OptionSpec, OptionsStore
 from sdweb.params import GenerationParams
 from sdweb.services.container import AppServices
+from sdweb.services.face_restore import FACE_OPTIONS, FaceRestoreService
 from sdweb.services.generation import GenerationService
 from sdweb.services.models import EngineProvider, ModelService
 from sdweb.services.worker import GpuWorker
@@ -48,6 +49,7 @@ def build_services(
 ) -> AppServices:
     """Build the container. ``engine_factory(services)`` makes the engine; default: the real one."""
     from sdweb.engine.extra_networks.lora import LoraLibrary
+    from sdweb.engine.face_restore import FaceModelLibrary
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
     from sdweb.engine.upscalers import UpscalerModelLibrary
@@ -63,7 +65,7 @@ def build_services(
     # 1. Folders and persisted options.
     paths = settings.paths
     paths.ensure()
-    options = OptionsStore(paths.config_file, (*BUILTIN_OPTIONS, *EXTRA_OPTIONS))
+    options = OptionsStore(paths.config_file, (*BUILTIN_OPTIONS, *EXTRA_OPTIONS, *FACE_OPTIONS))
 
     # 2. Plugins: built-ins first, then extensions (they may add options and samplers).
     plugins = PluginHost()
@@ -137,9 +139,10 @@ def build_services(
         elif models.selected_title() is None:
             raise LookupError(models.empty_message())
 
+    face_restorer = FaceRestoreService(FaceModelLibrary(paths.root / "models"), options, engine)
     generation = GenerationService(worker=worker, engine=engine, options=options, images=images,
                                    history=history, styles=styles, plugins=plugins, validate=validate,
-                                   default_checkpoint=models.selected_title)
+                                   default_checkpoint=models.selected_title, face_restorer=face_restorer)
 
     def count_tokens(text: str) -> tuple[int, int]:
         # The UI's token counter, with the loaded model's tokenizer; only once the engine is up, so that
@@ -157,6 +160,7 @@ def build_services(
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
         token_counter=count_tokens, upscalers=upscalers, scripts=scripts, merger=merger,
+        face_restorers=face_restorer,
     )
     holder["services"] = services
     return services

@@ -137,6 +137,7 @@ class GenerationService:
         validate: Callable[[GenerationParams], None] | None = None,
         default_checkpoint: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
+        face_restorer: Any = None,
     ) -> None:
         self._worker = worker
         self._engine = engine
@@ -148,6 +149,8 @@ class GenerationService:
         self._validate = validate
         self._default_checkpoint = default_checkpoint
         self._rng = rng or random.SystemRandom()
+        #: ``sdweb.services.face_restore.FaceRestoreService`` (None: restore_faces answers with a warning).
+        self._face_restorer = face_restorer
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._current: Job | None = None
@@ -435,6 +438,9 @@ class GenerationService:
                 if isinstance(pairs, dict):
                     extra.update(pairs)
         extra.update(script_extra or {})
+        warnings: list[str] = []
+        if params.restore_faces:
+            run = self._restore_faces(run, extra, warnings)
         timestamp = datetime.now()
         result = GenerationResult(
             params=params,
@@ -446,6 +452,7 @@ class GenerationService:
             interrupted=run.interrupted,
             job_timestamp=timestamp.strftime("%Y%m%d%H%M%S"),
             extra_generation_params=dict(extra),
+            warnings=warnings,
         )
         fmt = str(self._options.get("samples_format"))
         quality = int(self._options.get("jpeg_quality"))
@@ -479,6 +486,22 @@ class GenerationService:
         if history and self._history is not None and result.images:
             result.history_id = self._add_history(result)
         return result
+
+    def _restore_faces(self, run: EngineRun, extra: dict[str, Any], warnings: list[str]) -> EngineRun:
+        """``run`` with its faces restored (and "Face restoration" in ``extra``), or as it was plus a
+        warning saying why not: a missing restorer never costs the user the images.
+        """
+        if self._face_restorer is None:
+            warnings.append("face restoration was skipped: this server has no face restorer")
+            return run
+        images, used, note = self._face_restorer.restore([generated.image for generated in run.images])
+        if note:
+            warnings.append(note)
+        if used:
+            extra["Face restoration"] = used
+        for generated, image in zip(run.images, images, strict=True):
+            generated.image = image
+        return run
 
     def _add_history(self, result: GenerationResult) -> int | None:
         from sdweb.history.store import HistoryEntry
