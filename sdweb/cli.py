@@ -204,7 +204,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     app = FastAPI(title="sdweb", version=__version__, docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
     if api:
-        app.include_router(make_router(services), prefix="/sdapi/v1")
+        app.include_router(make_router(services))  # its paths are whole: /sdapi/v1/..., /controlnet/...
         # Extension routes sit behind the same credentials as ours: never an open door beside a locked one.
         guard = api_dependencies(settings.effective_api_auth)
         for _name, routers in services.plugins.collect("register_api_routes", services=services):

@@ -1,7 +1,7 @@
 """The API requests that carry images: img2img and the Extras (upscaling) routes.
 
 This module owns turning their A1111 fields into our typed calls, and every refusal they need, so that
-:mod:`sdweb.api.router` only queues and answers:
+the routes (:mod:`sdweb.api.routes.generation`, :mod:`sdweb.api.routes.extras`) only queue and answer:
 
 * img2img: ``init_images`` (base64, decoded with the decompression-bomb limit of
   :mod:`sdweb.images.metadata`), ``denoising_strength`` and ``resize_mode`` on top of the txt2img
@@ -9,9 +9,7 @@ This module owns turning their A1111 fields into our typed calls, and every refu
   ``mask_blur`` (or equal ``mask_blur_x``/``mask_blur_y``), ``inpainting_fill``, ``inpaint_full_res``,
   ``inpaint_full_res_padding``, ``inpainting_mask_invert`` makes it inpainting. ``latent_mask`` and
   ``initial_noise_multiplier`` other than 1 are refused with 422, never silently dropped.
-* img2img scripts: ``script_name: "poor man's outpainting"`` (A1111's title, any case) with A1111's
-  ``script_args`` order ``[pixels, mask_blur, inpainting_fill, directions]`` (missing ones take the
-  script's defaults) pads the init image and inpaints the new area (:mod:`sdweb.images.outpaint`).
+* img2img scripts (``script_name: "poor man's outpainting"``) are :mod:`sdweb.api.scripts`'.
 * Extras: ``upscaler_1`` (and ``upscaler_2`` blended in at ``extras_upscaler_2_visibility``), "scale
   by" (``upscaling_resize``) or "scale to" (``upscaling_resize_w/h``, ``upscaling_crop``), with the
   upscalers of the ``UpscalerService``: the built-in Pillow ones (:mod:`sdweb.images.upscale`) run in
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -31,9 +28,7 @@ from pydantic import ValidationError
 
 from sdweb.api.errors import ApiError, describe_validation_errors
 from sdweb.api.models import ExtrasBaseRequest, Img2ImgRequest
-from sdweb.images.mask import MASKED_CONTENT_NAMES
 from sdweb.images.metadata import ImageDecodeError, decode_base64_image, read_image_metadata
-from sdweb.images.outpaint import OUTPAINT_SIDES, OutpaintError, prepare_outpainting
 from sdweb.images.upscale import UnknownUpscalerError, UpscaleError, find_upscaler, upscale_image
 from sdweb.params import GenerationParams, Img2ImgParams
 
@@ -43,18 +38,6 @@ logger = logging.getLogger(__name__)
 MAX_INIT_IMAGES = 16
 #: Most images one extra-batch-images request may carry.
 MAX_EXTRAS_BATCH = 64
-
-#: The img2img script the API runs, by A1111's title as its API matches it (lower case).
-OUTPAINT_SCRIPT = "poor man's outpainting"
-#: Its ``script_args`` in A1111's order, with A1111's defaults: pixels, mask blur, masked content, directions.
-OUTPAINT_SCRIPT_DEFAULTS: tuple[Any, ...] = (128, 4, 0, list(OUTPAINT_SIDES))
-#: Its arguments as ``GET /script-info`` describes them (A1111's labels and ranges).
-OUTPAINT_SCRIPT_ARGS: tuple[dict[str, Any], ...] = (
-    {"label": "Pixels to expand", "value": 128, "minimum": 8, "maximum": 256, "step": 8},
-    {"label": "Mask blur", "value": 4, "minimum": 0, "maximum": 64, "step": 1},
-    {"label": "Masked content", "value": "fill", "choices": list(MASKED_CONTENT_NAMES.values())},
-    {"label": "Outpainting direction", "value": list(OUTPAINT_SIDES), "choices": list(OUTPAINT_SIDES)},
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,75 +104,6 @@ def img2img_params(base: GenerationParams, request: Img2ImgRequest) -> Img2ImgPa
     except ValidationError as exc:
         detail, errors = describe_validation_errors(list(exc.errors()))
         raise ApiError(422, detail, errors=errors) from exc
-
-
-@dataclass(frozen=True)
-class OutpaintScript:
-    """The poor man's outpainting script's arguments, checked."""
-
-    pixels: int
-    mask_blur: int
-    inpainting_fill: int
-    directions: tuple[str, ...]
-
-
-def is_img2img_script(name: str | None) -> bool:
-    """Whether ``script_name`` names an img2img script this API runs."""
-    return bool(name) and str(name).strip().lower() == OUTPAINT_SCRIPT
-
-
-def outpaint_script_of(request: Img2ImgRequest) -> OutpaintScript | None:
-    """The outpainting script's arguments when the request names it, else None; bad ones -> 422."""
-    if not is_img2img_script(request.script_name):
-        return None
-    args = list(request.script_args or [])
-    if len(args) > len(OUTPAINT_SCRIPT_DEFAULTS):
-        raise ApiError(422, f"script_args: poor man's outpainting takes at most 4 values [pixels, "
-                            f"mask_blur, inpainting_fill, directions] (got {len(args)})")
-    pixels, blur, fill, directions = [*args, *OUTPAINT_SCRIPT_DEFAULTS[len(args):]]
-    problems = []
-    if request.mask:
-        problems.append("mask: poor man's outpainting makes its own mask; send no mask")
-    if not _is_whole(pixels) or not 1 <= pixels <= 1024:
-        problems.append(f"script_args[0] (pixels): a whole number from 1 to 1024 (got {pixels!r})")
-    if not _is_whole(blur) or not 0 <= blur <= 64:
-        problems.append(f"script_args[1] (mask_blur): a whole number from 0 to 64 (got {blur!r})")
-    names = {name: number for number, name in MASKED_CONTENT_NAMES.items()}
-    fill = names.get(fill, fill) if isinstance(fill, str) else fill
-    if not _is_whole(fill) or fill not in MASKED_CONTENT_NAMES:
-        problems.append(f"script_args[2] (inpainting_fill): 0-3 or one of {', '.join(names)} (got {fill!r})")
-    if isinstance(directions, str):
-        directions = [directions]
-    if not isinstance(directions, list) or not all(isinstance(item, str) for item in directions):
-        problems.append(f"script_args[3] (directions): a list of {', '.join(OUTPAINT_SIDES)} (got "
-                        f"{directions!r})")
-        directions = []
-    if problems:
-        raise ApiError(422, "; ".join(problems))
-    return OutpaintScript(pixels=int(pixels), mask_blur=int(blur), inpainting_fill=int(fill),
-                          directions=tuple(directions))
-
-
-def outpaint_request(params: Img2ImgParams, images: list[Image.Image],
-                     script: OutpaintScript) -> tuple[Img2ImgParams, list[Image.Image], Image.Image]:
-    """``(request, [canvas], mask)``: the init image padded, and its new area to inpaint.
-
-    A1111 uses the first init image; more than one is refused here rather than dropped.
-    """
-    if len(images) != 1:
-        raise ApiError(422, f"init_images: poor man's outpainting takes one init image (got {len(images)})")
-    params = params.model_copy(update={"mask_blur": script.mask_blur,
-                                       "inpainting_fill": script.inpainting_fill})
-    try:
-        request, canvas, mask = prepare_outpainting(params, images[0], pixels=script.pixels,
-                                                    sides=script.directions)
-    except OutpaintError as exc:
-        raise ApiError(422, f"script_args: {exc}") from exc
-    return request, [canvas], mask
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
 
 
 def img2img_echo(request: Img2ImgRequest) -> dict[str, Any]:

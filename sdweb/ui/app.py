@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.ui import theme
+from sdweb.ui.components.results import ResultView
 from sdweb.ui.tabs import extras, gallery, history, img2img, merger, pnginfo, settings, txt2img
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,6 @@ def build_ui(services: Any) -> gr.Blocks:
 
         # 3. Lists that change while the server runs (and samplers, which need the engine's registry).
         txt2img.wire_page_load(demo, services, t2i)
-        wire_hires_samplers(demo, services, t2i)
         img2img.wire_page_load(demo, services, i2i)
         extras.wire_page_load(demo, services, extras_upscaler)
         if merge_models is not None:
@@ -140,53 +140,12 @@ def build_ui(services: Any) -> gr.Blocks:
     return demo
 
 
-def hires_sampler_choices(
-    samplers: list[str], schedules: list[str]
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The hires fix sampler and schedule dropdowns' choices: "the first pass's" ("") first."""
-    return (
-        [(txt2img.HIRES_SAME_SAMPLER, ""), *((name, name) for name in samplers)],
-        [(txt2img.HIRES_SAME_SCHEDULE, ""), *((name, name) for name in schedules)],
-    )
-
-
-def wire_hires_samplers(demo: gr.Blocks, services: Any, t2i: txt2img.Txt2ImgTab) -> None:
-    """Fill the hires fix sampler lists when a page opens (they need the engine's sampler registry)."""
-    sampler, schedule = t2i.form.get("hr_sampler_name"), t2i.form.get("hr_scheduler")
-    if sampler is None or schedule is None:
-        return
-
-    def fill(current_sampler: str, current_schedule: str) -> dict[Any, Any]:
-        try:
-            samplers, schedules = txt2img.sampler_choices(services)
-        except Exception:  # txt2img's own lists say so already; "Use same sampler" still works
-            logger.exception("could not list the samplers")
-            return {}
-        sampler_items, schedule_items = hires_sampler_choices(samplers, schedules)
-        return {
-            sampler: gr.update(
-                choices=sampler_items, value=current_sampler if current_sampler in samplers else ""
-            ),
-            schedule: gr.update(
-                choices=schedule_items, value=current_schedule if current_schedule in schedules else ""
-            ),
-        }
-
-    demo.load(
-        fill,
-        inputs=[sampler, schedule],
-        outputs={sampler, schedule},
-        show_progress="hidden",
-        concurrency_limit=None,
-    )
-
-
 def wire_send_to_img2img(services: Any, t2i: txt2img.Txt2ImgTab, i2i: img2img.Img2ImgTab) -> None:
     """txt2img's "Send to img2img": the selected result and its parameters go to the img2img tab."""
     if t2i.send_to_img2img is None or t2i.view is None:
         return
 
-    def send_result(view: txt2img.ResultView) -> tuple[Any, dict[str, Any], list[str]] | None:
+    def send_result(view: ResultView) -> tuple[Any, dict[str, Any], list[str]] | None:
         if view.item is None:
             gr.Warning("Generate an image first.")
             return None

@@ -122,22 +122,31 @@ def _as_int(value: Any) -> Any:
     return value
 
 
-def params_from_form(values: Mapping[str, Any]) -> GenerationParams:
+def params_from_form(
+    values: Mapping[str, Any], section_values: Mapping[str, Any] | None = None
+) -> GenerationParams:
     """Build the request from the form's values. Missing or empty values take the defaults.
 
+    ``section_values``: request fields the form's sections add (:mod:`sdweb.ui.sections`), as they are.
+
     Raises:
         pydantic.ValidationError: a value is out of range (the message names the field).
     """
-    return GenerationParams(**_request_data(values, FORM_FIELDS))
+    return GenerationParams(**{**_request_data(values, FORM_FIELDS), **(section_values or {})})
 
 
-def img2img_params_from_form(values: Mapping[str, Any]) -> Img2ImgParams:
+def img2img_params_from_form(
+    values: Mapping[str, Any], section_values: Mapping[str, Any] | None = None
+) -> Img2ImgParams:
     """The img2img request from the img2img form's values (txt2img's fields plus IMG2IMG_FIELDS).
 
+    ``section_values``: request fields the form's sections add (:mod:`sdweb.ui.sections`), as they are.
+
     Raises:
         pydantic.ValidationError: a value is out of range (the message names the field).
     """
-    return Img2ImgParams(**_request_data(values, (*FORM_FIELDS, *IMG2IMG_FIELDS)))
+    data = _request_data(values, (*FORM_FIELDS, *IMG2IMG_FIELDS))
+    return Img2ImgParams(**{**data, **(section_values or {})})
 
 
 def _request_data(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

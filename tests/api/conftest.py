@@ -54,13 +54,14 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def served_api(services: Any) -> Iterator[str]:
-    """Serve ``services`` (``--nowebui``) with uvicorn on a free loopback port; yields the /sdapi/v1 URL.
-    The worker is closed when the block ends."""
+def served_api(services: Any, app: FastAPI | None = None) -> Iterator[str]:
+    """Serve ``services`` (``--nowebui``; or ``app`` built around them) with uvicorn on a free loopback
+    port; yields the /sdapi/v1 URL. The worker is closed when the block ends."""
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
-    server = _Server(uvicorn.Config(build_app(services), log_level="warning", lifespan="off"))
+    app = build_app(services) if app is None else app
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -193,7 +193,7 @@ def test_malformed_json_is_a_422_naming_the_body(api: ApiServer) -> None:
 
 
 def test_unknown_fields_are_ignored_and_logged(api: ApiServer, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="sdweb.api.router"):
+    with caplog.at_level(logging.WARNING, logger="sdweb.api.request_params"):
         txt2img(api, prompt="x", my_custom_field=1, do_not_save_grid=True)
     assert "my_custom_field" in caplog.text and "do_not_save_grid" in caplog.text
     assert "my_custom_field" not in txt2img(api)["parameters"]

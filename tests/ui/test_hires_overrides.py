@@ -7,8 +7,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from sdweb.ui.app import build_ui, hires_sampler_choices
+from sdweb.ui.app import build_ui
 from sdweb.ui.fields import FORM_DEFAULTS, form_from_infotext, params_from_form
+from sdweb.ui.sections.hires import hires_sampler_choices
 from tests.fakes import make_services
 
 

@@ -9,14 +9,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from sdweb.params import Img2ImgParams
+from sdweb.ui.components.uploads import UploadError, read_upload
 from sdweb.ui.fields import FORM_DEFAULTS, img2img_params_from_form
-from sdweb.ui.tabs.img2img import (
-    UploadError,
-    img2img_request,
-    read_upload,
-    size_for_upload,
-    values_for_img2img,
-)
+from sdweb.ui.tabs.img2img import values_for_img2img
+from sdweb.ui.tabs.img2img_inputs import img2img_request, size_for_upload
 
 
 def _png(path: Path, size: tuple[int, int] = (96, 64), mode: str = "RGB") -> str:

@@ -12,16 +12,11 @@ import pytest
 from PIL import Image
 
 from sdweb.params import GenerationResult, Img2ImgParams
-from sdweb.ui.tabs.img2img import (
-    MAX_BATCH_PICTURES,
-    OutpaintChoice,
-    UploadError,
-    batch_paths,
-    combined_view,
-    picture_job,
-    run_batch,
-)
-from sdweb.ui.tabs.txt2img import ResultPanel, SessionJobs
+from sdweb.ui.components.jobs import SessionJobs
+from sdweb.ui.components.results import ResultPanel
+from sdweb.ui.components.uploads import UploadError
+from sdweb.ui.tabs.img2img_batch import MAX_BATCH_PICTURES, batch_paths, combined_view, run_batch
+from sdweb.ui.tabs.img2img_inputs import OutpaintChoice, picture_job
 from tests.fakes import FakeEngine, make_services
 
 PARAMS = Img2ImgParams(prompt="a boat", steps=2, width=64, height=64, seed=7, denoising_strength=0.5)

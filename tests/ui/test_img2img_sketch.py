@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
+from sdweb.ui.components.uploads import UploadError
 from sdweb.ui.fields import FORM_DEFAULTS
-from sdweb.ui.tabs.img2img import (
-    OutpaintChoice,
-    UploadError,
-    editor_value_for,
-    img2img_request,
-    mask_from_editor,
-)
+from sdweb.ui.tabs.img2img_inputs import OutpaintChoice, editor_value_for, img2img_request, mask_from_editor
 from tests.fakes import make_services
 
 SIZE = (96, 64)

@@ -9,16 +9,10 @@ from pathlib import Path
 from PIL import Image
 
 from sdweb.params import GenerationParams, GenerationResult, JobProgress
-from sdweb.ui.tabs.txt2img import (
-    ResultView,
-    SessionJobs,
-    estimate_tokens,
-    finished_html,
-    gallery_items,
-    load_checkpoint,
-    progress_html,
-    token_counter_text,
-)
+from sdweb.ui.components.checkpoints import load_checkpoint
+from sdweb.ui.components.jobs import SessionJobs, finished_html, progress_html
+from sdweb.ui.components.results import ResultView, gallery_items
+from sdweb.ui.components.tokens import estimate_tokens, token_counter_text
 from tests.fakes import make_services
 
 
@@ -132,7 +126,8 @@ def test_picking_a_checkpoint_loads_it_or_says_why_not(tmp_path: Path) -> None:
 def test_sending_a_sampler_this_install_lacks_says_so(tmp_path: Path) -> None:
     import gradio as gr
 
-    from sdweb.ui.tabs.txt2img import Txt2ImgTab, sampler_choices
+    from sdweb.ui.components.samplers import sampler_choices
+    from sdweb.ui.tabs.txt2img import Txt2ImgTab
 
     services, _ = make_services(tmp_path)
     try:

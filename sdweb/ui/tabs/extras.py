@@ -18,8 +18,8 @@ import gradio as gr
 from PIL import Image
 
 from sdweb.images.upscale import UpscaleError, list_upscalers, upscale_image
-from sdweb.ui.tabs.img2img import UploadError, read_upload
-from sdweb.ui.tabs.txt2img import error_html, infotext_html
+from sdweb.ui.components.messages import error_html, infotext_html
+from sdweb.ui.components.uploads import UploadError, read_upload
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,11 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from sdweb.ui.components.messages import error_html, note_html
 from sdweb.ui.controls import render_page_number
 from sdweb.ui.fields import form_from_params
 from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
-from sdweb.ui.tabs.txt2img import Txt2ImgTab, error_html, note_html
+from sdweb.ui.tabs.txt2img import Txt2ImgTab
 
 logger = logging.getLogger(__name__)
 

@@ -1,322 +1,71 @@
 """The img2img tab: an init image plus a prompt -> images; inpainting, outpainting and batches of pictures.
 
-Same queue, progress and results as txt2img (:func:`sdweb.ui.tabs.txt2img.run_job`); the request is an
-:class:`~sdweb.params.Img2ImgParams` built by :func:`sdweb.ui.fields.img2img_params_from_form`.
-Uploads are decoded by ``sdweb.images.metadata.decode_image_bytes`` (its pixel limit refuses
-decompression bombs with a message) rather than by gradio, which would decode any size.
+This module owns the tab's layout and its generate handlers. Same queue, progress and results as
+txt2img (:mod:`sdweb.ui.components`); the request is an :class:`~sdweb.params.Img2ImgParams` built from
+the form, the uploads, the drawn mask and the outpainting choice by
+:func:`sdweb.ui.tabs.img2img_inputs.img2img_request`. Uploads are decoded with sdweb's size limit
+(:mod:`sdweb.ui.components.uploads`).
 
-* Inpainting: the mask is painted over the init image with a brush (an image editor whose background
-  follows the init image; :func:`mask_from_editor` turns the strokes into the mask) or uploaded.
-  Mask blur, masked content, inpaint area and mask mode apply to either.
-* Outpainting: the picture grows on the chosen sides and the new area is inpainted
-  (:func:`sdweb.images.outpaint.prepare_outpainting`).
+* Inpainting: the mask is painted over the init image with a brush or uploaded; mask blur, masked
+  content, inpaint area and mask mode apply to either.
+* Outpainting: the picture grows on the chosen sides and the new area is inpainted.
 * Batch: "Generate batch" runs each uploaded picture as its own job with the same settings; all results
-  are saved and shown together (:func:`run_batch`).
+  are saved and shown together (:mod:`sdweb.ui.tabs.img2img_batch`).
 
-Other tabs send pictures here through :meth:`Img2ImgTab.wire_send` ("Send to img2img").
-The pure pieces (reading uploads, the drawn mask, building the request, the size an upload suggests)
-are module functions tested without a browser.
+Feature accordions plug into the form as :mod:`sdweb.ui.sections`. Other tabs send pictures here
+through :meth:`Img2ImgTab.wire_send` ("Send to img2img"), with :func:`values_for_img2img`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import html
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
-from PIL import Image, ImageChops
+from PIL import Image
 from pydantic import ValidationError
 
 from sdweb.images.mask import MASKED_CONTENT_NAMES
-from sdweb.images.outpaint import OUTPAINT_FILLS, OUTPAINT_SIDES, OutpaintError, prepare_outpainting
+from sdweb.images.outpaint import OUTPAINT_FILLS, OUTPAINT_SIDES
 from sdweb.images.resize import RESIZE_MODE_NAMES
-from sdweb.params import GenerationResult, Img2ImgParams, format_validation_error
-from sdweb.services.generation import GenerationError
+from sdweb.params import Img2ImgParams, format_validation_error
 from sdweb.ui import controls
-from sdweb.ui.controls import MAX_SIDE
+from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
+from sdweb.ui.components.messages import error_html, note_html
+from sdweb.ui.components.results import render_result_panel
+from sdweb.ui.components.samplers import wire_sampler_lists
+from sdweb.ui.components.uploads import UploadError
 from sdweb.ui.fields import FORM_DEFAULTS, img2img_params_from_form
-from sdweb.ui.tabs.txt2img import (
-    POLL_INTERVAL,
-    ResultPanel,
-    ResultView,
-    SessionJobs,
-    _session_of,
-    error_html,
-    gallery_items,
-    infotext_html,
-    note_html,
-    progress_html,
-    render_result_panel,
-    run_job,
-    sampler_choices,
-    wire_interrupt_skip,
+from sdweb.ui.sections import (
+    PARAMETERS,
+    SCRIPTS,
+    FormSections,
+    SectionContext,
+    SectionError,
+    img2img_sections,
+)
+from sdweb.ui.tabs.img2img_batch import batch_paths, run_batch
+from sdweb.ui.tabs.img2img_inputs import (
+    OutpaintChoice,
+    editor_value_for,
+    img2img_request,
+    picture_job,
+    size_for_upload,
 )
 
 logger = logging.getLogger(__name__)
-
 TAB_ID = "img2img"
 #: "Inpaint area" choices: label -> ``inpaint_full_res``.
 INPAINT_AREAS: tuple[tuple[str, bool], ...] = (("Whole picture", False), ("Only masked", True))
 #: "Mask mode" choices: label -> ``inpainting_mask_invert``.
 MASK_MODES: tuple[tuple[str, bool], ...] = (("Inpaint masked", False), ("Inpaint not masked", True))
-
-#: Most pictures one "Generate batch" takes (each is its own job on the GPU queue).
-MAX_BATCH_PICTURES = 100
 #: The outpainting fills' labels.
 OUTPAINT_FILL_LABELS: Mapping[str, str] = {"edge": "Stretch the edges", "noise": "Edges with noise"}
 
 _IMG2IMG_DEFAULTS = Img2ImgParams()
-
-
-class UploadError(ValueError):
-    """An upload or choice that cannot be used (missing, broken, too large, contradictory).
-
-    The message is for the user.
-    """
-
-
-@dataclass(frozen=True)
-class OutpaintChoice:
-    """The Outpainting accordion's values."""
-
-    enabled: bool = False
-    pixels: int = 128
-    sides: tuple[str, ...] = OUTPAINT_SIDES
-    fill: str = "edge"
-
-
-def mask_from_editor(value: Mapping[str, Any] | None, size: tuple[int, int]) -> Image.Image | None:
-    """The inpainting mask painted in the image editor: L at ``size``, 255 wherever any layer has paint.
-
-    ``value`` is gradio's ImageEditor value (``{"background", "layers", "composite"}``, images as PIL,
-    numpy arrays or file paths). The strokes' colour does not matter, only where they are (their alpha);
-    layers of another size than the init image (the editor's canvas) are scaled to it. None when nothing
-    was painted.
-    """
-    if not value:
-        return None
-    painted: Image.Image | None = None
-    for layer in value.get("layers") or ():
-        image = _as_image(layer)
-        if image is None:
-            continue
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            coverage = image.convert("RGBA").getchannel("A")
-        else:
-            coverage = image.convert("L")  # a layer without alpha: its bright strokes
-        strokes = coverage.point(lambda level: 255 if level > 0 else 0)
-        if strokes.size != size:
-            strokes = strokes.resize(size, Image.Resampling.NEAREST)
-        painted = strokes if painted is None else ImageChops.lighter(painted, strokes)
-    if painted is None or painted.getbbox() is None:
-        return None
-    return painted
-
-
-def editor_value_for(image: Any) -> dict[str, Any] | None:
-    """The image editor's value that shows ``image`` (a path or picture) with nothing painted on it."""
-    if not image:
-        return None
-    return {"background": image, "layers": [], "composite": image}
-
-
-def _as_image(item: Any) -> Image.Image | None:
-    if item is None:
-        return None
-    if isinstance(item, Image.Image):
-        return item
-    if isinstance(item, np.ndarray):
-        return Image.fromarray(item)
-    with Image.open(item) as opened:  # a file path (type="filepath")
-        opened.load()
-        return opened.copy()
-
-
-def read_upload(path: str | Path | None, what: str) -> Image.Image:
-    """Decode an uploaded file with sdweb's size limit; ``what`` names it in the error message."""
-    from sdweb.images.metadata import ImageDecodeError, decode_image_bytes
-
-    if not path:
-        raise UploadError(f"Upload {what} first.")
-    try:
-        return decode_image_bytes(Path(path).read_bytes())
-    except (OSError, ImageDecodeError) as exc:
-        raise UploadError(f"Cannot read {what}: {exc}") from exc
-
-
-def img2img_request(
-    values: Mapping[str, Any],
-    image_path: str | None,
-    mask_path: str | None,
-    *,
-    drawn: Mapping[str, Any] | None = None,
-    outpaint: OutpaintChoice | None = None,
-) -> tuple[Img2ImgParams, list[Image.Image], Image.Image | None]:
-    """The request, init images and mask from the tab's values, uploaded files and drawn mask.
-
-    ``drawn`` is the inpaint editor's value (its strokes are the mask); ``outpaint`` grows the picture
-    and makes the mask itself.
-
-    Raises:
-        UploadError: no init image, an upload that does not decode, both a drawn and an uploaded mask,
-            a mask together with outpainting, or outpainting values that cannot be used.
-        pydantic.ValidationError: a value out of range.
-    """
-    image = read_upload(image_path, "an image for img2img")
-    uploaded = read_upload(mask_path, "the mask") if mask_path else None
-    painted = mask_from_editor(drawn, image.size)
-    if uploaded is not None and painted is not None:
-        raise UploadError("There is a drawn mask and an uploaded mask: clear one of them (the drawn one "
-                          "with the editor's eraser or by uploading the image again).")
-    params = img2img_params_from_form(values)
-    return picture_job(params, image, painted if painted is not None else uploaded, outpaint)
-
-
-def picture_job(
-    params: Img2ImgParams, image: Image.Image, mask: Image.Image | None, outpaint: OutpaintChoice | None
-) -> tuple[Img2ImgParams, list[Image.Image], Image.Image | None]:
-    """``(request, init images, mask)`` for one picture: as it is, or grown for outpainting.
-
-    Raises:
-        UploadError: a mask together with outpainting, or outpainting values that cannot be used.
-    """
-    if outpaint is None or not outpaint.enabled:
-        return params, [image], mask
-    if mask is not None:
-        raise UploadError("Outpainting makes its own mask: clear the drawn or uploaded mask, or turn "
-                          "outpainting off.")
-    try:
-        request, canvas, made = prepare_outpainting(params, image, pixels=int(outpaint.pixels),
-                                                    sides=outpaint.sides, fill=outpaint.fill)
-    except OutpaintError as exc:
-        raise UploadError(f"Outpainting: {exc}.") from exc
-    return request, [canvas], made
-
-
-def batch_paths(files: Sequence[Any] | None) -> list[str]:
-    """The uploaded batch files' paths (gradio gives paths or file objects), in upload order.
-
-    Raises:
-        UploadError: no file, or more than :data:`MAX_BATCH_PICTURES`.
-    """
-    paths = [str(getattr(item, "name", item)) for item in (files or []) if item]
-    if not paths:
-        raise UploadError("Upload the pictures for the batch first.")
-    if len(paths) > MAX_BATCH_PICTURES:
-        raise UploadError(f"{len(paths)} pictures: a batch takes at most {MAX_BATCH_PICTURES}; split it.")
-    return paths
-
-
-def combined_view(results: Sequence[GenerationResult]) -> ResultView:
-    """One result view over several jobs' results (a batch), in order."""
-    view = ResultView()
-    for result in results:
-        view.seeds.extend(result.seeds)
-        view.subseeds.extend(result.subseeds)
-        view.infotexts.extend(result.infotexts)
-        view.items.extend(gallery_items(result))
-    return view
-
-
-@dataclass
-class _BatchState:
-    done: int = 0
-    results: list[GenerationResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    interrupted: bool = False
-
-
-async def run_batch(
-    services: Any,
-    paths: Sequence[str],
-    make_job: Callable[[Image.Image], tuple[Img2ImgParams, list[Image.Image], Image.Image | None]],
-    panel: ResultPanel,
-    jobs: SessionJobs,
-    request: gr.Request | None,
-) -> AsyncIterator[dict[Any, Any]]:
-    """Run ``paths`` one after the other as img2img jobs (``make_job(picture)``), then show all results.
-
-    Progress is streamed per picture. A picture that cannot be read or used is skipped and named at the
-    end; a refused request stops the batch (the settings are the same for all); Interrupt stops the
-    batch after keeping what was made.
-    """
-    state = _BatchState()
-    session = _session_of(request)
-    started = time.monotonic()
-    for index, path in enumerate(paths):
-        name = Path(path).name
-        try:
-            picture = await asyncio.to_thread(read_upload, path, name)
-            params, images, mask = make_job(picture)
-            job = await asyncio.to_thread(services.generation.submit_img2img, params, images, mask=mask,
-                                          source="ui")
-        except UploadError as exc:
-            state.skipped.append(f"{name} ({exc})")
-            continue
-        except GenerationError as exc:
-            gr.Warning(exc.message)
-            yield {panel.progress: error_html(exc.message)}
-            return
-        jobs.start(session, job.id)
-        try:
-            while job.task is not None and not job.task.done:
-                progress = services.generation.progress(job)
-                yield {panel.progress: f'<div class="sdweb-note">Picture {index + 1} of {len(paths)}: '
-                                       f"{html.escape(name)}</div>{progress_html(progress)}"}
-                await asyncio.sleep(POLL_INTERVAL)
-        finally:
-            jobs.finish(session, job.id)
-        try:
-            result = job.wait(timeout=0)
-        except GenerationError as exc:
-            state.skipped.append(f"{name} ({exc.message})")
-            continue
-        state.done += 1
-        state.results.append(result)
-        if result.interrupted or (job.task is not None and job.task.cancelled):
-            state.interrupted = True
-            break
-    yield _batch_finished(state, len(paths), panel, time.monotonic() - started)
-
-
-def _batch_finished(state: _BatchState, total: int, panel: ResultPanel, seconds: float) -> dict[Any, Any]:
-    view = combined_view(state.results)
-    count = len(view.items)
-    text = f"Batch: {count} image{'s' if count != 1 else ''} from {state.done} of {total} pictures in " \
-           f"{seconds:.1f} s."
-    if state.interrupted:
-        text = "Interrupted. " + text
-    if state.skipped:
-        text += " Skipped: " + "; ".join(state.skipped)
-    return {
-        panel.progress: (error_html if state.skipped and not view.items else note_html)(text),
-        panel.message: "",
-        panel.preview: gr.update(value=None, visible=False),
-        panel.gallery: gr.update(value=view.items, selected_index=0 if view.items else None),
-        panel.infotext: infotext_html(view.infotext),
-        panel.view: view,
-    }
-
-
-def size_for_upload(width: int, height: int) -> tuple[int, int]:
-    """The output size an uploaded picture suggests: its own, to a multiple of 8, within the limits.
-
-    Larger pictures are scaled down with their aspect ratio so the longer side is ``MAX_SIDE``.
-    """
-    scale = min(1.0, MAX_SIDE / max(width, height, 1))
-
-    def fit(side: int) -> int:
-        return int(min(MAX_SIDE, max(64, round(side * scale / 8) * 8)))
-
-    return fit(width), fit(height)
 
 
 @dataclass
@@ -331,6 +80,8 @@ class Img2ImgTab:
     message: gr.HTML
     #: The inpaint editor (the drawn mask); it follows ``image`` on its own (a change event).
     sketch: gr.ImageEditor | None = None
+    #: The form's feature sections, for their page-load wiring.
+    sections: FormSections = field(default_factory=FormSections)
 
     def outputs(self) -> set[Any]:
         return {self.image, self.mask, *self.form.values(), self.tabs, self.message}
@@ -368,11 +119,16 @@ class Img2ImgTab:
         trigger(send, inputs=inputs, outputs=self.outputs(), show_progress="hidden")
 
 
-def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
-    """Lay out the tab's components and wire them. Call inside an open ``gr.Tab``."""
+def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | None = None) -> Img2ImgTab:
+    """Lay out the tab's components and wire them. Call inside an open ``gr.Tab``.
+
+    ``sections``: the form's feature sections (default :func:`sdweb.ui.sections.img2img_sections`).
+    """
     jobs = SessionJobs()
     form: dict[str, Any] = {}
     defaults = FORM_DEFAULTS
+    sections = img2img_sections(services) if sections is None else sections
+    section_ctx = SectionContext(services=services, tab=TAB_ID, form=form, defaults=defaults)
 
     # 1. Prompts and the action buttons.
     with gr.Row(equal_height=False):
@@ -498,8 +254,10 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
                 controls.render_batch_sliders(form, defaults, prefix=TAB_ID)
             controls.render_cfg_slider(form, defaults, prefix=TAB_ID)
             controls.render_denoising_slider(form, defaults, prefix=TAB_ID)
+            sections.render(section_ctx, PARAMETERS)
             with gr.Row():
                 random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
+            sections.render(section_ctx, SCRIPTS)
         with gr.Column(scale=1):
             panel = render_result_panel(TAB_ID)
 
@@ -532,7 +290,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         return OutpaintChoice(enabled=bool(data[outpaint_enabled]), pixels=int(data[outpaint_pixels] or 0),
                               sides=tuple(data[outpaint_sides] or ()), fill=str(data[outpaint_fill]))
 
-    def form_error(exc: UploadError | ValidationError) -> dict[Any, str]:
+    def form_error(exc: UploadError | ValidationError | SectionError) -> dict[Any, str]:
         """A toast and the progress line saying what is wrong with the form (no job was queued)."""
         text = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
         gr.Warning(text)
@@ -542,8 +300,9 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         values = {name: data[component] for name, component in form.items()}
         try:
             params, images, mask_image = img2img_request(values, data[image], data[mask], drawn=data[sketch],
-                                                         outpaint=outpaint_choice(data))
-        except (UploadError, ValidationError) as exc:
+                                                         outpaint=outpaint_choice(data),
+                                                         section_values=sections.request_values(data))
+        except (UploadError, ValidationError, SectionError) as exc:
             yield form_error(exc)
             return
         submit = partial(services.generation.submit_img2img, params, images, mask=mask_image, source="ui")
@@ -552,7 +311,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
 
     generate.click(
         run_generation,
-        inputs={image, mask, sketch, *outpaint_inputs, *form.values()},
+        inputs={image, mask, sketch, *outpaint_inputs, *form.values(), *sections.inputs()},
         outputs=panel.outputs(),
         concurrency_limit=None,
         show_progress="hidden",
@@ -563,8 +322,8 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
         values = {name: data[component] for name, component in form.items()}
         try:
             paths = batch_paths(data[batch_files])
-            params = img2img_params_from_form(values)
-        except (UploadError, ValidationError) as exc:
+            params = img2img_params_from_form(values, sections.request_values(data))
+        except (UploadError, ValidationError, SectionError) as exc:
             yield form_error(exc)
             return
         # A batch has no mask of its own (each picture would need one); outpainting applies to each.
@@ -578,35 +337,24 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs) -> Img2ImgTab:
 
     generate_batch.click(
         run_batch_generation,
-        inputs={batch_files, *outpaint_inputs, *form.values()},
+        inputs={batch_files, *outpaint_inputs, *form.values(), *sections.inputs()},
         outputs=panel.outputs(),
         concurrency_limit=None,
         show_progress="hidden",
         trigger_mode="once",
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, panel.message)
-    return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch)
+    return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch,
+                      sections=sections)
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
-    """Fill the sampler lists when a page opens (they need the engine's registry)."""
-    form = tab.form
+    """Fill the sampler lists when a page opens (they need the engine's registry), then the sections'.
 
-    def fill_samplers(sampler: str, schedule: str) -> dict[Any, Any]:
-        try:
-            samplers, schedules = sampler_choices(services)
-        except Exception:  # txt2img's message already says so; the rest of the tab still works
-            logger.exception("could not list the samplers")
-            return {}
-        return controls.sampler_dropdown_updates(form, samplers, schedules, sampler, schedule)
-
-    demo.load(
-        fill_samplers,
-        inputs=[form["sampler_name"], form["scheduler"]],
-        outputs={form["sampler_name"], form["scheduler"]},
-        show_progress="hidden",
-        concurrency_limit=None,
-    )
+    A failure to list the samplers is only logged: txt2img's message already says so.
+    """
+    wire_sampler_lists(demo, services, tab.form)
+    tab.sections.wire_page_load(demo, services)
 
 
 def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[str, Any], list[str]]:

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.config import OptionSpec
-from sdweb.ui.tabs.txt2img import error_html, note_html
+from sdweb.ui.components.messages import error_html, note_html
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,97 @@
+"""``POST /extra-single-image`` and ``/extra-batch-images`` (upscaling), ``/png-info`` (an image's
+generation parameters) and ``/interrogate`` (not there yet: 501).
+
+The Extras run in the request's thread (:mod:`sdweb.api.image_requests`): Pillow upscalers right
+there, model upscalers via the GPU queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sdweb.api.encoding import encode_png_base64
+from sdweb.api.errors import ApiError
+from sdweb.api.image_requests import (
+    MAX_EXTRAS_BATCH,
+    decode_images,
+    refuse_unsupported_extras,
+    source_infotext,
+    upscale_for_extras,
+)
+from sdweb.api.models import (
+    ErrorResponse,
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+    InterrogateRequest,
+    InterrogateResponse,
+    PNGInfoRequest,
+    PNGInfoResponse,
+)
+from sdweb.api.routes import ApiRoutes
+from sdweb.services.container import AppServices
+
+logger = logging.getLogger(__name__)
+
+NOT_IMPLEMENTED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    501: {"model": ErrorResponse, "description": "The feature does not exist yet"},
+}
+
+
+def add_routes(routes: ApiRoutes) -> None:
+    handlers = ExtrasRoutes(routes.services)
+    routes.add("/extra-single-image", handlers.extra_single_image, "POST", ExtrasSingleImageResponse)
+    routes.add("/extra-batch-images", handlers.extra_batch_images, "POST", ExtrasBatchImagesResponse)
+    routes.add("/interrogate", handlers.interrogate, "POST", InterrogateResponse,
+               responses=NOT_IMPLEMENTED_RESPONSE)
+    routes.add("/png-info", handlers.png_info, "POST", PNGInfoResponse)
+
+
+class ExtrasRoutes:
+    """The image tool handlers, bound to one services container."""
+
+    def __init__(self, services: AppServices) -> None:
+        self.services = services
+
+    def extra_single_image(self, request: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
+        refuse_unsupported_extras(request)
+        (image,) = decode_images([request.image], "image")
+        upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
+        return ExtrasSingleImageResponse(html_info=info,
+                                         image=encode_png_base64(upscaled, source_infotext(image)))
+
+    def extra_batch_images(self, request: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
+        refuse_unsupported_extras(request)
+        count = len(request.imageList)
+        if count > MAX_EXTRAS_BATCH:
+            raise ApiError(422, f"imageList: at most {MAX_EXTRAS_BATCH} images (got {count})")
+        encoded: list[str] = []
+        info = ""
+        for index, item in enumerate(request.imageList):
+            # One at a time: one decoded source and its result in memory, whatever the batch size.
+            image = decode_images([item.data], "imageList")[0]
+            try:
+                upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
+            except ApiError as exc:
+                raise ApiError(exc.status, f"imageList[{index}] ({item.name}): {exc.detail}") from exc
+            encoded.append(encode_png_base64(upscaled, source_infotext(image)))
+        return ExtrasBatchImagesResponse(html_info=info, images=encoded)
+
+    async def interrogate(self, request: InterrogateRequest) -> InterrogateResponse:
+        raise ApiError(501, "interrogate (image captioning) is not supported yet")
+
+    def png_info(self, request: PNGInfoRequest) -> PNGInfoResponse:
+        from sdweb.images.infotext import parse_infotext
+        from sdweb.images.metadata import ImageDecodeError, decode_base64_image, read_image_metadata
+
+        try:
+            image = decode_base64_image(request.image)
+        except ImageDecodeError as exc:
+            raise ApiError(400, f"image: {exc}") from exc
+        metadata = read_image_metadata(image)
+        info = metadata.parameters or ""
+        items = {key: value for key, value in metadata.raw.items() if key != "parameters"}
+        parameters = parse_infotext(info) if info else {}
+        return PNGInfoResponse(info=info, items=items, parameters=parameters)

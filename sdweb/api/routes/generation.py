@@ -1,0 +1,171 @@
+"""``POST /txt2img`` and ``/img2img``: build the request, queue it, wait, answer in A1111's shape.
+
+Both go through the one GPU queue the UI uses (``services.generation.submit``, ``submit_img2img``),
+in arrival order: requests are checked and queued one at a time (an ``asyncio.Lock`` is FIFO), and
+waiting for a job happens in a worker thread so the event loop keeps serving ``/progress`` and
+``/interrupt`` meanwhile. The request becomes typed parameters in :mod:`sdweb.api.request_params`
+(img2img's own fields and images in :mod:`sdweb.api.image_requests`); the scripts it names
+(:mod:`sdweb.api.scripts`) are checked before any work and applied to the job before it is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+
+from sdweb.api.encoding import encode_png_base64, json_safe
+from sdweb.api.errors import ApiError
+from sdweb.api.image_requests import (
+    img2img_echo,
+    img2img_params,
+    init_images_of,
+    mask_of,
+    refuse_unsupported_img2img,
+)
+from sdweb.api.models import ImageToImageResponse, Img2ImgRequest, TextToImageResponse, Txt2ImgRequest
+from sdweb.api.request_params import build_params
+from sdweb.api.routes import ApiRoutes
+from sdweb.api.scripts import ImageJob, ScriptRegistry
+from sdweb.params import GenerationResult
+from sdweb.services.container import AppServices
+from sdweb.services.generation import GenerationError, Job
+
+logger = logging.getLogger(__name__)
+
+
+def add_routes(routes: ApiRoutes) -> None:
+    handlers = GenerationRoutes(routes.services, routes.scripts)
+    routes.add("/txt2img", handlers.txt2img, "POST", TextToImageResponse)
+    routes.add("/img2img", handlers.img2img, "POST", ImageToImageResponse)
+
+
+class GenerationRoutes:
+    """The txt2img and img2img handlers, bound to one services container."""
+
+    def __init__(self, services: AppServices, scripts: ScriptRegistry) -> None:
+        self.services = services
+        self.scripts = scripts
+        # Requests are checked and queued one at a time, in arrival order (asyncio.Lock is FIFO);
+        # the check may build the sampler registry the first time, which imports diffusers.
+        self._submit_lock = asyncio.Lock()
+
+    async def txt2img(self, request: Txt2ImgRequest) -> TextToImageResponse:
+        async with self._submit_lock:
+            params, after = await run_in_threadpool(build_params, request, self.services, self.scripts)
+            scripts = self.scripts.plan(request)
+            if scripts:
+                params = (await run_in_threadpool(self.scripts.apply, scripts, ImageJob(params))).params
+            try:
+                job = self.services.generation.submit(params, save=bool(request.save_images), source="api",
+                                                      job_id=request.force_task_id or None)
+            except GenerationError as exc:
+                raise ApiError(exc.status, exc.message) from exc
+        result = await run_in_threadpool(self._wait, job)
+        return await run_in_threadpool(self._txt2img_response, request, result, after)
+
+    async def img2img(self, request: Img2ImgRequest) -> ImageToImageResponse:
+        """As txt2img, from init images (see :mod:`sdweb.api.image_requests`), on the same queue."""
+        refuse_unsupported_img2img(request)
+        async with self._submit_lock:
+            base, after = await run_in_threadpool(build_params, request, self.services, self.scripts)
+            params = img2img_params(base, request)
+            scripts = self.scripts.plan(request)
+            images = await run_in_threadpool(init_images_of, request)
+            mask = await run_in_threadpool(mask_of, request)
+            if scripts:
+                job = await run_in_threadpool(self.scripts.apply, scripts, ImageJob(params, images, mask))
+                params, images, mask = job.params, job.images, job.mask
+            try:
+                job = self.services.generation.submit_img2img(
+                    params, images, save=bool(request.save_images), source="api",
+                    job_id=request.force_task_id or None, mask=mask)
+            except GenerationError as exc:
+                raise ApiError(exc.status, exc.message) from exc
+        result = await run_in_threadpool(self._wait, job)
+        response = await run_in_threadpool(self._txt2img_response, request, result, after)
+        info = json.loads(response.info)
+        info["denoising_strength"] = params.denoising_strength
+        return ImageToImageResponse(images=response.images, parameters=json_safe(img2img_echo(request)),
+                                    info=json.dumps(info, ensure_ascii=False))
+
+    def _wait(self, job: Job) -> GenerationResult:
+        try:
+            return job.wait()
+        except GenerationError as exc:
+            if job.result is not None and job.progress.state == "interrupted":
+                return job.result  # interrupted while still queued: nothing made, nothing wrong
+            raise ApiError(exc.status, exc.message) from exc
+
+    def _txt2img_response(self, request: Txt2ImgRequest, result: GenerationResult,
+                          after: Mapping[str, Any]) -> TextToImageResponse:
+        keep = after.get("keep_settings")
+        if keep:
+            self._keep_settings(keep)
+        images: list[str] = []
+        if request.send_images is not False:
+            images = [encode_png_base64(image, infotext)
+                      for image, infotext in zip(result.images, result.infotexts, strict=False)]
+        return TextToImageResponse(images=images, parameters=json_safe(request.echo()),
+                                   info=json.dumps(json_safe(info_of(result, self.services.version)),
+                                                   ensure_ascii=False))
+
+    def _keep_settings(self, keep: Mapping[str, Any]) -> None:
+        """override_settings_restore_afterwards=false: the overrides become the settings."""
+        changes = dict(keep)
+        try:
+            checkpoint = changes.pop("sd_model_checkpoint", None)
+            if checkpoint:
+                self.services.models.select(str(checkpoint))
+            if changes:
+                self.services.options.update(changes)
+        except (LookupError, ValueError) as exc:
+            logger.warning("could not keep override_settings after the request: %s", exc)
+
+
+def info_of(result: GenerationResult, version: str) -> dict[str, Any]:
+    """The ``info`` object of A1111's response (sent as a JSON string)."""
+    params = result.params
+    seeds = list(result.seeds)
+    return {
+        "prompt": result.prompts[0] if result.prompts else params.prompt,
+        "all_prompts": list(result.prompts),
+        "negative_prompt": (result.negative_prompts[0] if result.negative_prompts
+                            else params.negative_prompt),
+        "all_negative_prompts": list(result.negative_prompts),
+        "seed": seeds[0] if seeds else params.seed,
+        "all_seeds": seeds,
+        "subseed": result.subseeds[0] if result.subseeds else params.subseed,
+        "all_subseeds": list(result.subseeds),
+        "subseed_strength": params.subseed_strength,
+        "width": params.width,
+        "height": params.height,
+        "sampler_name": params.sampler_name,
+        "scheduler": params.scheduler,
+        "cfg_scale": params.cfg_scale,
+        "steps": params.steps,
+        "batch_size": params.batch_size,
+        "n_iter": params.n_iter,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name,
+        "sd_model_hash": result.model_hash,
+        "sd_vae_name": result.vae_name,
+        "sd_vae_hash": result.vae_hash,
+        "seed_resize_from_w": params.seed_resize_from_w,
+        "seed_resize_from_h": params.seed_resize_from_h,
+        "denoising_strength": params.denoising_strength if params.enable_hr else None,
+        "extra_generation_params": json_safe(dict(result.extra_generation_params)),
+        "index_of_first_image": 0,  # no grid is sent back
+        "infotexts": list(result.infotexts),
+        "styles": list(params.styles),
+        "job_timestamp": result.job_timestamp,
+        "clip_skip": result.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "interrupted": result.interrupted,
+        "version": version,
+    }

@@ -1,0 +1,38 @@
+"""Form sections: features that plug into the txt2img / img2img forms (the seam is :mod:`.base`).
+
+* :mod:`.base`: :class:`FormSection` (what a section implements), :class:`FormSections` (what a tab
+  calls), :class:`SectionContext`, the slots.
+* :mod:`.hires`: the txt2img "Hires. fix" accordion.
+
+:func:`txt2img_sections` and :func:`img2img_sections` say which sections each tab shows, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sdweb.ui.sections.base import (
+    PARAMETERS,
+    SCRIPTS,
+    FormSection,
+    FormSections,
+    SectionContext,
+    SectionError,
+)
+from sdweb.ui.sections.hires import HiresFixSection
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PARAMETERS", "SCRIPTS", "FormSection", "FormSections", "SectionContext", "SectionError",
+           "img2img_sections", "txt2img_sections"]
+
+
+def txt2img_sections(services: Any) -> FormSections:
+    """The sections of the txt2img form: hires fix."""
+    return FormSections([HiresFixSection()])
+
+
+def img2img_sections(services: Any) -> FormSections:
+    """The sections of the img2img form (none yet; its inpaint and outpaint accordions are its own)."""
+    return FormSections()
