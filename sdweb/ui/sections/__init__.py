@@ -3,6 +3,7 @@
 * :mod:`.base`: :class:`FormSection` (what a section implements), :class:`FormSections` (what a tab
   calls), :class:`SectionContext`, the slots.
 * :mod:`.hires`: the txt2img "Hires. fix" accordion.
+* :mod:`.scripts`: the "Script" dropdown (X/Y/Z plot, prompt matrix ...) of both tabs.
 
 :func:`txt2img_sections` and :func:`img2img_sections` say which sections each tab shows, in order.
 """
@@ -21,6 +22,7 @@ from sdweb.ui.sections.base import (
     SectionError,
 )
 from sdweb.ui.sections.hires import HiresFixSection
+from sdweb.ui.sections.scripts import ScriptSection
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +31,10 @@ __all__ = ["PARAMETERS", "SCRIPTS", "FormSection", "FormSections", "SectionConte
 
 
 def txt2img_sections(services: Any) -> FormSections:
-    """The sections of the txt2img form: hires fix."""
-    return FormSections([HiresFixSection()])
+    """The sections of the txt2img form: hires fix, the Script dropdown."""
+    return FormSections([HiresFixSection(), ScriptSection(services, "txt2img")])
 
 
 def img2img_sections(services: Any) -> FormSections:
-    """The sections of the img2img form (none yet; its inpaint and outpaint accordions are its own)."""
-    return FormSections()
+    """The sections of the img2img form: the Script dropdown (inpaint and outpaint are the tab's own)."""
+    return FormSections([ScriptSection(services, "img2img")])
