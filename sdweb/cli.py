@@ -11,6 +11,7 @@ Commands::
     python webui.py [flags] models          list the checkpoints found (also: --list-models)
     python webui.py [flags] merge A B ...   merge checkpoints (A1111's Checkpoint Merger), print the title
     python webui.py --download-model NAME_OR_REPO[:FILE]   fetch a checkpoint from the Hugging Face hub
+    python webui.py worker --head | --join HOST:PORT --lan ADDRESS   offer this PC's GPUs to a cluster
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--download-model", metavar="NAME_OR_REPO[:FILE]", default=None,
         help="download a checkpoint from the Hugging Face hub into models/Stable-diffusion and exit "
              "(sd15, sdxl, owner/repo or owner/repo:file.safetensors)")
+    add("--workers", default=None, metavar="local[:N]",
+        help="run jobs on Ray workers on this PC: one per GPU, or N (needs sdweb[cluster])")
+    add("--ray-address", default=None, metavar="HOST:PORT",
+        help="run jobs on the workers of a Ray cluster started with 'webui.py worker' (docs/multi-gpu.md)")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     sub = parser.add_subparsers(dest="command")
@@ -122,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     marg("--discard-weights", default="", help="a regular expression: matching keys are left out")
     marg("--metadata-json", default="", help="extra metadata, a JSON object")
     marg("--no-recipe", action="store_true", help="do not write sd_merge_recipe / sd_merge_models")
+    node = sub.add_parser("worker", help="offer this PC's GPUs to an sdweb cluster (runs 'ray start')")
+    nodearg = node.add_argument
+    nodearg("--head", action="store_true", help="start the cluster head (on the PC running the web UI)")
+    nodearg("--join", default=None, metavar="HOST:PORT", help="join the head at HOST:PORT")
+    nodearg("--lan", default=None, metavar="ADDRESS",
+            help="this PC's LAN address: reach other PCs (without it the head is loopback-only)")
+    nodearg("--head-port", type=int, default=6379, help="the head's port (default 6379)")
+    nodearg("--port-base", type=int, default=6380, help="this node's other ports: BASE+1..BASE+199")
+    nodearg("--node-workers", type=int, default=1, help="workers on a PC without GPUs (default 1)")
+    nodearg("--num-cpus", type=int, default=None, help="CPUs Ray may use on this PC")
     return parser
 
 
@@ -161,6 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         raise UsageError("--models-in-memory must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    workers, ray_address = _cluster_flags(args)
     return LaunchSettings(
         paths=paths,
         listen=args.listen,
@@ -182,7 +198,26 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         enable_insecure_extension_access=args.enable_insecure_extension_access,
         ckpt=args.ckpt,
         skip_demo_model=args.skip_demo_model,
+        workers=workers,
+        ray_address=ray_address,
     )
+
+
+def _cluster_flags(args: argparse.Namespace) -> tuple[int | None, str | None]:
+    """``--workers`` / ``--ray-address`` checked without importing Ray."""
+    if args.workers is None and args.ray_address is None:
+        return None, None
+    from sdweb.services.cluster.connect import parse_address, parse_workers
+
+    if args.workers is not None and args.ray_address is not None:
+        raise UsageError("give --workers local or --ray-address HOST:PORT, not both")
+    try:
+        workers = parse_workers(args.workers) if args.workers is not None else None
+        if args.ray_address is not None:
+            parse_address(args.ray_address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return workers, args.ray_address
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +463,20 @@ def merge_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
+    """``webui.py worker``: run ``ray start`` for an sdweb cluster node in the foreground."""
+    from sdweb.services.cluster.connect import ClusterSetupError
+    from sdweb.services.cluster.node import NodeRequest, run_node
+
+    try:
+        request = NodeRequest(data_dir=settings.paths.root, head=args.head, join=args.join, lan=args.lan,
+                              port=args.head_port, port_base=args.port_base, workers=args.node_workers,
+                              num_cpus=args.num_cpus)
+        return run_node(request)
+    except (ClusterSetupError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _follow(services: Any, job: Any) -> None:
     """A terminal progress bar on stderr while the job runs."""
     width = 30
@@ -471,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return txt2img_command(settings, args)
         if args.command == "merge":
             return merge_command(settings, args)
+        if args.command == "worker":
+            return worker_command(settings, args)
         return serve(settings)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -112,6 +112,10 @@ class LaunchSettings:
     enable_insecure_extension_access: bool = False
     ckpt: str | None = None
     skip_demo_model: bool = False
+    #: ``--workers local[:N]``: jobs run on N local Ray workers (0 = one per GPU); None = in this process.
+    workers: int | None = None
+    #: ``--ray-address HOST:PORT``: jobs run on the workers of that Ray cluster (docs/multi-gpu.md).
+    ray_address: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,6 +158,8 @@ class LaunchSettings:
             "threads": self.threads,
             "disable_all_extensions": self.disable_all_extensions,
             "enable_insecure_extension_access": self.enable_insecure_extension_access,
+            "workers": self.workers,
+            "ray_address": self.ray_address,
         }
 
 

@@ -19,7 +19,17 @@ from fastapi import APIRouter, Depends
 
 from sdweb.api.errors import reject_unpaired_surrogates
 from sdweb.api.models import ERROR_RESPONSES
-from sdweb.api.routes import ApiRoutes, RouteModule, extras, generation, info, models, options, progress
+from sdweb.api.routes import (
+    ApiRoutes,
+    RouteModule,
+    extras,
+    generation,
+    info,
+    models,
+    options,
+    progress,
+    workers,
+)
 from sdweb.api.scripts import ScriptRegistry, builtin_scripts
 from sdweb.api.security import api_dependencies
 from sdweb.services.container import AppServices
@@ -27,7 +37,7 @@ from sdweb.services.container import AppServices
 logger = logging.getLogger(__name__)
 
 #: The route modules the API is made of, in the order ``/docs`` lists them.
-ROUTE_MODULES: tuple[RouteModule, ...] = (generation, extras, progress, options, info, models)
+ROUTE_MODULES: tuple[RouteModule, ...] = (generation, extras, progress, options, info, models, workers)
 
 
 def make_router(

@@ -6,12 +6,21 @@ Owns two steps, kept apart so both are testable without a GPU:
    device auto = CUDA > MPS > CPU; precision auto = fp16 on CUDA/MPS, on CPU bf16 where the CPU has
    native bf16 matrix units (AMX-BF16 or AVX512-BF16 in ``/proc/cpuinfo``; measured 3.5x faster than
    fp32 for the SD1.5 UNet here), else fp32; attention auto = xformers where it imports on CUDA, else
-   PyTorch SDPA. A request that cannot be honoured (``--xformers`` without xformers, ``--device cuda``
-   without CUDA) is an error naming the flag, never a silent switch to something else. Each choice
+   PyTorch SDPA. Backend flags come from the GPU's name and compute capability: TF32 matmuls for fp32
+   work on Ampere and newer (capability 8.0+); GTX 16xx cards (Turing without fp16 tensor cores, which
+   give black images in fp16) get fp32 by default and cuDNN's autotuner (A1111's fix when fp16 is
+   forced). The VAE's dtype per model follows its config's ``force_upcast`` (:func:`vae_dtype_for`).
+   A request that cannot be honoured (``--xformers`` without xformers, ``--device cuda`` without
+   CUDA) is an error naming the flag, never a silent switch to something else. Each choice
    carries its reason, logged and shown by :func:`describe_runtime` (API, UI, ``--list-models``).
 2. :func:`apply_runtime` applies the config to one pipeline instance through diffusers' own per-instance
    switches (attention processors, offload hooks, VAE tiling). Nothing is monkeypatched, and applying
-   it again to the same pipeline gives the same result.
+   it again to the same pipeline gives the same result. :func:`apply_offload` places a pipeline with an
+   explicit execution device (tests run offload with the CPU as that device; the resolver refuses it
+   there). :func:`apply_backend_flags` sets torch's process-wide backend switches once, at startup.
+
+What happens on the device while jobs run (execution device, offload between stages, memory, the VAE's
+NaN guard) is :mod:`sdweb.engine.accelerator`'s.
 
 CPU threads: :func:`configure_threads` calls ``torch.set_num_threads``. ``OMP_WAIT_POLICY=PASSIVE`` must be
 set in the environment *before torch is first imported* (OpenMP reads it once, at load) so idle worker
@@ -59,6 +68,8 @@ class HardwareProbe:
     cuda_device_count: int = 0
     cuda_bf16_supported: bool = False
     cuda_names: tuple[str, ...] = ()
+    #: ``torch.cuda.get_device_capability`` per device: (8, 6) for an RTX 3090, (7, 5) for a GTX 1660.
+    cuda_capabilities: tuple[tuple[int, int], ...] = ()
     mps_available: bool = False
     cpu_flags: frozenset[str] = frozenset()
     cpu_name: str = ""
@@ -113,6 +124,7 @@ def probe_hardware(cpuinfo_path: Path = CPUINFO_PATH) -> HardwareProbe:
         cuda_device_count=count,
         cuda_bf16_supported=bool(count and torch.cuda.is_bf16_supported()),
         cuda_names=tuple(torch.cuda.get_device_name(i) for i in range(count)),
+        cuda_capabilities=tuple(tuple(torch.cuda.get_device_capability(i)) for i in range(count)),  # type: ignore[misc]
         mps_available=bool(mps is not None and mps.is_available()),
         cpu_flags=flags,
         cpu_name=cpu_name,
@@ -131,6 +143,10 @@ class RuntimeConfig:
     vae_tiling: bool
     threads: int
     device_name: str = ""
+    #: TF32 tensor cores for fp32 matmuls/convolutions (Ampere and newer); see :func:`apply_backend_flags`.
+    tf32: bool = False
+    #: cuDNN's autotuner (GTX 16xx cards, where it avoids black images in fp16).
+    cudnn_benchmark: bool = False
     #: Why each choice was made, in words ("bf16: the CPU has amx_bf16").
     reasons: tuple[str, ...] = field(default=())
 
@@ -168,7 +184,9 @@ def resolve_runtime(settings: LaunchSettings, probe: HardwareProbe | None = None
     probe = probe or probe_hardware()
     reasons: list[str] = []
     device, device_name = _resolve_device(settings.device, probe, reasons)
-    dtype = _resolve_dtype(settings.precision, device, probe, reasons)
+    capability = _capability(device, probe)
+    gtx16 = is_gtx16(device_name, capability)
+    dtype = _resolve_dtype(settings.precision, device, probe, reasons, gtx16=gtx16)
     if settings.no_half_vae or dtype == torch.float32:
         vae_dtype = torch.float32
         if settings.no_half_vae and dtype != torch.float32:
@@ -185,6 +203,7 @@ def resolve_runtime(settings: LaunchSettings, probe: HardwareProbe | None = None
     elif offload != "none":
         reasons.append(f"offload: {offload} ({'--medvram' if offload == 'model' else '--lowvram'})")
     threads = settings.threads if settings.threads else default_thread_count()
+    tf32, cudnn_benchmark = _resolve_backend_flags(device, device_name, capability, reasons)
     runtime = RuntimeConfig(
         device=device,
         dtype=dtype,
@@ -194,6 +213,8 @@ def resolve_runtime(settings: LaunchSettings, probe: HardwareProbe | None = None
         vae_tiling=settings.vae_tiling,
         threads=threads,
         device_name=device_name,
+        tf32=tf32,
+        cudnn_benchmark=cudnn_benchmark,
         reasons=tuple(reasons),
     )
     logger.info(
@@ -249,8 +270,34 @@ def _resolve_device(requested: str, probe: HardwareProbe, reasons: list[str]) ->
     raise RuntimeConfigError(f"--device {requested!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
 
 
+def _capability(device: torch.device, probe: HardwareProbe) -> tuple[int, int] | None:
+    if device.type != "cuda":
+        return None
+    index = device.index or 0
+    return probe.cuda_capabilities[index] if index < len(probe.cuda_capabilities) else None
+
+
+def is_gtx16(name: str, capability: tuple[int, int] | None) -> bool:
+    """A GeForce GTX 16xx (Turing without fp16 tensor cores): fp16 there often gives black images."""
+    return "GTX 16" in name.upper() and capability in (None, (7, 5))
+
+
+def _resolve_backend_flags(device: torch.device, name: str, capability: tuple[int, int] | None,
+                           reasons: list[str]) -> tuple[bool, bool]:
+    if device.type != "cuda":
+        return False, False
+    tf32 = capability is not None and capability >= (8, 0)
+    if tf32:
+        reasons.append(f"TF32 on: compute capability {capability[0]}.{capability[1]} (Ampere or newer) "  # type: ignore[index]
+                       "runs fp32 matmuls on tensor cores")
+    benchmark = is_gtx16(name, capability)
+    if benchmark:
+        reasons.append(f"cuDNN benchmark on: {name} is a GTX 16xx card (fp16 gives black images without it)")
+    return tf32, benchmark
+
+
 def _resolve_dtype(
-    requested: str, device: torch.device, probe: HardwareProbe, reasons: list[str]
+    requested: str, device: torch.device, probe: HardwareProbe, reasons: list[str], *, gtx16: bool = False
 ) -> torch.dtype:
     if requested != "auto":
         if requested not in _PRECISION_DTYPES:
@@ -264,8 +311,14 @@ def _resolve_dtype(
             logger.warning("--precision fp16 on CPU is much slower than bf16/fp32 (no fp16 matrix units)")
         if device.type == "cpu" and dtype == torch.bfloat16 and not probe.cpu_has_native_bf16:
             logger.warning("--precision bf16 on a CPU without AMX/AVX512-BF16 is emulated and slow")
+        if gtx16 and dtype == torch.float16:
+            logger.warning("--precision fp16 on a GTX 16xx card may give black images; cuDNN benchmark is on "
+                           "to avoid it. If images come out black, use --precision fp32")
         reasons.append(f"{requested}: --precision {requested}")
         return dtype
+    if gtx16:
+        reasons.append("fp32: GTX 16xx cards give black images in fp16 (--precision fp16 to try it anyway)")
+        return torch.float32
     if device.type in ("cuda", "mps"):
         reasons.append(f"fp16: the default on {device.type.upper()}")
         return torch.float16
@@ -351,14 +404,77 @@ def apply_runtime(pipe: Any, runtime: RuntimeConfig) -> None:
             vae.disable_tiling()
 
     # 4. Placement: on the device, or accelerate hooks that move each component there when it runs.
-    if runtime.offload == "model":
-        pipe.enable_model_cpu_offload(device=runtime.device)
-    elif runtime.offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=runtime.device)
-    else:
-        pipe.to(runtime.device)
+    apply_offload(pipe, runtime.offload, runtime.device)
     logger.debug("applied runtime to %s: attention %s, offload %s", type(pipe).__name__,
                  runtime.attention, runtime.offload)
+
+
+def apply_offload(pipe: Any, mode: OffloadMode, device: torch.device | str) -> None:
+    """Place ``pipe`` for ``mode`` with ``device`` as the execution device.
+
+    "none": moved to ``device``. "model" (--medvram): accelerate moves each whole component to ``device``
+    when it runs and back to the CPU when the next one in the chain does. "sequential" (--lowvram): weights
+    stay in CPU memory and each submodule's come to ``device`` only for its forward. ``device`` may be the
+    CPU (tests run offload there; the resolver refuses it for users, where it would do nothing).
+    """
+    device = torch.device(device)
+    if mode == "none":
+        pipe.to(device)
+    elif mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "sequential" and device.type == "cpu":
+        _sequential_offload_to_cpu(pipe)
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        raise ValueError(f"offload mode must be none, model or sequential, got {mode!r}")
+
+
+def _sequential_offload_to_cpu(pipe: Any) -> None:
+    """Diffusers' sequential offload with the CPU as execution device, for tests.
+
+    diffusers names the device ``cpu:0``, which accelerate takes for another device than the weights'
+    ``cpu``: each forward then turns the offloaded ``Parameter`` objects into plain tensors and fails.
+    This is the same placement (accelerate's ``cpu_offload`` per component) with ``cpu`` itself.
+    """
+    from accelerate import cpu_offload
+
+    pipe.remove_all_hooks()
+    excluded = set(getattr(pipe, "_exclude_from_cpu_offload", ()) or ())
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and name not in excluded:
+            cpu_offload(component, torch.device("cpu"), offload_buffers=len(component._parameters) > 0)
+
+
+def apply_backend_flags(runtime: RuntimeConfig) -> None:
+    """Set torch's process-wide backend switches for ``runtime`` (TF32, cuDNN benchmark); once, at startup."""
+    if runtime.device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = runtime.tf32
+    torch.backends.cudnn.allow_tf32 = runtime.tf32
+    torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
+    logger.info("CUDA backend: TF32 %s, cuDNN benchmark %s", "on" if runtime.tf32 else "off",
+                "on" if runtime.cudnn_benchmark else "off")
+
+
+def vae_forces_upcast(config: Any) -> bool:
+    """Whether a VAE config says the VAE must not run in fp16 (``force_upcast``, as the SDXL VAE's says).
+
+    Only a value written in the config counts: diffusers fills a missing ``force_upcast`` with True (and
+    lists it in ``_use_default_values``), and SD 1.x/2.x VAE configs do not have it.
+    """
+    get = getattr(config, "get", None)
+    if get is None:
+        return False
+    return bool(get("force_upcast", False)) and "force_upcast" not in (get("_use_default_values", None) or ())
+
+
+def vae_dtype_for(runtime: RuntimeConfig, vae_config: Any) -> torch.dtype:
+    """The dtype a model's VAE is loaded in: the runtime's, except fp32 where fp16 would overflow."""
+    if runtime.vae_dtype == torch.float16 and vae_forces_upcast(vae_config):
+        logger.info("VAE in fp32: its config says force_upcast (it overflows in fp16)")
+        return torch.float32
+    return runtime.vae_dtype
 
 
 def _sdpa_processor() -> Any:
@@ -447,6 +563,8 @@ def describe_runtime(runtime: RuntimeConfig) -> dict[str, Any]:
         "offload": runtime.offload,
         "vae_tiling": runtime.vae_tiling,
         "channels_last": runtime.channels_last,
+        "tf32": runtime.tf32,
+        "cudnn_benchmark": runtime.cudnn_benchmark,
         "threads": runtime.threads,
         "torch": torch.__version__,
         "reasons": list(runtime.reasons),

@@ -14,6 +14,9 @@ UNet's conditioning tensors:
 - CLIP skip (SD1/SD2): the hidden states of layer ``-clip_skip``, through the final layer norm (1 = the
   last layer, what diffusers uses). diffusers' own ``clip_skip=`` is never used (it fails on
   transformers 5 and counts one layer differently).
+- Devices: token ids are made on each encoder's execution device (its offload hooks' device: with
+  ``--lowvram`` the weights sit on ``meta`` between forwards), and under ``--medvram`` every other
+  component is sent off the device before the text encoders run (:mod:`sdweb.engine.accelerator`).
 - SDXL: both encoders' penultimate hidden states side by side, the pooled projection of encoder 2's
   first chunk, and an all-zero negative when the negative prompt is empty (as A1111 and diffusers do).
   A1111 ignores CLIP skip for SDXL by default, and so do we.
@@ -28,6 +31,7 @@ from typing import Any
 
 import torch
 
+from sdweb.engine.accelerator import module_execution_device, offload_idle
 from sdweb.prompts.parser import (
     get_learned_conditioning_prompt_schedules,
     parse_prompt_attention,
@@ -201,6 +205,8 @@ class PromptEncoder:
         """
         if clip_skip < 1:
             raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
+        # --medvram: a hires first pass's UNet (or an img2img VAE) must not sit beside the text encoders.
+        offload_idle(self._pipe)
         hidden_parts: list[list[torch.Tensor]] = [[] for _ in texts]
         pooled: list[torch.Tensor | None] = [None] * len(texts)
         for index, (tokenizer, encoder) in enumerate(self._encoders):
@@ -225,7 +231,8 @@ class PromptEncoder:
     def _encode_chunks(self, encoder: Any, chunks: Sequence[TokenChunk], *, clip_skip: int,
                        projected: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states ``(chunks, 77, dim)`` with emphasis applied, and pooled outputs (SDXL enc. 2)."""
-        device = getattr(encoder, "device", self._device)
+        # Where the encoder runs, not where its weights wait (CPU under --medvram, meta under --lowvram).
+        device = module_execution_device(encoder, default=self._device)
         input_ids = torch.tensor([chunk.tokens for chunk in chunks], dtype=torch.long, device=device)
         need_layers = self.is_sdxl or clip_skip > 1
         output = encoder(input_ids, output_hidden_states=need_layers)

@@ -25,7 +25,7 @@ exclusively by the job through ``ModelCache.use``).
 
 Performance: no per-step host syncs (sigmas and timesteps are read on the CPU, control flags are
 Python events), previews are made only every ``preview_every`` steps, everything runs under
-``torch.inference_mode``.
+``torch.inference_mode`` (``no_grad`` under ``--lowvram``: ``sdweb.engine.accelerator.inference_context``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdweb.engine.accelerator import execution_device, inference_context, offload_module, vae_decode
 from sdweb.engine.encode import PromptEncoder, is_sdxl_pipeline, zero_like
 from sdweb.engine.extra_networks.job import ExtraNetworks, JobNetworks, job_extra_networks
 from sdweb.engine.image_conditioning import (
@@ -129,7 +130,7 @@ def run_txt2img(
     ``output_type="latent"`` skips the VAE: each ``GeneratedImage.image`` is then the image's final
     ``(1, C, h, w)`` float32 latents (as diffusers' ``output_type="latent"``).
     """
-    with torch.inference_mode():
+    with inference_context(model.pipe):  # inference mode; no_grad under --lowvram
         return _Txt2Img(model, params, samplers, control, on_step, preview_every, output_type,
                         extra_networks=extra_networks).run()
 
@@ -151,7 +152,7 @@ class _Txt2Img:
         self.pipe = model.pipe
         self.unet = model.pipe.unet
         self.vae = model.pipe.vae
-        self.device = torch.device(model.device)
+        self.device = execution_device(model.pipe, default=model.device)  # the offload hooks' device
         self.is_sdxl = is_sdxl_pipeline(model.pipe)
         # LoRA tags and embeddings (sdweb.engine.extra_networks); set for the job by run().
         self.extra_networks = extra_networks
@@ -446,9 +447,10 @@ class _Txt2Img:
         images = []
         for index in range(scaled.shape[0]):
             started = time.perf_counter()
-            decoded = self.vae.decode(scaled[index:index + 1].to(self.vae.dtype), return_dict=False)[0]
+            decoded = vae_decode(self.vae, scaled[index:index + 1])  # NaN-checked, fp32 retry
             images.append(to_pil(decoded[0]))
             logger.debug("decoded image %d in %.2fs", index, time.perf_counter() - started)
+        offload_module(self.vae)  # --medvram: the next batch's UNet runs alone on the device
         return images
 
 

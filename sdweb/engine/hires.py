@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdweb.engine.accelerator import inference_context
 from sdweb.engine.generate import LoadedModelLike, run_txt2img
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img
@@ -143,7 +144,7 @@ def run_hires_txt2img(
         else:
             init_images = [_upscale_pixels(item.image, upscaler, (scaled_w, scaled_h), (final_w, final_h),
                                            model_upscalers) for item in first.images]
-        with torch.inference_mode():
+        with inference_context(model.pipe):
             second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
                               preview_every, init_latents=init_latents,
                               inpainting_mask_weight=inpainting_mask_weight, **options).run()

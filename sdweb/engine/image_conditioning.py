@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdweb.engine.accelerator import module_execution_device, vae_encode
+
 logger = logging.getLogger(__name__)
 
 #: Channels an inpainting UNet takes beyond the latents: 1 mask + the masked image's latent channels.
@@ -79,11 +81,11 @@ def encode_pixels(vae: Any, pixels: torch.Tensor, device: torch.device | str | N
 
     The latent distribution's mean, minus ``shift_factor`` where the VAE has one, times
     ``scaling_factor``: the same encoding img2img uses for its init latents. ``device``: where the job
-    runs (offloaded VAEs report the CPU); the VAE's own device when not given.
+    runs (offloaded VAEs report the CPU); the VAE's execution device when not given.
     """
     config = vae.config
-    device = device if device is not None else next(vae.parameters()).device
-    latents = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mean.float()
+    device = device if device is not None else module_execution_device(vae, default="cpu")
+    latents = vae_encode(vae, pixels, device)  # NaN-checked, fp32 retry; --medvram: VAE off the device after
     shift = getattr(config, "shift_factor", None)
     if shift:
         latents = latents - shift

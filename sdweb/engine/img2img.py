@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdweb.engine.accelerator import inference_context, vae_decode
 from sdweb.engine.generate import LoadedModelLike, _Txt2Img, preview_image
 from sdweb.engine.image_conditioning import (
     DEFAULT_MASK_WEIGHT,
@@ -101,7 +102,7 @@ def run_img2img(
     ``inpainting_mask_weight`` (A1111's setting "Inpainting conditioning mask strength", 0..1) matters
     only for inpainting checkpoints (:mod:`sdweb.engine.image_conditioning`).
     """
-    with torch.inference_mode():
+    with inference_context(model.pipe):
         return _Img2Img(model, params, init_images, samplers, control, on_step, preview_every,
                         extra_networks=extra_networks, mask=mask,
                         inpainting_mask_weight=inpainting_mask_weight).run()
@@ -220,8 +221,7 @@ class _Img2Img(_Txt2Img):
         shift = getattr(self.vae.config, "shift_factor", None)
         if shift:
             scaled = scaled + shift
-        decoded = [self.vae.decode(scaled[i:i + 1].to(self.vae.dtype), return_dict=False)[0].float()
-                   for i in range(scaled.shape[0])]
+        decoded = [vae_decode(self.vae, scaled[i:i + 1]).float() for i in range(scaled.shape[0])]
         return torch.cat(decoded).clamp(-1.0, 1.0)
 
     def keep_unmasked(self, latents: torch.Tensor, init: torch.Tensor) -> torch.Tensor:

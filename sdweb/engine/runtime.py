@@ -3,7 +3,9 @@
 ``Engine`` is thin on purpose. It resolves a request's checkpoint (None = the current model, else the
 registry's lookup by title, name or hash) and VAE (None = the "SD VAE" setting), holds the model
 through ``ModelCache.use`` for the whole job (so it is never moved or evicted mid-generation), and hands
-over to :func:`sdweb.engine.generate.run_txt2img`. :func:`create_engine` is the composition-root
+over to :func:`sdweb.engine.generate.run_txt2img`. Each job runs inside
+:func:`sdweb.engine.accelerator.job_scope`: afterwards, however it ended, no offloaded component stays on
+the accelerator and unused cached memory goes back. :func:`create_engine` is the composition-root
 helper that builds the runtime, the thread count and the cache from the launch settings.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdweb.engine.accelerator import DeviceMemory, job_scope
 from sdweb.engine.encode import count_tokens
 from sdweb.engine.extra_networks.job import ExtraNetworks
 from sdweb.engine.generate import run_txt2img
@@ -42,6 +45,7 @@ class Engine:
         embeddings: Any = None,
         upscalers: Any = None,
         face_restorer: Any = None,
+        memory: DeviceMemory | None = None,
     ) -> None:
         """Args:
         cache: ``sdweb.engine.models.cache.ModelCache``.
@@ -54,6 +58,7 @@ class Engine:
         embeddings: ``sdweb.engine.extra_networks.embeddings.EmbeddingLibrary`` (None: no embeddings).
         upscalers: ``sdweb.engine.upscalers.ModelUpscalers`` (models/ESRGAN; None: none).
         face_restorer: ``sdweb.engine.face_restore.FaceRestorer`` (models/GFPGAN, models/Codeformer).
+        memory: the accelerator's memory (emptied after unloads and large jobs); None: nothing to empty.
         """
         self._cache = cache
         self._registry = registry
@@ -65,6 +70,7 @@ class Engine:
         self._networks = ExtraNetworks(loras=loras, embeddings=embeddings)
         self.upscalers = upscalers
         self.face_restorer = face_restorer
+        self._memory = memory
 
     # -- generation --------------------------------------------------------------------------
     def txt2img(
@@ -78,7 +84,7 @@ class Engine:
         """Generate ``params`` (seeds, clip skip and RNG resolved) on its checkpoint."""
         info = self._checkpoint(params.checkpoint)
         vae = self._vae_path(params.vae, info)
-        with self._cache.use(info, vae=vae) as model:
+        with self._cache.use(info, vae=vae) as model, job_scope(model.pipe, self._memory):
             if params.enable_hr:
                 from sdweb.engine.hires import run_hires_txt2img
 
@@ -107,7 +113,7 @@ class Engine:
 
         info = self._checkpoint(params.checkpoint)
         vae = self._vae_path(params.vae, info)
-        with self._cache.use(info, vae=vae) as model:
+        with self._cache.use(info, vae=vae) as model, job_scope(model.pipe, self._memory):
             return run_img2img(model, params, init_images, samplers=self._samplers, control=control,
                                on_step=on_step, preview_every=preview_every, extra_networks=self._networks,
                                mask=mask, inpainting_mask_weight=self._mask_weight())
@@ -153,6 +159,8 @@ class Engine:
             self.upscalers.unload()
         if self.face_restorer is not None:
             self.face_restorer.unload()
+        if self._memory is not None:
+            self._memory.release()
 
     def describe(self) -> dict[str, Any]:
         """Device, precision, attention and the loaded models, for the API and the UI."""
@@ -230,15 +238,17 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     here from ``settings.paths.lora_dir`` when not given. ``upscaler_models``: the service layer's
     ``UpscalerModelLibrary`` likewise (models/ESRGAN), run on the runtime's device and dtype.
     """
-    from sdweb.engine.devices import configure_threads, resolve_runtime
+    from sdweb.engine.devices import apply_backend_flags, configure_threads, resolve_runtime
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.face_restore import FaceModelLibrary, FaceRestorer
     from sdweb.engine.models.cache import ModelCache
-    from sdweb.engine.models.loader import load_checkpoint
+    from sdweb.engine.models.loader import check_checkpoint, load_checkpoint
     from sdweb.engine.upscalers import DEFAULT_OVERLAP, DEFAULT_TILE, ModelUpscalers, UpscalerModelLibrary
 
     runtime = resolve_runtime(settings)
+    apply_backend_flags(runtime)
+    memory = DeviceMemory(runtime.device)
     # --threads wins; else the "torch_threads" setting (0 = one per physical core, the runtime's default).
     option_threads = int(options.get("torch_threads") or 0) if options is not None else 0
     configure_threads(getattr(settings, "threads", None) or option_threads or runtime.threads)
@@ -249,7 +259,11 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
         # The VAE hash for infotexts comes from the registry's on-disk cache: hashed once per file.
         return load_checkpoint(info, runtime, vae_path=Path(vae), vae_hash=vae_registry.short_hash(Path(vae)))
 
-    cache = ModelCache(loader, capacity=settings.models_in_memory, offload_device=runtime.parking_device)
+    def precheck(info: Any, vae: Any) -> None:
+        check_checkpoint(info, Path(vae) if vae is not None else None)
+
+    cache = ModelCache(loader, capacity=settings.models_in_memory, offload_device=runtime.parking_device,
+                       precheck=precheck, on_released=memory.release)
     logger.info("engine ready: %s, %s, %s attention", runtime.device, runtime.dtype, runtime.attention)
     if loras is None:
         loras = LoraLibrary(settings.paths.lora_dir)
@@ -264,9 +278,12 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
         except (AttributeError, KeyError):  # no options, or a store without these specs
             return DEFAULT_TILE, DEFAULT_OVERLAP
 
+    # Under --medvram/--lowvram the upscaler model waits in RAM and visits the device only to upscale.
     upscalers = ModelUpscalers(upscaler_models, device=runtime.device, dtype=runtime.dtype,
-                               tiling=upscaler_tiling)
+                               tiling=upscaler_tiling,
+                               park_device="cpu" if runtime.offload != "none" else None,
+                               memory=memory)
     face_restorer = FaceRestorer(FaceModelLibrary(settings.paths.root / "models"), device=runtime.device,
                                  dtype=runtime.dtype)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
-                  embeddings=embeddings, upscalers=upscalers, face_restorer=face_restorer)
+                  embeddings=embeddings, upscalers=upscalers, memory=memory, face_restorer=face_restorer)

@@ -14,7 +14,9 @@ Owns three things:
 * :class:`ModelUpscalers` loads a model of the library through spandrel (architecture detected from
   the state-dict keys), keeps the last one loaded, and upscales PIL images with it on the engine's
   device and dtype, A1111's way: model passes until the image reaches the asked size (at most
-  :data:`MAX_PASSES`), then Lanczos to that size exactly.
+  :data:`MAX_PASSES`), then Lanczos to that size exactly. Under ``--medvram``/``--lowvram`` (a
+  ``park_device``) the model waits in RAM and is on the device only while it upscales, as the offloaded
+  diffusion model's components are.
 
 Weights are loaded here, never by spandrel's file loader: ``.safetensors`` through safetensors,
 ``.pth`` only through ``torch.load(weights_only=True)``, so a file that wants to run code when
@@ -320,6 +322,8 @@ class ModelUpscalers:
         overlap: int = DEFAULT_OVERLAP,
         tiling: Callable[[], tuple[int, int]] | None = None,
         loader: Callable[[Path], Any] = load_spandrel_model,
+        park_device: torch.device | str | None = None,
+        memory: Any = None,
     ) -> None:
         """Args:
         library: where the model names come from.
@@ -328,6 +332,9 @@ class ModelUpscalers:
         tile, overlap: :func:`tiled_upscale`'s, in input pixels (``tile`` 0: no tiling).
         tiling: ``() -> (tile, overlap)``, asked at each upscale (the settings); overrides the two above.
         loader: path -> spandrel ``ImageModelDescriptor`` (tests pass their own).
+        park_device: where the model waits between upscales (the CPU under offload); None: it stays on
+            ``device``.
+        memory: ``sdweb.engine.accelerator.DeviceMemory``, emptied when the model leaves the device.
         """
         self.library = library
         self._device = device
@@ -336,6 +343,8 @@ class ModelUpscalers:
         self.overlap = overlap
         self._tiling = tiling
         self._loader = loader
+        self._park_device = park_device
+        self._memory = memory
         self._lock = threading.Lock()
         self._loaded: tuple[Path, float, Any] | None = None
 
@@ -360,10 +369,18 @@ class ModelUpscalers:
         current = image.convert("RGB")
         with self._lock:
             model = self._model(item)
-            for _ in range(MAX_PASSES):
-                if current.width >= size[0] and current.height >= size[1]:
-                    break
-                current = self._pass(model, current, item.name)
+            if self._park_device is not None:
+                model.to(self._device)
+            try:
+                for _ in range(MAX_PASSES):
+                    if current.width >= size[0] and current.height >= size[1]:
+                        break
+                    current = self._pass(model, current, item.name)
+            finally:
+                if self._park_device is not None:
+                    model.to(self._park_device)
+                    if self._memory is not None:
+                        self._memory.after_job()
         if current.size != size:
             current = current.resize(size, Image.Resampling.LANCZOS)
         if alpha is not None:
@@ -371,7 +388,7 @@ class ModelUpscalers:
         return current
 
     def unload(self) -> None:
-        """Drop the loaded model (frees its memory)."""
+        """Drop the loaded model (frees its memory; the engine then empties the device's cache)."""
         with self._lock:
             self._loaded = None
 
@@ -382,7 +399,7 @@ class ModelUpscalers:
         self._loaded = None  # the previous model goes before the next one loads
         logger.info("loading upscaler model %s", item.path)
         model = self._loader(item.path)
-        model = model.to(self._device, self._run_dtype(model))
+        model = model.to(self._park_device or self._device, self._run_dtype(model))
         self._loaded = (item.path, stamp, model)
         return model
 

@@ -139,10 +139,16 @@ def build_services(
         elif models.selected_title() is None:
             raise LookupError(models.empty_message())
 
+    cluster = None
+    if settings.workers is not None or settings.ray_address:  # only then is Ray imported
+        from sdweb.services.cluster.setup import start_pool
+
+        cluster = start_pool(settings, models=models, options=options)
     face_restorer = FaceRestoreService(FaceModelLibrary(paths.root / "models"), options, engine)
     generation = GenerationService(worker=worker, engine=engine, options=options, images=images,
                                    history=history, styles=styles, plugins=plugins, validate=validate,
-                                   default_checkpoint=models.selected_title, face_restorer=face_restorer)
+                                   default_checkpoint=models.selected_title, workers=cluster,
+                                   face_restorer=face_restorer)
 
     def count_tokens(text: str) -> tuple[int, int]:
         # The UI's token counter, with the loaded model's tokenizer; only once the engine is up, so that

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from sdweb.params import (
     StepProgress,
 )
 from sdweb.services.worker import GpuWorker, Task
+from sdweb.services.workers import JobNeeds, JobWorkers, LocalWorkers, WorkerStatus
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +140,11 @@ class GenerationService:
         default_checkpoint: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
         face_restorer: Any = None,
+        workers: JobWorkers | None = None,
     ) -> None:
         self._worker = worker
+        #: Where jobs run (DESIGN.md "Workers"): the in-process GPU worker unless a cluster pool is given.
+        self._workers: JobWorkers = workers or LocalWorkers(worker, engine)
         self._engine = engine
         self._options = options
         self._images = images
@@ -229,8 +234,12 @@ class GenerationService:
                 if not oldest.finished:
                     break
                 del self._jobs[oldest_id]
-        job.task = self._worker.submit(lambda: self._run(job, save=save, save_grid=save_grid),
-                                       label=f"{label or job.kind} {job.id[:8]}")
+        default = self._default_checkpoint() if self._default_checkpoint is not None else None
+        needs = JobNeeds.of(job.params, default)
+        if job.script is not None:  # a script's parts run one after the other on the worker it gets
+            needs = replace(needs, parallel=1)
+        job.task = self._workers.submit(lambda engine: self._run(job, engine, save=save, save_grid=save_grid),
+                                        label=f"{label or job.kind} {job.id[:8]}", needs=needs)
         return job
 
     def submit_img2img(
@@ -280,7 +289,7 @@ class GenerationService:
         return self._current
 
     def queue_position(self, job: Job) -> int:
-        return self._worker.position(job.task) if job.task is not None else 0
+        return self._workers.position(job.task) if job.task is not None else 0
 
     def progress(self, job: Job) -> JobProgress:
         job.progress.queue_position = self.queue_position(job)
@@ -290,13 +299,17 @@ class GenerationService:
     def last_seed(self) -> int | None:
         return self._last_seed
 
+    def workers(self) -> list[WorkerStatus]:
+        """The workers jobs run on (one in-process worker, or the cluster's): for the UI and the API."""
+        return self._workers.health()
+
     # ------------------------------------------------------------------ control
     def interrupt(self, job_id: str | None = None) -> bool:
         """Stop the given (or the running) job; images finished so far are kept and saved."""
         job = self._target(job_id)
         if job is None:
             return False
-        if job.task is not None and self._worker.cancel(job.task):
+        if job.task is not None and self._workers.cancel(job.task):
             job.progress.state = "interrupted"
             job.progress.interrupted = True
             job.result = GenerationResult(params=job.params, interrupted=True)
@@ -320,13 +333,14 @@ class GenerationService:
         return self.job(job_id)
 
     # ------------------------------------------------------------------ running (worker thread)
-    def _run(self, job: Job, *, save: bool, save_grid: bool | None) -> GenerationResult:
+    def _run(self, job: Job, engine: EngineLike, *, save: bool,
+             save_grid: bool | None) -> GenerationResult:
         self._current = job
         progress = job.progress
         progress.state = "running"
         progress.started_at = time.monotonic()
         try:
-            result = self._run_steps(job, save=save, save_grid=save_grid)
+            result = self._run_steps(job, engine, save=save, save_grid=save_grid)
         except GenerationError as exc:
             progress.state = "failed"
             progress.error = exc.message
@@ -340,28 +354,30 @@ class GenerationService:
             job.error = GenerationError(message, status=_status_for(exc))
             raise job.error from exc
         finally:
-            self._current = None
+            if self._current is job:  # with several workers another job may have started meanwhile
+                self._current = None
         progress.state = "interrupted" if result.interrupted else "done"
         progress.preview = None
         job.result = result
         return result
 
-    def _run_steps(self, job: Job, *, save: bool, save_grid: bool | None) -> GenerationResult:
+    def _run_steps(self, job: Job, engine: EngineLike, *, save: bool,
+                   save_grid: bool | None) -> GenerationResult:
         if job.script is not None:
-            return job.script(JobRunner(self, job, save=save))
+            return job.script(JobRunner(self, job, engine, save=save))
         # 1. Let extensions adjust the request, then apply styles (A1111 writes the styled prompt).
         params = self._prepare(job.params)
         job.params = params
         job.progress.job_count = params.n_iter
 
         # 2. Run the engine, reporting each step to the job and to extensions.
-        run = self._run_engine(job, params, job.init_images, job.mask)
+        run = self._run_engine(job, engine, params, job.init_images, job.mask)
 
         # 3. Infotext, save, grid, history.
         return self._record(params, run, save=save, save_grid=save_grid, masked=job.mask is not None)
 
-    def _run_engine(self, job: Job, params: GenerationParams, init_images: Sequence[Any], mask: Any,
-                    *, batch_offset: int = 0) -> EngineRun:
+    def _run_engine(self, job: Job, engine: EngineLike, params: GenerationParams, init_images: Sequence[Any],
+                    mask: Any, *, batch_offset: int = 0) -> EngineRun:
         """One engine call inside ``job``; ``batch_offset``: batches a script ran before this one."""
         job.progress.sampling_steps = (params.denoising_steps if isinstance(params, Img2ImgParams)
                                        else params.steps)
@@ -386,11 +402,10 @@ class GenerationService:
                                   "img2img job; it must return params.model_copy(update=...)")
         if isinstance(params, Img2ImgParams):
             masked = {"mask": mask} if mask is not None else {}
-            run: EngineRun = self._engine().img2img(params, init_images, control=job.control, on_step=on_step,
-                                                    preview_every=preview_every, **masked)
+            run: EngineRun = engine.img2img(params, init_images, control=job.control, on_step=on_step,
+                                            preview_every=preview_every, **masked)
             return run
-        return self._engine().txt2img(params, control=job.control, on_step=on_step,
-                                      preview_every=preview_every)
+        return engine.txt2img(params, control=job.control, on_step=on_step, preview_every=preview_every)
 
     def _prepare(self, params: GenerationParams) -> GenerationParams:
         if self._plugins is not None:
@@ -542,9 +557,10 @@ class JobRunner:
     script's combined result gets those).
     """
 
-    def __init__(self, service: GenerationService, job: Job, *, save: bool) -> None:
+    def __init__(self, service: GenerationService, job: Job, engine: EngineLike, *, save: bool) -> None:
         self._service = service
         self._job = job
+        self._engine = engine
         self._save = save
         self._batches_done = 0
 
@@ -555,7 +571,8 @@ class JobRunner:
         if job.control.interrupted:
             return GenerationResult(params=params, interrupted=True)
         prepared = service._prepare(params)
-        run = service._run_engine(job, prepared, list(init_images), mask, batch_offset=self._batches_done)
+        run = service._run_engine(job, self._engine, prepared, list(init_images), mask,
+                                  batch_offset=self._batches_done)
         self._batches_done += prepared.n_iter
         job.progress.job_count = max(job.progress.job_count, self._batches_done)
         return service._record(prepared, run, save=save and self._save, save_grid=False,

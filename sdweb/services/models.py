@@ -80,6 +80,11 @@ class ModelService:
         self._plugins = plugins
         self._status = ModelStatus("idle")
         self._lock = threading.Lock()
+        self._loader: Callable[[Any], Any] | None = None
+
+    def use_loader(self, loader: Callable[[Any], Any]) -> None:
+        """Load selected checkpoints with ``loader(info)`` (on a cluster worker) instead of this process."""
+        self._loader = loader
 
     # ------------------------------------------------------------------ catalogue
     @property
@@ -196,8 +201,7 @@ class ModelService:
         self._set_status(ModelStatus("loading", title=info.title,
                                      message=f"Loading {info.title}...", is_demo=_is_demo(info)))
         try:
-            engine = self._engine()
-            loaded = engine.load(info)
+            loaded = self._loader(info) if self._loader is not None else self._engine().load(info)
         except Exception as exc:
             logger.exception("could not load %s", info.title)
             self._set_status(ModelStatus("error", title=info.title, message=str(exc), is_demo=_is_demo(info)))

@@ -17,7 +17,7 @@ import gradio as gr
 
 from sdweb.ui import theme
 from sdweb.ui.components.results import ResultView
-from sdweb.ui.tabs import extras, gallery, history, img2img, merger, pnginfo, settings, txt2img
+from sdweb.ui.tabs import extras, gallery, history, img2img, merger, pnginfo, settings, txt2img, workers
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ def build_ui(services: Any) -> gr.Blocks:
                 with gr.Tab("Checkpoint Merger", id=merger.TAB_ID, elem_id="tab-modelmerger"):
                     merge_models = merger.render_merger_tab(services)
             render_extension_tabs(services)
+            with gr.Tab("Workers", id="workers", elem_id="tab-workers"):
+                workers.render_workers_tab(services)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings"):
                 settings.render_settings_tab(services, demo)
 

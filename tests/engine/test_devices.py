@@ -166,6 +166,49 @@ def test_offload_applies_on_gpu_and_is_ignored_with_a_reason_on_cpu(tmp_path: Pa
     assert any("ignored" in reason for reason in cpu.reasons)
 
 
+RTX_3090 = HardwareProbe(cuda_device_count=1, cuda_names=("NVIDIA GeForce RTX 3090",),
+                         cuda_capabilities=((8, 6),), xformers_importable=False)
+GTX_1660 = HardwareProbe(cuda_device_count=1, cuda_names=("NVIDIA GeForce GTX 1660 SUPER",),
+                         cuda_capabilities=((7, 5),), xformers_importable=False)
+RTX_2080 = HardwareProbe(cuda_device_count=1, cuda_names=("NVIDIA GeForce RTX 2080",),
+                         cuda_capabilities=((7, 5),), xformers_importable=False)
+
+
+def test_ampere_and_newer_run_fp32_work_on_tf32_tensor_cores(tmp_path: Path) -> None:
+    ampere = resolve_runtime(settings(tmp_path, precision="fp32"), RTX_3090)
+    assert ampere.tf32 and not ampere.cudnn_benchmark
+    assert any("TF32 on" in reason and "8.6" in reason for reason in ampere.reasons)
+    assert not resolve_runtime(settings(tmp_path), RTX_2080).tf32  # Turing has no TF32
+    assert not resolve_runtime(settings(tmp_path), PLAIN_CPU).tf32
+
+
+def test_gtx_16xx_cards_default_to_fp32_and_use_cudnn_benchmark(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    auto = resolve_runtime(settings(tmp_path), GTX_1660)
+    assert auto.dtype == auto.vae_dtype == torch.float32
+    assert auto.cudnn_benchmark and not auto.tf32
+    assert any("GTX 16xx" in reason and "black images" in reason for reason in auto.reasons)
+    with caplog.at_level("WARNING", logger="sdweb.engine.devices"):
+        forced = resolve_runtime(settings(tmp_path, precision="fp16"), GTX_1660)
+    assert forced.dtype == torch.float16 and forced.cudnn_benchmark
+    assert "black images" in caplog.text
+    rtx = resolve_runtime(settings(tmp_path), RTX_2080)  # same capability, tensor cores: fp16 is fine
+    assert rtx.dtype == torch.float16 and not rtx.cudnn_benchmark
+
+
+def test_backend_flags_are_applied_to_torch_once_for_a_cuda_runtime(tmp_path: Path) -> None:
+    cudnn = torch.backends.cudnn
+    saved = (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
+    try:
+        devices.apply_backend_flags(resolve_runtime(settings(tmp_path, precision="fp32"), RTX_3090))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cudnn.benchmark
+        devices.apply_backend_flags(resolve_runtime(settings(tmp_path), GTX_1660))
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
+
+
 def test_threads_from_the_flag(tmp_path: Path) -> None:
     assert resolve_runtime(settings(tmp_path, threads=3), BF16_CPU).threads == 3
     assert resolve_runtime(settings(tmp_path), BF16_CPU).threads >= 1
@@ -293,18 +336,31 @@ def test_vae_tiling_follows_the_runtime(tiny_pipe) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("offload", ["none", "model"])
-def test_cuda_runtime_runs_a_tiny_pipeline(tmp_path: Path, offload: str) -> None:
+@pytest.mark.parametrize("offload", ["none", "model", "sequential"])
+def test_cuda_runtime_runs_the_engine_on_a_tiny_pipeline(tmp_path: Path, offload: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    from sdweb.engine.generate import run_txt2img
+    from sdweb.engine.samplers import builtin
+    from sdweb.engine.samplers.registry import SamplerRegistry
+    from sdweb.params import JobControl
+    from tests.engine.conftest import TinyModel, tiny_params
+
     runtime = resolve_runtime(settings(tmp_path, offload=offload))
     assert runtime.device.type == "cuda" and runtime.dtype == torch.float16
+    devices.apply_backend_flags(runtime)
     pipe = build_tiny_pipe().to(torch.float16)
+    samplers = SamplerRegistry.from_plugin_results([("builtin", builtin.register_samplers())],
+                                                   [("builtin", builtin.register_schedules())])
 
     apply_runtime(pipe, runtime)
-    image = generate(pipe)
+    model = TinyModel(pipe=pipe, device=runtime.device, dtype=runtime.dtype)
+    run = run_txt2img(model, tiny_params(sampler_name="Euler a"), samplers=samplers, control=JobControl(),
+                      on_step=lambda _: None)
 
-    assert torch.isfinite(image.float()).all()
+    import numpy as np
+
+    assert np.asarray(run.images[0].image).std() > 1.0
     if offload == "none":
         assert pipe.unet.device.type == "cuda"
         assert runtime.parking_device == torch.device("cpu")

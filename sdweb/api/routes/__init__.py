@@ -7,6 +7,7 @@ assembles them from its list of modules.
 * :mod:`.options`: ``/options`` (GET and POST), ``/cmd-flags``.
 * :mod:`.info`: samplers, schedulers, upscalers, styles, scripts, extensions, memory... (listings).
 * :mod:`.models`: checkpoints, VAEs, LoRAs, embeddings: listing, refreshing, unloading, reloading.
+* :mod:`.workers`: ``/workers``, the workers jobs run on (in-process, or Ray's: docs/multi-gpu.md).
 
 How a route module plugs in: it has ``add_routes(routes: ApiRoutes) -> None``, which adds its routes
 with :meth:`ApiRoutes.add` (under ``/sdapi/v1`` unless it passes another ``prefix``: the ControlNet

@@ -13,6 +13,8 @@ Owns three things:
 * :func:`applied_loras` loads the requested files into a pipeline through diffusers/peft (its kohya
   ``lora_unet_*`` / ``lora_te*_*`` conversion), sets each adapter's text-encoder and UNet weight, and
   removes every adapter again when the job ends, whatever way it ends, so the next request is clean.
+  Under ``--medvram``/``--lowvram`` the offload hooks are taken off while adapters are added or removed
+  and put back with the same execution device (``sdweb.engine.accelerator.offload_suspended``).
 
 The "Lora hashes" infotext value is A1111's: for each tag as written, the first 12 hex of sha256 over
 the file's tensor bytes (``sdweb.engine.models.hashes.lora_hash``), cached in the shared HashCache.
@@ -260,30 +262,39 @@ def applied_loras(pipe: Any, requests: Sequence[LoraRequest]) -> Iterator[None]:
     if not requests:
         yield
         return
+    from sdweb.engine.accelerator import offload_suspended
+
     adapters: list[str] = []
     try:
-        for index, request in enumerate(requests):
-            adapter = f"{ADAPTER_PREFIX}{index}"
-            state = _load_state_dict(request.file.path)
-            adapters.append(adapter)  # before loading: a half-loaded adapter is cleaned up too
-            try:
-                with _quiet_load_report():
-                    pipe.load_lora_weights(state, adapter_name=adapter)
-            except Exception as exc:
-                raise LoraError(f"LoRA {request.file.path.name} could not be applied to this model: "
-                                f"{exc}") from exc
-            logger.info("LoRA %s loaded (te %.3g, unet %.3g)", request.file.name, request.te_weight,
-                        request.unet_weight)
-        components = pipe.get_list_adapters()  # {"unet": [...], "text_encoder": [...], ...}
-        weights: list[dict[str, float]] = []
-        for adapter, request in zip(adapters, requests, strict=True):
-            weights.append({component: (request.unet_weight if component == "unet" else request.te_weight)
-                            for component, names in components.items() if adapter in names})
-        pipe.set_adapters(adapters, adapter_weights=weights)
+        with offload_suspended(pipe):
+            _load_adapters(pipe, requests, adapters)
         yield
     finally:
         if adapters:
-            _remove_adapters(pipe, adapters)
+            with offload_suspended(pipe):
+                _remove_adapters(pipe, adapters)
+
+
+def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[str]) -> None:
+    """Load each request as an adapter (its name appended to ``adapters`` first) and set the weights."""
+    for index, request in enumerate(requests):
+        adapter = f"{ADAPTER_PREFIX}{index}"
+        state = _load_state_dict(request.file.path)
+        adapters.append(adapter)  # before loading: a half-loaded adapter is cleaned up too
+        try:
+            with _quiet_load_report():
+                pipe.load_lora_weights(state, adapter_name=adapter)
+        except Exception as exc:
+            raise LoraError(f"LoRA {request.file.path.name} could not be applied to this model: "
+                            f"{exc}") from exc
+        logger.info("LoRA %s loaded (te %.3g, unet %.3g)", request.file.name, request.te_weight,
+                    request.unet_weight)
+    components = pipe.get_list_adapters()  # {"unet": [...], "text_encoder": [...], ...}
+    weights: list[dict[str, float]] = []
+    for adapter, request in zip(adapters, requests, strict=True):
+        weights.append({component: (request.unet_weight if component == "unet" else request.te_weight)
+                        for component, names in components.items() if adapter in names})
+    pipe.set_adapters(adapters, adapter_weights=weights)
 
 
 class _DropLoadReport(logging.Filter):

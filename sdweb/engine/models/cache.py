@@ -13,6 +13,15 @@ Policy (one :class:`ModelCache` instance per app, passed in; nothing global):
   device, stays cached and usable, and the error propagates unchanged (it names the file). The price:
   during a load the previous model is still in RAM (on the offload device), so RAM must hold two models
   for a moment; the new load itself never holds two copies of its own weights (the loader's job).
+* **Except when the new model takes the current one's place** (capacity 1, the default): then the
+  current model is not parked on the offload device only to be dropped after the load (a full
+  accelerator-to-RAM copy for nothing, and two models in RAM). ``precheck(info, vae)`` runs first (the
+  loader's cheap check: header, family), so a wrong or unsupported file still changes nothing; after it
+  passes, the current model is unloaded and its memory handed back, then the new one loads. A load that
+  fails after that (a truncated file, out of memory) leaves no model loaded; the next request loads
+  the one it names again, from disk.
+* **Memory goes back.** ``on_evict(model)`` runs for each dropped model, then the garbage is collected
+  and ``on_released()`` runs (the engine empties the accelerator's memory cache there).
 * **Locking.** ``use()`` holds the cache's use lock for the whole ``with`` block: one model is in use at a
   time, a model in use is never moved or evicted, and two threads asking for different models are
   served one after the other (loads are serialized). Nested ``use()`` of the *same* model in one thread
@@ -59,6 +68,8 @@ class LoadedModelLike(Protocol):
 ModelLoader: TypeAlias = "Callable[[CheckpointInfo, str | None], LoadedModelLike]"
 #: Called with each model the cache drops, after it is out of the cache (to free accelerator memory).
 EvictCallback: TypeAlias = "Callable[[LoadedModelLike], None]"
+#: ``precheck(info, vae)``: raises when ``info`` cannot be loaded, without loading it (cheap).
+PrecheckCallback: TypeAlias = "Callable[[CheckpointInfo, str | None], None]"
 
 _CacheKey: TypeAlias = "tuple[str, int, float, str | None]"
 #: A VAE file chosen for a model (a path), or None for the checkpoint's own.
@@ -83,6 +94,8 @@ class ModelCache:
         *,
         offload_device: Any | None = "cpu",
         on_evict: EvictCallback | None = None,
+        precheck: PrecheckCallback | None = None,
+        on_released: Callable[[], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"the model cache must hold at least one model, got capacity={capacity}")
@@ -90,6 +103,8 @@ class ModelCache:
         self._capacity = capacity
         self._offload_device = offload_device
         self._on_evict = on_evict
+        self._precheck = precheck
+        self._on_released = on_released
         self._use_lock = threading.RLock()
         self._state_lock = threading.Lock()
         #: Least recently used first.
@@ -151,13 +166,24 @@ class ModelCache:
         return self._load(key, info, vae)
 
     def _load(self, key: _CacheKey, info: CheckpointInfo, vae: VaeChoice) -> LoadedModelLike:
+        vae_path = None if vae is None else os.fspath(vae)
+        if self._active_is_replaced():
+            # 1. The new model takes the current one's place: check it can load, then drop the current one.
+            if self._precheck is not None:
+                self._precheck(info, vae_path)
+            with self._state_lock:
+                replaced = [self._entries.pop(self._active)] if self._active is not None else []
+                self._active = None
+            logger.info("unloading %s to make room for %s", replaced[0].title if replaced else "?",
+                        info.title)
+            self._release(replaced)
         previous_key = self._active
         # Free the accelerator for the new model; moved back below if the load fails.
         self._park_active()
         started = time.perf_counter()
         logger.info("loading %s%s", info.title, f" with VAE {vae}" if vae is not None else "")
         try:
-            model = self._loader(info, None if vae is None else os.fspath(vae))
+            model = self._loader(info, vae_path)
         except BaseException:
             if previous_key is not None:
                 with self._state_lock:
@@ -173,6 +199,14 @@ class ModelCache:
         logger.info("loaded %s on %s in %.1f s", info.title, entry.home, time.perf_counter() - started)
         self._release(evicted)
         return model
+
+    def _active_is_replaced(self) -> bool:
+        """Would loading one more model evict the active one (it is among the least recently used)?"""
+        with self._state_lock:
+            if self._active is None:
+                return False
+            overflow = len(self._entries) + 1 - self._capacity
+            return overflow > 0 and self._active in list(self._entries)[:overflow]
 
     def _activate(self, key: _CacheKey, entry: _Entry) -> None:
         if self._active != key:
@@ -223,6 +257,8 @@ class ModelCache:
             self._release(evicted)
 
     def _release(self, evicted: list[_Entry]) -> None:
+        if not evicted:
+            return
         for entry in evicted:
             logger.info("unloading %s", entry.title)
             if self._on_evict is not None:
@@ -230,9 +266,15 @@ class ModelCache:
                     self._on_evict(entry.model)
                 except Exception:  # freeing memory must not turn a successful load into an error
                     logger.exception("cleanup after unloading %s failed", entry.title)
-        if evicted:
-            evicted.clear()
-            gc.collect()
+        # No reference may survive here (not even this loop's variable), or the collection frees nothing.
+        del entry
+        evicted.clear()
+        gc.collect()
+        if self._on_released is not None:
+            try:
+                self._on_released()
+            except Exception:  # as above: handing memory back is best effort
+                logger.exception("releasing memory after unloading failed")
 
     @staticmethod
     def _key(info: CheckpointInfo, vae: VaeChoice) -> _CacheKey:

@@ -5,7 +5,8 @@ Single-file checkpoints (``.safetensors``, ``.ckpt``/``.pt``) go through these s
 1. Read the shapes (safetensors header, or the weights-only-unpickled dict) and detect the family
    (:mod:`sdweb.engine.models.detect`): component configs come from the weights and the bundled configs.
 2. Read the tensors one at a time, cast each to its target dtype as it is read (UNet and text encoders to
-   ``runtime.dtype``, the VAE to ``runtime.vae_dtype``); EMA copies and unused keys are never read.
+   ``runtime.dtype``, the VAE to ``runtime.vae_dtype``, or fp32 where the VAE's config says
+   ``force_upcast``: :func:`sdweb.engine.devices.vae_dtype_for`); EMA copies and unused keys are never read.
 3. Build each component on the meta device (no memory), rename its keys with diffusers' own
    ``single_file_utils`` conversion functions, and ``load_state_dict(assign=True)`` so the module adopts
    the tensors that were read: the weights exist once, never twice.
@@ -193,6 +194,43 @@ def load_checkpoint(
     )
 
 
+def check_checkpoint(info: CheckpointInfo, vae_path: Path | None = None) -> None:
+    """The cheap part of :func:`load_checkpoint`: is ``info`` a model sdweb can load? Reads no weights.
+
+    Reads the safetensors header (or a diffusers folder's configs) and detects the family, so a wrong or
+    unsupported file fails before the model cache frees room for it. Pickle files (``.ckpt``) are only
+    checked to exist: their shapes cannot be read without reading their weights.
+
+    Raises:
+        UnsupportedCheckpointError, CheckpointReadError: as :func:`load_checkpoint` would.
+    """
+    path = Path(info.path)
+    if vae_path is not None and not Path(vae_path).is_file():
+        raise CheckpointReadError(f"the VAE file {Path(vae_path).name} does not exist")
+    if info.kind == "diffusers":
+        detection = detect_diffusers_folder(path)
+        if detection.unsupported_reason:
+            raise UnsupportedCheckpointError(
+                f"{path.name}: not supported yet: {detection.unsupported_reason}")
+    elif info.kind == "safetensors":
+        header = read_safetensors_header(path)
+        _usable_detection(path, info.name, header.shapes(), header.metadata, vae_path)
+    elif not path.is_file():
+        raise CheckpointReadError(f"{info.name}: the file does not exist")
+
+
+def _usable_detection(path: Path, name: str, shapes: dict[str, tuple[int, ...]], metadata: Any,
+                      vae_path: Path | None) -> Detection:
+    detection = detect_checkpoint(shapes, name=name, yaml_text=_read_yaml_beside(path), metadata=metadata)
+    if detection.unsupported_reason:
+        raise UnsupportedCheckpointError(f"{name}: not supported yet: {detection.unsupported_reason}")
+    if detection.vae_config is None and vae_path is None:
+        raise UnsupportedCheckpointError(
+            f"{name}: the checkpoint has no VAE (first_stage_model.*); choose a VAE file for it"
+        )
+    return detection
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading tensors
 # --------------------------------------------------------------------------------------------------
@@ -261,9 +299,9 @@ def torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _dtype_for(runtime: RuntimeConfig) -> Callable[[str], torch.dtype]:
+def _dtype_for(runtime: RuntimeConfig, vae_dtype: torch.dtype) -> Callable[[str], torch.dtype]:
     def dtype_for(key: str) -> torch.dtype:
-        return runtime.vae_dtype if key.startswith(VAE_PREFIX) else runtime.dtype
+        return vae_dtype if key.startswith(VAE_PREFIX) else runtime.dtype
 
     return dtype_for
 
@@ -437,26 +475,21 @@ def _load_single_file(
     shapes, pickled = read_checkpoint_shapes(path, kind)
     # A file may carry its component configs in its metadata (the bundled demo model does).
     metadata = read_safetensors_header(path).metadata if kind == "safetensors" else None
-    detection = detect_checkpoint(shapes, name=name, yaml_text=_read_yaml_beside(path), metadata=metadata)
-    if detection.unsupported_reason:
-        raise UnsupportedCheckpointError(f"{name}: not supported yet: {detection.unsupported_reason}")
-    if detection.vae_config is None and vae_path is None:
-        raise UnsupportedCheckpointError(
-            f"{name}: the checkpoint has no VAE (first_stage_model.*); choose a VAE file for it"
-        )
+    detection = _usable_detection(path, name, shapes, metadata, vae_path)
 
     # 2. Tensors, cast as they are read (the file's own VAE is skipped when another one replaces it).
     def include(key: str) -> bool:
         return _is_used(key) and not (vae_path is not None and key.startswith(VAE_PREFIX))
 
-    state = _read_tensors(path, pickled, _dtype_for(runtime), include)
+    vae_dtype = _vae_dtype(runtime, detection)
+    state = _read_tensors(path, pickled, _dtype_for(runtime, vae_dtype), include)
     del pickled
     # 3. Components, each taking its tensors out of ``state``.
     unet = _build_unet(detection, _pop_prefixed(state, UNET_PREFIX), name)
     if vae_path is not None:
         vae = load_vae(
             vae_path,
-            runtime.vae_dtype,
+            vae_dtype,
             base_config=detection.vae_config,
             config_family=detection.config_family,
         )
@@ -528,10 +561,11 @@ def _load_diffusers_folder(
     extra: dict[str, Any] = {}
     if not detection.is_sdxl:
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    vae_dtype = _vae_dtype(runtime, detection)
     if vae_path is not None:
         extra["vae"] = load_vae(
             vae_path,
-            runtime.vae_dtype,
+            vae_dtype,
             base_config=detection.vae_config,
             config_family=detection.config_family,
         )
@@ -539,9 +573,20 @@ def _load_diffusers_folder(
         pipe = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=runtime.dtype, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointReadError(f"{folder.name}: the diffusers folder cannot be loaded: {exc}") from exc
-    if vae_path is None and pipe.vae is not None and runtime.vae_dtype != runtime.dtype:
-        pipe.vae.to(dtype=runtime.vae_dtype)
+    if vae_path is None and pipe.vae is not None and vae_dtype != runtime.dtype:
+        pipe.vae.to(dtype=vae_dtype)
     return detection, pipe
+
+
+def _vae_dtype(runtime: RuntimeConfig, detection: Detection) -> torch.dtype:
+    """The runtime's VAE dtype, or fp32 where the family's VAE config says ``force_upcast`` (SDXL)."""
+    from sdweb.engine.devices import vae_dtype_for
+    from sdweb.engine.models.detect import bundled_config
+
+    config = detection.vae_config
+    if config is None:  # no VAE in the file: a VAE file stands in, configured as the family's
+        config = bundled_config(detection.config_family, "vae")
+    return vae_dtype_for(runtime, config)
 
 
 # --------------------------------------------------------------------------------------------------

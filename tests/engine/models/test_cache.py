@@ -54,6 +54,11 @@ class FakeLoader:
         self.max_concurrent_loads = 0
         self._lock = threading.Lock()
 
+    def check(self, info: CheckpointInfo, vae: str | None) -> None:
+        """The loader's cheap precheck: refuses the files it would fail to load."""
+        if info.name in self.fail:
+            raise ValueError(f"{info.name}: not a Stable Diffusion checkpoint")
+
     def __call__(self, info: CheckpointInfo, vae: str | None) -> FakeModel:
         with self._lock:
             self.active_loads += 1
@@ -162,7 +167,7 @@ def test_offload_device_none_never_moves_models() -> None:
 def test_failed_load_keeps_the_previous_model_loaded_and_usable() -> None:
     loader = FakeLoader(device="cuda")
     loader.fail.add("broken.safetensors")
-    cache = ModelCache(loader, capacity=1)
+    cache = ModelCache(loader, capacity=1, precheck=loader.check)
     with cache.use(A) as a:
         pass
 
@@ -172,10 +177,66 @@ def test_failed_load_keeps_the_previous_model_loaded_and_usable() -> None:
 
     assert cache.loaded() == ["a.safetensors"]
     assert cache.current is a
-    assert a.device == "cuda"  # moved off for the load attempt, then back
+    assert a.device == "cuda" and a.moves == []  # the check failed before anything moved
     with cache.use(A) as again:
         assert again is a
-    assert len(loader.calls) == 2
+    assert [name for name, _ in loader.calls] == ["a.safetensors"]  # the broken file was never loaded
+
+
+def test_a_model_taking_the_current_ones_place_is_not_parked_first_and_its_memory_goes_back() -> None:
+    """Capacity 1: the current model is unloaded (its memory handed back) before the next one loads,
+    rather than copied from the accelerator to RAM only to be dropped right after."""
+    events: list[str] = []
+    loader = FakeLoader(device="cuda")
+    cache = ModelCache(loader, capacity=1, offload_device="cpu",
+                       on_evict=lambda model: events.append(f"evict {model.info.name}"),
+                       on_released=lambda: events.append("released"))
+    with cache.use(A) as a:
+        pass
+
+    real_call = loader.__call__
+    loader_calls: list[str] = []
+
+    def loading(info: CheckpointInfo, vae: str | None) -> FakeModel:
+        loader_calls.append(info.name)
+        events.append(f"load {info.name}")
+        return real_call(info, vae)
+
+    cache._loader = loading
+    with cache.use(B) as b:
+        pass
+
+    assert a.moves == []  # never parked on the CPU
+    assert events == ["evict a.safetensors", "released", "load b.safetensors"]
+    assert cache.loaded() == ["b.safetensors"] and cache.current is b
+
+
+def test_a_load_failing_after_the_check_leaves_no_model_and_the_next_use_loads_again() -> None:
+    loader = FakeLoader(device="cuda")
+    cache = ModelCache(loader, capacity=1, precheck=lambda info, vae: None)  # the check cannot see it
+    with cache.use(A):
+        pass
+    loader.fail.add("b.safetensors")
+
+    with pytest.raises(ValueError, match="b.safetensors"):
+        with cache.use(B):
+            pass
+
+    assert cache.loaded() == [] and cache.current is None
+    with cache.use(A) as again:
+        assert again.device == "cuda"
+    assert [name for name, _ in loader.calls] == ["a.safetensors", "b.safetensors", "a.safetensors"]
+
+
+def test_capacity_two_still_parks_the_previous_model_for_a_quick_switch_back() -> None:
+    released: list[str] = []
+    loader = FakeLoader(device="cuda")
+    cache = ModelCache(loader, capacity=2, offload_device="cpu", on_released=lambda: released.append("x"))
+    with cache.use(A) as a:
+        pass
+    with cache.use(B):
+        pass
+    assert a.moves == ["cpu"] and released == []
 
 
 def test_vae_choice_is_part_of_the_identity() -> None:

@@ -381,15 +381,23 @@ def test_vae_file_replaces_a_diffusers_folder_vae(tmp_path: Path, load: Load) ->
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tiny_sd1_loads_in_fp16_and_steps_on_cuda(tiny_sd1_path: Path, applied_runtimes: Any) -> None:
+    from sdweb.engine.generate import run_txt2img
     from sdweb.engine.models.loader import load_checkpoint
+    from sdweb.engine.samplers import builtin
+    from sdweb.engine.samplers.registry import SamplerRegistry
+    from sdweb.params import JobControl
+    from tests.engine.conftest import tiny_params
     from tests.engine.models.conftest import CpuRuntime, checkpoint_info
 
     runtime = CpuRuntime(device=torch.device("cuda"), dtype=torch.float16, vae_dtype=torch.float16)
     model = load_checkpoint(checkpoint_info(tiny_sd1_path), runtime)  # type: ignore[arg-type]
 
     assert {p.device.type for p in model.pipe.unet.parameters()} == {"cuda"}
-    result = model.pipe("a cat", num_inference_steps=1, height=64, width=64, output_type="np")
-    assert np.isfinite(result.images[0]).all()
+    samplers = SamplerRegistry.from_plugin_results([("builtin", builtin.register_samplers())],
+                                                   [("builtin", builtin.register_schedules())])
+    run = run_txt2img(model, tiny_params(steps=1), samplers=samplers, control=JobControl(),
+                      on_step=lambda _: None)
+    assert np.asarray(run.images[0].image).std() > 1.0
 
 
 def test_sd1_file_with_the_old_text_encoder_layout_loads(tmp_path: Path, load: Load) -> None:

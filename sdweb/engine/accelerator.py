@@ -1,0 +1,346 @@
+"""What happens on the accelerator while jobs run: execution device, offload hooks, memory, VAE precision.
+
+:mod:`sdweb.engine.devices` decides once, at startup, how the app runs (device, dtypes, offload mode,
+backend flags). This module does the work that follows from those decisions during and between jobs, in
+one place, so the loops (txt2img, img2img, hires fix), the prompt encoder, the model cache, LoRA loading
+and the upscalers call it instead of each knowing about CUDA:
+
+1. **Execution device.** Where a pipeline's computation runs is what its accelerate offload hooks say
+   (diffusers' ``_execution_device``), not ``module.device``: with ``--lowvram`` (sequential offload)
+   the parameters live on ``meta`` between forwards, with ``--medvram`` (model offload) on the CPU.
+   Inputs (token ids, noise, latents) are made on :func:`execution_device`.
+2. **Offload between stages and after jobs.** Model offload (accelerate's ``cpu_offload_with_hook``
+   chain text encoders -> UNet -> VAE) only sends a component back when the *next one in the chain*
+   runs, and nothing after the VAE. So the loop sends idle components back itself
+   (:func:`offload_idle`) before the text encoders run (the UNet of a hires first pass is still there)
+   and after a VAE encode (img2img's init images) or decode, and :func:`job_scope` resets the hooks at
+   the end of every job, also after an error or an interrupt (diffusers ends each ``__call__`` with
+   ``maybe_free_model_hooks()`` for the same reason). Under sequential offload weights go back to
+   ``meta`` after every forward; an error inside a forward can strand some on the accelerator, and the
+   reset re-applies the offload then. :func:`offload_suspended` takes the hooks off while LoRA adapters
+   are added or removed and puts them back with the same execution device (diffusers' own re-enable
+   guesses the device, and fails where the execution device is the CPU).
+3. **Memory.** :class:`DeviceMemory` hands cached-but-unused accelerator memory back to the driver
+   (``torch.cuda.empty_cache()``) after a model is unloaded or switched, and after a job that left more
+   than ``spare_limit`` of it, so other programs (and the next, larger model) can have it.
+4. **VAE precision.** :func:`vae_decode` and :func:`vae_encode` check their output for NaN/inf: a VAE
+   running in fp16 that overflows (the stock SDXL VAE does) is upcast to fp32 for good, with a warning,
+   and the image is made again (A1111's "revert VAE to 32-bit"); NaN in the UNet's latents, or from a
+   VAE already in fp32, is an error that says so, never a black picture. A VAE whose config says
+   ``force_upcast`` (:func:`sdweb.engine.devices.vae_forces_upcast`) and that still runs in fp16 is
+   upcast before its first use, as diffusers' SDXL pipelines do.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sdweb.engine.devices import OffloadMode, apply_offload, vae_forces_upcast
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+#: Cached-but-unused accelerator memory a job may leave behind before it is handed back to the driver.
+DEFAULT_SPARE_LIMIT = 256 * MIB
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A model produced NaN or infinite values; the message says which model and what to try."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Execution device
+# ---------------------------------------------------------------------------------------------
+
+
+def _components(pipe: Any) -> list[torch.nn.Module]:
+    components = getattr(pipe, "components", None) or {}
+    return [module for module in components.values() if isinstance(module, torch.nn.Module)]
+
+
+def _hook_devices(hook: Any) -> Iterator[Any]:
+    if hook is None:
+        return
+    yield getattr(hook, "execution_device", None)
+    for inner in getattr(hook, "hooks", ()) or ():  # accelerate's SequentialHook
+        yield getattr(inner, "execution_device", None)
+
+
+def _normalized(device: Any) -> torch.device:
+    device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
+def module_execution_device(module: Any, default: Any = None) -> torch.device | None:
+    """Where ``module``'s forward runs: its offload hooks' execution device, else its parameters' device.
+
+    ``default`` (or None) when neither says (no hooks and the parameters on ``meta``).
+    """
+    modules = module.modules() if hasattr(module, "modules") else ()
+    for sub in modules:
+        for device in _hook_devices(getattr(sub, "_hf_hook", None)):
+            if device is not None:
+                return _normalized(device)
+    for parameter in module.parameters() if hasattr(module, "parameters") else ():
+        if parameter.device.type != "meta":
+            return _normalized(parameter.device)
+        break
+    return _normalized(default) if default is not None else None
+
+
+def execution_device(pipe: Any, default: Any = None) -> torch.device:
+    """Where ``pipe``'s computation runs (see the module docstring); ``default``, else CPU, when unknown."""
+    for component in _components(pipe):
+        for sub in component.modules():
+            for device in _hook_devices(getattr(sub, "_hf_hook", None)):
+                if device is not None:
+                    return _normalized(device)
+    if default is not None:
+        return _normalized(default)
+    for component in _components(pipe):
+        found = module_execution_device(component)
+        if found is not None:
+            return found
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Offload hooks
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_offload_hook(module: Any) -> Any:
+    from accelerate.hooks import CpuOffload
+
+    hook = getattr(module, "_hf_hook", None)
+    return hook if isinstance(hook, CpuOffload) else None
+
+
+def _sequential_hook(module: Any) -> bool:
+    from accelerate.hooks import AlignDevicesHook
+
+    hook = getattr(module, "_hf_hook", None)
+    hooks = [hook, *(getattr(hook, "hooks", ()) or ())]
+    return any(isinstance(item, AlignDevicesHook) for item in hooks)
+
+
+def offload_mode(pipe: Any) -> OffloadMode:
+    """Which accelerate offload the pipeline's components are under: "model", "sequential" or "none"."""
+    components = _components(pipe)
+    if any(_model_offload_hook(component) is not None for component in components):
+        return "model"
+    if any(_sequential_hook(component) for component in components):
+        return "sequential"
+    return "none"
+
+
+def inference_context(pipe: Any) -> AbstractContextManager[Any]:
+    """What the loop runs under: ``torch.inference_mode()``, except under sequential offload.
+
+    accelerate's sequential offload makes new ``Parameter`` objects around each submodule's forward, and
+    tensors made in inference mode cannot become Parameters; there it is ``torch.no_grad()`` (what
+    diffusers' pipelines always use).
+    """
+    return torch.no_grad() if offload_mode(pipe) == "sequential" else torch.inference_mode()
+
+
+def offload_module(module: Any) -> None:
+    """Send one model-offloaded component back to the CPU now (no-op without model offload)."""
+    hook = _model_offload_hook(module)
+    if hook is not None:
+        hook.init_hook(module)  # what accelerate's own offload() does: module.to("cpu")
+
+
+def offload_idle(pipe: Any) -> None:
+    """Model offload: send every component back to the CPU, so the next one to run is alone on the device."""
+    for component in _components(pipe):
+        offload_module(component)
+
+
+def _stranded_weights(pipe: Any) -> bool:
+    """Sequential offload: are weights still on the device (a forward that raised skips putting them back)?"""
+    for component in _components(pipe):
+        for sub in component.modules():
+            hook = getattr(sub, "_hf_hook", None)
+            if hook is None or not getattr(hook, "offload", False):
+                continue
+            if any(parameter.device.type != "meta" for parameter in sub.parameters(recurse=False)):
+                return True
+    return False
+
+
+def reset_offload(pipe: Any) -> None:
+    """After a job (or between its passes): no component stays on the accelerator that offload should free."""
+    mode = offload_mode(pipe)
+    if mode == "model":
+        offload_idle(pipe)
+    elif mode == "sequential" and _stranded_weights(pipe):
+        logger.info("sequential offload: weights were left on the device by a failed step; offloading again")
+        apply_offload(pipe, "sequential", execution_device(pipe))
+
+
+@contextmanager
+def offload_suspended(pipe: Any) -> Iterator[None]:
+    """Take the offload hooks off for the block (weights back in CPU memory), then put them back.
+
+    For changes to the modules themselves (LoRA adapters added or removed): hooks wrap the modules as they
+    were, so they are rebuilt afterwards, with the execution device they had.
+    """
+    mode = offload_mode(pipe)
+    if mode == "none":
+        yield
+        return
+    device = execution_device(pipe)
+    pipe.remove_all_hooks()  # sequential: each module's weights come back from the hooks' CPU copies
+    try:
+        yield
+    finally:
+        apply_offload(pipe, mode, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Memory
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceMemory:
+    """The accelerator's memory cache: how much is reserved, and handing the unused part back.
+
+    On the CPU every figure is 0 and emptying does nothing. Tests subclass it to count what happens.
+    """
+
+    device: torch.device
+    spare_limit: int = DEFAULT_SPARE_LIMIT
+
+    def reserved(self) -> int:
+        """Bytes the caching allocator holds (in use or cached)."""
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            return int(torch.cuda.memory_reserved(self.device))
+        if self.device.type == "mps":
+            return int(torch.mps.driver_allocated_memory())
+        return 0
+
+    def allocated(self) -> int:
+        """Bytes held by live tensors."""
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            return int(torch.cuda.memory_allocated(self.device))
+        if self.device.type == "mps":
+            return int(torch.mps.current_allocated_memory())
+        return 0
+
+    def empty_cache(self) -> None:
+        """Hand the cached-but-unused memory back to the driver."""
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            with torch.cuda.device(self.device):
+                torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
+
+    def release(self) -> None:
+        """After models were dropped: collect them, then give their memory back."""
+        gc.collect()
+        before = self.reserved()
+        self.empty_cache()
+        after = self.reserved()
+        if before != after:
+            logger.info("freed %.0f MiB of %s memory", (before - after) / MIB, self.device)
+
+    def after_job(self) -> None:
+        """Give the cache back when a job left more than ``spare_limit`` of it unused."""
+        spare = self.reserved() - self.allocated()
+        if spare > self.spare_limit:
+            self.empty_cache()
+            logger.debug("job left %.0f MiB cached on %s: handed back", spare / MIB, self.device)
+
+
+@contextmanager
+def job_scope(pipe: Any, memory: DeviceMemory | None = None) -> Iterator[None]:
+    """Around one job on ``pipe``: afterwards, whatever way it ends, reset the offload and tidy memory."""
+    try:
+        yield
+    finally:
+        try:
+            reset_offload(pipe)
+        finally:
+            if memory is not None:
+                memory.after_job()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. VAE precision
+# ---------------------------------------------------------------------------------------------
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
+
+
+def upcast_vae(vae: Any, why: str) -> None:
+    """Run ``vae`` in fp32 from now on (kept for the loaded model's life, as A1111's "revert to 32-bit")."""
+    if vae.dtype == torch.float32:
+        return
+    logger.warning("VAE in fp32 from now on: %s", why)
+    # Outside inference mode, so the new weights are ordinary tensors whatever the caller is in.
+    with torch.inference_mode(False):
+        vae.to(dtype=torch.float32)
+
+
+def prepare_vae(vae: Any) -> None:
+    """Before a VAE runs: upcast it when its config says fp16 is unsafe (``force_upcast``)."""
+    if vae.dtype == torch.float16 and vae_forces_upcast(vae.config):
+        upcast_vae(vae, "its config says force_upcast (it overflows in fp16)")
+
+
+def vae_decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """``vae.decode`` of ``latents`` (already divided by the scaling factor), checked for NaN/inf.
+
+    Returns ``(B, 3, H, W)`` in the VAE's dtype, roughly in [-1, 1].
+
+    Raises:
+        NonFiniteOutputError: the latents hold NaN/inf (the UNet overflowed), or the VAE gave NaN/inf in fp32.
+    """
+    if not _finite(latents):
+        raise NonFiniteOutputError(
+            "the UNet produced NaN or infinite values, so there is no image to decode. This happens when a "
+            "model overflows in half precision: try --precision fp32 (--no-half), or another checkpoint")
+    prepare_vae(vae)
+    decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    if not _finite(decoded) and vae.dtype != torch.float32:
+        upcast_vae(vae, f"decoding in {str(vae.dtype).removeprefix('torch.')} gave NaN/inf (retrying the "
+                        "image in fp32; --no-half-vae starts in fp32)")
+        decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    if not _finite(decoded):
+        raise NonFiniteOutputError("the VAE produced NaN or infinite values even in fp32: the VAE file is "
+                                   "probably damaged or does not belong to this model; choose another VAE")
+    return decoded
+
+
+def vae_encode(vae: Any, pixels: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """The latent distribution's mean of ``pixels`` (``(B, 3, H, W)`` in [-1, 1]) as float32, unscaled.
+
+    Checked as :func:`vae_decode`. Under model offload the VAE goes back to the CPU afterwards: the UNet
+    runs next and should be alone on the device.
+
+    Raises:
+        NonFiniteOutputError: the VAE gave NaN/inf even in fp32.
+    """
+    prepare_vae(vae)
+    latents = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mean
+    if not _finite(latents) and vae.dtype != torch.float32:
+        upcast_vae(vae, f"encoding in {str(vae.dtype).removeprefix('torch.')} gave NaN/inf (retrying in "
+                        "fp32; --no-half-vae starts in fp32)")
+        latents = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mean
+    offload_module(vae)
+    if not _finite(latents):
+        raise NonFiniteOutputError("the VAE produced NaN or infinite values even in fp32 while encoding the "
+                                   "init image: the VAE file is probably damaged; choose another VAE")
+    return latents.float()
+
