@@ -138,3 +138,18 @@ def test_sd_upscale_in_img2img(page: Any, server: RunningServer, tmp_path: Path)
     with Image.open(newest(server, "img2img-images")) as upscaled:
         assert upscaled.size == (128, 128)
         assert "SD upscale upscaler: Lanczos" in upscaled.info["parameters"]
+
+
+def test_restore_faces_says_what_is_missing_and_keeps_the_image(page: Any, server: RunningServer) -> None:
+    page.get_by_role("tab", name="txt2img").click()
+    choose(page, "#txt2img-script", "None")
+    box = page.locator("#txt2img-restore-faces")
+    assert "Cannot run here: no CodeFormer model in" in box.inner_text()
+    box.locator("input").check()
+    page.fill("#txt2img-prompt textarea", "a portrait")
+    assert "Done: 1 image" in generate(page, server, "txt2img")
+    assert server.engine.calls[-1].restore_faces
+    progress = page.locator("#txt2img-progress").inner_text()
+    assert "face restoration was skipped: no CodeFormer model in" in progress
+    screenshot(page, "restore-faces-skipped")
+    box.locator("input").uncheck()

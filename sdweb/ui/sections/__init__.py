@@ -4,6 +4,7 @@
   calls), :class:`SectionContext`, the slots.
 * :mod:`.hires`: the txt2img "Hires. fix" accordion.
 * :mod:`.scripts`: the "Script" dropdown (X/Y/Z plot, prompt matrix ...) of both tabs.
+* :mod:`.face_restore`: the "Restore faces" checkbox of both tabs.
 
 :func:`txt2img_sections` and :func:`img2img_sections` say which sections each tab shows, in order.
 """
@@ -21,6 +22,7 @@ from sdweb.ui.sections.base import (
     SectionContext,
     SectionError,
 )
+from sdweb.ui.sections.face_restore import FaceRestoreSection
 from sdweb.ui.sections.hires import HiresFixSection
 from sdweb.ui.sections.scripts import ScriptSection
 
@@ -31,10 +33,10 @@ __all__ = ["PARAMETERS", "SCRIPTS", "FormSection", "FormSections", "SectionConte
 
 
 def txt2img_sections(services: Any) -> FormSections:
-    """The sections of the txt2img form: hires fix, the Script dropdown."""
-    return FormSections([HiresFixSection(), ScriptSection(services, "txt2img")])
+    """The sections of the txt2img form: hires fix, Restore faces, the Script dropdown."""
+    return FormSections([HiresFixSection(), FaceRestoreSection(), ScriptSection(services, "txt2img")])
 
 
 def img2img_sections(services: Any) -> FormSections:
     """The sections of the img2img form: the Script dropdown (inpaint and outpaint are the tab's own)."""
-    return FormSections([ScriptSection(services, "img2img")])
+    return FormSections([FaceRestoreSection(), ScriptSection(services, "img2img")])
