@@ -33,17 +33,19 @@ class FaceRestoreService:
     """The face restorers (listing without torch) and restoring images on the engine."""
 
     def __init__(self, library: Any, options: OptionsStore, engine: Callable[[], Any] | None = None,
-                 problem: Callable[[Any, str], str | None] | None = None) -> None:
+                 problem: Callable[[Any, str], str | None] | None = None, worker: Any = None) -> None:
         """Args:
         library: ``sdweb.engine.face_restore.FaceModelLibrary``.
         options: the settings (restorer name, CodeFormer weight).
         engine: returns the engine (its ``restore_faces(image, name, weight)``); None: no engine.
         problem: ``(library, name) -> reason | None`` (default: the engine module's check).
+        worker: the GPU worker Extras restorations queue on (a generation's run on it already).
         """
         self.library = library
         self._options = options
         self._engine = engine
         self._problem = problem
+        self._worker = worker
 
     def names(self) -> list[str]:
         from sdweb.engine.face_restore import FACE_RESTORERS
@@ -86,3 +88,37 @@ class FaceRestoreService:
             logger.exception("face restoration with %s failed", name)
             return list(images), None, f"face restoration was skipped: {name} failed ({exc})"
         return restored, name, None
+
+    def restore_for_extras(self, image: Any, *, gfpgan_visibility: float, codeformer_visibility: float,
+                           codeformer_weight: float) -> tuple[Any, list[str], list[str]]:
+        """Extras' face restoration (A1111's): GFPGAN, then CodeFormer, each blended in by its visibility.
+
+        Returns ``(image, info lines, warnings)``; a restorer that cannot run is skipped with a warning.
+        Runs on the GPU worker (Extras requests come from other threads).
+        """
+        lines: list[str] = []
+        warnings: list[str] = []
+        for name, visibility in (("GFPGAN", gfpgan_visibility), ("CodeFormer", codeformer_visibility)):
+            if visibility <= 0:
+                continue
+
+            def run(source: Any = image, restorer: str = name) -> tuple[list[Any], str | None, str | None]:
+                return self.restore([source], restorer, codeformer_weight)
+
+            if self._worker is None or self._worker.on_worker_thread():
+                (restored,), used, note = run()
+            else:
+                (restored,), used, note = self._worker.submit(run, label=f"restore faces ({name})").wait()
+            if note:
+                warnings.append(note)
+                continue
+            from PIL import Image
+
+            base = image.convert("RGB")
+            image = restored if visibility >= 1 else Image.blend(base, restored.convert("RGB"), visibility)
+            if name == "GFPGAN":
+                lines.append(f"GFPGAN visibility: {round(visibility, 2)}")
+            else:
+                lines.append(f"CodeFormer w: {round(codeformer_weight, 2)}, CodeFormer visibility: "
+                             f"{round(visibility, 2)}")
+        return image, lines, warnings

@@ -144,7 +144,8 @@ def build_services(
         from sdweb.services.cluster.setup import start_pool
 
         cluster = start_pool(settings, models=models, options=options)
-    face_restorer = FaceRestoreService(FaceModelLibrary(paths.root / "models"), options, engine)
+    face_restorer = FaceRestoreService(FaceModelLibrary(paths.root / "models"), options, engine,
+                                       worker=worker)
     generation = GenerationService(worker=worker, engine=engine, options=options, images=images,
                                    history=history, styles=styles, plugins=plugins, validate=validate,
                                    default_checkpoint=models.selected_title, workers=cluster,

@@ -136,3 +136,12 @@ def test_restore_faces_without_a_restorer_returns_the_image_and_says_why(api: Ap
     assert "Codeformer" in warning
     image = decode(response.json()["images"][0]).convert("RGB")
     assert image.getpixel((0, 0)) == colour_for(5, "a cat on a cat")
+
+
+def test_extras_face_restoration_without_a_restorer_says_why(api: ApiServer) -> None:
+    picture = b64(Image.new("RGB", (32, 32), (10, 20, 30)))
+    response = api.post("extra-single-image", json={"image": picture, "codeformer_visibility": 1.0,
+                                                     "upscaling_resize": 1})
+    assert response.status_code == 200, response.text
+    assert "face restoration was skipped: no CodeFormer model in" in response.json()["html_info"]
+    assert decode(response.json()["image"]).convert("RGB").getpixel((0, 0)) == (10, 20, 30)

@@ -74,3 +74,18 @@ def test_when_a_restorer_can_run_the_saved_images_are_restored(tmp_path: Path,
         assert plain.images[0].getpixel((0, 0)) == colour_for(5, "a face")
     finally:
         services.worker.close()
+
+
+def test_extras_blend_the_restored_faces_by_visibility(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sdweb.engine.face_restore.restoration_problem", lambda _library, _name: None)
+    services, _ = make_services(tmp_path, engine=RestoringEngine())
+    try:
+        source = Image.new("RGB", (32, 32), (200, 100, 0))
+        image, lines, warnings = services.face_restorers.restore_for_extras(
+            source, gfpgan_visibility=0.0, codeformer_visibility=0.5, codeformer_weight=0.3)
+        assert warnings == [] and lines == ["CodeFormer w: 0.3, CodeFormer visibility: 0.5"]
+        # Half way between (200, 100, 0) and its inverse (55, 155, 255).
+        assert all(abs(value - 127.5) <= 1 for value in image.getpixel((0, 0)))
+    finally:
+        services.worker.close()
