@@ -65,7 +65,8 @@ def test_sd_upscale_redraws_tiles_of_the_upscaled_picture(real_api: str) -> None
     source = Image.new("RGB", (64, 64), (200, 60, 40))
     buffer = io.BytesIO()
     source.save(buffer, format="PNG")
-    request = {**BASE, "prompt": "a red wall", "steps": 4, "seed": 9, "denoising_strength": 0.5,
+    # 3x3 tiles of 64 over 128 (overlap 32), three to a batch.
+    request = {**BASE, "prompt": "a red wall", "seed": 9, "denoising_strength": 0.5, "batch_size": 3,
                "init_images": [base64.b64encode(buffer.getvalue()).decode()],
                "script_name": "sd upscale", "script_args": [None, 32, "Lanczos", 2.0]}
     with httpx.Client(timeout=300) as client:
