@@ -97,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     targ = t2i.add_argument
     targ("--prompt", required=True)
     targ("--negative-prompt", default="")
-    targ("--steps", type=int, default=20)
-    targ("--cfg-scale", type=float, default=7.0)
-    targ("--sampler", default="Euler a")
+    # None: A1111's defaults (20, 7, "Euler a"), or the checkpoint family's for SD 3.x / Flux.
+    targ("--steps", type=int, default=None)
+    targ("--cfg-scale", type=float, default=None)
+    targ("--distilled-cfg-scale", type=float, default=None, help="Flux dev's guidance (default 3.5)")
+    targ("--sampler", default=None)
     targ("--scheduler", default="Automatic")
     targ("--seed", type=int, default=-1)
     targ("--subseed", type=int, default=-1)
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     targ("--style", action="append", default=[], dest="styles")
     targ("--ckpt", dest="t2i_ckpt", default=None, help="checkpoint for this run")
     targ("--vae", default=None)
+    targ("--module", action="append", default=None, dest="modules",
+         help="SD 3.x / Flux: a text encoder or VAE file of models/text_encoder or models/VAE (repeatable)")
     targ("--rng", choices=("CPU", "GPU"), default=None)
     targ("--no-save", action="store_true", help="do not write images (only useful with --json)")
     merge = sub.add_parser("merge", help="merge checkpoints into models/Stable-diffusion (A1111's merger)")
@@ -408,17 +412,29 @@ def download_command(settings: LaunchSettings, spec: str) -> int:
 def txt2img_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
     from sdweb.services.factory import build_services
 
+    services = build_services(settings)
+    checkpoint = args.t2i_ckpt or settings.ckpt
+    # Options left out take A1111's defaults, or the checkpoint family's (Flux: 20 steps at CFG 1 with
+    # distilled guidance 3.5, schnell 4 steps, Euler; SD 3.5: its steps and CFG).
+    defaults = {"steps": 20, "cfg_scale": 7.0, "sampler_name": "Euler a", "distilled_cfg_scale": 3.5}
+    family = services.models.family_defaults(checkpoint)
+    if family.t5_tokens is not None:  # an SD 3.x / Flux checkpoint
+        defaults.update({name: value for name in defaults if (value := getattr(family, name)) is not None})
+    given = {"steps": args.steps, "cfg_scale": args.cfg_scale, "sampler_name": args.sampler,
+             "distilled_cfg_scale": args.distilled_cfg_scale}
+    chosen = {name: value if value is not None else defaults[name] for name, value in given.items()}
     try:
         params = GenerationParams(
             prompt=args.prompt, negative_prompt=args.negative_prompt, styles=tuple(args.styles),
-            steps=args.steps, cfg_scale=args.cfg_scale, sampler_name=args.sampler, scheduler=args.scheduler,
-            seed=args.seed, subseed=args.subseed, subseed_strength=args.subseed_strength, width=args.width,
-            height=args.height, batch_size=args.batch_size, n_iter=args.n_iter, clip_skip=args.clip_skip,
-            checkpoint=args.t2i_ckpt or settings.ckpt, vae=args.vae, rng=args.rng,
+            scheduler=args.scheduler, seed=args.seed, subseed=args.subseed,
+            subseed_strength=args.subseed_strength, width=args.width, height=args.height,
+            batch_size=args.batch_size, n_iter=args.n_iter, clip_skip=args.clip_skip, checkpoint=checkpoint,
+            vae=args.vae, rng=args.rng, additional_modules=tuple(args.modules) if args.modules else None,
+            **chosen,
         )
     except ValidationError as exc:
+        services.worker.close(timeout=1)
         raise UsageError(format_validation_error(exc)) from exc
-    services = build_services(settings)
     from sdweb.services.generation import GenerationError
 
     try:

@@ -77,13 +77,19 @@ class DataPaths:
         )
 
     @property
+    def text_encoder_dir(self) -> Path:
+        """``models/text_encoder``: Forge's folder of CLIP-L / CLIP-G / T5-XXL files for SD 3.x and Flux."""
+        return self.root / "models" / "text_encoder"
+
+    @property
     def esrgan_dir(self) -> Path:
         """``models/ESRGAN``: A1111's folder of ESRGAN-family upscaler models (.pth, .safetensors)."""
         return self.root / "models" / "ESRGAN"
 
     def ensure(self) -> None:
         """Create the folders a user is expected to drop files into."""
-        for folder in (*self.ckpt_dirs[:1], self.vae_dir, self.lora_dir, self.embeddings_dir,
+        for folder in (*self.ckpt_dirs[:1], self.vae_dir, self.text_encoder_dir, self.lora_dir,
+                       self.embeddings_dir,
                        self.extensions_dir, self.outputs_dir, self.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -242,6 +248,9 @@ class OptionSpec:
 BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion"),
     OptionSpec("sd_vae", "Automatic", "SD VAE", "Stable Diffusion"),
+    # Forge's name: text encoders / VAE (models/text_encoder, models/VAE) for SD 3.x and Flux checkpoints
+    # that ship without them; empty = pick the fitting files automatically.
+    OptionSpec("forge_additional_modules", [], "VAE / Text Encoder (SD 3.x, Flux)", "Stable Diffusion"),
     OptionSpec("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
     OptionSpec("randn_source", "CPU", "Random number generator source", "Stable Diffusion",
                choices=("CPU", "GPU")),

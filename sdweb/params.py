@@ -32,6 +32,8 @@ class GenerationParams(BaseModel):
     styles: tuple[str, ...] = ()
     steps: int = Field(20, ge=1, le=150)
     cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    #: Flux dev's guidance input (Forge's "Distilled CFG Scale"); other models ignore it.
+    distilled_cfg_scale: float = Field(3.5, ge=0.0, le=30.0)
     sampler_name: str = Field("Euler a", min_length=1, max_length=100)
     scheduler: str = Field("Automatic", min_length=1, max_length=100)
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
@@ -51,6 +53,9 @@ class GenerationParams(BaseModel):
     checkpoint: str | None = Field(None, max_length=1000)
     #: VAE name, "Automatic" or "None"; None means the setting.
     vae: str | None = Field(None, max_length=1000)
+    #: SD 3.x / Flux text encoders and VAE from models/text_encoder and models/VAE (Forge's
+    #: ``forge_additional_modules``: names or paths); None means the setting, () picks them automatically.
+    additional_modules: tuple[str, ...] | None = Field(None, max_length=8)
     #: None means the setting ``randn_source``.
     rng: RngSource | None = None
     tiling: bool = False

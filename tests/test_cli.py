@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from sdweb.cli import UsageError, build_parser, check_port_free, settings_from_args
 
@@ -111,3 +112,17 @@ def test_list_models_says_when_a_checkpoint_cannot_be_used(tmp_path: Path) -> No
     lines = {line.split("\t")[0].split(" ")[0]: line for line in done.stdout.splitlines()}
     assert "\tsd1\t" in lines["plain.safetensors"]
     assert "\tunsupported: " in lines["depth.safetensors"]
+
+
+def test_cli_txt2img_with_a_transformer_only_flux_file_uses_its_family_defaults(tmp_path: Path) -> None:
+    from tests.fixtures.flow_checkpoints import write_flow_library
+
+    write_flow_library(tmp_path)
+    done = run_cli("--data-dir", str(tmp_path), "--skip-demo-model", "txt2img", "--prompt", "a lighthouse",
+                   "--ckpt", "flux-schnell", "--width", "64", "--height", "64", "--seed", "4", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = Path(done.stdout.strip().splitlines()[-1])
+    with Image.open(saved) as image:
+        parameters = image.info["parameters"]
+    assert "Steps: 4, Sampler: Euler" in parameters and "CFG scale: 1," in parameters
+    assert "VAE: ae.safetensors" in parameters

@@ -71,6 +71,8 @@ class Txt2ImgRequest(BaseModel):
     n_iter: BatchCount | None = 1
     steps: Steps | None = 50
     cfg_scale: CfgScale | None = 7.0
+    distilled_cfg_scale: float | None = Field(3.5, ge=0.0, le=30.0, description="Flux dev's guidance input "
+                                             "(Forge's \"Distilled CFG Scale\"); other models ignore it.")
     width: Size | None = 512
     height: Size | None = 512
     restore_faces: bool | None = Field(None, description="Restore faces with the face_restoration_model "
@@ -316,6 +318,19 @@ class SDVaeItem(BaseModel):
 
     model_name: str
     filename: str
+
+
+class SDModuleItem(BaseModel):
+    """Forge's ``/sd-modules`` item (``model_name``, ``filename``) plus what the file holds."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    filename: str
+    kind: str = Field(description="clip, t5 or vae")
+    slots: list[str] = Field(description="The SD 3.x / Flux slots it fits: clip_l, clip_g, t5xxl, vae.")
+    width: int = Field(description="Hidden width (text encoders) or latent channels (VAE).")
+    storage: str = Field("", description="The dtype most of its weights are stored in (F16, F8_E4M3...).")
 
 
 class PromptStyleItem(BaseModel):

@@ -25,6 +25,8 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "CLIP_stop_at_last_layers": "clip_skip",
     "randn_source": "rng",
     "sd_vae": "vae",
+    # Forge's: the text encoders / VAE files an SD 3.x or Flux checkpoint is loaded with.
+    "forge_additional_modules": "additional_modules",
 }
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 DIRECT_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_w",
     "seed_resize_from_h", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height", "eta",
-    "tiling",
+    "tiling", "distilled_cfg_scale",
 )
 #: The API's defaults where they differ from GenerationParams' (A1111: steps 50, "Euler").
 API_DEFAULTS: Mapping[str, Any] = {"steps": 50, "sampler_name": "Euler", "scheduler": "Automatic"}
@@ -79,11 +79,15 @@ def build_params(request: Txt2ImgRequest, services: Any,
     keep = kept_overrides(overrides, request.override_settings_restore_afterwards)
     after: dict[str, Any] = {"keep_settings": keep} if keep else {}
 
-    # 4. Sampler and schedule type by their canonical names ("k_euler_a" -> "Euler a"); same for
+    # 4. Fields the client left out take the defaults of the checkpoint's family (Flux: CFG 1,
+    # Distilled CFG Scale 3.5, schnell 4 steps; SD 3.5: its steps and CFG), as the UI switches them.
+    values.update(family_values(values, given, request, services))
+
+    # 5. Sampler and schedule type by their canonical names ("k_euler_a" -> "Euler a"); same for
     # the hires upscaler ("latent" -> "Latent").
     values.update(canonical_names(values, services))
 
-    # 5. The typed request; bounds are checked here too (infotext and override values).
+    # 6. The typed request; bounds are checked here too (infotext and override values).
     return typed_params(values), after
 
 
@@ -150,6 +154,42 @@ def request_values(request: Txt2ImgRequest, given: set[str], services: Any) -> d
     if "scheduler" in given:
         values["scheduler"] = request.scheduler
     return values
+
+
+#: Request fields a model family has its own default for (see ``sdweb.engine.families.defaults``).
+FAMILY_FIELDS: tuple[str, ...] = ("steps", "cfg_scale", "distilled_cfg_scale", "sampler_name")
+
+
+def family_values(values: Mapping[str, Any], given: set[str], request: Txt2ImgRequest,
+                  services: Any) -> dict[str, Any]:
+    """The family defaults of the request's checkpoint (else the selected one) for the fields not sent.
+
+    Only SD 3.x / Flux checkpoints change anything: SD 1.x/XL keep A1111's API defaults.
+    """
+    models = getattr(services, "models", None)
+    family_defaults = getattr(models, "family_defaults", None)
+    if family_defaults is None:
+        return {}
+    from sdweb.engine.families.defaults import is_flow_family
+
+    checkpoint = values.get("checkpoint")
+    if not is_flow_family(models.family_of(checkpoint if isinstance(checkpoint, str) else None)):
+        return {}
+    defaults = family_defaults(checkpoint if isinstance(checkpoint, str) else None)
+    sent = set(given)
+    if "sampler_index" in given:
+        sent.add("sampler_name")
+    from_infotext = set(infotext_fields(request, services)) if request.infotext else set()
+    changes: dict[str, Any] = {}
+    for name in FAMILY_FIELDS:
+        value = getattr(defaults, name)
+        if name not in sent and name not in from_infotext and value is not None:
+            changes[name] = value
+    return changes
+
+
+def infotext_fields(request: Txt2ImgRequest, services: Any) -> dict[str, Any]:
+    return infotext_values(request.infotext or "", request.given(), services)
 
 
 def hires_values(request: Txt2ImgRequest, given: set[str]) -> dict[str, Any]:

@@ -376,8 +376,14 @@ def apply_runtime(pipe: Any, runtime: RuntimeConfig) -> None:
     ``runtime.device`` here; with "model"/"sequential" accelerate's hooks installed here move each
     component when it runs, and the pipeline must not be moved by hand afterwards.
     """
-    # 1. Attention: one processor for every attention layer of every component.
-    if runtime.attention == "xformers":
+    # 1. Attention: one processor for every attention layer of every component. SD 3.x / Flux transformers
+    # keep their own joint-attention processors (already PyTorch SDPA); the settings apply to their VAE.
+    if getattr(pipe, "transformer", None) is not None:
+        if runtime.attention != "sdpa":
+            logger.info("attention %s: applied to the VAE; the transformer keeps diffusers' SDPA processors",
+                        runtime.attention)
+        _set_processor(pipe, _sdpa_processor)
+    elif runtime.attention == "xformers":
         if not xformers_importable():
             raise RuntimeConfigError(
                 "attention xformers: xformers is not installed or does not match this torch build; "
@@ -491,9 +497,9 @@ def _set_processor(pipe: Any, make: Any) -> None:
 def _attention_components(pipe: Any) -> list[Any]:
     components = getattr(pipe, "components", {}) or {}
     return [
-        module for module in components.values()
+        module for name, module in components.items()
         if isinstance(module, torch.nn.Module) and hasattr(module, "set_attn_processor")
-        and getattr(module, "attn_processors", None)
+        and getattr(module, "attn_processors", None) and name != "transformer"
     ]
 
 

@@ -244,7 +244,7 @@ class PromptEncoder:
             hidden = output[0]  # last_hidden_state: the final layer, normed
         pooled = output.text_embeds if projected else None
         weights = torch.tensor([chunk.weights for chunk in chunks], dtype=hidden.dtype, device=hidden.device)
-        return _apply_emphasis(hidden, weights), pooled
+        return apply_emphasis(hidden, weights), pooled
 
 
 def _final_layer_norm(encoder: Any) -> Any:
@@ -254,7 +254,7 @@ def _final_layer_norm(encoder: Any) -> Any:
     return norm
 
 
-def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """A1111 "Original" emphasis, per chunk: scale by the weights, then restore each chunk's mean."""
     if bool((weights == 1.0).all()):
         return hidden  # the common case, and bit-identical to diffusers' encoding

@@ -83,12 +83,15 @@ def run_hires_txt2img(
     extra_networks: Any = None,
     inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT,
     model_upscalers: Any = None,
+    passes: tuple[Callable[..., EngineRun], Callable[..., EngineRun]] | None = None,
 ) -> EngineRun:
     """txt2img with hires fix (``params.enable_hr``); see the module docstring.
 
     Images come at the hires size, in seed order, as :func:`sdweb.engine.generate.run_txt2img`'s.
     ``inpainting_mask_weight``: the second pass's, for inpainting checkpoints only (A1111's setting).
     ``model_upscalers``: ``sdweb.engine.upscalers.ModelUpscalers``, for ``hr_upscaler`` models/ESRGAN names.
+    ``passes``: a model family's own ``(txt2img, img2img)`` runners (SD 3.x / Flux: the flow-matching loop,
+    ``sdweb.engine.families``) instead of the UNet loops; they take the same keywords as these.
     """
     # 1. Check inputs before any model work.
     upscaler = find_hires_upscaler(params.hr_upscaler, model_upscalers.names() if model_upscalers else ())
@@ -125,9 +128,9 @@ def run_hires_txt2img(
         # 2. First pass.
         first_params = params.model_copy(update={"enable_hr": False, "n_iter": 1, "seed": seed,
                                                  "subseed": subseed})
-        first = run_txt2img(model, first_params, samplers=samplers, control=control, on_step=first_step,
-                            preview_every=preview_every, output_type="latent" if latent else "pil",
-                            **options)
+        first_pass = passes[0] if passes is not None else run_txt2img
+        first = first_pass(model, first_params, samplers=samplers, control=control, on_step=first_step,
+                           preview_every=preview_every, output_type="latent" if latent else "pil", **options)
         if first.interrupted:
             interrupted = True
             break
@@ -144,10 +147,15 @@ def run_hires_txt2img(
         else:
             init_images = [_upscale_pixels(item.image, upscaler, (scaled_w, scaled_h), (final_w, final_h),
                                            model_upscalers) for item in first.images]
-        with inference_context(model.pipe):
-            second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
-                              preview_every, init_latents=init_latents,
-                              inpainting_mask_weight=inpainting_mask_weight, **options).run()
+        if passes is not None:
+            second = passes[1](model, second_params, init_images, samplers=samplers, control=control,
+                               on_step=second_step, preview_every=preview_every, init_latents=init_latents,
+                               **options)
+        else:
+            with inference_context(model.pipe):
+                second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
+                                  preview_every, init_latents=init_latents,
+                                  inpainting_mask_weight=inpainting_mask_weight, **options).run()
         last = second
         # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
         images.extend(replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)

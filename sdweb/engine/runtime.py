@@ -1,9 +1,12 @@
-"""The engine facade the service layer calls: which model, which VAE, then the txt2img loop.
+"""The engine facade the service layer calls: which model, which VAE, then the family's loop.
 
 ``Engine`` is thin on purpose. It resolves a request's checkpoint (None = the current model, else the
-registry's lookup by title, name or hash) and VAE (None = the "SD VAE" setting), holds the model
-through ``ModelCache.use`` for the whole job (so it is never moved or evicted mid-generation), and hands
-over to :func:`sdweb.engine.generate.run_txt2img`. Each job runs inside
+registry's lookup by title, name or hash) and VAE (None = the "SD VAE" setting) or, for SD 3.x / Flux
+files that lack them, the text encoders and VAE from ``models/text_encoder`` and ``models/VAE``
+(:mod:`sdweb.engine.models.modules`; the "forge_additional_modules" setting or the request's
+``additional_modules``), holds the model through ``ModelCache.use`` for the whole job (so it is never
+moved or evicted mid-generation), and hands over to the model's family (:mod:`sdweb.engine.families`):
+the UNet loops for SD 1.x/2.x/XL, the flow-matching loop for SD 3.x and Flux. Each job runs inside
 :func:`sdweb.engine.accelerator.job_scope`: afterwards, however it ended, no offloaded component stays on
 the accelerator and unused cached memory goes back. :func:`create_engine` is the composition-root
 helper that builds the runtime, the thread count and the cache from the launch settings.
@@ -19,7 +22,7 @@ from typing import Any
 from sdweb.engine.accelerator import DeviceMemory, job_scope
 from sdweb.engine.encode import count_tokens
 from sdweb.engine.extra_networks.job import ExtraNetworks
-from sdweb.engine.generate import run_txt2img
+from sdweb.engine.families import FamilyJob, FamilyRegistry, default_families
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.params import EngineRun, GenerationParams, Img2ImgParams, JobControl, StepProgress
 
@@ -45,6 +48,8 @@ class Engine:
         embeddings: Any = None,
         upscalers: Any = None,
         face_restorer: Any = None,
+        modules: Any = None,
+        families: FamilyRegistry | None = None,
         memory: DeviceMemory | None = None,
     ) -> None:
         """Args:
@@ -58,6 +63,9 @@ class Engine:
         embeddings: ``sdweb.engine.extra_networks.embeddings.EmbeddingLibrary`` (None: no embeddings).
         upscalers: ``sdweb.engine.upscalers.ModelUpscalers`` (models/ESRGAN; None: none).
         face_restorer: ``sdweb.engine.face_restore.FaceRestorer`` (models/GFPGAN, models/Codeformer).
+        modules: ``sdweb.engine.models.modules.ModuleRegistry`` (text encoders / VAEs for SD 3.x and Flux;
+            None: such files must carry their own).
+        families: the model families (default: :func:`sdweb.engine.families.default_families`).
         memory: the accelerator's memory (emptied after unloads and large jobs); None: nothing to empty.
         """
         self._cache = cache
@@ -70,6 +78,9 @@ class Engine:
         self._networks = ExtraNetworks(loras=loras, embeddings=embeddings)
         self.upscalers = upscalers
         self.face_restorer = face_restorer
+        self.modules = modules
+        self.families = families or default_families()
+        self._detections: dict[tuple[str, int, float], Any] = {}
         self._memory = memory
 
     # -- generation --------------------------------------------------------------------------
@@ -83,17 +94,10 @@ class Engine:
     ) -> EngineRun:
         """Generate ``params`` (seeds, clip skip and RNG resolved) on its checkpoint."""
         info = self._checkpoint(params.checkpoint)
-        vae = self._vae_path(params.vae, info)
-        with self._cache.use(info, vae=vae) as model, job_scope(model.pipe, self._memory):
-            if params.enable_hr:
-                from sdweb.engine.hires import run_hires_txt2img
-
-                return run_hires_txt2img(model, params, samplers=self._samplers, control=control,
-                                         on_step=on_step, preview_every=preview_every,
-                                         extra_networks=self._networks, model_upscalers=self.upscalers,
-                                         inpainting_mask_weight=self._mask_weight())
-            return run_txt2img(model, params, samplers=self._samplers, control=control, on_step=on_step,
-                               preview_every=preview_every, extra_networks=self._networks)
+        vae, modules = self._load_choice(info, params)
+        with self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory):
+            job = self._job(control, on_step, preview_every)
+            return self.families.for_family(model.family).txt2img(model, params, job)
 
     def img2img(
         self,
@@ -109,14 +113,59 @@ class Engine:
 
         ``mask`` (a PIL image, white = repaint) makes it inpainting.
         """
-        from sdweb.engine.img2img import run_img2img
-
         info = self._checkpoint(params.checkpoint)
-        vae = self._vae_path(params.vae, info)
-        with self._cache.use(info, vae=vae) as model, job_scope(model.pipe, self._memory):
-            return run_img2img(model, params, init_images, samplers=self._samplers, control=control,
-                               on_step=on_step, preview_every=preview_every, extra_networks=self._networks,
-                               mask=mask, inpainting_mask_weight=self._mask_weight())
+        vae, modules = self._load_choice(info, params)
+        with self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory):
+            job = self._job(control, on_step, preview_every)
+            return self.families.for_family(model.family).img2img(model, params, init_images, job, mask=mask)
+
+    def _job(self, control: JobControl, on_step: Callable[[StepProgress], None],
+             preview_every: int) -> FamilyJob:
+        return FamilyJob(samplers=self._samplers, control=control, on_step=on_step,
+                         preview_every=preview_every,
+                         extra_networks=self._networks, model_upscalers=self.upscalers,
+                         inpainting_mask_weight=self._mask_weight())
+
+    # -- which files make up a model ---------------------------------------------------------------
+    def _load_choice(self, info: Any, params: GenerationParams | None) -> tuple[Path | None, dict[str, Any]]:
+        """The VAE file and, for SD 3.x / Flux single files, the module files to load ``info`` with.
+
+        Returns ``(vae, {"modules": ((slot, path), ...)})`` for those, ``(vae, {})`` for UNet models.
+
+        Raises:
+            ValueError (MissingModuleError, ModuleMismatchError): a needed file is missing or does not fit.
+            LookupError: a chosen VAE or module name is no file in the folders.
+        """
+        vae_choice = params.vae if params is not None else None
+        family = getattr(info, "family", None)
+        uses_modules = bool(family) and getattr(self.families.for_family(family), "uses_modules", False)
+        if not uses_modules or getattr(info, "kind", None) == "diffusers":
+            return self._vae_path(vae_choice, info), {}
+        detection = self._detection(info)
+        chosen = params.additional_modules if params is not None else None
+        if chosen is None:
+            setting = self._options.get("forge_additional_modules") if self._options is not None else None
+            chosen = list(setting or ())
+        vae_file = self._vae_path(vae_choice, info)
+        if self.modules is None:  # no module folders (tests): the file must be complete
+            from sdweb.engine.models.errors import MissingModuleError
+
+            if detection.missing_modules:
+                missing = ", ".join(detection.missing_modules)
+                raise MissingModuleError(f"{info.name} has no {missing} and this "
+                                         "engine has no text encoder / VAE folders")
+            return None, {"modules": ()}
+        picked = self.modules.resolve(detection, checkpoint=info.name, chosen=list(chosen), vae_file=vae_file)
+        return None, {"modules": tuple(sorted((slot, str(item.path)) for slot, item in picked.items()))}
+
+    def _detection(self, info: Any) -> Any:
+        from sdweb.engine.models.loader import detect_file
+
+        key = (str(info.path), int(info.size), float(info.mtime))
+        found = self._detections.get(key)
+        if found is None:
+            found = self._detections[key] = detect_file(Path(info.path), info.name, info.kind)
+        return found
 
     def _mask_weight(self) -> float:
         """The "Inpainting conditioning mask strength" setting, read per job so a change applies at once."""
@@ -145,7 +194,8 @@ class Engine:
     def load(self, info: Any) -> Any:
         """Load ``info`` (with the "SD VAE" setting's VAE) and make it the current model."""
         info = self._with_hash(info)
-        with self._cache.use(info, vae=self._vae_path(None, info)) as model:
+        vae, modules = self._load_choice(info, None)
+        with self._cache.use(info, vae=vae, **modules) as model:
             return model
 
     def current_info(self) -> Any:
@@ -192,7 +242,11 @@ class Engine:
     def count_tokens(self, text: str) -> tuple[int, int]:
         """``(tokens, limit)`` for the prompt token counter, with the current model's tokenizer."""
         current = self._cache.current
-        tokenizer = getattr(getattr(current, "pipe", None), "tokenizer", None)
+        pipe = getattr(current, "pipe", None)
+        family = self.families.for_family(getattr(current, "family", None)) if current is not None else None
+        if family is not None and getattr(family, "uses_modules", False):
+            return family.count_tokens(pipe, text)  # T5 models: T5 tokens, its chunk size as the limit
+        tokenizer = getattr(pipe, "tokenizer", None)
         if tokenizer is not None and self._networks.embeddings is not None:
             from sdweb.engine.extra_networks.embeddings import counting_tokenizer
 
@@ -231,12 +285,15 @@ class Engine:
 
 
 def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: SamplerRegistry,
-                  options: Any = None, loras: Any = None, upscaler_models: Any = None) -> Engine:
+                  options: Any = None, loras: Any = None, upscaler_models: Any = None,
+                  modules: Any = None) -> Engine:
     """Build the engine for the launch ``settings``: runtime, CPU threads, model cache, extra networks.
 
     ``loras``: the service layer's ``LoraLibrary`` (shared, so its listing and the engine agree); built
     here from ``settings.paths.lora_dir`` when not given. ``upscaler_models``: the service layer's
     ``UpscalerModelLibrary`` likewise (models/ESRGAN), run on the runtime's device and dtype.
+    ``modules``: the service layer's ``ModuleRegistry`` (models/text_encoder + models/VAE); built here
+    when not given.
     """
     from sdweb.engine.devices import apply_backend_flags, configure_threads, resolve_runtime
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
@@ -244,6 +301,7 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     from sdweb.engine.face_restore import FaceModelLibrary, FaceRestorer
     from sdweb.engine.models.cache import ModelCache
     from sdweb.engine.models.loader import check_checkpoint, load_checkpoint
+    from sdweb.engine.models.modules import ModuleRegistry
     from sdweb.engine.upscalers import DEFAULT_OVERLAP, DEFAULT_TILE, ModelUpscalers, UpscalerModelLibrary
 
     runtime = resolve_runtime(settings)
@@ -253,7 +311,15 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     option_threads = int(options.get("torch_threads") or 0) if options is not None else 0
     configure_threads(getattr(settings, "threads", None) or option_threads or runtime.threads)
 
-    def loader(info: Any, vae: Any) -> Any:
+    module_files = modules if modules is not None else ModuleRegistry(settings.paths.text_encoder_dir,
+                                                                       settings.paths.vae_dir)
+
+    def loader(info: Any, vae: Any, modules: Any = None) -> Any:
+        if modules is not None:  # SD 3.x / Flux: text encoders and VAE chosen by the engine
+            files = {slot: module_files.file_for_path(Path(path)) for slot, path in modules}
+            vae_file = files.get("vae")
+            vae_hash = vae_registry.short_hash(vae_file.path) if vae_file is not None else None
+            return load_checkpoint(info, runtime, modules=files, vae_hash=vae_hash)
         if vae is None:
             return load_checkpoint(info, runtime)
         # The VAE hash for infotexts comes from the registry's on-disk cache: hashed once per file.
@@ -286,4 +352,5 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     face_restorer = FaceRestorer(FaceModelLibrary(settings.paths.root / "models"), device=runtime.device,
                                  dtype=runtime.dtype)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
-                  embeddings=embeddings, upscalers=upscalers, memory=memory, face_restorer=face_restorer)
+                  embeddings=embeddings, upscalers=upscalers, modules=module_files, memory=memory,
+                  face_restorer=face_restorer)

@@ -44,6 +44,7 @@ A1111_BASE_KEYS: tuple[str, ...] = (
     "Sampler",
     "Schedule type",
     "CFG scale",
+    "Distilled CFG Scale",  # Forge's, for Flux dev (given by the engine in ``extra``)
     "Image CFG scale",
     "Seed",
     "Face restoration",
@@ -94,6 +95,7 @@ _MAPPED_KEYS = frozenset(
         "Sampler",
         "Schedule type",
         "CFG scale",
+        "Distilled CFG Scale",
         "Seed",
         "Size-1",
         "Size-2",
@@ -379,7 +381,8 @@ def infotext_to_params(
     """Map a :func:`parse_infotext` result onto a request, plus the keys that are not request fields.
 
     Mapped: Prompt, Negative prompt, Steps, Sampler, Schedule type (an old "DPM++ 2M Karras" sampler
-    name is split), CFG scale, Seed, Size, Variation seed and strength, Seed resize from, Clip skip,
+    name is split), CFG scale, Distilled CFG Scale (Forge's, Flux), Seed, Size, Variation seed and
+    strength, Seed resize from, Clip skip,
     RNG (CPU or GPU), Tiling, Denoising strength, and hires fix: any ``Hires ...`` key turns
     ``enable_hr`` on (an image made with hires fix is remade with it); ``Hires upscale``, ``Hires
     resize``, ``Hires steps``, ``Hires upscaler``, ``Hires prompt``, ``Hires negative prompt``,
@@ -420,6 +423,7 @@ def infotext_to_params(
     if schedule is not None:
         fields["scheduler"] = schedule
     convert("cfg_scale", "CFG scale", _to_float)
+    convert("distilled_cfg_scale", "Distilled CFG Scale", _to_float)
     convert("seed", "Seed", _to_int)
     if "Size-1" in parsed and "Size-2" in parsed:
         convert("width", "Size-1", _to_int)

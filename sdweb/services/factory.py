@@ -51,6 +51,7 @@ def build_services(
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.face_restore import FaceModelLibrary
     from sdweb.engine.models.hashes import HashCache
+    from sdweb.engine.models.modules import ModuleRegistry
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
     from sdweb.engine.upscalers import UpscalerModelLibrary
     from sdweb.extensions.installer import ExtensionInstaller
@@ -99,6 +100,7 @@ def build_services(
     registry = CheckpointRegistry(paths.ckpt_dirs, hashes, demo_files=demo_files)
     registry.refresh()
     vaes = VaeRegistry(paths.vae_dir, hashes)
+    modules = ModuleRegistry(paths.text_encoder_dir, paths.vae_dir)  # torch-free: safetensors headers
     loras = LoraLibrary(paths.lora_dir, hashes=hashes)  # torch-free: lists files, checks <lora:> tags
     paths.esrgan_dir.mkdir(parents=True, exist_ok=True)  # A1111's folder: where people look to drop models
     upscaler_models = UpscalerModelLibrary(paths.esrgan_dir)  # torch-free listing
@@ -122,7 +124,7 @@ def build_services(
     factory = engine_factory or default_engine_factory
     engine = EngineProvider(lambda: factory(holder["services"]))
     models = ModelService(settings=settings, registry=registry, vaes=vaes, worker=worker, engine=engine,
-                          options=options, plugins=plugins)
+                          options=options, plugins=plugins, modules=modules)
     upscalers = UpscalerService(upscaler_models, worker=worker, engine=engine)
 
     def validate(params: GenerationParams) -> None:
@@ -134,6 +136,8 @@ def build_services(
         loras.check_prompt(params.prompt)  # unknown LoRA names / tag kinds: before the job is queued
         if params.enable_hr:  # an unknown hires upscaler, or a model one without its extra: not queued
             upscalers.check_usable(upscalers.find_hires(params.hr_upscaler))
+        for name in params.additional_modules or ():  # SD 3.x / Flux text encoders and VAE
+            models.find_module(name)
         if params.checkpoint:
             models.find(params.checkpoint)
         elif models.selected_title() is None:
@@ -180,4 +184,5 @@ def default_engine_factory(services: AppServices) -> Any:
     upscalers = services.upscalers
     return create_engine(services.settings, services.models.registry, services.models.vae_registry,
                          services.samplers(), services.options, loras=services.loras,
-                         upscaler_models=upscalers.library if upscalers is not None else None)
+                         upscaler_models=upscalers.library if upscalers is not None else None,
+                         modules=services.models.module_registry)

@@ -70,7 +70,11 @@ class ModelService:
         engine: EngineProvider,
         options: OptionsStore,
         plugins: Any | None = None,
+        modules: Any | None = None,
     ) -> None:
+        """``modules``: ``sdweb.engine.models.modules.ModuleRegistry`` (text encoders / VAEs for SD 3.x and
+        Flux in models/text_encoder and models/VAE); None: no module files are offered.
+        """
         self._settings = settings
         self._registry = registry
         self._vaes = vaes
@@ -78,6 +82,7 @@ class ModelService:
         self._engine = engine
         self._options = options
         self._plugins = plugins
+        self._modules = modules
         self._status = ModelStatus("idle")
         self._lock = threading.Lock()
         self._loader: Callable[[Any], Any] | None = None
@@ -118,6 +123,40 @@ class ModelService:
     def find(self, query: str) -> Any:
         """Find a checkpoint by title, name, hash...; raise LookupError with a helpful message."""
         return self._registry.find(query)
+
+    # ------------------------------------------------------------------ SD 3.x / Flux modules
+    @property
+    def module_registry(self) -> Any:
+        return self._modules
+
+    def list_modules(self) -> list[Any]:
+        """Text encoders and VAEs in models/text_encoder and models/VAE that SD 3.x / Flux can use."""
+        return list(self._modules.usable()) if self._modules is not None else []
+
+    def refresh_modules(self) -> list[Any]:
+        return list(self._modules.refresh()) if self._modules is not None else []
+
+    def find_module(self, name: str) -> Any:
+        """A module file by name or path; LookupError naming the folders otherwise."""
+        if self._modules is None:
+            raise LookupError(f"module {name!r}: no text encoder / VAE folders are configured")
+        return self._modules.find(name)
+
+    def family_of(self, query: str | None = None) -> str | None:
+        """The model family (``sd1``, ``sdxl``, ``flux-dev``...) of a checkpoint, else of the selected one."""
+        title = query or self.selected_title()
+        if not title:
+            return None
+        try:
+            return getattr(self.find(title), "family", None)
+        except LookupError:
+            return None
+
+    def family_defaults(self, query: str | None = None) -> Any:
+        """The request defaults that suit that checkpoint's family (``FamilyDefaults``, pure data)."""
+        from sdweb.engine.families.defaults import family_defaults
+
+        return family_defaults(self.family_of(query))
 
     # ------------------------------------------------------------------ downloads
     def known_downloads(self) -> list[tuple[str, str]]:

@@ -32,6 +32,7 @@ FORM_FIELDS: tuple[str, ...] = (
     "scheduler",
     "steps",
     "cfg_scale",
+    "distilled_cfg_scale",  # the model-family section (Flux dev)
     "width",
     "height",
     "n_iter",

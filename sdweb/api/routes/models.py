@@ -1,4 +1,5 @@
-"""The model files: ``/sd-models``, ``/sd-vae``, ``/loras``, ``/embeddings`` and their ``/refresh-*``.
+"""The model files: ``/sd-models``, ``/sd-vae``, ``/sd-modules`` (Forge's: text encoders and VAEs for
+SD 3.x / Flux), ``/loras``, ``/embeddings`` and their ``/refresh-*``.
 
 Also ``/unload-checkpoint`` and ``/reload-checkpoint``.
 """
@@ -10,7 +11,7 @@ from typing import Any
 
 from sdweb.api.errors import ApiError
 from sdweb.api.model_lookup import load_failure_status
-from sdweb.api.models import EmbeddingsResponse, LoraItem, SDModelItem, SDVaeItem
+from sdweb.api.models import EmbeddingsResponse, LoraItem, SDModelItem, SDModuleItem, SDVaeItem
 from sdweb.api.routes import ApiRoutes
 from sdweb.services.container import AppServices
 
@@ -21,10 +22,12 @@ def add_routes(routes: ApiRoutes) -> None:
     handlers = ModelRoutes(routes.services)
     routes.add("/sd-models", handlers.sd_models, "GET", list[SDModelItem])
     routes.add("/sd-vae", handlers.sd_vae, "GET", list[SDVaeItem])
+    routes.add("/sd-modules", handlers.sd_modules, "GET", list[SDModuleItem])
     routes.add("/embeddings", handlers.embeddings, "GET", EmbeddingsResponse)
     routes.add("/loras", handlers.loras, "GET", list[LoraItem])
     routes.add("/refresh-checkpoints", handlers.refresh_checkpoints, "POST", None)
     routes.add("/refresh-vae", handlers.refresh_vae, "POST", None)
+    routes.add("/refresh-modules", handlers.refresh_modules, "POST", None)
     routes.add("/refresh-loras", handlers.refresh_loras, "POST", None)
     routes.add("/refresh-embeddings", handlers.refresh_embeddings, "POST", None)
     routes.add("/unload-checkpoint", handlers.unload_checkpoint, "POST", dict[str, Any])
@@ -47,6 +50,14 @@ class ModelRoutes:
     def sd_vae(self) -> list[SDVaeItem]:
         return [SDVaeItem(model_name=info.name, filename=str(info.path))
                 for info in self.services.models.list_vaes()]
+
+    def sd_modules(self) -> list[SDModuleItem]:
+        return [SDModuleItem(model_name=item.name, filename=str(item.path), kind=item.module.kind,
+                             slots=list(item.module.slots), width=item.module.width, storage=item.storage)
+                for item in self.services.models.list_modules()]
+
+    def refresh_modules(self) -> None:
+        self.services.models.refresh_modules()
 
     def embeddings(self) -> EmbeddingsResponse:
         return EmbeddingsResponse.model_validate(self.services.models.embeddings())

@@ -292,7 +292,9 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
     components = pipe.get_list_adapters()  # {"unet": [...], "text_encoder": [...], ...}
     weights: list[dict[str, float]] = []
     for adapter, request in zip(adapters, requests, strict=True):
-        weights.append({component: (request.unet_weight if component == "unet" else request.te_weight)
+        # SD 3.x / Flux have a "transformer" where SD has its "unet": it takes the unet weight.
+        weights.append({component: (request.unet_weight if component in ("unet", "transformer")
+                                    else request.te_weight)
                         for component, names in components.items() if adapter in names})
     pipe.set_adapters(adapters, adapter_weights=weights)
 

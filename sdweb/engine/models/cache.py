@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 from sdweb.engine.models.registry import CheckpointInfo
@@ -64,16 +65,19 @@ class LoadedModelLike(Protocol):
     def nbytes(self) -> int: ...
 
 
-#: ``loader(info, vae)``: build the pipeline for ``info`` (with the VAE file ``vae``, or its own when None).
-ModelLoader: TypeAlias = "Callable[[CheckpointInfo, str | None], LoadedModelLike]"
+#: ``loader(info, vae)``: build the pipeline for ``info`` (with the VAE file ``vae``, or its own when None);
+#: called ``loader(info, vae, modules=...)`` when modules were chosen (SD 3.x / Flux text encoders and VAE).
+ModelLoader: TypeAlias = "Callable[..., LoadedModelLike]"
 #: Called with each model the cache drops, after it is out of the cache (to free accelerator memory).
 EvictCallback: TypeAlias = "Callable[[LoadedModelLike], None]"
 #: ``precheck(info, vae)``: raises when ``info`` cannot be loaded, without loading it (cheap).
 PrecheckCallback: TypeAlias = "Callable[[CheckpointInfo, str | None], None]"
 
-_CacheKey: TypeAlias = "tuple[str, int, float, str | None]"
+_CacheKey: TypeAlias = "tuple[str, int, float, str | None, Modules | None]"
 #: A VAE file chosen for a model (a path), or None for the checkpoint's own.
 VaeChoice: TypeAlias = "str | os.PathLike[str] | None"
+#: Module files chosen for an SD 3.x / Flux model: ``((slot, path), ...)``, sorted; None for UNet models.
+Modules: TypeAlias = "tuple[tuple[str, str], ...]"
 
 
 @dataclass
@@ -131,9 +135,10 @@ class ModelCache:
 
     # -- use ----------------------------------------------------------------------------------------
     @contextmanager
-    def use(self, info: CheckpointInfo, vae: VaeChoice = None) -> Iterator[LoadedModelLike]:
-        """Yield the loaded model for ``info`` (+ ``vae``), loading it or reusing the cached one."""
-        key = self._key(info, vae)
+    def use(self, info: CheckpointInfo, vae: VaeChoice = None, *,
+            modules: Modules | None = None) -> Iterator[LoadedModelLike]:
+        """Yield the loaded model for ``info`` (+ ``vae`` / ``modules``), loaded or cached."""
+        key = self._key(info, vae, modules)
         thread = threading.get_ident()
         with self._use_lock:
             held = self._in_use.get(thread)
@@ -142,7 +147,7 @@ class ModelCache:
                     f"cannot use {info.title} while this thread is still using another model; "
                     "finish the outer `with cache.use(...)` block first"
                 )
-            model = self._acquire(key, info, vae)
+            model = self._acquire(key, info, vae, modules)
             self._in_use[thread] = (key, held[1] + 1 if held else 1)
             try:
                 yield model
@@ -153,7 +158,8 @@ class ModelCache:
                 else:
                     del self._in_use[thread]
 
-    def _acquire(self, key: _CacheKey, info: CheckpointInfo, vae: VaeChoice) -> LoadedModelLike:
+    def _acquire(self, key: _CacheKey, info: CheckpointInfo, vae: VaeChoice,
+                 modules: Modules | None = None) -> LoadedModelLike:
         with self._state_lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -163,9 +169,10 @@ class ModelCache:
             self._activate(key, entry)
             logger.info("using cached model %s (%.2f s)", entry.title, time.perf_counter() - started)
             return entry.model
-        return self._load(key, info, vae)
+        return self._load(key, info, vae, modules)
 
-    def _load(self, key: _CacheKey, info: CheckpointInfo, vae: VaeChoice) -> LoadedModelLike:
+    def _load(self, key: _CacheKey, info: CheckpointInfo, vae: VaeChoice,
+              modules: Modules | None = None) -> LoadedModelLike:
         vae_path = None if vae is None else os.fspath(vae)
         if self._active_is_replaced():
             # 1. The new model takes the current one's place: check it can load, then drop the current one.
@@ -181,9 +188,11 @@ class ModelCache:
         # Free the accelerator for the new model; moved back below if the load fails.
         self._park_active()
         started = time.perf_counter()
-        logger.info("loading %s%s", info.title, f" with VAE {vae}" if vae is not None else "")
+        logger.info("loading %s%s%s", info.title, f" with VAE {vae}" if vae is not None else "",
+                    f" with {', '.join(Path(path).name for _slot, path in modules)}" if modules else "")
         try:
-            model = self._loader(info, vae_path)
+            model = (self._loader(info, vae_path, modules=modules) if modules is not None
+                     else self._loader(info, vae_path))
         except BaseException:
             if previous_key is not None:
                 with self._state_lock:
@@ -277,6 +286,6 @@ class ModelCache:
                 logger.exception("releasing memory after unloading failed")
 
     @staticmethod
-    def _key(info: CheckpointInfo, vae: VaeChoice) -> _CacheKey:
+    def _key(info: CheckpointInfo, vae: VaeChoice, modules: Modules | None = None) -> _CacheKey:
         # By file identity, not title: a title gains its hash later, and a replaced file must reload.
-        return (str(info.path), info.size, info.mtime, None if vae is None else os.fspath(vae))
+        return (str(info.path), info.size, info.mtime, None if vae is None else os.fspath(vae), modules)

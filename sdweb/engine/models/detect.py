@@ -21,7 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +62,11 @@ class Detection:
         text_encoder_configs: ``CLIPTextConfig`` kwargs, one per text encoder (two for SDXL).
         scheduler_config: the bundled scheduler config with this model's prediction type.
         unsupported_reason: set for variants sdweb recognises but cannot run yet.
+        transformer_config: flow-matching transformer families (``sd3``, ``flux``; see
+            :mod:`sdweb.engine.models.detect_flow`): the transformer's config (``unet_config`` is empty).
+        transformer_prefix: where the transformer's keys sit in the file ("" or ``model.diffusion_model.``).
+        modules: the text encoders and VAE the file itself carries, by slot (``clip_l``, ``vae``...).
+        required: the module slots the family cannot run without; ``optional``: those it can use.
     """
 
     family: str
@@ -72,6 +77,11 @@ class Detection:
     text_encoder_configs: tuple[dict[str, Any], ...]
     scheduler_config: dict[str, Any]
     unsupported_reason: str | None = None
+    transformer_config: dict[str, Any] | None = None
+    transformer_prefix: str = ""
+    modules: Mapping[str, Any] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts
 
@@ -88,10 +98,24 @@ class Detection:
         return self.unsupported_reason is None
 
     @property
+    def is_flow(self) -> bool:
+        """A flow-matching transformer model (SD 3.x, Flux) rather than a UNet one."""
+        return self.transformer_config is not None
+
+    @property
+    def missing_modules(self) -> tuple[str, ...]:
+        """Required module slots the file does not carry (to be chosen from the module folders)."""
+        return tuple(slot for slot in self.required if slot not in self.modules)
+
+    @property
     def tokenizer_dirs(self) -> tuple[Path, ...]:
         """The bundled tokenizer folder for each text encoder."""
         if self.config_family == "sdxl":
             return (TOKENIZERS_DIR / "sd1", TOKENIZERS_DIR / "sd2")
+        if self.config_family == "sd3":  # CLIP-L, CLIP-G (same BPE, "!" padding), T5
+            return (TOKENIZERS_DIR / "sd1", TOKENIZERS_DIR / "sd2", TOKENIZERS_DIR / "t5")
+        if self.config_family == "flux":
+            return (TOKENIZERS_DIR / "sd1", TOKENIZERS_DIR / "t5")
         return (TOKENIZERS_DIR / self.config_family,)
 
 
@@ -630,6 +654,11 @@ def detect_checkpoint(
         UnsupportedCheckpointError: not a Stable Diffusion checkpoint sdweb knows; the message says what
             the file looks like instead.
     """
+    from sdweb.engine.models.detect_flow import detect_flow_checkpoint
+
+    flow = detect_flow_checkpoint(shapes, name=name)
+    if flow is not None:
+        return flow
     facts = _Facts(name=name, shapes=shapes, yaml_text=yaml_text)
     for family in FAMILIES:
         if family.matches(facts):
@@ -688,6 +717,10 @@ def detect_diffusers_folder(folder: Path) -> Detection:
 
     index = read("model_index.json")
     pipeline = index.get("_class_name", "").replace("InpaintPipeline", "Pipeline")
+    if pipeline in ("StableDiffusion3Pipeline", "FluxPipeline"):
+        from sdweb.engine.models.detect_flow import detect_flow_folder
+
+        return detect_flow_folder(folder, pipeline, read)
     unet = read("unet", "config.json")
     scheduler = read("scheduler", "scheduler_config.json")
     vae = read("vae", "config.json") if (folder / "vae" / "config.json").is_file() else None

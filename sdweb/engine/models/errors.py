@@ -28,3 +28,17 @@ class CheckpointNotFoundError(LookupError):
 
 class VaeNotFoundError(LookupError):
     """No VAE file has the requested name; the message names the VAE folder and known ones."""
+
+
+class MissingModuleError(UnsupportedCheckpointError):
+    """A transformer-only checkpoint (SD 3.5, Flux) whose text encoder or VAE is in no module folder;
+    the message names the file it needs and where to put it.
+    """
+
+
+class ModuleMismatchError(UnsupportedCheckpointError):
+    """A text encoder or VAE chosen for a checkpoint that does not fit it (wrong kind, width or channels)."""
+
+
+class ModuleNotFoundInFoldersError(LookupError):
+    """A chosen module name that is in neither models/text_encoder nor models/VAE."""

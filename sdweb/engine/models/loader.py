@@ -150,14 +150,18 @@ def load_checkpoint(
     *,
     vae_path: Path | None = None,
     vae_hash: str | None = None,
+    modules: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Load ``info`` into a pipeline configured for ``runtime``.
 
     Args:
-        info: the listed checkpoint (``info.kind``: ``safetensors``, ``ckpt`` or ``diffusers``).
+        info: the listed checkpoint (``info.kind``: ``safetensors``, ``ckpt``, ``gguf`` or ``diffusers``).
         runtime: device and precision; :func:`sdweb.engine.devices.apply_runtime` is applied at the end.
         vae_path: a standalone VAE file that replaces the checkpoint's own VAE.
         vae_hash: that VAE's short hash, when the caller knows it (computed here otherwise).
+        modules: SD 3.x / Flux only: the module files (``sdweb.engine.models.modules.ModuleFile``) that fill
+            the slots the checkpoint lacks or replace its own, by slot (``clip_l``, ``t5xxl``, ``vae``...);
+            the VAE, if any, comes this way for these families rather than as ``vae_path``.
 
     Raises:
         UnsupportedCheckpointError: not a checkpoint sdweb can run (the message says what it is).
@@ -172,6 +176,14 @@ def load_checkpoint(
     vae_path = Path(vae_path) if vae_path is not None else None
     if info.kind == "diffusers":
         detection, pipe = _load_diffusers_folder(path, runtime, vae_path)
+    elif info.kind == "gguf" or modules is not None:
+        from sdweb.engine.models.flow_loader import load_flow_checkpoint
+
+        detection = detect_file(path, info.name, info.kind)
+        _check_flow(detection, info.name, modules or {})
+        pipe = load_flow_checkpoint(path, info.name, info.kind, detection, runtime, modules or {})
+        if modules and "vae" in modules:
+            vae_path = Path(modules["vae"].path)
     else:
         detection, pipe = _load_single_file(path, info.name, info.kind, runtime, vae_path)
     vae_name = None
@@ -181,7 +193,10 @@ def load_checkpoint(
             vae_hash = short_hash(file_sha256(vae_path))
     else:
         vae_hash = None
-    apply_runtime(pipe, runtime)
+    # On CUDA: offload when the model does not fit the free GPU memory (or --medvram/--lowvram say so).
+    from sdweb.engine.models.placement import fit_runtime
+
+    apply_runtime(pipe, fit_runtime(pipe, runtime, info.name))
     logger.info("loaded %s as %s in %.1f s", info.name, detection.family, time.perf_counter() - started)
     return LoadedModel(
         info=info,
@@ -224,6 +239,8 @@ def _usable_detection(path: Path, name: str, shapes: dict[str, tuple[int, ...]],
     detection = detect_checkpoint(shapes, name=name, yaml_text=_read_yaml_beside(path), metadata=metadata)
     if detection.unsupported_reason:
         raise UnsupportedCheckpointError(f"{name}: not supported yet: {detection.unsupported_reason}")
+    if detection.is_flow:
+        return detection  # SD 3.x / Flux: missing text encoders / VAE come as module files
     if detection.vae_config is None and vae_path is None:
         raise UnsupportedCheckpointError(
             f"{name}: the checkpoint has no VAE (first_stage_model.*); choose a VAE file for it"
@@ -468,6 +485,30 @@ def _pop_prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
 # --------------------------------------------------------------------------------------------------
 
 
+def detect_file(path: Path, name: str, kind: str) -> Detection:
+    """The detection of a single file (safetensors header, GGUF tensor table, or an unpickled .ckpt)."""
+    if kind == "gguf":
+        from sdweb.engine.models.gguf_io import read_gguf_shapes
+
+        detection = detect_checkpoint(read_gguf_shapes(path), name=name)
+        if not detection.is_flow:
+            raise UnsupportedCheckpointError(f"{name}: GGUF files are read for SD 3.x and Flux only")
+        return detection
+    shapes, _pickled = read_checkpoint_shapes(path, kind)
+    metadata = read_safetensors_header(path).metadata if kind == "safetensors" else None
+    return detect_checkpoint(shapes, name=name, yaml_text=_read_yaml_beside(path), metadata=metadata)
+
+
+def _check_flow(detection: Detection, name: str, modules: Mapping[str, Any]) -> None:
+    if detection.unsupported_reason:
+        raise UnsupportedCheckpointError(f"{name}: not supported yet: {detection.unsupported_reason}")
+    missing = [slot for slot in detection.missing_modules if slot not in modules]
+    if missing:
+        from sdweb.engine.models.errors import MissingModuleError
+
+        raise MissingModuleError(f"{name}: the file has no {', '.join(missing)}; choose module files")
+
+
 def _load_single_file(
     path: Path, name: str, kind: str, runtime: RuntimeConfig, vae_path: Path | None
 ) -> tuple[Detection, DiffusionPipeline]:
@@ -476,6 +517,14 @@ def _load_single_file(
     # A file may carry its component configs in its metadata (the bundled demo model does).
     metadata = read_safetensors_header(path).metadata if kind == "safetensors" else None
     detection = _usable_detection(path, name, shapes, metadata, vae_path)
+    if detection.is_flow:
+        from sdweb.engine.models.flow_loader import load_flow_checkpoint
+
+        if kind != "safetensors":
+            raise UnsupportedCheckpointError(f"{name}: SD 3.x and Flux models are read from .safetensors "
+                                             "or .gguf files")
+        _check_flow(detection, name, {})
+        return detection, load_flow_checkpoint(path, name, kind, detection, runtime, {})
 
     # 2. Tensors, cast as they are read (the file's own VAE is skipped when another one replaces it).
     def include(key: str) -> bool:
@@ -557,6 +606,10 @@ def _load_diffusers_folder(
     detection = detect_diffusers_folder(folder)
     if detection.unsupported_reason:
         raise UnsupportedCheckpointError(f"{folder.name}: not supported yet: {detection.unsupported_reason}")
+    if detection.is_flow:
+        from sdweb.engine.models.flow_loader import load_flow_diffusers_folder
+
+        return detection, load_flow_diffusers_folder(folder, detection, runtime)
     cls = StableDiffusionXLPipeline if detection.is_sdxl else StableDiffusionPipeline
     extra: dict[str, Any] = {}
     if not detection.is_sdxl:

@@ -33,12 +33,13 @@ from sdweb.engine.models.hashes import HashCache, file_sha256, short_hash
 
 logger = logging.getLogger(__name__)
 
-CheckpointKind = Literal["safetensors", "ckpt", "diffusers"]
+CheckpointKind = Literal["safetensors", "ckpt", "gguf", "diffusers"]
 
 CHECKPOINT_SUFFIXES: dict[str, CheckpointKind] = {
     ".safetensors": "safetensors",
     ".ckpt": "ckpt",
     ".pt": "ckpt",
+    ".gguf": "gguf",  # SD 3.x / Flux transformers (sdweb.engine.models.gguf_io)
 }
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 #: A1111's convention for a VAE that belongs to one checkpoint: ``<checkpoint stem>.vae.<ext>``.
@@ -303,7 +304,7 @@ class CheckpointRegistry:
     def _detect(
         self, path: Path, name: str, kind: CheckpointKind, size: int, mtime_ns: int
     ) -> tuple[str | None, str | None]:
-        if kind != "safetensors":
+        if kind not in ("safetensors", "gguf"):
             # Reading a pickle's keys means unpickling it: that waits until the model is loaded.
             return None, None
         yaml_path = path.with_suffix(".yaml")
@@ -330,7 +331,12 @@ class CheckpointRegistry:
             from sdweb.engine.models.detect import detect_checkpoint
             from sdweb.engine.models.safetensors_io import read_safetensors_header
 
-            shapes = read_safetensors_header(path).shapes()
+            if kind == "gguf":
+                from sdweb.engine.models.gguf_io import read_gguf_shapes
+
+                shapes = read_gguf_shapes(path)
+            else:
+                shapes = read_safetensors_header(path).shapes()
             yaml_text = yaml_path.read_text(encoding="utf-8") if yaml_stamp is not None else None
             detection = detect_checkpoint(shapes, name=name, yaml_text=yaml_text)
             family = detection.family
@@ -373,11 +379,13 @@ class CheckpointRegistry:
     def _detector_version(self) -> str | None:
         """A fingerprint of the detection code: changed code re-detects rather than trust old results."""
         if self._detector_fingerprint is None:
-            spec = importlib.util.find_spec("sdweb.engine.models.detect")
-            try:
-                source = Path(spec.origin).read_bytes() if spec and spec.origin else b""
-            except OSError:
-                source = b""
+            source = b""
+            for module in ("sdweb.engine.models.detect", "sdweb.engine.models.detect_flow"):
+                spec = importlib.util.find_spec(module)
+                try:
+                    source += Path(spec.origin).read_bytes() if spec and spec.origin else b""
+                except OSError:
+                    pass
             self._detector_fingerprint = hashlib.sha256(source).hexdigest()[:16] if source else ""
         return self._detector_fingerprint or None
 

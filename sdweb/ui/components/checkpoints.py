@@ -1,4 +1,6 @@
-"""The checkpoint selector: a dropdown of the checkpoints on disk, ↻ to rescan, and a Download section.
+"""The checkpoint selector: a dropdown of the checkpoints on disk, ↻ to rescan, Forge's "VAE / Text
+Encoder" choice (the files of models/text_encoder and models/VAE that SD 3.x and Flux checkpoints without
+their own are loaded with; none chosen = the fitting ones are picked automatically), and a Download section.
 
 Picking a checkpoint loads it at once (:func:`load_checkpoint`); a failed load keeps the previous model
 and says why in the tab's message line. The list is filled when a page opens
@@ -47,6 +49,8 @@ class CheckpointSelector:
 
     dropdown: gr.Dropdown
     refresh: gr.Button
+    #: "VAE / Text Encoder": the ``forge_additional_modules`` setting (None in tests that build it by hand).
+    modules: gr.Dropdown | None = None
 
     def wire(self, services: Any, message: gr.HTML) -> None:
         """↻ rescans the model folders; picking a checkpoint loads it and says so in ``message``."""
@@ -79,6 +83,28 @@ class CheckpointSelector:
             concurrency_limit=None,
             show_progress="minimal",
         )
+        if self.modules is not None:
+            self.modules.focus(lambda: gr.update(choices=module_names(services, refresh=True)),
+                               outputs=self.modules, show_progress="hidden", concurrency_limit=None)
+            self.modules.input(lambda names: choose_modules(services, names), inputs=self.modules,
+                               outputs=message, show_progress="hidden", concurrency_limit=None)
+
+
+def module_names(services: Any, *, refresh: bool = False) -> list[str]:
+    """The text encoder / VAE files SD 3.x and Flux can be loaded with (models/text_encoder, models/VAE)."""
+    models = services.models
+    if refresh and hasattr(models, "refresh_modules"):
+        models.refresh_modules()
+    listing = getattr(models, "list_modules", None)
+    return [item.name for item in listing()] if listing is not None else []
+
+
+def choose_modules(services: Any, names: list[str] | None) -> str:
+    """Keep the chosen modules as the ``forge_additional_modules`` setting; they apply at the next load."""
+    services.options.update({"forge_additional_modules": list(names or [])})
+    if names:
+        return note_html(f"SD 3.x / Flux models will be loaded with {', '.join(names)}.")
+    return note_html("SD 3.x / Flux models will use the fitting text encoders and VAE found automatically.")
 
 
 def render_checkpoint_selector(services: Any, form: dict[str, Any], *, prefix: str) -> CheckpointSelector:
@@ -93,6 +119,16 @@ def render_checkpoint_selector(services: Any, form: dict[str, Any], *, prefix: s
             scale=5,
         )
         refresh = gr.Button("↻", elem_classes="sdweb-tool", scale=0, elem_id=f"{prefix}-refresh-models")
+        chosen = list(services.options.get("forge_additional_modules") or [])
+        modules = gr.Dropdown(
+            label="VAE / Text Encoder",
+            info="SD 3.x / Flux files without their own; none: picked automatically",
+            choices=sorted({*module_names(services), *chosen}),
+            value=chosen,
+            multiselect=True,
+            elem_id=f"{prefix}-modules",
+            scale=3,
+        )
     # Open while the bundled demo is all there is: the way to a real model is right there.
     render_download_section(services, form["checkpoint"], open_=not services.models.has_own_checkpoint())
-    return CheckpointSelector(dropdown=form["checkpoint"], refresh=refresh)
+    return CheckpointSelector(dropdown=form["checkpoint"], refresh=refresh, modules=modules)

@@ -246,7 +246,7 @@ def test_sdxl_refiner_is_recognised_but_marked_unsupported(tiny_sdxl_path: Path)
         ({"emb_params": (4, 768)}, "textual-inversion embedding"),
         ({"clip_l": (2, 768), "clip_g": (2, 1280)}, "textual-inversion embedding"),
         ({}, "no tensors"),
-        ({"double_blocks.0.img_attn.qkv.weight": (9216, 3072)}, "does not support"),
+        ({"double_blocks.0.img_attn.qkv.weight": (9216, 3072)}, "Flux-like transformer without img_in"),
         ({"foo.bar": (3, 3), "baz": (1,), "qux": (2, 2, 2), "x": (1,), "y": (1,)}, "not a Stable Diffusion"),
     ],
     ids=["lora-kohya", "lora-peft", "vae", "embedding", "sdxl-embedding", "empty", "flux-like", "garbage"],

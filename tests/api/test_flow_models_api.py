@@ -1,0 +1,122 @@
+"""SD 3.x and Flux through the API with the real engine, from files in a data folder as a user drops them:
+a transformer-only Flux file with its text encoders and VAE picked from models/text_encoder and
+models/VAE, family defaults for fields left out, Forge's infotext key round-tripped through PNG Info and
+the ``infotext`` field, ``/sd-modules``, and a chosen text encoder that does not fit is a clear 4xx."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.api.conftest import served_api
+from tests.fakes import make_settings
+from tests.fixtures.flow_checkpoints import write_flow_library
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("flow-library")
+    write_flow_library(root)
+    return root
+
+
+@pytest.fixture()
+def flow_api(tmp_path: Path, library: Path) -> Iterator[str]:
+    from sdweb.services.factory import build_services
+
+    shutil.copytree(library / "models", tmp_path / "models")
+    for name in (
+        "flux-dev-aio.safetensors",
+        "sd35-large-aio.safetensors",
+        "sd35-medium.safetensors",
+        "flux-schnell-fp8.safetensors",
+    ):
+        (tmp_path / "models" / "Stable-diffusion" / name).unlink()  # one checkpoint per form is enough here
+    services = build_services(make_settings(tmp_path))
+    with served_api(services) as url:
+        yield url
+
+
+def request(**changes: object) -> dict[str, object]:
+    return {"prompt": "a lighthouse", "width": 64, "height": 64, "seed": 3, **changes}
+
+
+def test_flux_transformer_only_generates_with_modules_found_in_the_folders(flow_api: str) -> None:
+    with httpx.Client(timeout=300) as client:
+        models = {item["model_name"] for item in client.get(f"{flow_api}/sd-models").json()}
+        assert models == {"flux-schnell", "flux-schnell-Q8_0"}
+        modules = {item["model_name"]: item for item in client.get(f"{flow_api}/sd-modules").json()}
+        assert modules["t5xxl_fp16.safetensors"]["slots"] == ["t5xxl"]
+        assert modules["ae.safetensors"]["kind"] == "vae"
+        body = client.post(
+            f"{flow_api}/txt2img", json=request(override_settings={"sd_model_checkpoint": "flux-schnell"})
+        )
+        assert body.status_code == 200, body.text
+        info = json.loads(body.json()["info"])
+        # schnell's defaults for the fields left out: 4 steps, CFG 1, Euler
+        assert (info["steps"], info["cfg_scale"], info["sampler_name"]) == (4, 1.0, "Euler")
+        assert info["sd_vae_name"] == "ae.safetensors"
+        assert "Distilled CFG Scale" not in info["infotexts"][0]
+        gguf = client.post(
+            f"{flow_api}/txt2img",
+            json=request(steps=2, override_settings={"sd_model_checkpoint": "flux-schnell-Q8_0"}),
+        )
+        assert gguf.status_code == 200, gguf.text
+
+
+def test_a_text_encoder_that_does_not_fit_is_a_clear_4xx(flow_api: str) -> None:
+    with httpx.Client(timeout=300) as client:
+        wrong = client.post(
+            f"{flow_api}/txt2img",
+            json=request(
+                steps=2,
+                override_settings={
+                    "sd_model_checkpoint": "flux-schnell",
+                    "forge_additional_modules": ["t5xxl_sd3_fp8_e4m3fn.safetensors"],
+                },
+            ),
+        )
+        assert 400 <= wrong.status_code < 500, wrong.text
+        assert "t5xxl_sd3_fp8_e4m3fn.safetensors does not fit" in wrong.text
+        missing = client.post(
+            f"{flow_api}/txt2img",
+            json=request(
+                steps=2,
+                override_settings={
+                    "sd_model_checkpoint": "flux-schnell",
+                    "forge_additional_modules": ["nope.safetensors"],
+                },
+            ),
+        )
+        assert 400 <= missing.status_code < 500 and "nope.safetensors" in missing.text
+
+
+def test_flux_dev_infotext_round_trips_distilled_cfg_through_png_info(tmp_path: Path, library: Path) -> None:
+    from sdweb.services.factory import build_services
+
+    ckpt = tmp_path / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    shutil.copy(library / "models" / "Stable-diffusion" / "flux-dev-aio.safetensors", ckpt)
+    services = build_services(make_settings(tmp_path))
+    with served_api(services) as url, httpx.Client(timeout=300) as client:
+        made = client.post(f"{url}/txt2img", json=request(steps=2, distilled_cfg_scale=5.5))
+        assert made.status_code == 200, made.text
+        info = json.loads(made.json()["info"])
+        infotext = info["infotexts"][0]
+        assert "CFG scale: 1, Distilled CFG Scale: 5.5, Seed: 3" in infotext
+        png = made.json()["images"][0]
+        with Image.open(io.BytesIO(base64.b64decode(png))) as image:
+            assert image.info["parameters"] == infotext
+        parsed = client.post(f"{url}/png-info", json={"image": png}).json()
+        assert str(parsed["parameters"]["Distilled CFG Scale"]) == "5.5"
+        again = client.post(f"{url}/txt2img", json={"infotext": infotext, "width": 64, "height": 64})
+        assert again.status_code == 200, again.text
+        assert json.loads(again.json()["info"])["infotexts"][0] == infotext

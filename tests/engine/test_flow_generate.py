@@ -1,0 +1,266 @@
+"""The flow-matching loop (SD 3.x, Flux): diffusers parity, samplers, guidance, grammar, seeds, img2img,
+inpainting, hires fix, interrupt/skip and previews, on tiny random-weight models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdweb.engine.families import FamilyJob, default_families
+from sdweb.engine.seeds import create_batch_noise
+from sdweb.params import GenerationParams, Img2ImgParams, JobControl
+from tests.engine.conftest import TinyModel
+from tests.fixtures.flow_checkpoints import flux_pipe, sd3_pipe
+
+FAMILIES = default_families()
+
+
+@pytest.fixture(scope="module")
+def flux() -> TinyModel:
+    return TinyModel(pipe=flux_pipe(dev=True), family="flux-dev")
+
+
+@pytest.fixture(scope="module")
+def sd3() -> TinyModel:
+    return TinyModel(pipe=sd3_pipe("sd3.5-large"), family="sd3.5-large")
+
+
+def params(**changes: Any) -> GenerationParams:
+    values: dict[str, Any] = dict(
+        prompt="a photo of a cat",
+        negative_prompt="",
+        steps=3,
+        width=64,
+        height=64,
+        seed=1,
+        subseed=2,
+        clip_skip=1,
+        rng="CPU",
+        sampler_name="Euler",
+        scheduler="Automatic",
+        cfg_scale=1.0,
+    )
+    values.update(changes)
+    return GenerationParams(**values)
+
+
+def job(**changes: Any) -> FamilyJob:
+    values: dict[str, Any] = dict(samplers=None, control=JobControl(), on_step=lambda _s: None)
+    values.update(changes)
+    return FamilyJob(**values)
+
+
+def run(model: TinyModel, request: GenerationParams, **job_changes: Any) -> Any:
+    return FAMILIES.for_family(model.family).txt2img(model, request, job(**job_changes))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+def test_flux_euler_equals_diffusers_fluxpipeline(flux: TinyModel) -> None:
+    ours = run(flux, params(distilled_cfg_scale=3.5)).images[0]
+    noise = create_batch_noise(
+        seeds=[1],
+        subseeds=[2],
+        subseed_strength=0,
+        seed_resize_from=None,
+        width=64,
+        height=64,
+        rng="CPU",
+        device=torch.device("cpu"),
+        channels=16,
+        scale_factor=2,
+    )
+    pipe = flux.pipe
+    latents = pipe._pack_latents(noise.latents, 1, 16, 32, 32)
+    theirs = pipe(
+        "a photo of a cat",
+        latents=latents,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        guidance_scale=3.5,
+        max_sequence_length=512,
+    ).images[0]
+    assert np.abs(pixels(ours.image) - pixels(theirs)).max() == 0
+    assert ours.extra["Distilled CFG Scale"] == 3.5
+
+
+def test_sd3_euler_with_cfg_equals_diffusers_sd3_pipeline(sd3: TinyModel) -> None:
+    ours = run(sd3, params(cfg_scale=4.0, negative_prompt="blurry")).images[0]
+    noise = create_batch_noise(
+        seeds=[1],
+        subseeds=[2],
+        subseed_strength=0,
+        seed_resize_from=None,
+        width=64,
+        height=64,
+        rng="CPU",
+        device=torch.device("cpu"),
+        channels=16,
+        scale_factor=2,
+    )
+    theirs = sd3.pipe(
+        "a photo of a cat",
+        negative_prompt="blurry",
+        latents=noise.latents,
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        guidance_scale=4.0,
+    ).images[0]
+    assert np.abs(pixels(ours.image) - pixels(theirs)).max() <= 1
+    assert "Distilled CFG Scale" not in ours.extra
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M", "UniPC"])
+def test_flow_samplers_run_and_differ(flux: TinyModel, sampler: str) -> None:
+    steps: list[int] = []
+    image = run(flux, params(sampler_name=sampler), on_step=lambda s: steps.append(s.step)).images[0].image
+    assert image.size == (64, 64) and steps == [1, 2, 3]
+    if sampler != "Euler":
+        assert not np.array_equal(pixels(image), pixels(run(flux, params()).images[0].image))
+
+
+def test_other_samplers_and_schedules_are_refused_with_the_reason(flux: TinyModel) -> None:
+    with pytest.raises(ValueError, match="use one of Euler, Heun, DPM\\+\\+ 2M, UniPC"):
+        run(flux, params(sampler_name="Euler a"))
+    with pytest.raises(ValueError, match="schedule type 'Karras' does not fit sampler 'UniPC'"):
+        run(flux, params(sampler_name="UniPC", scheduler="Karras"))
+
+
+def test_distilled_guidance_changes_the_flux_image(flux: TinyModel) -> None:
+    low = run(flux, params(distilled_cfg_scale=1.0)).images[0]
+    high = run(flux, params(distilled_cfg_scale=6.0)).images[0]
+    assert low.extra["Distilled CFG Scale"] == 1.0
+    assert not np.array_equal(pixels(low.image), pixels(high.image))
+
+
+def test_emphasis_prompt_editing_and_long_prompts_change_the_conditioning(
+    flux: TinyModel, sd3: TinyModel
+) -> None:
+    plain = pixels(run(sd3, params(cfg_scale=3.0)).images[0].image)
+    weighted = pixels(run(sd3, params(prompt="a photo of a (cat:1.6)", cfg_scale=3.0)).images[0].image)
+    edited = pixels(run(sd3, params(prompt="a photo of a [dog:cat:2]", cfg_scale=3.0)).images[0].image)
+    assert not np.array_equal(plain, weighted) and not np.array_equal(plain, edited)
+    long_prompt = ", ".join(f"detail number {i}" for i in range(200))  # > 512 T5 tokens, > 75 CLIP tokens
+    assert run(flux, params(prompt=long_prompt)).images[0].image.size == (64, 64)
+    assert run(sd3, params(prompt=long_prompt, cfg_scale=3.0)).images[0].image.size == (64, 64)
+
+
+def test_batch_images_use_consecutive_seeds_and_variation_seeds_change_them(sd3: TinyModel) -> None:
+    batch = run(sd3, params(batch_size=2, seed=10, cfg_scale=2.0)).images
+    second = run(sd3, params(seed=11, cfg_scale=2.0)).images[0]
+    assert [item.seed for item in batch] == [10, 11]
+    assert np.abs(pixels(batch[1].image) - pixels(second.image)).max() <= 1
+    varied = run(sd3, params(seed=10, subseed=5, subseed_strength=0.5, cfg_scale=2.0)).images[0]
+    assert not np.array_equal(pixels(varied.image), pixels(batch[0].image))
+
+
+def test_img2img_strength_zero_keeps_the_picture_and_inpainting_keeps_unmasked_pixels(
+    flux: TinyModel,
+) -> None:
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    family = FAMILIES.for_family(flux.family)
+    request = Img2ImgParams(**{**params().model_dump(), "denoising_strength": 0.0})
+    kept = family.img2img(flux, request, [init], job()).images[0].image
+    assert kept.size == (64, 64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    inpaint = Img2ImgParams(
+        **{**params().model_dump(), "denoising_strength": 0.9, "mask_blur": 0, "inpaint_full_res": False}
+    )
+    steps: list[int] = []
+    result = family.img2img(flux, inpaint, [init], job(on_step=lambda s: steps.append(s.step)), mask=mask)
+    out = pixels(result.images[0].image)
+    assert (out[:, 40:] == np.array([200, 40, 40])).all()  # outside the mask: the original, exactly
+    assert steps == [1, 2]  # int(3 * 0.9) steps run
+    latent_resize = Img2ImgParams(**{**params().model_dump(), "resize_mode": 3})
+    with pytest.raises(ValueError, match="resize_mode: 3"):
+        family.img2img(flux, latent_resize, [init], job())
+
+
+def test_hires_fix_runs_both_passes_on_the_flow_loop(flux: TinyModel) -> None:
+    totals: list[int] = []
+    for upscaler in ("Latent", "Lanczos"):
+        request = params(enable_hr=True, hr_scale=2.0, hr_upscaler=upscaler, denoising_strength=0.5)
+        result = run(flux, request, on_step=lambda s: totals.append(s.total_steps))
+        assert result.images[0].image.size == (128, 128)
+    assert set(totals) == {3 + 1}  # first pass 3 steps + int(3 * 0.5)
+
+
+def test_interrupt_keeps_finished_batches_and_previews_are_made(flux: TinyModel) -> None:
+    control = JobControl()
+    previews: list[Image.Image] = []
+
+    def on_step(step: Any) -> None:
+        if step.preview is not None:
+            previews.append(step.preview)
+        if step.batch_index == 1 and step.step == 1:
+            control.interrupt()
+
+    result = run(flux, params(n_iter=3), control=control, on_step=on_step, preview_every=1)
+    assert result.interrupted and len(result.images) == 1
+    assert previews and previews[0].size == (32, 32)
+
+
+def test_token_counter_counts_t5_tokens_against_its_chunk(flux: TinyModel) -> None:
+    family = FAMILIES.for_family("flux-dev")
+    tokens, limit = family.count_tokens(flux.pipe, "a photo of a cat")
+    assert (tokens, limit) == (7, 511)  # "▁", "a", "▁photo", "▁of", "▁", "a", "▁cat"
+    long_tokens, long_limit = family.count_tokens(flux.pipe, " ".join(["cat"] * 600))
+    assert long_tokens == 600 and long_limit == 1022
+
+
+def _flux_lora_files(folder: Any, flux: TinyModel) -> None:
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    proj = flux.pipe.transformer.transformer_blocks[0].attn.to_out[0]
+    rank = 4
+    down = torch.randn(rank, proj.in_features, generator=generator)
+    up = torch.randn(proj.out_features, rank, generator=generator)
+    folder.mkdir(parents=True, exist_ok=True)
+    # kohya's Flux naming (BFL module paths), as diffusers converts it
+    save_file(
+        {
+            "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": down,
+            "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": up,
+            "lora_unet_double_blocks_0_img_attn_proj.alpha": torch.tensor(float(rank)),
+        },
+        str(folder / "kohya_flux.safetensors"),
+    )
+    # diffusers / peft naming
+    save_file(
+        {
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": down,
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight": up,
+        },
+        str(folder / "diffusers_flux.safetensors"),
+    )
+
+
+def test_flux_loras_in_kohya_and_diffusers_form_apply_for_the_job_only(
+    flux: TinyModel, tmp_path: Any
+) -> None:
+    from sdweb.engine.extra_networks.job import ExtraNetworks
+    from sdweb.engine.extra_networks.lora import LoraLibrary
+
+    _flux_lora_files(tmp_path / "Lora", flux)
+    networks = ExtraNetworks(loras=LoraLibrary(tmp_path / "Lora"))
+    plain = pixels(run(flux, params(prompt="a cat")).images[0].image)
+    kohya = run(flux, params(prompt="a photo of a cat <lora:kohya_flux:1>"), extra_networks=networks).images[
+        0
+    ]
+    peft = run(
+        flux, params(prompt="a photo of a cat <lora:diffusers_flux:1>"), extra_networks=networks
+    ).images[0]
+    assert not np.array_equal(plain, pixels(kohya.image))
+    assert np.abs(pixels(kohya.image) - pixels(peft.image)).max() <= 1  # the same LoRA, two file forms
+    assert "kohya_flux" in kohya.extra["Lora hashes"]
+    assert np.array_equal(plain, pixels(run(flux, params(prompt="a cat")).images[0].image))  # removed after
