@@ -9,6 +9,7 @@ Commands::
     python webui.py [flags]                 start the server (UI; API with --api; API only with --nowebui)
     python webui.py [flags] txt2img ...     generate from the command line, print the saved paths
     python webui.py [flags] models          list the checkpoints found (also: --list-models)
+    python webui.py [flags] merge A B ...   merge checkpoints (A1111's Checkpoint Merger), print the title
     python webui.py --download-model NAME_OR_REPO[:FILE]   fetch a checkpoint from the Hugging Face hub
     python webui.py worker --head | --join HOST:PORT --lan ADDRESS   offer this PC's GPUs to a cluster
 """
@@ -129,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
          help="SD 3.x / Flux: a text encoder or VAE file of models/text_encoder or models/VAE (repeatable)")
     targ("--rng", choices=("CPU", "GPU"), default=None)
     targ("--no-save", action="store_true", help="do not write images (only useful with --json)")
+    merge = sub.add_parser("merge", help="merge checkpoints into models/Stable-diffusion (A1111's merger)")
+    marg = merge.add_argument
+    marg("primary", help="model A (title, name or hash)")
+    marg("secondary", nargs="?", default="", help="model B")
+    marg("tertiary", nargs="?", default="", help="model C (add difference)")
+    marg("--method", default="Weighted sum", choices=("Weighted sum", "Add difference", "No interpolation"))
+    marg("--multiplier", type=float, default=0.3, help="M: (1-M)*A + M*B, or A + M*(B-C)")
+    marg("--fp16", action="store_true", help="save floating-point weights as float16")
+    marg("--name", default="", help="file name of the result (default: A1111's, e.g. '0.7(a) + 0.3(b)')")
+    marg("--bake-in-vae", default="None", help="a VAE from models/VAE to put into the result")
+    marg("--discard-weights", default="", help="a regular expression: matching keys are left out")
+    marg("--metadata-json", default="", help="extra metadata, a JSON object")
+    marg("--no-recipe", action="store_true", help="do not write sd_merge_recipe / sd_merge_models")
     node = sub.add_parser("worker", help="offer this PC's GPUs to an sdweb cluster (runs 'ray start')")
     nodearg = node.add_argument
     nodearg("--head", action="store_true", help="start the cluster head (on the PC running the web UI)")
@@ -463,6 +477,31 @@ def txt2img_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def merge_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
+    """Merge without starting the server (no GPU worker: the merge runs here); print the result's title."""
+    from sdweb.engine.models.hashes import HashCache
+    from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
+    from sdweb.services.merger import MergeRequest, MergeRequestError, MergeService
+
+    hashes = HashCache(settings.paths.cache_dir / "hashes.json")
+    registry = CheckpointRegistry(settings.paths.ckpt_dirs, hashes)
+    merger = MergeService(registry, VaeRegistry(settings.paths.vae_dir, hashes))
+    request = MergeRequest(
+        primary_model_name=args.primary, secondary_model_name=args.secondary,
+        tertiary_model_name=args.tertiary,
+        interp_method=args.method, multiplier=args.multiplier, save_as_half=args.fp16, custom_name=args.name,
+        bake_in_vae=args.bake_in_vae, discard_weights=args.discard_weights, metadata_json=args.metadata_json,
+        add_merge_recipe=not args.no_recipe,
+    )
+    try:
+        result = merger.merge(request)
+    except MergeRequestError as exc:
+        raise UsageError(str(exc)) from exc
+    print(result.message, file=sys.stderr)
+    print(result.title)
+    return 0
+
+
 def worker_command(settings: LaunchSettings, args: argparse.Namespace) -> int:
     """``webui.py worker``: run ``ray start`` for an sdweb cluster node in the foreground."""
     from sdweb.services.cluster.connect import ClusterSetupError
@@ -521,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_models(settings)
         if args.command == "txt2img":
             return txt2img_command(settings, args)
+        if args.command == "merge":
+            return merge_command(settings, args)
         if args.command == "worker":
             return worker_command(settings, args)
         return serve(settings)

@@ -74,6 +74,8 @@ class GenerationParams(BaseModel):
     #: Second-pass size; one of them 0 keeps the aspect ratio, both set crops to fit (A1111).
     hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
     hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    #: Restore the faces in the finished images (A1111's "Restore faces"; the restorer is a setting).
+    restore_faces: bool = False
     #: "Latent" (and its variants: resize the latents) or a pixel upscaler ("Lanczos", "Nearest", "None").
     hr_upscaler: str = Field("Latent", min_length=1, max_length=100)
     #: Sampling steps of the second pass before the denoising strength applies; 0 = ``steps``.
@@ -276,6 +278,8 @@ class GenerationResult:
     interrupted: bool = False
     job_timestamp: str = ""
     history_id: int | None = None
+    #: Things the person should know that did not stop the job ("face restoration was skipped: ...").
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -25,7 +25,17 @@ from typing import Any
 import pluggy
 
 from sdweb.config import OptionSpec
-from sdweb.params import GenerationParams, JobControl, StepProgress
+from sdweb.params import GenerationParams, GenerationResult, Img2ImgParams, JobControl, StepProgress
+from sdweb.scripting import (
+    PreparedScript,
+    ScriptArg,
+    ScriptCall,
+    ScriptContext,
+    ScriptEnvironment,
+    ScriptError,
+    ScriptSpec,
+    XyzAxis,
+)
 
 API_VERSION = "1.0"
 PROJECT_NAME = "sdweb"
@@ -124,12 +134,22 @@ class UITab:
 __all__ = [
     "API_VERSION",
     "GenerationParams",
+    "GenerationResult",
+    "Img2ImgParams",
     "JobControl",
     "OptionSpec",
+    "PreparedScript",
     "SamplerSpec",
     "SamplingFunction",
     "ScheduleSpec",
+    "ScriptArg",
+    "ScriptCall",
+    "ScriptContext",
+    "ScriptEnvironment",
+    "ScriptError",
+    "ScriptSpec",
     "StepProgress",
     "UITab",
+    "XyzAxis",
     "hookimpl",
 ]

@@ -161,10 +161,10 @@ def img2img_echo(request: Img2ImgRequest) -> dict[str, Any]:
 
 def refuse_unsupported_extras(request: ExtrasBaseRequest) -> None:
     problems = []
-    if request.gfpgan_visibility:
-        problems.append("gfpgan_visibility: face restoration is not supported yet; send 0")
-    if request.codeformer_visibility:
-        problems.append("codeformer_visibility: face restoration is not supported yet; send 0")
+    for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+        value = getattr(request, name)
+        if not 0 <= value <= 1:
+            problems.append(f"{name}: must be between 0 and 1 (got {value})")
     if not 0 <= request.extras_upscaler_2_visibility <= 1:
         problems.append(f"extras_upscaler_2_visibility: must be between 0 and 1 "
                         f"(got {request.extras_upscaler_2_visibility})")

@@ -10,8 +10,8 @@ Field names, defaults and response shapes are AUTOMATIC1111's (v1.10, see
   carry the bounds of :class:`sdweb.params.GenerationParams` (which only refuse values that cannot
   run) in the schema: out of range is a 422 naming the field.
 * Request fields A1111 knows but we cannot honour yet are accepted when they would not change the
-  image (listed in a warning log line), and refused with a 4xx when they would (``restore_faces``,
-  ``hr_checkpoint_name``, scripts other than "poor man's outpainting"...). The router decides which is
+  image (listed in a warning log line), and refused with a 4xx when they would
+  (``hr_checkpoint_name``, scripts no handler runs...). The router decides which is
   which (:data:`IMAGE_CHANGING_FIELDS`).
 * Fields no A1111 version knows are ignored, as A1111 does; they are named in a warning log line
   (``extra="allow"`` keeps them visible to the router, they are never echoed back).
@@ -80,7 +80,8 @@ class Txt2ImgRequest(BaseModel):
                                              "(Forge's \"Distilled CFG Scale\"); other models ignore it.")
     width: Size | None = 512
     height: Size | None = 512
-    restore_faces: bool | None = None
+    restore_faces: bool | None = Field(None, description="Restore faces with the face_restoration_model "
+                                       "setting; when it cannot run, info.warnings says why.")
     tiling: bool | None = None
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
@@ -117,7 +118,8 @@ class Txt2ImgRequest(BaseModel):
     hr_negative_prompt: Prompt | None = Field("", description="The second pass's negative prompt; empty: "
                                               "the negative prompt.")
     force_task_id: TaskId | None = Field(None, description="Job id to follow with /progress?id_task=.")
-    script_name: Name | None = Field(None, description="img2img: \"poor man's outpainting\" (any case).")
+    script_name: Name | None = Field(None, description="A script's title, any case (GET /scripts lists them: "
+                                     "\"x/y/z plot\", \"prompt matrix\", \"sd upscale\"...).")
     script_args: list[Any] | None = Field(default_factory=list, description="The script's arguments in "
                                           "A1111's order; see GET /script-info.")
     send_images: bool | None = True

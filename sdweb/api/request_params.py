@@ -4,7 +4,7 @@
 infotext values are :mod:`sdweb.api.request_overrides`'). How request fields we cannot honour yet are
 treated:
 
-* ones that would change the image (``restore_faces``, scripts no handler runs (:mod:`sdweb.api.scripts`),
+* ones that would change the image (scripts no handler runs (:mod:`sdweb.api.scripts`),
   ``refiner_checkpoint``, non-neutral ``s_*`` values, hires fix with its own checkpoint) are refused
   with 422 and a message saying so: never a silently different image;
 * ones that do not (``do_not_save_*``, ``hr_*`` while ``enable_hr`` is false, ``comments``...) are
@@ -130,8 +130,6 @@ def refuse_unsupported(request: Txt2ImgRequest, given: set[str], scripts: Script
             if value not in (None, *same):
                 problems.append(f"{name}: a second-pass setting of its own is not supported yet "
                                 f"(got {value!r}; send {same[-1]!r})")
-    if request.restore_faces:
-        problems.append("restore_faces: face restoration is not supported yet")
     problems.extend(scripts.problems(request))
     if request.refiner_checkpoint and request.refiner_checkpoint != "None":
         problems.append("refiner_checkpoint: the refiner is not supported yet")
@@ -182,6 +180,9 @@ def request_values(request: Txt2ImgRequest, given: set[str], services: Any,
     for name in DIRECT_FIELDS:
         if name in given:
             values[name] = getattr(request, name)
+    if request.restore_faces:
+        # Restored when a restorer can run; else the images come back with a warning in ``info``.
+        values["restore_faces"] = True
     img2img = isinstance(request, Img2ImgRequest)
     if not img2img:
         values.update(first_phase_size(request, values, notes if notes is not None else []))

@@ -56,7 +56,7 @@ def make_router(
                     Depends(reject_unpaired_surrogates)]
     router = APIRouter(dependencies=dependencies, responses=ERROR_RESPONSES, tags=["sdapi"])
     routes = ApiRoutes(router=router, services=services,
-                       scripts=builtin_scripts() if scripts is None else scripts)
+                       scripts=builtin_scripts(services) if scripts is None else scripts)
     for module in modules:
         module.add_routes(routes)
     return router

@@ -47,6 +47,7 @@ class Engine:
         loras: Any = None,
         embeddings: Any = None,
         upscalers: Any = None,
+        face_restorer: Any = None,
         modules: Any = None,
         families: FamilyRegistry | None = None,
         memory: DeviceMemory | None = None,
@@ -61,6 +62,7 @@ class Engine:
         loras: ``sdweb.engine.extra_networks.lora.LoraLibrary`` (None: ``<lora:...>`` tags are refused).
         embeddings: ``sdweb.engine.extra_networks.embeddings.EmbeddingLibrary`` (None: no embeddings).
         upscalers: ``sdweb.engine.upscalers.ModelUpscalers`` (models/ESRGAN; None: none).
+        face_restorer: ``sdweb.engine.face_restore.FaceRestorer`` (models/GFPGAN, models/Codeformer).
         modules: ``sdweb.engine.models.modules.ModuleRegistry`` (text encoders / VAEs for SD 3.x and Flux;
             None: such files must carry their own).
         families: the model families (default: :func:`sdweb.engine.families.default_families`).
@@ -75,6 +77,7 @@ class Engine:
         self._fallback_tokenizer: Any = None
         self._networks = ExtraNetworks(loras=loras, embeddings=embeddings)
         self.upscalers = upscalers
+        self.face_restorer = face_restorer
         self.modules = modules
         self.families = families or default_families()
         self._detections: dict[tuple[str, int, float], Any] = {}
@@ -179,6 +182,14 @@ class Engine:
             raise UpscalerModelError(f"upscaler model {name!r}: this engine has no upscaler models")
         return self.upscalers.upscale(image, name, size)
 
+    def restore_faces(self, image: Any, name: str, codeformer_weight: float = 0.5) -> Any:
+        """``image`` (PIL) with its faces restored by ``name`` ("CodeFormer", "GFPGAN")."""
+        from sdweb.engine.face_restore import FaceRestoreError
+
+        if self.face_restorer is None:
+            raise FaceRestoreError("this engine has no face restorer")
+        return self.face_restorer.restore(image, name, codeformer_weight=codeformer_weight)
+
     # -- models ------------------------------------------------------------------------------
     def load(self, info: Any) -> Any:
         """Load ``info`` (with the "SD VAE" setting's VAE) and make it the current model."""
@@ -196,6 +207,8 @@ class Engine:
         self._cache.unload_all()
         if self.upscalers is not None:
             self.upscalers.unload()
+        if self.face_restorer is not None:
+            self.face_restorer.unload()
         if self._memory is not None:
             self._memory.release()
 
@@ -285,6 +298,7 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     from sdweb.engine.devices import apply_backend_flags, configure_threads, resolve_runtime
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
+    from sdweb.engine.face_restore import FaceModelLibrary, FaceRestorer
     from sdweb.engine.models.cache import ModelCache
     from sdweb.engine.models.loader import check_checkpoint, load_checkpoint
     from sdweb.engine.models.modules import ModuleRegistry
@@ -335,5 +349,8 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
                                tiling=upscaler_tiling,
                                park_device="cpu" if runtime.offload != "none" else None,
                                memory=memory)
+    face_restorer = FaceRestorer(FaceModelLibrary(settings.paths.root / "models"), device=runtime.device,
+                                 dtype=runtime.dtype)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
-                  embeddings=embeddings, upscalers=upscalers, modules=module_files, memory=memory)
+                  embeddings=embeddings, upscalers=upscalers, modules=module_files, memory=memory,
+                  face_restorer=face_restorer)

@@ -53,6 +53,32 @@ def register_settings() -> list[Any]:
 
 
 @hookspec
+def register_scripts() -> list[Any]:
+    """Return a list of :class:`sdweb.plugin_api.ScriptSpec`: scripts for the "Script" dropdown and the API.
+
+    Called once, when the scripts are first listed. A script turns one request into many (each a
+    ``GenerationParams``) and combines their results; it never reaches into the denoising loop. Its
+    ``prepare(call)`` checks the arguments (A1111's positional ``script_args``) and names every request
+    it will run; its ``run(context)`` runs them with ``context.generate(...)`` on the GPU worker. The
+    built-in scripts (X/Y/Z plot, prompt matrix, SD upscale ...) are registered through this same hook.
+    A second script with a title already taken (compared without case) is refused and logged with both
+    extensions' names.
+    """
+
+
+@hookspec
+def register_xyz_axes() -> list[Any]:
+    """Return a list of :class:`sdweb.plugin_api.XyzAxis`: axes for the X/Y/Z plot script.
+
+    Called once, when the axes are first listed. They come after the built-in axes (A1111's, in its
+    order, so its axis numbers keep their meaning), in extension load order. ``apply(params, value,
+    values)`` returns the cell's request (``params.model_copy(update=...)``; every cell is validated
+    before anything runs). A second axis with a label already taken in the same tabs is refused and
+    logged with both extensions' names.
+    """
+
+
+@hookspec
 def before_generate(params: Any) -> Any:
     """Called with the :class:`sdweb.plugin_api.GenerationParams` of each job before it runs.
 

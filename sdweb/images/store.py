@@ -200,6 +200,28 @@ class ImageStore:
             fmt=fmt, jpeg_quality=jpeg_quality, now=now,
         )
 
+    def save_composed(
+        self,
+        image: Image.Image,
+        *,
+        infotext: str,
+        kind: str = "txt2img",
+        grid: bool = True,
+        basename: str = "grid",
+        fmt: str = "png",
+        jpeg_quality: int = 80,
+        now: datetime | None = None,
+    ) -> Path:
+        """Write an image a script composed (a labelled grid) as ``<kind>-grids/DATE/<basename>-NNNN.png``.
+
+        ``grid=False`` saves it among the images instead (``<kind>-images/DATE/<basename>-NNNNN.png``).
+        """
+        base = self.grids_dir(kind) if grid else self.images_dir(kind)
+        return self._save_numbered(
+            image, infotext=infotext, base=base, basename=basename, suffix="", digits=4 if grid else 5,
+            fmt=fmt, jpeg_quality=jpeg_quality, now=now,
+        )
+
     def _save_numbered(
         self,
         image: Image.Image,

@@ -50,3 +50,10 @@ class AppServices:
     #: ``sdweb.services.upscalers.UpscalerService``: the Pillow and models/ESRGAN upscalers; None in tests
     #: that build the container by hand.
     upscalers: Any = None
+    #: ``sdweb.services.scripts.service.ScriptService``: X/Y/Z plot, prompt matrix ... (None in tests that
+    #: build the container by hand).
+    scripts: Any = None
+    #: ``sdweb.services.merger.MergeService``: the Checkpoint Merger (None in hand-built containers).
+    merger: Any = None
+    #: ``sdweb.services.face_restore.FaceRestoreService``: GFPGAN / CodeFormer (None when hand-built).
+    face_restorers: Any = None

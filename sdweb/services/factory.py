@@ -16,6 +16,7 @@ from typing import Any
 from sdweb.config import BUILTIN_OPTIONS, LaunchSettings, OptionSpec, OptionsStore
 from sdweb.params import GenerationParams
 from sdweb.services.container import AppServices
+from sdweb.services.face_restore import FACE_OPTIONS, FaceRestoreService
 from sdweb.services.generation import GenerationService
 from sdweb.services.models import EngineProvider, ModelService
 from sdweb.services.worker import GpuWorker
@@ -52,6 +53,7 @@ def build_services(
 ) -> AppServices:
     """Build the container. ``engine_factory(services)`` makes the engine; default: the real one."""
     from sdweb.engine.extra_networks.lora import LoraLibrary
+    from sdweb.engine.face_restore import FaceModelLibrary
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.modules import ModuleRegistry
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
@@ -61,18 +63,22 @@ def build_services(
     from sdweb.history.store import HistoryStore
     from sdweb.images.store import ImageStore
     from sdweb.prompts.styles import StyleStore
+    from sdweb.services.merger import MergeService
+    from sdweb.services.scripts.service import ScriptService
     from sdweb.services.upscalers import UpscalerService
 
     # 1. Folders and persisted options.
     paths = settings.paths
     paths.ensure()
-    options = OptionsStore(paths.config_file, (*BUILTIN_OPTIONS, *EXTRA_OPTIONS))
+    options = OptionsStore(paths.config_file, (*BUILTIN_OPTIONS, *EXTRA_OPTIONS, *FACE_OPTIONS))
 
     # 2. Plugins: built-ins first, then extensions (they may add options and samplers).
     plugins = PluginHost()
     from sdweb.engine.samplers import builtin as builtin_samplers
+    from sdweb.services.scripts import builtin as builtin_scripts
 
     plugins.register_builtin(builtin_samplers, "builtin-samplers")
+    plugins.register_builtin(builtin_scripts, builtin_scripts.PLUGIN_NAME)
     extensions = ExtensionManager(
         paths.extensions_dir,
         plugins,
@@ -146,9 +152,12 @@ def build_services(
         from sdweb.services.cluster.setup import start_pool
 
         cluster = start_pool(settings, models=models, options=options)
+    face_restorer = FaceRestoreService(FaceModelLibrary(paths.root / "models"), options, engine,
+                                       worker=worker)
     generation = GenerationService(worker=worker, engine=engine, options=options, images=images,
                                    history=history, styles=styles, plugins=plugins, validate=validate,
-                                   default_checkpoint=models.selected_title, workers=cluster)
+                                   default_checkpoint=models.selected_title, workers=cluster,
+                                   face_restorer=face_restorer)
 
     def count_tokens(text: str) -> tuple[int, int]:
         # The UI's token counter, with the loaded model's tokenizer; only once the engine is up, so that
@@ -157,11 +166,16 @@ def build_services(
             raise LookupError("the tokenizer loads with the engine")
         return engine().count_tokens(text)
 
+    scripts = ScriptService(generation=generation, plugins=plugins, options=options, samplers=samplers,
+                            models=models, styles=styles, upscalers=upscalers)
+    merger = MergeService(registry, vaes, worker)
+
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
-        token_counter=count_tokens, upscalers=upscalers,
+        token_counter=count_tokens, upscalers=upscalers, scripts=scripts, merger=merger,
+        face_restorers=face_restorer,
     )
     holder["services"] = services
     return services

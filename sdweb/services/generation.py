@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -48,6 +49,10 @@ class GenerationError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+#: A script's body: runs on the worker with a :class:`JobRunner` and returns the combined result.
+ScriptBody = Callable[["JobRunner"], GenerationResult]
 
 
 class EngineLike(Protocol):
@@ -94,6 +99,8 @@ class Job:
         self.error: GenerationError | None = None
         self.created = time.time()
         self.task: Task[GenerationResult] | None = None
+        #: A script's body (``body(runner) -> result``) run instead of one engine call; None for plain jobs.
+        self.script: ScriptBody | None = None
 
     @property
     def finished(self) -> bool:
@@ -132,6 +139,7 @@ class GenerationService:
         validate: Callable[[GenerationParams], None] | None = None,
         default_checkpoint: Callable[[], str | None] | None = None,
         rng: random.Random | None = None,
+        face_restorer: Any = None,
         workers: JobWorkers | None = None,
     ) -> None:
         self._worker = worker
@@ -146,6 +154,8 @@ class GenerationService:
         self._validate = validate
         self._default_checkpoint = default_checkpoint
         self._rng = rng or random.SystemRandom()
+        #: ``sdweb.services.face_restore.FaceRestoreService`` (None: restore_faces answers with a warning).
+        self._face_restorer = face_restorer
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._current: Job | None = None
@@ -169,6 +179,12 @@ class GenerationService:
         """
         if isinstance(params, Img2ImgParams) != bool(init_images):
             raise GenerationError("img2img requests need init images, and only they take them")
+        self.check(params)
+        return self._queue(Job(params, source=source, job_id=job_id, init_images=init_images, mask=mask),
+                           save=save, save_grid=save_grid)
+
+    def check(self, params: GenerationParams) -> None:
+        """Raise :class:`GenerationError` when ``params`` names an unknown sampler, model, style, LoRA..."""
         if self._validate is not None:
             try:
                 self._validate(params)
@@ -185,9 +201,32 @@ class GenerationService:
                 self._styles.apply(params.prompt, params.negative_prompt, list(params.styles))
             except ValueError as exc:
                 raise GenerationError(str(exc)) from exc
-        if job_id is not None and job_id in self._jobs:
-            raise GenerationError(f"task id {job_id!r} is already in use")
-        job = Job(params, source=source, job_id=job_id, init_images=init_images, mask=mask)
+
+    def submit_script(
+        self,
+        params: GenerationParams,
+        body: ScriptBody,
+        *,
+        job_count: int = 1,
+        save: bool = True,
+        source: str = "ui",
+        job_id: str | None = None,
+        label: str = "script",
+    ) -> Job:
+        """Queue a script as one job: ``body(runner)`` runs on the worker and returns the combined result.
+
+        ``params`` is the script's base request (already checked, with its sub-requests, by the caller);
+        ``runner.generate(...)`` runs each sub-request inside this job, so progress, interrupt and skip
+        cover the whole script and no other job runs between its parts.
+        """
+        job = Job(params, source=source, job_id=job_id)
+        job.script = body
+        job.progress.job_count = max(1, job_count)
+        return self._queue(job, save=save, save_grid=None, label=label)
+
+    def _queue(self, job: Job, *, save: bool, save_grid: bool | None, label: str = "") -> Job:
+        if job.id in self._jobs:
+            raise GenerationError(f"task id {job.id!r} is already in use")
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > FINISHED_JOBS_KEPT:
@@ -196,8 +235,11 @@ class GenerationService:
                     break
                 del self._jobs[oldest_id]
         default = self._default_checkpoint() if self._default_checkpoint is not None else None
+        needs = JobNeeds.of(job.params, default)
+        if job.script is not None:  # a script's parts run one after the other on the worker it gets
+            needs = replace(needs, parallel=1)
         job.task = self._workers.submit(lambda engine: self._run(job, engine, save=save, save_grid=save_grid),
-                                        label=f"{job.kind} {job.id[:8]}", needs=JobNeeds.of(params, default))
+                                        label=f"{label or job.kind} {job.id[:8]}", needs=needs)
         return job
 
     def submit_img2img(
@@ -326,18 +368,30 @@ class GenerationService:
 
     def _run_steps(self, job: Job, engine: EngineLike, *, save: bool,
                    save_grid: bool | None) -> GenerationResult:
+        if job.script is not None:
+            return job.script(JobRunner(self, job, engine, save=save))
         # 1. Let extensions adjust the request, then apply styles (A1111 writes the styled prompt).
         params = self._prepare(job.params)
         job.params = params
         job.progress.job_count = params.n_iter
+
+        # 2. Run the engine, reporting each step to the job and to extensions.
+        run = self._run_engine(job, engine, params, job.init_images, job.mask)
+
+        # 3. Infotext, save, grid, history.
+        return self._record(params, run, save=save, save_grid=save_grid, masked=job.mask is not None)
+
+    def _run_engine(self, job: Job, engine: EngineLike, params: GenerationParams, init_images: Sequence[Any],
+                    mask: Any, *, batch_offset: int = 0) -> EngineRun:
+        """One engine call inside ``job``; ``batch_offset``: batches a script ran before this one."""
         job.progress.sampling_steps = (params.denoising_steps if isinstance(params, Img2ImgParams)
                                        else params.steps)
 
-        # 2. Run the engine, reporting each step to the job and to extensions.
         def on_step(step: StepProgress) -> None:
             progress = job.progress
-            progress.job_no = step.batch_index
-            progress.job_count = step.batch_count
+            progress.job_no = batch_offset + step.batch_index
+            if job.script is None:
+                progress.job_count = step.batch_count
             progress.sampling_step = step.step
             progress.sampling_steps = step.total_steps
             if step.preview is not None:
@@ -348,18 +402,15 @@ class GenerationService:
         preview_every = 0
         if self._options.get("live_previews_enable"):
             preview_every = int(self._options.get("show_progress_every_n_steps"))
-        if job.kind == "img2img" and not isinstance(params, Img2ImgParams):
+        if init_images and not isinstance(params, Img2ImgParams):
             raise GenerationError("an extension's before_generate hook returned a txt2img request for an "
                                   "img2img job; it must return params.model_copy(update=...)")
         if isinstance(params, Img2ImgParams):
-            masked = {"mask": job.mask} if job.mask is not None else {}
-            run = engine.img2img(params, job.init_images, control=job.control, on_step=on_step,
-                                 preview_every=preview_every, **masked)
-        else:
-            run = engine.txt2img(params, control=job.control, on_step=on_step, preview_every=preview_every)
-
-        # 3. Infotext, save, grid, history.
-        return self._record(params, run, save=save, save_grid=save_grid, masked=job.mask is not None)
+            masked = {"mask": mask} if mask is not None else {}
+            run: EngineRun = engine.img2img(params, init_images, control=job.control, on_step=on_step,
+                                            preview_every=preview_every, **masked)
+            return run
+        return engine.txt2img(params, control=job.control, on_step=on_step, preview_every=preview_every)
 
     def _prepare(self, params: GenerationParams) -> GenerationParams:
         if self._plugins is not None:
@@ -388,8 +439,9 @@ class GenerationService:
         self._last_seed = seed
         return params.model_copy(update=updates)
 
-    def _record(self, params: GenerationParams, run: EngineRun, *, save: bool,
-                save_grid: bool | None, masked: bool = False) -> GenerationResult:
+    def _record(self, params: GenerationParams, run: EngineRun, *, save: bool, save_grid: bool | None,
+                masked: bool = False, history: bool = True,
+                script_extra: dict[str, Any] | None = None) -> GenerationResult:
         from sdweb.images.infotext import build_infotext, hires_infotext
 
         extra: dict[str, Any] = {}
@@ -405,6 +457,10 @@ class GenerationService:
             for _name, pairs in self._plugins.collect("extra_infotext", params=params):
                 if isinstance(pairs, dict):
                     extra.update(pairs)
+        extra.update(script_extra or {})
+        warnings: list[str] = []
+        if params.restore_faces:
+            run = self._restore_faces(run, extra, warnings)
         timestamp = datetime.now()
         result = GenerationResult(
             params=params,
@@ -416,6 +472,7 @@ class GenerationService:
             interrupted=run.interrupted,
             job_timestamp=timestamp.strftime("%Y%m%d%H%M%S"),
             extra_generation_params=dict(extra),
+            warnings=warnings,
         )
         fmt = str(self._options.get("samples_format"))
         quality = int(self._options.get("jpeg_quality"))
@@ -446,9 +503,25 @@ class GenerationService:
             grid = self._images.save_grid(result.images, infotext=result.infotexts[0],
                                           seed=result.seeds[0], kind=kind, fmt=fmt)
             result.grid_path = str(grid)
-        if self._history is not None and result.images:
+        if history and self._history is not None and result.images:
             result.history_id = self._add_history(result)
         return result
+
+    def _restore_faces(self, run: EngineRun, extra: dict[str, Any], warnings: list[str]) -> EngineRun:
+        """``run`` with its faces restored (and "Face restoration" in ``extra``), or as it was plus a
+        warning saying why not: a missing restorer never costs the user the images.
+        """
+        if self._face_restorer is None:
+            warnings.append("face restoration was skipped: this server has no face restorer")
+            return run
+        images, used, note = self._face_restorer.restore([generated.image for generated in run.images])
+        if note:
+            warnings.append(note)
+        if used:
+            extra["Face restoration"] = used
+        for generated, image in zip(run.images, images, strict=True):
+            generated.image = image
+        return run
 
     def _add_history(self, result: GenerationResult) -> int | None:
         from sdweb.history.store import HistoryEntry
@@ -478,6 +551,93 @@ class GenerationService:
         except Exception:  # history must never cost the user their images
             logger.exception("could not record the generation in history")
             return None
+
+
+class JobRunner:
+    """A script body's handle: its sub-requests run inside its job (:meth:`GenerationService.submit_script`).
+
+    Each :meth:`generate` call is one engine run on the worker thread that runs the script, with the
+    job's interrupt and skip flags and its progress (batches counted across the whole script). Images
+    are saved with their infotexts as any job's; no history entry and no grid per sub-request (the
+    script's combined result gets those).
+    """
+
+    def __init__(self, service: GenerationService, job: Job, engine: EngineLike, *, save: bool) -> None:
+        self._service = service
+        self._job = job
+        self._engine = engine
+        self._save = save
+        self._batches_done = 0
+
+    def generate(self, params: GenerationParams, *, init_images: Sequence[Any] = (), mask: Any = None,
+                 save: bool = True, extra: dict[str, Any] | None = None) -> GenerationResult:
+        """Run ``params`` now; ``extra``: infotext pairs the script adds (``"SD upscale overlap": 64``)."""
+        service, job = self._service, self._job
+        if job.control.interrupted:
+            return GenerationResult(params=params, interrupted=True)
+        prepared = service._prepare(params)
+        run = service._run_engine(job, self._engine, prepared, list(init_images), mask,
+                                  batch_offset=self._batches_done)
+        self._batches_done += prepared.n_iter
+        job.progress.job_count = max(job.progress.job_count, self._batches_done)
+        return service._record(prepared, run, save=save and self._save, save_grid=False,
+                               masked=mask is not None, history=False, script_extra=extra)
+
+    def infotext(self, result: GenerationResult, *, index: int = 0,
+                 extra: dict[str, Any] | None = None) -> str:
+        """Image ``index`` of ``result``'s infotext with ``extra`` pairs added (a grid's infotext)."""
+        from sdweb.images.infotext import build_infotext
+
+        params = result.params
+        return build_infotext(
+            params, seed=result.seeds[index], subseed=result.subseeds[index], prompt=result.prompts[index],
+            negative_prompt=result.negative_prompts[index], model_name=result.model_name,
+            model_hash=result.model_hash, vae_name=result.vae_name, vae_hash=result.vae_hash,
+            clip_skip=result.clip_skip, rng=params.rng or "CPU",
+            extra={**result.extra_generation_params, **(extra or {})}, version=__version__)
+
+    def save_grid(self, image: Any, *, infotext: str, basename: str = "grid") -> str | None:
+        options = self._service._options
+        if not (self._save and options.get("grid_save")):
+            return None
+        path = self._service._images.save_composed(image, infotext=infotext, kind=self.kind, grid=True,
+                                                   basename=basename, fmt=str(options.get("samples_format")))
+        return str(path)
+
+    def save_image(self, image: Any, *, infotext: str, seed: int) -> str | None:
+        options = self._service._options
+        if not (self._save and options.get("samples_save")):
+            return None
+        path = self._service._images.save(image, infotext=infotext, seed=seed, kind=self.kind,
+                                          fmt=str(options.get("samples_format")),
+                                          jpeg_quality=int(options.get("jpeg_quality")))
+        return str(path)
+
+    def record_history(self, result: GenerationResult) -> None:
+        """Add the script's combined result to the history (once, at its end)."""
+        if self._service._history is not None and result.images:
+            result.history_id = self._service._add_history(result)
+
+    def set_job_count(self, count: int) -> None:
+        self._job.progress.job_count = max(1, count)
+
+    @property
+    def kind(self) -> str:
+        return self._job.kind
+
+    @property
+    def interrupted(self) -> bool:
+        return self._job.control.interrupted
+
+    @property
+    def skipped(self) -> bool:
+        return self._job.control.skipped
+
+    def clear_skip(self) -> None:
+        self._job.control.clear_skip()
+
+    def option(self, key: str) -> Any:
+        return self._service._options.get(key)
 
 
 def _inpaint_infotext(params: Img2ImgParams) -> dict[str, Any]:

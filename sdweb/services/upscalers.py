@@ -152,6 +152,6 @@ class UpscalerService:
             result: Image.Image = self._engine().upscale(image, name, size)
             return result
 
-        if self._worker is None:
+        if self._worker is None or self._worker.on_worker_thread():  # a script's job already holds the worker
             return run()
         return self._worker.submit(run, label=f"upscale with {name}").wait()

@@ -94,6 +94,10 @@ class GpuWorker:
         task._done.set()
         return True
 
+    def on_worker_thread(self) -> bool:
+        """Whether the caller is the worker itself (a running task): it must not wait for queued work."""
+        return threading.current_thread() is self._thread
+
     @property
     def queue_length(self) -> int:
         with self._cond:

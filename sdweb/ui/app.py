@@ -17,7 +17,7 @@ import gradio as gr
 
 from sdweb.ui import theme
 from sdweb.ui.components.results import ResultView
-from sdweb.ui.tabs import extras, gallery, history, img2img, pnginfo, settings, txt2img, workers
+from sdweb.ui.tabs import extras, gallery, history, img2img, merger, pnginfo, settings, txt2img, workers
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,10 @@ def build_ui(services: Any) -> gr.Blocks:
                 history.render_history_tab(services, t2i, history_tab, i2i)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo.render_pnginfo_tab(services, t2i, i2i)
+            merge_models = None
+            if getattr(services, "merger", None) is not None:
+                with gr.Tab("Checkpoint Merger", id=merger.TAB_ID, elem_id="tab-modelmerger"):
+                    merge_models = merger.render_merger_tab(services)
             render_extension_tabs(services)
             with gr.Tab("Workers", id="workers", elem_id="tab-workers"):
                 workers.render_workers_tab(services)
@@ -129,6 +133,8 @@ def build_ui(services: Any) -> gr.Blocks:
         txt2img.wire_page_load(demo, services, t2i)
         img2img.wire_page_load(demo, services, i2i)
         extras.wire_page_load(demo, services, extras_upscaler)
+        if merge_models is not None:
+            merger.wire_page_load(demo, services, merge_models)
         wire_send_to_img2img(services, t2i, i2i)
     # Gradio runs each event one call at a time unless told otherwise: paging or searching by one user
     # must not wait for another's. GPU work is serialised by our own queue, not by this limit.

@@ -196,7 +196,7 @@ def test_extra_batch_images_upscales_each(api: ApiServer) -> None:
     ("extra-single-image", {"upscaler_1": "Lanczos", "upscaling_resize": 8,
                             "image": b64(Image.new("RGB", (2000, 10)))}, 422, ["at most 8192"]),
     ("extra-single-image", {"upscaler_1": "Lanczos", "resize_mode": 5}, 422, ["resize_mode"]),
-    ("extra-single-image", {"gfpgan_visibility": 0.5}, 422, ["face restoration"]),
+    ("extra-single-image", {"gfpgan_visibility": 1.5}, 422, ["gfpgan_visibility", "between 0 and 1"]),
     ("extra-batch-images", {"imageList": [{"data": "aGVsbG8=", "name": "x.png"}]}, 400, ["imageList[0]"]),
 ])
 def test_bad_extras_requests_get_a_4xx(api: ApiServer, path, fields, status, words) -> None:

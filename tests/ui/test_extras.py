@@ -88,3 +88,15 @@ def test_a_model_dropped_into_the_folder_is_offered_when_a_page_opens(tmp_path: 
         assert upscaler_names(services) == [*before, "4x-New"]
     finally:
         services.worker.close(timeout=2)
+
+
+def test_face_restoration_that_cannot_run_says_why_and_still_upscales(tmp_path: Path) -> None:
+    from tests.fakes import make_services
+
+    services, _ = make_services(tmp_path / "data")
+    try:
+        got = _run(_upload(tmp_path / "face.png"), faces=services.face_restorers, codeformer_visibility=1.0)
+    finally:
+        services.worker.close()
+    assert got.image is not None and got.image.size == (80, 60)
+    assert "face restoration was skipped: no CodeFormer model in" in html.unescape(got.info_html)

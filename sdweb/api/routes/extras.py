@@ -65,9 +65,23 @@ class ExtrasRoutes:
     def extra_single_image(self, request: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
         refuse_unsupported_extras(request)
         (image,) = decode_images([request.image], "image", UrlPolicy.of(self.services))
-        upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
+        upscaled, info = self._process(image, request)
         return ExtrasSingleImageResponse(html_info=info,
                                          image=encode_png_base64(upscaled, source_infotext(image)))
+
+    def _process(self, image: Any, request: Any) -> tuple[Any, str]:
+        """Face restoration (when asked), then the upscale (A1111's default order); the info text."""
+        lines: list[str] = []
+        restorers = getattr(self.services, "face_restorers", None)
+        source = image
+        if restorers is not None and (request.gfpgan_visibility > 0 or request.codeformer_visibility > 0):
+            source, lines, warnings = restorers.restore_for_extras(
+                image, gfpgan_visibility=request.gfpgan_visibility,
+                codeformer_visibility=request.codeformer_visibility,
+                codeformer_weight=request.codeformer_weight)
+            lines += warnings
+        upscaled, info = upscale_for_extras(source, request, self.services.upscalers)
+        return upscaled, "\n".join([*lines, info]) if lines else info
 
     def extra_batch_images(self, request: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
         refuse_unsupported_extras(request)
@@ -80,7 +94,7 @@ class ExtrasRoutes:
             # One at a time: one decoded source and its result in memory, whatever the batch size.
             image = decode_images([item.data], "imageList", UrlPolicy.of(self.services))[0]
             try:
-                upscaled, info = upscale_for_extras(image, request, self.services.upscalers)
+                upscaled, info = self._process(image, request)
             except ApiError as exc:
                 raise ApiError(exc.status, f"imageList[{index}] ({item.name}): {exc.detail}") from exc
             encoded.append(encode_png_base64(upscaled, source_infotext(image)))

@@ -61,11 +61,7 @@ class GenerationRoutes:
             scripts = self.scripts.plan(request)
             if scripts:
                 params = (await run_in_threadpool(self.scripts.apply, scripts, ImageJob(params))).params
-            try:
-                job = self.services.generation.submit(params, save=bool(request.save_images), source="api",
-                                                      job_id=request.force_task_id or None)
-            except GenerationError as exc:
-                raise ApiError(exc.status, exc.message) from exc
+            job = await run_in_threadpool(self._submit, request, scripts, ImageJob(params))
         result = await run_in_threadpool(self._wait, job)
         return await run_in_threadpool(self._txt2img_response, request, result, after)
 
@@ -83,18 +79,28 @@ class GenerationRoutes:
             if scripts:
                 job = await run_in_threadpool(self.scripts.apply, scripts, ImageJob(params, images, mask))
                 params, images, mask = job.params, job.images, job.mask
-            try:
-                job = self.services.generation.submit_img2img(
-                    params, images, save=bool(request.save_images), source="api",
-                    job_id=request.force_task_id or None, mask=mask)
-            except GenerationError as exc:
-                raise ApiError(exc.status, exc.message) from exc
+            job = await run_in_threadpool(self._submit, request, scripts, ImageJob(params, images, mask))
         result = await run_in_threadpool(self._wait, job)
         response = await run_in_threadpool(self._txt2img_response, request, result, after)
         info = json.loads(response.info)
         info["denoising_strength"] = params.denoising_strength
         return ImageToImageResponse(images=response.images, parameters=json_safe(img2img_echo(request)),
                                     info=json.dumps(info, ensure_ascii=False))
+
+    def _submit(self, request: Txt2ImgRequest, scripts: list[Any], image_job: ImageJob) -> Job:
+        """Queue the request: by the selected script when it runs its own job, else as one request."""
+        save, job_id = bool(request.save_images), request.force_task_id or None
+        job = self.scripts.submit(scripts, image_job, services=self.services, save=save, job_id=job_id)
+        if job is not None:
+            return job
+        try:
+            if isinstance(request, Img2ImgRequest):
+                return self.services.generation.submit_img2img(
+                    image_job.params, image_job.images, save=save, source="api", job_id=job_id,
+                    mask=image_job.mask)
+            return self.services.generation.submit(image_job.params, save=save, source="api", job_id=job_id)
+        except GenerationError as exc:
+            raise ApiError(exc.status, exc.message) from exc
 
     def _wait(self, job: Job) -> GenerationResult:
         try:
@@ -128,9 +134,8 @@ class GenerationRoutes:
                        for image, infotext in zip(images, infotexts, strict=False)]
         info = info_of(result, self.services.version)
         info.update(index_of_first_image=1 if grid_first else 0, infotexts=infotexts)
-        warnings = list(after.get("warnings") or ())
-        if warnings:
-            info["warnings"] = warnings  # not in A1111's info: what was coerced or ignored, and why
+        # What A1111's leniency coerced or ignored in the request, then what the job itself says.
+        info["warnings"] = [*(after.get("warnings") or ()), *info.get("warnings", ())]
         return TextToImageResponse(images=encoded, parameters=json_safe(request.echo()),
                                    info=json.dumps(json_safe(info), ensure_ascii=False))
 
@@ -176,8 +181,8 @@ def info_of(result: GenerationResult, version: str) -> dict[str, Any]:
         "steps": params.steps,
         "batch_size": params.batch_size,
         "n_iter": params.n_iter,
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": params.restore_faces,
+        "face_restoration_model": result.extra_generation_params.get("Face restoration"),
         "sd_model_name": result.model_name,
         "sd_model_hash": result.model_hash,
         "sd_vae_name": result.vae_name,
@@ -194,4 +199,7 @@ def info_of(result: GenerationResult, version: str) -> dict[str, Any]:
         "is_using_inpainting_conditioning": False,
         "interrupted": result.interrupted,
         "version": version,
+        # Not A1111's: what the client should know that did not stop the job (a skipped restoration,
+        # and, added by the route, what was coerced or ignored in the request).
+        "warnings": list(result.warnings),
     }

@@ -1,6 +1,6 @@
 """Listings of what this install offers: samplers, schedulers, upscalers, styles, scripts, extensions.
 
-Also memory use. Features that do not exist yet (hypernetworks, face restorers) list nothing.
+Also memory use. Features that do not exist yet (hypernetworks) list nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def add_routes(routes: ApiRoutes) -> None:
     routes.add("/upscalers", handlers.upscalers, "GET", list[UpscalerItem])
     routes.add("/latent-upscale-modes", handlers.latent_upscale_modes, "GET", list[LatentUpscalerModeItem])
     routes.add("/hypernetworks", handlers.no_items, "GET", list[NamedPathItem])
-    routes.add("/face-restorers", handlers.no_items, "GET", list[FaceRestorerItem])
+    routes.add("/face-restorers", handlers.face_restorers, "GET", list[FaceRestorerItem])
     routes.add("/realesrgan-models", handlers.no_items, "GET", list[NamedPathItem])
     routes.add("/prompt-styles", handlers.prompt_styles, "GET", list[PromptStyleItem])
     routes.add("/scripts", handlers.scripts, "GET", ScriptsList)
@@ -103,8 +103,15 @@ class InfoRoutes:
         return [LatentUpscalerModeItem(name=name) for name in LATENT_UPSCALE_MODES]
 
     def no_items(self) -> list[Any]:
-        """Listings of features that do not exist yet (hypernetworks, face restorers...): empty."""
+        """Listings of features that do not exist yet (hypernetworks...): empty."""
         return []
+
+    def face_restorers(self) -> list[FaceRestorerItem]:
+        """GFPGAN and CodeFormer with their model folders (A1111's ``cmd_dir``), listed without torch."""
+        service = getattr(self.services, "face_restorers", None)
+        if service is None:
+            return []
+        return [FaceRestorerItem(name=item["name"], cmd_dir=item["cmd_dir"]) for item in service.items()]
 
     def prompt_styles(self) -> list[PromptStyleItem]:
         return [PromptStyleItem(name=style.name, prompt=style.prompt, negative_prompt=style.negative_prompt)

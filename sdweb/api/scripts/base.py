@@ -15,6 +15,9 @@ How a handler plugs in (subclass :class:`ScriptHandler`, add an instance to
 3. ``apply(job, parsed)`` returns the :class:`ImageJob` to queue: the request's parameters, init images
    and mask as the script changes them (outpainting pads the picture and makes the mask). Always-on
    scripts apply first, in request order, then the selected one.
+4. A script that runs many requests and combines them (X/Y/Z plot ...) queues the job itself:
+   ``submit(job, parsed, services=..., save=..., job_id=...)`` returns the generation job to wait for
+   (default None: the route queues ``job`` as one request).
 
 A name no handler has is refused with 422 (never a silently different image).
 """
@@ -66,6 +69,12 @@ class ScriptHandler:
     def apply(self, job: ImageJob, parsed: Any) -> ImageJob:
         """The job to queue once the script has done its part."""
         return job
+
+    def submit(self, job: ImageJob, parsed: Any, *, services: Any, save: bool, job_id: str | None) -> Any:
+        """Queue ``job`` yourself and return the generation job (``Job``) to wait for; None: the route
+        queues it. Bad arguments found now are an ``ApiError`` (nothing queued).
+        """
+        return None
 
 
 @dataclass(frozen=True)
@@ -156,3 +165,12 @@ class ScriptRegistry:
         for script in planned:
             job = script.handler.apply(job, script.args)
         return job
+
+    @staticmethod
+    def submit(planned: Sequence[PlannedScript], job: ImageJob, *, services: Any, save: bool,
+               job_id: str | None) -> Any:
+        """The generation job the selected script queued itself, or None (the route queues ``job``)."""
+        for script in reversed(planned):
+            if not script.handler.alwayson:
+                return script.handler.submit(job, script.args, services=services, save=save, job_id=job_id)
+        return None

@@ -232,3 +232,71 @@ def read_safetensors_tensors(
 ) -> dict[str, torch.Tensor]:
     """All (included) tensors of ``path`` as a dict, read by :func:`iter_safetensors_tensors`."""
     return dict(iter_safetensors_tensors(path, header=header, include=include, dtype_for=dtype_for))
+
+
+def safetensors_dtype(tensor: torch.Tensor) -> str:
+    """The safetensors dtype name of ``tensor`` ("F16", "F32", "I64" ...)."""
+    import torch
+
+    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+             torch.bool: "BOOL"}
+    if tensor.dtype not in names:
+        raise CheckpointReadError(f"tensors of dtype {tensor.dtype} cannot be written to safetensors here")
+    return names[tensor.dtype]
+
+
+def write_safetensors(
+    path: Path,
+    layout: list[tuple[str, str, tuple[int, ...]]],
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a ``.safetensors`` file one tensor at a time: memory holds one tensor, never the whole model.
+
+    ``layout`` lists ``(key, dtype name, shape)`` in the order ``tensors`` yields them (the header is
+    written first, so it must be known up front); a tensor that does not match its entry is an error.
+    The file is written under a hidden temporary name beside ``path`` and renamed when complete, so a
+    crash or an error never leaves a half-written checkpoint where the model list looks.
+    """
+    import os
+
+    header: dict[str, object] = {}
+    offset = 0
+    for key, dtype, shape in layout:
+        size = math.prod(shape) * DTYPE_SIZES[dtype]
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as the format's writer does
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.partial")
+    try:
+        with temp.open("wb") as f:
+            f.write(struct.pack("<Q", len(encoded)))
+            f.write(encoded)
+            expected = iter(layout)
+            for key, tensor in tensors:
+                want_key, want_dtype, want_shape = next(expected)
+                got = (key, safetensors_dtype(tensor), tuple(tensor.shape))
+                if got != (want_key, want_dtype, tuple(want_shape)):
+                    raise CheckpointReadError(f"{path.name}: tensor {got} does not match the header entry "
+                                              f"{(want_key, want_dtype, tuple(want_shape))}")
+                flat = tensor.detach().contiguous().reshape(-1)
+                if flat.numel():
+                    f.write(memoryview(flat.view(torch_uint8()).numpy()))
+            if next(expected, None) is not None:
+                raise CheckpointReadError(f"{path.name}: fewer tensors were written than the header lists")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def torch_uint8() -> torch.dtype:
+    import torch
+
+    return torch.uint8

@@ -150,8 +150,12 @@ def _finished_updates(job: Any, panel: ResultPanel) -> dict[Any, Any]:
     started = job.progress.started_at
     seconds = time.monotonic() - started if started is not None else None
     result_view = ResultView.of(result)
+    done = finished_html(result, seconds)
+    for warning in result.warnings:  # e.g. face restoration skipped, and why
+        gr.Warning(warning)
+        done += note_html(warning)
     return {
-        panel.progress: finished_html(result, seconds),
+        panel.progress: done,
         panel.message: "",
         panel.preview: hide_preview,
         panel.gallery: gr.update(value=result_view.items, selected_index=0 if result.images else None),

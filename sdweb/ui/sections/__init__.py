@@ -4,6 +4,8 @@
   calls), :class:`SectionContext`, the slots.
 * :mod:`.hires`: the txt2img "Hires. fix" accordion.
 * :mod:`.model_family`: Flux's "Distilled CFG Scale" and the switch to a model family's defaults.
+* :mod:`.scripts`: the "Script" dropdown (X/Y/Z plot, prompt matrix ...) of both tabs.
+* :mod:`.face_restore`: the "Restore faces" checkbox of both tabs.
 
 :func:`txt2img_sections` and :func:`img2img_sections` say which sections each tab shows, in order.
 """
@@ -21,8 +23,10 @@ from sdweb.ui.sections.base import (
     SectionContext,
     SectionError,
 )
+from sdweb.ui.sections.face_restore import FaceRestoreSection
 from sdweb.ui.sections.hires import HiresFixSection
 from sdweb.ui.sections.model_family import ModelFamilySection
+from sdweb.ui.sections.scripts import ScriptSection
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +35,15 @@ __all__ = ["PARAMETERS", "SCRIPTS", "FormSection", "FormSections", "SectionConte
 
 
 def txt2img_sections(services: Any) -> FormSections:
-    """The sections of the txt2img form: the model family's controls, hires fix."""
-    return FormSections([ModelFamilySection(), HiresFixSection()])
+    """The sections of the txt2img form: the model family's controls, hires fix, Restore faces, the Script
+    dropdown.
+    """
+    return FormSections([ModelFamilySection(), HiresFixSection(), FaceRestoreSection(),
+                         ScriptSection(services, "txt2img")])
 
 
 def img2img_sections(services: Any) -> FormSections:
-    """The sections of the img2img form: the model family's controls (its inpaint and outpaint accordions
-    are its own).
+    """The sections of the img2img form: the model family's controls, Restore faces, the Script dropdown
+    (its inpaint and outpaint accordions are its own).
     """
-    return FormSections([ModelFamilySection()])
+    return FormSections([ModelFamilySection(), FaceRestoreSection(), ScriptSection(services, "img2img")])

@@ -19,6 +19,9 @@ How a section plugs in (subclass :class:`FormSection`, override what the feature
    the field). Raise :class:`SectionError` with a message for the user when they cannot be used.
 3. ``wire_page_load(demo, services)`` fills lists that change while the server runs when a page opens
    (after the tab's own lists).
+4. ``job_submitter(data)``: a section that queues the job itself (a script running many requests)
+   returns ``submit(params, images=(), mask=None) -> Job``; the first section that does replaces the
+   tab's own submit. Default None.
 
 Which sections each tab shows is :func:`sdweb.ui.sections.txt2img_sections` /
 :func:`~sdweb.ui.sections.img2img_sections`: a new feature is a module in this package plus one line there.
@@ -27,7 +30,7 @@ Which sections each tab shows is :func:`sdweb.ui.sections.txt2img_sections` /
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -79,6 +82,10 @@ class FormSection:
     def wire_page_load(self, demo: gr.Blocks, services: Any) -> None:
         """Fill lists when a page opens (lists that change while the server runs)."""
 
+    def job_submitter(self, data: Mapping[Any, Any]) -> Callable[..., Any] | None:
+        """``submit(params, images=(), mask=None) -> Job`` when this section queues the job itself."""
+        return None
+
 
 class FormSections:
     """The sections of one tab's form, in order; the tab talks to them only through this."""
@@ -109,3 +116,11 @@ class FormSections:
     def wire_page_load(self, demo: gr.Blocks, services: Any) -> None:
         for section in self._sections:
             section.wire_page_load(demo, services)
+
+    def job_submitter(self, data: Mapping[Any, Any]) -> Callable[..., Any] | None:
+        """The first section's own ``submit(params, images=(), mask=None)``, or None (the tab submits)."""
+        for section in self._sections:
+            submitter = section.job_submitter(data)
+            if submitter is not None:
+                return submitter
+        return None

@@ -46,20 +46,33 @@ def upscale_upload(
     to_height: int,
     crop: bool,
     upscalers: Any = None,
+    faces: Any = None,
+    gfpgan_visibility: float = 0.0,
+    codeformer_visibility: float = 0.0,
+    codeformer_weight: float = 0.5,
 ) -> ExtrasResult:
     """Upscale the uploaded file; errors (no upload, broken file, size too large, a model upscaler
     that cannot run) come back as text.
 
     ``upscalers``: the ``UpscalerService`` (Pillow and model upscalers); None: Pillow's only.
+    ``faces``: the ``FaceRestoreService``; with a visibility above 0 the faces are restored first
+    (A1111's order), or the text says why they could not be.
     """
     try:
         source = read_upload(path, "an image to upscale")
     except UploadError as exc:
         return ExtrasResult(None, error_html(str(exc)))
+    face_notes: list[str] = []
+    restored = source
+    if faces is not None and (gfpgan_visibility > 0 or codeformer_visibility > 0):
+        restored, lines, warnings = faces.restore_for_extras(
+            source, gfpgan_visibility=float(gfpgan_visibility),
+            codeformer_visibility=float(codeformer_visibility), codeformer_weight=float(codeformer_weight))
+        face_notes = [*lines, *warnings]
     upscale = upscalers.upscale if upscalers is not None else upscale_image
     try:
         result = upscale(
-            source,
+            restored,
             upscaler=upscaler,
             mode=int(mode),
             factor=float(factor),
@@ -78,6 +91,8 @@ def upscale_upload(
         f'<div class="sdweb-note" id="extras-size">{source.width}x{source.height} → '
         f"{result.width}x{result.height}. {html.escape(done)}</div>"
     )
+    for note in face_notes:
+        shown += f'<div class="sdweb-note extras-faces">{html.escape(note)}</div>'
     if parameters:
         shown += infotext_html(parameters)
     return ExtrasResult(result, shown)
@@ -128,6 +143,14 @@ def render_extras_tab(services: Any) -> gr.Dropdown:
                 to_width = gr.Slider(64, 8192, value=512, step=8, label="Width", elem_id="extras-width")
                 to_height = gr.Slider(64, 8192, value=512, step=8, label="Height", elem_id="extras-height")
             crop = gr.Checkbox(value=True, label="Crop to fit", elem_id="extras-crop")
+            with gr.Accordion("Restore faces", open=False, elem_id="extras-faces"):
+                gfpgan = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility",
+                                   elem_id="extras-gfpgan-visibility")
+                codeformer = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
+                                       elem_id="extras-codeformer-visibility")
+                codeformer_weight = gr.Slider(
+                    0.0, 1.0, value=0.5, step=0.001, elem_id="extras-codeformer-weight",
+                    label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)")
             upscaler = gr.Dropdown(
                 choices=names,
                 value="Lanczos" if "Lanczos" in names else names[0],
@@ -147,7 +170,8 @@ def render_extras_tab(services: Any) -> gr.Dropdown:
             )
 
     def run_upscale(
-        path: str | None, upscaler_name: str, how: int, by: float, width: float, height: float, cut: bool
+        path: str | None, upscaler_name: str, how: int, by: float, width: float, height: float, cut: bool,
+        gfpgan_visibility: float, codeformer_visibility: float, weight: float,
     ) -> tuple[Any, str]:
         got = upscale_upload(
             path,
@@ -158,12 +182,17 @@ def render_extras_tab(services: Any) -> gr.Dropdown:
             to_height=int(height),
             crop=cut,
             upscalers=upscalers,
+            faces=getattr(services, "face_restorers", None),
+            gfpgan_visibility=gfpgan_visibility,
+            codeformer_visibility=codeformer_visibility,
+            codeformer_weight=weight,
         )
         return (got.image if got.image is not None else gr.update()), got.info_html
 
     run.click(
         run_upscale,
-        inputs=[source, upscaler, mode, factor, to_width, to_height, crop],
+        inputs=[source, upscaler, mode, factor, to_width, to_height, crop, gfpgan, codeformer,
+                codeformer_weight],
         outputs=[output, info],
         show_progress="minimal",
     )

@@ -305,7 +305,9 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
         except (UploadError, ValidationError, SectionError) as exc:
             yield form_error(exc)
             return
-        submit = partial(services.generation.submit_img2img, params, images, mask=mask_image, source="ui")
+        own = sections.job_submitter(data)  # a script queues its own job
+        submit = (partial(own, params, images, mask_image) if own else
+                  partial(services.generation.submit_img2img, params, images, mask=mask_image, source="ui"))
         async for update in run_job(services, submit, panel, jobs, request):
             yield update
 

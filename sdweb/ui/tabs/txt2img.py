@@ -259,7 +259,8 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             gr.Warning(text)
             yield {panel.progress: error_html(text)}
             return
-        submit = partial(services.generation.submit, params, source="ui")
+        own = sections.job_submitter(data)  # a script queues its own job
+        submit = partial(own, params) if own else partial(services.generation.submit, params, source="ui")
         async for update in run_job(services, submit, panel, jobs, request):
             yield update
 
