@@ -116,7 +116,7 @@ def test_line_prompts_join_the_tab_prompt_and_seeds_iterate(scripted) -> None:
 @pytest.mark.parametrize(("text", "words"), [
     ("a fox\n--stepz 3", "line 2: unknown option --stepz"),
     ("--prompt x --steps ten", "line 1: --steps 'ten': must be a whole number"),
-    ("--prompt x --steps 500", "line 1: steps: Input should be less than or equal to 150"),
+    ("--prompt x --steps 20000", "line 1: steps: Input should be less than or equal to 10000"),
     ("--prompt x --outpath_samples /tmp", "line 1: --outpath_samples is not supported"),
     ("--prompt x --sampler_name Nope", "line 1: sampler 'Nope' not found"),
     ('--prompt "unclosed', "check the quotes"),

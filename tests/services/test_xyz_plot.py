@@ -180,7 +180,7 @@ def test_prompt_order_size_styles_and_more_axes(scripted) -> None:
     (xyz((13, "1-2")), "'Sigma Churn' cannot be used"),
     (xyz(("Sampler", "Euler, Nope")), "Sampler: sampler 'Nope' not found"),
     (xyz(("Steps", "1-x")), "X values (Steps): '1-x' is not a whole number"),
-    (xyz(("Steps", "500")), "Steps 500: steps: Input should be less than or equal to 150"),
+    (xyz(("Steps", "20000")), "Steps 20000: steps: Input should be less than or equal to 10000"),
     (xyz(("Prompt S/R", "horse, dog")), "Prompt S/R did not find 'horse'"),
     (xyz(("Checkpoint name", "missing-model")), "Checkpoint name: checkpoint 'missing-model' not found"),
     (xyz(("VAE", "nope.pt")), "VAE: VAE 'nope.pt' not found"),
