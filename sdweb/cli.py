@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cors-allow-origins-regex", default=None, help="browser origins allowed (CORS), as one regex")
     add("--api-allow-local-requests", action="store_true",
         help="let API image URLs point at this machine or the LAN (refused by default)")
+    add("--allow-outdir-anywhere", action="store_true",
+        help="let API clients set output folder options (outdir_*) to absolute paths outside the data "
+             "folder (refused by default; the local Settings tab may always set them)")
     add("--skip-demo-model", action="store_true", help="do not offer the bundled demo model")
     add("--list-models", action="store_true", help="print the checkpoints found and exit")
     add("--download-model", metavar="NAME_OR_REPO[:FILE]", default=None,
@@ -224,6 +227,7 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         ckpt=args.ckpt,
         skip_demo_model=args.skip_demo_model,
         api_allow_local_requests=args.api_allow_local_requests,
+        allow_outdir_anywhere=args.allow_outdir_anywhere,
         cors_allow_origins=origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex or None,
         workers=workers,
