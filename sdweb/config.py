@@ -362,6 +362,10 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     # A1111's range: -1 (and 0) = no previews while sampling, only the finished image.
     OptionSpec("show_progress_every_n_steps", 5, "Live preview display period (steps; -1 = only after "
                "the batch)", "Live previews", minimum=-1, maximum=32),
+    # Forge-like: VAE decode/encode switch to tiles when an image would need more memory than this.
+    OptionSpec("vae_tile_budget_mb", 0, "VAE tiling: memory budget of one VAE decode/encode in MB; larger "
+               "images are made in tiles (0 = automatic: 1280 MB on CPU, most of the free GPU memory)",
+               "Performance", minimum=0, maximum=1_000_000),
     OptionSpec("torch_threads", 0, "CPU threads for torch (0 = all cores)", "Performance",
                minimum=0, maximum=256),
 )
