@@ -101,6 +101,19 @@ class DataPaths:
         """``models/ESRGAN``: A1111's folder of ESRGAN-family upscaler models (.pth, .safetensors)."""
         return self.root / "models" / "ESRGAN"
 
+    def client_scrubber(self) -> Any:
+        """A :class:`sdweb.safepath.PathScrubber` for messages to clients: folders relative to the data
+        folder, the ones given by flags outside it by their flag, no other absolute path.
+        """
+        from sdweb.safepath import PathScrubber, is_inside
+
+        named: dict[Path, str] = {folder: "--ckpt-dir" for folder in self.ckpt_dirs[1:]}
+        named.update({self.vae_dir: "--vae-dir", self.lora_dir: "--lora-dir",
+                      self.embeddings_dir: "--embeddings-dir"})
+        # Folders inside the data folder are shown relative to it; only the others by their flag.
+        return PathScrubber(self.root, {folder: label for folder, label in named.items()
+                                        if not is_inside(folder, self.root)})
+
     def ensure(self) -> None:
         """Create the folders a user is expected to drop files into."""
         for folder in (*self.ckpt_dirs[:1], self.vae_dir, self.text_encoder_dir, self.lora_dir,

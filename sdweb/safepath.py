@@ -127,3 +127,72 @@ def shown_path(path: Path | str, data_root: Path) -> str:
         return Path(os.path.realpath(path)).relative_to(os.path.realpath(data_root)).as_posix() or "."
     except ValueError:
         return path.name or "."
+
+
+#: An absolute POSIX path in a message (not a URL: nothing before its first "/" may be a word or ":").
+_ABS_POSIX = re.compile(r"(?<![\w.:/\\-])/[^\s/'\"<>|;,()\[\]{}]+(?:/[^\s/'\"<>|;,()\[\]{}]*)*")
+#: An absolute Windows path (``C:\x\y`` or ``C:/x/y``) or a UNC path.
+_ABS_WINDOWS = re.compile(r"(?<![\w])(?:[A-Za-z]:|\\\\[^\s\\/]+)[\\/][^\s'\"<>|;,()\[\]{}]*")
+
+
+class PathScrubber:
+    """Rewrites the server's absolute paths in a message meant for a client.
+
+    Paths inside the data folder become relative to it (``models/VAE``); the folders named in
+    ``folders`` (say ``--vae-dir``) become their label; any other absolute path becomes its last part.
+    Server logs keep the full text: use this only on what is sent.
+    """
+
+    def __init__(self, data_root: Path, folders: dict[Path, str] | None = None) -> None:
+        prefixes: dict[str, str] = {}
+        for folder, label in {**(folders or {}), Path(data_root): ""}.items():
+            for form in {os.path.abspath(folder), os.path.realpath(folder)}:
+                prefixes[form.rstrip("/\\")] = label
+        self._prefixes = sorted(prefixes.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            return text
+        for prefix, label in self._prefixes:
+            if not prefix or prefix not in text:
+                continue
+            text = re.sub(re.escape(prefix) + r"(?P<rest>[\\/][^\s'\"<>|;,()\[\]{}]*)?",
+                          lambda match, label=label: _relabel(label, match.group("rest")), text)
+        text = _ABS_POSIX.sub(_last_part_posix, text)
+        return _ABS_WINDOWS.sub(lambda match: _last_part(match.group(0)), text)
+
+
+def _relabel(label: str, rest: str | None) -> str:
+    rest = (rest or "").replace("\\", "/").lstrip("/")
+    if not label:
+        return rest or "the data folder"
+    return f"{label}/{rest}" if rest else label
+
+
+def _last_part(path: str) -> str:
+    parts = [part for part in re.split(r"[\\/]", path) if part]
+    return parts[-1] if parts else path
+
+
+def _last_part_posix(match: re.Match[str]) -> str:
+    path = match.group(0)
+    first = path.split("/")[1]
+    # Only real filesystem paths: "/sdapi/v1/options" in "use POST /sdapi/v1/options" stays.
+    if not first or not os.path.exists("/" + first):
+        return path
+    return _last_part(path)
+
+
+_client_scrubber: PathScrubber | None = None
+
+
+def set_client_scrubber(scrubber: PathScrubber | None) -> None:
+    """The scrubber :func:`for_client` uses (set once by the app for the UI's messages)."""
+    global _client_scrubber
+    _client_scrubber = scrubber
+
+
+def for_client(text: str) -> str:
+    """``text`` without the server's absolute paths (see :class:`PathScrubber`)."""
+    scrubber = _client_scrubber or PathScrubber(Path(os.getcwd()))
+    return scrubber(text)

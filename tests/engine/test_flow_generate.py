@@ -318,3 +318,37 @@ def test_sd3_lora_in_diffusers_form_applies_and_a_kohya_sd3_file_is_refused_by_n
         run(sd3, params(prompt="a photo of a cat <lora:kohya_sd3:1>"), extra_networks=networks)
     assert not any(sd3.pipe.get_list_adapters().values())
     assert np.array_equal(plain, pixels(run(sd3, request).images[0].image))  # both removed after
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_embeddings_apply_to_the_clip_encoders_and_are_hashed(
+    family: str, flux: TinyModel, sd3: TinyModel, tmp_path: Any
+) -> None:
+    """Forge's rule: textual inversion on CLIP-L (Flux; an SD1-style file) or CLIP-L + CLIP-G (SD 3.x; an
+    SDXL-style clip_l/clip_g file); T5 reads the name as text."""
+    from safetensors.torch import save_file
+
+    from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
+    from sdweb.engine.extra_networks.job import ExtraNetworks
+
+    model = flux if family == "flux" else sd3
+    generator = torch.Generator().manual_seed(5)
+    width_l = model.pipe.text_encoder.config.hidden_size
+    if family == "flux":
+        vectors = {"emb_params": torch.randn(2, width_l, generator=generator)}
+    else:
+        width_g = model.pipe.text_encoder_2.config.hidden_size
+        vectors = {
+            "clip_l": torch.randn(2, width_l, generator=generator),
+            "clip_g": torch.randn(2, width_g, generator=generator),
+        }
+    (tmp_path / "embeddings").mkdir()
+    save_file(vectors, str(tmp_path / "embeddings" / "shiny.safetensors"))
+    with_library = ExtraNetworks(embeddings=EmbeddingLibrary(tmp_path / "embeddings"))
+    without = ExtraNetworks(embeddings=EmbeddingLibrary(tmp_path / "empty"))
+    request = params(prompt="a photo of a cat, shiny", cfg_scale=1.0 if family == "flux" else 4.0)
+    used = run(model, request, extra_networks=with_library).images[0]
+    plain = run(model, request, extra_networks=without).images[0]
+    assert not np.array_equal(pixels(used.image), pixels(plain.image))
+    assert used.extra["TI hashes"].startswith("shiny: ")
+    assert "TI hashes" not in plain.extra

@@ -257,7 +257,8 @@ class FlowTxt2Img:
         self.negative_schedule = schedules[-1]
         texts = list(dict.fromkeys(text for schedule in schedules for _end, text in schedule))
         encoder = FlowTextEncoder(
-            self.pipe,
+            # the embeddings view: textual inversion on the CLIP encoders, as Forge does (T5 reads the text)
+            self.networks.text_pipe if self.networks is not None else self.pipe,
             self.family.config_family,
             device=self.device,
             dtype=self.transformer_dtype,

@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.config import OptionSpec
+from sdweb.safepath import for_client
 from sdweb.ui.components.messages import error_html, note_html
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def render_settings_tab(services: Any, demo: gr.Blocks | None = None) -> None:
         message, ok = apply_settings(options, values, allow_outside=anywhere or local,
                                      current=stored_values())
         if not ok:
-            gr.Warning(message)
+            gr.Warning(for_client(message))
         return note_html(message) if ok else error_html(message)
 
     apply.click(apply_clicked, inputs=set(components.values()), outputs=result, show_progress="hidden")
