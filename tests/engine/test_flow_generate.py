@@ -180,9 +180,25 @@ def test_img2img_strength_zero_keeps_the_picture_and_inpainting_keeps_unmasked_p
     out = pixels(result.images[0].image)
     assert (out[:, 40:] == np.array([200, 40, 40])).all()  # outside the mask: the original, exactly
     assert steps == [1, 2]  # int(3 * 0.9) steps run
-    latent_resize = Img2ImgParams(**{**params().model_dump(), "resize_mode": 3})
-    with pytest.raises(ValueError, match="resize_mode: 3"):
-        family.img2img(flux, latent_resize, [init], job())
+
+
+
+def test_latent_upscale_resize_mode_encodes_at_the_image_size_and_tiling_is_refused(flux: TinyModel) -> None:
+    family = FAMILIES.for_family(flux.family)
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    request = {**params().model_dump(), "denoising_strength": 0.5}
+    plain = family.img2img(flux, Img2ImgParams(**request), [small], job()).images[0].image
+    latent = family.img2img(flux, Img2ImgParams(**{**request, "resize_mode": 3}), [small], job()).images[0]
+    assert latent.image.size == plain.size == (64, 64)
+    assert not np.array_equal(pixels(latent.image), pixels(plain))  # latents resized, not pixels
+    with pytest.raises(ValueError, match="resize mode 3 .* cannot be used with a mask"):
+        family.img2img(flux, Img2ImgParams(**{**request, "resize_mode": 3}), [small], job(),
+                       mask=Image.new("L", (48, 32), 255))
+    with pytest.raises(ValueError, match="at most 2048 a side"):
+        family.img2img(flux, Img2ImgParams(**{**request, "resize_mode": 3}), [Image.new("RGB", (2100, 8))],
+                       job())
+    with pytest.raises(ValueError, match="seamless tiling is not supported for SD 3.x / Flux"):
+        run(flux, params(tiling=True))
 
 
 def test_hires_fix_runs_both_passes_on_the_flow_loop(flux: TinyModel) -> None:
