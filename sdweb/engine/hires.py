@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdweb.engine.accelerator import inference_context
-from sdweb.engine.generate import LoadedModelLike, run_txt2img
+from sdweb.engine.accelerator import inference_context, offload_module, vae_decode
+from sdweb.engine.generate import LoadedModelLike, run_txt2img, to_pil
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img
 from sdweb.engine.samplers.registry import SamplerRegistry
@@ -92,6 +92,7 @@ def run_hires_txt2img(
     inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT,
     model_upscalers: Any = None,
     passes: tuple[Callable[..., EngineRun], Callable[..., EngineRun]] | None = None,
+    controlnets: Any = None,
 ) -> EngineRun:
     """txt2img with hires fix (``params.enable_hr``); see the module docstring.
 
@@ -100,6 +101,7 @@ def run_hires_txt2img(
     ``model_upscalers``: ``sdweb.engine.upscalers.ModelUpscalers``, for ``hr_upscaler`` models/ESRGAN names.
     ``passes``: a model family's own ``(txt2img, img2img)`` runners (SD 3.x / Flux: the flow-matching loop,
     ``sdweb.engine.families``) instead of the UNet loops; they take the same keywords as these.
+    ``controlnets``: the job's ControlNet units; each takes part in the passes its ``hr_option`` names.
     """
     # 1. Check inputs before any model work.
     upscaler = find_hires_upscaler(params.hr_upscaler, model_upscalers.names() if model_upscalers else ())
@@ -137,9 +139,13 @@ def run_hires_txt2img(
         first_params = params.model_copy(update={"enable_hr": False, "n_iter": 1, "seed": seed,
                                                  "subseed": subseed})
         first_pass = passes[0] if passes is not None else run_txt2img
+        control_options = {"controlnets": controlnets, "hires_pass": False} if controlnets is not None else {}
         first = first_pass(model, first_params, samplers=samplers, control=control, on_step=first_step,
-                           preview_every=preview_every, output_type="latent" if latent else "pil", **options)
+                           preview_every=preview_every, output_type="latent" if latent else "pil", **options,
+                           **control_options)
         if first.interrupted:
+            # As A1111: interrupted in the first pass, the batch comes back at the first pass's size.
+            images.extend(_first_pass_images(model, first.images, latent))
             interrupted = True
             break
         if not first.images:
@@ -163,7 +169,8 @@ def run_hires_txt2img(
             with inference_context(model.pipe):
                 second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
                                   preview_every, init_latents=init_latents,
-                                  inpainting_mask_weight=inpainting_mask_weight, **options).run()
+                                  inpainting_mask_weight=inpainting_mask_weight, **options,
+                                  controlnets=controlnets, hires_pass=True).run()
         last = second
         # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
         images.extend(replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)
@@ -177,6 +184,23 @@ def run_hires_txt2img(
                      model_hash=getattr(info, "shorthash", reference.model_hash),
                      vae_name=getattr(model, "vae_name", None), vae_hash=getattr(model, "vae_hash", None),
                      clip_skip=int(params.clip_skip or 1), interrupted=interrupted)
+
+
+def _first_pass_images(model: LoadedModelLike, items: list[GeneratedImage],
+                       latent: bool) -> list[GeneratedImage]:
+    """The first pass's images as pictures (decoded when the pass kept latents for a latent upscale)."""
+    if not latent or not items:
+        return list(items)
+    vae = model.pipe.vae
+    config = vae.config
+    shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
+    pictures = []
+    with inference_context(model.pipe):
+        for item in items:
+            scaled = item.image.float() / config.scaling_factor + shift
+            pictures.append(replace(item, image=to_pil(vae_decode(vae, scaled)[0])))  # NaN-checked
+    offload_module(vae)
+    return pictures
 
 
 def _upscale_latents(latents: torch.Tensor, mode_name: str, scaled: tuple[int, int],
