@@ -341,6 +341,7 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
     OptionSpec("randn_source", "CPU", "Random number generator source", "Stable Diffusion",
                choices=("CPU", "GPU", "NV")),
+    # A1111's ENSD: the noise drawn during sampling comes from seed + delta (sdweb.engine.seeds).
     OptionSpec("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", "Sampler parameters",
                minimum=0, maximum=2**64 - 1),
     # sdweb's own: A1111's k-diffusion samplers exactly (its images), or diffusers' schedulers.
@@ -348,9 +349,6 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
                choices=("A1111", "diffusers")),
     OptionSpec("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters",
                minimum=0.0, maximum=1.0),
-    # A1111's ENSD: only its neutral value until the seed offset is implemented (never another image).
-    OptionSpec("eta_noise_seed_delta", 0, "Eta noise seed delta (only 0 is supported)", "Sampler parameters",
-               choices=(0,)),
     OptionSpec("samples_format", "png", "File format for images", "Saving images",
                choices=("png", "jpg", "jpeg", "webp")),
     OptionSpec("samples_save", True, "Always save all generated images", "Saving images"),

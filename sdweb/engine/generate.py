@@ -249,7 +249,18 @@ class _Txt2Img:
             extra["Conditional mask weight"] = self.mask_weight
         if self.controlnets is not None:
             extra.update(self.controlnets.infotext())
+        if self.params.eta_noise_seed_delta and not self.ensd_acted():
+            extra["ENSD"] = None  # A1111 writes it only for samplers whose noise it changes
         return extra
+
+    def ensd_acted(self) -> bool:
+        """A1111's rule for writing ENSD: the sampler draws ancestral noise and eta is not 0."""
+        try:
+            spec = self.samplers.get(self.params.sampler_name)
+        except ValueError:
+            return False
+        eta = 1.0 if self.params.eta is None else self.params.eta
+        return bool(spec.options.get("uses_ensd")) and eta != 0
 
     def pass_size(self) -> tuple[int, int]:
         """The pixel size this pass's latents decode to (ControlNet maps are fitted to it)."""
