@@ -147,7 +147,7 @@ def build_services(
         for name in params.additional_modules or ():  # SD 3.x / Flux text encoders and VAE
             models.find_module(name)
         if params.checkpoint:
-            models.find(params.checkpoint)
+            models.check_file(models.find(params.checkpoint))  # a damaged file: refused before queueing
         elif models.selected_title() is None:
             raise LookupError(models.empty_message())
 
