@@ -392,6 +392,8 @@ class OptionsStore:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(self._values, handle, indent=4, sort_keys=True, default=str)
+                handle.flush()
+                os.fsync(handle.fileno())  # the new file is whole on disk before it takes the name
             os.replace(tmp, self._path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
