@@ -14,28 +14,34 @@ What is measured, each form in a fresh subprocess (so peak memory belongs to tha
   (:mod:`sdweb.engine.families`), on the same weights stored as bf16, as float8_e4m3fn (computed layer by
   layer in bf16) and as GGUF Q4_0 (dequantized per layer).
 
-Reported: load time, peak RSS while loading and the loaded model's bytes (their ratio), seconds per
-sampling step (median, CFG 1, Euler), peak RSS (CPU) or peak CUDA memory (GPU) while generating, and the
-ratios to diffusers' default. The weights are random with the released width (3072, 24 heads, T5 width
-4096, CLIP-L 768); the block count is what fits the machine, stated in the output. The text encoders are
-one-layer stand-ins of the real widths (they run once per job, not per step). Q4_0 rather than Q4_K_S:
-the ``gguf`` package can write Q4_0 but not the K-quants; both dequantize per layer the same way.
-Files are written once into ``benchmarks/out/flux-<double>x<single>/`` (a few GB).
+Reported: load time, peak RSS while loading and the loaded model's bytes (their ratio), the same for the
+transformer alone ("transf.": peak RSS growth from the start of the load until the transformer, built
+first, is done, over its bytes), seconds per sampling step (median, CFG 1, Euler), peak RSS (CPU) or peak
+CUDA memory (GPU) while generating, and the ratios to diffusers' default. RSS after importing torch,
+diffusers, transformers and the loader is subtracted (code, not model). The weights are random with the
+released width (3072, 24 heads, T5 width 4096, CLIP-L 768); the block count is what fits the machine,
+stated in the output. The text encoders are one-layer stand-ins of the real widths (they run once per
+job, not per step). Q4_0 rather than Q4_K_S: the ``gguf`` package can write Q4_0 but not the K-quants;
+both dequantize per layer the same way. Files are written once into
+``benchmarks/out/flux-<double>x<single>/`` (a few GB).
 
-Measured on the 2-core shared dev box (CPU with avx512_bf16, load average ~9 from other jobs, so the
-times are noisy: a first run gave bf16 1.61x diffusers' s/step, this one 0.72x; a single process timing
-both transformers back to back gave 8.2-8.5 s vs 8.7-9.6 s, i.e. the same speed),
-``python benchmarks/flux.py --double 1 --single 2 --size 256 --steps 4``::
+Measured on the 2-core shared dev box (CPU with avx512_bf16, other jobs running, so the s/step figures
+are noisy: runs of the same form differ by 2x; a single process timing both bf16 transformers back to
+back gave 8.2-8.5 s vs 8.7-9.6 s, i.e. the same speed),
+``python benchmarks/flux.py --double 1 --single 2 --size 256 --steps 3``::
 
-    form             load s  load peak  - imports     model  ratio   s/step x diff.   peak RSS x diff.
-    diffusers          51.0   1.27 GiB   1.01 GiB  1.44 GiB   0.70     9.14    1.00   2.48 GiB    1.00
-    sdweb-bf16         15.0   2.45 GiB   2.19 GiB  1.91 GiB   1.14     6.60    0.72   2.79 GiB    1.12
-    sdweb-fp8          22.8   1.99 GiB   1.73 GiB  1.45 GiB   1.19    19.01    2.08   2.38 GiB    0.96
-    sdweb-gguf-q4_0    20.6   1.53 GiB   1.27 GiB  0.99 GiB   1.28    30.09    3.29   2.08 GiB    0.84
+    form             load s  load peak  - imports     model  ratio transf.   s/step x diff.   peak RSS x diff.
+    diffusers           7.8   1.21 GiB   0.90 GiB  1.44 GiB   0.63    0.70     4.04    1.00   2.47 GiB    1.00
+    sdweb-bf16          6.8   2.41 GiB   1.97 GiB  1.91 GiB   1.03    1.03     4.36    1.08   2.69 GiB    1.09
+    sdweb-fp8           4.9   1.94 GiB   1.51 GiB  1.45 GiB   1.04    1.22    17.23    4.27   2.21 GiB    0.89
+    sdweb-gguf-q4_0     5.4   1.49 GiB   1.05 GiB  0.99 GiB   1.06    1.04    17.90    4.43   2.07 GiB    0.84
 
-sdweb's "model" includes the stand-in text encoders (0.47 GiB) that diffusers' run does not load. On a CPU
-fp8 and Q4_0 trade speed for memory (each step casts / dequantizes every layer); the full 19 + 38 block
-transformer is 22.2 GiB in bf16, 11.1 GiB in fp8 and about 6.3 GiB in Q4_0.
+Before GGUF files were streamed (diffusers' ``load_gguf_checkpoint`` copies out of a memory map, so the
+file's pages stay resident beside the copies) the GGUF transformer's "transf." was 2.00. diffusers' ratio
+is below 1 because it reads the file through a memory map (not every page of the model is counted as
+resident at the peak). sdweb's "model" includes the stand-in text encoders (0.47 GiB) that diffusers' run
+does not load. On a CPU fp8 and Q4_0 trade speed for memory (each step casts / dequantizes every layer);
+the full 19 + 38 block transformer is 22.2 GiB in bf16, 11.1 GiB in fp8 and about 6.3 GiB in Q4_0.
 """
 
 from __future__ import annotations
@@ -204,6 +210,7 @@ def run_form(form: str, args: argparse.Namespace) -> dict[str, Any]:
     device, sync = _device_and_sync()
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    _import_libraries(form)  # code, not the load: their resident pages are not the model's
     result: dict[str, Any] = {
         "form": form,
         "device": str(device),
@@ -211,15 +218,18 @@ def run_form(form: str, args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_imports": _status_kib("VmRSS") * 1024,
     }
     _reset_peak_rss()
+    phase = _TransformerPhase()
     started = time.perf_counter()
     if form == "diffusers":
-        pipe, model_bytes = _diffusers_pipe(root, device)
+        pipe, model_bytes = _diffusers_pipe(root, device, phase)
     else:
-        pipe, model_bytes, loaded = _sdweb_model(root, form, device)
+        pipe, model_bytes, loaded = _sdweb_model(root, form, device, phase)
     sync()
     result["load_s"] = time.perf_counter() - started
     result["load_peak_rss"] = _status_kib("VmHWM") * 1024
     result["model_bytes"] = model_bytes
+    result["transformer_growth"] = phase.growth
+    result["transformer_bytes"] = phase.nbytes
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _reset_peak_rss()
@@ -236,7 +246,42 @@ def run_form(form: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _diffusers_pipe(root: Path, device: Any) -> tuple[Any, int]:
+def _import_libraries(form: str) -> None:
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
+    if form != "diffusers":
+        import sdweb.engine.families
+        import sdweb.engine.models.flow_loader
+        import sdweb.engine.models.loader  # noqa: F401
+
+
+class _TransformerPhase:
+    """Peak RSS growth from the start of the load until the transformer is built (it is built first, before
+    the text encoders and the VAE), against the transformer's bytes: the part of the load whose form differs.
+    """
+
+    def __init__(self) -> None:
+        self.start = _status_kib("VmRSS") * 1024
+        self.growth = 0
+        self.nbytes = 0
+
+    def measure(self, build: Any) -> Any:
+        model = build()
+        self.growth = _status_kib("VmHWM") * 1024 - self.start
+        self.nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        return model
+
+    def wrap(self, module: Any, name: str) -> None:
+        original = getattr(module, name)
+
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            return self.measure(lambda: original(*args, **kwargs))
+
+        setattr(module, name, measured)
+
+
+def _diffusers_pipe(root: Path, device: Any, phase: _TransformerPhase) -> tuple[Any, int]:
     import tempfile
 
     import torch
@@ -250,8 +295,10 @@ def _diffusers_pipe(root: Path, device: Any) -> tuple[Any, int]:
     config = detect_checkpoint(read_safetensors_header(path).shapes(), name=path.name).transformer_config
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "config.json").write_text(json.dumps(config))
-        transformer = FluxTransformer2DModel.from_single_file(
-            str(path), config=folder, torch_dtype=torch.bfloat16, local_files_only=True
+        transformer = phase.measure(
+            lambda: FluxTransformer2DModel.from_single_file(
+                str(path), config=folder, torch_dtype=torch.bfloat16, local_files_only=True
+            )
         )
     vae = AutoencoderKL.from_single_file(
         str(root / "models" / "VAE" / "ae.safetensors"),
@@ -305,10 +352,11 @@ def _diffusers_generate(
         )
 
 
-def _sdweb_model(root: Path, form: str, device: Any) -> tuple[Any, int, Any]:
+def _sdweb_model(root: Path, form: str, device: Any, phase: _TransformerPhase) -> tuple[Any, int, Any]:
     import torch
 
     from sdweb.engine.devices import RuntimeConfig
+    from sdweb.engine.models import flow_loader
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.loader import detect_file, load_checkpoint
     from sdweb.engine.models.modules import ModuleRegistry
@@ -331,6 +379,7 @@ def _sdweb_model(root: Path, form: str, device: Any) -> tuple[Any, int, Any]:
         vae_tiling=False,
         threads=torch.get_num_threads(),
     )
+    phase.wrap(flow_loader, "_gguf_transformer" if form.endswith("gguf-q4_0") else "_build_transformer")
     picked = modules.resolve(detect_file(info.path, info.name, info.kind), checkpoint=info.name)
     loaded = load_checkpoint(info, runtime, modules=picked, vae_hash="0" * 10)
     return loaded.pipe, loaded.nbytes(), loaded
@@ -423,18 +472,21 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     gpu = "run_peak_cuda" in base
     peak_name = "peak CUDA" if gpu else "peak RSS"
     print(f"{'form':16} {'load s':>6} {'load peak':>10} {'- imports':>10} {'model':>9} {'ratio':>6} "
-          f"{'s/step':>8} {'x diff.':>7} {peak_name:>10} {'x diff.':>7}")
+          f"{'transf.':>6} {'s/step':>8} {'x diff.':>7} {peak_name:>10} {'x diff.':>7}")
     for item in results:
         peak = item["run_peak_cuda"] if gpu else item["run_peak_rss"]
         base_peak = base["run_peak_cuda"] if gpu else base["run_peak_rss"]
         own = item["load_peak_rss"] - item["rss_after_imports"]
         model = max(item["model_bytes"], 1)
+        transformer = item["transformer_growth"] / max(item["transformer_bytes"], 1)
         print(f"{item['form']:16} {item['load_s']:6.1f} {item['load_peak_rss'] / GIB:6.2f} GiB "
-              f"{own / GIB:6.2f} GiB {model / GIB:5.2f} GiB {own / model:6.2f} {item['s_per_step']:8.2f} "
+              f"{own / GIB:6.2f} GiB {model / GIB:5.2f} GiB {own / model:6.2f} {transformer:7.2f} "
+              f"{item['s_per_step']:8.2f} "
               f"{item['s_per_step'] / base['s_per_step']:7.2f} {peak / GIB:6.2f} GiB {peak / base_peak:7.2f}")
-    print("load peak: peak RSS while loading; '- imports': minus the RSS after importing torch/diffusers; "
-          "ratio = that / the loaded model's bytes (sdweb's model includes the two stand-in text encoders, "
-          "diffusers' run gets precomputed prompt embeddings)")
+    print("load peak: peak RSS while loading; '- imports': minus the RSS after importing torch, diffusers, "
+          "transformers and the loader; ratio = that / the loaded model's bytes (sdweb's model includes the "
+          "two stand-in text encoders, diffusers' run gets precomputed prompt embeddings); transf.: peak RSS "
+          "growth from the start of the load until the transformer (loaded first) is built / its bytes")
 
 
 if __name__ == "__main__":

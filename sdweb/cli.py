@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cors-allow-origins-regex", default=None, help="browser origins allowed (CORS), as one regex")
     add("--api-allow-local-requests", action="store_true",
         help="let API image URLs point at this machine or the LAN (refused by default)")
+    add("--allow-outdir-anywhere", action="store_true",
+        help="let API clients set output folder options (outdir_*) to absolute paths outside the data "
+             "folder (refused by default; the local Settings tab may always set them)")
     add("--skip-demo-model", action="store_true", help="do not offer the bundled demo model")
     add("--list-models", action="store_true", help="print the checkpoints found and exit")
     add("--download-model", metavar="NAME_OR_REPO[:FILE]", default=None,
@@ -221,6 +224,7 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         ckpt=args.ckpt,
         skip_demo_model=args.skip_demo_model,
         api_allow_local_requests=args.api_allow_local_requests,
+        allow_outdir_anywhere=args.allow_outdir_anywhere,
         cors_allow_origins=origins,
         cors_allow_origins_regex=args.cors_allow_origins_regex or None,
         workers=workers,
@@ -263,7 +267,8 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     api = settings.api if api is None else api
     webui = (not settings.nowebui) if webui is None else webui
     app = FastAPI(title="sdweb", version=__version__, docs_url="/docs", redoc_url=None)
-    install_error_handlers(app)
+    scrubber = settings.paths.client_scrubber()
+    install_error_handlers(app, scrubber)
     install_cors(app, settings)
     if api:
         app.include_router(make_router(services))  # its paths are whole: /sdapi/v1/..., /controlnet/...
@@ -275,7 +280,10 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     if webui:
         import gradio as gr
 
+        from sdweb.safepath import set_client_scrubber
         from sdweb.ui.app import build_ui, mount_kwargs
+
+        set_client_scrubber(scrubber)  # the UI's error lines: no server paths either
 
         blocks = build_ui(services)
         auth = list(settings.gradio_auth) or None

@@ -86,6 +86,19 @@ class DataPaths:
         """``models/ESRGAN``: A1111's folder of ESRGAN-family upscaler models (.pth, .safetensors)."""
         return self.root / "models" / "ESRGAN"
 
+    def client_scrubber(self) -> Any:
+        """A :class:`sdweb.safepath.PathScrubber` for messages to clients: folders relative to the data
+        folder, the ones given by flags outside it by their flag, no other absolute path.
+        """
+        from sdweb.safepath import PathScrubber, is_inside
+
+        named: dict[Path, str] = {folder: "--ckpt-dir" for folder in self.ckpt_dirs[1:]}
+        named.update({self.vae_dir: "--vae-dir", self.lora_dir: "--lora-dir",
+                      self.embeddings_dir: "--embeddings-dir"})
+        # Folders inside the data folder are shown relative to it; only the others by their flag.
+        return PathScrubber(self.root, {folder: label for folder, label in named.items()
+                                        if not is_inside(folder, self.root)})
+
     def ensure(self) -> None:
         """Create the folders a user is expected to drop files into."""
         for folder in (*self.ckpt_dirs[:1], self.vae_dir, self.text_encoder_dir, self.lora_dir,
@@ -121,6 +134,9 @@ class LaunchSettings:
     #: Image URLs in API requests may point at this machine or the LAN (A1111's api_forbid_local_requests
     #: switched off).
     api_allow_local_requests: bool = False
+    #: Output folder options (``outdir_*``) may be absolute paths outside the data folder when set over
+    #: the API or from another machine (the local Settings tab may always set them).
+    allow_outdir_anywhere: bool = False
     #: CORS: origins allowed to call the server from a browser page (A1111's --cors-allow-origins[-regex]).
     cors_allow_origins: tuple[str, ...] = ()
     cors_allow_origins_regex: str | None = None
@@ -171,6 +187,7 @@ class LaunchSettings:
             "disable_all_extensions": self.disable_all_extensions,
             "enable_insecure_extension_access": self.enable_insecure_extension_access,
             "api_allow_local_requests": self.api_allow_local_requests,
+            "allow_outdir_anywhere": self.allow_outdir_anywhere,
             "cors_allow_origins": ",".join(self.cors_allow_origins) or None,
             "cors_allow_origins_regex": self.cors_allow_origins_regex,
             "workers": self.workers,
@@ -197,6 +214,20 @@ def parse_credentials(text: str) -> tuple[tuple[str, str], ...]:
 # ---------------------------------------------------------------------------------------------
 
 
+class OptionsError(ValueError):
+    """One or more option values were refused; ``problems`` maps each option key to its message."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(self.problems.values()))
+
+
+def _shown(values: Iterable[Any], limit: int = 20) -> str:
+    listed = [repr(value) if not isinstance(value, str) else value for value in values]
+    more = f" and {len(listed) - limit} more" if len(listed) > limit else ""
+    return ", ".join(listed[:limit]) + more
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One user option: its key (A1111's where one exists), default, type and allowed values."""
@@ -210,9 +241,17 @@ class OptionSpec:
     maximum: float | None = None
     #: A callable returning the allowed values at call time (checkpoint titles, sampler names).
     dynamic_choices: Callable[[], Iterable[Any]] | None = field(default=None, compare=False)
+    #: A folder: relative to the data folder and inside it ("" = the default folder), see
+    #: :func:`sdweb.safepath.folder_option`; absolute paths only where the caller allows them.
+    folder: bool = False
+    #: Called with the converted value at validation time; returns the value to store (a VAE name as
+    #: listed) or raises ValueError / LookupError whose message names the allowed values.
+    check: Callable[[Any], Any] | None = field(default=None, compare=False)
 
-    def validate(self, value: Any) -> Any:
-        """Return ``value`` converted to this option's type, or raise ValueError naming the option."""
+    def validate(self, value: Any, *, data_root: Path | None = None, allow_outside: bool = False) -> Any:
+        """Return ``value`` converted to this option's type, or raise ValueError naming the option
+        and what it may hold.
+        """
         kind = type(self.default)
         if self.default is None:
             return value
@@ -222,13 +261,15 @@ class OptionSpec:
                     raise TypeError
                 converted: Any = value
             elif kind is int:
-                if isinstance(value, bool) or not float(value).is_integer():
+                if isinstance(value, bool) or isinstance(value, str) or not float(value).is_integer():
                     raise TypeError
                 converted = int(value)
             elif kind is float:
-                if isinstance(value, bool):
+                if isinstance(value, bool) or isinstance(value, str):
                     raise TypeError
                 converted = float(value)
+                if converted != converted or converted in (float("inf"), float("-inf")):
+                    raise TypeError
             elif kind is str:
                 if not isinstance(value, str):
                     raise TypeError
@@ -239,19 +280,40 @@ class OptionSpec:
                 converted = list(value)
             else:
                 converted = value
-        except (TypeError, ValueError):
-            expected = "list of strings" if kind is list else kind.__name__
+        except (TypeError, ValueError, OverflowError):
+            expected = {list: "list of strings", bool: "true or false", int: "whole number",
+                        float: "number", str: "text"}.get(kind, kind.__name__)
             raise ValueError(f"option {self.key!r} must be a {expected}, got {value!r}") from None
-        if self.minimum is not None and converted < self.minimum:
-            raise ValueError(f"option {self.key!r} must be >= {self.minimum}, got {converted}")
-        if self.maximum is not None and converted > self.maximum:
-            raise ValueError(f"option {self.key!r} must be <= {self.maximum}, got {converted}")
+        low, high = self.minimum, self.maximum
+        if (low is not None and converted < low) or (high is not None and converted > high):
+            span = (f"between {low:g} and {high:g}" if low is not None and high is not None
+                    else f">= {low:g}" if low is not None else f"<= {high:g}")
+            raise ValueError(f"option {self.key!r} must be {span}, got {converted!r}")
         allowed = self.choices
         if allowed is None and self.dynamic_choices is not None:
             allowed = tuple(self.dynamic_choices())
         if allowed is not None and converted not in allowed:
-            raise ValueError(f"option {self.key!r} must be one of {list(allowed)}, got {converted!r}")
+            raise ValueError(f"option {self.key!r} must be one of: {_shown(allowed)}; got {converted!r}")
+        if self.folder and converted != "":
+            from sdweb.safepath import UnsafePathError, folder_option
+
+            try:
+                folder_option(converted, data_root or PROJECT_ROOT, what=f"option {self.key!r}",
+                              allow_outside=allow_outside)
+            except UnsafePathError as exc:
+                raise ValueError(str(exc)) from None
+        if self.check is not None:
+            try:
+                converted = self.check(converted)
+            except (LookupError, ValueError) as exc:
+                message = str(exc).strip("'\"")
+                named = message if self.key in message else f"option {self.key!r}: {message}"
+                raise ValueError(named) from None
         return converted
+
+
+def _outdir(key: str, default: str, label: str) -> OptionSpec:
+    return OptionSpec(key, default, label, "Paths for saving", folder=True)
 
 
 BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
@@ -265,40 +327,84 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
                choices=("CPU", "GPU")),
     OptionSpec("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters",
                minimum=0.0, maximum=1.0),
+    # A1111's ENSD: only its neutral value until the seed offset is implemented (never another image).
+    OptionSpec("eta_noise_seed_delta", 0, "Eta noise seed delta (only 0 is supported)", "Sampler parameters",
+               choices=(0,)),
     OptionSpec("samples_format", "png", "File format for images", "Saving images",
                choices=("png", "jpg", "jpeg", "webp")),
     OptionSpec("samples_save", True, "Always save all generated images", "Saving images"),
     OptionSpec("grid_save", True, "Always save all generated image grids", "Saving images"),
+    OptionSpec("return_grid", True, "Show grid in results (the API's first image when a batch is saved)",
+               "Saving images"),
+    OptionSpec("enable_pnginfo", True, "Save generation parameters in the image files (PNG info, EXIF)",
+               "Saving images"),
     OptionSpec("jpeg_quality", 80, "Quality for saved jpeg and webp images", "Saving images",
                minimum=1, maximum=100),
-    OptionSpec("outdir_txt2img_samples", "outputs/txt2img-images", "Output directory for txt2img images",
-               "Paths for saving"),
-    OptionSpec("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids",
-               "Paths for saving"),
+    _outdir("outdir_samples", "", "Output directory for images; if empty, the per-tab folders below"),
+    _outdir("outdir_txt2img_samples", "outputs/txt2img-images", "Output directory for txt2img images"),
+    _outdir("outdir_img2img_samples", "outputs/img2img-images", "Output directory for img2img images"),
+    _outdir("outdir_grids", "", "Output directory for grids; if empty, the per-tab folders below"),
+    _outdir("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids"),
+    _outdir("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids"),
+    # A1111's UI switch: img2img colour correction is not implemented here, so only its neutral value.
+    OptionSpec("img2img_color_correction", False, "Apply color correction to img2img results (not "
+               "supported yet)", "img2img", choices=(False,)),
+    OptionSpec("send_seed", True, "Send seed when sending prompt or image to other interface",
+               "User interface"),
+    OptionSpec("send_size", True, "Send size when sending prompt or image to another interface",
+               "User interface"),
     OptionSpec("live_previews_enable", True, "Show live previews of the created image", "Live previews"),
-    OptionSpec("show_progress_every_n_steps", 5, "Live preview display period (steps)", "Live previews",
-               minimum=1, maximum=32),
+    OptionSpec("live_previews_image_format", "png", "Live preview file format", "Live previews",
+               choices=("jpeg", "png", "webp")),
+    # A1111's range: -1 (and 0) = no previews while sampling, only the finished image.
+    OptionSpec("show_progress_every_n_steps", 5, "Live preview display period (steps; -1 = only after "
+               "the batch)", "Live previews", minimum=-1, maximum=32),
+    # Forge-like: VAE decode/encode switch to tiles when an image would need more memory than this.
+    OptionSpec("vae_tile_budget_mb", 0, "VAE tiling: memory budget of one VAE decode/encode in MB; larger "
+               "images are made in tiles (0 = automatic: 1280 MB on CPU, most of the free GPU memory)",
+               "Performance", minimum=0, maximum=1_000_000),
     OptionSpec("torch_threads", 0, "CPU threads for torch (0 = all cores)", "Performance",
                minimum=0, maximum=256),
 )
+
+#: Keys the server computes (the checkpoint in use and its hash): shown by GET, ignored on write.
+DERIVED_OPTIONS = frozenset({"sd_checkpoint_hash"})
+
+UnknownKeys = Literal["refuse", "keep"]
 
 
 class OptionsStore:
     """The persisted options (``config.json``), validated on every change, written atomically.
 
-    Unknown keys found in an existing file (say, from an A1111 install) are kept and written back
-    untouched, so nothing a user had is lost.
+    * Changes are all or nothing: every value is checked first; one bad value refuses the whole change
+      (:class:`OptionsError` names each bad option and what it may hold) and nothing is stored.
+    * A value equal to the current one is a no-op (nothing is checked or written), so a client may post
+      back everything it read.
+    * Unknown keys found in an existing file (say, from an A1111 install) are kept and written back
+      untouched, so nothing a user had is lost; ``update(..., unknown="keep")`` accepts new ones (the
+      API: clients post A1111 keys we do not have).
+    * A stored value that is not valid (hand-edited, or a VAE file since removed) is reported in the log
+      and ignored (the default is used); the file keeps it until the user saves that option.
     """
 
-    def __init__(self, path: Path, specs: Iterable[OptionSpec] = BUILTIN_OPTIONS) -> None:
+    def __init__(self, path: Path, specs: Iterable[OptionSpec] = BUILTIN_OPTIONS,
+                 *, data_root: Path | None = None) -> None:
         self._path = path
+        self._data_root = data_root if data_root is not None else path.parent
         self._lock = threading.RLock()
         self._specs: dict[str, OptionSpec] = {}
         self._values: dict[str, Any] = {}
+        #: Stored values of known options that were refused at load: kept for the file, not used.
+        self._ignored: dict[str, Any] = {}
+        self._unreadable = False
         self._listeners: list[Callable[[str, Any], None]] = []
         for spec in specs:
             self.add_spec(spec)
         self._load()
+
+    @property
+    def data_root(self) -> Path:
+        return self._data_root
 
     # -- specs -----------------------------------------------------------------------------
     def add_spec(self, spec: OptionSpec) -> None:
@@ -306,11 +412,42 @@ class OptionsStore:
             if spec.key in self._specs:
                 raise ValueError(f"option {spec.key!r} is defined twice")
             self._specs[spec.key] = spec
+            self._recheck(spec.key)
+
+    def bind(self, key: str, *, check: Callable[[Any], Any] | None = None,
+             dynamic_choices: Callable[[], Iterable[Any]] | None = None) -> None:
+        """Give ``key`` its check or list of allowed values once what they depend on exists (the VAE
+        folder, the checkpoints); the stored value is checked again (and ignored if it fails).
+        """
+        from dataclasses import replace
+
+        with self._lock:
+            spec = self._specs[key]
+            self._specs[key] = replace(spec, check=check or spec.check,
+                                       dynamic_choices=dynamic_choices or spec.dynamic_choices)
+            self._recheck(key)
+
+    def _recheck(self, key: str) -> None:
+        spec = self._specs[key]
+        raw = self._ignored.pop(key, self._values.pop(key, _MISSING))
+        if raw is _MISSING:
+            return
+        try:
+            self._values[key] = spec.validate(raw, data_root=self._data_root, allow_outside=True)
+        except ValueError as exc:
+            self._ignored[key] = raw
+            logger.warning("%s: ignoring the stored value of %s (%s); using the default %r until it is "
+                           "changed in Settings", self._path.name, key, exc, spec.default)
 
     @property
     def specs(self) -> list[OptionSpec]:
         with self._lock:
             return list(self._specs.values())
+
+    def ignored(self) -> dict[str, Any]:
+        """Stored values that were refused (the default is used instead)."""
+        with self._lock:
+            return dict(self._ignored)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, key: str) -> Any:
@@ -327,26 +464,73 @@ class OptionsStore:
             merged.update(self._values)
             return merged
 
+    def folder(self, key: str) -> Path | None:
+        """The folder an output-folder option names (None when it is empty: use the default)."""
+        from sdweb.safepath import folder_option
+
+        value = self.get(key)
+        if not value:
+            return None
+        return folder_option(str(value), self._data_root, what=f"option {key!r}", allow_outside=True)
+
     # -- writing ---------------------------------------------------------------------------
-    def validate(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Return the converted values, or raise ValueError for the first bad or unknown key."""
+    def validate(self, changes: Mapping[str, Any], *, allow_outside: bool = False,
+                 unknown: UnknownKeys = "refuse") -> dict[str, Any]:
+        """The changed values, converted; raise :class:`OptionsError` naming every bad key.
+
+        Values equal to the current ones are left out (not even checked). ``allow_outside``: folder
+        options may be absolute paths outside the data folder (the local Settings tab, a launch flag).
+        """
         with self._lock:
+            current = self.as_dict()
             converted: dict[str, Any] = {}
+            problems: dict[str, str] = {}
             for key, value in changes.items():
+                if key in DERIVED_OPTIONS:
+                    continue
+                if key in current and _same(current[key], value):
+                    continue
                 spec = self._specs.get(key)
                 if spec is None:
-                    raise ValueError(f"unknown option {key!r}")
-                converted[key] = spec.validate(value)
+                    if unknown == "keep":
+                        converted[key] = value
+                    else:
+                        problems[key] = f"unknown option {key!r}"
+                    continue
+                try:
+                    value = spec.validate(value, data_root=self._data_root, allow_outside=allow_outside)
+                except ValueError as exc:
+                    problems[key] = str(exc)
+                    continue
+                if not _same(current.get(key), value):
+                    converted[key] = value
+            if problems:
+                raise OptionsError(problems)
             return converted
 
-    def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate all changes first, then apply and persist them together (all or nothing)."""
-        converted = self.validate(changes)
+    def update(self, changes: Mapping[str, Any], *, allow_outside: bool = False,
+               unknown: UnknownKeys = "refuse") -> dict[str, Any]:
+        """Validate all changes first, then apply and persist them together (all or nothing).
+
+        Returns what changed; nothing changed means nothing is written.
+        """
         with self._lock:
+            converted = self.validate(changes, allow_outside=allow_outside, unknown=unknown)
+            if not converted:
+                return {}
+            before = (dict(self._values), dict(self._ignored))
             self._values.update(converted)
-            self._save()
+            for key in converted:
+                self._ignored.pop(key, None)
+            try:
+                self._save()
+            except BaseException:
+                self._values, self._ignored = before
+                raise
             listeners = list(self._listeners)
         for key, value in converted.items():
+            if key not in self._specs:
+                continue
             for listener in listeners:
                 try:
                     listener(key, value)
@@ -368,33 +552,50 @@ class OptionsStore:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
-            backup = self._path.with_suffix(".json.bad")
-            logger.error("could not read %s (%s); keeping a copy at %s and using defaults",
-                         self._path, exc, backup)
-            try:
-                self._path.replace(backup)
-            except OSError:
-                pass
+            # Never fatal, never touched now: the first save keeps a copy beside it (config.json.bad).
+            self._unreadable = True
+            logger.error("could not read %s (%s); using the default settings. The file is left as it is "
+                         "until settings are saved (then it is kept as %s)", self._path, exc,
+                         self._path.with_suffix(".json.bad").name)
             return
         for key, value in data.items():
-            spec = self._specs.get(key)
-            if spec is None:
+            if key in self._specs:
+                self._values[key] = value
+                self._recheck(key)
+            else:
                 self._values[key] = value  # kept for compatibility, not editable here
-                continue
-            try:
-                self._values[key] = spec.validate(value)
-            except ValueError as exc:
-                logger.warning("ignoring stored option: %s", exc)
 
     def _save(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        if self._unreadable and self._path.exists():
+            try:
+                self._path.replace(self._path.with_suffix(".json.bad"))
+            except OSError:
+                logger.warning("could not keep a copy of the unreadable %s", self._path)
+        self._unreadable = False
+        stored = {**self._ignored, **self._values}
         fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=self._path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self._values, handle, indent=4, sort_keys=True, default=str)
+                json.dump(stored, handle, indent=4, sort_keys=True, default=str)
                 handle.flush()
-                os.fsync(handle.fileno())  # the new file is whole on disk before it takes the name
+                os.fsync(handle.fileno())
             os.replace(tmp, self._path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+_MISSING = object()
+
+
+def _same(current: Any, value: Any) -> bool:
+    """Whether a posted value equals the current one (1 == 1.0; a tuple equals a list; a bool is not 1)."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return type(current) is type(value) and current == value
+    if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+        return list(current) == list(value)
+    try:
+        return bool(current == value)
+    except Exception:  # noqa: BLE001 - incomparable values are different
+        return False

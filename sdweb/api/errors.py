@@ -110,10 +110,29 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(status_code=422, content=jsonable_encoder({"detail": items}))
 
 
+def _scrubbed(request: Request, text: str) -> str:
+    """``text`` as a client may see it: the server's absolute paths rewritten (folders relative to the
+    data folder); the log keeps the full text.
+    """
+    scrub = getattr(request.app.state, "client_scrubber", None)
+    if scrub is None:
+        from sdweb.safepath import for_client as scrub
+    shown = str(scrub(text))
+    if shown != text:
+        logger.info("%s %s: %s", request.method, request.url.path, text)
+    return shown
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse(status_code=exc.status, headers=exc.headers or None,
-                        content=jsonable_encoder(http_error_body(exc.status, exc.detail)))
+    detail = _scrubbed(request, exc.detail)
+    if isinstance(exc.errors, str):
+        errors: str | list[dict[str, Any]] = f"{exc.status}: {_scrubbed(request, exc.errors)}"
+    else:
+        errors = [{key: _scrubbed(request, value) if isinstance(value, str) else value
+                   for key, value in item.items()} for item in exc.errors]
+    body = error_body("HTTPException", detail, errors)
+    return JSONResponse(status_code=exc.status, headers=exc.headers or None, content=jsonable_encoder(body))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -126,13 +145,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 404 and detail == "Not Found":
         detail = f"no API route {request.url.path}"
     return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None),
-                        content=http_error_body(exc.status_code, detail))
+                        content=http_error_body(exc.status_code, _scrubbed(request, detail)))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("API error: %s %s", request.method, request.url.path)
-    detail = f"internal error while handling {request.method} {request.url.path}: {type(exc).__name__}: {exc}"
-    return JSONResponse(status_code=500, content=error_body(type(exc).__name__, detail, str(exc)))
+    # The log has the traceback; the client gets what failed, without the server's paths.
+    message = _scrubbed(request, str(exc))
+    detail = (f"internal error while handling {request.method} {request.url.path}: {type(exc).__name__}: "
+              f"{message}")
+    return JSONResponse(status_code=500, content=error_body(type(exc).__name__, detail, message))
 
 
 #: A JSON ``\uD800``-``\uDFFF`` escape: only then can a body hold an unpaired surrogate.
@@ -184,8 +206,12 @@ async def reject_unpaired_surrogates(request: Request) -> None:
                                               "type": "unpaired_surrogate", "input": None}])
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Install the handlers above on ``app`` (once, on the app that includes the API router)."""
+def install_error_handlers(app: FastAPI, client_scrubber: Any = None) -> None:
+    """Install the handlers above on ``app`` (once, on the app that includes the API router).
+
+    ``client_scrubber(text)``: rewrites the server's paths in error messages (DataPaths.client_scrubber).
+    """
+    app.state.client_scrubber = client_scrubber
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

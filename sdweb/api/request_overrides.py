@@ -32,7 +32,10 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
 NON_IMAGE_OPTIONS = frozenset({
     "samples_format", "samples_save", "grid_save", "jpeg_quality", "outdir_txt2img_samples",
     "outdir_txt2img_grids", "live_previews_enable", "show_progress_every_n_steps", "torch_threads",
-    "disabled_extensions",
+    "disabled_extensions", "outdir_samples", "outdir_img2img_samples", "outdir_grids", "outdir_img2img_grids",
+    "return_grid", "enable_pnginfo", "send_seed", "send_size", "live_previews_image_format",
+    # Not implemented here; A1111 applies it to img2img results (ignored, as before it was a setting).
+    "img2img_color_correction",
 })
 #: A1111 settings we do not have that change the image unless left at these values.
 A1111_IMAGE_SETTINGS: Mapping[str, Any] = {

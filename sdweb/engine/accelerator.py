@@ -29,6 +29,9 @@ and the upscalers call it instead of each knowing about CUDA:
    VAE already in fp32, is an error that says so, never a black picture. A VAE whose config says
    ``force_upcast`` (:func:`sdweb.engine.devices.vae_forces_upcast`) and that still runs in fp16 is
    upcast before its first use, as diffusers' SDXL pipelines do.
+5. **VAE memory.** Both also decide, per image, whether the pass runs whole or in tiles
+   (:mod:`sdweb.engine.vae_tiling`: above the job's memory budget, or always with ``--vae-tiling``); a
+   whole pass on CUDA that runs out of memory is made again in tiles of half the budget.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Any
 import torch
 
 from sdweb.engine.devices import OffloadMode, apply_offload, vae_forces_upcast
+from sdweb.engine.vae_tiling import TileLayout, decode_layout, encode_layout, tiled_decode, tiled_encode
 
 logger = logging.getLogger(__name__)
 
@@ -312,11 +316,11 @@ def vae_decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
             "the UNet produced NaN or infinite values, so there is no image to decode. This happens when a "
             "model overflows in half precision: try --precision fp32 (--no-half), or another checkpoint")
     prepare_vae(vae)
-    decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    decoded = _decode(vae, latents.to(vae.dtype))
     if not _finite(decoded) and vae.dtype != torch.float32:
         upcast_vae(vae, f"decoding in {str(vae.dtype).removeprefix('torch.')} gave NaN/inf (retrying the "
                         "image in fp32; --no-half-vae starts in fp32)")
-        decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        decoded = _decode(vae, latents.to(vae.dtype))
     if not _finite(decoded):
         raise NonFiniteOutputError("the VAE produced NaN or infinite values even in fp32: the VAE file is "
                                    "probably damaged or does not belong to this model; choose another VAE")
@@ -333,14 +337,61 @@ def vae_encode(vae: Any, pixels: torch.Tensor, device: torch.device | str) -> to
         NonFiniteOutputError: the VAE gave NaN/inf even in fp32.
     """
     prepare_vae(vae)
-    latents = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mean
+    latents = _encode(vae, pixels.to(device=device, dtype=vae.dtype))
     if not _finite(latents) and vae.dtype != torch.float32:
         upcast_vae(vae, f"encoding in {str(vae.dtype).removeprefix('torch.')} gave NaN/inf (retrying in "
                         "fp32; --no-half-vae starts in fp32)")
-        latents = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mean
+        latents = _encode(vae, pixels.to(device=device, dtype=vae.dtype))
     offload_module(vae)
     if not _finite(latents):
         raise NonFiniteOutputError("the VAE produced NaN or infinite values even in fp32 while encoding the "
                                    "init image: the VAE file is probably damaged; choose another VAE")
     return latents.float()
 
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _smaller(layout: TileLayout | None, side: int) -> TileLayout:
+    tile = (layout.tile if layout is not None else side) // 2
+    return TileLayout(tile=max(16, tile), whole_latent_stage=layout is not None and layout.whole_latent_stage)
+
+
+def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Decode whole or in tiles (see :mod:`sdweb.engine.vae_tiling`); tiles again, smaller, after an OOM."""
+    layout = decode_layout(vae, latents)
+    try:
+        if layout is None:
+            return vae.decode(latents, return_dict=False)[0]
+        logger.info("VAE decode of %dx%d latents in tiles of %d", latents.shape[-1], latents.shape[-2],
+                    layout.tile)
+        return tiled_decode(vae, latents, layout).to(vae.dtype)
+    except RuntimeError as exc:
+        if latents.device.type == "cpu" or not _out_of_memory(exc):
+            raise
+    gc.collect()
+    torch.cuda.empty_cache()
+    smaller = _smaller(layout, max(latents.shape[-2:]))
+    logger.warning("VAE decode ran out of memory; decoding again in tiles of %d", smaller.tile)
+    return tiled_decode(vae, latents, smaller).to(vae.dtype)
+
+
+def _encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """The latent mean of ``pixels``, encoded whole or in tiles, as :func:`_decode`."""
+    layout = encode_layout(vae, pixels)
+    try:
+        if layout is None:
+            return vae.encode(pixels).latent_dist.mean
+        logger.info("VAE encode of a %dx%d image in tiles of %d latent pixels", pixels.shape[-1],
+                    pixels.shape[-2], layout.tile)
+        return tiled_encode(vae, pixels, layout).to(vae.dtype)
+    except RuntimeError as exc:
+        if pixels.device.type == "cpu" or not _out_of_memory(exc):
+            raise
+    gc.collect()
+    torch.cuda.empty_cache()
+    smaller = _smaller(layout, max(pixels.shape[-2:]) // 8)
+    logger.warning("VAE encode ran out of memory; encoding again in tiles of %d latent pixels", smaller.tile)
+    return tiled_encode(vae, pixels, smaller).to(vae.dtype)

@@ -14,7 +14,8 @@ Owns two steps, kept apart so both are testable without a GPU:
    CUDA) is an error naming the flag, never a silent switch to something else. Each choice
    carries its reason, logged and shown by :func:`describe_runtime` (API, UI, ``--list-models``).
 2. :func:`apply_runtime` applies the config to one pipeline instance through diffusers' own per-instance
-   switches (attention processors, offload hooks, VAE tiling). Nothing is monkeypatched, and applying
+   switches (attention processors, offload hooks). VAE tiling (``--vae-tiling``: always) is decided per
+   image by :mod:`sdweb.engine.vae_tiling`. Nothing is monkeypatched, and applying
    it again to the same pipeline gives the same result. :func:`apply_offload` places a pipeline with an
    explicit execution device (tests run offload with the CPU as that device; the resolver refuses it
    there). :func:`apply_backend_flags` sets torch's process-wide backend switches once, at startup.
@@ -401,13 +402,11 @@ def apply_runtime(pipe: Any, runtime: RuntimeConfig) -> None:
     if unet is not None and runtime.channels_last:
         unet.to(memory_format=torch.channels_last)
 
-    # 3. VAE tiling for large images.
+    # 3. VAE tiling for large images is sdweb.engine.vae_tiling's (budget-driven, one normalisation for
+    # all tiles); diffusers' own tiling, which normalises each tile alone, stays off.
     vae = getattr(pipe, "vae", None)
-    if vae is not None and hasattr(vae, "enable_tiling"):
-        if runtime.vae_tiling:
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
+    if vae is not None and hasattr(vae, "disable_tiling"):
+        vae.disable_tiling()
 
     # 4. Placement: on the device, or accelerate hooks that move each component there when it runs.
     apply_offload(pipe, runtime.offload, runtime.device)

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdweb.engine.accelerator import inference_context
-from sdweb.engine.generate import LoadedModelLike, run_txt2img
+from sdweb.engine.accelerator import inference_context, offload_module, vae_decode
+from sdweb.engine.generate import LoadedModelLike, run_txt2img, to_pil
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img
 from sdweb.engine.samplers.registry import SamplerRegistry
@@ -142,6 +142,10 @@ def run_hires_txt2img(
                                preview_every=preview_every, output_type="latent" if latent else "pil",
                                **options)
         if first.interrupted:
+            # As A1111: interrupted in the first pass, the batch comes back at the first pass's size.
+            reached = _first_pass_images(model, first.images, latent)
+            images.extend(reached)
+            control.images_done(replace(first, images=reached))
             interrupted = True
             break
         if not first.images:
@@ -183,6 +187,23 @@ def run_hires_txt2img(
                      model_hash=getattr(info, "shorthash", reference.model_hash),
                      vae_name=getattr(model, "vae_name", None), vae_hash=getattr(model, "vae_hash", None),
                      clip_skip=int(params.clip_skip or 1), interrupted=interrupted)
+
+
+def _first_pass_images(model: LoadedModelLike, items: list[GeneratedImage],
+                       latent: bool) -> list[GeneratedImage]:
+    """The first pass's images as pictures (decoded when the pass kept latents for a latent upscale)."""
+    if not latent or not items:
+        return list(items)
+    vae = model.pipe.vae
+    config = vae.config
+    shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
+    pictures = []
+    with inference_context(model.pipe):
+        for item in items:
+            scaled = item.image.float() / config.scaling_factor + shift
+            pictures.append(replace(item, image=to_pil(vae_decode(vae, scaled)[0])))  # NaN-checked
+    offload_module(vae)
+    return pictures
 
 
 def _upscale_latents(latents: torch.Tensor, mode_name: str, scaled: tuple[int, int],

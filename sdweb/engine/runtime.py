@@ -24,6 +24,7 @@ from sdweb.engine.encode import count_tokens
 from sdweb.engine.extra_networks.job import ExtraNetworks
 from sdweb.engine.families import FamilyJob, FamilyRegistry, default_families
 from sdweb.engine.samplers.registry import SamplerRegistry
+from sdweb.engine.vae_tiling import TilePolicy, tile_policy
 from sdweb.params import EngineRun, GenerationParams, Img2ImgParams, JobControl, StepProgress
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ class Engine:
         """Generate ``params`` (seeds, clip skip and RNG resolved) on its checkpoint."""
         info = self._checkpoint(params.checkpoint)
         vae, modules = self._load_choice(info, params)
-        with self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory):
+        with (self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory),
+              tile_policy(self._tile_policy())):
             job = self._job(control, on_step, preview_every)
             return self.families.for_family(model.family).txt2img(model, params, job)
 
@@ -115,7 +117,8 @@ class Engine:
         """
         info = self._checkpoint(params.checkpoint)
         vae, modules = self._load_choice(info, params)
-        with self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory):
+        with (self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory),
+              tile_policy(self._tile_policy())):
             job = self._job(control, on_step, preview_every)
             return self.families.for_family(model.family).img2img(model, params, init_images, job, mask=mask)
 
@@ -166,6 +169,17 @@ class Engine:
         if found is None:
             found = self._detections[key] = detect_file(Path(info.path), info.name, info.kind)
         return found
+
+    def _tile_policy(self) -> TilePolicy:
+        """When the job's VAE passes are tiled: the "vae_tile_budget_mb" setting (read per job, so a change
+        applies at once), always with ``--vae-tiling``.
+        """
+        always = bool(getattr(self._runtime, "vae_tiling", False))
+        try:
+            budget = float(self._options.get("vae_tile_budget_mb"))
+        except (AttributeError, KeyError, TypeError, ValueError):  # no options, or a store without the spec
+            budget = 0.0
+        return TilePolicy.from_megabytes(budget, always=always)
 
     def _mask_weight(self) -> float:
         """The "Inpainting conditioning mask strength" setting, read per job so a change applies at once."""

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import zipfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ from sdweb.extensions.manifest import (
     check_api_compatible,
     check_name,
 )
+from sdweb.safepath import UnsafePathError, confine
 
 logger = logging.getLogger(__name__)
 
@@ -345,17 +346,15 @@ def extract_zip_safely(archive: Path, destination: Path) -> None:
         destination.mkdir(parents=True, exist_ok=True)
         root = destination.resolve()
         for member in members:
-            name = member.filename.replace("\\", "/")
-            parts = PurePosixPath(name).parts
             mode = member.external_attr >> 16
-            if (name.startswith("/") or ".." in parts or (parts and ":" in parts[0])
-                    or stat.S_ISLNK(mode)):
+            try:
+                if stat.S_ISLNK(mode):
+                    raise UnsafePathError("is a link")
+                target = confine(root, member.filename.rstrip("/\\") or member.filename, what="entry")
+            except UnsafePathError:
                 raise InstallError(
                     f"{archive.name} is refused: entry {member.filename!r} would be written outside the "
-                    "extension folder (or is a link)")
-            target = (root / name).resolve()
-            if target != root and root not in target.parents:
-                raise InstallError(f"{archive.name} is refused: entry {member.filename!r} escapes the folder")
+                    "extension folder (or is a link)") from None
             if member.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue

@@ -210,13 +210,15 @@ class ImageStore:
         basename: str = "grid",
         fmt: str = "png",
         jpeg_quality: int = 80,
+        folder: Path | None = None,
         now: datetime | None = None,
     ) -> Path:
         """Write an image a script composed (a labelled grid) as ``<kind>-grids/DATE/<basename>-NNNN.png``.
 
-        ``grid=False`` saves it among the images instead (``<kind>-images/DATE/<basename>-NNNNN.png``).
+        ``grid=False`` saves it among the images instead (``<kind>-images/DATE/<basename>-NNNNN.png``);
+        ``folder`` replaces either (an ``outdir_*`` setting).
         """
-        base = self.grids_dir(kind) if grid else self.images_dir(kind)
+        base = Path(folder) if folder is not None else self.grids_dir(kind) if grid else self.images_dir(kind)
         return self._save_numbered(
             image, infotext=infotext, base=base, basename=basename, suffix="", digits=4 if grid else 5,
             fmt=fmt, jpeg_quality=jpeg_quality, now=now,
@@ -443,24 +445,12 @@ class ImageStore:
             PathOutsideOutputsError: for anything that could reach outside: ``..`` parts, absolute or
                 drive paths, backslashes, NUL bytes, or a symlink whose target lies outside.
         """
-        if not isinstance(relative, str):
-            raise PathOutsideOutputsError(f"path must be text, got {type(relative).__name__}")
-        if not relative or relative.strip() != relative:
-            raise PathOutsideOutputsError(f"invalid output path {relative!r}")
-        if "\x00" in relative:
-            raise PathOutsideOutputsError("output path contains a NUL byte")
-        if "\\" in relative:
-            raise PathOutsideOutputsError(f"output path {relative!r} contains a backslash; use '/'")
-        if relative.startswith("/") or re.match(r"^[A-Za-z]:", relative) or relative.startswith("~"):
-            raise PathOutsideOutputsError(f"output path {relative!r} must be relative to the outputs folder")
-        parts = PurePosixPath(relative).parts
-        if any(part == ".." for part in parts):
-            raise PathOutsideOutputsError(f"output path {relative!r} must not contain '..'")
-        root = self.root.resolve()
-        candidate = (root.joinpath(*parts)).resolve()
-        if candidate != root and root not in candidate.parents:
-            raise PathOutsideOutputsError(f"output path {relative!r} leads outside the outputs folder")
-        return candidate
+        from sdweb.safepath import UnsafePathError, confine
+
+        try:
+            return confine(self.root, relative, what="output path", backslash_is_separator=False)
+        except UnsafePathError as exc:
+            raise PathOutsideOutputsError(str(exc)) from None
 
     def delete(self, relative: str) -> Path:
         """Delete one output image (same gate as :meth:`resolve`) and return the path it had.

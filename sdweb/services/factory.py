@@ -129,6 +129,10 @@ def build_services(
     engine = EngineProvider(lambda: factory(holder["services"]))
     models = ModelService(settings=settings, registry=registry, vaes=vaes, worker=worker, engine=engine,
                           options=options, plugins=plugins, modules=modules)
+    # The options that name files get their checks now that the folders are listed: a value that is
+    # not listed is refused on write and ignored (default used) when config.json holds it.
+    options.bind("sd_vae", check=models.vae_choice)
+    options.bind("sd_model_checkpoint", check=models.checkpoint_choice)
     upscalers = UpscalerService(upscaler_models, worker=worker, engine=engine)
 
     def validate(params: GenerationParams) -> None:

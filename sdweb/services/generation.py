@@ -415,7 +415,8 @@ class GenerationService:
 
         preview_every = 0
         if self._options.get("live_previews_enable"):
-            preview_every = int(self._options.get("show_progress_every_n_steps"))
+            # A1111's -1 (and 0): no previews while sampling, only the finished images.
+            preview_every = max(0, int(self._options.get("show_progress_every_n_steps")))
         if init_images and not isinstance(params, Img2ImgParams):
             raise GenerationError("an extension's before_generate hook returned a txt2img request for an "
                                   "img2img job; it must return params.model_copy(update=...)")
@@ -460,6 +461,32 @@ class GenerationService:
         recorder = _Recorder(self, params, save=save, masked=masked, history=history,
                              script_extra=script_extra)
         return recorder.finish(run, save_grid=save_grid)
+
+    def output_folder(self, kind: str, *, grids: bool) -> Path | None:
+        """Where ``kind``'s images (or grids) go: A1111's ``outdir_samples`` / ``outdir_grids`` when set,
+        else ``outdir_<kind>_samples`` / ``outdir_<kind>_grids``; None = the outputs folder's default.
+
+        A folder that now leads outside the data folder (a symlink made since it was set) is not used:
+        the default is, with a warning in the log.
+        """
+        from sdweb.safepath import UnsafePathError
+
+        which = "grids" if grids else "samples"
+        for key in (f"outdir_{which}", f"outdir_{kind}_{which}"):
+            try:
+                folder = self._options.folder(key)
+            except KeyError:
+                continue
+            except UnsafePathError as exc:
+                logger.warning("not saving into %s: %s; using the default folder", key, exc)
+                return None
+            if folder is not None:
+                return folder
+        return None
+
+    def _file_infotext(self, infotext: str) -> str:
+        """The infotext written into image files: none when A1111's ``enable_pnginfo`` is off."""
+        return infotext if self._options.get("enable_pnginfo") is not False else ""
 
     def _restore_faces(self, run: EngineRun, extra: dict[str, Any], warnings: list[str]) -> EngineRun:
         """``run`` with its faces restored (and "Face restoration" in ``extra``), or as it was plus a
@@ -538,15 +565,19 @@ class JobRunner:
         options = self._service._options
         if not (self._save and options.get("grid_save")):
             return None
-        path = self._service._images.save_composed(image, infotext=infotext, kind=self.kind, grid=True,
-                                                   basename=basename, fmt=str(options.get("samples_format")))
+        path = self._service._images.save_composed(image, infotext=self._service._file_infotext(infotext),
+                                                   kind=self.kind, grid=True, basename=basename,
+                                                   fmt=str(options.get("samples_format")),
+                                                   folder=self._service.output_folder(self.kind, grids=True))
         return str(path)
 
     def save_image(self, image: Any, *, infotext: str, seed: int) -> str | None:
         options = self._service._options
         if not (self._save and options.get("samples_save")):
             return None
-        path = self._service._images.save(image, infotext=infotext, seed=seed, kind=self.kind,
+        folder = self._service.output_folder(self.kind, grids=False)
+        path = self._service._images.save(image, infotext=self._service._file_infotext(infotext), seed=seed,
+                                          kind=self.kind, folder=folder,
                                           fmt=str(options.get("samples_format")),
                                           jpeg_quality=int(options.get("jpeg_quality")))
         return str(path)
@@ -656,8 +687,10 @@ class _Recorder:
         want_grid = service._options.get("grid_save") if save_grid is None else save_grid
         if self._save and want_grid and len(result.images) > 1:
             try:
-                grid = service._images.save_grid(result.images, infotext=result.infotexts[0],
-                                                 seed=result.seeds[0], kind=self._kind, fmt=self._fmt)
+                grid = service._images.save_grid(result.images,
+                                                 infotext=service._file_infotext(result.infotexts[0]),
+                                                 seed=result.seeds[0], kind=self._kind, fmt=self._fmt,
+                                                 folder=service.output_folder(self._kind, grids=True))
                 result.grid_path = str(grid)
             except OSError as exc:
                 self._not_saved(exc, "the grid")
@@ -692,8 +725,10 @@ class _Recorder:
         if not (self._save and self._samples_save):
             return
         try:
-            path = service._images.save(generated.image, infotext=infotext, seed=generated.seed,
-                                        kind=self._kind, fmt=self._fmt, jpeg_quality=self._quality)
+            path = service._images.save(generated.image, infotext=service._file_infotext(infotext),
+                                        seed=generated.seed, kind=self._kind, fmt=self._fmt,
+                                        jpeg_quality=self._quality,
+                                        folder=service.output_folder(self._kind, grids=False))
         except OSError as exc:
             self._not_saved(exc, f"image {len(result.images)} (seed {generated.seed})")
             return

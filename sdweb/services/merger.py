@@ -195,7 +195,7 @@ class MergeService:
         name = request.custom_name.strip()
         if name:
             name = name.removesuffix(".safetensors")
-            if set(name) & _BAD_NAME_CHARS or name.startswith(".") or ".." in name:
+            if _unsafe_name(name):
                 raise MergeRequestError(f"custom_name: {request.custom_name!r} must be a plain file name (no "
                                         f"folders, no / \\ : * ? \" < > |)")
         elif b is None:
@@ -310,3 +310,14 @@ def _json_or_none(value: str | None) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+
+
+def _unsafe_name(name: str) -> bool:
+    """Whether a merged checkpoint's custom name could name anything but one file in the folder."""
+    from sdweb.safepath import UnsafePathError, plain_name
+
+    try:
+        plain_name(name, what="custom_name")
+    except UnsafePathError:
+        return True
+    return bool(set(name) & _BAD_NAME_CHARS) or ".." in name

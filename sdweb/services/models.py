@@ -220,10 +220,14 @@ class ModelService:
         usable.sort(key=_is_demo)
         return usable[0].title
 
-    def select(self, query: str, *, wait: bool = True) -> Any:
-        """Load ``query`` and make it the default. On failure the previous model stays selected."""
+    def select(self, query: str, *, wait: bool = True, remember: bool = True) -> Any:
+        """Load ``query`` and make it the default. On failure the previous model stays selected.
+
+        ``remember=False`` (the start-up load): config.json is not written; the choice is the one it
+        already implies.
+        """
         info = self.find(query)
-        task = self._worker.submit(lambda: self._load(info), label=f"load {info.title}")
+        task = self._worker.submit(lambda: self._load(info, remember=remember), label=f"load {info.title}")
         if wait:
             return task.wait()
         return task
@@ -234,9 +238,46 @@ class ModelService:
         if title is None:
             self._set_status(ModelStatus("none", message=self.empty_message()))
             return None
-        return self.select(title, wait=wait)
+        return self.select(title, wait=wait, remember=False)
 
-    def _load(self, info: Any) -> Any:
+    def current_options(self) -> dict[str, str]:
+        """A1111's ``sd_model_checkpoint`` (the title of the model requests without one use, from the
+        moment the server starts) and ``sd_checkpoint_hash`` (its sha256, once known).
+        """
+        title = self.selected_title() or ""
+        sha256 = ""
+        if title:
+            try:
+                sha256 = getattr(self.find(title), "sha256", None) or ""
+            except LookupError:
+                pass
+        return {"sd_model_checkpoint": title, "sd_checkpoint_hash": sha256}
+
+    def checkpoint_choice(self, value: Any) -> str:
+        """The ``sd_model_checkpoint`` option's check: a listed checkpoint, as its title ("" = automatic)."""
+        if value == "":
+            return ""
+        return str(self.find(str(value)).title)
+
+    def vae_choice(self, value: Any) -> str:
+        """The ``sd_vae`` option's check: Automatic, None or a VAE file listed in the VAE folder."""
+        if value in ("Automatic", "None"):
+            return str(value)
+        try:
+            return str(self._vaes.find(str(value)).name)
+        except LookupError:
+            names = [info.name for info in self._vaes.list()]
+            listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+            folder = self._shown(self._vaes.folder) if hasattr(self._vaes, "folder") else "models/VAE"
+            where = f"or a VAE in {folder}: {listed}" if names else f"(no VAE files in {folder})"
+            raise LookupError(f"option 'sd_vae' must be Automatic, None {where}; got {value!r}") from None
+
+    def _shown(self, path: Any) -> str:
+        from sdweb.safepath import shown_path
+
+        return shown_path(Path(path), self._settings.paths.root)
+
+    def _load(self, info: Any, *, remember: bool = True) -> Any:
         self._set_status(ModelStatus("loading", title=info.title,
                                      message=f"Loading {info.title}...", is_demo=_is_demo(info)))
         try:
@@ -246,7 +287,8 @@ class ModelService:
             self._set_status(ModelStatus("error", title=info.title, message=str(exc), is_demo=_is_demo(info)))
             raise
         info = getattr(loaded, "info", info)
-        self._options.update({"sd_model_checkpoint": info.title})
+        if remember:
+            self._options.update({"sd_model_checkpoint": info.title})
         self._set_status(ModelStatus("ready", title=info.title, message=f"{info.title} is ready",
                                      is_demo=_is_demo(info)))
         if self._plugins is not None:

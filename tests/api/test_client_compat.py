@@ -442,9 +442,6 @@ def test_open_webui_sets_the_model_as_it_does(api: ApiServer) -> None:
     assert api.get("options").json()["sd_model_checkpoint"] == title
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16.4, harden branch: whole-dict POST /options with A1111-only keys"
-)
 def test_open_webui_posts_back_the_whole_options_dict(start_api: Callable[..., ApiServer]) -> None:
     """Open WebUI posts back everything GET /options gave, keys of A1111 features we lack included."""
     api = start_api(config={"sd_checkpoint_cache": 0, "img2img_background_color": "#ffffff"})

@@ -45,7 +45,7 @@ def test_options_round_trip_and_persist(api: ApiServer) -> None:
     [
         ({"CLIP_stop_at_last_layers": 99}, ["CLIP_stop_at_last_layers", "12"]),
         ({"samples_format": "bmp"}, ["samples_format"]),
-        ({"no_such_option": 1}, ["no_such_option"]),
+        ({"sd_vae": "../../../../etc/"}, ["sd_vae", "Automatic"]),
         ({"jpeg_quality": "high"}, ["jpeg_quality"]),
     ],
 )

@@ -111,3 +111,14 @@ def test_interrupt_and_skip_with_nothing_running_are_harmless(api: ApiServer) ->
     assert api.post("interrupt").json() == {}
     assert api.post("skip").json() == {}
     assert api.post("txt2img", json={"steps": 1, "width": 64, "height": 64}).status_code == 200
+
+
+def test_the_live_preview_follows_samples_format_as_a1111s(start_api) -> None:
+    api = start_api(engine=FakeEngine(step_delay=0.02))
+    assert api.post("options", json={"samples_format": "jpg"}).status_code == 200
+    thread, answer = run_in_background(api, {"steps": 150, "width": 64, "height": 64, "seed": 9})
+    with_preview = poll(api, lambda p: p["current_image"] is not None)
+    assert Image.open(io.BytesIO(base64.b64decode(with_preview["current_image"]))).format == "JPEG"
+    api.post("interrupt")
+    thread.join(30)
+    assert answer["status"] == 200

@@ -243,6 +243,14 @@ def _flux_lora_files(folder: Any, flux: TinyModel) -> None:
         },
         str(folder / "diffusers_flux.safetensors"),
     )
+    # BFL module paths with peft's names (ComfyUI-style files)
+    save_file(
+        {
+            "diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight": down,
+            "diffusion_model.double_blocks.0.img_attn.proj.lora_B.weight": up,
+        },
+        str(folder / "bfl_flux.safetensors"),
+    )
 
 
 def test_flux_loras_in_kohya_and_diffusers_form_apply_for_the_job_only(
@@ -260,7 +268,53 @@ def test_flux_loras_in_kohya_and_diffusers_form_apply_for_the_job_only(
     peft = run(
         flux, params(prompt="a photo of a cat <lora:diffusers_flux:1>"), extra_networks=networks
     ).images[0]
+    bfl = run(flux, params(prompt="a photo of a cat <lora:bfl_flux:1>"), extra_networks=networks).images[0]
     assert not np.array_equal(plain, pixels(kohya.image))
-    assert np.abs(pixels(kohya.image) - pixels(peft.image)).max() <= 1  # the same LoRA, two file forms
+    assert np.abs(pixels(kohya.image) - pixels(peft.image)).max() <= 1  # the same LoRA, three file forms
+    assert np.abs(pixels(kohya.image) - pixels(bfl.image)).max() <= 1
     assert "kohya_flux" in kohya.extra["Lora hashes"]
     assert np.array_equal(plain, pixels(run(flux, params(prompt="a cat")).images[0].image))  # removed after
+
+
+def test_sd3_lora_in_diffusers_form_applies_and_a_kohya_sd3_file_is_refused_by_name(
+    sd3: TinyModel, tmp_path: Any
+) -> None:
+    from safetensors.torch import save_file
+
+    from sdweb.engine.extra_networks.job import ExtraNetworks
+    from sdweb.engine.extra_networks.lora import LoraError, LoraLibrary
+    from sdweb.engine.models.hashes import lora_hash
+
+    proj = sd3.pipe.transformer.transformer_blocks[0].attn.to_out[0]
+    generator = torch.Generator().manual_seed(1)
+    down = torch.randn(4, proj.in_features, generator=generator)
+    up = torch.randn(proj.out_features, 4, generator=generator)
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    save_file(
+        {
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": down,
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight": up,
+        },
+        str(folder / "sd3_style.safetensors"),
+    )
+    # kohya's SD 3.x naming (MMDiT module paths): diffusers converts it for Flux but not for SD 3.x
+    save_file(
+        {
+            "lora_unet_joint_blocks_0_x_block_attn_proj.lora_down.weight": down,
+            "lora_unet_joint_blocks_0_x_block_attn_proj.lora_up.weight": up,
+            "lora_unet_joint_blocks_0_x_block_attn_proj.alpha": torch.tensor(4.0),
+        },
+        str(folder / "kohya_sd3.safetensors"),
+    )
+    networks = ExtraNetworks(loras=LoraLibrary(folder))
+    request = params(prompt="a photo of a cat", cfg_scale=4.0, negative_prompt="blurry")
+    plain = pixels(run(sd3, request).images[0].image)
+    styled = run(sd3, params(prompt="a photo of a cat <lora:sd3_style:1>", cfg_scale=4.0,
+                             negative_prompt="blurry"), extra_networks=networks).images[0]
+    assert not np.array_equal(plain, pixels(styled.image))
+    assert styled.extra["Lora hashes"] == f"sd3_style: {lora_hash(folder / 'sd3_style.safetensors')}"
+    with pytest.raises(LoraError, match=r"kohya_sd3\.safetensors could not be applied .*none of its weights"):
+        run(sd3, params(prompt="a photo of a cat <lora:kohya_sd3:1>"), extra_networks=networks)
+    assert not any(sd3.pipe.get_list_adapters().values())
+    assert np.array_equal(plain, pixels(run(sd3, request).images[0].image))  # both removed after

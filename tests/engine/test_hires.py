@@ -81,6 +81,23 @@ def test_interrupt_in_the_second_pass_keeps_earlier_batches(sd1_model, samplers)
     assert run.interrupted and len(run.images) == 2
 
 
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_interrupt_in_the_first_pass_returns_the_first_pass_images(upscaler: str, sd1_model,
+                                                                   samplers) -> None:
+    control = JobControl()
+
+    def stop(step: StepProgress) -> None:
+        if step.batch_index == 0 and step.step == 2:
+            control.interrupt()
+
+    run = _run(sd1_model, samplers, hires_params(hr_upscaler=upscaler, batch_size=2), control=control,
+               on_step=stop)
+    # As A1111: the images reached so far, decoded at the first pass's size (latent upscale included).
+    assert run.interrupted
+    assert [item.image.size for item in run.images] == [(64, 64), (64, 64)]
+    assert [item.seed for item in run.images] == [1234, 1235]
+
+
 def test_engine_runs_hires_when_asked(sd1_model, samplers) -> None:
     from tests.engine.test_runtime import _engine
 

@@ -316,6 +316,19 @@ def test_progress_and_interrupt_reach_remote_jobs(cluster: Cluster) -> None:
     assert len(result.images) < 6
 
 
+def test_skip_reaches_remote_jobs(cluster: Cluster) -> None:
+    generation = cluster.services.generation
+    job = generation.submit(_params(steps=150, width=128, height=128, prompt="skipped"), save=False)
+    deadline = time.monotonic() + 60
+    while generation.progress(job).sampling_step < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert generation.skip(job.id)
+    result = job.wait(60)
+    # The one batch was dropped on its worker long before its 150 steps; the job itself was not stopped.
+    assert not result.interrupted and result.images == []
+    assert generation.progress(job).sampling_step < 150
+
+
 def test_a_node_without_the_token_is_refused(cluster: Cluster) -> None:
     stranger = cluster.root / "stranger"
     (stranger / "cluster").mkdir(parents=True)

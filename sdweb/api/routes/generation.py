@@ -130,7 +130,9 @@ class GenerationRoutes:
             # As A1111's API: images in the samples_format, the infotext inside.
             fmt = option(self.services.options, "samples_format", "png")
             quality = option(self.services.options, "jpeg_quality", 80)
-            encoded = [encode_image_base64(image, infotext, fmt, quality)
+            # A1111's enable_pnginfo: off = no parameters inside the images (info still has them).
+            inside = option(self.services.options, "enable_pnginfo", True) is not False
+            encoded = [encode_image_base64(image, infotext if inside else "", fmt, quality)
                        for image, infotext in zip(images, infotexts, strict=False)]
         info = info_of(result, self.services.version)
         info.update(index_of_first_image=1 if grid_first else 0, infotexts=infotexts)

@@ -12,6 +12,7 @@ from sdweb.api.errors import ApiError
 from sdweb.api.model_lookup import find_checkpoint, load_failure_status
 from sdweb.api.models import options_model
 from sdweb.api.routes import ApiRoutes
+from sdweb.config import OptionsError
 from sdweb.services.container import AppServices
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,19 @@ class OptionsRoutes:
         self.services = services
 
     def get_options(self) -> dict[str, Any]:
-        return json_safe(self.services.options.as_dict())
+        values = self.services.options.as_dict()
+        # A1111's: the model requests without one use, from the start (never ""), and its sha256.
+        values.update(self.services.models.current_options())
+        return json_safe(values)
 
     def set_options(
         self, changes: dict[str, Any] = Body(..., examples=[{"CLIP_stop_at_last_layers": 2}])
     ) -> None:
         """Set options, all or nothing.
 
+        A client may post back the whole dict it read (Open WebUI does): values equal to the current
+        ones are no-ops, keys of A1111 features we lack are kept as they are, and only invalid values of
+        options we have are refused (400 naming each option and what it may hold; nothing is stored).
         ``sd_model_checkpoint`` loads that model first; when it cannot be found or loaded nothing
         changes and the current model stays.
         """
@@ -47,13 +54,21 @@ class OptionsRoutes:
         bad = [key for key, value in changes.items() if has_non_finite(value)]
         if bad:
             raise ApiError(400, f"option {bad[0]!r}: must be a finite number")
+        changes = dict(changes)
+        current = self.services.models.current_options()
+        wanted = changes.pop("sd_model_checkpoint", None)
+        if wanted is not None and wanted == current["sd_model_checkpoint"]:
+            wanted = None  # posted back unchanged
         try:
-            converted = options.validate(changes)
-        except ValueError as exc:
+            converted = options.validate(changes, unknown="keep",
+                                         allow_outside=self.services.settings.allow_outdir_anywhere)
+        except OptionsError as exc:
             raise ApiError(400, str(exc)) from exc
-        checkpoint = converted.pop("sd_model_checkpoint", None)
-        if checkpoint is not None:
-            info = find_checkpoint(self.services, str(checkpoint), "sd_model_checkpoint")
+        if wanted is not None:
+            if not isinstance(wanted, str):
+                raise ApiError(400, f"option 'sd_model_checkpoint' must be a checkpoint title, got "
+                                    f"{wanted!r}")
+            info = find_checkpoint(self.services, wanted, "sd_model_checkpoint")
             try:
                 self.services.models.select(info.title)
             except Exception as exc:  # the engine's message is what the user needs
@@ -61,7 +76,10 @@ class OptionsRoutes:
                 raise ApiError(load_failure_status(exc),
                                f"sd_model_checkpoint: could not load {info.title}: {exc}") from exc
         if converted:
-            options.update(converted)
+            try:
+                options.update(converted, unknown="keep", allow_outside=True)  # checked above
+            except OptionsError as exc:  # a file vanished between the check and now
+                raise ApiError(400, str(exc)) from exc
 
     def cmd_flags(self) -> dict[str, Any]:
         return json_safe(self.services.settings.public_flags())

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import Query
 
-from sdweb.api.encoding import encode_png_base64
+from sdweb.api.encoding import encode_image_base64
 from sdweb.api.errors import ApiError
 from sdweb.api.models import ProgressResponse, ProgressState
 from sdweb.api.routes import ApiRoutes
@@ -55,7 +55,10 @@ class ProgressRoutes:
         preview = progress.preview
         current_image = None
         if preview is not None and not skip_current_image:
-            current_image = encode_png_base64(preview)
+            # As A1111's: the preview in the samples_format (png, jpg, webp).
+            options = self.services.options
+            current_image = encode_image_base64(preview, None, str(options.get("samples_format") or "png"),
+                                                int(options.get("jpeg_quality") or 80))
         textinfo = progress.textinfo or self._textinfo(progress)
         return ProgressResponse(progress=progress.fraction, eta_relative=progress.eta_seconds or 0.0,
                                 state=state, current_image=current_image, textinfo=textinfo)

@@ -279,7 +279,7 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
     """Load each request as an adapter (its name appended to ``adapters`` first) and set the weights."""
     for index, request in enumerate(requests):
         adapter = f"{ADAPTER_PREFIX}{index}"
-        state = _load_state_dict(request.file.path)
+        state = _bfl_peft_keys_as_kohya(pipe, _load_state_dict(request.file.path))
         adapters.append(adapter)  # before loading: a half-loaded adapter is cleaned up too
         try:
             with _quiet_load_report():
@@ -287,6 +287,13 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
         except Exception as exc:
             raise LoraError(f"LoRA {request.file.path.name} could not be applied to this model: "
                             f"{exc}") from exc
+        if not any(adapter in names for names in pipe.get_list_adapters().values()):
+            # diffusers only warns when no key of the file names a layer of this model (a LoRA made for
+            # another family, or a key layout it does not convert for this one, e.g. kohya SD 3.x files).
+            family = type(pipe).__name__.removesuffix("Pipeline")
+            raise LoraError(f"LoRA {request.file.path.name} could not be applied to this model: none of "
+                            f"its weights match a layer of this {family} model (a LoRA for another model "
+                            "family, or a key format that is not converted for this one)")
         logger.info("LoRA %s loaded (te %.3g, unet %.3g)", request.file.name, request.te_weight,
                     request.unet_weight)
     components = pipe.get_list_adapters()  # {"unet": [...], "text_encoder": [...], ...}
@@ -297,6 +304,23 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
                                     else request.te_weight)
                         for component, names in components.items() if adapter in names})
     pipe.set_adapters(adapters, adapter_weights=weights)
+
+
+def _bfl_peft_keys_as_kohya(pipe: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """Flux LoRAs with BFL module paths and peft's ``lora_A``/``lora_B`` names (ComfyUI-style
+    ``diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight``) as the ``lora_down``/``lora_up`` names
+    diffusers' kohya/ComfyUI converter reads (no alpha: the converter's default, rank, is peft's scale 1).
+    diffusers itself finds no layer for them and would skip the file.
+    """
+    if type(pipe).__name__ != "FluxPipeline":
+        return state
+    weights = [key for key in state if key.endswith(".weight")]
+    if not weights or not all(key.startswith("diffusion_model.") for key in weights):
+        return state
+    if not any(".lora_A." in key for key in weights) or any(".lora_down." in key for key in weights):
+        return state
+    return {key.replace(".lora_A.", ".lora_down.").replace(".lora_B.", ".lora_up."): value
+            for key, value in state.items()}
 
 
 class _DropLoadReport(logging.Filter):

@@ -7,8 +7,9 @@ files chosen for the slots the checkpoint lacks (:mod:`sdweb.engine.models.modul
    ``runtime.dtype``, the VAE to ``runtime.vae_dtype``). **fp8** weights (``float8_e4m3fn``/``e5m2``)
    are kept in fp8: their linear layers get diffusers' layerwise casting hooks, which cast one layer's
    weights to the compute dtype for its forward and drop the copy after, so memory holds fp8.
-   **GGUF** transformers are loaded by diffusers' GGUF support (``GGUFQuantizationConfig``): the weights
-   stay quantized and are dequantized per layer.
+   **GGUF** transformers are read one tensor at a time (:func:`sdweb.engine.models.gguf_io.read_gguf_state`)
+   and handed to diffusers' GGUF support (``GGUFQuantizationConfig``): the weights stay quantized and are
+   dequantized per layer.
 2. Builds each component on the meta device from its shape-derived config and adopts the tensors: the
    Flux transformer through sdweb's width-agnostic key mapping (:mod:`sdweb.engine.models.flux_layout`),
    the SD3 MMDiT through diffusers' ``convert_sd3_transformer_checkpoint_to_diffusers``, VAEs through
@@ -68,7 +69,10 @@ logger = logging.getLogger(__name__)
 
 FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
 #: Layers kept at the compute dtype when the rest is stored in fp8 (diffusers' own defaults).
-_LAYERWISE_SKIP = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$", "shared")
+#: T5's feed-forward output layer too: T5 casts its input to that layer's weight dtype (fp8 storage) first.
+_LAYERWISE_SKIP = (
+    "pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$", "shared", r"DenseReluDense\.wo$"
+)
 _IGNORABLE = ("position_ids", "logit_scale")
 #: Parts of an all-in-one file that are never the transformer (skipped when its keys are bare).
 _OTHER_PARTS = ("text_encoders.", "first_stage_model.", "vae.", "cond_stage_model.", "conditioner.")
@@ -260,19 +264,16 @@ def _gguf_transformer(
     path: Path, family: str, config: dict[str, Any], prefix: str, runtime: RuntimeConfig
 ) -> torch.nn.Module:
     """A GGUF transformer through diffusers' GGUF quantizer: weights stay quantized, dequantized per layer."""
-    from sdweb.engine.models.gguf_io import GGUF_EXTRA_HINT, gguf_available
+    from sdweb.engine.models.gguf_io import GGUF_EXTRA_HINT, gguf_available, read_gguf_state
 
     if not gguf_available():
         raise UnsupportedCheckpointError(f"{path.name}: {GGUF_EXTRA_HINT}")
     from diffusers import GGUFQuantizationConfig
-    from diffusers.models.model_loading_utils import load_gguf_checkpoint
 
-    try:
-        raw = load_gguf_checkpoint(str(path))
-    except ValueError as exc:  # an unsupported quantization type; diffusers' message lists the known ones
-        raise UnsupportedCheckpointError(f"{path.name}: {str(exc).splitlines()[0]}") from exc
-    state = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
-    del raw
+    compute = runtime.dtype
+    # Streamed, quantized tensors kept quantized, the few plain ones already at the compute dtype (so
+    # diffusers' own cast below makes no second copy of them).
+    state = read_gguf_state(path, prefix=prefix, plain_dtype=compute)
     model_config = {k: v for k, v in config.items() if not k.startswith("_")}
     if family == "flux":
         converted = flux_to_diffusers(state, model_config)
@@ -282,7 +283,7 @@ def _gguf_transformer(
 
         converted = convert_sd3_transformer_checkpoint_to_diffusers(state)
         cls = SD3Transformer2DModel
-    compute = runtime.dtype
+    del state
     # from_single_file takes the config from a folder: the shape-derived one is written to a temporary one.
     with tempfile.TemporaryDirectory(prefix="sdweb-gguf-") as folder:
         (Path(folder) / "config.json").write_text(json.dumps({"_class_name": cls.__name__, **model_config}))

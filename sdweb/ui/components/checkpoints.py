@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdweb.safepath import for_client
 from sdweb.ui.components.download import render_download_section
 from sdweb.ui.components.messages import error_html, note_html
 
@@ -72,7 +73,7 @@ class CheckpointSelector:
         def select_checkpoint(title: str | None) -> str:
             text, ok = load_checkpoint(services, title)
             if not ok:
-                gr.Warning(text)
+                gr.Warning(for_client(text))
                 return error_html(text)
             return note_html(text) if text else ""
 

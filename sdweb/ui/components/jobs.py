@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.params import GenerationResult, JobProgress
+from sdweb.safepath import for_client
 from sdweb.services.generation import GenerationError
 from sdweb.ui.components.messages import error_html, infotext_html, note_html
 from sdweb.ui.components.results import ResultPanel, ResultView
@@ -112,7 +113,7 @@ async def run_job(
     try:
         job = await asyncio.to_thread(submit)
     except GenerationError as exc:
-        gr.Warning(exc.message)
+        gr.Warning(for_client(exc.message))
         yield {panel.progress: error_html(exc.message)}
         return
     session = session_of(request)
@@ -145,15 +146,15 @@ def _finished_updates(job: Any, panel: ResultPanel) -> dict[Any, Any]:
     try:
         result = job.wait(timeout=0)
     except GenerationError as exc:
-        gr.Warning(exc.message)
+        gr.Warning(for_client(exc.message))
         return {panel.progress: error_html(exc.message), panel.preview: hide_preview}
     started = job.progress.started_at
     seconds = time.monotonic() - started if started is not None else None
     result_view = ResultView.of(result)
     done = finished_html(result, seconds)
     for warning in result.warnings:  # e.g. face restoration skipped, and why
-        gr.Warning(warning)
-        done += note_html(warning)
+        gr.Warning(for_client(warning))
+        done += note_html(for_client(warning))
     return {
         panel.progress: done,
         panel.message: "",

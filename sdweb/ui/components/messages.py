@@ -9,8 +9,10 @@ logger = logging.getLogger(__name__)
 
 
 def error_html(message: str) -> str:
-    """A red line saying what went wrong."""
-    return f'<div class="sdweb-error">{html.escape(message)}</div>'
+    """A red line saying what went wrong (the server's folders shown relative to the data folder)."""
+    from sdweb.safepath import for_client
+
+    return f'<div class="sdweb-error">{html.escape(for_client(message))}</div>'
 
 
 def note_html(message: str) -> str:

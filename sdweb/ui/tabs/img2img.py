@@ -32,6 +32,7 @@ from sdweb.images.mask import MASKED_CONTENT_NAMES
 from sdweb.images.outpaint import OUTPAINT_FILLS, OUTPAINT_SIDES
 from sdweb.images.resize import RESIZE_MODE_NAMES
 from sdweb.params import Img2ImgParams, format_validation_error
+from sdweb.safepath import for_client
 from sdweb.ui import controls
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
 from sdweb.ui.components.messages import error_html, note_html
@@ -293,7 +294,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
     def form_error(exc: UploadError | ValidationError | SectionError) -> dict[Any, str]:
         """A toast and the progress line saying what is wrong with the form (no job was queued)."""
         text = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-        gr.Warning(text)
+        gr.Warning(for_client(text))
         return {panel.progress: error_html(text)}
 
     async def run_generation(data: dict[Any, Any], request: gr.Request) -> Any:

@@ -17,6 +17,7 @@ import gradio as gr
 from PIL import Image
 
 from sdweb.params import GenerationResult, Img2ImgParams
+from sdweb.safepath import for_client
 from sdweb.services.generation import GenerationError
 from sdweb.ui.components.jobs import POLL_INTERVAL, SessionJobs, progress_html, session_of
 from sdweb.ui.components.messages import error_html, infotext_html, note_html
@@ -90,7 +91,7 @@ async def run_batch(
             state.skipped.append(f"{name} ({exc})")
             continue
         except GenerationError as exc:
-            gr.Warning(exc.message)
+            gr.Warning(for_client(exc.message))
             yield {panel.progress: error_html(exc.message)}
             return
         jobs.start(session, job.id)

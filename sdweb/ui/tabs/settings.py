@@ -9,6 +9,7 @@ stored values whenever the page is opened, so a change made elsewhere (API, anot
 from __future__ import annotations
 
 import html
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.config import OptionSpec
+from sdweb.safepath import for_client
 from sdweb.ui.components.messages import error_html, note_html
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,18 @@ def suggestions(services: Any) -> dict[str, Callable[[], list[str]]]:
         return ["Automatic", "None", *(info.name for info in models.list_vaes())]
 
     return {"sd_model_checkpoint": checkpoints, "sd_vae": vaes}
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a client address is this machine (127.0.0.0/8, ::1, "localhost")."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _kind(spec: OptionSpec, suggested: Mapping[str, Any] | None = None) -> str:
@@ -86,15 +100,24 @@ def changed_options(
     return changes
 
 
-def apply_settings(options: Any, values: Mapping[str, Any]) -> tuple[str, bool]:
-    """Apply the changed values all-or-nothing; return (message, ok)."""
-    changes = changed_options(options.specs, options.as_dict(), values)
+def apply_settings(options: Any, values: Mapping[str, Any], *, allow_outside: bool = True,
+                   current: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+    """Apply the changed values all-or-nothing; return (message, ok).
+
+    ``allow_outside``: output folders may be absolute paths outside the data folder (the Settings tab
+    opened on this machine, or ``--allow-outdir-anywhere``). ``current``: the values the form showed.
+    """
+    shown = dict(options.as_dict())
+    shown.update(current or {})
+    changes = changed_options(options.specs, shown, values)
     if not changes:
         return "Nothing changed.", True
     try:
-        applied = options.update(changes)
+        applied = options.update(changes, allow_outside=allow_outside)
     except ValueError as exc:
         return f"Not applied (nothing was changed): {exc}", False
+    if not applied:
+        return "Nothing changed.", True
     labels = {spec.key: spec.label for spec in options.specs}
     listed = ", ".join(f"{labels.get(key, key)} = {value!r}" for key, value in applied.items())
     return f"Applied {len(applied)} change{'s' if len(applied) != 1 else ''}: {listed}.", True
@@ -127,7 +150,15 @@ def render_settings_tab(services: Any, demo: gr.Blocks | None = None) -> None:
     """
     options = services.options
     specs: list[OptionSpec] = options.specs
-    current = options.as_dict()
+
+    def stored_values() -> dict[str, Any]:
+        values = dict(options.as_dict())
+        current_options = getattr(services.models, "current_options", None)
+        if current_options is not None:  # the checkpoint in use, never "" once one is listed
+            values["sd_model_checkpoint"] = current_options()["sd_model_checkpoint"]
+        return values
+
+    current = stored_values()
     suggested = suggestions(services)
     sections: dict[str, list[OptionSpec]] = {}
     for spec in specs:
@@ -146,17 +177,24 @@ def render_settings_tab(services: Any, demo: gr.Blocks | None = None) -> None:
     by_component = {component: key for key, component in components.items()}
     spec_by_key = {spec.key: spec for spec in specs}
 
-    def apply_clicked(data: dict[Any, Any]) -> str:
+    settings = getattr(services, "settings", None)
+    anywhere = bool(getattr(settings, "allow_outdir_anywhere", False))
+
+    def apply_clicked(data: dict[Any, Any], request: gr.Request) -> str:
         values = {by_component[component]: value for component, value in data.items()}
-        message, ok = apply_settings(options, values)
+        # Absolute output folders only from this machine (or with --allow-outdir-anywhere): on a LAN,
+        # another person's browser may not aim the server's writes anywhere.
+        local = is_loopback(getattr(getattr(request, "client", None), "host", None))
+        message, ok = apply_settings(options, values, allow_outside=anywhere or local,
+                                     current=stored_values())
         if not ok:
-            gr.Warning(message)
+            gr.Warning(for_client(message))
         return note_html(message) if ok else error_html(message)
 
     apply.click(apply_clicked, inputs=set(components.values()), outputs=result, show_progress="hidden")
 
     def reload_values() -> dict[Any, Any]:
-        stored = options.as_dict()
+        stored = stored_values()
         updates: dict[Any, Any] = {}
         for key, component in components.items():
             spec = spec_by_key[key]

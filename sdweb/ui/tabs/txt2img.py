@@ -24,6 +24,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from sdweb.params import format_validation_error
+from sdweb.safepath import for_client
 from sdweb.ui import controls
 from sdweb.ui.components.checkpoints import checkpoint_titles, render_checkpoint_selector
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
@@ -256,7 +257,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             params = params_from_form(values, sections.request_values(data))
         except (ValidationError, SectionError) as exc:
             text = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            gr.Warning(text)
+            gr.Warning(for_client(text))
             yield {panel.progress: error_html(text)}
             return
         own = sections.job_submitter(data)  # a script queues its own job

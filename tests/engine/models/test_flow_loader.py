@@ -112,8 +112,12 @@ def test_sd35_transformer_only_takes_clip_g_and_the_fitting_t5(checkpoints, modu
         "t5xxl": "t5xxl_sd3_fp8_e4m3fn.safetensors",
     }
     loaded = load_checkpoint(info, RUNTIME, modules=picked)
-    # The fp8 T5 file stays fp8 in memory (its linear layers are cast per forward).
+    # The fp8 T5 file stays fp8 in memory (its linear layers are cast per forward) and runs at the
+    # compute dtype (T5's feed-forward casts its input to the output layer's weight dtype first).
     assert storage_summary(loaded.pipe)["text_encoder_3"] == "float8_e4m3fn"
+    with torch.inference_mode():
+        hidden = loaded.pipe.text_encoder_3(torch.tensor([[3, 7, 1]]))[0]
+    assert hidden.dtype == RUNTIME.dtype and torch.isfinite(hidden).all()
 
 
 def test_fp8_weights_stay_fp8_and_compute_close_to_the_fp32_model(checkpoints, modules) -> None:
@@ -178,3 +182,43 @@ def test_diffusers_folders_load_offline(tmp_path: Path) -> None:
     assert (info.kind, info.family) == ("diffusers", "flux-dev")
     loaded = load_checkpoint(info, RUNTIME)
     assert type(loaded.pipe).__name__ == "FluxPipeline" and loaded.family == "flux-dev"
+
+
+def test_gguf_tensors_are_streamed_as_diffusers_reads_them(library: dict[str, Path]) -> None:
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    from sdweb.engine.models.gguf_io import read_gguf_state
+
+    path = library["flux_schnell_gguf"]
+    expected = load_gguf_checkpoint(str(path))
+    got = read_gguf_state(path, plain_dtype=torch.bfloat16)
+    assert got.keys() == expected.keys()
+    for key, tensor in expected.items():
+        quant = getattr(tensor, "quant_type", None)
+        assert getattr(got[key], "quant_type", None) == quant, key
+        if quant is None:  # plain tensors (norms, biases) arrive at the compute dtype
+            assert got[key].dtype == torch.bfloat16
+            assert torch.equal(got[key], tensor.to(torch.bfloat16)), key
+        else:  # quantized ones stay as the file's blocks
+            assert got[key].dtype == torch.uint8 and torch.equal(got[key], tensor), key
+    prefixed = read_gguf_state(path, prefix="double_blocks.0.")
+    assert prefixed and all(not key.startswith("double_blocks") for key in prefixed)
+
+
+def test_a_gguf_quantization_diffusers_cannot_dequantize_is_refused_by_name(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    from sdweb.engine.models.errors import UnsupportedCheckpointError
+    from sdweb.engine.models.gguf_io import read_gguf_state
+
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    iq = gguf.GGMLQuantizationType.IQ2_XXS  # llama.cpp has it, diffusers' dequantizer does not
+    writer.add_tensor("img_in.weight", np.zeros((4, gguf.GGML_QUANT_SIZES[iq][1]), np.uint8), raw_dtype=iq)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedCheckpointError, match="IQ2_XXS"):
+        read_gguf_state(path)
