@@ -47,6 +47,8 @@ class DataPaths:
     styles_file: Path
     history_db: Path
     cache_dir: Path
+    #: ``--controlnet-dir``: another folder of ControlNet models beside ``models/ControlNet``.
+    extra_controlnet_dir: Path | None = None
 
     @classmethod
     def from_root(
@@ -57,6 +59,7 @@ class DataPaths:
         vae_dir: Path | None = None,
         lora_dir: Path | None = None,
         embeddings_dir: Path | None = None,
+        controlnet_dir: Path | None = None,
     ) -> DataPaths:
         root = root.resolve()
         ckpt_dirs = [root / "models" / "Stable-diffusion"]
@@ -74,12 +77,24 @@ class DataPaths:
             styles_file=root / "styles.csv",
             history_db=root / "history.db",
             cache_dir=root / "cache",
+            extra_controlnet_dir=controlnet_dir.resolve() if controlnet_dir is not None else None,
         )
 
     @property
     def text_encoder_dir(self) -> Path:
         """``models/text_encoder``: Forge's folder of CLIP-L / CLIP-G / T5-XXL files for SD 3.x and Flux."""
         return self.root / "models" / "text_encoder"
+
+    @property
+    def controlnet_dir(self) -> Path:
+        """``models/ControlNet``: the sd-webui-controlnet extension's folder of ControlNet models."""
+        return self.root / "models" / "ControlNet"
+
+    @property
+    def controlnet_dirs(self) -> tuple[Path, ...]:
+        """Where ControlNet models are looked for: ``models/ControlNet``, then ``--controlnet-dir``."""
+        extra = (self.extra_controlnet_dir,) if self.extra_controlnet_dir is not None else ()
+        return (self.controlnet_dir, *extra)
 
     @property
     def esrgan_dir(self) -> Path:
@@ -102,6 +117,7 @@ class DataPaths:
     def ensure(self) -> None:
         """Create the folders a user is expected to drop files into."""
         for folder in (*self.ckpt_dirs[:1], self.vae_dir, self.text_encoder_dir, self.lora_dir,
+                       self.controlnet_dir,
                        self.embeddings_dir,
                        self.extensions_dir, self.outputs_dir, self.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,7 @@ def run_img2img(
     extra_networks: Any = None,
     mask: Image.Image | None = None,
     inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT,
+    controlnets: Any = None,
 ) -> EngineRun:
     """Make ``params.batch_size * params.n_iter`` images from ``init_images``; see the module docstring.
 
@@ -105,7 +106,7 @@ def run_img2img(
     with inference_context(model.pipe):
         return _Img2Img(model, params, init_images, samplers, control, on_step, preview_every,
                         extra_networks=extra_networks, mask=mask,
-                        inpainting_mask_weight=inpainting_mask_weight).run()
+                        inpainting_mask_weight=inpainting_mask_weight, controlnets=controlnets).run()
 
 
 class _Img2Img(_Txt2Img):
@@ -115,14 +116,16 @@ class _Img2Img(_Txt2Img):
                  samplers: SamplerRegistry, control: JobControl, on_step: Callable[[StepProgress], None],
                  preview_every: int, *, extra_networks: Any = None,
                  init_latents: torch.Tensor | None = None, mask: Image.Image | None = None,
-                 inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT) -> None:
+                 inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT, controlnets: Any = None,
+                 hires_pass: bool | None = None) -> None:
         if not isinstance(params, Img2ImgParams):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         if not 0.0 <= inpainting_mask_weight <= 1.0:
             raise ValueError(f"inpainting_mask_weight must be between 0 and 1, got {inpainting_mask_weight}")
         # Passed on only when given, so the loop's own default (none) stays its business.
         options = {"extra_networks": extra_networks} if extra_networks is not None else {}
-        super().__init__(model, params, samplers, control, on_step, preview_every, **options)
+        super().__init__(model, params, samplers, control, on_step, preview_every, **options,
+                         controlnets=controlnets, hires_pass=hires_pass)
         self.mask_weight = float(inpainting_mask_weight)
         self.init_images = list(init_images)
         self.denoise_steps = params.denoising_steps
@@ -132,6 +135,11 @@ class _Img2Img(_Txt2Img):
         self.mask = mask
         self.plans: list[InpaintPlan] = []
         self.latent_mask: torch.Tensor | None = None
+
+    def control_fraction(self) -> float:
+        # As the extension: the fraction of the steps this img2img run makes, not of the full schedule.
+        offset = self.params.steps - self.denoise_steps
+        return (self.step_index - offset) / max(1, self.denoise_steps)
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:

@@ -180,9 +180,25 @@ def test_img2img_strength_zero_keeps_the_picture_and_inpainting_keeps_unmasked_p
     out = pixels(result.images[0].image)
     assert (out[:, 40:] == np.array([200, 40, 40])).all()  # outside the mask: the original, exactly
     assert steps == [1, 2]  # int(3 * 0.9) steps run
-    latent_resize = Img2ImgParams(**{**params().model_dump(), "resize_mode": 3})
-    with pytest.raises(ValueError, match="resize_mode: 3"):
-        family.img2img(flux, latent_resize, [init], job())
+
+
+
+def test_latent_upscale_resize_mode_encodes_at_the_image_size_and_tiling_is_refused(flux: TinyModel) -> None:
+    family = FAMILIES.for_family(flux.family)
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    request = {**params().model_dump(), "denoising_strength": 0.5}
+    plain = family.img2img(flux, Img2ImgParams(**request), [small], job()).images[0].image
+    latent = family.img2img(flux, Img2ImgParams(**{**request, "resize_mode": 3}), [small], job()).images[0]
+    assert latent.image.size == plain.size == (64, 64)
+    assert not np.array_equal(pixels(latent.image), pixels(plain))  # latents resized, not pixels
+    with pytest.raises(ValueError, match="resize mode 3 .* cannot be used with a mask"):
+        family.img2img(flux, Img2ImgParams(**{**request, "resize_mode": 3}), [small], job(),
+                       mask=Image.new("L", (48, 32), 255))
+    with pytest.raises(ValueError, match="at most 2048 a side"):
+        family.img2img(flux, Img2ImgParams(**{**request, "resize_mode": 3}), [Image.new("RGB", (2100, 8))],
+                       job())
+    with pytest.raises(ValueError, match="seamless tiling is not supported for SD 3.x / Flux"):
+        run(flux, params(tiling=True))
 
 
 def test_hires_fix_runs_both_passes_on_the_flow_loop(flux: TinyModel) -> None:
@@ -318,3 +334,37 @@ def test_sd3_lora_in_diffusers_form_applies_and_a_kohya_sd3_file_is_refused_by_n
         run(sd3, params(prompt="a photo of a cat <lora:kohya_sd3:1>"), extra_networks=networks)
     assert not any(sd3.pipe.get_list_adapters().values())
     assert np.array_equal(plain, pixels(run(sd3, request).images[0].image))  # both removed after
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_embeddings_apply_to_the_clip_encoders_and_are_hashed(
+    family: str, flux: TinyModel, sd3: TinyModel, tmp_path: Any
+) -> None:
+    """Forge's rule: textual inversion on CLIP-L (Flux; an SD1-style file) or CLIP-L + CLIP-G (SD 3.x; an
+    SDXL-style clip_l/clip_g file); T5 reads the name as text."""
+    from safetensors.torch import save_file
+
+    from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
+    from sdweb.engine.extra_networks.job import ExtraNetworks
+
+    model = flux if family == "flux" else sd3
+    generator = torch.Generator().manual_seed(5)
+    width_l = model.pipe.text_encoder.config.hidden_size
+    if family == "flux":
+        vectors = {"emb_params": torch.randn(2, width_l, generator=generator)}
+    else:
+        width_g = model.pipe.text_encoder_2.config.hidden_size
+        vectors = {
+            "clip_l": torch.randn(2, width_l, generator=generator),
+            "clip_g": torch.randn(2, width_g, generator=generator),
+        }
+    (tmp_path / "embeddings").mkdir()
+    save_file(vectors, str(tmp_path / "embeddings" / "shiny.safetensors"))
+    with_library = ExtraNetworks(embeddings=EmbeddingLibrary(tmp_path / "embeddings"))
+    without = ExtraNetworks(embeddings=EmbeddingLibrary(tmp_path / "empty"))
+    request = params(prompt="a photo of a cat, shiny", cfg_scale=1.0 if family == "flux" else 4.0)
+    used = run(model, request, extra_networks=with_library).images[0]
+    plain = run(model, request, extra_networks=without).images[0]
+    assert not np.array_equal(pixels(used.image), pixels(plain.image))
+    assert used.extra["TI hashes"].startswith("shiny: ")
+    assert "TI hashes" not in plain.extra

@@ -306,10 +306,17 @@ def _text_or_none(value: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _is_clip(encoder: Any) -> bool:
+    # Flux's text_encoder_2 is T5 (SD 3.x's T5 is text_encoder_3): embeddings are CLIP vectors only.
+    return encoder is not None and "t5" not in str(getattr(encoder.config, "model_type", "")).lower()
+
+
 def text_encoder_widths(pipe: Any) -> tuple[int, ...]:
-    """The hidden widths of a pipeline's text encoders: (768,) SD1, (1024,) SD2, (768, 1280) SDXL."""
+    """The hidden widths of a pipeline's CLIP text encoders: (768,) SD1 and Flux (CLIP-L), (1024,) SD2,
+    (768, 1280) SDXL and SD 3.x (CLIP-L, CLIP-G). T5 takes no embeddings (as in Forge).
+    """
     encoders = [getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)]
-    return tuple(int(encoder.config.hidden_size) for encoder in encoders if encoder is not None)
+    return tuple(int(encoder.config.hidden_size) for encoder in encoders if _is_clip(encoder))
 
 
 def counting_tokenizer(pipe: Any, library: EmbeddingLibrary) -> Any:
@@ -341,12 +348,12 @@ class EmbeddingTextView:
             pattern = re.compile(r"(?<![\w])(" + "|".join(re.escape(name) for name in names) + r")(?![\w])",
                                  re.IGNORECASE)
         lookup = {name.lower(): name for name in embeddings}
-        keys = [SINGLE] if getattr(pipe, "text_encoder_2", None) is None else list(SDXL_KEYS)
+        keys = [SINGLE] if not _is_clip(getattr(pipe, "text_encoder_2", None)) else list(SDXL_KEYS)
         self.tokenizer = _EmbeddingTokenizer(tokenizer, pattern, lookup, self._ids, self.used)
         self.text_encoder = _EmbeddingTextEncoder(pipe.text_encoder, first_id,
                                                   self._vectors(embeddings, keys[0]))
-        self.tokenizer_2 = None
-        self.text_encoder_2 = None
+        self.tokenizer_2 = None if len(keys) == 2 else getattr(pipe, "tokenizer_2", None)  # Flux: T5's
+        self.text_encoder_2 = None if len(keys) == 2 else getattr(pipe, "text_encoder_2", None)
         if len(keys) == 2:
             self.tokenizer_2 = _EmbeddingTokenizer(pipe.tokenizer_2, pattern, lookup, self._ids, self.used)
             self.text_encoder_2 = _EmbeddingTextEncoder(pipe.text_encoder_2, first_id,

@@ -265,7 +265,8 @@ class FlowTxt2Img:
         self.negative_schedule = schedules[-1]
         texts = list(dict.fromkeys(text for schedule in schedules for _end, text in schedule))
         encoder = FlowTextEncoder(
-            self.pipe,
+            # the embeddings view: textual inversion on the CLIP encoders, as Forge does (T5 reads the text)
+            self.networks.text_pipe if self.networks is not None else self.pipe,
             self.family.config_family,
             device=self.device,
             dtype=self.transformer_dtype,
@@ -474,9 +475,17 @@ class FlowImg2Img(FlowTxt2Img):
                 f"{count} init images for a batch of {self.params.batch_size}: give one image, "
                 "or one per image of the batch"
             )
-        if self.params.resize_mode == 3 and self._init is None:
-            raise ValueError("resize_mode: 3 (latent upscale) is not supported for SD 3.x / Flux models yet; "
-                             "use 0 (just resize), 1 (crop and resize) or 2 (resize and fill)")
+        if self.params.resize_mode == 3 and self._init is None and self.mask is None:
+            from sdweb.engine.img2img import MAX_LATENT_UPSCALE_SOURCE_SIDE
+            from sdweb.images.resize import latent_upscale_source_size
+
+            for image in self.init_images:
+                if max(latent_upscale_source_size(image, self.scale)) > MAX_LATENT_UPSCALE_SOURCE_SIDE:
+                    raise ValueError(
+                        f"the init image is {image.width}x{image.height}; resize mode 3 (latent upscale) "
+                        f"encodes it at that size, at most {MAX_LATENT_UPSCALE_SOURCE_SIDE} a side: use "
+                        "resize mode 0, 1 or 2 for larger images"
+                    )
         if self.mask is not None and not self.plans:
             from sdweb.images.mask import prepare_inpaint
 
@@ -505,12 +514,25 @@ class FlowImg2Img(FlowTxt2Img):
             params = self.params
             if self.plans:
                 sources = [plan.init for plan in self.plans]
+            elif params.resize_mode == 3:
+                sources = [self._latent_upscale_source(image) for image in self.init_images]
             else:
                 sources = [
                     resize_image(flatten_alpha(image), params.resize_mode, params.width, params.height)
                     for image in self.init_images
                 ]
-            latents = torch.cat([self.encode_pixels(image_to_pixels(image)) for image in sources])
+            target = (params.height // self.scale, params.width // self.scale)
+            encoded = [self.encode_pixels(image_to_pixels(image)) for image in sources]
+            # Resize mode 3 ("Just resize (latent upscale)"): encoded at the image's own size, then the
+            # latents are resized to the job's (bilinear, as the SD path does).
+            latents = torch.cat(
+                [
+                    item
+                    if tuple(item.shape[-2:]) == target
+                    else torch.nn.functional.interpolate(item, size=target, mode="bilinear")
+                    for item in encoded
+                ]
+            )
             if latents.shape[0] == 1 and params.batch_size > 1:
                 latents = latents.repeat(params.batch_size, 1, 1, 1)
             self._init = latents
@@ -528,6 +550,13 @@ class FlowImg2Img(FlowTxt2Img):
                 ]
                 self.latent_mask = torch.stack(rows)[:, None].to(self.device)
         return self._init
+
+    def _latent_upscale_source(self, image: Image.Image) -> Image.Image:
+        from sdweb.images.resize import flatten_alpha, latent_upscale_source_size
+
+        rgb = flatten_alpha(image)
+        size = latent_upscale_source_size(rgb, self.scale)
+        return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
 
     def sample_batch(self, seeds: list[int], subseeds: list[int], batch_index: int) -> torch.Tensor:
         params = self.params
