@@ -51,6 +51,7 @@ from sdweb.engine.image_conditioning import (
     full_mask_conditioning,
     latent_channels,
 )
+from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
@@ -497,7 +498,7 @@ class _Txt2Img:
         self.reached = latents
         preview = None
         if self.preview_every and step % self.preview_every == 0 and step < self.params.steps:
-            preview = preview_image(latents, sdxl=self.is_sdxl)
+            preview = live_preview(latents, sdxl=self.is_sdxl, vae=self.vae)  # the job's method
         self.on_step(StepProgress(step=step, total_steps=self.params.steps, batch_index=batch_index,
                                   batch_count=self.params.n_iter, preview=preview))
 
