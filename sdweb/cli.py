@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ckpt-dir", type=Path, default=None, help="extra folder with Stable Diffusion checkpoints")
     add("--vae-dir", type=Path, default=None, help="folder with VAE files (default models/VAE)")
     add("--lora-dir", type=Path, default=None, help="folder with LoRA files (default models/Lora)")
+    add("--controlnet-dir", type=Path, default=None,
+        help="another folder of ControlNet models, besides models/ControlNet")
     add("--embeddings-dir", type=Path, default=None, help="folder with textual inversion embeddings")
     add("--ckpt", default=None, help="checkpoint to load at start (title, name or hash)")
     add("--listen", action="store_true", help="serve on all interfaces (LAN); set --gradio-auth too")
@@ -163,7 +165,8 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
     """Turn parsed flags into frozen :class:`LaunchSettings`; raise UsageError for bad values."""
     root = (args.data_dir or PROJECT_ROOT).expanduser()
     paths = DataPaths.from_root(root, ckpt_dir=args.ckpt_dir, vae_dir=args.vae_dir,
-                                lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)
+                                lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir,
+                                controlnet_dir=args.controlnet_dir)
     try:
         gradio_auth: tuple[tuple[str, str], ...] = ()
         if args.gradio_auth:

@@ -47,6 +47,8 @@ class DataPaths:
     styles_file: Path
     history_db: Path
     cache_dir: Path
+    #: ``--controlnet-dir``: another folder of ControlNet models beside ``models/ControlNet``.
+    extra_controlnet_dir: Path | None = None
 
     @classmethod
     def from_root(
@@ -57,6 +59,7 @@ class DataPaths:
         vae_dir: Path | None = None,
         lora_dir: Path | None = None,
         embeddings_dir: Path | None = None,
+        controlnet_dir: Path | None = None,
     ) -> DataPaths:
         root = root.resolve()
         ckpt_dirs = [root / "models" / "Stable-diffusion"]
@@ -74,12 +77,29 @@ class DataPaths:
             styles_file=root / "styles.csv",
             history_db=root / "history.db",
             cache_dir=root / "cache",
+            extra_controlnet_dir=controlnet_dir.resolve() if controlnet_dir is not None else None,
         )
 
     @property
     def text_encoder_dir(self) -> Path:
         """``models/text_encoder``: Forge's folder of CLIP-L / CLIP-G / T5-XXL files for SD 3.x and Flux."""
         return self.root / "models" / "text_encoder"
+
+    @property
+    def vae_approx_dir(self) -> Path:
+        """``models/VAE-approx``: A1111's folder of live-preview decoders (``taesd_decoder.pth``...)."""
+        return self.root / "models" / "VAE-approx"
+
+    @property
+    def controlnet_dir(self) -> Path:
+        """``models/ControlNet``: the sd-webui-controlnet extension's folder of ControlNet models."""
+        return self.root / "models" / "ControlNet"
+
+    @property
+    def controlnet_dirs(self) -> tuple[Path, ...]:
+        """Where ControlNet models are looked for: ``models/ControlNet``, then ``--controlnet-dir``."""
+        extra = (self.extra_controlnet_dir,) if self.extra_controlnet_dir is not None else ()
+        return (self.controlnet_dir, *extra)
 
     @property
     def esrgan_dir(self) -> Path:
@@ -102,6 +122,7 @@ class DataPaths:
     def ensure(self) -> None:
         """Create the folders a user is expected to drop files into."""
         for folder in (*self.ckpt_dirs[:1], self.vae_dir, self.text_encoder_dir, self.lora_dir,
+                       self.controlnet_dir,
                        self.embeddings_dir,
                        self.extensions_dir, self.outputs_dir, self.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -359,6 +380,10 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     # A1111's range: -1 (and 0) = no previews while sampling, only the finished image.
     OptionSpec("show_progress_every_n_steps", 5, "Live preview display period (steps; -1 = only after "
                "the batch)", "Live previews", minimum=-1, maximum=32),
+    # A1111's "Live preview display method"; TAESD needs models/VAE-approx/taesd(xl)_decoder.
+    OptionSpec("show_progress_type", "Approx NN", "Live preview display method (Approx NN: TAESD where its "
+               "file is in models/VAE-approx, else Approx cheap)", "Live previews",
+               choices=("Full", "Approx NN", "Approx cheap", "TAESD")),
     # Forge-like: VAE decode/encode switch to tiles when an image would need more memory than this.
     OptionSpec("vae_tile_budget_mb", 0, "VAE tiling: memory budget of one VAE decode/encode in MB; larger "
                "images are made in tiles (0 = automatic: 1280 MB on CPU, most of the free GPU memory)",

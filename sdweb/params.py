@@ -29,6 +29,53 @@ MAX_STEPS = 10_000
 RngSource = Literal["CPU", "GPU"]
 
 
+#: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+CONTROL_RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+CONTROL_HR_OPTIONS = ("Both", "Low res only", "High res only")
+ControlMode = Literal["Balanced", "My prompt is more important", "ControlNet is more important"]
+ControlResizeMode = Literal["Just Resize", "Crop and Resize", "Resize and Fill"]
+ControlHrOption = Literal["Both", "Low res only", "High res only"]
+
+
+class ControlNetUnit(BaseModel):
+    """One ControlNet unit of a request (the sd-webui-controlnet extension's fields and defaults).
+
+    ``image`` and ``mask`` are the encoded image files (PNG/JPEG bytes) as sent; they are left out of
+    ``model_dump`` (history, API echoes): a job keeps them, a stored request does not. No image on an
+    img2img request means the init image. ``model`` is a title ``name [hash]``, a name, or "None".
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    module: str = Field("none", max_length=200)
+    model: str = Field("None", max_length=1000)
+    weight: float = Field(1.0, ge=0.0, le=2.0)
+    image: bytes | None = Field(None, exclude=True, repr=False)
+    mask: bytes | None = Field(None, exclude=True, repr=False)
+    resize_mode: ControlResizeMode = "Crop and Resize"
+    low_vram: bool = False
+    #: Preprocessor resolution; -1: the preprocessor's default.
+    processor_res: int = Field(-1, ge=-1, le=MAX_SIDE)
+    #: Preprocessor thresholds (canny low/high...); -1: the preprocessor's default.
+    threshold_a: float = Field(-1.0, allow_inf_nan=False)
+    threshold_b: float = Field(-1.0, allow_inf_nan=False)
+    guidance_start: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(1.0, ge=0.0, le=1.0)
+    pixel_perfect: bool = False
+    control_mode: ControlMode = "Balanced"
+    hr_option: ControlHrOption = "Both"
+
+    @field_validator("guidance_end")
+    @classmethod
+    def _end_after_start(cls, value: float, info: Any) -> float:
+        start = info.data.get("guidance_start", 0.0)
+        if value < start:
+            raise ValueError(f"guidance_end ({value}) is before guidance_start ({start})")
+        return value
+
+
 class GenerationParams(BaseModel):
     """One txt2img request, A1111 field names, validated bounds. Frozen: use ``model_copy(update=...)``."""
 
@@ -87,6 +134,8 @@ class GenerationParams(BaseModel):
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     hr_sampler_name: str = Field("", max_length=100)
     hr_scheduler: str = Field("", max_length=100)
+    #: ControlNet units (the sd-webui-controlnet extension's ``alwayson_scripts.controlnet.args``).
+    controlnet_units: tuple[ControlNetUnit, ...] = Field((), max_length=16)
 
     @field_validator("width", "height")
     @classmethod

@@ -22,6 +22,7 @@ from sdweb.api.models import ERROR_RESPONSES
 from sdweb.api.routes import (
     ApiRoutes,
     RouteModule,
+    controlnet,
     extras,
     generation,
     info,
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 #: The route modules the API is made of, in the order ``/docs`` lists them.
 ROUTE_MODULES: tuple[RouteModule, ...] = (generation, extras, progress, options, info, models, workers,
-                                          internal)
+                                          internal, controlnet)
 
 
 def make_router(

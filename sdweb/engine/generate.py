@@ -51,6 +51,7 @@ from sdweb.engine.image_conditioning import (
     full_mask_conditioning,
     latent_channels,
 )
+from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
@@ -121,6 +122,8 @@ def run_txt2img(
     preview_every: int = 0,
     output_type: Literal["pil", "latent"] = "pil",
     extra_networks: ExtraNetworks | None = None,
+    controlnets: Any = None,
+    hires_pass: bool | None = None,
 ) -> EngineRun:
     """Make ``params.batch_size * params.n_iter`` images; see the module docstring.
 
@@ -129,17 +132,20 @@ def run_txt2img(
     finished before it, with ``interrupted=True``. A skipped batch is left out and the run goes on.
     ``output_type="latent"`` skips the VAE: each ``GeneratedImage.image`` is then the image's final
     ``(1, C, h, w)`` float32 latents (as diffusers' ``output_type="latent"``).
+    ``controlnets``: the job's ControlNet units (:class:`sdweb.engine.control.controlnet.ControlNetJob`);
+    ``hires_pass``: False in hires fix's first pass (units' ``hr_option``), None outside hires fix.
     """
     with inference_context(model.pipe):  # inference mode; no_grad under --lowvram
         return _Txt2Img(model, params, samplers, control, on_step, preview_every, output_type,
-                        extra_networks=extra_networks).run()
+                        extra_networks=extra_networks, controlnets=controlnets, hires_pass=hires_pass).run()
 
 
 class _Txt2Img:
     def __init__(self, model: LoadedModelLike, params: GenerationParams, samplers: SamplerRegistry,
                  control: JobControl, on_step: Callable[[StepProgress], None], preview_every: int,
                  output_type: Literal["pil", "latent"] = "pil", *,
-                 extra_networks: ExtraNetworks | None = None) -> None:
+                 extra_networks: ExtraNetworks | None = None, controlnets: Any = None,
+                 hires_pass: bool | None = None) -> None:
         if output_type not in ("pil", "latent"):
             raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         self.output_type = output_type
@@ -165,11 +171,19 @@ class _Txt2Img:
         self.mask_weight = DEFAULT_MASK_WEIGHT
         #: The latents (the denoised prediction where the sampler gives one) of the last reported step.
         self.reached: torch.Tensor | None = None
+        #: ControlNet units (sdweb.engine.control.controlnet): the job's, and this pass's fitted stack.
+        self.controlnets = controlnets
+        self.hires_pass = hires_pass
+        self.control_stack: Any = None
 
     def run(self) -> EngineRun:
         params = self.params
         # 1. Check inputs (before any model work, so a bad request costs nothing).
         self.check_inputs()
+        if self.controlnets is not None:
+            width, height = self.pass_size()
+            self.control_stack = self.controlnets.for_pass(width, height, device=self.device,
+                                                           dtype=self.unet.dtype, hires=self.hires_pass)
         images: list[GeneratedImage] = []
         interrupted = False
         with (circular_padding(self.unet, self.vae, enabled=params.tiling),
@@ -233,7 +247,17 @@ class _Txt2Img:
         if self.conditioning_channels:
             # A1111 writes it whenever an inpainting model's image conditioning was used.
             extra["Conditional mask weight"] = self.mask_weight
+        if self.controlnets is not None:
+            extra.update(self.controlnets.infotext())
         return extra
+
+    def pass_size(self) -> tuple[int, int]:
+        """The pixel size this pass's latents decode to (ControlNet maps are fitted to it)."""
+        return self.params.width, self.params.height
+
+    def control_fraction(self) -> float:
+        """How far the step being computed is through this pass's steps (ControlNet guidance windows)."""
+        return self.step_index / max(1, self.params.steps)
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -335,6 +359,13 @@ class _Txt2Img:
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The UNet's guided output for ``model_input`` (already scaled), as float32."""
         guidance = self.guidance()
+        control: dict[str, Any] = {}
+        if self.control_stack is not None:
+            latents = torch.cat([model_input] * guidance.rows) if guidance.rows > 1 else model_input
+            control = self.control_stack.residuals(
+                latents, timestep, encoder_hidden_states=guidance.encoder_hidden_states,
+                added_cond_kwargs=guidance.added_cond_kwargs, do_cfg=guidance.do_cfg, rows=guidance.rows,
+                fraction=self.control_fraction())
         if self.image_conditioning is not None:
             # Inpainting UNets: mask and masked-image latents after the latents, not scaled by the
             # sampler; the uncond rows of CFG get the same ones (diffusers and A1111 alike).
@@ -347,6 +378,7 @@ class _Txt2Img:
             timestep_cond=guidance.timestep_cond,
             added_cond_kwargs=guidance.added_cond_kwargs,
             return_dict=False,
+            **control,
         )[0].float()
         if not guidance.do_cfg:
             return output
@@ -458,7 +490,7 @@ class _Txt2Img:
         self.reached = latents
         preview = None
         if self.preview_every and step % self.preview_every == 0 and step < self.params.steps:
-            preview = preview_image(latents, sdxl=self.is_sdxl)
+            preview = live_preview(latents, sdxl=self.is_sdxl, vae=self.vae)  # the job's method
         self.on_step(StepProgress(step=step, total_steps=self.params.steps, batch_index=batch_index,
                                   batch_count=self.params.n_iter, preview=preview))
 

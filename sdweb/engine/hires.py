@@ -92,6 +92,7 @@ def run_hires_txt2img(
     inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT,
     model_upscalers: Any = None,
     passes: tuple[Callable[..., EngineRun], Callable[..., EngineRun]] | None = None,
+    controlnets: Any = None,
 ) -> EngineRun:
     """txt2img with hires fix (``params.enable_hr``); see the module docstring.
 
@@ -100,6 +101,7 @@ def run_hires_txt2img(
     ``model_upscalers``: ``sdweb.engine.upscalers.ModelUpscalers``, for ``hr_upscaler`` models/ESRGAN names.
     ``passes``: a model family's own ``(txt2img, img2img)`` runners (SD 3.x / Flux: the flow-matching loop,
     ``sdweb.engine.families``) instead of the UNet loops; they take the same keywords as these.
+    ``controlnets``: the job's ControlNet units; each takes part in the passes its ``hr_option`` names.
     """
     # 1. Check inputs before any model work.
     upscaler = find_hires_upscaler(params.hr_upscaler, model_upscalers.names() if model_upscalers else ())
@@ -137,8 +139,10 @@ def run_hires_txt2img(
         first_params = params.model_copy(update={"enable_hr": False, "n_iter": 1, "seed": seed,
                                                  "subseed": subseed})
         first_pass = passes[0] if passes is not None else run_txt2img
+        control_options = {"controlnets": controlnets, "hires_pass": False} if controlnets is not None else {}
         first = first_pass(model, first_params, samplers=samplers, control=control, on_step=first_step,
-                           preview_every=preview_every, output_type="latent" if latent else "pil", **options)
+                           preview_every=preview_every, output_type="latent" if latent else "pil", **options,
+                           **control_options)
         if first.interrupted:
             # As A1111: interrupted in the first pass, the batch comes back at the first pass's size.
             images.extend(_first_pass_images(model, first.images, latent))
@@ -165,7 +169,8 @@ def run_hires_txt2img(
             with inference_context(model.pipe):
                 second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
                                   preview_every, init_latents=init_latents,
-                                  inpainting_mask_weight=inpainting_mask_weight, **options).run()
+                                  inpainting_mask_weight=inpainting_mask_weight, **options,
+                                  controlnets=controlnets, hires_pass=True).run()
         last = second
         # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
         images.extend(replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)

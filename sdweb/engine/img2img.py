@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 
 from sdweb.engine.accelerator import inference_context, vae_decode
-from sdweb.engine.generate import LoadedModelLike, _Txt2Img, preview_image
+from sdweb.engine.generate import LoadedModelLike, _Txt2Img
 from sdweb.engine.image_conditioning import (
     DEFAULT_MASK_WEIGHT,
     encode_pixels,
@@ -60,6 +60,7 @@ from sdweb.engine.image_conditioning import (
     mask_to_tensor,
     masked_image_conditioning,
 )
+from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
@@ -90,6 +91,7 @@ def run_img2img(
     extra_networks: Any = None,
     mask: Image.Image | None = None,
     inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT,
+    controlnets: Any = None,
 ) -> EngineRun:
     """Make ``params.batch_size * params.n_iter`` images from ``init_images``; see the module docstring.
 
@@ -105,7 +107,7 @@ def run_img2img(
     with inference_context(model.pipe):
         return _Img2Img(model, params, init_images, samplers, control, on_step, preview_every,
                         extra_networks=extra_networks, mask=mask,
-                        inpainting_mask_weight=inpainting_mask_weight).run()
+                        inpainting_mask_weight=inpainting_mask_weight, controlnets=controlnets).run()
 
 
 class _Img2Img(_Txt2Img):
@@ -115,14 +117,16 @@ class _Img2Img(_Txt2Img):
                  samplers: SamplerRegistry, control: JobControl, on_step: Callable[[StepProgress], None],
                  preview_every: int, *, extra_networks: Any = None,
                  init_latents: torch.Tensor | None = None, mask: Image.Image | None = None,
-                 inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT) -> None:
+                 inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT, controlnets: Any = None,
+                 hires_pass: bool | None = None) -> None:
         if not isinstance(params, Img2ImgParams):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         if not 0.0 <= inpainting_mask_weight <= 1.0:
             raise ValueError(f"inpainting_mask_weight must be between 0 and 1, got {inpainting_mask_weight}")
         # Passed on only when given, so the loop's own default (none) stays its business.
         options = {"extra_networks": extra_networks} if extra_networks is not None else {}
-        super().__init__(model, params, samplers, control, on_step, preview_every, **options)
+        super().__init__(model, params, samplers, control, on_step, preview_every, **options,
+                         controlnets=controlnets, hires_pass=hires_pass)
         self.mask_weight = float(inpainting_mask_weight)
         self.init_images = list(init_images)
         self.denoise_steps = params.denoising_steps
@@ -132,6 +136,11 @@ class _Img2Img(_Txt2Img):
         self.mask = mask
         self.plans: list[InpaintPlan] = []
         self.latent_mask: torch.Tensor | None = None
+
+    def control_fraction(self) -> float:
+        # As the extension: the fraction of the steps this img2img run makes, not of the full schedule.
+        offset = self.params.steps - self.denoise_steps
+        return (self.step_index - offset) / max(1, self.denoise_steps)
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -357,6 +366,6 @@ class _Img2Img(_Txt2Img):
         self.reached = latents
         preview = None
         if self.preview_every and step % self.preview_every == 0 and step < self.denoise_steps:
-            preview = preview_image(latents, sdxl=self.is_sdxl)
+            preview = live_preview(latents, sdxl=self.is_sdxl, vae=self.vae)  # the job's method
         self.on_step(StepProgress(step=step, total_steps=self.denoise_steps, batch_index=batch_index,
                                   batch_count=self.params.n_iter, preview=preview))

@@ -57,3 +57,6 @@ class AppServices:
     merger: Any = None
     #: ``sdweb.services.face_restore.FaceRestoreService``: GFPGAN / CodeFormer (None when hand-built).
     face_restorers: Any = None
+    #: ``sdweb.services.controlnet.ControlNetService``: models/ControlNet and the preprocessors
+    #: (None when hand-built).
+    controlnet: Any = None

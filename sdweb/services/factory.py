@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdweb.config import BUILTIN_OPTIONS, LaunchSettings, OptionSpec, OptionsStore
-from sdweb.params import GenerationParams
+from sdweb.params import GenerationParams, Img2ImgParams
 from sdweb.services.container import AppServices
 from sdweb.services.face_restore import FACE_OPTIONS, FaceRestoreService
 from sdweb.services.generation import GenerationService
@@ -39,6 +39,9 @@ EXTRA_OPTIONS: tuple[OptionSpec, ...] = (
                minimum=0.0, maximum=1.0),
     # The API's memory budget (A1111 has none, and runs out of memory instead): width x height x batch
     # size, hires fix's final size included, in megapixels (2**20 pixels); 0 = no limit.
+    # The sd-webui-controlnet extension's key: how many ControlNet unit tabs txt2img and img2img show.
+    OptionSpec("control_net_unit_count", 3, "Multi-ControlNet: number of units", "ControlNet",
+               minimum=1, maximum=10),
     OptionSpec("api_max_megapixels", 16.0, "Largest image batch the API makes, in megapixels "
                "(width x height x batch size; 0 = no limit)", "API", minimum=0.0),
 )
@@ -52,6 +55,7 @@ def build_services(
     restart: Callable[[], None] | None = None,
 ) -> AppServices:
     """Build the container. ``engine_factory(services)`` makes the engine; default: the real one."""
+    from sdweb.engine.control.library import ControlNetLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.face_restore import FaceModelLibrary
     from sdweb.engine.models.hashes import HashCache
@@ -63,6 +67,7 @@ def build_services(
     from sdweb.history.store import HistoryStore
     from sdweb.images.store import ImageStore
     from sdweb.prompts.styles import StyleStore
+    from sdweb.services.controlnet import ControlNetService
     from sdweb.services.merger import MergeService
     from sdweb.services.scripts.service import ScriptService
     from sdweb.services.upscalers import UpscalerService
@@ -108,6 +113,8 @@ def build_services(
     loras = LoraLibrary(paths.lora_dir, hashes=hashes)  # torch-free: lists files, checks <lora:> tags
     paths.esrgan_dir.mkdir(parents=True, exist_ok=True)  # A1111's folder: where people look to drop models
     upscaler_models = UpscalerModelLibrary(paths.esrgan_dir)  # torch-free listing
+    paths.controlnet_dir.mkdir(parents=True, exist_ok=True)  # the extension's folder: where people look
+    controlnet = ControlNetService(ControlNetLibrary(paths.controlnet_dirs, hashes=hashes), options=options)
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
     sampler_lock = threading.Lock()
@@ -147,9 +154,15 @@ def build_services(
         for name in params.additional_modules or ():  # SD 3.x / Flux text encoders and VAE
             models.find_module(name)
         if params.checkpoint:
-            models.find(params.checkpoint)
+            info = models.find(params.checkpoint)
         elif models.selected_title() is None:
             raise LookupError(models.empty_message())
+        else:
+            info = None
+        if any(unit.enabled for unit in params.controlnet_units):  # before the job is queued
+            if info is None:
+                info = models.find(models.selected_title())
+            controlnet.check(params, getattr(info, "family", None), img2img=isinstance(params, Img2ImgParams))
 
     cluster = None
     if settings.workers is not None or settings.ray_address:  # only then is Ray imported
@@ -179,7 +192,7 @@ def build_services(
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
         token_counter=count_tokens, upscalers=upscalers, scripts=scripts, merger=merger,
-        face_restorers=face_restorer,
+        face_restorers=face_restorer, controlnet=controlnet,
     )
     holder["services"] = services
     return services
@@ -193,4 +206,6 @@ def default_engine_factory(services: AppServices) -> Any:
     return create_engine(services.settings, services.models.registry, services.models.vae_registry,
                          services.samplers(), services.options, loras=services.loras,
                          upscaler_models=upscalers.library if upscalers is not None else None,
-                         modules=services.models.module_registry)
+                         modules=services.models.module_registry,
+                         controlnets=services.controlnet.library if services.controlnet else None,
+                         preprocessors=services.controlnet.preprocessors if services.controlnet else None)

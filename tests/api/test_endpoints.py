@@ -98,8 +98,9 @@ def test_listings_have_a1111_shapes(api: ApiServer) -> None:
     assert [item["name"] for item in api.get("face-restorers").json()] == ["CodeFormer", "GFPGAN"]
     assert api.get("latent-upscale-modes").json()[0] == {"name": "Latent"}
     assert api.get("scripts").json() == {
-        "txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
-        "img2img": ["poor man's outpainting", "prompt matrix", "prompts from file or textbox", "x/y/z plot",
+        "txt2img": ["controlnet", "prompt matrix", "prompts from file or textbox", "x/y/z plot"],
+        "img2img": ["poor man's outpainting", "controlnet", "prompt matrix", "prompts from file or textbox",
+                    "x/y/z plot",
                     "loopback", "sd upscale"]}
     assert api.get("extensions").json() == []
     assert api.get("prompt-styles").json() == []

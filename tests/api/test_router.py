@@ -19,10 +19,11 @@ from tests.fakes import make_services
 
 
 def _add_version_routes(routes: ApiRoutes) -> None:
-    def controlnet_version() -> dict[str, Any]:
+    def example_version() -> dict[str, Any]:
         return {"version": 2, "models": len(routes.services.models.list_checkpoints())}
 
-    routes.add("/version", controlnet_version, "GET", dict[str, Any], prefix="/controlnet")
+    # An extension-style prefix of its own (as ControlNet's /controlnet/*, which is a real module now).
+    routes.add("/version", example_version, "GET", dict[str, Any], prefix="/example-extension")
 
 
 VERSION_MODULE = SimpleNamespace(add_routes=_add_version_routes)
@@ -35,12 +36,14 @@ def test_a_route_module_adds_its_routes_behind_the_same_login(tmp_path: Path) ->
     app.include_router(make_router(services, modules=(*ROUTE_MODULES, VERSION_MODULE)))
     with served_api(services, app) as url, httpx.Client(timeout=30) as client:
         root = url.removesuffix("/sdapi/v1")
+        assert client.get(f"{root}/example-extension/version").status_code == 401
         assert client.get(f"{root}/controlnet/version").status_code == 401
-        response = client.get(f"{root}/controlnet/version", auth=("alice", "s3cret"))
+        response = client.get(f"{root}/example-extension/version", auth=("alice", "s3cret"))
         assert response.status_code == 200 and response.json() == {"version": 2, "models": 1}
         assert client.get(f"{url}/sd-models", auth=("alice", "s3cret")).status_code == 200
         paths = client.get(f"{root}/openapi.json").json()["paths"]
-        assert "/controlnet/version" in paths and "/sdapi/v1/txt2img" in paths
+        assert "/example-extension/version" in paths and "/sdapi/v1/txt2img" in paths
+        assert "/controlnet/model_list" in paths
 
 
 def test_the_router_has_only_the_modules_it_is_given(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ assembles them from its list of modules.
 * :mod:`.models`: checkpoints, VAEs, LoRAs, embeddings: listing, refreshing, unloading, reloading.
 * :mod:`.internal`: A1111's ``/internal/ping``, ``/internal/progress``, ``/internal/pending-tasks``.
 * :mod:`.workers`: ``/workers``, the workers jobs run on (in-process, or Ray's: docs/multi-gpu.md).
+* :mod:`.controlnet`: the sd-webui-controlnet extension's ``/controlnet/*`` (models, preprocessors, detect).
 
 How a route module plugs in: it has ``add_routes(routes: ApiRoutes) -> None``, which adds its routes
 with :meth:`ApiRoutes.add` (under ``/sdapi/v1`` unless it passes another ``prefix``: the ControlNet

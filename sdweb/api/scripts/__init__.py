@@ -3,6 +3,7 @@
 * :mod:`.base`: :class:`ScriptHandler` (what a script implements), :class:`ScriptRegistry` (what the
   routes ask), :class:`ImageJob`.
 * :mod:`.outpaint`: "Poor man's outpainting" (img2img).
+* :mod:`.controlnet`: the sd-webui-controlnet extension's ``alwayson_scripts.controlnet`` units.
 * :mod:`.service_scripts`: the script service's scripts (X/Y/Z plot, prompt matrix, SD upscale ...,
   and those extensions register), which queue their own jobs.
 
@@ -16,6 +17,7 @@ import logging
 from typing import Any
 
 from sdweb.api.scripts.base import ImageJob, PlannedScript, ScriptHandler, ScriptRegistry
+from sdweb.api.scripts.controlnet import ControlNetHandler
 from sdweb.api.scripts.outpaint import OutpaintHandler
 from sdweb.api.scripts.service_scripts import service_script_handlers
 
@@ -26,4 +28,4 @@ __all__ = ["ImageJob", "PlannedScript", "ScriptHandler", "ScriptRegistry", "buil
 
 def builtin_scripts(services: Any = None) -> ScriptRegistry:
     """The scripts sdweb runs itself: poor man's outpainting, and the script service's (with ``services``)."""
-    return ScriptRegistry([OutpaintHandler(), *service_script_handlers(services)])
+    return ScriptRegistry([OutpaintHandler(), ControlNetHandler(), *service_script_handlers(services)])

@@ -53,6 +53,8 @@ class FamilyJob:
     extra_networks: Any = None
     model_upscalers: Any = None
     inpainting_mask_weight: float = 1.0
+    #: The job's ControlNet units (``sdweb.engine.control.controlnet.ControlNetJob``), or None.
+    controlnets: Any = None
 
 
 class ModelFamily(Protocol):

@@ -44,6 +44,7 @@ class UNetFamily:
                 extra_networks=job.extra_networks,
                 model_upscalers=job.model_upscalers,
                 inpainting_mask_weight=job.inpainting_mask_weight,
+                controlnets=job.controlnets,
             )
         from sdweb.engine.generate import run_txt2img
 
@@ -55,6 +56,7 @@ class UNetFamily:
             on_step=job.on_step,
             preview_every=job.preview_every,
             extra_networks=job.extra_networks,
+            controlnets=job.controlnets,
         )
 
     def img2img(
@@ -73,6 +75,7 @@ class UNetFamily:
             extra_networks=job.extra_networks,
             mask=mask,
             inpainting_mask_weight=job.inpainting_mask_weight,
+            controlnets=job.controlnets,
         )
 
     def count_tokens(self, pipe: Any, text: str, *, tokenizer: Any = None) -> tuple[int, int]:

@@ -289,3 +289,73 @@ class ModelCache:
     def _key(info: CheckpointInfo, vae: VaeChoice, modules: Modules | None = None) -> _CacheKey:
         # By file identity, not title: a title gains its hash later, and a replaced file must reload.
         return (str(info.path), info.size, info.mtime, None if vae is None else os.fspath(vae), modules)
+
+
+class SideModelCache:
+    """Small models a job uses beside its checkpoint (ControlNets...), least recently used out.
+
+    Policy: up to ``capacity`` models and ``max_bytes`` of weights (``nbytes(model)``; 0 = no byte
+    limit) stay loaded; a load over either limit drops the least recently used others first (never the
+    one just loaded). ``get(key, load)`` loads under the cache's lock, so two jobs never load one file
+    twice; ``on_evict`` runs for each dropped model. Keys identify the file version (path, size, mtime)
+    and whatever else the built model depends on. Pure python, like :class:`ModelCache`.
+    """
+
+    def __init__(self, capacity: int = 2, *, max_bytes: int = 0,
+                 nbytes: Callable[[Any], int] | None = None,
+                 on_evict: Callable[[Any], None] | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"a side-model cache must hold at least one model, got capacity={capacity}")
+        self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._nbytes = nbytes or (lambda _model: 0)
+        self._on_evict = on_evict
+        self._lock = threading.RLock()
+        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        """The model cached under ``key``, else ``load()``'s (cached; a failing load caches nothing)."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
+            model = load()
+            self._entries[key] = (model, int(self._nbytes(model)))
+            self._shrink(keep=key)
+            return model
+
+    def loaded(self) -> list[Any]:
+        """Keys of the cached models, most recently used first."""
+        with self._lock:
+            return list(reversed(self._entries))
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _model, size in self._entries.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            dropped = list(self._entries.values())
+            self._entries.clear()
+        self._release([model for model, _size in dropped])
+
+    def _shrink(self, *, keep: Any) -> None:
+        dropped = []
+        while len(self._entries) > 1 and (
+                len(self._entries) > self._capacity
+                or (self._max_bytes and self.total_bytes() > self._max_bytes)):
+            oldest = next(key for key in self._entries if key != keep)
+            dropped.append(self._entries.pop(oldest)[0])
+        self._release(dropped)
+
+    def _release(self, models: list[Any]) -> None:
+        for model in models:
+            if self._on_evict is not None:
+                try:
+                    self._on_evict(model)
+                except Exception:  # freeing memory is best effort
+                    logger.exception("cleanup after dropping a side model failed")
+        if models:
+            models.clear()
+            gc.collect()

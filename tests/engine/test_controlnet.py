@@ -1,0 +1,234 @@
+"""ControlNet units in the loop, with tiny random ControlNets written at test time in each file layout."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdweb.engine.control.controlnet import ControlNetUnitError, prepare_controlnets
+from sdweb.engine.control.library import ControlNetLibrary
+from sdweb.engine.generate import run_txt2img
+from sdweb.engine.img2img import run_img2img
+from sdweb.engine.models.errors import UnsafeCheckpointError, UnsupportedCheckpointError
+from sdweb.images.control_maps import PreprocessorRegistry
+from sdweb.params import ControlNetUnit, Img2ImgParams, JobControl
+from tests.engine.conftest import TinyModel, tiny_params
+from tests.fixtures.controlnet import write_tiny_controlnet
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _picture(size: int = 64) -> Image.Image:
+    array = np.zeros((size, size, 3), dtype=np.uint8)
+    array[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
+    return Image.fromarray(array)
+
+
+@pytest.fixture(scope="module")
+def sd1_folder(tmp_path_factory: pytest.TempPathFactory, sd1_pipe: Any) -> Path:
+    folder = tmp_path_factory.mktemp("ControlNet")
+    write_tiny_controlnet(folder / "control_tiny_sd15_canny.safetensors", sd1_pipe.unet, layout="original")
+    write_tiny_controlnet(folder / "tiny_diffusers_cn.safetensors", sd1_pipe.unet, layout="diffusers", seed=8)
+    write_tiny_controlnet(folder / "control_tiny_sd15_pickle.pth", sd1_pipe.unet, layout="original", seed=9)
+    return folder
+
+
+def _run(model: TinyModel, samplers: Any, library: ControlNetLibrary | None,
+         units: tuple[ControlNetUnit, ...],
+         previews: list[Image.Image] | None = None, **changes: Any) -> Image.Image:
+    params = tiny_params(controlnet_units=units, **changes)
+    job = prepare_controlnets(units, model=model, library=library,
+                              preprocessors=PreprocessorRegistry.with_builtins()) if units else None
+
+    def on_step(step: Any) -> None:
+        if previews is not None and step.preview is not None:
+            previews.append(step.preview)
+
+    run = run_txt2img(model, params, samplers=samplers, control=JobControl(), on_step=on_step,
+                      preview_every=1 if previews is not None else 0, controlnets=job)
+    return run.images[0].image
+
+
+def _unit(**changes: Any) -> ControlNetUnit:
+    values: dict[str, Any] = {"model": "control_tiny_sd15_canny", "module": "none", "image": _png(_picture())}
+    values.update(changes)
+    return ControlNetUnit(**values)
+
+
+def _same(a: Image.Image, b: Image.Image) -> bool:
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def test_library_lists_both_layouts_with_family_and_hash(sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    files = {file.name: file for file in library.files()}
+    assert files["control_tiny_sd15_canny"].family == "sd1"
+    assert files["tiny_diffusers_cn"].family == "sd1"
+    assert files["control_tiny_sd15_pickle"].family is None  # pickles are only inspected when loaded
+    title = files["control_tiny_sd15_canny"].title
+    assert title.startswith("control_tiny_sd15_canny [") and len(title.split("[")[1]) == 9
+    assert library.find(title).name == "control_tiny_sd15_canny"
+    assert library.find("CONTROL_TINY_SD15_CANNY [00000000]").name == "control_tiny_sd15_canny"
+
+
+def test_unit_changes_the_image_and_weight_zero_does_not(sd1_model: TinyModel, samplers: Any,
+                                                         sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    plain = _run(sd1_model, samplers, None, ())
+    with_unit = _run(sd1_model, samplers, library, (_unit(),))
+    assert not _same(plain, with_unit)
+    assert _same(plain, _run(sd1_model, samplers, library, (_unit(weight=0.0),)))
+    # A disabled unit is no unit.
+    assert _same(plain, _run(sd1_model, samplers, library, (_unit(enabled=False),)))
+
+
+@pytest.mark.parametrize("model_name", ["tiny_diffusers_cn", "control_tiny_sd15_pickle"])
+def test_other_layouts_load_and_steer(sd1_model: TinyModel, samplers: Any, sd1_folder: Path,
+                                      model_name: str) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    plain = _run(sd1_model, samplers, None, ())
+    assert not _same(plain, _run(sd1_model, samplers, library, (_unit(model=model_name),)))
+
+
+def test_original_and_diffusers_layouts_of_one_model_give_the_same_image(
+        sd1_model: TinyModel, samplers: Any, sd1_pipe: Any, tmp_path: Path) -> None:
+    write_tiny_controlnet(tmp_path / "a.safetensors", sd1_pipe.unet, layout="original", seed=3)
+    write_tiny_controlnet(tmp_path / "b.safetensors", sd1_pipe.unet, layout="diffusers", seed=3)
+    library = ControlNetLibrary([tmp_path])
+    first = _run(sd1_model, samplers, library, (_unit(model="a"),))
+    second = _run(sd1_model, samplers, library, (_unit(model="b"),))
+    assert _same(first, second)
+
+
+def test_guidance_window_leaves_the_first_half_untouched(sd1_model: TinyModel, samplers: Any,
+                                                         sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    plain: list[Image.Image] = []
+    late: list[Image.Image] = []
+    _run(sd1_model, samplers, None, (), previews=plain, steps=4)
+    _run(sd1_model, samplers, library, (_unit(guidance_start=0.5, guidance_end=1.0),), previews=late, steps=4)
+    assert len(plain) == len(late) == 3  # previews after steps 1, 2, 3
+    assert _same(plain[0], late[0]) and _same(plain[1], late[1])
+    assert not _same(plain[2], late[2])
+
+
+@pytest.mark.parametrize("mode", ["My prompt is more important", "ControlNet is more important"])
+def test_control_modes_differ_from_balanced(sd1_model: TinyModel, samplers: Any, sd1_folder: Path,
+                                            mode: str) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    balanced = _run(sd1_model, samplers, library, (_unit(),))
+    assert not _same(balanced, _run(sd1_model, samplers, library, (_unit(control_mode=mode),)))
+
+
+def test_two_units_add_up(sd1_model: TinyModel, samplers: Any, sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    one = _run(sd1_model, samplers, library, (_unit(),))
+    two = _run(sd1_model, samplers, library, (_unit(), _unit(model="tiny_diffusers_cn", module="invert")))
+    assert not _same(one, two)
+
+
+def test_img2img_unit_uses_the_init_image_without_its_own(sd1_model: TinyModel, samplers: Any,
+                                                          sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    params = Img2ImgParams(**{**tiny_params(steps=4).model_dump(), "denoising_strength": 0.5})
+    init = _picture()
+
+    def run(units: tuple[ControlNetUnit, ...]) -> Image.Image:
+        job = prepare_controlnets(units, model=sd1_model, library=library,
+                                  preprocessors=PreprocessorRegistry.with_builtins(), init_image=init)
+        return run_img2img(sd1_model, params, [init], samplers=samplers, control=JobControl(),
+                           on_step=lambda _s: None, controlnets=job).images[0].image
+
+    assert not _same(run(()), run((_unit(image=None),)))
+
+
+def test_resize_modes_fit_the_map_to_the_size(sd1_model: TinyModel, sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    wide = Image.new("RGB", (128, 64), "white")
+    for mode in ("Just Resize", "Crop and Resize", "Resize and Fill"):
+        unit = _unit(image=_png(wide), resize_mode=mode)
+        job = prepare_controlnets((unit,), model=sd1_model, library=library,
+                                  preprocessors=PreprocessorRegistry.with_builtins())
+        assert job is not None
+        assert job.control_map(job.units[0], 64, 96).size == (64, 96)
+
+
+def test_infotext_lines_as_the_extension_writes_them(sd1_model: TinyModel, sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    job = prepare_controlnets((_unit(module="canny"),), model=sd1_model, library=library,
+                              preprocessors=PreprocessorRegistry.with_builtins())
+    assert job is not None
+    title = library.find("control_tiny_sd15_canny").title
+    assert job.infotext() == {"ControlNet 0": (
+        f"Module: canny, Model: {title}, Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 512, "
+        "Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0, "
+        "Pixel Perfect: False, Control Mode: Balanced")}
+
+
+def test_wrong_family_and_missing_parts_are_clear_errors(sd1_model: TinyModel, sdxl_pipe: Any,
+                                                         tmp_path: Path) -> None:
+    write_tiny_controlnet(tmp_path / "xl_canny.safetensors", sdxl_pipe.unet, layout="original")
+    library = ControlNetLibrary([tmp_path])
+    registry = PreprocessorRegistry.with_builtins()
+    with pytest.raises(ControlNetUnitError, match=r"unit 0 \(model\).*SDXL ControlNet.*SD 1.x"):
+        prepare_controlnets((_unit(model="xl_canny"),), model=sd1_model, library=library,
+                            preprocessors=registry)
+    assert library.cache.loaded() == []  # refused before anything was loaded
+    with pytest.raises(ControlNetUnitError, match=r"unit 1 \(model\).*not found"):
+        prepare_controlnets((_unit(enabled=False), _unit(model="nope")), model=sd1_model, library=library,
+                            preprocessors=registry)
+    with pytest.raises(ControlNetUnitError, match=r"unit 0 \(image\)"):
+        prepare_controlnets((_unit(model="xl_canny", image=None),), model=TinyModel(pipe=sdxl_pipe,
+                                                                                       family="sdxl"),
+                            library=library, preprocessors=registry)
+    with pytest.raises(ControlNetUnitError, match=r"unit 0 \(module\)"):
+        prepare_controlnets((_unit(model="xl_canny", module="nope"),),
+                            model=TinyModel(pipe=sdxl_pipe, family="sdxl"), library=library,
+                            preprocessors=registry)
+
+
+def test_sdxl_controlnet_steers_an_sdxl_checkpoint(sdxl_pipe: Any, samplers: Any, tmp_path: Path) -> None:
+    write_tiny_controlnet(tmp_path / "xl_canny.safetensors", sdxl_pipe.unet, layout="original")
+    write_tiny_controlnet(tmp_path / "xl_diffusers.safetensors", sdxl_pipe.unet, layout="diffusers")
+    library = ControlNetLibrary([tmp_path])
+    model = TinyModel(pipe=sdxl_pipe, family="sdxl")
+    assert {file.family for file in library.files()} == {"sdxl"}
+    plain = _run(model, samplers, None, ())
+    assert not _same(plain, _run(model, samplers, library, (_unit(model="xl_canny"),)))
+    assert not _same(plain, _run(model, samplers, library, (_unit(model="xl_diffusers"),)))
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("pwned",))
+
+
+def test_a_pickle_that_runs_code_is_refused(sd1_model: TinyModel, tmp_path: Path) -> None:
+    path = tmp_path / "control_evil.pth"
+    torch.save({"control_model.input_hint_block.0.weight": torch.zeros(1), "x": _Evil()}, path)
+    library = ControlNetLibrary([tmp_path])
+    with pytest.raises(UnsafeCheckpointError, match="control_evil.pth"):
+        prepare_controlnets((_unit(model="control_evil"),), model=sd1_model, library=library,
+                            preprocessors=PreprocessorRegistry.with_builtins())
+
+
+def test_a_checkpoint_in_the_controlnet_folder_is_listed_as_unusable(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
+              str(tmp_path / "checkpoint.safetensors"))
+    library = ControlNetLibrary([tmp_path])
+    assert library.titles() == []
+    with pytest.raises(LookupError, match="Stable Diffusion checkpoint"):
+        library.find("checkpoint")
+    assert issubclass(UnsupportedCheckpointError, Exception)
