@@ -206,18 +206,26 @@ class _Txt2Img:
                     if self.control.interrupted:
                         interrupted = True
                         # As A1111: the batch being made is decoded from the latents it had reached.
-                        images.extend(self.reached_images(seeds, subseeds))
+                        reached = self.reached_images(seeds, subseeds)
+                        images.extend(reached)
+                        self.control.images_done(self.engine_run(reached, interrupted=True))
                         break
                     logger.info("batch %d/%d skipped", batch_index + 1, params.n_iter)
                     self.control.clear_skip()
                     continue
                 # 8. Decode.
                 outputs = self.decode(latents) if self.output_type == "pil" else list(latents.split(1))
-                for i, pixels in enumerate(outputs):
-                    images.append(GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
-                                                 prompt=params.prompt,
-                                                 negative_prompt=params.negative_prompt,
-                                                 extra=self.image_extra()))
+                batch = [GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
+                                        prompt=params.prompt, negative_prompt=params.negative_prompt,
+                                        extra=self.image_extra())
+                         for i, pixels in enumerate(outputs)]
+                images.extend(batch)
+                # 9. Hand the batch on now (the service saves it before the next batch starts).
+                self.control.images_done(self.engine_run(batch))
+        return self.engine_run(images, interrupted=interrupted)
+
+    def engine_run(self, images: list[GeneratedImage], *, interrupted: bool = False) -> EngineRun:
+        """``images`` with the model facts their infotext needs."""
         info = getattr(self.model, "info", None)
         return EngineRun(
             images=images,
@@ -225,7 +233,7 @@ class _Txt2Img:
             model_hash=getattr(info, "shorthash", None),
             vae_name=getattr(self.model, "vae_name", None),
             vae_hash=getattr(self.model, "vae_hash", None),
-            clip_skip=int(params.clip_skip or 1),
+            clip_skip=int(self.params.clip_skip or 1),
             interrupted=interrupted,
         )
 

@@ -190,17 +190,25 @@ class FlowTxt2Img:
                     continue
                 # 8. Decode.
                 outputs = self.decode(latents) if self.output_type == "pil" else list(latents.split(1))
-                for i, pixels in enumerate(outputs):
-                    images.append(
-                        GeneratedImage(
-                            image=pixels,
-                            seed=seeds[i],
-                            subseed=subseeds[i],
-                            prompt=params.prompt,
-                            negative_prompt=params.negative_prompt,
-                            extra=self.image_extra(),
-                        )
+                batch = [
+                    GeneratedImage(
+                        image=pixels,
+                        seed=seeds[i],
+                        subseed=subseeds[i],
+                        prompt=params.prompt,
+                        negative_prompt=params.negative_prompt,
+                        extra=self.image_extra(),
                     )
+                    for i, pixels in enumerate(outputs)
+                ]
+                images.extend(batch)
+                # 9. Hand the batch on now (the service saves it before the next batch starts).
+                control.images_done(self.engine_run(batch))
+        return self.engine_run(images, interrupted=interrupted)
+
+    def engine_run(self, images: list[GeneratedImage], *, interrupted: bool = False) -> EngineRun:
+        """``images`` with the model facts their infotext needs."""
+        params = self.params
         info = getattr(self.model, "info", None)
         return EngineRun(
             images=images,
