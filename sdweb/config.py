@@ -86,6 +86,11 @@ class DataPaths:
         return self.root / "models" / "text_encoder"
 
     @property
+    def vae_approx_dir(self) -> Path:
+        """``models/VAE-approx``: A1111's folder of live-preview decoders (``taesd_decoder.pth``...)."""
+        return self.root / "models" / "VAE-approx"
+
+    @property
     def controlnet_dir(self) -> Path:
         """``models/ControlNet``: the sd-webui-controlnet extension's folder of ControlNet models."""
         return self.root / "models" / "ControlNet"
@@ -110,6 +115,8 @@ class DataPaths:
         named: dict[Path, str] = {folder: "--ckpt-dir" for folder in self.ckpt_dirs[1:]}
         named.update({self.vae_dir: "--vae-dir", self.lora_dir: "--lora-dir",
                       self.embeddings_dir: "--embeddings-dir"})
+        if self.extra_controlnet_dir is not None:
+            named[self.extra_controlnet_dir] = "--controlnet-dir"
         # Folders inside the data folder are shown relative to it; only the others by their flag.
         return PathScrubber(self.root, {folder: label for folder, label in named.items()
                                         if not is_inside(folder, self.root)})
@@ -378,6 +385,10 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     # A1111's range: -1 (and 0) = no previews while sampling, only the finished image.
     OptionSpec("show_progress_every_n_steps", 5, "Live preview display period (steps; -1 = only after "
                "the batch)", "Live previews", minimum=-1, maximum=32),
+    # A1111's "Live preview display method"; TAESD needs models/VAE-approx/taesd(xl)_decoder.
+    OptionSpec("show_progress_type", "Approx NN", "Live preview display method (Approx NN: TAESD where its "
+               "file is in models/VAE-approx, else Approx cheap)", "Live previews",
+               choices=("Full", "Approx NN", "Approx cheap", "TAESD")),
     # Forge-like: VAE decode/encode switch to tiles when an image would need more memory than this.
     OptionSpec("vae_tile_budget_mb", 0, "VAE tiling: memory budget of one VAE decode/encode in MB; larger "
                "images are made in tiles (0 = automatic: 1280 MB on CPU, most of the free GPU memory)",

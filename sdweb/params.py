@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -235,11 +237,35 @@ class JobControl:
 
     * interrupt: stop now; images finished so far are kept, saved and returned.
     * skip: drop the image being made and go on with the rest of the batch.
+    * finished images: the engine hands each batch to :meth:`images_done` as soon as it is decoded, so
+      the service can save it (and its history row) at once: a crash then loses at most the batch in
+      progress. Passes nested inside a job (hires fix's two passes) run under :meth:`hold` and the
+      outer loop hands on its own, final images.
     """
 
     def __init__(self) -> None:
         self._interrupt = threading.Event()
         self._skip = threading.Event()
+        self._on_images: Any = None
+        self._held = 0
+
+    def on_images(self, sink: Any) -> None:
+        """Call ``sink(run)`` with each finished batch (an :class:`EngineRun` of its images); None: stop."""
+        self._on_images = sink
+
+    def images_done(self, run: EngineRun) -> None:
+        """The engine's report of finished, decoded images (in output order); ignored under :meth:`hold`."""
+        if self._on_images is not None and not self._held and run.images:
+            self._on_images(run)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Inside, :meth:`images_done` reports nothing (an inner pass's images are not the job's)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
 
     def interrupt(self) -> None:
         self._interrupt.set()

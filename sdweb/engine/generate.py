@@ -51,6 +51,7 @@ from sdweb.engine.image_conditioning import (
     full_mask_conditioning,
     latent_channels,
 )
+from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
@@ -206,18 +207,26 @@ class _Txt2Img:
                     if self.control.interrupted:
                         interrupted = True
                         # As A1111: the batch being made is decoded from the latents it had reached.
-                        images.extend(self.reached_images(seeds, subseeds))
+                        reached = self.reached_images(seeds, subseeds)
+                        images.extend(reached)
+                        self.control.images_done(self.engine_run(reached, interrupted=True))
                         break
                     logger.info("batch %d/%d skipped", batch_index + 1, params.n_iter)
                     self.control.clear_skip()
                     continue
                 # 8. Decode.
                 outputs = self.decode(latents) if self.output_type == "pil" else list(latents.split(1))
-                for i, pixels in enumerate(outputs):
-                    images.append(GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
-                                                 prompt=params.prompt,
-                                                 negative_prompt=params.negative_prompt,
-                                                 extra=self.image_extra()))
+                batch = [GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
+                                        prompt=params.prompt, negative_prompt=params.negative_prompt,
+                                        extra=self.image_extra())
+                         for i, pixels in enumerate(outputs)]
+                images.extend(batch)
+                # 9. Hand the batch on now (the service saves it before the next batch starts).
+                self.control.images_done(self.engine_run(batch))
+        return self.engine_run(images, interrupted=interrupted)
+
+    def engine_run(self, images: list[GeneratedImage], *, interrupted: bool = False) -> EngineRun:
+        """``images`` with the model facts their infotext needs."""
         info = getattr(self.model, "info", None)
         return EngineRun(
             images=images,
@@ -225,7 +234,7 @@ class _Txt2Img:
             model_hash=getattr(info, "shorthash", None),
             vae_name=getattr(self.model, "vae_name", None),
             vae_hash=getattr(self.model, "vae_hash", None),
-            clip_skip=int(params.clip_skip or 1),
+            clip_skip=int(self.params.clip_skip or 1),
             interrupted=interrupted,
         )
 
@@ -526,7 +535,7 @@ class _Txt2Img:
         self.reached = latents
         preview = None
         if self.preview_every and step % self.preview_every == 0 and step < self.params.steps:
-            preview = preview_image(latents, sdxl=self.is_sdxl)
+            preview = live_preview(latents, sdxl=self.is_sdxl, vae=self.vae)  # the job's method
         self.on_step(StepProgress(step=step, total_steps=self.params.steps, batch_index=batch_index,
                                   batch_count=self.params.n_iter, preview=preview))
 

@@ -50,7 +50,7 @@ import torch
 from PIL import Image
 
 from sdweb.engine.accelerator import inference_context, vae_decode
-from sdweb.engine.generate import LoadedModelLike, _Txt2Img, preview_image
+from sdweb.engine.generate import LoadedModelLike, _Txt2Img
 from sdweb.engine.image_conditioning import (
     DEFAULT_MASK_WEIGHT,
     encode_pixels,
@@ -59,6 +59,7 @@ from sdweb.engine.image_conditioning import (
     mask_to_tensor,
     masked_image_conditioning,
 )
+from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.images.mask import InpaintPlan, paste_back, prepare_inpaint
@@ -365,6 +366,6 @@ class _Img2Img(_Txt2Img):
         self.reached = latents
         preview = None
         if self.preview_every and step % self.preview_every == 0 and step < self.denoise_steps:
-            preview = preview_image(latents, sdxl=self.is_sdxl)
+            preview = live_preview(latents, sdxl=self.is_sdxl, vae=self.vae)  # the job's method
         self.on_step(StepProgress(step=step, total_steps=self.denoise_steps, batch_index=batch_index,
                                   batch_count=self.params.n_iter, preview=preview))

@@ -23,6 +23,7 @@ from sdweb.engine.accelerator import DeviceMemory, job_scope
 from sdweb.engine.encode import count_tokens
 from sdweb.engine.extra_networks.job import ExtraNetworks
 from sdweb.engine.families import FamilyJob, FamilyRegistry, default_families
+from sdweb.engine.previews import DEFAULT_METHOD, PREVIEW_METHODS, Previewer, TaesdLibrary, preview_scope
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.engine.vae_tiling import TilePolicy, tile_policy
 from sdweb.params import EngineRun, GenerationParams, Img2ImgParams, JobControl, StepProgress
@@ -52,6 +53,7 @@ class Engine:
         modules: Any = None,
         families: FamilyRegistry | None = None,
         memory: DeviceMemory | None = None,
+        previews: TaesdLibrary | None = None,
         controlnets: Any = None,
         preprocessors: Any = None,
     ) -> None:
@@ -70,6 +72,7 @@ class Engine:
             None: such files must carry their own).
         families: the model families (default: :func:`sdweb.engine.families.default_families`).
         memory: the accelerator's memory (emptied after unloads and large jobs); None: nothing to empty.
+        previews: the TAESD decoders of models/VAE-approx for live previews (None: none).
         controlnets: ``sdweb.engine.control.library.ControlNetLibrary`` (None: ControlNet units are refused).
         preprocessors: ``sdweb.images.control_maps.PreprocessorRegistry`` (None: the built-in ones).
         """
@@ -87,6 +90,7 @@ class Engine:
         self.families = families or default_families()
         self._detections: dict[tuple[str, int, float], Any] = {}
         self._memory = memory
+        self.previews = previews
         self.controlnets = controlnets
         if preprocessors is None:
             from sdweb.images.control_maps import PreprocessorRegistry
@@ -107,7 +111,7 @@ class Engine:
         info = self._checkpoint(params.checkpoint)
         vae, modules = self._load_choice(info, params)
         with (self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory),
-              tile_policy(self._tile_policy())):
+              tile_policy(self._tile_policy()), preview_scope(self._previewer())):
             job = self._job(control, on_step, preview_every, self._controlnets(params, model))
             return self.families.for_family(model.family).txt2img(model, params, job)
 
@@ -128,7 +132,7 @@ class Engine:
         info = self._checkpoint(params.checkpoint)
         vae, modules = self._load_choice(info, params)
         with (self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory),
-              tile_policy(self._tile_policy())):
+              tile_policy(self._tile_policy()), preview_scope(self._previewer())):
             controlnets = self._controlnets(params, model, init_images[0] if init_images else None)
             job = self._job(control, on_step, preview_every, controlnets)
             return self.families.for_family(model.family).img2img(model, params, init_images, job, mask=mask)
@@ -189,6 +193,19 @@ class Engine:
         if found is None:
             found = self._detections[key] = detect_file(Path(info.path), info.name, info.kind)
         return found
+
+    def _previewer(self) -> Previewer:
+        """The live previews' method: the "show_progress_type" setting, read per job."""
+        try:
+            method = str(self._options.get("show_progress_type"))
+        except (AttributeError, KeyError):  # no options, or a store without the spec
+            method = DEFAULT_METHOD
+        if method not in PREVIEW_METHODS:
+            method = DEFAULT_METHOD
+        # On the CPU TAESD runs in bf16 where the runtime chose bf16 (native units), else fp32; fp16 on GPUs.
+        on_cpu = getattr(getattr(self._runtime, "device", None), "type", "cpu") == "cpu"
+        dtype = getattr(self._runtime, "dtype", None) if on_cpu else None
+        return Previewer(method, self.previews, dtype=dtype)
 
     def _tile_policy(self) -> TilePolicy:
         """When the job's VAE passes are tiled: the "vae_tile_budget_mb" setting (read per job, so a change
@@ -389,4 +406,5 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
                                  dtype=runtime.dtype)
     return Engine(cache, registry, vae_registry, samplers, runtime=runtime, options=options, loras=loras,
                   embeddings=embeddings, upscalers=upscalers, modules=module_files, memory=memory,
-                  face_restorer=face_restorer, controlnets=controlnets, preprocessors=preprocessors)
+                  face_restorer=face_restorer, controlnets=controlnets, preprocessors=preprocessors,
+                  previews=TaesdLibrary(settings.paths.vae_approx_dir))

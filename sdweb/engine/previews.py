@@ -1,0 +1,255 @@
+"""Live previews while sampling: which decoder makes them (A1111's "Live preview display method").
+
+The setting ``show_progress_type`` takes A1111's values:
+
+- **Approx cheap**: a fixed linear map of the latent channels to RGB, one pixel per latent
+  (:func:`sdweb.engine.generate.preview_image`); microseconds.
+- **TAESD**: the tiny distilled VAE decoder (madebyollin's TAESD) from A1111's folder ``models/VAE-approx``:
+  ``taesd_decoder`` for SD 1.x/2.x, ``taesdxl_decoder`` for SDXL, as ``.safetensors`` or ``.pth``.
+  A full-size preview for a few percent of a step. Without the file: the cheap approximation (logged once).
+- **Approx NN**: A1111's own small approximation network (``VAE-approx/model.pt``) is not supported;
+  TAESD takes its place when its file is there, else the cheap approximation.
+- **Full**: the model's own VAE (as slow as the final decode; A1111's "Full").
+
+``.pth`` files are read with ``torch.load(weights_only=True)``: only tensors, no pickled code runs; a
+file that needs more is refused (logged) and the preview falls back to the cheap one.
+
+The engine sets the job's previewer with :func:`preview_scope`; the loops call :func:`live_preview`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_METHODS = ("Full", "Approx NN", "Approx cheap", "TAESD")
+DEFAULT_METHOD = "Approx NN"  # A1111's default
+#: File stems in models/VAE-approx, per latent space (A1111's names).
+TAESD_STEMS = {"sd": "taesd_decoder", "sdxl": "taesdxl_decoder"}
+_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# The TAESD decoder (layout fixed by its published weights: a Sequential of these layers)
+# ---------------------------------------------------------------------------------------------
+
+
+class _SoftClamp(nn.Module):
+    """Squash latents smoothly into (-3, 3): ``3 * tanh(x / 3)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / 3) * 3
+
+
+class _ResidualBlock(nn.Module):
+    """Three 3x3 convolutions (ReLU between) added to the input, then ReLU. Keys: ``conv.0/2/4``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1))
+        self.skip = nn.Identity()
+        self.fuse = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.conv(x) + self.skip(x))
+
+
+class TaesdDecoder(nn.Sequential):
+    """Latents (as the UNet makes them, not divided by the VAE's scaling factor) -> RGB in [0, 1], 8x larger.
+
+    Layers 0..19: clamp, conv in, ReLU, then three stages of (3 blocks, 2x upsample, conv without bias),
+    one more block and the conv out. ``width`` is 64 in the published weights.
+    """
+
+    def __init__(self, latent_channels: int = 4, width: int = 64) -> None:
+        layers: list[nn.Module] = [_SoftClamp(), nn.Conv2d(latent_channels, width, 3, padding=1), nn.ReLU()]
+        for _stage in range(3):
+            layers += [_ResidualBlock(width) for _ in range(3)]
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1, bias=False)]
+        layers += [_ResidualBlock(width), nn.Conv2d(width, 3, 3, padding=1)]
+        super().__init__(*layers)
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # weights_only: the unpickler builds tensors and plain containers only; anything else is an error.
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path.name} holds no state dict")
+    return state
+
+
+def load_taesd_decoder(path: Path) -> TaesdDecoder:
+    """The TAESD decoder in ``path`` (A1111's ``.pth`` or a ``.safetensors``; diffusers' AutoencoderTiny
+    key names ``decoder.layers.N`` are accepted too), on the CPU in fp32.
+
+    Raises:
+        ValueError: the file is not a TAESD decoder, or a ``.pth`` needs pickled code to load.
+    """
+    try:
+        state = _read_state(path)
+    except Exception as exc:  # an unsafe pickle is refused by weights_only with an UnpicklingError
+        raise ValueError(f"{path.name} could not be read as weights only: {exc}") from exc
+    prefixes = ("decoder.layers.", "decoder.")
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        cleaned[key] = value
+    first = cleaned.get("1.weight")
+    if not isinstance(first, torch.Tensor) or first.dim() != 4:
+        raise ValueError(f"{path.name} is not a TAESD decoder (no conv weight '1.weight')")
+    decoder = TaesdDecoder(latent_channels=int(first.shape[1]), width=int(first.shape[0]))
+    try:
+        decoder.load_state_dict({key: value.float() for key, value in cleaned.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path.name} is not a TAESD decoder: {exc}") from exc
+    return decoder.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing and running the previewer
+# ---------------------------------------------------------------------------------------------
+
+
+class TaesdLibrary:
+    """The TAESD decoders of ``models/VAE-approx``, loaded on first use and kept (a few MB each)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[str, float], TaesdDecoder] = {}
+        self._warned: set[str] = set()
+
+    def find(self, space: str) -> Path | None:
+        """The decoder file for latent space ``space`` ("sd" or "sdxl"), or None."""
+        if self.folder is None:
+            return None
+        stem = TAESD_STEMS.get(space)
+        for suffix in _SUFFIXES:
+            candidate = self.folder / f"{stem}{suffix}"
+            if stem and candidate.is_file():
+                return candidate
+        return None
+
+    def decoder(self, space: str, device: torch.device, dtype: torch.dtype) -> TaesdDecoder | None:
+        """The decoder for ``space`` on ``device`` in ``dtype``; None (warned once) when there is none."""
+        path = self.find(space)
+        if path is None:
+            self._warn_once(space, f"TAESD previews: no {TAESD_STEMS.get(space, space)}(.safetensors/.pth) "
+                                   f"in {self.folder}; using the cheap approximation")
+            return None
+        key = (str(path), path.stat().st_mtime)
+        with self._lock:
+            decoder = self._loaded.get(key)
+            if decoder is None:
+                try:
+                    with torch.inference_mode(False):  # ordinary weights, whatever mode the loop is in
+                        decoder = load_taesd_decoder(path)
+                except ValueError as exc:
+                    self._warn_once(str(path), f"TAESD previews: {exc}; using the cheap approximation")
+                    return None
+                self._loaded = {key: decoder, **{k: v for k, v in self._loaded.items() if k[0] != key[0]}}
+                logger.info("TAESD previews from %s", path)
+            if next(decoder.parameters()).device != device or next(decoder.parameters()).dtype != dtype:
+                with torch.inference_mode(False):
+                    decoder.to(device=device, dtype=dtype)
+                    if device.type == "cpu" and dtype == torch.bfloat16:
+                        decoder.to(memory_format=torch.channels_last)
+            return decoder
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+
+class Previewer:
+    """Makes the job's live previews with one method (see the module docstring)."""
+
+    def __init__(self, method: str = "Approx cheap", library: TaesdLibrary | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if method not in PREVIEW_METHODS:
+            raise ValueError(f"show_progress_type must be one of {list(PREVIEW_METHODS)}, got {method!r}")
+        self.method = method
+        self.library = library
+        self.dtype = dtype
+
+    def __call__(self, latents: torch.Tensor, *, sdxl: bool, vae: Any = None) -> Image.Image:
+        from sdweb.engine.generate import preview_image
+
+        if self.method == "Full" and vae is not None:
+            return self._full(latents, vae)
+        if self.method in ("TAESD", "Approx NN") and self.library is not None and latents.shape[1] == 4:
+            decoder = self.library.decoder("sdxl" if sdxl else "sd", latents.device, self._dtype(latents))
+            if decoder is not None:
+                return _strip(decoder(latents.to(next(decoder.parameters()).dtype)).float().clamp(0, 1))
+        return preview_image(latents, sdxl=sdxl)
+
+    def _dtype(self, latents: torch.Tensor) -> torch.dtype:
+        if self.dtype is not None:
+            return self.dtype
+        return torch.float16 if latents.device.type in ("cuda", "mps") else torch.float32
+
+    @staticmethod
+    def _full(latents: torch.Tensor, vae: Any) -> Image.Image:
+        from sdweb.engine.accelerator import vae_decode
+
+        config = vae.config
+        scaled = latents / config.scaling_factor
+        shift = getattr(config, "shift_factor", None)
+        if shift:
+            scaled = scaled + shift
+        decoded = torch.cat([vae_decode(vae, scaled[i:i + 1]).float() for i in range(scaled.shape[0])])
+        return _strip((decoded / 2 + 0.5).clamp(0, 1))
+
+
+def _strip(rgb: torch.Tensor) -> Image.Image:
+    """``(B, 3, H, W)`` in [0, 1] as one image, the batch side by side."""
+    strip = torch.cat(list(rgb), dim=2)
+    array = (strip.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+_PREVIEWER: ContextVar[Previewer | None] = ContextVar("sdweb_previewer", default=None)
+
+
+@contextmanager
+def preview_scope(previewer: Previewer | None) -> Iterator[None]:
+    """Make the block's (one job's) live previews with ``previewer`` (None: the cheap approximation)."""
+    token = _PREVIEWER.set(previewer)
+    try:
+        yield
+    finally:
+        _PREVIEWER.reset(token)
+
+
+def live_preview(latents: torch.Tensor, *, sdxl: bool, vae: Any = None) -> Image.Image:
+    """The job's live preview of ``latents`` (the loop's current denoised estimate, UNet latent space)."""
+    previewer = _PREVIEWER.get()
+    if previewer is None:
+        from sdweb.engine.generate import preview_image
+
+        return preview_image(latents, sdxl=sdxl)
+    return previewer(latents, sdxl=sdxl, vae=vae)
