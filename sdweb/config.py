@@ -115,6 +115,8 @@ class DataPaths:
         named: dict[Path, str] = {folder: "--ckpt-dir" for folder in self.ckpt_dirs[1:]}
         named.update({self.vae_dir: "--vae-dir", self.lora_dir: "--lora-dir",
                       self.embeddings_dir: "--embeddings-dir"})
+        if self.extra_controlnet_dir is not None:
+            named[self.extra_controlnet_dir] = "--controlnet-dir"
         # Folders inside the data folder are shown relative to it; only the others by their flag.
         return PathScrubber(self.root, {folder: label for folder, label in named.items()
                                         if not is_inside(folder, self.root)})

@@ -34,6 +34,8 @@ PARAM_PAIR_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$
 IMAGE_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
+#: Forge's keys for the text encoder / VAE files of SD 3.x / Flux ("Module 1: ae"): file stems, in order.
+MODULE_KEY_RE = re.compile(r"Module (\d+)")
 
 #: Every parameter key A1111's ``create_infotext`` writes before the feature/extension keys, in its
 #: order. A key given in ``extra`` that is one of these keeps this position (A1111 builds one dict
@@ -224,6 +226,9 @@ def build_infotext(
     for key, value in (extra or {}).items():
         if key != "Version":
             pairs[key] = value
+    if any(MODULE_KEY_RE.fullmatch(str(key)) for key in pairs):
+        # Forge names the VAE among its "Module N" files and reads a "VAE" key as the whole choice.
+        pairs["VAE"] = None
     pairs["Version"] = version
 
     rendered = []
@@ -380,16 +385,17 @@ def infotext_to_params(
 ) -> tuple[GenerationParams, dict[str, Any]]:
     """Map a :func:`parse_infotext` result onto a request, plus the keys that are not request fields.
 
-    Mapped: Prompt, Negative prompt, Steps, Sampler, Schedule type (an old "DPM++ 2M Karras" sampler
-    name is split), CFG scale, Distilled CFG Scale (Forge's, Flux), Seed, Size, Variation seed and
-    strength, Seed resize from, Clip skip,
-    RNG (CPU or GPU), Tiling, Denoising strength, and hires fix: any ``Hires ...`` key turns
-    ``enable_hr`` on (an image made with hires fix is remade with it); ``Hires upscale``, ``Hires
-    resize``, ``Hires steps``, ``Hires upscaler``, ``Hires prompt``, ``Hires negative prompt``,
-    ``Hires sampler`` and ``Hires schedule type`` fill the ``hr_*`` fields. ``checkpoint`` stays None:
-    the checkpoint is chosen by the caller from ``Model hash`` / ``Model``, which come back in the
-    second dict with every other unmapped key (VAE, Version, Hires checkpoint, Lora hashes, ...) in the
-    infotext's order; ``WxH`` pairs there are joined back (``"Tile size": "64x64"``).
+    Mapped: Prompt, Negative prompt, Steps, Sampler, Schedule type (an old "DPM++ 2M Karras" sampler name
+    is split), CFG scale, Distilled CFG Scale (Forge's, Flux), Seed, Size, Variation seed and strength,
+    Seed resize from, Clip skip, RNG (CPU or GPU), Tiling, Denoising strength, Forge's ``Module 1``..
+    ``Module N`` (the text encoder / VAE files of SD 3.x / Flux, as file stems, into
+    ``additional_modules``), and hires fix: any ``Hires ...`` key turns ``enable_hr`` on (an image made
+    with hires fix is remade with it); ``Hires upscale``, ``Hires resize``, ``Hires steps``, ``Hires
+    upscaler``, ``Hires prompt``, ``Hires negative prompt``, ``Hires sampler`` and ``Hires schedule type``
+    fill the ``hr_*`` fields. ``checkpoint`` stays None: the checkpoint is chosen by the caller from
+    ``Model hash`` / ``Model``, which come back in the second dict with every other unmapped key (VAE,
+    Version, Hires checkpoint, Lora hashes, ...) in the infotext's order; ``WxH`` pairs there are joined
+    back (``"Tile size": "64x64"``).
 
     Args:
         parsed: what :func:`parse_infotext` returned.
@@ -438,6 +444,14 @@ def infotext_to_params(
         fields["tiling"] = str(parsed["Tiling"]).strip().lower() == "true"
     convert("denoising_strength", "Denoising strength", _to_float)
     mapped = set(_MAPPED_KEYS)
+    modules = sorted(
+        (int(match.group(1)), key)
+        for key in parsed
+        if (match := MODULE_KEY_RE.fullmatch(str(key))) is not None
+    )
+    if modules:  # Forge's "Module N": the forge_additional_modules choice, by file stem
+        fields["additional_modules"] = tuple(str(parsed[key]) for _index, key in modules)
+        mapped |= {key for _index, key in modules}
     mapped |= _hires_fields(parsed, fields, convert)
 
     rng = str(parsed.get("RNG", "GPU"))

@@ -155,6 +155,7 @@ def build_services(
             models.find_module(name)
         if params.checkpoint:
             info = models.find(params.checkpoint)
+            models.check_file(info)  # a damaged file: refused before queueing
         elif models.selected_title() is None:
             raise LookupError(models.empty_message())
         else:

@@ -64,7 +64,24 @@ def test_flux_transformer_only_generates_with_modules_found_in_the_folders(flow_
         # schnell's defaults for the fields left out: 4 steps, CFG 1, Euler
         assert (info["steps"], info["cfg_scale"], info["sampler_name"]) == (4, 1.0, "Euler")
         assert info["sd_vae_name"] == "ae.safetensors"
-        assert "Distilled CFG Scale" not in info["infotexts"][0]
+        infotext = info["infotexts"][0]
+        assert "Distilled CFG Scale" not in infotext
+        # Forge's keys for the module files (stems); Forge reads a "VAE" key as the whole choice
+        assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16" in infotext
+        assert "VAE: " not in infotext
+        png = body.json()["images"][0]
+        parsed = client.post(f"{flow_api}/png-info", json={"image": png}).json()["parameters"]
+        assert [parsed[f"Module {i}"] for i in (1, 2, 3)] == ["ae", "clip_l", "t5xxl_fp16"]
+        again = client.post(f"{flow_api}/txt2img", json={"infotext": infotext, "width": 64, "height": 64})
+        assert again.status_code == 200, again.text
+        assert json.loads(again.json()["info"])["infotexts"][0] == infotext
+        # A Forge infotext naming a module file that is not in the folders: a clear 4xx naming it
+        missing = client.post(
+            f"{flow_api}/txt2img",
+            json={"infotext": infotext.replace("Module 3: t5xxl_fp16", "Module 3: t5xxl_nope"),
+                  "width": 64, "height": 64},
+        )
+        assert 400 <= missing.status_code < 500 and "t5xxl_nope" in missing.text, missing.text
         gguf = client.post(
             f"{flow_api}/txt2img",
             json=request(steps=2, override_settings={"sd_model_checkpoint": "flux-schnell-Q8_0"}),

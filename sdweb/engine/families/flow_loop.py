@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Literal
 
 import numpy as np
@@ -223,6 +224,11 @@ class FlowTxt2Img:
         extra = dict(self.networks.infotext()) if self.networks is not None else {}
         if self.family.uses_distilled_guidance(self.pipe):
             extra["Distilled CFG Scale"] = float(self.params.distilled_cfg_scale)
+        # Forge's keys for the text encoder / VAE files: "Module 1: ae, Module 2: clip_l, ..." (file stems).
+        names = tuple(getattr(self.model, "module_names", ()) or ())
+        if names:
+            for index, name in enumerate(names, start=1):
+                extra[f"Module {index}"] = PurePath(name).stem
         return extra
 
     # -- 1. inputs -----------------------------------------------------------------------------
