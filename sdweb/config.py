@@ -163,6 +163,11 @@ class LaunchSettings:
     #: CORS: origins allowed to call the server from a browser page (A1111's --cors-allow-origins[-regex]).
     cors_allow_origins: tuple[str, ...] = ()
     cors_allow_origins_regex: str | None = None
+    #: ``--allowed-hosts``: Host header names answered besides loopback names and this machine's own
+    #: addresses (a guard against DNS rebinding); ``*`` turns the check off.
+    allowed_hosts: tuple[str, ...] = ()
+    #: ``--max-body-mb``: the largest request body, in MiB (413 above it, before anything is read or queued).
+    max_body_mb: int = 64
     #: ``--workers local[:N]``: jobs run on N local Ray workers (0 = one per GPU); None = in this process.
     workers: int | None = None
     #: ``--ray-address HOST:PORT``: jobs run on the workers of that Ray cluster (docs/multi-gpu.md).
@@ -215,6 +220,8 @@ class LaunchSettings:
             "cors_allow_origins_regex": self.cors_allow_origins_regex,
             "workers": self.workers,
             "ray_address": self.ray_address,
+            "allowed_hosts": ",".join(self.allowed_hosts) or None,
+            "max_body_mb": self.max_body_mb,
         }
 
 

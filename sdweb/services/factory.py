@@ -114,7 +114,8 @@ def build_services(
     paths.esrgan_dir.mkdir(parents=True, exist_ok=True)  # A1111's folder: where people look to drop models
     upscaler_models = UpscalerModelLibrary(paths.esrgan_dir)  # torch-free listing
     paths.controlnet_dir.mkdir(parents=True, exist_ok=True)  # the extension's folder: where people look
-    controlnet = ControlNetService(ControlNetLibrary(paths.controlnet_dirs, hashes=hashes), options=options)
+    controlnet = ControlNetService(ControlNetLibrary(paths.controlnet_dirs, hashes=hashes), options=options,
+                                   plugins=plugins)
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
     sampler_lock = threading.Lock()

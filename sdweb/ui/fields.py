@@ -226,3 +226,17 @@ def _checkpoint_title(parsed: Mapping[str, Any], models: Any | None, notes: list
     wanted = f"{model_name} [{model_hash}]" if model_hash and model_name else model_hash or model_name
     notes.append(f"checkpoint {wanted} is not on disk; the checkpoint was left unchanged")
     return None
+
+
+def sent_values(values: Mapping[str, Any], options: Any) -> dict[str, Any]:
+    """The values a "Send to" / "Restore parameters" puts into a form: A1111's ``send_seed`` off leaves
+    the form's seed as it was, ``send_size`` off its width and height.
+    """
+    dropped: set[str] = set()
+    if options is not None:
+        settings = options.as_dict()
+        if settings.get("send_seed", True) is False:
+            dropped |= {"seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"}
+        if settings.get("send_size", True) is False:
+            dropped |= {"width", "height"}
+    return {name: value for name, value in values.items() if name not in dropped}

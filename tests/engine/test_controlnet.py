@@ -232,3 +232,22 @@ def test_a_checkpoint_in_the_controlnet_folder_is_listed_as_unusable(tmp_path: P
     with pytest.raises(LookupError, match="Stable Diffusion checkpoint"):
         library.find("checkpoint")
     assert issubclass(UnsupportedCheckpointError, Exception)
+
+
+@pytest.mark.gpu
+def test_a_unit_steers_the_image_on_cuda_in_half_precision(sd1_folder: Path, samplers: Any) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from tests.fixtures.checkpoints import tiny_sd1_components
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pipe = StableDiffusionPipeline(**tiny_sd1_components()).to("cuda", torch.float16)
+    model = TinyModel(pipe=pipe, device=torch.device("cuda"), dtype=torch.float16)
+    library = ControlNetLibrary([sd1_folder])
+    plain = _run(model, samplers, None, ())
+    steered = _run(model, samplers, library, (_unit(),))
+    assert not _same(plain, steered)
+    loaded, _detection = library.load(library.find("control_tiny_sd15_canny"), dtype=torch.float16,
+                                      device=pipe.unet.device, unet_config=dict(pipe.unet.config))
+    assert loaded.device.type == "cuda" and loaded.dtype == torch.float16

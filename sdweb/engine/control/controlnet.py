@@ -125,6 +125,9 @@ def prepare_controlnets(units: Sequence[ControlNetUnit], *, model: Any, library:
                 f"{where} (model): {file.title} does not fit this checkpoint's UNet (widths "
                 f"{list(config.block_out_channels)} vs {list(unet.config.block_out_channels)}, text width "
                 f"{config.cross_attention_dim} vs {unet.config.cross_attention_dim})")
+        if _channels_last(unet) and not _channels_last(control_model):
+            # The runtime's memory format (CPU bf16: channels_last measured faster), as the UNet's.
+            control_model.to(memory_format=torch.channels_last)
         hint_scale = 2 ** (len(config.conditioning_embedding_out_channels) - 1)
         vae_scale = int(getattr(model.pipe, "vae_scale_factor", 8))
         if hint_scale != vae_scale:
@@ -134,6 +137,13 @@ def prepare_controlnets(units: Sequence[ControlNetUnit], *, model: Any, library:
         prepared.append(PreparedUnit(index=index, unit=unit, title=file.title, model=control_model,
                                      picture=picture, preprocessor=preprocessor))
     return ControlNetJob(prepared)
+
+
+def _channels_last(module: Any) -> bool:
+    weight = getattr(getattr(module, "conv_in", None), "weight", None)
+    if weight is None or weight.ndim != 4:
+        return False
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def _unit_picture(unit: ControlNetUnit, where: str, init_image: Image.Image | None) -> Image.Image:

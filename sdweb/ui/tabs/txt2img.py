@@ -34,7 +34,7 @@ from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import sampler_choices, wire_sampler_lists
 from sdweb.ui.components.styles import render_styles_picker
 from sdweb.ui.components.tokens import render_token_counter, wire_token_counters
-from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form
+from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form, sent_values
 from sdweb.ui.sections import (
     PARAMETERS,
     SCRIPTS,
@@ -64,6 +64,8 @@ class Txt2ImgTab:
     view: gr.State | None = None
     #: The form's feature sections (hires fix...), for their page-load wiring.
     sections: FormSections = field(default_factory=FormSections)
+    #: The settings (A1111's send_seed / send_size decide what a "Send to" fills); None in tests.
+    options: Any = None
 
     def outputs(self) -> set[Any]:
         return {*self.form.values(), self.tabs, self.message}
@@ -71,7 +73,7 @@ class Txt2ImgTab:
     def fill(self, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``values`` into the form and switch to the txt2img tab."""
         updates: dict[Any, Any] = {}
-        for name, value in values.items():
+        for name, value in sent_values(values, self.options).items():
             component = self.form.get(name)
             if component is None:
                 continue
@@ -276,6 +278,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
     wire_interrupt_skip(services, jobs, interrupt, skip, message)
 
     return Txt2ImgTab(
+        options=services.options,
         form=form,
         tabs=tabs,
         message=message,
