@@ -225,3 +225,14 @@ def test_additional_modules_must_be_listed_files(api: ApiServer) -> None:
     assert "forge_additional_modules" in detail(response) and "models/text_encoder" in detail(response)
     assert str(folder) not in response.text
     assert api.post("options", json={"forge_additional_modules": []}).status_code == 200
+
+
+def test_numbers_sent_as_text_are_taken(api: ApiServer) -> None:
+    """Some clients send every value as text; A1111 stores it and uses it as a number."""
+    response = api.post("options", json={"CLIP_stop_at_last_layers": "2", "eta_ancestral": "0.5"})
+    assert response.status_code == 200, response.text
+    options = api.get("options").json()
+    assert options["CLIP_stop_at_last_layers"] == 2 and options["eta_ancestral"] == 0.5
+    for bad in ("two", "nan", "inf", "2.5"):
+        response = api.post("options", json={"CLIP_stop_at_last_layers": bad})
+        assert response.status_code == 400 and "CLIP_stop_at_last_layers" in detail(response), bad
