@@ -216,3 +216,12 @@ def test_absolute_output_folders_need_the_launch_flag(start_api: Callable[..., A
     assert api.post("txt2img", json=request).status_code == 200
     assert len(list(elsewhere.rglob("*.png"))) == 1
     assert api.get("cmd-flags").json()["allow_outdir_anywhere"] is True
+
+
+def test_additional_modules_must_be_listed_files(api: ApiServer) -> None:
+    folder = api.services.settings.paths.text_encoder_dir
+    response = api.post("options", json={"forge_additional_modules": ["../../etc/passwd"]})
+    assert response.status_code == 400
+    assert "forge_additional_modules" in detail(response) and "models/text_encoder" in detail(response)
+    assert str(folder) not in response.text
+    assert api.post("options", json={"forge_additional_modules": []}).status_code == 200
