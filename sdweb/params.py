@@ -28,7 +28,12 @@ MAX_SIDE = 16_384
 #: (steps: 1e6) from holding the GPU for days.
 MAX_STEPS = 10_000
 
-RngSource = Literal["CPU", "GPU"]
+#: Where the noise comes from (A1111's ``randn_source``): torch's CPU generator, the model device's
+#: generator, or "NV": A1111's CPU reproduction of CUDA's ``torch.randn`` (the same noise on any device).
+RngSource = Literal["CPU", "GPU", "NV"]
+#: Which implementation runs A1111's k-diffusion samplers: A1111's algorithms exactly, or diffusers'
+#: schedulers of the same names (images made before sdweb matched A1111).
+SamplerPath = Literal["A1111", "diffusers"]
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -115,6 +120,11 @@ class GenerationParams(BaseModel):
     additional_modules: tuple[str, ...] | None = Field(None, max_length=8)
     #: None means the setting ``randn_source``.
     rng: RngSource | None = None
+    #: A1111's ENSD ("Eta noise seed delta"): the noise drawn during sampling comes from seed + delta.
+    #: None means the setting ``eta_noise_seed_delta``.
+    eta_noise_seed_delta: int | None = Field(None, ge=0, le=MAX_SEED_VALUE)
+    #: None means the setting ``sampler_path``.
+    sampler_path: SamplerPath | None = None
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False

@@ -53,6 +53,7 @@ from sdweb.engine.image_conditioning import (
 )
 from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.functions import DiffusersDenoiser
+from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.params import EngineRun, GeneratedImage, GenerationParams, JobControl, StepProgress
@@ -269,7 +270,18 @@ class _Txt2Img:
             extra["Conditional mask weight"] = self.mask_weight
         if self.controlnets is not None:
             extra.update(self.controlnets.infotext())
+        if self.params.eta_noise_seed_delta and not self.ensd_acted():
+            extra["ENSD"] = None  # A1111 writes it only for samplers whose noise it changes
         return extra
+
+    def ensd_acted(self) -> bool:
+        """A1111's rule for writing ENSD: the sampler draws ancestral noise and eta is not 0."""
+        try:
+            spec = self.samplers.get(self.params.sampler_name)
+        except ValueError:
+            return False
+        eta = 1.0 if self.params.eta is None else self.params.eta
+        return bool(spec.options.get("uses_ensd")) and eta != 0
 
     def pass_size(self) -> tuple[int, int]:
         """The pixel size this pass's latents decode to (ControlNet maps are fitted to it)."""
@@ -284,14 +296,15 @@ class _Txt2Img:
         params = self.params
         if params.seed < 0 or params.subseed < 0:
             raise ValueError("seed and subseed must be concrete (resolve -1 before calling the engine)")
-        if params.rng not in ("CPU", "GPU"):
-            raise ValueError(f"rng must be resolved to 'CPU' or 'GPU', got {params.rng!r}")
+        if params.rng not in ("CPU", "GPU", "NV"):
+            raise ValueError(f"rng must be resolved to 'CPU', 'GPU' or 'NV', got {params.rng!r}")
         if params.clip_skip is None:
             raise ValueError("clip_skip must be resolved (the setting CLIP_stop_at_last_layers)")
         # 0 for plain UNets, 5 for inpainting ones; other layouts (depth, pix2pix) are refused here.
         self.conditioning_channels = conditioning_channels(self.pipe)
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
+                                   path=params.sampler_path or "A1111")
         if isinstance(plan, SchedulerPlan):
             try:  # a step count the scheduler cannot make (DDIM above the 1000 trained steps)
                 plan.set_timesteps(params.steps, "cpu")
@@ -424,13 +437,15 @@ class _Txt2Img:
             seeds=seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
             seed_resize_from=resize if min(resize) > 0 else None,
             width=params.width, height=params.height, rng=params.rng or "CPU", device=self.device,
+            eta_noise_seed_delta=int(params.eta_noise_seed_delta or 0),
             channels=latent_channels(self.pipe),
             scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)),
         )
         if self.conditioning_channels and self.image_conditioning is None:
             self.image_conditioning = self.txt2img_image_conditioning()
         # 5. A fresh sampler for this batch.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
+                                   path=params.sampler_path or "A1111")
         # 6.-7. Denoising loop.
         if isinstance(plan, FunctionSamplerPlan):
             return self.run_function_sampler(plan, noise, batch_index)
@@ -485,10 +500,9 @@ class _Txt2Img:
         sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
         # 6. Sigmas, the denoiser, the callback.
-        sigmas = plan.sigmas(self.params.steps)
+        sigmas = plan.sigmas(self.params.steps, sdxl=self.is_sdxl)
         self.step_index = 0
-        denoiser = DiffusersDenoiser(self.predict,
-                                     base_config=plan.base_config, device=self.device)
+        denoiser = self.function_denoiser(plan)
 
         def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
             self.check_control()
@@ -499,12 +513,35 @@ class _Txt2Img:
             self.report(min(i + 1, self.params.steps), batch_index, x0)
             self.check_control()
 
-        extra: dict[str, Any] = {}
-        if self.params.eta is not None and "eta" in inspect.signature(sample_fn).parameters:
-            extra["eta"] = float(self.params.eta)
+        extra = self.function_sampler_extras(plan, sample_fn, noise, self.params.steps)
         # 7. Denoising loop (inside the sampling function).
         return sample_fn(denoise, noise.latents * float(sigmas[0]), sigmas,
                          generator=noise.generators, callback=callback, **extra)
+
+    def function_denoiser(self, plan: FunctionSamplerPlan) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """A1111's model wrapper for its own samplers (quantized timesteps), sdweb's for plugin ones."""
+        if plan.a1111:
+            prediction = str(dict(plan.base_config).get("prediction_type", "epsilon"))
+            return DiscreteDenoiser(self.predict, plan.model_sigmas(), prediction_type=prediction,
+                                    device=self.device)
+        return DiffusersDenoiser(self.predict, base_config=plan.base_config, device=self.device)
+
+    def function_sampler_extras(self, plan: FunctionSamplerPlan, sample_fn: Callable[..., Any],
+                                noise: BatchNoise, steps: int) -> dict[str, Any]:
+        """The optional keywords of the sampling-function contract that this function accepts."""
+        accepted = inspect.signature(sample_fn).parameters
+        extra: dict[str, Any] = {}
+        if self.params.eta is not None and "eta" in accepted:
+            extra["eta"] = float(self.params.eta)
+        if "seeds" in accepted:
+            # Brownian trees seeded with the images' seeds, as A1111's create_noise_sampler
+            extra["seeds"] = list(noise.seeds)
+        if "sigma_range" in accepted and plan.a1111:
+            model = plan.model_sigmas()
+            extra["sigma_range"] = (model.sigma_min, model.sigma_max)
+        if "steps" in accepted:
+            extra["steps"] = int(steps)
+        return extra
 
     # -- progress and control ----------------------------------------------------------------
     def check_control(self) -> None:

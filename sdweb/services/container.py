@@ -44,6 +44,9 @@ class AppServices:
     restart: Callable[[], None] = field(default=lambda: None)
     #: ``sdweb.engine.extra_networks.lora.LoraLibrary`` (torch-free listing of models/Lora); None in tests.
     loras: Any = None
+    #: The noise source that reproduces A1111's default (CUDA) noise on this machine, for pasted infotexts
+    #: without an ``RNG`` key: "GPU" where the models run on CUDA, "NV" (its CPU reproduction) elsewhere.
+    pasted_gpu_rng: Callable[[], str] = field(default=lambda: "NV")
     #: Counts tokens for the UI counter: ``(text) -> (tokens, limit)``; None until the engine is up.
     token_counter: Callable[[str], tuple[int, int]] | None = None
     version: str = __version__

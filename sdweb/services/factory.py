@@ -192,15 +192,30 @@ def build_services(
                             models=models, styles=styles, upscalers=upscalers)
     merger = MergeService(registry, vaes, worker)
 
+    probed_rng: list[str] = []
+
+    def pasted_gpu_rng() -> str:  # probed on the first paste, not at start-up (torch)
+        if not probed_rng:
+            probed_rng.append(_probe_gpu_rng(settings))
+        return probed_rng[0]
+
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
         token_counter=count_tokens, upscalers=upscalers, scripts=scripts, merger=merger,
         face_restorers=face_restorer, controlnet=controlnet,
+        pasted_gpu_rng=pasted_gpu_rng,
     )
     holder["services"] = services
     return services
+
+
+def _probe_gpu_rng(settings: LaunchSettings) -> str:
+    """Say "GPU" when the models run on CUDA (A1111's default noise), else "NV" (imports torch)."""
+    from sdweb.engine.devices import resolve_runtime
+
+    return "GPU" if resolve_runtime(settings).device.type == "cuda" else "NV"
 
 
 def default_engine_factory(services: AppServices) -> Any:

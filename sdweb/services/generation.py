@@ -448,6 +448,10 @@ class GenerationService:
             updates["clip_skip"] = int(self._options.get("CLIP_stop_at_last_layers"))
         if params.rng is None:
             updates["rng"] = self._options.get("randn_source")
+        if params.eta_noise_seed_delta is None:
+            updates["eta_noise_seed_delta"] = int(self._options.get("eta_noise_seed_delta") or 0)
+        if params.sampler_path is None:
+            updates["sampler_path"] = self._options.get("sampler_path")
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()

@@ -318,7 +318,14 @@ class ModelService:
             loaded = self._loader(info) if self._loader is not None else self._engine().load(info)
         except Exception as exc:
             logger.exception("could not load %s", info.title)
-            self._set_status(ModelStatus("error", title=info.title, message=str(exc), is_demo=_is_demo(info)))
+            kept = self._still_loaded()
+            if kept is not None:  # the engine kept the model it had: that one is still ready
+                self._set_status(ModelStatus("ready", title=kept.title, is_demo=_is_demo(kept),
+                                             message=f"{kept.title} is ready ({info.title} could not be "
+                                                     f"loaded: {exc})"))
+            else:
+                self._set_status(ModelStatus("error", title=info.title, message=str(exc),
+                                             is_demo=_is_demo(info)))
             raise
         info = getattr(loaded, "info", info)
         if remember:
@@ -328,6 +335,16 @@ class ModelService:
         if self._plugins is not None:
             self._plugins.notify("on_model_loaded", model_info=info)
         return info
+
+    def _still_loaded(self) -> Any:
+        """The checkpoint the engine holds now (after a failed load: the one it kept), or None."""
+        if self._loader is not None or not self._engine.started:
+            return None
+        current_info = getattr(self._engine(), "current_info", None)
+        try:
+            return current_info() if current_info is not None else None
+        except Exception:  # noqa: BLE001 - only for the status line
+            return None
 
     def unload(self) -> None:
         def _unload() -> None:

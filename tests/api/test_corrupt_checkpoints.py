@@ -101,3 +101,38 @@ def test_the_ui_selector_says_why(damaged: ApiServer) -> None:
     message, ok = load_checkpoint(damaged.services, title)
     assert not ok and "cut.safetensors" in message and "truncated" in message
     assert "previous model stays" in message
+
+
+@pytest.mark.slow
+def test_the_real_engine_keeps_the_loaded_model(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """With the real engine: a cut file is refused before loading, a whole file that is no checkpoint
+    fails in the loader; either way the tiny model stays loaded and draws."""
+    import shutil
+
+    import httpx
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from sdweb.services.factory import build_services
+    from tests.api.conftest import served_api
+    from tests.fakes import make_settings
+
+    settings = make_settings(tmp_path)
+    folder = settings.paths.ckpt_dirs[0]
+    folder.mkdir(parents=True)
+    good = folder / tiny_checkpoint.name
+    shutil.copy(tiny_checkpoint, good)
+    _cut(good, folder / "cut.safetensors")
+    save_file({"some.weight": np.zeros((4, 4), dtype=np.float32)}, str(folder / "notamodel.safetensors"))
+    services = build_services(settings)
+    services.models.load_selected(wait=True)
+    loaded = services.models.status().title
+    with served_api(services) as url, httpx.Client(timeout=300) as client:
+        for name, status in (("cut.safetensors", 422), ("notamodel.safetensors", 422)):
+            response = client.post(f"{url}/options", json={"sd_model_checkpoint": name})
+            assert response.status_code == status, response.text
+            assert name in response.json()["detail"]
+            assert client.get(f"{url}/options").json()["sd_model_checkpoint"] == loaded
+            drawn = client.post(f"{url}/txt2img", json={**REQUEST, "steps": 2})
+            assert drawn.status_code == 200, drawn.text
+            assert services.models.status().title == loaded

@@ -94,7 +94,8 @@ def test_a1111_keys_clients_use_exist(api: ApiServer) -> None:
         assert key in options, key
     assert api.post("options", json={"show_progress_every_n_steps": -1}).status_code == 200
     assert api.post("options", json={"live_previews_image_format": "webp"}).status_code == 200
-    response = api.post("options", json={"eta_noise_seed_delta": 31337})
+    assert api.post("options", json={"eta_noise_seed_delta": 31337}).status_code == 200  # ENSD is applied
+    response = api.post("options", json={"eta_noise_seed_delta": -1})
     assert response.status_code == 400 and "eta_noise_seed_delta" in detail(response)
 
 

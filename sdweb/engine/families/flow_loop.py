@@ -236,8 +236,8 @@ class FlowTxt2Img:
         params = self.params
         if params.seed < 0 or params.subseed < 0:
             raise ValueError("seed and subseed must be concrete (resolve -1 before calling the engine)")
-        if params.rng not in ("CPU", "GPU"):
-            raise ValueError(f"rng must be resolved to 'CPU' or 'GPU', got {params.rng!r}")
+        if params.rng not in ("CPU", "GPU", "NV"):
+            raise ValueError(f"rng must be resolved to 'CPU', 'GPU' or 'NV', got {params.rng!r}")
         multiple = self.family.size_multiple(self.pipe)
         for name in ("width", "height"):
             value = int(getattr(params, name))
