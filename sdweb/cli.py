@@ -277,7 +277,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     from sdweb.api.hosts import install_host_check
     from sdweb.api.limits import install_body_limit
     from sdweb.api.router import make_router
-    from sdweb.api.security import api_dependencies
+    from sdweb.api.security import LoginThrottleMiddleware, api_dependencies
 
     settings: LaunchSettings = services.settings
     api = settings.api if api is None else api
@@ -289,7 +289,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     if api:
         app.include_router(make_router(services))  # its paths are whole: /sdapi/v1/..., /controlnet/...
         # Extension routes sit behind the same credentials as ours: never an open door beside a locked one.
-        guard = api_dependencies(settings.effective_api_auth)
+        guard = api_dependencies(settings.effective_api_auth, services.login_limiter)
         for _name, routers in services.plugins.collect("register_api_routes", services=services):
             for router in routers or ():
                 app.include_router(router, prefix="/sdapi/v1/ext", dependencies=guard)
@@ -304,6 +304,8 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
         blocks = build_ui(services)
         auth = list(settings.gradio_auth) or None
         app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **mount_kwargs(services))
+        if auth:  # failed logins on the page are paused per address, as the API's are
+            app.add_middleware(LoginThrottleMiddleware, limiter=services.login_limiter)
     install_body_limit(app, settings.max_body_mb)  # before anything reads or queues a request
     # Outermost: a request for a name that is not this server's (DNS rebinding) never reaches the UI or API.
     install_host_check(app, settings.allowed_hosts, bind_host=settings.host)

@@ -296,13 +296,14 @@ class OptionSpec:
                     raise TypeError
                 converted: Any = value
             elif kind is int:
-                if isinstance(value, bool) or isinstance(value, str) or not float(value).is_integer():
+                # A number written as text ("2", as some clients send) is taken as A1111 would use it.
+                if isinstance(value, bool) or not float(_number_text(value)).is_integer():
                     raise TypeError
-                converted = int(value)
+                converted = int(float(_number_text(value)))
             elif kind is float:
-                if isinstance(value, bool) or isinstance(value, str):
+                if isinstance(value, bool):
                     raise TypeError
-                converted = float(value)
+                converted = float(_number_text(value))
                 if converted != converted or converted in (float("inf"), float("-inf")):
                     raise TypeError
             elif kind is str:
@@ -629,6 +630,16 @@ class OptionsStore:
 
 
 _MISSING = object()
+
+
+def _number_text(value: Any) -> Any:
+    """``value``, or the number a numeric string spells ("2", " 0.5 "); anything else as it is."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text.lower() in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity"):
+            raise TypeError
+        return float(text)
+    return value
 
 
 def _same(current: Any, value: Any) -> bool:

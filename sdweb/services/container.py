@@ -12,6 +12,7 @@ from typing import Any
 
 from sdweb import __version__
 from sdweb.config import LaunchSettings, OptionsStore
+from sdweb.ratelimit import LoginLimiter
 from sdweb.services.generation import GenerationService
 from sdweb.services.models import ModelService
 from sdweb.services.worker import GpuWorker
@@ -63,3 +64,5 @@ class AppServices:
     #: ``sdweb.services.controlnet.ControlNetService``: models/ControlNet and the preprocessors
     #: (None when hand-built).
     controlnet: Any = None
+    #: Failed logins per client address (UI login and API basic auth share it): ``sdweb.ratelimit``.
+    login_limiter: LoginLimiter = field(default_factory=LoginLimiter)

@@ -144,6 +144,7 @@ def build_services(
     # not listed is refused on write and ignored (default used) when config.json holds it.
     options.bind("sd_vae", check=models.vae_choice)
     options.bind("sd_model_checkpoint", check=models.checkpoint_choice)
+    options.bind("forge_additional_modules", check=models.modules_choice)
     upscalers = UpscalerService(upscaler_models, worker=worker, engine=engine)
 
     def validate(params: GenerationParams) -> None:

@@ -293,6 +293,19 @@ class ModelService:
             return ""
         return str(self.find(str(value)).title)
 
+    def modules_choice(self, value: Any) -> list[str]:
+        """The ``forge_additional_modules`` option's check: each a file listed in models/text_encoder or
+        models/VAE.
+        """
+        names = [str(name) for name in value]
+        for name in names:
+            try:
+                self.find_module(name)
+            except LookupError as exc:
+                raise LookupError(f"option 'forge_additional_modules': {str(exc).strip(chr(34) + chr(39))}") \
+                    from None
+        return names
+
     def vae_choice(self, value: Any) -> str:
         """The ``sd_vae`` option's check: Automatic, None or a VAE file listed in the VAE folder."""
         if value in ("Automatic", "None"):

@@ -75,6 +75,20 @@ def test_flux_transformer_only_generates_with_modules_found_in_the_folders(flow_
         again = client.post(f"{flow_api}/txt2img", json={"infotext": infotext, "width": 64, "height": 64})
         assert again.status_code == 200, again.text
         assert json.loads(again.json()["info"])["infotexts"][0] == infotext
+        # An infotext as Forge writes it for this model (its schedule type, its module keys, its version)
+        forge = (
+            "a lighthouse\nSteps: 2, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Seed: 3, "
+            "Size: 64x64, Model: flux-schnell, Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16, "
+            "Version: f2.0.1v1.10.1-previous-313-g9d1b6ea5"
+        )
+        pasted = client.post(
+            f"{flow_api}/txt2img",
+            json={"infotext": forge, "override_settings": {"sd_model_checkpoint": "flux-schnell"}},
+        )
+        assert pasted.status_code == 200, pasted.text
+        remade = json.loads(pasted.json()["info"])["infotexts"][0]
+        assert "Steps: 2, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Seed: 3, Size: 64x64" in remade
+        assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16" in remade
         # A Forge infotext naming a module file that is not in the folders: a clear 4xx naming it
         missing = client.post(
             f"{flow_api}/txt2img",

@@ -216,3 +216,23 @@ def test_absolute_output_folders_need_the_launch_flag(start_api: Callable[..., A
     assert api.post("txt2img", json=request).status_code == 200
     assert len(list(elsewhere.rglob("*.png"))) == 1
     assert api.get("cmd-flags").json()["allow_outdir_anywhere"] is True
+
+
+def test_additional_modules_must_be_listed_files(api: ApiServer) -> None:
+    folder = api.services.settings.paths.text_encoder_dir
+    response = api.post("options", json={"forge_additional_modules": ["../../etc/passwd"]})
+    assert response.status_code == 400
+    assert "forge_additional_modules" in detail(response) and "models/text_encoder" in detail(response)
+    assert str(folder) not in response.text
+    assert api.post("options", json={"forge_additional_modules": []}).status_code == 200
+
+
+def test_numbers_sent_as_text_are_taken(api: ApiServer) -> None:
+    """Some clients send every value as text; A1111 stores it and uses it as a number."""
+    response = api.post("options", json={"CLIP_stop_at_last_layers": "2", "eta_ancestral": "0.5"})
+    assert response.status_code == 200, response.text
+    options = api.get("options").json()
+    assert options["CLIP_stop_at_last_layers"] == 2 and options["eta_ancestral"] == 0.5
+    for bad in ("two", "nan", "inf", "2.5"):
+        response = api.post("options", json={"CLIP_stop_at_last_layers": bad})
+        assert response.status_code == 400 and "CLIP_stop_at_last_layers" in detail(response), bad
