@@ -17,6 +17,10 @@ fi
 python -m pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
 python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v WARNING || true
 python -m pip install -q -e ".[test]" 2>&1 | grep -v WARNING || true
+# The A1111-parity oracle (tests/engine/kdiffusion_oracle.py): k-diffusion, the package A1111 runs.
+# Its declared dependencies pull torchvision and its training stack; the oracle loads only its
+# sampling module, which needs scipy, torchsde, tqdm (sdweb's own) and torchdiffeq: so --no-deps.
+python -m pip install -q --no-deps "k-diffusion==0.1.1.post1" "torchdiffeq==0.2.5" 2>&1 | grep -v WARNING || true
 python -c "import torch, diffusers, gradio, sdweb" >/dev/null
 
 # 2. Browser for the UI tests: Debian's chromium (never 'playwright install').

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--allow-outdir-anywhere", action="store_true",
         help="let API clients set output folder options (outdir_*) to absolute paths outside the data "
              "folder (refused by default; the local Settings tab may always set them)")
+    add("--allowed-hosts", default=None, metavar="NAME[,NAME2]",
+        help="host names the server answers to besides localhost and this machine's addresses "
+             "(others get 403: a guard against DNS rebinding); .example.org allows its subdomains, * any")
+    add("--max-body-mb", type=int, default=64, metavar="MB",
+        help="largest request body in MiB (default 64); larger requests get 413")
     add("--skip-demo-model", action="store_true", help="do not offer the bundled demo model")
     add("--list-models", action="store_true", help="print the checkpoints found and exit")
     add("--download-model", metavar="NAME_OR_REPO[:FILE]", default=None,
@@ -204,6 +209,10 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         raise UsageError("--models-in-memory must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    if args.max_body_mb < 1:
+        raise UsageError("--max-body-mb must be at least 1")
+    allowed_hosts = tuple(item.strip().lower() for item in (args.allowed_hosts or "").split(",")
+                          if item.strip())
     workers, ray_address = _cluster_flags(args)
     return LaunchSettings(
         paths=paths,
@@ -232,6 +241,8 @@ def settings_from_args(args: argparse.Namespace) -> LaunchSettings:
         cors_allow_origins_regex=args.cors_allow_origins_regex or None,
         workers=workers,
         ray_address=ray_address,
+        allowed_hosts=allowed_hosts,
+        max_body_mb=args.max_body_mb,
     )
 
 
@@ -263,8 +274,10 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
 
     from sdweb.api.cors import install_cors
     from sdweb.api.errors import install_error_handlers
+    from sdweb.api.hosts import install_host_check
+    from sdweb.api.limits import install_body_limit
     from sdweb.api.router import make_router
-    from sdweb.api.security import api_dependencies
+    from sdweb.api.security import LoginThrottleMiddleware, api_dependencies
 
     settings: LaunchSettings = services.settings
     api = settings.api if api is None else api
@@ -276,7 +289,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     if api:
         app.include_router(make_router(services))  # its paths are whole: /sdapi/v1/..., /controlnet/...
         # Extension routes sit behind the same credentials as ours: never an open door beside a locked one.
-        guard = api_dependencies(settings.effective_api_auth)
+        guard = api_dependencies(settings.effective_api_auth, services.login_limiter)
         for _name, routers in services.plugins.collect("register_api_routes", services=services):
             for router in routers or ():
                 app.include_router(router, prefix="/sdapi/v1/ext", dependencies=guard)
@@ -291,6 +304,11 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
         blocks = build_ui(services)
         auth = list(settings.gradio_auth) or None
         app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **mount_kwargs(services))
+        if auth:  # failed logins on the page are paused per address, as the API's are
+            app.add_middleware(LoginThrottleMiddleware, limiter=services.login_limiter)
+    install_body_limit(app, settings.max_body_mb)  # before anything reads or queues a request
+    # Outermost: a request for a name that is not this server's (DNS rebinding) never reaches the UI or API.
+    install_host_check(app, settings.allowed_hosts, bind_host=settings.host)
     services.plugins.notify("on_app_started", app=app, services=services)
     return app
 

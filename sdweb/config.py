@@ -96,6 +96,11 @@ class DataPaths:
         return self.root / "models" / "ControlNet"
 
     @property
+    def clip_vision_dir(self) -> Path:
+        """``models/clip_vision``: CLIP vision encoders for IP-Adapters (Hugging Face layout)."""
+        return self.root / "models" / "clip_vision"
+
+    @property
     def controlnet_dirs(self) -> tuple[Path, ...]:
         """Where ControlNet models are looked for: ``models/ControlNet``, then ``--controlnet-dir``."""
         extra = (self.extra_controlnet_dir,) if self.extra_controlnet_dir is not None else ()
@@ -115,6 +120,8 @@ class DataPaths:
         named: dict[Path, str] = {folder: "--ckpt-dir" for folder in self.ckpt_dirs[1:]}
         named.update({self.vae_dir: "--vae-dir", self.lora_dir: "--lora-dir",
                       self.embeddings_dir: "--embeddings-dir"})
+        if self.extra_controlnet_dir is not None:
+            named[self.extra_controlnet_dir] = "--controlnet-dir"
         # Folders inside the data folder are shown relative to it; only the others by their flag.
         return PathScrubber(self.root, {folder: label for folder, label in named.items()
                                         if not is_inside(folder, self.root)})
@@ -161,6 +168,11 @@ class LaunchSettings:
     #: CORS: origins allowed to call the server from a browser page (A1111's --cors-allow-origins[-regex]).
     cors_allow_origins: tuple[str, ...] = ()
     cors_allow_origins_regex: str | None = None
+    #: ``--allowed-hosts``: Host header names answered besides loopback names and this machine's own
+    #: addresses (a guard against DNS rebinding); ``*`` turns the check off.
+    allowed_hosts: tuple[str, ...] = ()
+    #: ``--max-body-mb``: the largest request body, in MiB (413 above it, before anything is read or queued).
+    max_body_mb: int = 64
     #: ``--workers local[:N]``: jobs run on N local Ray workers (0 = one per GPU); None = in this process.
     workers: int | None = None
     #: ``--ray-address HOST:PORT``: jobs run on the workers of that Ray cluster (docs/multi-gpu.md).
@@ -213,6 +225,8 @@ class LaunchSettings:
             "cors_allow_origins_regex": self.cors_allow_origins_regex,
             "workers": self.workers,
             "ray_address": self.ray_address,
+            "allowed_hosts": ",".join(self.allowed_hosts) or None,
+            "max_body_mb": self.max_body_mb,
         }
 
 
@@ -282,13 +296,14 @@ class OptionSpec:
                     raise TypeError
                 converted: Any = value
             elif kind is int:
-                if isinstance(value, bool) or isinstance(value, str) or not float(value).is_integer():
+                # A number written as text ("2", as some clients send) is taken as A1111 would use it.
+                if isinstance(value, bool) or not float(_number_text(value)).is_integer():
                     raise TypeError
-                converted = int(value)
+                converted = int(float(_number_text(value)))
             elif kind is float:
-                if isinstance(value, bool) or isinstance(value, str):
+                if isinstance(value, bool):
                     raise TypeError
-                converted = float(value)
+                converted = float(_number_text(value))
                 if converted != converted or converted in (float("inf"), float("-inf")):
                     raise TypeError
             elif kind is str:
@@ -345,12 +360,15 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("forge_additional_modules", [], "VAE / Text Encoder (SD 3.x, Flux)", "Stable Diffusion"),
     OptionSpec("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
     OptionSpec("randn_source", "CPU", "Random number generator source", "Stable Diffusion",
-               choices=("CPU", "GPU")),
+               choices=("CPU", "GPU", "NV")),
+    # A1111's ENSD: the noise drawn during sampling comes from seed + delta (sdweb.engine.seeds).
+    OptionSpec("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", "Sampler parameters",
+               minimum=0, maximum=2**64 - 1),
+    # sdweb's own: A1111's k-diffusion samplers exactly (its images), or diffusers' schedulers.
+    OptionSpec("sampler_path", "A1111", "Sampler implementation", "Sampler parameters",
+               choices=("A1111", "diffusers")),
     OptionSpec("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters",
                minimum=0.0, maximum=1.0),
-    # A1111's ENSD: only its neutral value until the seed offset is implemented (never another image).
-    OptionSpec("eta_noise_seed_delta", 0, "Eta noise seed delta (only 0 is supported)", "Sampler parameters",
-               choices=(0,)),
     OptionSpec("samples_format", "png", "File format for images", "Saving images",
                choices=("png", "jpg", "jpeg", "webp")),
     OptionSpec("samples_save", True, "Always save all generated images", "Saving images"),
@@ -612,6 +630,16 @@ class OptionsStore:
 
 
 _MISSING = object()
+
+
+def _number_text(value: Any) -> Any:
+    """``value``, or the number a numeric string spells ("2", " 0.5 "); anything else as it is."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text.lower() in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity"):
+            raise TypeError
+        return float(text)
+    return value
 
 
 def _same(current: Any, value: Any) -> bool:

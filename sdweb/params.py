@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +28,12 @@ MAX_SIDE = 16_384
 #: (steps: 1e6) from holding the GPU for days.
 MAX_STEPS = 10_000
 
-RngSource = Literal["CPU", "GPU"]
+#: Where the noise comes from (A1111's ``randn_source``): torch's CPU generator, the model device's
+#: generator, or "NV": A1111's CPU reproduction of CUDA's ``torch.randn`` (the same noise on any device).
+RngSource = Literal["CPU", "GPU", "NV"]
+#: Which implementation runs A1111's k-diffusion samplers: A1111's algorithms exactly, or diffusers'
+#: schedulers of the same names (images made before sdweb matched A1111).
+SamplerPath = Literal["A1111", "diffusers"]
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -113,6 +120,11 @@ class GenerationParams(BaseModel):
     additional_modules: tuple[str, ...] | None = Field(None, max_length=8)
     #: None means the setting ``randn_source``.
     rng: RngSource | None = None
+    #: A1111's ENSD ("Eta noise seed delta"): the noise drawn during sampling comes from seed + delta.
+    #: None means the setting ``eta_noise_seed_delta``.
+    eta_noise_seed_delta: int | None = Field(None, ge=0, le=MAX_SEED_VALUE)
+    #: None means the setting ``sampler_path``.
+    sampler_path: SamplerPath | None = None
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False
@@ -225,11 +237,35 @@ class JobControl:
 
     * interrupt: stop now; images finished so far are kept, saved and returned.
     * skip: drop the image being made and go on with the rest of the batch.
+    * finished images: the engine hands each batch to :meth:`images_done` as soon as it is decoded, so
+      the service can save it (and its history row) at once: a crash then loses at most the batch in
+      progress. Passes nested inside a job (hires fix's two passes) run under :meth:`hold` and the
+      outer loop hands on its own, final images.
     """
 
     def __init__(self) -> None:
         self._interrupt = threading.Event()
         self._skip = threading.Event()
+        self._on_images: Any = None
+        self._held = 0
+
+    def on_images(self, sink: Any) -> None:
+        """Call ``sink(run)`` with each finished batch (an :class:`EngineRun` of its images); None: stop."""
+        self._on_images = sink
+
+    def images_done(self, run: EngineRun) -> None:
+        """The engine's report of finished, decoded images (in output order); ignored under :meth:`hold`."""
+        if self._on_images is not None and not self._held and run.images:
+            self._on_images(run)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Inside, :meth:`images_done` reports nothing (an inner pass's images are not the job's)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
 
     def interrupt(self) -> None:
         self._interrupt.set()

@@ -123,6 +123,29 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True)
+class ControlPreprocessorSpec:
+    """A ControlNet preprocessor an extension adds (``register_controlnet_preprocessors``).
+
+    Args:
+        name: what units and ``/controlnet/module_list`` call it ("my_edges").
+        run: ``run(image, resolution, threshold_a, threshold_b) -> image`` (RGB PIL images in and out).
+        tags: the control types it serves ("Canny", "Depth" ...), for ``/controlnet/control_types``.
+        aliases: other names units may use.
+        resolution: ``(default, minimum, maximum)`` of the preprocessor resolution; None: it has none.
+        threshold_a: ``(label, default, minimum, maximum)`` of its first slider; None: it has none.
+        threshold_b: the same for its second slider.
+    """
+
+    name: str
+    run: Callable[..., Any]
+    tags: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    resolution: tuple[float, float, float] | None = (512, 64, 2048)
+    threshold_a: tuple[str, float, float, float] | None = None
+    threshold_b: tuple[str, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
 class UITab:
     """A tab an extension adds: ``render()`` builds its gradio components inside an open ``gr.Tab``."""
 
@@ -133,6 +156,7 @@ class UITab:
 
 __all__ = [
     "API_VERSION",
+    "ControlPreprocessorSpec",
     "GenerationParams",
     "GenerationResult",
     "Img2ImgParams",

@@ -42,6 +42,9 @@ class FakeEngine:
     init_images: list[list[Any]] = field(default_factory=list)
     #: The mask of each img2img call (None without one).
     masks: list[Any] = field(default_factory=list)
+    #: Hand each finished batch to ``control.images_done`` as the real engine does (False: only at the end,
+    #: as a cluster worker's results come).
+    report_batches: bool = True
 
     current: Any = None
 
@@ -106,15 +109,20 @@ class FakeEngine:
             if control.skipped:
                 control.clear_skip()
                 continue
+            finished: list[GeneratedImage] = []
             for index in range(params.batch_size):
                 seed = params.seed + batch * params.batch_size + index
                 size = (params.width, params.height)
                 image = (make_image(index, seed) if make_image is not None
                          else Image.new("RGB", size, colour_for(seed, params.prompt)))
-                images.append(GeneratedImage(
+                finished.append(GeneratedImage(
                     image=image,
                     seed=seed, subseed=params.subseed + batch * params.batch_size + index,
                     prompt=params.prompt, negative_prompt=params.negative_prompt))
+            images.extend(finished)
+            if self.report_batches:  # as the real engine: each batch is handed on as soon as it is made
+                control.images_done(EngineRun(images=finished, model_name="fake-model",
+                                              model_hash="0123456789", clip_skip=params.clip_skip or 1))
         return EngineRun(images=images, model_name="fake-model", model_hash="0123456789",
                          clip_skip=params.clip_skip or 1, interrupted=interrupted)
 

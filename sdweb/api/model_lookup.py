@@ -15,11 +15,22 @@ logger = logging.getLogger(__name__)
 
 
 def find_checkpoint(services: Any, query: str, where: str) -> Any:
-    """The checkpoint ``query`` names (title, name or hash); 404 naming ``where`` when there is none."""
+    """The checkpoint ``query`` names (title, name or hash); 404 naming ``where`` when there is none,
+    422 when its file is cut or damaged.
+    """
     try:
-        return services.models.find(query)
+        info = services.models.find(query)
     except LookupError as exc:
         raise ApiError(404, f"{where}: Model not found: {str(exc).strip(chr(34) + chr(39))}") from exc
+    check = getattr(services.models, "check_file", None)
+    if check is not None:
+        try:
+            check(info)  # a cut or damaged file is said now, before anything is loaded or queued
+        except LookupError as exc:
+            raise ApiError(404, f"{where}: {exc}") from exc
+        except ValueError as exc:
+            raise ApiError(422, f"{where}: {exc}") from exc
+    return info
 
 
 def load_failure_status(exc: BaseException) -> int:

@@ -24,6 +24,8 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "sd_model_checkpoint": "checkpoint",
     "CLIP_stop_at_last_layers": "clip_skip",
     "randn_source": "rng",
+    "eta_noise_seed_delta": "eta_noise_seed_delta",
+    "sampler_path": "sampler_path",
     "sd_vae": "vae",
     # Forge's: the text encoders / VAE files an SD 3.x or Flux checkpoint is loaded with.
     "forge_additional_modules": "additional_modules",
@@ -39,7 +41,6 @@ NON_IMAGE_OPTIONS = frozenset({
 })
 #: A1111 settings we do not have that change the image unless left at these values.
 A1111_IMAGE_SETTINGS: Mapping[str, Any] = {
-    "eta_noise_seed_delta": 0,
     "token_merging_ratio": 0,
     "always_discard_next_to_last_sigma": False,
     "sd_unet": "Automatic",
@@ -110,22 +111,28 @@ def override_location(loc: Any) -> tuple[Any, ...]:
     return parts
 
 
+def _pasted_gpu_rng(services: Any) -> str:
+    """What reproduces A1111's default GPU noise here (``AppServices.pasted_gpu_rng``)."""
+    probe = getattr(services, "pasted_gpu_rng", None)
+    return str(probe()) if callable(probe) else "NV"
+
+
 def infotext_values(infotext: str, given: set[str], services: Any) -> dict[str, Any]:
     """The fields an infotext fills (only those the request left unset)."""
-    from sdweb.images.infotext import InfotextError, infotext_to_params, parse_infotext
+    from sdweb.images.infotext import INFOTEXT_NOT_HONOURED, InfotextError, infotext_to_params, parse_infotext
 
     parsed = parse_infotext(infotext)
     try:
-        from_text, extras = infotext_to_params(parsed)
+        from_text, extras = infotext_to_params(parsed, gpu_rng=_pasted_gpu_rng(services))
     except InfotextError as exc:  # its message already names the infotext key
         raise ApiError(422, str(exc) if str(exc).startswith("infotext") else f"infotext: {exc}") from exc
     unsupported = sorted({feature for key, feature in INFOTEXT_UNSUPPORTED.items() if key in extras})
     if unsupported:
         raise ApiError(422, f"infotext: it uses {', '.join(unsupported)}, which is not supported yet")
-    if str(extras.get("ENSD", "0")).strip() not in ("0", ""):
-        raise ApiError(422, "infotext: ENSD (eta noise seed delta) is not supported yet")
-    if "RNG" in extras:
-        raise ApiError(422, f"infotext: RNG {extras['RNG']!r} is not supported (only CPU and GPU)")
+    not_honoured = [key for key in INFOTEXT_NOT_HONOURED if key in extras]
+    if not_honoured:
+        raise ApiError(422, f"infotext: {', '.join(not_honoured)} would change the image and cannot be "
+                            "applied here yet")
     values: dict[str, Any] = {}
     # A hires fix image's infotext turns hires fix on, with the values it wrote (infotext_to_params).
     for name in from_text.model_fields_set:

@@ -53,7 +53,7 @@ def make_router(
     ``modules``: the route modules to assemble; ``scripts``: the A1111 scripts the generation routes
     run (default: :func:`sdweb.api.scripts.builtin_scripts`).
     """
-    dependencies = [*api_dependencies(services.settings.effective_api_auth),
+    dependencies = [*api_dependencies(services.settings.effective_api_auth, services.login_limiter),
                     Depends(reject_unpaired_surrogates)]
     router = APIRouter(dependencies=dependencies, responses=ERROR_RESPONSES, tags=["sdapi"])
     routes = ApiRoutes(router=router, services=services,

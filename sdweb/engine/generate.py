@@ -53,6 +53,7 @@ from sdweb.engine.image_conditioning import (
 )
 from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.functions import DiffusersDenoiser
+from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.params import EngineRun, GeneratedImage, GenerationParams, JobControl, StepProgress
@@ -175,15 +176,27 @@ class _Txt2Img:
         self.controlnets = controlnets
         self.hires_pass = hires_pass
         self.control_stack: Any = None
+        self.ip_stack: Any = None
 
     def run(self) -> EngineRun:
-        params = self.params
         # 1. Check inputs (before any model work, so a bad request costs nothing).
         self.check_inputs()
         if self.controlnets is not None:
             width, height = self.pass_size()
             self.control_stack = self.controlnets.for_pass(width, height, device=self.device,
                                                            dtype=self.unet.dtype, hires=self.hires_pass)
+            ip_stack = self.controlnets.ip_stack(hires=self.hires_pass)
+            if ip_stack is not None:
+                # IP-Adapter attention for this pass only; the UNet's own processors come back after.
+                with ip_stack.installed(self.unet) as self.ip_stack:
+                    try:
+                        return self._run_batches()
+                    finally:
+                        self.ip_stack = None
+        return self._run_batches()
+
+    def _run_batches(self) -> EngineRun:
+        params = self.params
         images: list[GeneratedImage] = []
         interrupted = False
         with (circular_padding(self.unet, self.vae, enabled=params.tiling),
@@ -206,18 +219,26 @@ class _Txt2Img:
                     if self.control.interrupted:
                         interrupted = True
                         # As A1111: the batch being made is decoded from the latents it had reached.
-                        images.extend(self.reached_images(seeds, subseeds))
+                        reached = self.reached_images(seeds, subseeds)
+                        images.extend(reached)
+                        self.control.images_done(self.engine_run(reached, interrupted=True))
                         break
                     logger.info("batch %d/%d skipped", batch_index + 1, params.n_iter)
                     self.control.clear_skip()
                     continue
                 # 8. Decode.
                 outputs = self.decode(latents) if self.output_type == "pil" else list(latents.split(1))
-                for i, pixels in enumerate(outputs):
-                    images.append(GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
-                                                 prompt=params.prompt,
-                                                 negative_prompt=params.negative_prompt,
-                                                 extra=self.image_extra()))
+                batch = [GeneratedImage(image=pixels, seed=seeds[i], subseed=subseeds[i],
+                                        prompt=params.prompt, negative_prompt=params.negative_prompt,
+                                        extra=self.image_extra())
+                         for i, pixels in enumerate(outputs)]
+                images.extend(batch)
+                # 9. Hand the batch on now (the service saves it before the next batch starts).
+                self.control.images_done(self.engine_run(batch))
+        return self.engine_run(images, interrupted=interrupted)
+
+    def engine_run(self, images: list[GeneratedImage], *, interrupted: bool = False) -> EngineRun:
+        """``images`` with the model facts their infotext needs."""
         info = getattr(self.model, "info", None)
         return EngineRun(
             images=images,
@@ -225,7 +246,7 @@ class _Txt2Img:
             model_hash=getattr(info, "shorthash", None),
             vae_name=getattr(self.model, "vae_name", None),
             vae_hash=getattr(self.model, "vae_hash", None),
-            clip_skip=int(params.clip_skip or 1),
+            clip_skip=int(self.params.clip_skip or 1),
             interrupted=interrupted,
         )
 
@@ -249,7 +270,18 @@ class _Txt2Img:
             extra["Conditional mask weight"] = self.mask_weight
         if self.controlnets is not None:
             extra.update(self.controlnets.infotext())
+        if self.params.eta_noise_seed_delta and not self.ensd_acted():
+            extra["ENSD"] = None  # A1111 writes it only for samplers whose noise it changes
         return extra
+
+    def ensd_acted(self) -> bool:
+        """A1111's rule for writing ENSD: the sampler draws ancestral noise and eta is not 0."""
+        try:
+            spec = self.samplers.get(self.params.sampler_name)
+        except ValueError:
+            return False
+        eta = 1.0 if self.params.eta is None else self.params.eta
+        return bool(spec.options.get("uses_ensd")) and eta != 0
 
     def pass_size(self) -> tuple[int, int]:
         """The pixel size this pass's latents decode to (ControlNet maps are fitted to it)."""
@@ -264,14 +296,15 @@ class _Txt2Img:
         params = self.params
         if params.seed < 0 or params.subseed < 0:
             raise ValueError("seed and subseed must be concrete (resolve -1 before calling the engine)")
-        if params.rng not in ("CPU", "GPU"):
-            raise ValueError(f"rng must be resolved to 'CPU' or 'GPU', got {params.rng!r}")
+        if params.rng not in ("CPU", "GPU", "NV"):
+            raise ValueError(f"rng must be resolved to 'CPU', 'GPU' or 'NV', got {params.rng!r}")
         if params.clip_skip is None:
             raise ValueError("clip_skip must be resolved (the setting CLIP_stop_at_last_layers)")
         # 0 for plain UNets, 5 for inpainting ones; other layouts (depth, pix2pix) are refused here.
         self.conditioning_channels = conditioning_channels(self.pipe)
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
+                                   path=params.sampler_path or "A1111")
         if isinstance(plan, SchedulerPlan):
             try:  # a step count the scheduler cannot make (DDIM above the 1000 trained steps)
                 plan.set_timesteps(params.steps, "cpu")
@@ -359,6 +392,11 @@ class _Txt2Img:
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The UNet's guided output for ``model_input`` (already scaled), as float32."""
         guidance = self.guidance()
+        encoder_states: Any = guidance.encoder_hidden_states
+        if self.ip_stack is not None:
+            encoder_states = self.ip_stack.encoder_states(
+                guidance.encoder_hidden_states, rows=guidance.rows, do_cfg=guidance.do_cfg,
+                fraction=self.control_fraction())
         control: dict[str, Any] = {}
         if self.control_stack is not None:
             latents = torch.cat([model_input] * guidance.rows) if guidance.rows > 1 else model_input
@@ -374,7 +412,7 @@ class _Txt2Img:
         output = self.unet(
             stacked.to(self.unet.dtype),
             timestep,
-            encoder_hidden_states=guidance.encoder_hidden_states,
+            encoder_hidden_states=encoder_states,
             timestep_cond=guidance.timestep_cond,
             added_cond_kwargs=guidance.added_cond_kwargs,
             return_dict=False,
@@ -399,13 +437,15 @@ class _Txt2Img:
             seeds=seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
             seed_resize_from=resize if min(resize) > 0 else None,
             width=params.width, height=params.height, rng=params.rng or "CPU", device=self.device,
+            eta_noise_seed_delta=int(params.eta_noise_seed_delta or 0),
             channels=latent_channels(self.pipe),
             scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)),
         )
         if self.conditioning_channels and self.image_conditioning is None:
             self.image_conditioning = self.txt2img_image_conditioning()
         # 5. A fresh sampler for this batch.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
+                                   path=params.sampler_path or "A1111")
         # 6.-7. Denoising loop.
         if isinstance(plan, FunctionSamplerPlan):
             return self.run_function_sampler(plan, noise, batch_index)
@@ -460,10 +500,9 @@ class _Txt2Img:
         sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
         # 6. Sigmas, the denoiser, the callback.
-        sigmas = plan.sigmas(self.params.steps)
+        sigmas = plan.sigmas(self.params.steps, sdxl=self.is_sdxl)
         self.step_index = 0
-        denoiser = DiffusersDenoiser(self.predict,
-                                     base_config=plan.base_config, device=self.device)
+        denoiser = self.function_denoiser(plan)
 
         def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
             self.check_control()
@@ -474,12 +513,35 @@ class _Txt2Img:
             self.report(min(i + 1, self.params.steps), batch_index, x0)
             self.check_control()
 
-        extra: dict[str, Any] = {}
-        if self.params.eta is not None and "eta" in inspect.signature(sample_fn).parameters:
-            extra["eta"] = float(self.params.eta)
+        extra = self.function_sampler_extras(plan, sample_fn, noise, self.params.steps)
         # 7. Denoising loop (inside the sampling function).
         return sample_fn(denoise, noise.latents * float(sigmas[0]), sigmas,
                          generator=noise.generators, callback=callback, **extra)
+
+    def function_denoiser(self, plan: FunctionSamplerPlan) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        """A1111's model wrapper for its own samplers (quantized timesteps), sdweb's for plugin ones."""
+        if plan.a1111:
+            prediction = str(dict(plan.base_config).get("prediction_type", "epsilon"))
+            return DiscreteDenoiser(self.predict, plan.model_sigmas(), prediction_type=prediction,
+                                    device=self.device)
+        return DiffusersDenoiser(self.predict, base_config=plan.base_config, device=self.device)
+
+    def function_sampler_extras(self, plan: FunctionSamplerPlan, sample_fn: Callable[..., Any],
+                                noise: BatchNoise, steps: int) -> dict[str, Any]:
+        """The optional keywords of the sampling-function contract that this function accepts."""
+        accepted = inspect.signature(sample_fn).parameters
+        extra: dict[str, Any] = {}
+        if self.params.eta is not None and "eta" in accepted:
+            extra["eta"] = float(self.params.eta)
+        if "seeds" in accepted:
+            # Brownian trees seeded with the images' seeds, as A1111's create_noise_sampler
+            extra["seeds"] = list(noise.seeds)
+        if "sigma_range" in accepted and plan.a1111:
+            model = plan.model_sigmas()
+            extra["sigma_range"] = (model.sigma_min, model.sigma_max)
+        if "steps" in accepted:
+            extra["steps"] = int(steps)
+        return extra
 
     # -- progress and control ----------------------------------------------------------------
     def check_control(self) -> None:

@@ -140,12 +140,15 @@ def run_hires_txt2img(
                                                  "subseed": subseed})
         first_pass = passes[0] if passes is not None else run_txt2img
         control_options = {"controlnets": controlnets, "hires_pass": False} if controlnets is not None else {}
-        first = first_pass(model, first_params, samplers=samplers, control=control, on_step=first_step,
-                           preview_every=preview_every, output_type="latent" if latent else "pil", **options,
-                           **control_options)
+        with control.hold():  # the passes' images are not the job's; this loop hands on the final ones
+            first = first_pass(model, first_params, samplers=samplers, control=control, on_step=first_step,
+                               preview_every=preview_every, output_type="latent" if latent else "pil",
+                               **options, **control_options)
         if first.interrupted:
             # As A1111: interrupted in the first pass, the batch comes back at the first pass's size.
-            images.extend(_first_pass_images(model, first.images, latent))
+            reached = _first_pass_images(model, first.images, latent)
+            images.extend(reached)
+            control.images_done(replace(first, images=reached))
             interrupted = True
             break
         if not first.images:
@@ -161,20 +164,24 @@ def run_hires_txt2img(
         else:
             init_images = [_upscale_pixels(item.image, upscaler, (scaled_w, scaled_h), (final_w, final_h),
                                            model_upscalers) for item in first.images]
-        if passes is not None:
-            second = passes[1](model, second_params, init_images, samplers=samplers, control=control,
-                               on_step=second_step, preview_every=preview_every, init_latents=init_latents,
-                               **options)
-        else:
-            with inference_context(model.pipe):
-                second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
-                                  preview_every, init_latents=init_latents,
-                                  inpainting_mask_weight=inpainting_mask_weight, **options,
-                                  controlnets=controlnets, hires_pass=True).run()
+        with control.hold():
+            if passes is not None:
+                second = passes[1](model, second_params, init_images, samplers=samplers, control=control,
+                                   on_step=second_step, preview_every=preview_every,
+                                   init_latents=init_latents, **options)
+            else:
+                with inference_context(model.pipe):
+                    second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
+                                      preview_every, init_latents=init_latents,
+                                      inpainting_mask_weight=inpainting_mask_weight, **options,
+                                      controlnets=controlnets, hires_pass=True).run()
         last = second
         # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
-        images.extend(replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)
-                      for item, first_item in zip(second.images, first.images, strict=False))
+        batch = [replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)
+                 for item, first_item in zip(second.images, first.images, strict=False)]
+        images.extend(batch)
+        # Hand the batch on now (the service saves it before the next batch starts).
+        control.images_done(replace(second, images=batch))
         if second.interrupted:
             interrupted = True
             break

@@ -41,7 +41,6 @@ before the engine (here the count must be 1 or ``batch_size``).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,7 +60,6 @@ from sdweb.engine.image_conditioning import (
     masked_image_conditioning,
 )
 from sdweb.engine.previews import live_preview
-from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.images.mask import InpaintPlan, paste_back, prepare_inpaint
@@ -274,6 +272,7 @@ class _Img2Img(_Txt2Img):
             seeds=seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
             seed_resize_from=resize if min(resize) > 0 else None,
             width=params.width, height=params.height, rng=params.rng or "CPU", device=self.device,
+            eta_noise_seed_delta=int(params.eta_noise_seed_delta or 0),
             channels=int(init.shape[1]), scale_factor=int(getattr(self.pipe, "vae_scale_factor", 8)),
         )
         if self.latent_mask is not None and params.inpainting_fill in (2, 3):
@@ -284,7 +283,8 @@ class _Img2Img(_Txt2Img):
             self.check_control()
             return init.clone()  # strength 0: nothing to denoise
         # 5. A fresh sampler for this batch.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config)
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
+                                   path=params.sampler_path or "A1111")
         # 6.-7. Denoising from part-way down the schedule.
         if isinstance(plan, FunctionSamplerPlan):
             return self.run_function_sampler_from(plan, init, noise, batch_index)
@@ -332,9 +332,9 @@ class _Img2Img(_Txt2Img):
         assert sample_fn is not None
         # 6. The last denoise_steps + 1 sigmas of the full schedule.
         offset = self.params.steps - self.denoise_steps
-        sigmas = plan.sigmas(self.params.steps)[offset:]
+        sigmas = plan.sigmas(self.params.steps, sdxl=self.is_sdxl)[offset:]
         self.step_index = offset
-        denoiser = DiffusersDenoiser(self.predict, base_config=plan.base_config, device=self.device)
+        denoiser = self.function_denoiser(plan)
 
         def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
             self.check_control()
@@ -346,9 +346,9 @@ class _Img2Img(_Txt2Img):
             self.report(min(i + 1, self.denoise_steps), batch_index, x0)
             self.check_control()
 
-        extra: dict[str, Any] = {}
-        if self.params.eta is not None and "eta" in inspect.signature(sample_fn).parameters:
-            extra["eta"] = float(self.params.eta)
+        extra = self.function_sampler_extras(plan, sample_fn, noise, self.denoise_steps)
+        if "sigma_range" in extra:  # DPM fast / adaptive integrate over the part of the schedule left
+            extra["sigma_range"] = (float(sigmas[sigmas > 0].min()), float(sigmas[0]))
         start = init + noise.latents * float(sigmas[0])
         # 7. Denoising loop (inside the sampling function).
         return sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)

@@ -67,6 +67,19 @@ def register_scripts() -> list[Any]:
 
 
 @hookspec
+def register_controlnet_preprocessors() -> list[Any]:
+    """Return a list of :class:`sdweb.plugin_api.ControlPreprocessorSpec`: ControlNet preprocessors.
+
+    Called once, when the app starts. Each is listed after the built-in ones (none, canny, invert ...)
+    in ``/controlnet/module_list``, the ControlNet accordion's preprocessor dropdown and its control
+    types (``tags``), and runs for units and previews that name it: ``run(image, resolution,
+    threshold_a, threshold_b)`` gets an RGB PIL image and the unit's values (out-of-range ones replaced
+    by the spec's defaults) and returns the control map as a PIL image. A name already taken is refused
+    and logged with the extension's name.
+    """
+
+
+@hookspec
 def register_xyz_axes() -> list[Any]:
     """Return a list of :class:`sdweb.plugin_api.XyzAxis`: axes for the X/Y/Z plot script.
 

@@ -348,6 +348,36 @@ class HistoryStore:
         logger.debug("history entry %d added", entry_id)
         return entry_id
 
+    def update(self, entry_id: int, entry: HistoryEntry) -> bool:
+        """Replace what entry ``entry_id`` holds with ``entry`` (its time of creation stays).
+
+        A job's row is added with its first saved batch and updated as each later batch is saved, so
+        a crash mid-job leaves a row listing every image saved before it. False when there is no such entry.
+        """
+        _check_thumbnail(entry.thumbnail)
+        values = (
+            entry.params.prompt,
+            entry.params.negative_prompt,
+            entry.params.model_dump_json(),
+            json.dumps(list(entry.seeds)),
+            json.dumps(list(entry.subseeds)),
+            entry.model_title,
+            entry.model_hash,
+            json.dumps(list(entry.output_paths), ensure_ascii=False),
+            json.dumps(list(entry.infotexts), ensure_ascii=False),
+            entry.thumbnail,
+            json.dumps(dict(entry.extra), ensure_ascii=False, default=str),
+            entry_id,
+        )
+        with self._lock:
+            cursor = self._conn.execute(
+                "UPDATE entries SET prompt = ?, negative_prompt = ?, params_json = ?, seeds_json = ?, "
+                "subseeds_json = ?, model_title = ?, model_hash = ?, output_paths_json = ?, "
+                "infotexts_json = ?, thumbnail = ?, extra_json = ? WHERE id = ?",
+                values,
+            )
+        return cursor.rowcount > 0
+
     def delete(self, entry_id: int) -> bool:
         """Remove one entry (its image files are left alone). False when there was no such entry."""
         with self._lock:

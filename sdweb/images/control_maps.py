@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -259,7 +260,31 @@ def builtin_preprocessors() -> list[Preprocessor]:
         Preprocessor("t2ia_color_grid", _color_grid, tags=("T2I-Adapter",), aliases=("color",)),
         Preprocessor("shuffle", _shuffle, resolution=Slider("Resolution", 512, 64, 2048, 8),
                      tags=("Shuffle",)),
+        # IP-Adapter units: the picture goes to the CLIP vision encoder as it is (the encoder is chosen by
+        # what the adapter needs, whichever of these names the unit uses).
+        *(Preprocessor(name, _none, resolution=None, tags=("IP-Adapter",))
+          for name in ("ip-adapter-auto", "ip-adapter_clip_h", "ip-adapter_clip_g", "ip-adapter_clip_sd15")),
     ]
+
+
+def from_spec(spec: Any) -> Preprocessor:
+    """A :class:`Preprocessor` from an extension's ``sdweb.plugin_api.ControlPreprocessorSpec``."""
+    if not isinstance(getattr(spec, "name", None), str) or not spec.name.strip() or not callable(spec.run):
+        raise TypeError(f"not a ControlPreprocessorSpec with a name and a run function: {spec!r}")
+    run = spec.run
+
+    def fn(rgb: np.ndarray, resolution: int, a: float, b: float) -> np.ndarray:
+        result = run(Image.fromarray(rgb), resolution, a, b)
+        if not isinstance(result, Image.Image):
+            raise TypeError(f"preprocessor {spec.name!r} returned {type(result).__name__}, not a PIL image")
+        return np.asarray(result.convert("RGB"))
+
+    def slider(values: Any) -> Slider | None:
+        return Slider(str(values[0]), *map(float, values[1:4])) if values else None
+
+    resolution = Slider("Resolution", *map(float, spec.resolution)) if spec.resolution else None
+    return Preprocessor(spec.name.strip(), fn, resolution=resolution, slider_a=slider(spec.threshold_a),
+                        slider_b=slider(spec.threshold_b), tags=tuple(spec.tags), aliases=tuple(spec.aliases))
 
 
 class PreprocessorNotFoundError(LookupError):

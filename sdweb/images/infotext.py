@@ -34,6 +34,8 @@ PARAM_PAIR_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$
 IMAGE_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 
 NEGATIVE_PROMPT_PREFIX = "Negative prompt:"
+#: Forge's keys for the text encoder / VAE files of SD 3.x / Flux ("Module 1: ae"): file stems, in order.
+MODULE_KEY_RE = re.compile(r"Module (\d+)")
 
 #: Every parameter key A1111's ``create_infotext`` writes before the feature/extension keys, in its
 #: order. A key given in ``extra`` that is one of these keeps this position (A1111 builds one dict
@@ -106,7 +108,30 @@ _MAPPED_KEYS = frozenset(
         "Clip skip",
         "Tiling",
         "Denoising strength",
+        "ENSD",
+        "Eta",
+        "RNG",
+        "Sampler path",
     }
+)
+
+#: Keys A1111 writes for settings that change the picture and that a request cannot carry here: a paste
+#: names them (never a silently different image).
+INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
+    "Discard penultimate sigma",
+    "Schedule rho",
+    "Schedule min sigma",
+    "Schedule max sigma",
+    "SGM noise multiplier",
+    "Beta schedule alpha",
+    "Beta schedule beta",
+    "Eta DDIM",
+    "Token merging ratio",
+    "Token merging ratio hr",
+    "NGMS",
+    "Pad conds",
+    "Pad conds v0",
+    "Downcast alphas_cumprod",
 )
 
 
@@ -219,11 +244,20 @@ def build_infotext(
             "Clip skip": clip_skip if clip_skip > 1 else None,
             "RNG": rng if rng != "GPU" else None,
             "Tiling": "True" if params.tiling else None,
+            # A1111 writes ENSD only where it acted; the engine's extras say so (None leaves it out).
+            "ENSD": params.eta_noise_seed_delta or None,
         }
     )
+    if params.eta is not None and params.eta != 1.0:
+        pairs["Eta"] = params.eta
+    if params.sampler_path == "diffusers":
+        pairs["Sampler path"] = "diffusers"  # sdweb's: diffusers' schedulers ran, not A1111's samplers
     for key, value in (extra or {}).items():
         if key != "Version":
             pairs[key] = value
+    if any(MODULE_KEY_RE.fullmatch(str(key)) for key in pairs):
+        # Forge names the VAE among its "Module N" files and reads a "VAE" key as the whole choice.
+        pairs["VAE"] = None
     pairs["Version"] = version
 
     rendered = []
@@ -376,25 +410,32 @@ def _rejoin_sizes(parsed: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
 
 
 def infotext_to_params(
-    parsed: Mapping[str, Any], *, problems: list[str] | None = None
+    parsed: Mapping[str, Any], *, problems: list[str] | None = None, gpu_rng: str = "GPU"
 ) -> tuple[GenerationParams, dict[str, Any]]:
     """Map a :func:`parse_infotext` result onto a request, plus the keys that are not request fields.
 
-    Mapped: Prompt, Negative prompt, Steps, Sampler, Schedule type (an old "DPM++ 2M Karras" sampler
-    name is split), CFG scale, Distilled CFG Scale (Forge's, Flux), Seed, Size, Variation seed and
-    strength, Seed resize from, Clip skip,
-    RNG (CPU or GPU), Tiling, Denoising strength, and hires fix: any ``Hires ...`` key turns
-    ``enable_hr`` on (an image made with hires fix is remade with it); ``Hires upscale``, ``Hires
-    resize``, ``Hires steps``, ``Hires upscaler``, ``Hires prompt``, ``Hires negative prompt``,
-    ``Hires sampler`` and ``Hires schedule type`` fill the ``hr_*`` fields. ``checkpoint`` stays None:
-    the checkpoint is chosen by the caller from ``Model hash`` / ``Model``, which come back in the
-    second dict with every other unmapped key (VAE, Version, Hires checkpoint, Lora hashes, ...) in the
-    infotext's order; ``WxH`` pairs there are joined back (``"Tile size": "64x64"``).
+    Mapped: Prompt, Negative prompt, Steps, Sampler, Schedule type (an old "DPM++ 2M Karras" sampler name
+    is split), CFG scale, Distilled CFG Scale (Forge's, Flux), Seed, Size, Variation seed and strength,
+    Seed resize from, Clip skip, RNG, ENSD, Eta, Sampler path, Tiling, Denoising strength, Forge's
+    ``Module 1``..``Module N`` (the text encoder / VAE files of SD 3.x / Flux, as file stems, into
+    ``additional_modules``), and hires fix: any ``Hires ...`` key turns ``enable_hr`` on (an image made
+    with hires fix is remade with it); ``Hires upscale``, ``Hires resize``, ``Hires steps``, ``Hires
+    upscaler``, ``Hires prompt``, ``Hires negative prompt``, ``Hires sampler`` and ``Hires schedule type``
+    fill the ``hr_*`` fields. ``checkpoint`` stays None: the checkpoint is chosen by the caller from
+    ``Model hash`` / ``Model``, which come back in the second dict with every other unmapped key (VAE,
+    Version, Hires checkpoint, Lora hashes, ...) in the infotext's order; ``WxH`` pairs there are joined
+    back (``"Tile size": "64x64"``).
+
+    The noise fields are always set, so a pasted image does not depend on this machine's settings:
+    ``ENSD`` (0 when absent: A1111 writes it only when it acted), ``RNG`` (absent means A1111's
+    default, GPU noise: ``gpu_rng`` says what reproduces it here, "GPU" where CUDA exists and "NV"
+    elsewhere), ``Sampler path`` (absent: A1111's samplers). ``Eta`` fills ``eta``.
 
     Args:
         parsed: what :func:`parse_infotext` returned.
         problems: when given, a value that does not fit a request is left at its default and described
             here (for a paste into a form, which should not be all-or-nothing) instead of raising.
+        gpu_rng: the noise source that reproduces A1111's GPU noise on this machine.
 
     Raises:
         InfotextError: without ``problems``: a value is not a number where one is needed, or is
@@ -438,13 +479,29 @@ def infotext_to_params(
         fields["tiling"] = str(parsed["Tiling"]).strip().lower() == "true"
     convert("denoising_strength", "Denoising strength", _to_float)
     mapped = set(_MAPPED_KEYS)
+    modules = sorted(
+        (int(match.group(1)), key)
+        for key in parsed
+        if (match := MODULE_KEY_RE.fullmatch(str(key))) is not None
+    )
+    if modules:  # Forge's "Module N": the forge_additional_modules choice, by file stem
+        fields["additional_modules"] = tuple(str(parsed[key]) for _index, key in modules)
+        mapped |= {key for _index, key in modules}
     mapped |= _hires_fields(parsed, fields, convert)
 
-    rng = str(parsed.get("RNG", "GPU"))
-    if rng in ("CPU", "GPU"):
-        fields["rng"] = rng
-        mapped.add("RNG")
-    # Any other RNG ("NV") is not something a request can ask for: it stays in the extras, visible.
+    rng = str(parsed.get("RNG", "GPU")).strip()
+    if rng in ("CPU", "GPU", "NV"):
+        fields["rng"] = gpu_rng if rng == "GPU" else rng
+    elif problems is not None:
+        problems.append(f"RNG {rng!r} from the infotext is not a noise source here (CPU, GPU, NV); "
+                        "the setting is used")
+    else:
+        raise InfotextError(f"infotext 'RNG': expected CPU, GPU or NV, got {rng!r}")
+    fields["eta_noise_seed_delta"] = 0
+    convert("eta_noise_seed_delta", "ENSD", _to_int)
+    convert("eta", "Eta", _to_float)
+    path = str(parsed.get("Sampler path", "A1111")).strip()
+    fields["sampler_path"] = "diffusers" if path.lower() == "diffusers" else "A1111"
     unmapped = [key for key in parsed if key not in mapped]
     return _checked_params(fields, problems), _rejoin_sizes(parsed, unmapped)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sdweb import __version__
 from sdweb.config import LaunchSettings, OptionsStore
+from sdweb.ratelimit import LoginLimiter
 from sdweb.services.generation import GenerationService
 from sdweb.services.models import ModelService
 from sdweb.services.worker import GpuWorker
@@ -44,6 +45,9 @@ class AppServices:
     restart: Callable[[], None] = field(default=lambda: None)
     #: ``sdweb.engine.extra_networks.lora.LoraLibrary`` (torch-free listing of models/Lora); None in tests.
     loras: Any = None
+    #: The noise source that reproduces A1111's default (CUDA) noise on this machine, for pasted infotexts
+    #: without an ``RNG`` key: "GPU" where the models run on CUDA, "NV" (its CPU reproduction) elsewhere.
+    pasted_gpu_rng: Callable[[], str] = field(default=lambda: "NV")
     #: Counts tokens for the UI counter: ``(text) -> (tokens, limit)``; None until the engine is up.
     token_counter: Callable[[str], tuple[int, int]] | None = None
     version: str = __version__
@@ -60,3 +64,5 @@ class AppServices:
     #: ``sdweb.services.controlnet.ControlNetService``: models/ControlNet and the preprocessors
     #: (None when hand-built).
     controlnet: Any = None
+    #: Failed logins per client address (UI login and API basic auth share it): ``sdweb.ratelimit``.
+    login_limiter: LoginLimiter = field(default_factory=LoginLimiter)

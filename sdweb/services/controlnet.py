@@ -23,7 +23,7 @@ from PIL import Image
 
 from sdweb.engine.control.detect import FAMILY_LABELS
 from sdweb.engine.control.library import ControlNetLibrary
-from sdweb.images.control_maps import Preprocessor, PreprocessorRegistry
+from sdweb.images.control_maps import Preprocessor, PreprocessorRegistry, from_spec
 from sdweb.params import ControlNetUnit, GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,18 @@ def family_of(checkpoint_family: str | None) -> str | None:
 class ControlNetService:
     """See the module docstring."""
 
-    def __init__(self, library: ControlNetLibrary, *, options: Any = None,
+    def __init__(self, library: ControlNetLibrary, *, options: Any = None, plugins: Any = None,
                  preprocessors: PreprocessorRegistry | None = None) -> None:
         self.library = library
         self.options = options
         self.preprocessors = preprocessors or PreprocessorRegistry.with_builtins()
+        if plugins is not None:  # extensions' preprocessors, after the built-in ones
+            for name, specs in plugins.collect("register_controlnet_preprocessors"):
+                for spec in specs or ():
+                    try:
+                        self.preprocessors.add(from_spec(spec))
+                    except (TypeError, ValueError) as exc:
+                        logger.error("extension %s: ControlNet preprocessor refused: %s", name, exc)
 
     # -- listing ------------------------------------------------------------------------------------
     def model_titles(self, family: str | None = None, *, refresh: bool = False) -> list[str]:

@@ -58,6 +58,7 @@ def build_services(
     from sdweb.engine.control.library import ControlNetLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.face_restore import FaceModelLibrary
+    from sdweb.engine.models.cache import SideModelCache
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.modules import ModuleRegistry
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
@@ -114,7 +115,10 @@ def build_services(
     paths.esrgan_dir.mkdir(parents=True, exist_ok=True)  # A1111's folder: where people look to drop models
     upscaler_models = UpscalerModelLibrary(paths.esrgan_dir)  # torch-free listing
     paths.controlnet_dir.mkdir(parents=True, exist_ok=True)  # the extension's folder: where people look
-    controlnet = ControlNetService(ControlNetLibrary(paths.controlnet_dirs, hashes=hashes), options=options)
+    controlnet_library = ControlNetLibrary(paths.controlnet_dirs, hashes=hashes,
+                                           clip_vision_dirs=(paths.clip_vision_dir,),
+                                           cache=SideModelCache(capacity=4))  # ControlNets, IP-Adapters, CLIP
+    controlnet = ControlNetService(controlnet_library, options=options, plugins=plugins)
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
     sampler_lock = threading.Lock()
@@ -140,6 +144,7 @@ def build_services(
     # not listed is refused on write and ignored (default used) when config.json holds it.
     options.bind("sd_vae", check=models.vae_choice)
     options.bind("sd_model_checkpoint", check=models.checkpoint_choice)
+    options.bind("forge_additional_modules", check=models.modules_choice)
     upscalers = UpscalerService(upscaler_models, worker=worker, engine=engine)
 
     def validate(params: GenerationParams) -> None:
@@ -155,6 +160,7 @@ def build_services(
             models.find_module(name)
         if params.checkpoint:
             info = models.find(params.checkpoint)
+            models.check_file(info)  # a damaged file: refused before queueing
         elif models.selected_title() is None:
             raise LookupError(models.empty_message())
         else:
@@ -187,15 +193,30 @@ def build_services(
                             models=models, styles=styles, upscalers=upscalers)
     merger = MergeService(registry, vaes, worker)
 
+    probed_rng: list[str] = []
+
+    def pasted_gpu_rng() -> str:  # probed on the first paste, not at start-up (torch)
+        if not probed_rng:
+            probed_rng.append(_probe_gpu_rng(settings))
+        return probed_rng[0]
+
     services = AppServices(
         settings=settings, options=options, worker=worker, models=models, generation=generation,
         images=images, history=history, styles=styles, plugins=plugins, samplers=samplers, loras=loras,
         extensions=extensions, installer=ExtensionInstaller(extensions), restart=restart or (lambda: None),
         token_counter=count_tokens, upscalers=upscalers, scripts=scripts, merger=merger,
         face_restorers=face_restorer, controlnet=controlnet,
+        pasted_gpu_rng=pasted_gpu_rng,
     )
     holder["services"] = services
     return services
+
+
+def _probe_gpu_rng(settings: LaunchSettings) -> str:
+    """Say "GPU" when the models run on CUDA (A1111's default noise), else "NV" (imports torch)."""
+    from sdweb.engine.devices import resolve_runtime
+
+    return "GPU" if resolve_runtime(settings).device.type == "cuda" else "NV"
 
 
 def default_engine_factory(services: AppServices) -> Any:

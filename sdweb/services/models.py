@@ -86,6 +86,8 @@ class ModelService:
         self._status = ModelStatus("idle")
         self._lock = threading.Lock()
         self._loader: Callable[[Any], Any] | None = None
+        #: (path, size, mtime) of model files that passed :meth:`check_file`.
+        self._checked: set[tuple[str, int, int]] = set()
 
     def use_loader(self, loader: Callable[[Any], Any]) -> None:
         """Load selected checkpoints with ``loader(info)`` (on a cluster worker) instead of this process."""
@@ -227,6 +229,14 @@ class ModelService:
         already implies.
         """
         info = self.find(query)
+        try:
+            self.check_file(info)  # a cut or damaged file: said now, and the current model stays
+        except ValueError as exc:
+            logger.error("%s was not loaded: %s", info.title, exc)
+            if self._status.state in ("idle", "none", "error"):  # nothing loaded: the page says why
+                self._set_status(ModelStatus("error", title=info.title, message=str(exc),
+                                             is_demo=_is_demo(info)))
+            raise
         task = self._worker.submit(lambda: self._load(info, remember=remember), label=f"load {info.title}")
         if wait:
             return task.wait()
@@ -239,6 +249,30 @@ class ModelService:
             self._set_status(ModelStatus("none", message=self.empty_message()))
             return None
         return self.select(title, wait=wait, remember=False)
+
+    def check_file(self, info: Any) -> None:
+        """Raise ``CheckpointReadError`` (a ValueError naming the file) when ``info``'s file is cut,
+        damaged or not a model at all. Reads headers only; a file unchanged since it passed is not read
+        again.
+        """
+        from sdweb.engine.models.integrity import check_model_file
+
+        path = Path(info.path)
+        kind = str(getattr(info, "kind", "safetensors"))
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise LookupError(f"checkpoint {info.title!r} is no longer there ({exc.strerror}); press "
+                              "refresh") from None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if key in self._checked:
+                return
+        check_model_file(path, kind)
+        with self._lock:
+            if len(self._checked) > 256:
+                self._checked.clear()
+            self._checked.add(key)
 
     def current_options(self) -> dict[str, str]:
         """A1111's ``sd_model_checkpoint`` (the title of the model requests without one use, from the
@@ -258,6 +292,19 @@ class ModelService:
         if value == "":
             return ""
         return str(self.find(str(value)).title)
+
+    def modules_choice(self, value: Any) -> list[str]:
+        """The ``forge_additional_modules`` option's check: each a file listed in models/text_encoder or
+        models/VAE.
+        """
+        names = [str(name) for name in value]
+        for name in names:
+            try:
+                self.find_module(name)
+            except LookupError as exc:
+                raise LookupError(f"option 'forge_additional_modules': {str(exc).strip(chr(34) + chr(39))}") \
+                    from None
+        return names
 
     def vae_choice(self, value: Any) -> str:
         """The ``sd_vae`` option's check: Automatic, None or a VAE file listed in the VAE folder."""
@@ -284,7 +331,14 @@ class ModelService:
             loaded = self._loader(info) if self._loader is not None else self._engine().load(info)
         except Exception as exc:
             logger.exception("could not load %s", info.title)
-            self._set_status(ModelStatus("error", title=info.title, message=str(exc), is_demo=_is_demo(info)))
+            kept = self._still_loaded()
+            if kept is not None:  # the engine kept the model it had: that one is still ready
+                self._set_status(ModelStatus("ready", title=kept.title, is_demo=_is_demo(kept),
+                                             message=f"{kept.title} is ready ({info.title} could not be "
+                                                     f"loaded: {exc})"))
+            else:
+                self._set_status(ModelStatus("error", title=info.title, message=str(exc),
+                                             is_demo=_is_demo(info)))
             raise
         info = getattr(loaded, "info", info)
         if remember:
@@ -294,6 +348,16 @@ class ModelService:
         if self._plugins is not None:
             self._plugins.notify("on_model_loaded", model_info=info)
         return info
+
+    def _still_loaded(self) -> Any:
+        """The checkpoint the engine holds now (after a failed load: the one it kept), or None."""
+        if self._loader is not None or not self._engine.started:
+            return None
+        current_info = getattr(self._engine(), "current_info", None)
+        try:
+            return current_info() if current_info is not None else None
+        except Exception:  # noqa: BLE001 - only for the status line
+            return None
 
     def unload(self) -> None:
         def _unload() -> None:

@@ -64,7 +64,38 @@ def test_flux_transformer_only_generates_with_modules_found_in_the_folders(flow_
         # schnell's defaults for the fields left out: 4 steps, CFG 1, Euler
         assert (info["steps"], info["cfg_scale"], info["sampler_name"]) == (4, 1.0, "Euler")
         assert info["sd_vae_name"] == "ae.safetensors"
-        assert "Distilled CFG Scale" not in info["infotexts"][0]
+        infotext = info["infotexts"][0]
+        assert "Distilled CFG Scale" not in infotext
+        # Forge's keys for the module files (stems); Forge reads a "VAE" key as the whole choice
+        assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16" in infotext
+        assert "VAE: " not in infotext
+        png = body.json()["images"][0]
+        parsed = client.post(f"{flow_api}/png-info", json={"image": png}).json()["parameters"]
+        assert [parsed[f"Module {i}"] for i in (1, 2, 3)] == ["ae", "clip_l", "t5xxl_fp16"]
+        again = client.post(f"{flow_api}/txt2img", json={"infotext": infotext, "width": 64, "height": 64})
+        assert again.status_code == 200, again.text
+        assert json.loads(again.json()["info"])["infotexts"][0] == infotext
+        # An infotext as Forge writes it for this model (its schedule type, its module keys, its version)
+        forge = (
+            "a lighthouse\nSteps: 2, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Seed: 3, "
+            "Size: 64x64, Model: flux-schnell, Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16, "
+            "Version: f2.0.1v1.10.1-previous-313-g9d1b6ea5"
+        )
+        pasted = client.post(
+            f"{flow_api}/txt2img",
+            json={"infotext": forge, "override_settings": {"sd_model_checkpoint": "flux-schnell"}},
+        )
+        assert pasted.status_code == 200, pasted.text
+        remade = json.loads(pasted.json()["info"])["infotexts"][0]
+        assert "Steps: 2, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Seed: 3, Size: 64x64" in remade
+        assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16" in remade
+        # A Forge infotext naming a module file that is not in the folders: a clear 4xx naming it
+        missing = client.post(
+            f"{flow_api}/txt2img",
+            json={"infotext": infotext.replace("Module 3: t5xxl_fp16", "Module 3: t5xxl_nope"),
+                  "width": 64, "height": 64},
+        )
+        assert 400 <= missing.status_code < 500 and "t5xxl_nope" in missing.text, missing.text
         gguf = client.post(
             f"{flow_api}/txt2img",
             json=request(steps=2, override_settings={"sd_model_checkpoint": "flux-schnell-Q8_0"}),

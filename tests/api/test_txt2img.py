@@ -116,8 +116,8 @@ def test_override_settings_clip_skip_is_per_request(api: ApiServer) -> None:
 
 
 def test_override_settings_that_would_change_the_image_are_refused(api: ApiServer) -> None:
-    response = api.post("txt2img", json={**SMALL, "override_settings": {"eta_noise_seed_delta": 31337}})
-    assert response.status_code == 422 and "eta_noise_seed_delta" in response.json()["detail"]
+    response = api.post("txt2img", json={**SMALL, "override_settings": {"token_merging_ratio": 0.5}})
+    assert response.status_code == 422 and "token_merging_ratio" in response.json()["detail"]
     response = api.post("txt2img", json={**SMALL, "override_settings": {"CLIP_stop_at_last_layers": 40}})
     assert response.status_code == 422
     assert "override_settings.CLIP_stop_at_last_layers" in response.json()["detail"]
@@ -137,6 +137,35 @@ def test_infotext_fills_unset_fields(api: ApiServer) -> None:
     assert (call.sampler_name, call.scheduler, call.clip_skip) == ("DPM++ 2M", "Karras", 2)
     assert call.steps == 2  # the request's own value wins
     assert "Seed: 42" in json.loads(body["info"])["infotexts"][0]
+
+
+def test_infotext_noise_fields_are_applied_not_left_to_the_settings(api: ApiServer) -> None:
+    """ENSD and RNG of an A1111 image are honoured; without an RNG key, A1111's default GPU noise."""
+    base = "a fox\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 1, Size: 64x64"
+    txt2img(api, infotext=f"{base}, ENSD: 31337, RNG: CPU")
+    call = api.engine.calls[-1]
+    assert (call.eta_noise_seed_delta, call.rng, call.sampler_path) == (31337, "CPU", "A1111")
+    assert api.post("options", json={"eta_noise_seed_delta": 5, "randn_source": "CPU"}).status_code == 200
+    txt2img(api, infotext=base)
+    call = api.engine.calls[-1]
+    # no ENSD key: none was used; no RNG key: GPU noise, reproduced by NV where there is no CUDA
+    assert call.eta_noise_seed_delta == 0 and call.rng == api.services.pasted_gpu_rng()
+    txt2img(api, infotext=f"{base}, RNG: NV, Sampler path: diffusers", override_settings={})
+    assert (api.engine.calls[-1].rng, api.engine.calls[-1].sampler_path) == ("NV", "diffusers")
+
+
+def test_override_settings_ensd_and_rng_apply_to_the_request(api: ApiServer) -> None:
+    txt2img(api, override_settings={"eta_noise_seed_delta": 31337, "randn_source": "NV"})
+    call = api.engine.calls[-1]
+    assert (call.eta_noise_seed_delta, call.rng) == (31337, "NV")
+    assert api.get("options").json()["eta_noise_seed_delta"] == 0  # restored afterwards
+
+
+def test_infotext_with_a_setting_we_cannot_apply_is_refused_naming_it(api: ApiServer) -> None:
+    infotext = ("a fox\nSteps: 3, Sampler: DPM2, CFG scale: 5, Seed: 1, Size: 64x64, "
+                "Discard penultimate sigma: True")
+    response = api.post("txt2img", json={**SMALL, "infotext": infotext})
+    assert response.status_code == 422 and "Discard penultimate sigma" in response.json()["detail"]
 
 
 def test_infotext_using_a_hires_fix_checkpoint_is_refused(api: ApiServer) -> None:

@@ -292,48 +292,82 @@ def test_flux_loras_in_kohya_and_diffusers_form_apply_for_the_job_only(
     assert np.array_equal(plain, pixels(run(flux, params(prompt="a cat")).images[0].image))  # removed after
 
 
-def test_sd3_lora_in_diffusers_form_applies_and_a_kohya_sd3_file_is_refused_by_name(
+def test_sd3_loras_in_diffusers_and_kohya_form_give_the_same_image_and_are_hashed(
     sd3: TinyModel, tmp_path: Any
 ) -> None:
+    """diffusers has no kohya converter for SD 3.x: sdweb's maps fused qkv, the swapped adaLN halves and
+    kohya's alpha onto the same layers; a key naming no layer is refused by name."""
     from safetensors.torch import save_file
 
     from sdweb.engine.extra_networks.job import ExtraNetworks
     from sdweb.engine.extra_networks.lora import LoraError, LoraLibrary
     from sdweb.engine.models.hashes import lora_hash
 
-    proj = sd3.pipe.transformer.transformer_blocks[0].attn.to_out[0]
+    transformer = sd3.pipe.transformer
+    dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    te_width = sd3.pipe.text_encoder.config.hidden_size
     generator = torch.Generator().manual_seed(1)
-    down = torch.randn(4, proj.in_features, generator=generator)
-    up = torch.randn(proj.out_features, 4, generator=generator)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    rank, alpha = 4, 2.0  # kohya's scale alpha / rank = 0.5
+    qkv_down, q_up, k_up, v_up = rand(rank, dim), rand(dim, rank), rand(dim, rank), rand(dim, rank)
+    proj_down, proj_up = rand(rank, dim), rand(dim, rank)
+    final_down, final_up = rand(rank, dim), rand(2 * dim, rank)
+    te_down, te_up = rand(rank, te_width), rand(te_width, rank)
+    half = 0.5
     folder = tmp_path / "Lora"
     folder.mkdir()
+    diffusers_form = {
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": qkv_down,
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": q_up * half,
+        "transformer.transformer_blocks.0.attn.to_k.lora_A.weight": qkv_down,
+        "transformer.transformer_blocks.0.attn.to_k.lora_B.weight": k_up * half,
+        "transformer.transformer_blocks.0.attn.to_v.lora_A.weight": qkv_down,
+        "transformer.transformer_blocks.0.attn.to_v.lora_B.weight": v_up * half,
+        "transformer.transformer_blocks.0.attn.to_add_out.lora_A.weight": proj_down,
+        "transformer.transformer_blocks.0.attn.to_add_out.lora_B.weight": proj_up * half,
+        # diffusers keeps the final modulation's (shift, scale) halves as (scale, shift)
+        "transformer.norm_out.linear.lora_A.weight": final_down,
+        "transformer.norm_out.linear.lora_B.weight": torch.cat([final_up[dim:], final_up[:dim]]) * half,
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": te_down,
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": te_up * half,
+    }
+    save_file({k: v.clone() for k, v in diffusers_form.items()}, str(folder / "sd3_style.safetensors"))
+    kohya_form = {}
+    for name, down, up in (
+        ("lora_unet_joint_blocks_0_x_block_attn_qkv", qkv_down, torch.cat([q_up, k_up, v_up])),
+        ("lora_unet_joint_blocks_0_context_block_attn_proj", proj_down, proj_up),
+        ("lora_unet_final_layer_adaLN_modulation_1", final_down, final_up),
+        ("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", te_down, te_up),
+    ):
+        kohya_form[f"{name}.lora_down.weight"] = down
+        kohya_form[f"{name}.lora_up.weight"] = up
+        kohya_form[f"{name}.alpha"] = torch.tensor(alpha)
+    save_file(kohya_form, str(folder / "kohya_sd3.safetensors"))
     save_file(
-        {
-            "transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": down,
-            "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight": up,
-        },
-        str(folder / "sd3_style.safetensors"),
-    )
-    # kohya's SD 3.x naming (MMDiT module paths): diffusers converts it for Flux but not for SD 3.x
-    save_file(
-        {
-            "lora_unet_joint_blocks_0_x_block_attn_proj.lora_down.weight": down,
-            "lora_unet_joint_blocks_0_x_block_attn_proj.lora_up.weight": up,
-            "lora_unet_joint_blocks_0_x_block_attn_proj.alpha": torch.tensor(4.0),
-        },
-        str(folder / "kohya_sd3.safetensors"),
+        {"lora_unet_joint_blocks_99_x_block_attn_proj.lora_down.weight": proj_down,
+         "lora_unet_joint_blocks_99_x_block_attn_proj.lora_up.weight": proj_up},
+        str(folder / "other_model.safetensors"),
     )
     networks = ExtraNetworks(loras=LoraLibrary(folder))
-    request = params(prompt="a photo of a cat", cfg_scale=4.0, negative_prompt="blurry")
-    plain = pixels(run(sd3, request).images[0].image)
-    styled = run(sd3, params(prompt="a photo of a cat <lora:sd3_style:1>", cfg_scale=4.0,
-                             negative_prompt="blurry"), extra_networks=networks).images[0]
+
+    def image(prompt: str) -> Any:
+        request = params(prompt=prompt, cfg_scale=4.0, negative_prompt="blurry")
+        return run(sd3, request, extra_networks=networks).images[0]
+
+    plain = pixels(image("a photo of a cat").image)
+    styled = image("a photo of a cat <lora:sd3_style:1>")
+    kohya = image("a photo of a cat <lora:kohya_sd3:1>")
     assert not np.array_equal(plain, pixels(styled.image))
+    assert np.abs(pixels(styled.image) - pixels(kohya.image)).max() <= 1
     assert styled.extra["Lora hashes"] == f"sd3_style: {lora_hash(folder / 'sd3_style.safetensors')}"
-    with pytest.raises(LoraError, match=r"kohya_sd3\.safetensors could not be applied .*none of its weights"):
-        run(sd3, params(prompt="a photo of a cat <lora:kohya_sd3:1>"), extra_networks=networks)
+    assert kohya.extra["Lora hashes"] == f"kohya_sd3: {lora_hash(folder / 'kohya_sd3.safetensors')}"
+    with pytest.raises(LoraError, match=r"other_model\.safetensors could not be applied .*joint_blocks_99"):
+        image("a photo of a cat <lora:other_model:1>")
     assert not any(sd3.pipe.get_list_adapters().values())
-    assert np.array_equal(plain, pixels(run(sd3, request).images[0].image))  # both removed after
+    assert np.array_equal(plain, pixels(image("a photo of a cat").image))  # all removed after
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])

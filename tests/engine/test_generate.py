@@ -38,7 +38,8 @@ def _pixels(image: Any) -> np.ndarray:
                                                         ("Euler a", EulerAncestralDiscreteScheduler)])
 def test_equals_diffusers_pipeline_at_fp32(sampler: str, scheduler_cls: type, sd1_model, samplers) -> None:
     pipe = sd1_model.pipe
-    params = tiny_params(sampler_name=sampler, prompt="a photo of an astronaut riding a horse",
+    params = tiny_params(sampler_name=sampler, sampler_path="diffusers",
+                         prompt="a photo of an astronaut riding a horse",
                          negative_prompt="", steps=4, seed=42)
     reference_pipe = StableDiffusionPipeline(
         **{**pipe.components, "scheduler": scheduler_cls.from_config(pipe.scheduler.config)})
@@ -58,7 +59,7 @@ def test_equals_diffusers_pipeline_at_fp32(sampler: str, scheduler_cls: type, sd
 
 def test_sdxl_equals_diffusers_pipeline_at_fp32(sdxl_pipe, samplers) -> None:
     model = TinyModel(pipe=sdxl_pipe, family="sdxl")
-    params = tiny_params(negative_prompt="", steps=3, seed=7)
+    params = tiny_params(negative_prompt="", steps=3, seed=7, sampler_path="diffusers")
     scheduler = EulerDiscreteScheduler.from_config(sdxl_pipe.scheduler.config)
     reference_pipe = StableDiffusionXLPipeline(**{**sdxl_pipe.components, "scheduler": scheduler})
     reference_pipe.set_progress_bar_config(disable=True)

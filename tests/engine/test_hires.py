@@ -104,3 +104,24 @@ def test_engine_runs_hires_when_asked(sd1_model, samplers) -> None:
     engine, _cache, _registry = _engine(sd1_model, samplers, sd_vae="Automatic")
     run = engine.txt2img(hires_params(checkpoint="other"), control=JobControl(), on_step=lambda _: None)
     assert run.images[0].image.size == (96, 96)
+
+
+@pytest.mark.parametrize("hires", [False, True], ids=["plain", "hires"])
+def test_each_finished_batch_is_handed_on_once_as_soon_as_decoded(hires: bool, sd1_model, samplers) -> None:
+    # The service saves what the engine hands on: the final images of each batch, once, in order
+    # (never hires fix's first-pass images), each before the next batch starts.
+    control = JobControl()
+    handed: list[tuple[list[int], tuple[int, int], int]] = []
+    steps: list[StepProgress] = []
+    control.on_images(lambda part: handed.append(([i.seed for i in part.images], part.images[0].image.size,
+                                                  len(steps))))
+    if hires:
+        run = _run(sd1_model, samplers, hires_params(batch_size=2, n_iter=2), control=control,
+                   on_step=steps.append)
+    else:
+        run = run_txt2img(sd1_model, tiny_params(steps=3, batch_size=2, n_iter=2), samplers=samplers,
+                          control=control, on_step=steps.append)
+    size = (96, 96) if hires else (64, 64)
+    per_batch = len(steps) // 2
+    assert handed == [([1234, 1235], size, per_batch), ([1236, 1237], size, 2 * per_batch)]
+    assert [item.seed for item in run.images] == [1234, 1235, 1236, 1237]

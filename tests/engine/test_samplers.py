@@ -23,8 +23,11 @@ from sdweb.params import JobControl
 from sdweb.plugin_api import SamplerSpec, ScheduleSpec, hookimpl
 from tests.engine.conftest import TinyModel, tiny_params
 
-A1111_NAMES = ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "Euler",
-               "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "PLMS", "UniPC", "LCM", "DEIS", "DDPM"]
+A1111_NAMES = ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
+               "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart",
+               "DDIM", "PLMS", "UniPC", "LCM", "DEIS", "DDPM"]
+A1111_SCHEDULES = ["Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform",
+                   "KL Optimal", "Align Your Steps", "Simple", "Normal", "DDIM", "Beta"]
 
 
 def _registry_with(*plugins: tuple[str, list[SamplerSpec]]) -> SamplerRegistry:
@@ -36,7 +39,7 @@ def _registry_with(*plugins: tuple[str, list[SamplerSpec]]) -> SamplerRegistry:
 
 def test_builtin_names_and_schedules_are_a1111s(samplers: SamplerRegistry) -> None:
     assert samplers.names() == A1111_NAMES
-    assert samplers.schedule_names() == ["Automatic", "Uniform", "Karras", "Exponential", "Beta"]
+    assert samplers.schedule_names() == A1111_SCHEDULES
 
 
 @pytest.mark.parametrize(("alias", "name"), [("k_euler_a", "Euler a"), ("K_EULER", "Euler"),
@@ -76,19 +79,35 @@ def test_a_duplicate_name_names_both_plugins() -> None:
 
 
 def test_automatic_uses_the_samplers_default_schedule(samplers: SamplerRegistry, sd1_pipe) -> None:
-    plan = samplers.build("DPM++ 2M", "Automatic", sd1_pipe.scheduler.config)
+    assert samplers.build("DPM++ 2M", "Automatic", sd1_pipe.scheduler.config).schedule.name == "Karras"
+    assert samplers.build("Euler a", "Automatic", sd1_pipe.scheduler.config).schedule.name == "Uniform"
+    # the diffusers path: the same defaults, through diffusers' flags
+    plan = samplers.build("DPM++ 2M", "Automatic", sd1_pipe.scheduler.config, path="diffusers")
     assert isinstance(plan, SchedulerPlan)
     assert plan.schedule.name == "Karras" and plan.scheduler.config.use_karras_sigmas
-    uniform = samplers.build("DPM++ 2M", "Uniform", sd1_pipe.scheduler.config)
+    uniform = samplers.build("DPM++ 2M", "Uniform", sd1_pipe.scheduler.config, path="diffusers")
     assert not uniform.scheduler.config.use_karras_sigmas
-    assert samplers.build("DPM++ 2M SDE", "Automatic", sd1_pipe.scheduler.config).scheduler.config[
-        "algorithm_type"] == "sde-dpmsolver++"
+    assert samplers.build("DPM++ 2M SDE", "Automatic", sd1_pipe.scheduler.config,
+                          path="diffusers").scheduler.config["algorithm_type"] == "sde-dpmsolver++"
+
+
+def test_a1111_path_is_the_default_and_the_diffusers_path_is_reachable(samplers, sd1_pipe) -> None:
+    exact = samplers.build("Euler a", "Karras", sd1_pipe.scheduler.config)
+    assert isinstance(exact, FunctionSamplerPlan) and exact.a1111
+    diffusers = samplers.build("Euler a", "Uniform", sd1_pipe.scheduler.config, path="diffusers")
+    assert isinstance(diffusers, SchedulerPlan)
+    assert type(diffusers.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    # samplers diffusers has no version of run the same on both paths
+    assert isinstance(samplers.build("Restart", "Karras", sd1_pipe.scheduler.config, path="diffusers"),
+                      FunctionSamplerPlan)
+    with pytest.raises(ValueError, match="sampler path must be one of A1111, diffusers"):
+        samplers.build("Euler", "Karras", sd1_pipe.scheduler.config, path="comfy")
 
 
 def test_build_gives_a_fresh_scheduler_and_leaves_the_pipelines_alone(samplers, sd1_pipe) -> None:
     before = dict(sd1_pipe.scheduler.config)
-    first = samplers.build("Euler", "Karras", sd1_pipe.scheduler.config)
-    second = samplers.build("Euler", "Karras", sd1_pipe.scheduler.config)
+    first = samplers.build("Euler", "Karras", sd1_pipe.scheduler.config, path="diffusers")
+    second = samplers.build("Euler", "Karras", sd1_pipe.scheduler.config, path="diffusers")
     assert first.scheduler is not second.scheduler
     assert first.scheduler is not sd1_pipe.scheduler
     assert dict(sd1_pipe.scheduler.config) == before
@@ -127,13 +146,14 @@ def test_every_sampler_makes_an_image(sampler: str, schedule: str, samplers, sd1
 
 @pytest.mark.parametrize("schedule", ["Automatic", "Uniform", "Karras", "Exponential", "Beta"])
 def test_function_sampler_sigmas_follow_the_schedule_type(schedule: str, samplers, sd1_pipe) -> None:
-    plan = samplers.build("DPM++ 2S a", schedule, sd1_pipe.scheduler.config)
-    assert isinstance(plan, FunctionSamplerPlan)
+    """On the diffusers path a plugin-style function sampler sees the diffusers schedulers' sigmas."""
+    plan = samplers.build("DPM++ 2S a", schedule, sd1_pipe.scheduler.config, path="diffusers")
+    assert isinstance(plan, FunctionSamplerPlan) and not plan.a1111
     sigmas = plan.sigmas(6)
     assert sigmas.shape == (7,) and sigmas[-1] == 0
     assert bool((sigmas[1:] < sigmas[:-1]).all())
     # the same noise levels a diffusers sampler gets with that schedule type
-    euler = samplers.build("Euler", schedule, sd1_pipe.scheduler.config).scheduler
+    euler = samplers.build("Euler", schedule, sd1_pipe.scheduler.config, path="diffusers").scheduler
     euler.set_timesteps(6)
     torch.testing.assert_close(sigmas, euler.sigmas.float())
 
@@ -147,7 +167,7 @@ def test_a_plugin_schedule_with_its_own_sigmas(sd1_pipe) -> None:
         [("b", builtin.register_schedules()), ("lin", [ScheduleSpec(name="Linear", sigmas_fn=linear)])])
     assert "Linear" in registry.compatible_schedules("Euler")  # takes set_timesteps(sigmas=...)
     assert "Linear" not in registry.compatible_schedules("DDIM")
-    plan = registry.build("Euler", "Linear", sd1_pipe.scheduler.config)
+    plan = registry.build("Euler", "Linear", sd1_pipe.scheduler.config, path="diffusers")
     plan.set_timesteps(4, "cpu")
     assert plan.scheduler.sigmas.shape == (5,)
     function_plan = registry.build("DPM++ 2S a", "Linear", sd1_pipe.scheduler.config)
@@ -185,7 +205,8 @@ def test_a_plugin_function_sampler_equals_the_diffusers_scheduler(pipe_fixture: 
     ours = run_txt2img(sd1_model, tiny_params(sampler_name="my_euler", scheduler="Karras", steps=4),
                        samplers=registry, control=JobControl(), on_step=lambda s: steps_seen.append(s.step),
                        output_type="latent")
-    reference = run_txt2img(sd1_model, tiny_params(sampler_name="Euler", scheduler="Karras", steps=4),
+    reference = run_txt2img(sd1_model, tiny_params(sampler_name="Euler", scheduler="Karras", steps=4,
+                                                   sampler_path="diffusers"),
                             samplers=registry, control=JobControl(), on_step=lambda _: None,
                             output_type="latent")
     assert steps_seen == [1, 2, 3, 4]
@@ -218,7 +239,8 @@ def test_the_example_extension_sampler_runs_in_the_loop(sd1_model) -> None:
     registry = _registry_with(("example-sampler", module.register_samplers()))
     ours = run_txt2img(sd1_model, tiny_params(sampler_name="k_euler_example", scheduler="Karras", steps=3),
                        samplers=registry, control=JobControl(), on_step=lambda _: None, output_type="latent")
-    reference = run_txt2img(sd1_model, tiny_params(sampler_name="Euler", scheduler="Karras", steps=3),
+    reference = run_txt2img(sd1_model, tiny_params(sampler_name="Euler", scheduler="Karras", steps=3,
+                                                   sampler_path="diffusers"),
                             samplers=registry, control=JobControl(), on_step=lambda _: None,
                             output_type="latent")
     torch.testing.assert_close(ours.images[0].image, reference.images[0].image, atol=1e-4, rtol=1e-4)

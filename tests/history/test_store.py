@@ -245,3 +245,15 @@ def test_extra_values_that_are_not_json_are_kept_as_text(history: HistoryStore) 
 def test_naive_time_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
         entry("x", created_at=datetime(2026, 1, 1))
+
+
+def test_update_replaces_a_row_keeping_its_time_and_search(history: HistoryStore) -> None:
+    first = history.add(entry("a harbour at dawn", seeds=[5], output_paths=["a.png"]))
+    created = history.get(first).created_at  # type: ignore[union-attr]
+    later = entry("a harbour at dusk", seeds=[5, 6], output_paths=["a.png", "b.png"], minutes=30)
+    assert history.update(first, later)
+    got = history.get(first)
+    assert got is not None and got.created_at == created
+    assert got.seeds == (5, 6) and got.output_paths == ("a.png", "b.png")
+    assert [e.id for e in history.search("dusk")] == [first] and history.search("dawn") == []
+    assert not history.update(first + 100, later)

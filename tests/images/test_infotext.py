@@ -292,7 +292,7 @@ def test_infotext_to_params_splits_old_sampler_names() -> None:
     params, extras = infotext_to_params(parse_infotext(A1111_FEB_2023))
     assert (params.sampler_name, params.scheduler) == ("DPM++ SDE", "Karras")
     assert params.seed == 3624413002
-    assert extras["ENSD"] == "31337"
+    assert params.eta_noise_seed_delta == 31337 and "ENSD" not in extras
     assert (params.enable_hr, params.hr_scale, params.hr_second_pass_steps) == (True, 2.0, 14)
     assert (params.hr_upscaler, params.denoising_strength) == ("R-ESRGAN 4x+ Anime6B", 0.5)
     assert not any(key.startswith("Hires ") for key in extras)
@@ -325,11 +325,33 @@ def test_infotext_to_params_refuses_values_a_request_cannot_hold() -> None:
         infotext_to_params(parse_infotext("p\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1"))
 
 
-def test_infotext_to_params_keeps_unsupported_rng_visible() -> None:
-    text = REFERENCE_EXAMPLE.replace("Version", "RNG: NV, Version")
+def test_infotext_to_params_reads_the_noise_fields() -> None:
+    text = REFERENCE_EXAMPLE.replace("Version", "RNG: NV, ENSD: 31337, Eta: 0.5, Version")
     params, extras = infotext_to_params(parse_infotext(text))
-    assert params.rng is None
-    assert extras["RNG"] == "NV"
+    assert (params.rng, params.eta_noise_seed_delta, params.eta) == ("NV", 31337, 0.5)
+    assert not {"RNG", "ENSD", "Eta"} & set(extras)
+    # No RNG key: A1111's default GPU noise, which the caller says how to reproduce (NV without CUDA).
+    plain, _ = infotext_to_params(parse_infotext(REFERENCE_EXAMPLE), gpu_rng="NV")
+    assert (plain.rng, plain.eta_noise_seed_delta, plain.sampler_path) == ("NV", 0, "A1111")
+    with pytest.raises(InfotextError, match="RNG"):
+        infotext_to_params(parse_infotext(REFERENCE_EXAMPLE.replace("Version", "RNG: Mersenne, Version")))
+    notes: list[str] = []
+    odd = REFERENCE_EXAMPLE.replace("Version", "RNG: X, Version")
+    lenient, _ = infotext_to_params(parse_infotext(odd), problems=notes)
+    assert lenient.rng is None and "RNG 'X'" in notes[0]
+
+
+def test_noise_fields_and_the_sampler_path_are_written_and_read_back() -> None:
+    params = GenerationParams(prompt="p", seed=3, eta_noise_seed_delta=31337, eta=0.67,
+                              sampler_path="diffusers")
+    text = build(params, rng="NV")
+    assert "ENSD: 31337" in text and "RNG: NV" in text and "Eta: 0.67" in text
+    assert "Sampler path: diffusers" in text
+    back, extras = infotext_to_params(parse_infotext(text))
+    assert (back.eta_noise_seed_delta, back.rng, back.eta) == (31337, "NV", 0.67)
+    assert back.sampler_path == "diffusers"
+    # the engine leaves ENSD out where it did not act (a sampler without extra noise)
+    assert "ENSD" not in build(params, extra={"ENSD": None})
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -382,8 +404,8 @@ def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: d
     text = build(params, **overrides)
     assert rebuild(text) == text
     back, _ = infotext_to_params(parse_infotext(text))
-    assert back.model_dump(exclude={"rng", "clip_skip", "subseed", "batch_size", "n_iter"}) == \
-        params.model_dump(exclude={"rng", "clip_skip", "subseed", "batch_size", "n_iter"})
+    resolved = {"rng", "clip_skip", "subseed", "batch_size", "n_iter", "eta_noise_seed_delta", "sampler_path"}
+    assert back.model_dump(exclude=resolved) == params.model_dump(exclude=resolved)
 
 
 def test_hires_overrides_are_written_as_a1111_writes_them_and_read_back() -> None:

@@ -144,3 +144,93 @@ def test_engine_failure_is_reported_not_raised_raw(tmp_path: Path) -> None:
         assert services.generation.generate(small()).images
     finally:
         services.worker.close()
+
+
+def _saved(services) -> list[Path]:
+    return sorted(services.images.images_dir("txt2img").rglob("*.png"))
+
+
+@pytest.mark.parametrize("report_batches", [True, False], ids=["engine-reports-batches", "end-of-job-only"])
+def test_each_batch_is_saved_and_in_history_while_the_job_still_runs(tmp_path: Path,
+                                                                       report_batches: bool) -> None:
+    services, _ = make_services(tmp_path, engine=FakeEngine(step_delay=0.02, report_batches=report_batches))
+    try:
+        job = services.generation.submit(small(n_iter=4, steps=5, prompt="a slow batch"))
+        while job.progress.job_no < 2 and not job.finished:  # the third batch is being made
+            time.sleep(0.005)
+        files_while_running = _saved(services)
+        rows_while_running = services.history.search("slow batch")
+        result = job.wait(30)
+        if report_batches:
+            # Batches 1 and 2 are on disk and in the history row before the job ends (A1111 saves each
+            # image as it is decoded): a crash now would lose at most the batch being made.
+            assert len(files_while_running) >= 2
+            assert len(rows_while_running) == 1
+            assert len(rows_while_running[0].output_paths) >= 2
+            assert set(rows_while_running[0].output_paths) <= {str(p) for p in files_while_running}
+        else:
+            assert files_while_running == []
+        assert len(result.paths) == 4 and [Path(p) for p in result.paths] == _saved(services)
+        rows = services.history.search("slow batch")
+        assert len(rows) == 1 and list(rows[0].output_paths) == result.paths
+        assert rows[0].id == result.history_id and list(rows[0].seeds) == [100, 101, 102, 103]
+        assert rows[0].extra["grid_path"] == result.grid_path
+    finally:
+        services.worker.close()
+
+
+def test_interrupted_job_history_row_says_so(tmp_path: Path) -> None:
+    services, _ = make_services(tmp_path, engine=FakeEngine(step_delay=0.03))
+    try:
+        job = services.generation.submit(small(n_iter=5, steps=4, prompt="cut short"))
+        while job.progress.job_no < 1:
+            time.sleep(0.005)
+        services.generation.interrupt(job.id)
+        result = job.wait(30)
+        rows = services.history.search("cut short")
+        assert len(rows) == 1 and rows[0].extra["interrupted"] is True
+        assert list(rows[0].output_paths) == result.paths and len(result.paths) == len(result.images)
+    finally:
+        services.worker.close()
+
+
+@pytest.mark.parametrize("failure", ["read-only", "disk-full"])
+def test_unwritable_outputs_folder_still_returns_the_images_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    import errno
+    import os
+
+    from sdweb.images.store import ImageStore
+
+    services, _ = make_services(tmp_path, engine=FakeEngine())
+    outputs = services.images.root
+    outputs.mkdir(parents=True, exist_ok=True)
+    if failure == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders (the disk-full case covers this run)")
+        outputs.chmod(0o500)
+        reason = "Permission denied"
+    else:
+        real_encode = ImageStore._encode
+
+        def encode_then_fill_the_disk(image, handle, *args, **kwargs):  # half a file, then ENOSPC
+            real_encode(image, handle, *args, **kwargs)
+            handle.truncate(handle.tell() // 2)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), handle.name)
+
+        monkeypatch.setattr(ImageStore, "_encode", staticmethod(encode_then_fill_the_disk))
+        reason = os.strerror(errno.ENOSPC)
+    try:
+        result = services.generation.generate(small(batch_size=2, n_iter=2, prompt="nowhere to go"))
+        assert len(result.images) == 4 and result.paths == [] and result.grid_path is None
+        assert len(result.warnings) == 1, result.warnings
+        warning = result.warnings[0]
+        assert "could not save to outputs" in warning and reason in warning
+        assert "returned but not kept" in warning and str(tmp_path) not in warning
+        assert [p for p in outputs.rglob("*") if p.is_file()] == []  # nothing half-written
+        # The history still has the request (with its seeds), though no file.
+        rows = services.history.search("nowhere")
+        assert len(rows) == 1 and list(rows[0].seeds) == [100, 101, 102, 103] and rows[0].output_paths == ()
+    finally:
+        outputs.chmod(0o700)
+        services.worker.close()

@@ -190,7 +190,7 @@ def test_prompt_order_size_styles_and_more_axes(scripted) -> None:
     (xyz((99, "1")), "axis number 99 is out of range"),
     (xyz(("Wobble", "1")), "unknown axis 'Wobble'"),
     (xyz(("Steps", "")), "give at least one value"),
-    (xyz(("RNG source", "NV")), "'NV'"),
+    (xyz(("RNG source", "Mersenne")), "'Mersenne' is not one of CPU, GPU, NV"),
     (xyz(("Steps", "1")) + [1], "takes at most 18 values"),
     (xyz(("Steps", "1"), margin_size="wide"), "script_args[16] (margin_size): a number"),
 ])

@@ -216,6 +216,23 @@ def test_settings_are_applied_and_persisted(page: Any, server: RunningServer) ->
     screenshot(page, "settings")
 
 
+def test_a_bad_setting_gets_a_message_naming_it_and_nothing_is_stored(page: Any,
+                                                                       server: RunningServer) -> None:
+    open_tab(page, "Settings")
+    box = "#setting-outdir_txt2img_samples"
+    field = page.locator(f"{box} textarea, {box} input").first
+    field.fill("../../escape")
+    set_number(page, "#setting-jpeg_quality input", 77)
+    page.click("#settings-apply")
+    error = page.locator("#settings-result .sdweb-error")
+    error.wait_for()
+    assert "outdir_txt2img_samples" in error.inner_text() and "nothing was changed" in error.inner_text()
+    assert server.services.options.get("jpeg_quality") != 77  # all or nothing
+    assert server.services.options.get("outdir_txt2img_samples") == "outputs/txt2img-images"
+    field.fill("outputs/txt2img-images")
+    set_number(page, "#setting-jpeg_quality input", server.services.options.get("jpeg_quality"))
+
+
 def test_every_other_tab_renders(page: Any) -> None:
     for tab in ("Extensions",):
         if page.get_by_role("tab", name=tab).count():

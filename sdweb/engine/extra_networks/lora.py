@@ -11,8 +11,10 @@ Owns three things:
   its own weight; ``te=``/``unet=`` named arguments win over positional ones; no number means 1.0. The
   same LoRA twice adds its weights (A1111 applies it twice, which for a LoRA is the same thing).
 * :func:`applied_loras` loads the requested files into a pipeline through diffusers/peft (its kohya
-  ``lora_unet_*`` / ``lora_te*_*`` conversion), sets each adapter's text-encoder and UNet weight, and
-  removes every adapter again when the job ends, whatever way it ends, so the next request is clean.
+  ``lora_unet_*`` / ``lora_te*_*`` conversion; SD 3.x kohya files through
+  :mod:`sdweb.engine.extra_networks.lora_sd3`, which diffusers lacks), sets each adapter's text-encoder
+  and UNet weight, and removes every adapter again when the job ends, whatever way it ends, so the next
+  request is clean.
   Under ``--medvram``/``--lowvram`` the offload hooks are taken off while adapters are added or removed
   and put back with the same execution device (``sdweb.engine.accelerator.offload_suspended``).
 
@@ -280,6 +282,7 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
     for index, request in enumerate(requests):
         adapter = f"{ADAPTER_PREFIX}{index}"
         state = _bfl_peft_keys_as_kohya(pipe, _load_state_dict(request.file.path))
+        state = _kohya_sd3_as_peft(pipe, state, request.file.path.name)
         adapters.append(adapter)  # before loading: a half-loaded adapter is cleaned up too
         try:
             with _quiet_load_report():
@@ -289,7 +292,7 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
                             f"{exc}") from exc
         if not any(adapter in names for names in pipe.get_list_adapters().values()):
             # diffusers only warns when no key of the file names a layer of this model (a LoRA made for
-            # another family, or a key layout it does not convert for this one, e.g. kohya SD 3.x files).
+            # another family, or a key layout it does not convert for this one).
             family = type(pipe).__name__.removesuffix("Pipeline")
             raise LoraError(f"LoRA {request.file.path.name} could not be applied to this model: none of "
                             f"its weights match a layer of this {family} model (a LoRA for another model "
@@ -321,6 +324,20 @@ def _bfl_peft_keys_as_kohya(pipe: Any, state: dict[str, Any]) -> dict[str, Any]:
         return state
     return {key.replace(".lora_A.", ".lora_down.").replace(".lora_B.", ".lora_up."): value
             for key, value in state.items()}
+
+
+def _kohya_sd3_as_peft(pipe: Any, state: dict[str, Any], name: str) -> dict[str, Any]:
+    """Kohya / MMDiT-path SD 3.x LoRAs in the peft layout diffusers loads (it has no converter for them)."""
+    if type(pipe).__name__ != "StableDiffusion3Pipeline":
+        return state
+    from sdweb.engine.extra_networks.lora_sd3 import Sd3LoraKeyError, is_kohya_sd3, kohya_sd3_to_peft
+
+    if not is_kohya_sd3(state):
+        return state
+    try:
+        return kohya_sd3_to_peft(state, int(pipe.transformer.config.num_layers))
+    except Sd3LoraKeyError as exc:
+        raise LoraError(f"LoRA {name} could not be applied to this model: {exc}") from exc
 
 
 class _DropLoadReport(logging.Filter):

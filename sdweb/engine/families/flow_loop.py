@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Literal
 
 import numpy as np
@@ -189,17 +190,25 @@ class FlowTxt2Img:
                     continue
                 # 8. Decode.
                 outputs = self.decode(latents) if self.output_type == "pil" else list(latents.split(1))
-                for i, pixels in enumerate(outputs):
-                    images.append(
-                        GeneratedImage(
-                            image=pixels,
-                            seed=seeds[i],
-                            subseed=subseeds[i],
-                            prompt=params.prompt,
-                            negative_prompt=params.negative_prompt,
-                            extra=self.image_extra(),
-                        )
+                batch = [
+                    GeneratedImage(
+                        image=pixels,
+                        seed=seeds[i],
+                        subseed=subseeds[i],
+                        prompt=params.prompt,
+                        negative_prompt=params.negative_prompt,
+                        extra=self.image_extra(),
                     )
+                    for i, pixels in enumerate(outputs)
+                ]
+                images.extend(batch)
+                # 9. Hand the batch on now (the service saves it before the next batch starts).
+                control.images_done(self.engine_run(batch))
+        return self.engine_run(images, interrupted=interrupted)
+
+    def engine_run(self, images: list[GeneratedImage], *, interrupted: bool = False) -> EngineRun:
+        """``images`` with the model facts their infotext needs."""
+        params = self.params
         info = getattr(self.model, "info", None)
         return EngineRun(
             images=images,
@@ -215,6 +224,11 @@ class FlowTxt2Img:
         extra = dict(self.networks.infotext()) if self.networks is not None else {}
         if self.family.uses_distilled_guidance(self.pipe):
             extra["Distilled CFG Scale"] = float(self.params.distilled_cfg_scale)
+        # Forge's keys for the text encoder / VAE files: "Module 1: ae, Module 2: clip_l, ..." (file stems).
+        names = tuple(getattr(self.model, "module_names", ()) or ())
+        if names:
+            for index, name in enumerate(names, start=1):
+                extra[f"Module {index}"] = PurePath(name).stem
         return extra
 
     # -- 1. inputs -----------------------------------------------------------------------------
@@ -222,8 +236,8 @@ class FlowTxt2Img:
         params = self.params
         if params.seed < 0 or params.subseed < 0:
             raise ValueError("seed and subseed must be concrete (resolve -1 before calling the engine)")
-        if params.rng not in ("CPU", "GPU"):
-            raise ValueError(f"rng must be resolved to 'CPU' or 'GPU', got {params.rng!r}")
+        if params.rng not in ("CPU", "GPU", "NV"):
+            raise ValueError(f"rng must be resolved to 'CPU', 'GPU' or 'NV', got {params.rng!r}")
         multiple = self.family.size_multiple(self.pipe)
         for name in ("width", "height"):
             value = int(getattr(params, name))

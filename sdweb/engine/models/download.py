@@ -132,7 +132,7 @@ def parse_model_spec(spec: str) -> DownloadSource:
         return DownloadSource(model.repo_id, model.filename, sha256=model.sha256)
     repo_part, _, filename = text.partition(":")
     repo_id, _, revision = repo_part.partition("@")
-    unsafe_path = bool(filename) and (filename.startswith("/") or ".." in filename.split("/"))
+    unsafe_path = bool(filename) and not _is_safe_hub_path(filename)
     if not _REPO_ID.match(repo_id) or unsafe_path:
         known = ", ".join(m.name for m in KNOWN_MODELS)
         raise ValueError(f"cannot download {spec!r}: give a well-known name ({known}), a hub repository "
@@ -392,3 +392,14 @@ def _length_from(response: httpx2.Response, start: int) -> int | None:
 
 def _megabytes(count: int | None) -> str:
     return "?" if count is None else f"{count / 1e6:.1f} MB"
+
+
+def _is_safe_hub_path(filename: str) -> bool:
+    """A hub file path that cannot name anything outside the folder (no '..', leading '/', backslash, NUL)."""
+    from sdweb.safepath import UnsafePathError, relative_parts
+
+    try:
+        relative_parts(filename, what="file", backslash_is_separator=False)
+    except UnsafePathError:
+        return False
+    return True

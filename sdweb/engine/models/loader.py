@@ -100,6 +100,8 @@ class LoadedModel:
     dtype: torch.dtype
     vae_name: str | None = None
     vae_hash: str | None = None
+    #: SD 3.x / Flux: the text encoder / VAE files loaded beside the checkpoint (names in their folders).
+    module_names: tuple[str, ...] = ()
 
     @property
     def family(self) -> str:
@@ -209,6 +211,7 @@ def load_checkpoint(
         dtype=runtime.dtype,
         vae_name=vae_name,
         vae_hash=vae_hash,
+        module_names=tuple(sorted(str(item.name) for item in (modules or {}).values())),
     )
 
 

@@ -1,17 +1,19 @@
 """The built-in samplers and schedule types, registered as a plugin like any extension's.
 
-A1111's sampler names and aliases mapped onto diffusers' schedulers as diffusers' schedulers overview
-maps them ("DPM++ 2M" -> ``DPMSolverMultistepScheduler``, "DPM++ 2M SDE" -> the same with
-``algorithm_type="sde-dpmsolver++"``, "Euler a" -> ``EulerAncestralDiscreteScheduler``, ...). Classes are
-named as ``"diffusers:Class"`` strings, imported when a job builds its scheduler, so listing samplers
-does not import torch. "DPM++ 2S a",
-which diffusers lacks, is a sampling function (``sdweb.engine.samplers.functions``) registered through
-the same hook, the proof that the function contract carries a real algorithm.
+A1111 1.10's samplers by its names and aliases. The ones A1111 runs through k-diffusion (Euler a ...
+DPM adaptive, Restart, LCM) are sdweb's own implementations of those algorithms
+(``sdweb.engine.samplers.kdiffusion``), driven as A1111 drives them: its schedules, its "discard
+penultimate sigma" rule, its noise. DDIM, PLMS, UniPC (and diffusers' extras DEIS, DDPM) are diffusers'
+schedulers. Sampling functions and classes are named as ``"module:attribute"`` strings, imported when a
+job builds its sampler, so listing samplers does not import torch.
+
+:func:`diffusers_samplers` keeps the diffusers-scheduler versions of the same names ("DPM++ 2M" ->
+``DPMSolverMultistepScheduler`` ...), the "diffusers" sampler path a setting can choose.
 
 "Automatic" resolves to each sampler's ``default_schedule``: A1111 1.10's choices (Karras for
-DPM++ 2M / DPM++ SDE, Exponential for the multistep SDE samplers, Uniform for the rest). Schedule types
-reach the schedulers through diffusers' own flags; a scheduler without the flag does not offer that
-schedule type (the registry says so with the list it does offer).
+DPM++ 2M / SDE / 2S a, DPM2 (a), Restart; Exponential for the multistep SDE samplers; Uniform for the
+rest). On the diffusers path schedule types reach the schedulers through diffusers' own flags (or
+custom sigmas); a scheduler that takes neither does not offer that schedule type.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ from sdweb.plugin_api import SamplerSpec, ScheduleSpec, hookimpl
 logger = logging.getLogger(__name__)
 
 FUNCTIONS = "sdweb.engine.samplers.functions"
+KDIFFUSION = "sdweb.engine.samplers.kdiffusion"
 
 
 @hookimpl
 def register_schedules() -> list[ScheduleSpec]:
-    """Automatic, Uniform, Karras, Exponential and (with scipy) Beta."""
+    """A1111 1.10's schedule types, in its order.
+
+    Uniform, Karras, Exponential and Beta also reach diffusers' schedulers through their own flags
+    (the diffusers sampler path); every type reaches A1111's samplers through
+    ``sdweb.engine.samplers.kdiffusion`` (the A1111 path, the default).
+    """
     schedules = [
         ScheduleSpec(name="Automatic", label="Automatic", aliases=("automatic",)),
         # No flag: the spacing of the model's scheduler config (timestep_spacing), uniform in time.
@@ -37,6 +45,16 @@ def register_schedules() -> list[ScheduleSpec]:
         ScheduleSpec(name="Karras", label="Karras", aliases=("karras",), config={"use_karras_sigmas": True}),
         ScheduleSpec(name="Exponential", label="Exponential", aliases=("exponential",),
                      config={"use_exponential_sigmas": True}),
+        ScheduleSpec(name="Polyexponential", label="Polyexponential", aliases=("polyexponential",),
+                     sigmas_fn=_polyexponential),
+        ScheduleSpec(name="SGM Uniform", label="SGM Uniform", aliases=("sgm_uniform", "SGMUniform"),
+                     sigmas_fn=_model_schedule("SGM Uniform")),
+        ScheduleSpec(name="KL Optimal", label="KL Optimal", aliases=("kl_optimal",), sigmas_fn=_kl_optimal),
+        ScheduleSpec(name="Align Your Steps", label="Align Your Steps", aliases=("align_your_steps",),
+                     sigmas_fn=_align_your_steps),
+        ScheduleSpec(name="Simple", label="Simple", aliases=("simple",), sigmas_fn=_model_schedule("Simple")),
+        ScheduleSpec(name="Normal", label="Normal", aliases=("normal",), sigmas_fn=_model_schedule("Normal")),
+        ScheduleSpec(name="DDIM", label="DDIM", aliases=("ddim",), sigmas_fn=_model_schedule("DDIM")),
     ]
     if _available("scipy"):
         schedules.append(ScheduleSpec(name="Beta", label="Beta", aliases=("beta",),
@@ -46,21 +64,91 @@ def register_schedules() -> list[ScheduleSpec]:
     return schedules
 
 
+def _polyexponential(n: int, sigma_min: float, sigma_max: float) -> Any:
+    from sdweb.engine.samplers import kdiffusion
+
+    return kdiffusion.polyexponential(n, sigma_min, sigma_max)[:-1]
+
+
+def _kl_optimal(n: int, sigma_min: float, sigma_max: float) -> Any:
+    from sdweb.engine.samplers import kdiffusion
+
+    return kdiffusion.kl_optimal(n, sigma_min, sigma_max)[:-1]
+
+
+def _align_your_steps(n: int, sigma_min: float, sigma_max: float) -> Any:
+    from sdweb.engine.samplers import kdiffusion
+
+    return kdiffusion.align_your_steps(n)[:-1]
+
+
+def _model_schedule(label: str) -> Any:
+    """A schedule that needs the model's own sigma table (given as keyword ``model``)."""
+
+    def sigmas_fn(n: int, sigma_min: float, sigma_max: float, *, model: Any) -> Any:
+        from sdweb.engine.samplers import kdiffusion
+
+        values = kdiffusion.a1111_sigmas(label, n, model)
+        return values[values > 0]
+
+    sigmas_fn.__name__ = f"{label.lower().replace(' ', '_')}_sigmas"
+    return sigmas_fn
+
+
+def _kd(name: str, function: str, aliases: tuple[str, ...], *, schedule: str = "Uniform",
+        **options: Any) -> SamplerSpec:
+    """An A1111 k-diffusion sampler: sdweb's own implementation, ``kdiffusion.<function>``."""
+    if schedule != "Uniform":
+        options = {"scheduler": schedule.lower(), **options}
+    return SamplerSpec(name=name, sample_fn=f"{KDIFFUSION}:{function}", aliases=aliases,
+                       default_schedule=schedule, options=options)
+
+
 @hookimpl
 def register_samplers() -> list[SamplerSpec]:
-    """A1111's samplers, in A1111's order, where diffusers (or sdweb) has them."""
+    """A1111 1.10's samplers, in its order: the k-diffusion ones exact (sdweb.engine.samplers.kdiffusion),
+    then DDIM, PLMS and UniPC as diffusers' schedulers, then LCM and diffusers' extras (DEIS, DDPM).
+    """
+    samplers = [
+        _kd("DPM++ 2M", "sample_dpmpp_2m", ("k_dpmpp_2m",), schedule="Karras"),
+        _kd("DPM++ SDE", "sample_dpmpp_sde", ("k_dpmpp_sde",), schedule="Karras", second_order=True,
+            brownian_noise=True),
+        _kd("DPM++ 2M SDE", "sample_dpmpp_2m_sde", ("k_dpmpp_2m_sde",), schedule="Exponential",
+            brownian_noise=True),
+        _kd("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde_heun", ("k_dpmpp_2m_sde_heun",), schedule="Exponential",
+            brownian_noise=True, solver_type="heun"),
+        _kd("DPM++ 2S a", "sample_dpmpp_2s_ancestral", ("k_dpmpp_2s_a",), schedule="Karras", uses_ensd=True,
+            second_order=True),
+        _kd("DPM++ 3M SDE", "sample_dpmpp_3m_sde", ("k_dpmpp_3m_sde",), schedule="Exponential",
+            discard_next_to_last_sigma=True, brownian_noise=True),
+        _kd("Euler a", "sample_euler_ancestral", ("k_euler_a", "k_euler_ancestral"), uses_ensd=True),
+        _kd("Euler", "sample_euler", ("k_euler",)),
+        _kd("LMS", "sample_lms", ("k_lms",)),
+        _kd("Heun", "sample_heun", ("k_heun",), second_order=True),
+        _kd("DPM2", "sample_dpm_2", ("k_dpm_2",), schedule="Karras", discard_next_to_last_sigma=True,
+            second_order=True),
+        _kd("DPM2 a", "sample_dpm_2_ancestral", ("k_dpm_2_a",), schedule="Karras",
+            discard_next_to_last_sigma=True, uses_ensd=True, second_order=True),
+        _kd("DPM fast", "sample_dpm_fast", ("k_dpm_fast",), uses_ensd=True),
+        _kd("DPM adaptive", "sample_dpm_adaptive", ("k_dpm_ad",), uses_ensd=True),
+        _kd("Restart", "sample_restart", ("restart",), schedule="Karras", second_order=True),
+        _scheduler("DDIM", "DDIMScheduler", ("ddim",), {}),
+        _scheduler("PLMS", "PNDMScheduler", ("plms",), {"skip_prk_steps": True}),
+        _scheduler("UniPC", "UniPCMultistepScheduler", ("unipc",), {}),
+        _kd("LCM", "sample_lcm", ("k_lcm",), denoiser="lcm"),
+        _scheduler("DEIS", "DEISMultistepScheduler", ("deis",), {}),
+        _scheduler("DDPM", "DDPMScheduler", ("ddpm",), {}),
+    ]
+    return samplers
+
+
+def diffusers_samplers() -> dict[str, SamplerSpec]:
+    """The diffusers-scheduler versions of A1111's samplers (the "diffusers" sampler path), by name."""
     dpmpp_2m = {"algorithm_type": "dpmsolver++", "solver_order": 2}
     dpmpp_2m_sde = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
     dpmpp_3m_sde = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
     samplers = [
         _scheduler("DPM++ 2M", "DPMSolverMultistepScheduler", ("k_dpmpp_2m",), dpmpp_2m, default="Karras"),
-    ]
-    if _available("torchsde"):
-        samplers.append(_scheduler("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), {},
-                                   default="Karras", second_order=True, brownian_noise=True))
-    else:
-        logger.info("sampler DPM++ SDE is not offered: diffusers' DPMSolverSDEScheduler needs torchsde")
-    samplers += [
         _scheduler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde",), dpmpp_2m_sde,
                    default="Exponential"),
         SamplerSpec(name="DPM++ 2S a", sample_fn=f"{FUNCTIONS}:sample_dpmpp_2s_ancestral",
@@ -76,14 +164,12 @@ def register_samplers() -> list[SamplerSpec]:
         _scheduler("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), {}, second_order=True),
         _scheduler("DPM2 a", "KDPM2AncestralDiscreteScheduler", ("k_dpm_2_a",), {},
                    uses_ensd=True, second_order=True),
-        _scheduler("DDIM", "DDIMScheduler", ("ddim",), {}),
-        _scheduler("PLMS", "PNDMScheduler", ("plms",), {"skip_prk_steps": True}),
-        _scheduler("UniPC", "UniPCMultistepScheduler", ("unipc",), {}),
         _scheduler("LCM", "LCMScheduler", ("k_lcm",), {}),
-        _scheduler("DEIS", "DEISMultistepScheduler", ("deis",), {}),
-        _scheduler("DDPM", "DDPMScheduler", ("ddpm",), {}),
     ]
-    return samplers
+    if _available("torchsde"):
+        samplers.append(_scheduler("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), {},
+                                   default="Karras", second_order=True, brownian_noise=True))
+    return {spec.name: spec for spec in samplers}
 
 
 def _available(package: str) -> bool:

@@ -102,7 +102,12 @@ def schedule_sigmas(schedule: ScheduleSpec, steps: int, base_config: Mapping[str
         raise ValueError(f"steps must be at least 1, got {steps}")
     if schedule.sigmas_fn is not None:
         table = training_sigmas(base_config)
-        values = torch.as_tensor(schedule.sigmas_fn(steps, float(table[0]), float(table[-1])))
+        extra: dict[str, Any] = {}
+        if "model" in inspect.signature(schedule.sigmas_fn).parameters:
+            from sdweb.engine.samplers.kdiffusion import DiscreteSigmas, ldm_alphas_cumprod
+
+            extra["model"] = DiscreteSigmas(ldm_alphas_cumprod(base_config))
+        values = torch.as_tensor(schedule.sigmas_fn(steps, float(table[0]), float(table[-1]), **extra))
         values = values.detach().to("cpu", torch.float32).flatten()
         if values.numel() != steps or not torch.isfinite(values).all() or (values <= 0).any():
             raise ValueError(f"schedule type {schedule.name!r}: sigmas_fn must return {steps} finite, "
@@ -176,6 +181,10 @@ def noise_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     Drawn in float32 (then cast), on the generators' device (then moved), like the initial noise, so
     the same seed gives the same noise whatever the model's dtype and batch size.
     """
+    if isinstance(generator, Sequence) and generator and hasattr(generator[0], "randn"):
+        # Generators with their own ``randn(shape)`` (the NV generator, sdweb.engine.seeds): one draw each.
+        drawn = torch.stack([item.randn(tuple(x.shape[1:])) for item in generator])
+        return drawn.to(device=x.device, dtype=x.dtype)
     noise = randn_tensor(tuple(x.shape), generator=list(generator) if isinstance(generator, Sequence)
                          else generator, device=x.device, dtype=torch.float32)
     return noise.to(x.dtype)

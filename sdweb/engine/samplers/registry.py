@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from sdweb.engine.samplers import kdiffusion
 from sdweb.engine.samplers.functions import (
     function_schedule_problem,
     schedule_sigmas,
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 #: The schedule type that means "the sampler's own default" (A1111's "Automatic").
 AUTOMATIC = "Automatic"
+#: Sampler paths (the ``sampler_path`` setting): A1111's k-diffusion samplers exactly, or diffusers'.
+A1111_PATH = "A1111"
+DIFFUSERS_PATH = "diffusers"
+SAMPLER_PATHS = (A1111_PATH, DIFFUSERS_PATH)
 
 #: Config flags diffusers schedulers use to pick a sigma spacing. All of them are switched off before
 #: the chosen schedule's flags are applied, so a model config that ships with one set cannot leak into
@@ -46,6 +51,13 @@ _A1111_SCHEDULE_FACTS: dict[str, tuple[float, bool]] = {
     "Uniform": (-1.0, True),
     "Karras": (7.0, False),
     "Exponential": (-1.0, False),
+    "Polyexponential": (1.0, False),
+    "SGM Uniform": (-1.0, True),
+    "KL Optimal": (-1.0, False),
+    "Align Your Steps": (-1.0, False),
+    "Simple": (-1.0, True),
+    "Normal": (-1.0, True),
+    "DDIM": (-1.0, True),
     "Beta": (-1.0, True),
 }
 
@@ -93,9 +105,27 @@ class FunctionSamplerPlan:
     schedule: ScheduleSpec
     #: The model's scheduler config (training betas, prediction type), as given to ``build``.
     base_config: Mapping[str, Any]
+    #: One of A1111's k-diffusion samplers (``sdweb.engine.samplers.kdiffusion``): A1111's model wrapper
+    #: and, for A1111's schedule types, A1111's sigmas.
+    a1111: bool = False
 
-    def sigmas(self, steps: int) -> torch.Tensor:
-        """``steps + 1`` decreasing float32 sigmas on the CPU, ending in 0."""
+    def model_sigmas(self) -> kdiffusion.DiscreteSigmas:
+        """The model's noise levels as A1111's wrapper for this sampler sees them (LCM: its 50 steps)."""
+        alphas_cumprod = kdiffusion.ldm_alphas_cumprod(self.base_config)
+        if self.sampler.options.get("denoiser") == "lcm":
+            return kdiffusion.LCMSigmas(alphas_cumprod)
+        return kdiffusion.DiscreteSigmas(alphas_cumprod)
+
+    def sigmas(self, steps: int, *, sdxl: bool = False) -> torch.Tensor:
+        """Decreasing float32 sigmas on the CPU, usually ``steps + 1`` ending in 0.
+
+        For A1111's samplers and schedule types, exactly A1111's (a few of its schedules give another
+        count: DDIM's, or KL Optimal ending at the smallest sigma).
+        """
+        if self.a1111 and self.schedule.name in kdiffusion.SCHEDULES:
+            discard = bool(self.sampler.options.get("discard_next_to_last_sigma", False))
+            return kdiffusion.a1111_sigmas(self.schedule.name, steps, self.model_sigmas(),
+                                           discard_penultimate=discard, sdxl=sdxl)
         return schedule_sigmas(self.schedule, steps, self.base_config)
 
 
@@ -203,26 +233,42 @@ class SamplerRegistry:
         return names
 
     # -- building a plan for one job -------------------------------------------------------
-    def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any]) -> SamplerPlan:
+    def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any], *,
+              path: str = A1111_PATH) -> SamplerPlan:
         """A fresh plan for one job: sampler ``name`` with schedule type ``schedule``.
 
         ``base_scheduler_config`` is the loaded model's scheduler config (``pipe.scheduler.config``):
         it carries the training betas and prediction type every sampler must keep. The shared
         pipeline's scheduler is never touched.
 
+        ``path``: "A1111" (A1111's k-diffusion samplers, exact) or "diffusers" (the same names run by
+        diffusers' schedulers where diffusers has one; other samplers are the same on both paths).
+
         Raises:
             UnknownSamplerError, UnknownScheduleError: a name nobody registered.
             IncompatibleScheduleError: the sampler cannot use that schedule type.
         """
+        if path not in SAMPLER_PATHS:
+            raise ValueError(f"sampler path must be one of {', '.join(SAMPLER_PATHS)}, got {path!r}")
         sampler = self.get(name)
-        chosen = self.resolve_schedule(name, schedule)
+        if path == DIFFUSERS_PATH and _is_a1111(sampler):
+            from sdweb.engine.samplers.builtin import diffusers_samplers
+
+            sampler = diffusers_samplers().get(sampler.name, sampler)
+        chosen = self.get_schedule(schedule)
+        if chosen.name == AUTOMATIC:
+            chosen = self.get_schedule(sampler.default_schedule)
         problem = _incompatibility(sampler, chosen)
         if problem is not None:
+            supported = [AUTOMATIC] + [other for other in self.schedule_names()
+                                       if other != AUTOMATIC
+                                       and _incompatibility(sampler, self.get_schedule(other)) is None]
             raise IncompatibleScheduleError(
                 f"sampler {sampler.name!r} cannot use schedule type {chosen.name!r} ({problem}); "
-                f"it supports: {', '.join(self.compatible_schedules(sampler.name))}")
+                f"it supports: {', '.join(supported)}")
         if sampler.sample_fn is not None:
-            return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config)
+            return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config,
+                                       a1111=_is_a1111(sampler))
         cls = sampler.scheduler_class()
         assert cls is not None  # SamplerSpec guarantees one of the two
         accepted = _init_parameters(cls)
@@ -262,6 +308,12 @@ class SamplerRegistry:
             items.append({"name": identifier, "label": spec.label or spec.name,
                           "aliases": aliases or None, "default_rho": rho, "need_inner_model": inner})
         return items
+
+
+def _is_a1111(sampler: SamplerSpec) -> bool:
+    """One of A1111's k-diffusion samplers as sdweb implements them (``sdweb.engine.samplers.kdiffusion``)."""
+    target = sampler.sample_fn
+    return isinstance(target, str) and target.startswith(f"{kdiffusion.__name__}:")
 
 
 def _claim(keys: dict[str, str], registered: Mapping[str, _Registered], name: str,

@@ -143,10 +143,8 @@ def _confirm_rng(values: Sequence[Any], _env: ScriptEnvironment) -> Sequence[Any
     found = []
     for value in values:
         upper = str(value).strip().upper()
-        if upper == "NV":
-            raise ScriptError("RNG source: 'NV' (NVidia's generator) is not supported; use CPU or GPU")
-        if upper not in ("CPU", "GPU"):
-            raise ScriptError(f"RNG source: {value!r} is not one of CPU, GPU")
+        if upper not in ("CPU", "GPU", "NV"):
+            raise ScriptError(f"RNG source: {value!r} is not one of CPU, GPU, NV")
         found.append(upper)
     return found
 

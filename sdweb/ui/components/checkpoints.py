@@ -102,7 +102,10 @@ def module_names(services: Any, *, refresh: bool = False) -> list[str]:
 
 def choose_modules(services: Any, names: list[str] | None) -> str:
     """Keep the chosen modules as the ``forge_additional_modules`` setting; they apply at the next load."""
-    services.options.update({"forge_additional_modules": list(names or [])})
+    try:
+        services.options.update({"forge_additional_modules": list(names or [])})
+    except ValueError as exc:  # a file removed since the list was shown
+        return error_html(f"Not applied: {exc}")
     if names:
         return note_html(f"SD 3.x / Flux models will be loaded with {', '.join(names)}.")
     return note_html("SD 3.x / Flux models will use the fitting text encoders and VAE found automatically.")

@@ -39,7 +39,7 @@ from sdweb.ui.components.messages import error_html, note_html
 from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import wire_sampler_lists
 from sdweb.ui.components.uploads import UploadError
-from sdweb.ui.fields import FORM_DEFAULTS, img2img_params_from_form
+from sdweb.ui.fields import FORM_DEFAULTS, img2img_params_from_form, sent_values
 from sdweb.ui.sections import (
     PARAMETERS,
     SCRIPTS,
@@ -83,6 +83,8 @@ class Img2ImgTab:
     sketch: gr.ImageEditor | None = None
     #: The form's feature sections, for their page-load wiring.
     sections: FormSections = field(default_factory=FormSections)
+    #: The settings (A1111's send_seed / send_size decide what a "Send to" fills); None in tests.
+    options: Any = None
 
     def outputs(self) -> set[Any]:
         return {self.image, self.mask, *self.form.values(), self.tabs, self.message}
@@ -90,7 +92,7 @@ class Img2ImgTab:
     def fill(self, image: Any, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``image`` (a path or picture) and ``values`` into the tab and switch to it."""
         updates: dict[Any, Any] = {self.image: image, self.mask: None}
-        for name, value in values.items():
+        for name, value in sent_values(values, self.options).items():
             component = self.form.get(name)
             if component is not None:
                 updates[component] = value
@@ -348,7 +350,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, panel.message)
     return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch,
-                      sections=sections)
+                      sections=sections, options=services.options)
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:

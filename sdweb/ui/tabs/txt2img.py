@@ -34,7 +34,7 @@ from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import sampler_choices, wire_sampler_lists
 from sdweb.ui.components.styles import render_styles_picker
 from sdweb.ui.components.tokens import render_token_counter, wire_token_counters
-from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form
+from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form, sent_values
 from sdweb.ui.sections import (
     PARAMETERS,
     SCRIPTS,
@@ -64,6 +64,8 @@ class Txt2ImgTab:
     view: gr.State | None = None
     #: The form's feature sections (hires fix...), for their page-load wiring.
     sections: FormSections = field(default_factory=FormSections)
+    #: The settings (A1111's send_seed / send_size decide what a "Send to" fills); None in tests.
+    options: Any = None
 
     def outputs(self) -> set[Any]:
         return {*self.form.values(), self.tabs, self.message}
@@ -71,7 +73,7 @@ class Txt2ImgTab:
     def fill(self, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``values`` into the form and switch to the txt2img tab."""
         updates: dict[Any, Any] = {}
-        for name, value in values.items():
+        for name, value in sent_values(values, self.options).items():
             component = self.form.get(name)
             if component is None:
                 continue
@@ -221,6 +223,17 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
                     info="0: use the Clip skip setting",
                     elem_id="txt2img-clip-skip",
                 )
+                with gr.Row():
+                    form["rng"] = gr.Dropdown([("Setting", ""), "GPU", "CPU", "NV"], value=defaults["rng"],
+                                              label="RNG", elem_id="txt2img-rng")
+                    form["eta_noise_seed_delta"] = gr.Number(defaults["eta_noise_seed_delta"], precision=0,
+                                                             label="ENSD", info="empty: the setting",
+                                                             minimum=0, elem_id="txt2img-ensd")
+                    form["eta"] = gr.Number(defaults["eta"], label="Eta", info="empty: the sampler's",
+                                            minimum=0, elem_id="txt2img-eta")
+                    form["sampler_path"] = gr.Dropdown([("Setting", ""), "A1111", "diffusers"],
+                                                       value=defaults["sampler_path"], label="Samplers",
+                                                       elem_id="txt2img-sampler-path")
             sections.render(section_ctx, SCRIPTS)
         with gr.Column(scale=1):
             panel = render_result_panel(TAB_ID)
@@ -276,6 +289,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
     wire_interrupt_skip(services, jobs, interrupt, skip, message)
 
     return Txt2ImgTab(
+        options=services.options,
         form=form,
         tabs=tabs,
         message=message,

@@ -80,3 +80,40 @@ def test_flux_on_cuda_is_offloaded_when_it_does_not_fit(monkeypatch: pytest.Monk
         .txt2img(loaded, params, FamilyJob(samplers=None, control=JobControl(), on_step=lambda _s: None))
     )
     assert run.images[0].image.size == (64, 64)
+
+
+def test_on_cuda_the_choice_and_its_reason_are_logged_and_kept_on_the_runtime(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fit_runtime measures the free memory (faked here: no GPU in CI) and logs what it chose and why."""
+    from sdweb.engine.devices import RuntimeConfig
+    from sdweb.engine.models.placement import fit_runtime
+
+    class Pipe:  # components of 2 MiB (transformer) and 1 MiB (text encoder)
+        components = {
+            "transformer": torch.nn.Linear(512, 1024, bias=False),
+            "text_encoder": torch.nn.Linear(256, 1024, bias=False),
+            "tokenizer": object(),
+        }
+
+    runtime = RuntimeConfig(
+        device=torch.device("cuda", 0),
+        dtype=torch.float32,
+        vae_dtype=torch.float32,
+        attention="sdpa",
+        offload="none",
+        vae_tiling=False,
+        threads=1,
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("sdweb.engine.models.placement.WORKING_MARGIN_BYTES", 1024**2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (7 * 1024**2 // 2, 80 * GIB))
+    caplog.set_level("INFO", logger="sdweb.engine.models.placement")
+    model = fit_runtime(Pipe(), runtime, "flux1-dev.safetensors")
+    assert model.offload == "model"
+    assert "flux1-dev.safetensors: the model (0.0 GiB) does not fit" in caplog.text
+    assert "its largest part (transformer" in model.reasons[-1]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (GIB, 80 * GIB))
+    assert fit_runtime(Pipe(), runtime, "flux1-dev.safetensors") is runtime  # fits: nothing changes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024**2, 80 * GIB))
+    assert fit_runtime(Pipe(), runtime, "flux1-dev.safetensors").offload == "sequential"
