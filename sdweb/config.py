@@ -96,6 +96,11 @@ class DataPaths:
         return self.root / "models" / "ControlNet"
 
     @property
+    def clip_vision_dir(self) -> Path:
+        """``models/clip_vision``: CLIP vision encoders for IP-Adapters (Hugging Face layout)."""
+        return self.root / "models" / "clip_vision"
+
+    @property
     def controlnet_dirs(self) -> tuple[Path, ...]:
         """Where ControlNet models are looked for: ``models/ControlNet``, then ``--controlnet-dir``."""
         extra = (self.extra_controlnet_dir,) if self.extra_controlnet_dir is not None else ()
