@@ -236,3 +236,19 @@ def test_numbers_sent_as_text_are_taken(api: ApiServer) -> None:
     for bad in ("two", "nan", "inf", "2.5"):
         response = api.post("options", json={"CLIP_stop_at_last_layers": bad})
         assert response.status_code == 400 and "CLIP_stop_at_last_layers" in detail(response), bad
+
+
+def test_img2img_uses_its_own_output_folder(api: ApiServer) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 120, 200)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode("ascii")
+    root = api.services.settings.paths.root
+    assert api.post("options", json={"outdir_img2img_samples": "mine/i2i"}).status_code == 200
+    response = api.post("img2img", json={"init_images": [init], "steps": 1, "width": 64, "height": 64,
+                                         "denoising_strength": 0.5, "save_images": True})
+    assert response.status_code == 200, response.text
+    assert len(list((root / "mine" / "i2i").rglob("*.png"))) == 1
+    assert api.post("options", json={"outdir_samples": "all"}).status_code == 200  # A1111: overrides both
+    drawn = api.post("txt2img", json={"steps": 1, "width": 64, "height": 64, "save_images": True})
+    assert drawn.status_code == 200
+    assert len(list((root / "all").rglob("*.png"))) == 1
