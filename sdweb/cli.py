@@ -278,6 +278,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     from sdweb.api.limits import install_body_limit
     from sdweb.api.router import make_router
     from sdweb.api.security import LoginThrottleMiddleware, api_dependencies
+    from sdweb.ratelimit import login_rule
 
     settings: LaunchSettings = services.settings
     api = settings.api if api is None else api
@@ -303,7 +304,9 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
 
         blocks = build_ui(services)
         auth = list(settings.gradio_auth) or None
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **mount_kwargs(services))
+        # The login page says the rule up front: gradio's form shows no server message for a paused login.
+        notice = {"auth_message": login_rule(services.login_limiter)} if auth else {}
+        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **notice, **mount_kwargs(services))
         if auth:  # failed logins on the page are paused per address, as the API's are
             app.add_middleware(LoginThrottleMiddleware, limiter=services.login_limiter)
     install_body_limit(app, settings.max_body_mb)  # before anything reads or queues a request

@@ -96,6 +96,11 @@ class DataPaths:
         return self.root / "models" / "ControlNet"
 
     @property
+    def clip_vision_dir(self) -> Path:
+        """``models/clip_vision``: CLIP vision encoders for IP-Adapters (Hugging Face layout)."""
+        return self.root / "models" / "clip_vision"
+
+    @property
     def controlnet_dirs(self) -> tuple[Path, ...]:
         """Where ControlNet models are looked for: ``models/ControlNet``, then ``--controlnet-dir``."""
         extra = (self.extra_controlnet_dir,) if self.extra_controlnet_dir is not None else ()
@@ -291,13 +296,14 @@ class OptionSpec:
                     raise TypeError
                 converted: Any = value
             elif kind is int:
-                if isinstance(value, bool) or isinstance(value, str) or not float(value).is_integer():
+                # A number written as text ("2", as some clients send) is taken as A1111 would use it.
+                if isinstance(value, bool) or not float(_number_text(value)).is_integer():
                     raise TypeError
-                converted = int(value)
+                converted = int(float(_number_text(value)))
             elif kind is float:
-                if isinstance(value, bool) or isinstance(value, str):
+                if isinstance(value, bool):
                     raise TypeError
-                converted = float(value)
+                converted = float(_number_text(value))
                 if converted != converted or converted in (float("inf"), float("-inf")):
                     raise TypeError
             elif kind is str:
@@ -408,6 +414,10 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
 DERIVED_OPTIONS = frozenset({"sd_checkpoint_hash"})
 
 UnknownKeys = Literal["refuse", "keep"]
+#: Keys of settings we do not have (an A1111 install's) are kept, within these bounds: a client cannot
+#: grow config.json without limit.
+MAX_UNKNOWN_KEYS = 2000
+MAX_UNKNOWN_VALUE_CHARS = 65536
 
 
 class OptionsStore:
@@ -529,10 +539,13 @@ class OptionsStore:
                     continue
                 spec = self._specs.get(key)
                 if spec is None:
-                    if unknown == "keep":
-                        converted[key] = value
-                    else:
+                    if unknown != "keep":
                         problems[key] = f"unknown option {key!r}"
+                    elif len(json.dumps(value, default=str)) > MAX_UNKNOWN_VALUE_CHARS:
+                        problems[key] = (f"option {key!r} is not one of ours and its value is over "
+                                         f"{MAX_UNKNOWN_VALUE_CHARS:,} characters: not kept")
+                    else:
+                        converted[key] = value
                     continue
                 try:
                     value = spec.validate(value, data_root=self._data_root, allow_outside=allow_outside)
@@ -541,6 +554,11 @@ class OptionsStore:
                     continue
                 if not _same(current.get(key), value):
                     converted[key] = value
+            added = [key for key in converted if key not in self._specs and key not in self._values]
+            unknown_count = sum(1 for key in self._values if key not in self._specs)
+            if added and unknown_count + len(added) > MAX_UNKNOWN_KEYS:
+                problems[added[0]] = (f"{len(added)} settings that are not ours would make more than "
+                                      f"{MAX_UNKNOWN_KEYS:,} such keys in {self._path.name}: not kept")
             if problems:
                 raise OptionsError(problems)
             return converted
@@ -624,6 +642,16 @@ class OptionsStore:
 
 
 _MISSING = object()
+
+
+def _number_text(value: Any) -> Any:
+    """``value``, or the number a numeric string spells ("2", " 0.5 "); anything else as it is."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text.lower() in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity"):
+            raise TypeError
+        return float(text)
+    return value
 
 
 def _same(current: Any, value: Any) -> bool:

@@ -176,15 +176,27 @@ class _Txt2Img:
         self.controlnets = controlnets
         self.hires_pass = hires_pass
         self.control_stack: Any = None
+        self.ip_stack: Any = None
 
     def run(self) -> EngineRun:
-        params = self.params
         # 1. Check inputs (before any model work, so a bad request costs nothing).
         self.check_inputs()
         if self.controlnets is not None:
             width, height = self.pass_size()
             self.control_stack = self.controlnets.for_pass(width, height, device=self.device,
                                                            dtype=self.unet.dtype, hires=self.hires_pass)
+            ip_stack = self.controlnets.ip_stack(hires=self.hires_pass)
+            if ip_stack is not None:
+                # IP-Adapter attention for this pass only; the UNet's own processors come back after.
+                with ip_stack.installed(self.unet) as self.ip_stack:
+                    try:
+                        return self._run_batches()
+                    finally:
+                        self.ip_stack = None
+        return self._run_batches()
+
+    def _run_batches(self) -> EngineRun:
+        params = self.params
         images: list[GeneratedImage] = []
         interrupted = False
         with (circular_padding(self.unet, self.vae, enabled=params.tiling),
@@ -380,6 +392,11 @@ class _Txt2Img:
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The UNet's guided output for ``model_input`` (already scaled), as float32."""
         guidance = self.guidance()
+        encoder_states: Any = guidance.encoder_hidden_states
+        if self.ip_stack is not None:
+            encoder_states = self.ip_stack.encoder_states(
+                guidance.encoder_hidden_states, rows=guidance.rows, do_cfg=guidance.do_cfg,
+                fraction=self.control_fraction())
         control: dict[str, Any] = {}
         if self.control_stack is not None:
             latents = torch.cat([model_input] * guidance.rows) if guidance.rows > 1 else model_input
@@ -395,7 +412,7 @@ class _Txt2Img:
         output = self.unet(
             stacked.to(self.unet.dtype),
             timestep,
-            encoder_hidden_states=guidance.encoder_hidden_states,
+            encoder_hidden_states=encoder_states,
             timestep_cond=guidance.timestep_cond,
             added_cond_kwargs=guidance.added_cond_kwargs,
             return_dict=False,

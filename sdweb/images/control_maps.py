@@ -260,6 +260,10 @@ def builtin_preprocessors() -> list[Preprocessor]:
         Preprocessor("t2ia_color_grid", _color_grid, tags=("T2I-Adapter",), aliases=("color",)),
         Preprocessor("shuffle", _shuffle, resolution=Slider("Resolution", 512, 64, 2048, 8),
                      tags=("Shuffle",)),
+        # IP-Adapter units: the picture goes to the CLIP vision encoder as it is (the encoder is chosen by
+        # what the adapter needs, whichever of these names the unit uses).
+        *(Preprocessor(name, _none, resolution=None, tags=("IP-Adapter",))
+          for name in ("ip-adapter-auto", "ip-adapter_clip_h", "ip-adapter_clip_g", "ip-adapter_clip_sd15")),
     ]
 
 

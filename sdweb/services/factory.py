@@ -58,6 +58,7 @@ def build_services(
     from sdweb.engine.control.library import ControlNetLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.face_restore import FaceModelLibrary
+    from sdweb.engine.models.cache import SideModelCache
     from sdweb.engine.models.hashes import HashCache
     from sdweb.engine.models.modules import ModuleRegistry
     from sdweb.engine.models.registry import CheckpointRegistry, VaeRegistry
@@ -114,8 +115,10 @@ def build_services(
     paths.esrgan_dir.mkdir(parents=True, exist_ok=True)  # A1111's folder: where people look to drop models
     upscaler_models = UpscalerModelLibrary(paths.esrgan_dir)  # torch-free listing
     paths.controlnet_dir.mkdir(parents=True, exist_ok=True)  # the extension's folder: where people look
-    controlnet = ControlNetService(ControlNetLibrary(paths.controlnet_dirs, hashes=hashes), options=options,
-                                   plugins=plugins)
+    controlnet_library = ControlNetLibrary(paths.controlnet_dirs, hashes=hashes,
+                                           clip_vision_dirs=(paths.clip_vision_dir,),
+                                           cache=SideModelCache(capacity=4))  # ControlNets, IP-Adapters, CLIP
+    controlnet = ControlNetService(controlnet_library, options=options, plugins=plugins)
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
     sampler_lock = threading.Lock()

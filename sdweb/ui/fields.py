@@ -43,6 +43,11 @@ FORM_FIELDS: tuple[str, ...] = (
     "seed_resize_from_w",
     "seed_resize_from_h",
     "clip_skip",
+    # The rest of "Override settings": A1111's noise settings an infotext carries ("" / empty = the setting).
+    "rng",
+    "eta_noise_seed_delta",
+    "eta",
+    "sampler_path",
     # Hires fix (the "Hires. fix" accordion).
     "enable_hr",
     "hr_upscaler",
@@ -80,6 +85,7 @@ _INT_FIELDS = frozenset(
         "seed_resize_from_w",
         "seed_resize_from_h",
         "clip_skip",
+        "eta_noise_seed_delta",
         "hr_second_pass_steps",
         "hr_resize_x",
         "hr_resize_y",
@@ -92,6 +98,10 @@ _INT_FIELDS = frozenset(
 
 #: The clip-skip slider's value meaning "use the Clip skip setting" (GenerationParams.clip_skip=None).
 CLIP_SKIP_FROM_SETTING = 0
+#: Form fields whose empty value ("" in a dropdown, an emptied number box) means "the setting" (None).
+FROM_SETTING_FIELDS = ("rng", "eta_noise_seed_delta", "eta", "sampler_path")
+#: Dropdown fields among them: None is shown as "" (the "Setting" choice).
+_SETTING_CHOICE_FIELDS = ("rng", "sampler_path")
 
 
 def _defaults() -> dict[str, Any]:
@@ -99,6 +109,8 @@ def _defaults() -> dict[str, Any]:
     values = {name: getattr(params, name) for name in FORM_FIELDS}
     values["styles"] = []
     values["clip_skip"] = CLIP_SKIP_FROM_SETTING
+    for name in _SETTING_CHOICE_FIELDS:
+        values[name] = ""
     return values
 
 
@@ -175,10 +187,20 @@ def form_from_params(params: GenerationParams, *, checkpoint_title: str | None =
     values: dict[str, Any] = {name: getattr(params, name) for name in FORM_FIELDS}
     values["styles"] = list(params.styles)
     values["clip_skip"] = params.clip_skip if params.clip_skip is not None else CLIP_SKIP_FROM_SETTING
+    for name in _SETTING_CHOICE_FIELDS:
+        values[name] = values[name] if values[name] is not None else ""
     values["checkpoint"] = checkpoint_title or params.checkpoint
     if values["checkpoint"] is None:
         del values["checkpoint"]  # keep whatever the dropdown shows
     return values
+
+
+def pasted_gpu_rng(services: Any) -> str:
+    """What reproduces A1111's default GPU noise here (``AppServices.pasted_gpu_rng``), for a pasted
+    infotext without an ``RNG`` key: "GPU" where CUDA runs the models, "NV" elsewhere.
+    """
+    probe = getattr(services, "pasted_gpu_rng", None)
+    return str(probe()) if callable(probe) else "GPU"
 
 
 @dataclass
@@ -189,18 +211,23 @@ class PastedValues:
     notes: list[str] = field(default_factory=list)
 
 
-def form_from_infotext(text: str, models: Any | None = None) -> PastedValues:
+def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "GPU") -> PastedValues:
     """Parse an A1111 infotext into form values; pick the checkpoint whose hash matches one on disk.
 
     ``models`` is the :class:`~sdweb.services.models.ModelService` (``find(query)`` raising
     LookupError). A hash (or name) that matches no checkpoint leaves the dropdown as it is, with a note.
+    ``gpu_rng``: what reproduces A1111's default GPU noise here (``AppServices.pasted_gpu_rng()``).
+    Keys that change the picture but have no field here (``Discard penultimate sigma``...) are named in
+    the notes.
     """
-    from sdweb.images.infotext import infotext_to_params, parse_infotext
+    from sdweb.images.infotext import INFOTEXT_NOT_HONOURED, infotext_to_params, parse_infotext
 
     parsed = parse_infotext(text)
     pasted = PastedValues()
     # A value that does not fit is left at its default with a note: a paste should not be all-or-nothing.
-    params, extras = infotext_to_params(parsed, problems=pasted.notes)
+    params, extras = infotext_to_params(parsed, problems=pasted.notes, gpu_rng=gpu_rng)
+    pasted.notes.extend(f"{key} {extras[key]!r} is not supported yet; the image will differ"
+                        for key in INFOTEXT_NOT_HONOURED if key in extras)
     # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
     pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
                         for key, value in extras.items() if str(key).startswith("Hires "))

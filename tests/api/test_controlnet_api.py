@@ -20,7 +20,7 @@ from PIL import Image
 from tests.api.conftest import served_api
 from tests.fakes import make_settings
 from tests.fixtures.checkpoints import tiny_sd1_components, tiny_sdxl_components
-from tests.fixtures.controlnet import write_tiny_controlnet
+from tests.fixtures.controlnet import write_tiny_clip_vision, write_tiny_controlnet, write_tiny_ip_adapter
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,8 @@ def controlnet_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_controlnet(folder / "control_v11p_sd15_canny.safetensors", tiny_sd1_components()["unet"])
     write_tiny_controlnet(folder / "control_sdxl_canny.safetensors", tiny_sdxl_components()["unet"],
                           layout="diffusers")
+    write_tiny_ip_adapter(folder / "ip-adapter_tiny_sd15.safetensors", tiny_sd1_components()["unet"])
+    write_tiny_clip_vision(folder / "clip_vision" / "clip_vision_tiny.safetensors")
     return folder
 
 
@@ -39,7 +41,9 @@ def cn_api(tmp_path: Path, tiny_checkpoint: Path, controlnet_files: Path) -> Ite
     settings = make_settings(tmp_path)
     settings.paths.ckpt_dirs[0].mkdir(parents=True)
     shutil.copy(tiny_checkpoint, settings.paths.ckpt_dirs[0] / tiny_checkpoint.name)
-    shutil.copytree(controlnet_files, settings.paths.controlnet_dir)
+    shutil.copytree(controlnet_files, settings.paths.controlnet_dir,
+                    ignore=shutil.ignore_patterns("clip_vision"))
+    shutil.copytree(controlnet_files / "clip_vision", settings.paths.clip_vision_dir)
     services = build_services(settings)
     services.models.load_selected(wait=True)
     with served_api(services) as url:
@@ -70,7 +74,7 @@ def test_listing_routes_answer_as_the_extension(cn_api: str) -> None:
     with httpx.Client(base_url=cn_api, timeout=60) as client:
         assert client.get("/controlnet/version").json() == {"version": 3}
         models = client.get("/controlnet/model_list").json()["model_list"]
-        assert len(models) == 2 and any(title.startswith("control_v11p_sd15_canny [") for title in models)
+        assert len(models) == 3 and any(title.startswith("control_v11p_sd15_canny [") for title in models)
         modules = client.get("/controlnet/module_list").json()
         assert {"none", "canny", "invert", "scribble_xdog", "shuffle"} <= set(modules["module_list"])
         assert modules["module_detail"]["canny"]["sliders"][1]["value"] == 100
@@ -112,6 +116,17 @@ def test_txt2img_with_a_unit_is_steered_and_says_so_in_the_infotext(cn_api: str)
     assert 'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [' in infotext
     assert "Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 64" in infotext
     assert "Control Mode: Balanced" in infotext
+
+
+def test_an_ip_adapter_unit_as_the_extension_sends_it(cn_api: str) -> None:
+    with httpx.Client(base_url=cn_api + "/sdapi/v1", timeout=300) as client:
+        plain = client.post("/txt2img", json=SMALL)
+        steered = client.post("/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
+            _unit(module="ip-adapter_clip_h", model="ip-adapter_tiny_sd15")]}}})
+    assert steered.status_code == 200, steered.text
+    assert np.abs(_pixels(plain.json()["images"][0]) - _pixels(steered.json()["images"][0])).max() > 0
+    infotext = json.loads(steered.json()["info"])["infotexts"][0]
+    assert 'ControlNet 0: "Module: ip-adapter_clip_h, Model: ip-adapter_tiny_sd15 [' in infotext
 
 
 def test_img2img_unit_without_an_image_uses_the_init_image(cn_api: str) -> None:

@@ -128,6 +128,8 @@ def test_the_real_engine_keeps_the_loaded_model(tmp_path: Path, tiny_checkpoint:
     services.models.load_selected(wait=True)
     loaded = services.models.status().title
     with served_api(services) as url, httpx.Client(timeout=300) as client:
+        titles = [item["title"] for item in client.get(f"{url}/sd-models").json()]
+        assert client.get(f"{url}/options").json()["sd_model_checkpoint"] == loaded and loaded in titles
         for name, status in (("cut.safetensors", 422), ("notamodel.safetensors", 422)):
             response = client.post(f"{url}/options", json={"sd_model_checkpoint": name})
             assert response.status_code == status, response.text

@@ -225,3 +225,38 @@ def test_additional_modules_must_be_listed_files(api: ApiServer) -> None:
     assert "forge_additional_modules" in detail(response) and "models/text_encoder" in detail(response)
     assert str(folder) not in response.text
     assert api.post("options", json={"forge_additional_modules": []}).status_code == 200
+
+
+def test_numbers_sent_as_text_are_taken(api: ApiServer) -> None:
+    """Some clients send every value as text; A1111 stores it and uses it as a number."""
+    response = api.post("options", json={"CLIP_stop_at_last_layers": "2", "eta_ancestral": "0.5"})
+    assert response.status_code == 200, response.text
+    options = api.get("options").json()
+    assert options["CLIP_stop_at_last_layers"] == 2 and options["eta_ancestral"] == 0.5
+    for bad in ("two", "nan", "inf", "2.5"):
+        response = api.post("options", json={"CLIP_stop_at_last_layers": bad})
+        assert response.status_code == 400 and "CLIP_stop_at_last_layers" in detail(response), bad
+
+
+def test_img2img_uses_its_own_output_folder(api: ApiServer) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 120, 200)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode("ascii")
+    root = api.services.settings.paths.root
+    assert api.post("options", json={"outdir_img2img_samples": "mine/i2i"}).status_code == 200
+    response = api.post("img2img", json={"init_images": [init], "steps": 1, "width": 64, "height": 64,
+                                         "denoising_strength": 0.5, "save_images": True})
+    assert response.status_code == 200, response.text
+    assert len(list((root / "mine" / "i2i").rglob("*.png"))) == 1
+    assert api.post("options", json={"outdir_samples": "all"}).status_code == 200  # A1111: overrides both
+    drawn = api.post("txt2img", json={"steps": 1, "width": 64, "height": 64, "save_images": True})
+    assert drawn.status_code == 200
+    assert len(list((root / "all").rglob("*.png"))) == 1
+
+
+def test_keys_we_lack_are_kept_within_bounds(api: ApiServer) -> None:
+    response = api.post("options", json={"some_a1111_key": "x" * 70_000})
+    assert response.status_code == 400 and "some_a1111_key" in detail(response)
+    response = api.post("options", json={f"junk_{index}": index for index in range(2001)})
+    assert response.status_code == 400 and "2,000" in detail(response)
+    assert not config_of(api).exists()

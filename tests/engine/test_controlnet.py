@@ -251,3 +251,79 @@ def test_a_unit_steers_the_image_on_cuda_in_half_precision(sd1_folder: Path, sam
     loaded, _detection = library.load(library.find("control_tiny_sd15_canny"), dtype=torch.float16,
                                       device=pipe.unet.device, unet_config=dict(pipe.unet.config))
     assert loaded.device.type == "cuda" and loaded.dtype == torch.float16
+
+
+@pytest.fixture(scope="module")
+def ip_folders(tmp_path_factory: pytest.TempPathFactory, sd1_pipe: Any) -> tuple[Path, Path]:
+    from tests.fixtures.controlnet import write_tiny_clip_vision, write_tiny_ip_adapter
+
+    root = tmp_path_factory.mktemp("ip")
+    write_tiny_ip_adapter(root / "ControlNet" / "ip-adapter_tiny_sd15.safetensors", sd1_pipe.unet)
+    write_tiny_clip_vision(root / "clip_vision" / "clip_vision_tiny.safetensors")
+    return root / "ControlNet", root / "clip_vision"
+
+
+def test_ip_adapter_unit_steers_the_image_and_the_unet_gets_its_attention_back(
+        sd1_model: TinyModel, samplers: Any, ip_folders: tuple[Path, Path]) -> None:
+    models, clip_vision = ip_folders
+    library = ControlNetLibrary([models], clip_vision_dirs=[clip_vision])
+    (file,) = library.files()
+    assert file.kind == "ip-adapter" and file.error is None
+    before = {name: type(processor) for name, processor in sd1_model.pipe.unet.attn_processors.items()}
+    unit = _unit(model="ip-adapter_tiny_sd15", module="ip-adapter_clip_sd15")
+    plain = _run(sd1_model, samplers, None, ())
+    steered = _run(sd1_model, samplers, library, (unit,))
+    assert not _same(plain, steered)
+    assert {name: type(p) for name, p in sd1_model.pipe.unet.attn_processors.items()} == before
+    weightless = _unit(model="ip-adapter_tiny_sd15", weight=0.0)
+    assert _same(plain, _run(sd1_model, samplers, library, (weightless,)))
+    late: list[Image.Image] = []
+    first: list[Image.Image] = []
+    _run(sd1_model, samplers, None, (), previews=first, steps=4)
+    _run(sd1_model, samplers, library, (_unit(model="ip-adapter_tiny_sd15", guidance_start=0.5),),
+         previews=late, steps=4)
+    assert _same(first[0], late[0]) and _same(first[1], late[1]) and not _same(first[2], late[2])
+
+
+def test_ip_adapter_and_controlnet_units_work_together(sd1_model: TinyModel, samplers: Any,
+                                                      ip_folders: tuple[Path, Path],
+                                                      sd1_folder: Path) -> None:
+    models, clip_vision = ip_folders
+    library = ControlNetLibrary([sd1_folder, models], clip_vision_dirs=[clip_vision])
+    ip_unit = _unit(model="ip-adapter_tiny_sd15", module="ip-adapter-auto")
+    ip_only = _run(sd1_model, samplers, library, (ip_unit,))
+    both = _run(sd1_model, samplers, library, (_unit(), ip_unit))
+    assert not _same(ip_only, both)
+    job = prepare_controlnets((_unit(), ip_unit), model=sd1_model, library=library,
+                              preprocessors=PreprocessorRegistry.with_builtins())
+    assert job is not None and list(job.infotext()) == ["ControlNet 0", "ControlNet 1"]
+    assert "Module: ip-adapter-auto, Model: ip-adapter_tiny_sd15 [" in job.infotext()["ControlNet 1"]
+
+
+def test_ip_adapter_without_a_fitting_clip_vision_is_a_clear_error(sd1_model: TinyModel,
+                                                                   ip_folders: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    models, _clip_vision = ip_folders
+    library = ControlNetLibrary([models], clip_vision_dirs=[tmp_path])
+    with pytest.raises(ControlNetUnitError, match=r"unit 0 \(model\).*CLIP vision encoder with 32-wide"):
+        prepare_controlnets((_unit(model="ip-adapter_tiny_sd15"),), model=sd1_model, library=library,
+                            preprocessors=PreprocessorRegistry.with_builtins())
+
+
+def test_t2i_adapter_units_in_both_layouts(sd1_model: TinyModel, samplers: Any, sd1_pipe: Any,
+                                           tmp_path: Path) -> None:
+    from tests.fixtures.controlnet import write_tiny_t2i_adapter
+
+    write_tiny_t2i_adapter(tmp_path / "t2iadapter_tiny_diffusers.safetensors", sd1_pipe.unet)
+    write_tiny_t2i_adapter(tmp_path / "t2iadapter_tiny_original.safetensors", sd1_pipe.unet,
+                           layout="original")
+    library = ControlNetLibrary([tmp_path])
+    assert {file.kind for file in library.files()} == {"t2i-adapter"}
+    plain = _run(sd1_model, samplers, None, ())
+    first = _run(sd1_model, samplers, library, (_unit(model="t2iadapter_tiny_diffusers"),))
+    assert not _same(plain, first)
+    assert _same(first, _run(sd1_model, samplers, library, (_unit(model="t2iadapter_tiny_original"),)))
+    weightless = _unit(model="t2iadapter_tiny_original", weight=0)
+    assert _same(plain, _run(sd1_model, samplers, library, (weightless,)))
+    assert not _same(first, _run(sd1_model, samplers, library, (
+        _unit(model="t2iadapter_tiny_diffusers", control_mode="ControlNet is more important"),)))

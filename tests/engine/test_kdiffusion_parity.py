@@ -410,3 +410,107 @@ def test_sdxl_align_your_steps_uses_the_sdxl_table(registry: SamplerRegistry) ->
     assert [round(float(v), 3) for v in sdxl[:3]] == [14.615, 6.315, 3.771]
     assert [round(float(v), 3) for v in sd[:3]] == [14.615, 6.475, 3.861]
     assert math.isclose(float(sd[-1]), 0.0)
+
+
+# -- the real loop: run_txt2img on the tiny SD model equals A1111's sampling of the same UNet ----------
+
+
+class _UNetLDM(torch.nn.Module):
+    """The tiny UNet seen as A1111's LDM model: ``apply_model(x, t, cond)`` with the LDM's alphas."""
+
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+        self.alphas_cumprod = ldm_alphas_cumprod()
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+
+
+def _a1111_generators(seeds: list[int], rng: str) -> list[Any]:
+    if rng == "NV":
+        from sdweb.engine.seeds import PhiloxGenerator  # pinned on its own in test_seeds.py
+
+        return [PhiloxGenerator(seed) for seed in seeds]
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def _draw(generators: list[Any], shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.stack([g.randn(shape) if hasattr(g, "randn") else torch.randn(shape, generator=g)
+                        for g in generators])
+
+
+@pytest.mark.parametrize(("name", "schedule", "rng", "ensd"), [
+    ("Euler a", "Automatic", "CPU", 31337),
+    pytest.param("DPM++ 2M SDE", "Karras", "CPU", 0, marks=pytest.mark.slow),
+    ("DPM2 a", "Automatic", "NV", 31337),
+    pytest.param("DPM++ 2M", "Align Your Steps", "NV", 0, marks=pytest.mark.slow),
+])
+def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: Any, name: str, schedule: str,
+                                                                      rng: str, ensd: int) -> None:
+    from sdweb.engine.encode import PromptEncoder
+    from sdweb.engine.generate import run_txt2img
+    from sdweb.params import JobControl
+    from tests.engine.conftest import tiny_params
+
+    registry = SamplerRegistry.from_plugin_results([("builtin", builtin.register_samplers())],
+                                                   [("builtin", builtin.register_schedules())])
+    params = tiny_params(sampler_name=name, scheduler=schedule, steps=4, rng=rng, eta_noise_seed_delta=ensd,
+                         batch_size=2, cfg_scale=6.0)
+    run = run_txt2img(sd1_model, params, samplers=registry, control=JobControl(), on_step=lambda _: None,
+                      output_type="latent")
+    ours = torch.cat([image.image for image in run.images])
+
+    # A1111: sigmas, noise from the seeds' generators (ENSD: fresh generators at seed + ENSD for the
+    # sampler's draws), CFGDenoiser over CompVisDenoiser(quantize=True), the k-diffusion function.
+    sampling, external = load()
+    pipe = sd1_model.pipe
+    cond, uncond = (item.hidden for item in PromptEncoder(pipe, device="cpu", dtype=torch.float32)
+                    .encode_texts([params.prompt, params.negative_prompt], clip_skip=1))
+    inner = external.CompVisDenoiser(_UNetLDM(pipe.unet), quantize=True)
+    label = A1111_DEFAULT_SCHEDULE.get(name, "Uniform") if schedule == "Automatic" else schedule
+    n = params.steps + 1 if name in DISCARD else params.steps
+    sigmas = a1111_schedule(label, n, inner, sampling)
+    if name in DISCARD:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    seeds = [params.seed, params.seed + 1]
+    generators = _a1111_generators(seeds, rng)
+    x = _draw(generators, tuple(ours.shape[1:])) * sigmas[0]
+    if ensd:
+        generators = _a1111_generators([seed + ensd for seed in seeds], rng)
+
+    def cfg_denoiser(x_in: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        both = inner(torch.cat([x_in, x_in]), torch.cat([sigma, sigma]),
+                     cond=torch.cat([cond.repeat(2, 1, 1), uncond.repeat(2, 1, 1)]))
+        denoised_cond, denoised_uncond = both.chunk(2)
+        return denoised_uncond + (denoised_cond - denoised_uncond) * params.cfg_scale
+
+    class Hijack:
+        def __getattr__(self, item: str) -> Any:
+            return (lambda like: _draw(generators, tuple(like.shape[1:]))) if item == "randn_like" \
+                else getattr(torch, item)
+
+    function_name, kwargs = KDIFFUSION_SAMPLERS[name]
+    extra = dict(kwargs)
+    if "SDE" in name:
+        extra["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(),
+                                                                   seed=seeds)
+    original = sampling.torch
+    sampling.torch = Hijack()
+    try:
+        with torch.no_grad():
+            expected = getattr(sampling, function_name)(cfg_denoiser, x, sigmas, disable=True, **extra)
+    finally:
+        sampling.torch = original
+    # 1e-4, relative to the size of the latents: the random tiny UNet drives them to ~30 (fp32 ulp ~2e-6).
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(ours / scale, expected / scale, atol=1e-5, rtol=0)
+    assert ("ENSD: 31337" in build_infotext_for(params)) == bool(ensd)
+
+
+def build_infotext_for(params: Any) -> str:
+    from sdweb.images.infotext import build_infotext
+
+    extra = {} if params.eta_noise_seed_delta else {"ENSD": None}
+    return build_infotext(params, seed=params.seed, subseed=params.subseed, model_name="m", model_hash="h",
+                          rng=params.rng, extra=extra, version="v")

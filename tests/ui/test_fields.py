@@ -86,11 +86,37 @@ def test_every_form_field_round_trips() -> None:
         batch_size=2,
         n_iter=3,
         clip_skip=2,
+        rng="NV",
+        eta_noise_seed_delta=31337,
+        eta=0.5,
+        sampler_path="diffusers",
         checkpoint="model.safetensors [abc]",
     )
     values = form_from_params(params)
     assert set(values) == set(FORM_FIELDS)
     assert params_from_form(values) == params
+
+
+def test_noise_settings_left_empty_mean_the_settings() -> None:
+    values = dict(FORM_DEFAULTS)
+    assert (values["rng"], values["sampler_path"]) == ("", "")
+    params = params_from_form({**values, "eta_noise_seed_delta": None, "eta": None})
+    assert (params.rng, params.eta_noise_seed_delta) == (None, None)
+    assert (params.eta, params.sampler_path) == (None, None)
+
+
+def test_pasting_an_a1111_infotext_carries_its_noise_and_names_what_cannot_be_applied() -> None:
+    text = ("a fox\nSteps: 4, Sampler: DPM2 a, CFG scale: 6, Seed: 9, Size: 64x64, ENSD: 31337, "
+            "Discard penultimate sigma: True, Version: v1.10.1")
+    pasted = form_from_infotext(text, gpu_rng="NV")
+    values = pasted.values
+    # no RNG key: A1111's GPU noise, reproduced with NV where there is no CUDA
+    assert (values["rng"], values["eta_noise_seed_delta"], values["sampler_path"]) == ("NV", 31337, "A1111")
+    assert any("Discard penultimate sigma" in note for note in pasted.notes)
+    params = params_from_form(values)
+    assert (params.rng, params.eta_noise_seed_delta) == ("NV", 31337)
+    with_rng = form_from_infotext(text.replace("ENSD: 31337", "RNG: CPU, Eta: 0.4"), gpu_rng="GPU").values
+    assert (with_rng["rng"], with_rng["eta_noise_seed_delta"], with_rng["eta"]) == ("CPU", 0, 0.4)
 
 
 def test_form_from_params_keeps_the_dropdown_when_no_checkpoint_is_known() -> None:

@@ -66,11 +66,18 @@ class PreparedUnit:
     model: Any  # diffusers ControlNetModel
     picture: Image.Image  # RGB, as given (before preprocessing)
     preprocessor: Preprocessor
+    #: ``controlnet`` or ``t2i-adapter`` (whose features are computed once per pass).
+    kind: str = "controlnet"
 
 
-def prepare_controlnets(units: Sequence[ControlNetUnit], *, model: Any, library: Any,
-                        preprocessors: PreprocessorRegistry,
-                        init_image: Image.Image | None = None) -> ControlNetJob | None:
+def prepare_controlnets(
+    units: Sequence[ControlNetUnit],
+    *,
+    model: Any,
+    library: Any,
+    preprocessors: PreprocessorRegistry,
+    init_image: Image.Image | None = None,
+) -> ControlNetJob | None:
     """The job's ControlNet units, checked then loaded; None when none is enabled.
 
     Raises:
@@ -83,8 +90,10 @@ def prepare_controlnets(units: Sequence[ControlNetUnit], *, model: Any, library:
         raise ControlNetUnitError("ControlNet units need the ControlNet model folder (this engine has none)")
     family = base_family(getattr(model, "family", None))
     if family not in FAMILY_LABELS or getattr(model.pipe, "unet", None) is None:
-        raise ControlNetUnitError(f"ControlNet unit {enabled[0][0]} (model): ControlNet runs with SD 1.x, "
-                                  f"SD 2.x and SDXL checkpoints, not {getattr(model, 'family', '?')}")
+        raise ControlNetUnitError(
+            f"ControlNet unit {enabled[0][0]} (model): ControlNet runs with SD 1.x, "
+            f"SD 2.x and SDXL checkpoints, not {getattr(model, 'family', '?')}"
+        )
     unet = model.pipe.unet
     checked = []
     # 1. Check every unit before loading any model.
@@ -101,7 +110,8 @@ def prepare_controlnets(units: Sequence[ControlNetUnit], *, model: Any, library:
                 f"{where} (model): {file.title} is a "
                 f"{FAMILY_LABELS.get(file.family, file.family)} ControlNet "
                 f"but the checkpoint is {FAMILY_LABELS.get(family, family)}; choose a "
-                f"{FAMILY_LABELS.get(family, family)} ControlNet model")
+                f"{FAMILY_LABELS.get(family, family)} ControlNet model"
+            )
         try:
             preprocessor = preprocessors.find(unit.module)
         except LookupError as exc:
@@ -110,33 +120,115 @@ def prepare_controlnets(units: Sequence[ControlNetUnit], *, model: Any, library:
         checked.append((index, unit, file, preprocessor, picture))
     # 2. Load (cached) and check that each model fits the UNet.
     prepared = []
+    ip_units = []
     for index, unit, file, preprocessor, picture in checked:
         where = f"ControlNet unit {index}"
-        control_model, detection = library.load(file, dtype=unet.dtype, device=unet.device,
-                                                unet_config=dict(unet.config))
+        if file.kind == "ip-adapter":
+            ip_units.append(_prepare_ip_unit(index, unit, file, library, unet, picture, where))
+            continue
+        if file.kind == "t2i-adapter":
+            prepared.append(_prepare_t2i_unit(index, unit, file, library, unet, picture, preprocessor, where))
+            continue
+        control_model, detection = library.load(
+            file, dtype=unet.dtype, device=unet.device, unet_config=dict(unet.config)
+        )
         if detection.family != family:
             raise ControlNetUnitError(
                 f"{where} (model): {file.title} is a {detection.family_label} ControlNet but the checkpoint "
-                f"is {FAMILY_LABELS.get(family, family)}")
+                f"is {FAMILY_LABELS.get(family, family)}"
+            )
         config = control_model.config
-        if (list(config.block_out_channels) != list(unet.config.block_out_channels)
-                or config.cross_attention_dim != unet.config.cross_attention_dim):
+        if (
+            list(config.block_out_channels) != list(unet.config.block_out_channels)
+            or config.cross_attention_dim != unet.config.cross_attention_dim
+        ):
             raise ControlNetUnitError(
                 f"{where} (model): {file.title} does not fit this checkpoint's UNet (widths "
                 f"{list(config.block_out_channels)} vs {list(unet.config.block_out_channels)}, text width "
-                f"{config.cross_attention_dim} vs {unet.config.cross_attention_dim})")
+                f"{config.cross_attention_dim} vs {unet.config.cross_attention_dim})"
+            )
         if _channels_last(unet) and not _channels_last(control_model):
             # The runtime's memory format (CPU bf16: channels_last measured faster), as the UNet's.
             control_model.to(memory_format=torch.channels_last)
         hint_scale = 2 ** (len(config.conditioning_embedding_out_channels) - 1)
         vae_scale = int(getattr(model.pipe, "vae_scale_factor", 8))
         if hint_scale != vae_scale:
-            raise ControlNetUnitError(f"{where} (model): {file.title} works at 1/{hint_scale} of the "
-                                      "image size "
-                                      f"but this checkpoint's latents are 1/{vae_scale}")
-        prepared.append(PreparedUnit(index=index, unit=unit, title=file.title, model=control_model,
-                                     picture=picture, preprocessor=preprocessor))
-    return ControlNetJob(prepared)
+            raise ControlNetUnitError(
+                f"{where} (model): {file.title} works at 1/{hint_scale} of the "
+                "image size "
+                f"but this checkpoint's latents are 1/{vae_scale}"
+            )
+        prepared.append(
+            PreparedUnit(
+                index=index,
+                unit=unit,
+                title=file.title,
+                model=control_model,
+                picture=picture,
+                preprocessor=preprocessor,
+            )
+        )
+    return ControlNetJob(prepared, ip_units)
+
+
+def _prepare_t2i_unit(
+    index: int,
+    unit: ControlNetUnit,
+    file: Any,
+    library: Any,
+    unet: Any,
+    picture: Image.Image,
+    preprocessor: Preprocessor,
+    where: str,
+) -> PreparedUnit:
+    """A T2I-Adapter unit: its features' widths must be the UNet's down-block widths."""
+    from sdweb.engine.models.errors import UnsupportedCheckpointError
+
+    try:
+        adapter = library.load_t2i_adapter(file, dtype=unet.dtype, device=unet.device)
+    except UnsupportedCheckpointError as exc:
+        raise ControlNetUnitError(f"{where} (model): {exc}") from exc
+    channels = list(adapter.config.channels)
+    widths = list(unet.config.block_out_channels)
+    if channels[: len(widths)] != widths[: len(channels)] or len(channels) != len(widths):
+        raise ControlNetUnitError(
+            f"{where} (model): {file.title} makes features {channels} wide but this "
+            f"checkpoint's UNet levels are {widths} (another family)"
+        )
+    return PreparedUnit(
+        index=index,
+        unit=unit,
+        title=file.title,
+        model=adapter,
+        picture=picture,
+        preprocessor=preprocessor,
+        kind="t2i-adapter",
+    )
+
+
+def _prepare_ip_unit(
+    index: int, unit: ControlNetUnit, file: Any, library: Any, unet: Any, picture: Image.Image, where: str
+) -> Any:
+    """An IP-Adapter unit: adapter and CLIP vision loaded, the picture's image tokens computed once."""
+    from sdweb.engine.control.ip_adapter import PreparedIpUnit, image_tokens
+    from sdweb.engine.models.errors import UnsupportedCheckpointError
+
+    try:
+        adapter, vision = library.load_ip_adapter(file, unet=unet)
+    except UnsupportedCheckpointError as exc:
+        raise ControlNetUnitError(f"{where} (model): {exc}") from exc
+    width = next(
+        (v.shape[1] for k, v in adapter.attention_state.items() if k.endswith("to_k_ip.weight")), None
+    )
+    if width != unet.config.cross_attention_dim:
+        raise ControlNetUnitError(
+            f"{where} (model): {file.title} takes {width}-wide text features but this "
+            f"checkpoint's are {unet.config.cross_attention_dim} wide (another family)"
+        )
+    positive, negative = image_tokens(adapter, vision, picture)
+    return PreparedIpUnit(
+        index=index, unit=unit, title=file.title, adapter=adapter, positive=positive, negative=negative
+    )
 
 
 def _channels_last(module: Any) -> bool:
@@ -156,8 +248,10 @@ def _unit_picture(unit: ControlNetUnit, where: str, init_image: Image.Image | No
             raise ControlNetUnitError(f"{where} (image): not a picture ({exc})") from exc
     if init_image is not None:
         return flatten_alpha(init_image)
-    raise ControlNetUnitError(f"{where} (image): no control image (txt2img units need one; img2img units "
-                              "without one use the init image)")
+    raise ControlNetUnitError(
+        f"{where} (image): no control image (txt2img units need one; img2img units "
+        "without one use the init image)"
+    )
 
 
 def pixel_perfect_resolution(picture: Image.Image, width: int, height: int, resize_mode: str) -> int:
@@ -170,22 +264,34 @@ def pixel_perfect_resolution(picture: Image.Image, width: int, height: int, resi
 class ControlNetJob:
     """A job's prepared units; :meth:`for_pass` fits them to one pass of the loop."""
 
-    def __init__(self, units: list[PreparedUnit]) -> None:
+    def __init__(self, units: list[PreparedUnit], ip_units: list[Any] | None = None) -> None:
         self.units = units
+        #: IP-Adapter units (:mod:`sdweb.engine.control.ip_adapter`): image tokens computed once per job.
+        self.ip_units = list(ip_units or [])
 
-    def for_pass(self, width: int, height: int, *, device: Any, dtype: Any,
-                 hires: bool | None = None) -> ControlNetStack | None:
+    def ip_stack(self, *, hires: bool | None = None) -> Any:
+        """The IP-Adapter units of a pass (``hr_option`` as :meth:`for_pass`), or None."""
+        from sdweb.engine.control.ip_adapter import IpAdapterStack
+
+        units = [unit for unit in self.ip_units if _takes_part(unit.unit.hr_option, hires)]
+        return IpAdapterStack(units) if units else None
+
+    def for_pass(
+        self, width: int, height: int, *, device: Any, dtype: Any, hires: bool | None = None
+    ) -> ControlNetStack | None:
         """The units of a pass at ``width x height``; ``hires``: True/False in hires fix's second/first
         pass (``hr_option``), None outside hires fix. None when no unit takes part.
         """
         active = []
         for prepared in self.units:
-            option = prepared.unit.hr_option
-            if (hires is True and option == "Low res only") or (hires is False and option == "High res only"):
+            if not _takes_part(prepared.unit.hr_option, hires):
                 continue
             control_map = self.control_map(prepared, width, height)
             array = np.asarray(control_map, dtype=np.float32) / 255.0
             hint = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype)
+            if prepared.kind == "t2i-adapter":
+                # The adapter sees only the picture: its features are the same at every step.
+                hint = list(prepared.model(hint.to(prepared.model.dtype)))
             active.append((prepared, hint))
         return ControlNetStack(active) if active else None
 
@@ -202,30 +308,52 @@ class ControlNetJob:
     def infotext(self) -> dict[str, str]:
         """The extension's infotext lines: ``ControlNet 0: "Module: canny, Model: ..., Weight: 1.0, ..."``."""
         lines = {}
-        for prepared in self.units:
+        for prepared in sorted([*self.units, *self.ip_units], key=lambda item: item.index):
             unit = prepared.unit
-            resolution, a, b = prepared.preprocessor.settings(unit.processor_res, unit.threshold_a,
-                                                              unit.threshold_b)
+            resolution, a, b = unit.processor_res, unit.threshold_a, unit.threshold_b
+            if isinstance(prepared, PreparedUnit):
+                resolution, a, b = prepared.preprocessor.settings(resolution, a, b)
             values = {
-                "Module": unit.module, "Model": prepared.title, "Weight": unit.weight,
-                "Resize Mode": unit.resize_mode, "Processor Res": resolution, "Threshold A": a,
-                "Threshold B": b, "Guidance Start": unit.guidance_start, "Guidance End": unit.guidance_end,
-                "Pixel Perfect": unit.pixel_perfect, "Control Mode": unit.control_mode,
+                "Module": unit.module,
+                "Model": prepared.title,
+                "Weight": unit.weight,
+                "Resize Mode": unit.resize_mode,
+                "Processor Res": resolution,
+                "Threshold A": a,
+                "Threshold B": b,
+                "Guidance Start": unit.guidance_start,
+                "Guidance End": unit.guidance_end,
+                "Pixel Perfect": unit.pixel_perfect,
+                "Control Mode": unit.control_mode,
             }
             text = ", ".join(f"{key}: {value}" for key, value in values.items())
             lines[f"ControlNet {prepared.index}"] = text
         return lines
 
 
+def _takes_part(option: str, hires: bool | None) -> bool:
+    return not (
+        (hires is True and option == "Low res only") or (hires is False and option == "High res only")
+    )
+
+
 class ControlNetStack:
     """The units of one pass; :meth:`residuals` is called at every UNet evaluation."""
 
-    def __init__(self, active: list[tuple[PreparedUnit, torch.Tensor]]) -> None:
+    def __init__(self, active: list[tuple[PreparedUnit, Any]]) -> None:
         self.active = active
 
-    def residuals(self, sample: torch.Tensor, timestep: Any, *, encoder_hidden_states: torch.Tensor,
-                  added_cond_kwargs: dict[str, torch.Tensor] | None, do_cfg: bool, rows: int,
-                  fraction: float) -> dict[str, Any]:
+    def residuals(
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        *,
+        encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict[str, torch.Tensor] | None,
+        do_cfg: bool,
+        rows: int,
+        fraction: float,
+    ) -> dict[str, Any]:
         """``down_block_additional_residuals`` / ``mid_block_additional_residual`` for the UNet, or {}.
 
         ``sample``: the stacked UNet input (``rows`` conditionings x batch, latent channels only);
@@ -233,17 +361,31 @@ class ControlNetStack:
         """
         total_down: list[torch.Tensor] | None = None
         total_mid: torch.Tensor | None = None
+        adapter_total: list[torch.Tensor] | None = None
         batch = sample.shape[0] // max(1, rows)
         for prepared, hint in self.active:
             unit = prepared.unit
             if fraction < unit.guidance_start or fraction > unit.guidance_end or unit.weight == 0:
                 continue
+            if prepared.kind == "t2i-adapter":
+                features = self._adapter_features(unit, hint, sample.shape[0], batch, do_cfg)
+                adapter_total = (
+                    features
+                    if adapter_total is None
+                    else [a + b for a, b in zip(adapter_total, features, strict=True)]
+                )
+                continue
             control_model = prepared.model
             cond = hint.to(dtype=control_model.dtype).expand(sample.shape[0], -1, -1, -1)
             down, mid = control_model(
-                sample.to(control_model.dtype), timestep, encoder_hidden_states=encoder_hidden_states,
-                controlnet_cond=cond, conditioning_scale=1.0, added_cond_kwargs=added_cond_kwargs,
-                return_dict=False)
+                sample.to(control_model.dtype),
+                timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                controlnet_cond=cond,
+                conditioning_scale=1.0,
+                added_cond_kwargs=added_cond_kwargs,
+                return_dict=False,
+            )
             residuals = [*down, mid]
             scales = self.scales(unit, len(residuals))
             scaled = [residual * scale for residual, scale in zip(residuals, scales, strict=True)]
@@ -256,10 +398,36 @@ class ControlNetStack:
             else:
                 total_down = [a + b for a, b in zip(total_down, scaled[:-1], strict=True)]
                 total_mid = total_mid + scaled[-1] if total_mid is not None else scaled[-1]
+        extra: dict[str, Any] = {}
+        if adapter_total is not None:
+            extra["down_intrablock_additional_residuals"] = [item.to(sample.dtype) for item in adapter_total]
         if total_down is None:
-            return {}
-        return {"down_block_additional_residuals": tuple(total_down),
-                "mid_block_additional_residual": total_mid}
+            return extra
+        return {
+            **extra,
+            "down_block_additional_residuals": tuple(total_down),
+            "mid_block_additional_residual": total_mid,
+        }
+
+    @staticmethod
+    def _adapter_features(
+        unit: ControlNetUnit, features: list[torch.Tensor], rows: int, batch: int, do_cfg: bool
+    ) -> list[torch.Tensor]:
+        """A T2I-Adapter's features for this UNet batch, scaled as the extension scales them."""
+        if unit.control_mode == "Balanced":
+            scales = [unit.weight] * len(features)
+        else:  # the extension's soft weights for adapters, deepest last
+            base = (0.25, 0.62, 0.825, 1.0)[-len(features) :]
+            scales = [unit.weight * value for value in base]
+        out = []
+        for feature, scale in zip(features, scales, strict=True):
+            item = feature.expand(rows, -1, -1, -1) * scale
+            if unit.control_mode == "ControlNet is more important" and do_cfg and batch:
+                keep = torch.ones(rows, 1, 1, 1, dtype=item.dtype, device=item.device)
+                keep[:batch] = 0
+                item = item * keep
+            out.append(item)
+        return out
 
     @staticmethod
     def scales(unit: ControlNetUnit, count: int) -> list[float]:

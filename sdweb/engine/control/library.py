@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdweb.engine.control.detect import FAMILY_LABELS, ControlDetection, detect_controlnet
+from sdweb.engine.control.detect import (
+    FAMILY_LABELS,
+    ControlDetection,
+    detect_controlnet,
+    is_t2i_adapter,
+    t2i_adapter_family,
+)
 from sdweb.engine.models.cache import SideModelCache
 from sdweb.engine.models.errors import CheckpointReadError, UnsupportedCheckpointError
 from sdweb.engine.models.hashes import HashCache, legacy_hash
@@ -31,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 CONTROLNET_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 _TITLE = re.compile(r"^(?P<name>.+?) \[(?P<hash>[0-9a-fA-F]{8,10})\]$")
-_FACT = "controlnet_detection_v1"
+_FACT = "controlnet_detection_v2"
 
 
 class ControlNetNotFoundError(LookupError):
@@ -52,6 +58,8 @@ class ControlNetFile:
     family: str | None = None
     #: Why the file cannot be used (not a ControlNet, unreadable), else None.
     error: str | None = None
+    #: ``controlnet`` or ``ip-adapter``; None while unknown (pickles before their first load).
+    kind: str | None = None
 
     @property
     def title(self) -> str:
@@ -65,9 +73,17 @@ class ControlNetFile:
 class ControlNetLibrary:
     """The ControlNet files under some folders. Thread-safe; rescans on :meth:`refresh` (and first use)."""
 
-    def __init__(self, folders: Iterable[Path], *, hashes: HashCache | None = None,
-                 cache: SideModelCache | None = None) -> None:
+    def __init__(
+        self,
+        folders: Iterable[Path],
+        *,
+        hashes: HashCache | None = None,
+        cache: SideModelCache | None = None,
+        clip_vision_dirs: Iterable[Path] = (),
+    ) -> None:
         self._folders = tuple(dict.fromkeys(Path(folder) for folder in folders))
+        #: ``models/clip_vision``: the CLIP vision encoders IP-Adapters need.
+        self.clip_vision_dirs = tuple(Path(folder) for folder in clip_vision_dirs)
         self._hashes = hashes
         self._lock = threading.Lock()
         self._files: list[ControlNetFile] | None = None
@@ -90,8 +106,12 @@ class ControlNetLibrary:
                 if file is None:
                     continue
                 if file.name.lower() in found:
-                    logger.warning("two ControlNet models are named %r: using %s, ignoring %s", file.name,
-                                   found[file.name.lower()].path, path)
+                    logger.warning(
+                        "two ControlNet models are named %r: using %s, ignoring %s",
+                        file.name,
+                        found[file.name.lower()].path,
+                        path,
+                    )
                     continue
                 found[file.name.lower()] = file
         if self._hashes is not None:
@@ -108,8 +128,11 @@ class ControlNetLibrary:
 
     def usable(self, family: str | None = None) -> list[ControlNetFile]:
         """Files that are ControlNets sdweb runs; with ``family``, those of that family (or unknown)."""
-        return [file for file in self.files() if file.error is None
-                and (family is None or file.family in (None, family))]
+        return [
+            file
+            for file in self.files()
+            if file.error is None and (family is None or file.family in (None, family))
+        ]
 
     def titles(self, family: str | None = None) -> list[str]:
         return [file.title for file in self.usable(family)]
@@ -119,15 +142,26 @@ class ControlNetLibrary:
         if path.is_dir():
             if not (path / "config.json").is_file():
                 return None
-            weights = next((path / name for name in ("diffusion_pytorch_model.safetensors",
-                                                     "diffusion_pytorch_model.fp16.safetensors")
-                            if (path / name).is_file()), None)
+            weights = next(
+                (
+                    path / name
+                    for name in (
+                        "diffusion_pytorch_model.safetensors",
+                        "diffusion_pytorch_model.fp16.safetensors",
+                    )
+                    if (path / name).is_file()
+                ),
+                None,
+            )
             if weights is None:
                 return None
             name = path.name
         elif path.suffix.lower() in CONTROLNET_SUFFIXES and path.is_file():
-            if path.parent != path and (path.parent / "config.json").is_file() and \
-                    path.name.startswith("diffusion_pytorch_model"):
+            if (
+                path.parent != path
+                and (path.parent / "config.json").is_file()
+                and path.name.startswith("diffusion_pytorch_model")
+            ):
                 return None  # inside a diffusers folder: listed as the folder
             weights = path
             name = path.stem
@@ -135,9 +169,17 @@ class ControlNetLibrary:
             return None
         stat = weights.stat()
         shorthash = self._short_hash(weights)
-        family, error = self._detect(weights, name)
-        return ControlNetFile(path=path, name=name, size=stat.st_size, mtime=stat.st_mtime,
-                              shorthash=shorthash, family=family, error=error)
+        family, error, kind = self._detect(weights, name)
+        return ControlNetFile(
+            path=path,
+            name=name,
+            size=stat.st_size,
+            mtime=stat.st_mtime,
+            shorthash=shorthash,
+            family=family,
+            error=error,
+            kind=kind,
+        )
 
     def _short_hash(self, path: Path) -> str | None:
         try:
@@ -146,27 +188,37 @@ class ControlNetLibrary:
             logger.warning("cannot hash %s: %s", path, exc)
             return None
 
-    def _detect(self, path: Path, name: str) -> tuple[str | None, str | None]:
+    def _detect(self, path: Path, name: str) -> tuple[str | None, str | None, str | None]:
         if path.suffix.lower() != ".safetensors":
-            return None, None
+            return None, None, None
         if self._hashes is not None:
             fact = self._hashes.get_fact(path, _FACT)
             if isinstance(fact, dict):
-                return fact.get("family"), fact.get("error")
+                return fact.get("family"), fact.get("error"), fact.get("kind")
+        from sdweb.engine.control.ip_adapter import ip_adapter_family, is_ip_adapter
         from sdweb.engine.models.safetensors_io import read_safetensors_header
 
         family: str | None = None
         error: str | None = None
+        kind: str | None = None
         try:
-            family = detect_controlnet(read_safetensors_header(path).shapes(), name=name).family
+            shapes = read_safetensors_header(path).shapes()
+            if is_ip_adapter(shapes):
+                family, kind = ip_adapter_family(shapes), "ip-adapter"
+            elif is_t2i_adapter(shapes):
+                family, kind = t2i_adapter_family(shapes), "t2i-adapter"
+            else:
+                family, kind = detect_controlnet(shapes, name=name).family, "controlnet"
         except (UnsupportedCheckpointError, CheckpointReadError) as exc:
             error = str(exc)
         if self._hashes is not None:
             try:
-                self._hashes.put_fact(path, _FACT, {"family": family, "error": error}, save=False)
+                self._hashes.put_fact(
+                    path, _FACT, {"family": family, "error": error, "kind": kind}, save=False
+                )
             except OSError:
                 pass
-        return family, error
+        return family, error, kind
 
     # -- lookup ----------------------------------------------------------------------------------------
     def find(self, query: str) -> ControlNetFile:
@@ -193,14 +245,54 @@ class ControlNetLibrary:
         return None
 
     # -- loading (imports torch) ------------------------------------------------------------------------
-    def load(self, file: ControlNetFile, *, dtype: Any, device: Any,
-             unet_config: dict[str, Any] | None = None) -> tuple[Any, ControlDetection]:
+    def load(
+        self, file: ControlNetFile, *, dtype: Any, device: Any, unet_config: dict[str, Any] | None = None
+    ) -> tuple[Any, ControlDetection]:
         """``(ControlNetModel, detection)`` for ``file``, from the cache or loaded (safe loading only)."""
         from sdweb.engine.control.loader import load_controlnet
 
-        hints = tuple(sorted((key, repr(value)) for key, value in (unet_config or {}).items()
-                             if key in ("attention_head_dim", "num_attention_heads", "upcast_attention",
-                                        "addition_time_embed_dim", "block_out_channels")))
+        hints = tuple(
+            sorted(
+                (key, repr(value))
+                for key, value in (unet_config or {}).items()
+                if key
+                in (
+                    "attention_head_dim",
+                    "num_attention_heads",
+                    "upcast_attention",
+                    "addition_time_embed_dim",
+                    "block_out_channels",
+                )
+            )
+        )
         key = (str(file.path), file.size, file.mtime, str(dtype), str(device), hints)
-        return self.cache.get(key, lambda: load_controlnet(file.path, name=file.name, dtype=dtype,
-                                                           device=device, unet_config=unet_config))
+        return self.cache.get(
+            key,
+            lambda: load_controlnet(
+                file.path, name=file.name, dtype=dtype, device=device, unet_config=unet_config
+            ),
+        )
+
+    def load_t2i_adapter(self, file: ControlNetFile, *, dtype: Any, device: Any) -> Any:
+        """A ``T2IAdapter`` for a T2I-Adapter file, cached like ControlNets."""
+        from sdweb.engine.control.loader import load_t2i_adapter
+
+        key = ("t2i-adapter", str(file.path), file.size, file.mtime, str(dtype), str(device))
+        return self.cache.get(
+            key, lambda: load_t2i_adapter(file.path, name=file.name, dtype=dtype, device=device)
+        )
+
+    def load_ip_adapter(self, file: ControlNetFile, *, unet: Any) -> tuple[Any, Any]:
+        """``(IpAdapterModel, CLIP vision model)`` for an IP-Adapter file, cached like ControlNets."""
+        from sdweb.engine.control.ip_adapter import find_clip_vision, load_clip_vision, load_ip_adapter
+
+        dtype, device = unet.dtype, unet.device
+        key = ("ip-adapter", str(file.path), file.size, file.mtime, str(dtype), str(device))
+        adapter = self.cache.get(
+            key, lambda: load_ip_adapter(file.path, name=file.name, unet=unet, dtype=dtype, device=device)
+        )
+        vision_path = find_clip_vision(self.clip_vision_dirs, adapter.needs, file.title)
+        stat = vision_path.stat()
+        vision_key = ("clip-vision", str(vision_path), stat.st_size, stat.st_mtime, str(dtype), str(device))
+        vision = self.cache.get(vision_key, lambda: load_clip_vision(vision_path, dtype=dtype, device=device))
+        return adapter, vision

@@ -223,6 +223,17 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
                     info="0: use the Clip skip setting",
                     elem_id="txt2img-clip-skip",
                 )
+                with gr.Row():
+                    form["rng"] = gr.Dropdown([("Setting", ""), "GPU", "CPU", "NV"], value=defaults["rng"],
+                                              label="RNG", elem_id="txt2img-rng")
+                    form["eta_noise_seed_delta"] = gr.Number(defaults["eta_noise_seed_delta"], precision=0,
+                                                             label="ENSD", info="empty: the setting",
+                                                             minimum=0, elem_id="txt2img-ensd")
+                    form["eta"] = gr.Number(defaults["eta"], label="Eta", info="empty: the sampler's",
+                                            minimum=0, elem_id="txt2img-eta")
+                    form["sampler_path"] = gr.Dropdown([("Setting", ""), "A1111", "diffusers"],
+                                                       value=defaults["sampler_path"], label="Samplers",
+                                                       elem_id="txt2img-sampler-path")
             sections.render(section_ctx, SCRIPTS)
         with gr.Column(scale=1):
             panel = render_result_panel(TAB_ID)
