@@ -278,6 +278,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     from sdweb.api.limits import install_body_limit
     from sdweb.api.router import make_router
     from sdweb.api.security import LoginThrottleMiddleware, api_dependencies
+    from sdweb.ratelimit import login_rule
 
     settings: LaunchSettings = services.settings
     api = settings.api if api is None else api
@@ -285,6 +286,9 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     app = FastAPI(title="sdweb", version=__version__, docs_url="/docs", redoc_url=None)
     scrubber = settings.paths.client_scrubber()
     install_error_handlers(app, scrubber)
+    from sdweb.safepath import set_client_scrubber
+
+    set_client_scrubber(scrubber)  # warnings in answers and the UI's messages: no server paths either
     install_cors(app, settings)
     if api:
         app.include_router(make_router(services))  # its paths are whole: /sdapi/v1/..., /controlnet/...
@@ -296,14 +300,13 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     if webui:
         import gradio as gr
 
-        from sdweb.safepath import set_client_scrubber
         from sdweb.ui.app import build_ui, mount_kwargs
-
-        set_client_scrubber(scrubber)  # the UI's error lines: no server paths either
 
         blocks = build_ui(services)
         auth = list(settings.gradio_auth) or None
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **mount_kwargs(services))
+        # The login page says the rule up front: gradio's form shows no server message for a paused login.
+        notice = {"auth_message": login_rule(services.login_limiter)} if auth else {}
+        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, **notice, **mount_kwargs(services))
         if auth:  # failed logins on the page are paused per address, as the API's are
             app.add_middleware(LoginThrottleMiddleware, limiter=services.login_limiter)
     install_body_limit(app, settings.max_body_mb)  # before anything reads or queues a request

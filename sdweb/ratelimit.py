@@ -90,3 +90,9 @@ def paused_message(seconds: float) -> str:
     wait = max(1, int(seconds + 0.999))
     return (f"too many failed logins from this address: logins are paused for {wait} s; "
             "check the user name and password, then try again")
+
+
+def login_rule(limiter: LoginLimiter) -> str:
+    """The rule in one sentence, for the login page."""
+    return (f"After {limiter.max_failures} failed logins within {int(limiter.window)} s, logins from that "
+            f"address are paused for {int(limiter.first_pause)} s (longer if the failures go on).")

@@ -107,3 +107,10 @@ def test_correct_logins_are_never_counted(server: str) -> None:
         for _ in range(3):  # a few typos between good logins never add up to a pause
             assert user.get(f"{server}/sdapi/v1/options", auth=("bot", "typo")).status_code == 401
             assert user.get(f"{server}/sdapi/v1/options", auth=("bot", "api-pass")).status_code == 200
+
+
+def test_the_login_page_states_the_rule(server: str) -> None:
+    with client_from("127.0.0.6") as visitor:
+        answer = visitor.get(f"{server}/config")  # what the login page reads before anyone logs in
+    assert answer.status_code == 401
+    assert "After 10 failed logins within 60 s" in answer.json()["detail"]["auth_message"], answer.text

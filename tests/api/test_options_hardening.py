@@ -252,3 +252,11 @@ def test_img2img_uses_its_own_output_folder(api: ApiServer) -> None:
     drawn = api.post("txt2img", json={"steps": 1, "width": 64, "height": 64, "save_images": True})
     assert drawn.status_code == 200
     assert len(list((root / "all").rglob("*.png"))) == 1
+
+
+def test_keys_we_lack_are_kept_within_bounds(api: ApiServer) -> None:
+    response = api.post("options", json={"some_a1111_key": "x" * 70_000})
+    assert response.status_code == 400 and "some_a1111_key" in detail(response)
+    response = api.post("options", json={f"junk_{index}": index for index in range(2001)})
+    assert response.status_code == 400 and "2,000" in detail(response)
+    assert not config_of(api).exists()

@@ -153,3 +153,33 @@ def test_seamless_tiling_images_are_never_cut_into_tiles(vae: AutoencoderKL) -> 
     with circular_padding(vae):
         assert decode_layout(vae, latents, always) is None
     assert decode_layout(vae, latents, always) is not None
+
+
+def test_the_vae_runs_channels_last_on_the_cpu_with_the_same_picture(vae: AutoencoderKL) -> None:
+    latents = smooth_latents(16, 16)
+    with torch.inference_mode():
+        contiguous = vae.decode(latents).sample
+        decoded = vae_decode(vae, latents)
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(decoded, contiguous, atol=1e-4, rtol=1e-4)
+    vae.to(memory_format=torch.contiguous_format)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_loaded_model_is_warmed_up_at_load(family: str, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    from sdweb.engine.devices import RuntimeConfig
+    from sdweb.engine.models.loader import load_checkpoint
+    from tests.engine.models.conftest import checkpoint_info
+    from tests.fixtures.checkpoints import write_tiny_sd1, write_tiny_sdxl
+
+    write = write_tiny_sd1 if family == "sd1" else write_tiny_sdxl
+    path = write(tmp_path / "tiny.safetensors")
+    runtime = RuntimeConfig(device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32,
+                            attention="sdpa", offload="none", vae_tiling=False, threads=1)
+    with caplog.at_level(logging.DEBUG, logger="sdweb.engine.accelerator"):
+        model = load_checkpoint(checkpoint_info(path), runtime)
+    assert "warmed up in" in caplog.text
+    assert "skipped" not in caplog.text  # text encoder, UNet and VAE each ran once
+    # The VAE got its layout then, not during the user's first image.
+    assert model.pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
