@@ -12,7 +12,8 @@ What is measured, each form in a fresh subprocess (so peak memory belongs to tha
 * ``sdweb-bf16`` / ``sdweb-fp8`` / ``sdweb-gguf-q4_0``: sdweb's loader (:func:`load_checkpoint` with
   module files picked from ``models/text_encoder`` / ``models/VAE``) and its flow loop
   (:mod:`sdweb.engine.families`), on the same weights stored as bf16, as float8_e4m3fn (computed layer by
-  layer in bf16) and as GGUF Q4_0 (dequantized per layer).
+  layer in bf16) and as GGUF Q4_0 (dequantized per layer);
+* ``sdweb-aio-bf16``: the same bf16 weights as one all-in-one file (transformer, CLIP-L, T5, VAE).
 
 Reported: load time, peak RSS while loading and the loaded model's bytes (their ratio), the same for the
 transformer alone ("transf.": peak RSS growth from the start of the load until the transformer, built
@@ -31,10 +32,11 @@ back gave 8.2-8.5 s vs 8.7-9.6 s, i.e. the same speed),
 ``python benchmarks/flux.py --double 1 --single 2 --size 256 --steps 3``::
 
     form             load s  load peak  - imports     model  ratio transf.   s/step x diff.   peak RSS x diff.
-    diffusers           7.8   1.21 GiB   0.90 GiB  1.44 GiB   0.63    0.70     4.04    1.00   2.47 GiB    1.00
-    sdweb-bf16          6.8   2.41 GiB   1.97 GiB  1.91 GiB   1.03    1.03     4.36    1.08   2.69 GiB    1.09
-    sdweb-fp8           4.9   1.94 GiB   1.51 GiB  1.45 GiB   1.04    1.22    17.23    4.27   2.21 GiB    0.89
-    sdweb-gguf-q4_0     5.4   1.49 GiB   1.05 GiB  0.99 GiB   1.06    1.04    17.90    4.43   2.07 GiB    0.84
+    diffusers          12.1   1.21 GiB   0.90 GiB  1.44 GiB   0.63    0.70     9.34    1.00   2.39 GiB    1.00
+    sdweb-bf16         10.5   2.41 GiB   1.97 GiB  1.91 GiB   1.03    1.03    11.36    1.22   2.67 GiB    1.12
+    sdweb-fp8           7.2   1.94 GiB   1.51 GiB  1.45 GiB   1.04    1.22    34.48    3.69   2.30 GiB    0.96
+    sdweb-gguf-q4_0     6.0   1.49 GiB   1.05 GiB  0.99 GiB   1.06    1.04    30.22    3.24   2.06 GiB    0.86
+    sdweb-aio-bf16     18.0   2.41 GiB   1.97 GiB  1.91 GiB   1.03       -    11.91    1.28   2.68 GiB    1.12
 
 Before GGUF files were streamed (diffusers' ``load_gguf_checkpoint`` copies out of a memory map, so the
 file's pages stay resident beside the copies) the GGUF transformer's "transf." was 2.00. diffusers' ratio
@@ -58,7 +60,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO_ROOT / "benchmarks" / "out"
 GIB = 1024**3
-FORMS = ("diffusers", "sdweb-bf16", "sdweb-fp8", "sdweb-gguf-q4_0")
+FORMS = ("diffusers", "sdweb-bf16", "sdweb-fp8", "sdweb-gguf-q4_0", "sdweb-aio-bf16")
 
 
 def _status_kib(field: str) -> int:
@@ -164,6 +166,27 @@ def write_files(args: argparse.Namespace) -> Path:
     )
     done.write_text("ok")
     return root
+
+
+def write_all_in_one(root: Path) -> Path:
+    """``flux-bench-aio.safetensors``: the bf16 transformer with CLIP-L, T5 and the VAE in one file, under
+    the prefixes the common all-in-one Flux checkpoints use (written once, from the module files)."""
+    from safetensors.torch import load_file, save_file
+
+    models = root / "models"
+    path = models / "Stable-diffusion" / "flux-bench-aio.safetensors"
+    if path.is_file():
+        return path
+    state: dict[str, Any] = {}
+    for prefix, file in (
+        ("model.diffusion_model.", "Stable-diffusion/flux-bench-bf16.safetensors"),
+        ("text_encoders.clip_l.transformer.", "text_encoder/clip_l.safetensors"),
+        ("text_encoders.t5xxl.transformer.", "text_encoder/t5xxl_fp16.safetensors"),
+        ("vae.", "VAE/ae.safetensors"),
+    ):
+        state.update({prefix + key: value for key, value in load_file(str(models / file)).items()})
+    save_file(state, str(path))
+    return path
 
 
 def _with_text_model(state: dict[str, Any]) -> dict[str, Any]:
@@ -366,6 +389,7 @@ def _sdweb_model(root: Path, form: str, device: Any, phase: _TransformerPhase) -
         "sdweb-bf16": "flux-bench-bf16.safetensors",
         "sdweb-fp8": "flux-bench-fp8.safetensors",
         "sdweb-gguf-q4_0": "flux-bench-Q4_0.gguf",
+        "sdweb-aio-bf16": "flux-bench-aio.safetensors",
     }[form]
     registry = CheckpointRegistry([root / "models" / "Stable-diffusion"], HashCache(root / "hashes.json"))
     info = registry.find(name)
@@ -431,6 +455,8 @@ def main() -> None:
         print(json.dumps(run_form(args.child, args)))
         return
     write_files(args)
+    if "sdweb-aio-bf16" in args.forms.split(","):
+        write_all_in_one(_folder(args))
     results = []
     for form in args.forms.split(","):
         command = [
@@ -478,9 +504,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         base_peak = base["run_peak_cuda"] if gpu else base["run_peak_rss"]
         own = item["load_peak_rss"] - item["rss_after_imports"]
         model = max(item["model_bytes"], 1)
-        transformer = item["transformer_growth"] / max(item["transformer_bytes"], 1)
+        # An all-in-one file is read whole before its transformer is built: no transformer-only figure.
+        transformer = (
+            "-" if item["form"] == "sdweb-aio-bf16"
+            else f"{item['transformer_growth'] / max(item['transformer_bytes'], 1):.2f}"
+        )
         print(f"{item['form']:16} {item['load_s']:6.1f} {item['load_peak_rss'] / GIB:6.2f} GiB "
-              f"{own / GIB:6.2f} GiB {model / GIB:5.2f} GiB {own / model:6.2f} {transformer:7.2f} "
+              f"{own / GIB:6.2f} GiB {model / GIB:5.2f} GiB {own / model:6.2f} {transformer:>7} "
               f"{item['s_per_step']:8.2f} "
               f"{item['s_per_step'] / base['s_per_step']:7.2f} {peak / GIB:6.2f} GiB {peak / base_peak:7.2f}")
     print("load peak: peak RSS while loading; '- imports': minus the RSS after importing torch, diffusers, "

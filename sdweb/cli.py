@@ -286,6 +286,9 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     app = FastAPI(title="sdweb", version=__version__, docs_url="/docs", redoc_url=None)
     scrubber = settings.paths.client_scrubber()
     install_error_handlers(app, scrubber)
+    from sdweb.safepath import set_client_scrubber
+
+    set_client_scrubber(scrubber)  # warnings in answers and the UI's messages: no server paths either
     install_cors(app, settings)
     if api:
         app.include_router(make_router(services))  # its paths are whole: /sdapi/v1/..., /controlnet/...
@@ -297,10 +300,7 @@ def create_app(services: Any, *, api: bool | None = None, webui: bool | None = N
     if webui:
         import gradio as gr
 
-        from sdweb.safepath import set_client_scrubber
         from sdweb.ui.app import build_ui, mount_kwargs
-
-        set_client_scrubber(scrubber)  # the UI's error lines: no server paths either
 
         blocks = build_ui(services)
         auth = list(settings.gradio_auth) or None

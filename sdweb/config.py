@@ -341,7 +341,7 @@ class OptionSpec:
         if self.check is not None:
             try:
                 converted = self.check(converted)
-            except (LookupError, ValueError) as exc:
+            except (LookupError, ValueError, OSError) as exc:
                 message = str(exc).strip("'\"")
                 named = message if self.key in message else f"option {self.key!r}: {message}"
                 raise ValueError(named) from None
@@ -414,6 +414,10 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
 DERIVED_OPTIONS = frozenset({"sd_checkpoint_hash"})
 
 UnknownKeys = Literal["refuse", "keep"]
+#: Keys of settings we do not have (an A1111 install's) are kept, within these bounds: a client cannot
+#: grow config.json without limit.
+MAX_UNKNOWN_KEYS = 2000
+MAX_UNKNOWN_VALUE_CHARS = 65536
 
 
 class OptionsStore:
@@ -477,7 +481,9 @@ class OptionsStore:
             return
         try:
             self._values[key] = spec.validate(raw, data_root=self._data_root, allow_outside=True)
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - a stored value never stops the server
+            if not isinstance(exc, ValueError):
+                logger.exception("checking the stored value of %s failed", key)
             self._ignored[key] = raw
             logger.warning("%s: ignoring the stored value of %s (%s); using the default %r until it is "
                            "changed in Settings", self._path.name, key, exc, spec.default)
@@ -535,10 +541,13 @@ class OptionsStore:
                     continue
                 spec = self._specs.get(key)
                 if spec is None:
-                    if unknown == "keep":
-                        converted[key] = value
-                    else:
+                    if unknown != "keep":
                         problems[key] = f"unknown option {key!r}"
+                    elif len(json.dumps(value, default=str)) > MAX_UNKNOWN_VALUE_CHARS:
+                        problems[key] = (f"option {key!r} is not one of ours and its value is over "
+                                         f"{MAX_UNKNOWN_VALUE_CHARS:,} characters: not kept")
+                    else:
+                        converted[key] = value
                     continue
                 try:
                     value = spec.validate(value, data_root=self._data_root, allow_outside=allow_outside)
@@ -547,6 +556,11 @@ class OptionsStore:
                     continue
                 if not _same(current.get(key), value):
                     converted[key] = value
+            added = [key for key in converted if key not in self._specs and key not in self._values]
+            unknown_count = sum(1 for key in self._values if key not in self._specs)
+            if added and unknown_count + len(added) > MAX_UNKNOWN_KEYS:
+                problems[added[0]] = (f"{len(added)} settings that are not ours would make more than "
+                                      f"{MAX_UNKNOWN_KEYS:,} such keys in {self._path.name}: not kept")
             if problems:
                 raise OptionsError(problems)
             return converted

@@ -28,7 +28,12 @@ and the upscalers call it instead of each knowing about CUDA:
    and the image is made again (A1111's "revert VAE to 32-bit"); NaN in the UNet's latents, or from a
    VAE already in fp32, is an error that says so, never a black picture. A VAE whose config says
    ``force_upcast`` (:func:`sdweb.engine.devices.vae_forces_upcast`) and that still runs in fp16 is
-   upcast before its first use, as diffusers' SDXL pipelines do.
+   upcast before its first use, as diffusers' SDXL pipelines do. Before its first use a VAE also gets
+   the memory layout that is fastest where it runs (:func:`sdweb.engine.devices.vae_channels_last`:
+   channels_last on the CPU, and on CUDA in half precision), whichever loader or VAE swap made it.
+6. **Warm-up.** :func:`warm_up` runs each component once on a tiny input when a model is loaded (text
+   encoders, UNet, VAE): the first-call costs (lazy kernel and library set-up, weights paged in from a
+   memory-mapped file, the VAE's layout) are paid at load time, not by the user's first image.
 5. **VAE memory.** Both also decide, per image, whether the pass runs whole or in tiles
    (:mod:`sdweb.engine.vae_tiling`: above the job's memory budget, or always with ``--vae-tiling``); a
    whole pass on CUDA that runs out of memory is made again in tiles of half the budget.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -45,7 +51,7 @@ from typing import Any
 
 import torch
 
-from sdweb.engine.devices import OffloadMode, apply_offload, vae_forces_upcast
+from sdweb.engine.devices import OffloadMode, apply_offload, vae_channels_last, vae_forces_upcast
 from sdweb.engine.vae_tiling import TileLayout, decode_layout, encode_layout, tiled_decode, tiled_encode
 
 logger = logging.getLogger(__name__)
@@ -298,9 +304,27 @@ def upcast_vae(vae: Any, why: str) -> None:
 
 
 def prepare_vae(vae: Any) -> None:
-    """Before a VAE runs: upcast it when its config says fp16 is unsafe (``force_upcast``)."""
+    """Before a VAE runs: upcast it when its config says fp16 is unsafe (``force_upcast``), and give it its
+    best memory layout (cheap to check: one weight's strides).
+    """
     if vae.dtype == torch.float16 and vae_forces_upcast(vae.config):
         upcast_vae(vae, "its config says force_upcast (it overflows in fp16)")
+    weight = _first_conv_weight(vae)
+    if weight is None or weight.device.type == "meta":  # sequential offload: the hooks place weights
+        return
+    if weight.is_contiguous(memory_format=torch.channels_last) or weight.shape[-2:] == (1, 1):
+        return
+    if vae_channels_last(weight.device, vae.dtype):
+        logger.debug("VAE in channels_last on %s (%s)", weight.device, vae.dtype)
+        with torch.inference_mode(False):  # ordinary weights, whatever mode the caller is in
+            vae.to(memory_format=torch.channels_last)
+
+
+def _first_conv_weight(vae: Any) -> torch.Tensor | None:
+    decoder = getattr(vae, "decoder", None)
+    conv = getattr(decoder, "conv_in", None)
+    weight = getattr(conv, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and weight.dim() == 4 else None
 
 
 def vae_decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -395,3 +419,69 @@ def _encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     smaller = _smaller(layout, max(pixels.shape[-2:]) // 8)
     logger.warning("VAE encode ran out of memory; encoding again in tiles of %d latent pixels", smaller.tile)
     return tiled_encode(vae, pixels, smaller).to(vae.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Warm-up
+# ---------------------------------------------------------------------------------------------
+
+
+def warm_up(pipe: Any) -> None:
+    """Run the text encoders, the UNet and the VAE once on tiny inputs (see the module docstring).
+
+    A few hundred milliseconds on a CPU. Skipped under offload (it would move every component to the
+    device and back); a component that cannot be warmed up this way is logged and left alone: a
+    warm-up never fails a load.
+    """
+    if offload_mode(pipe) != "none":
+        return
+    started = time.perf_counter()
+    with torch.inference_mode():
+        device = execution_device(pipe)
+        context: torch.Tensor | None = None
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            tokenizer = getattr(pipe, "tokenizer" if name == "text_encoder" else "tokenizer_2", None)
+            if encoder is None or tokenizer is None:
+                continue
+            try:
+                ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(device)
+                hidden = encoder(ids, output_hidden_states=True).hidden_states[-2]
+                context = hidden if context is None else torch.cat([context, hidden], dim=-1)
+            except Exception as exc:  # never let a warm-up fail a load
+                logger.debug("warm-up of %s skipped: %s", name, exc)
+        unet = getattr(pipe, "unet", None)
+        if unet is not None and context is not None:
+            try:
+                _warm_unet(unet, context, device)
+            except Exception as exc:
+                logger.debug("warm-up of the UNet skipped: %s", exc)
+        vae = getattr(pipe, "vae", None)
+        if vae is not None and hasattr(vae, "decode"):
+            try:
+                channels = int(getattr(vae.config, "latent_channels", 4))
+                vae_decode(vae, torch.zeros(1, channels, 8, 8, device=device))
+            except Exception as exc:
+                logger.debug("warm-up of the VAE skipped: %s", exc)
+    logger.info("warmed up in %.2f s", time.perf_counter() - started)
+
+
+def _warm_unet(unet: Any, context: torch.Tensor, device: torch.device) -> None:
+    config = unet.config
+    batch = 2  # as with CFG
+    sample = torch.zeros(batch, int(config.in_channels), 8, 8, device=device, dtype=unet.dtype)
+    hidden = context.to(unet.dtype).repeat(batch, 1, 1)
+    if hidden.shape[-1] != getattr(config, "cross_attention_dim", hidden.shape[-1]):
+        return
+    added = None
+    if getattr(config, "addition_embed_type", None) == "text_time":  # SDXL micro-conditioning
+        time_dim = int(config.addition_time_embed_dim)
+        pooled = int(config.projection_class_embeddings_input_dim) - 6 * time_dim
+        added = {"text_embeds": torch.zeros(batch, pooled, device=device, dtype=unet.dtype),
+                 "time_ids": torch.zeros(batch, 6, device=device, dtype=unet.dtype)}
+    timestep_cond = None
+    if getattr(config, "time_cond_proj_dim", None):
+        timestep_cond = torch.zeros(batch, int(config.time_cond_proj_dim), device=device, dtype=unet.dtype)
+    unet(sample, torch.tensor(999, device=device), encoder_hidden_states=hidden, added_cond_kwargs=added,
+         timestep_cond=timestep_cond, return_dict=False)

@@ -280,7 +280,8 @@ class _Txt2Img:
             spec = self.samplers.get(self.params.sampler_name)
         except ValueError:
             return False
-        eta = 1.0 if self.params.eta is None else self.params.eta
+        default_eta = 0.0 if spec.options.get("default_eta_is_0") else 1.0
+        eta = default_eta if self.params.eta is None else self.params.eta
         return bool(spec.options.get("uses_ensd")) and eta != 0
 
     def pass_size(self) -> tuple[int, int]:

@@ -129,7 +129,9 @@ def test_the_real_engine_keeps_the_loaded_model(tmp_path: Path, tiny_checkpoint:
     loaded = services.models.status().title
     with served_api(services) as url, httpx.Client(timeout=300) as client:
         titles = [item["title"] for item in client.get(f"{url}/sd-models").json()]
-        assert client.get(f"{url}/options").json()["sd_model_checkpoint"] == loaded and loaded in titles
+        options = client.get(f"{url}/options").json()
+        assert options["sd_model_checkpoint"] == loaded and loaded in titles
+        assert len(options["sd_checkpoint_hash"]) == 64  # A1111's: the loaded file's sha256
         for name, status in (("cut.safetensors", 422), ("notamodel.safetensors", 422)):
             response = client.post(f"{url}/options", json={"sd_model_checkpoint": name})
             assert response.status_code == status, response.text

@@ -87,3 +87,13 @@ def test_ui_error_lines_are_scrubbed_too(tmp_path: Path) -> None:
     finally:
         set_client_scrubber(None)
     assert "models/x.safetensors" in html and str(tmp_path) not in html
+
+
+def test_warnings_in_answers_name_folders_relative_to_the_data_folder(api: ApiServer) -> None:
+    import json
+
+    response = api.post("txt2img", json={**REQUEST, "restore_faces": True})
+    assert response.status_code == 200
+    warnings = " | ".join(json.loads(response.json()["info"])["warnings"])
+    assert "face restoration was skipped" in warnings and "models/" in warnings
+    assert_no_server_path(api, warnings)

@@ -308,3 +308,22 @@ def test_ip_adapter_without_a_fitting_clip_vision_is_a_clear_error(sd1_model: Ti
     with pytest.raises(ControlNetUnitError, match=r"unit 0 \(model\).*CLIP vision encoder with 32-wide"):
         prepare_controlnets((_unit(model="ip-adapter_tiny_sd15"),), model=sd1_model, library=library,
                             preprocessors=PreprocessorRegistry.with_builtins())
+
+
+def test_t2i_adapter_units_in_both_layouts(sd1_model: TinyModel, samplers: Any, sd1_pipe: Any,
+                                           tmp_path: Path) -> None:
+    from tests.fixtures.controlnet import write_tiny_t2i_adapter
+
+    write_tiny_t2i_adapter(tmp_path / "t2iadapter_tiny_diffusers.safetensors", sd1_pipe.unet)
+    write_tiny_t2i_adapter(tmp_path / "t2iadapter_tiny_original.safetensors", sd1_pipe.unet,
+                           layout="original")
+    library = ControlNetLibrary([tmp_path])
+    assert {file.kind for file in library.files()} == {"t2i-adapter"}
+    plain = _run(sd1_model, samplers, None, ())
+    first = _run(sd1_model, samplers, library, (_unit(model="t2iadapter_tiny_diffusers"),))
+    assert not _same(plain, first)
+    assert _same(first, _run(sd1_model, samplers, library, (_unit(model="t2iadapter_tiny_original"),)))
+    weightless = _unit(model="t2iadapter_tiny_original", weight=0)
+    assert _same(plain, _run(sd1_model, samplers, library, (weightless,)))
+    assert not _same(first, _run(sd1_model, samplers, library, (
+        _unit(model="t2iadapter_tiny_diffusers", control_mode="ControlNet is more important"),)))

@@ -514,3 +514,96 @@ def build_infotext_for(params: Any) -> str:
     extra = {} if params.eta_noise_seed_delta else {"ENSD": None}
     return build_infotext(params, seed=params.seed, subseed=params.subseed, model_name="m", model_hash="h",
                           rng=params.rng, extra=extra, version="v")
+
+
+# -- A1111's timestep samplers: DDIM and PLMS (sd_samplers_timesteps_impl, restated) ---------------------
+
+
+Trajectory = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
+
+
+def _a1111_timestep_sampler(name: str, steps: int, eta: float) -> Trajectory:
+    alphas_cumprod = ldm_alphas_cumprod()
+    timesteps = torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
+    alphas = alphas_cumprod[timesteps]
+    alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].to(torch.float64)
+    sqrt_one_minus = torch.sqrt(1 - alphas)
+    sigmas = eta * np.sqrt((1 - alphas_prev.numpy()) / (1 - alphas) * (1 - alphas / alphas_prev.numpy()))
+    rng = ImageRNG(SEEDS)
+    x = rng.first.clone()
+
+    def model(x_t: torch.Tensor, t: float) -> torch.Tensor:  # CFGDenoiserTimesteps: CFG on the noise
+        timestep = torch.tensor([t])
+        uncond, cond = fake_unet(x_t, timestep, CONDS[0]), fake_unet(x_t, timestep, CONDS[1])
+        return uncond + (cond - uncond) * CFG
+
+    xs: list[torch.Tensor] = []
+    x0s: list[torch.Tensor] = []
+    old_eps: list[torch.Tensor] = []
+
+    def update(e: torch.Tensor, index: int, x_t: torch.Tensor,
+               sigma_t: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        a_t, a_prev = alphas[index].item(), alphas_prev[index].item()
+        pred_x0 = (x_t - sqrt_one_minus[index].item() * e) / math.sqrt(a_t)
+        return math.sqrt(a_prev) * pred_x0 + math.sqrt(1.0 - a_prev - sigma_t**2) * e, pred_x0
+
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = model(x, timesteps[index].item())
+        if name == "DDIM":
+            sigma_t = float(sigmas[index])
+            x, pred_x0 = update(e_t, index, x, sigma_t)
+            x = x + sigma_t * rng.randn_like(x)
+        else:
+            if not old_eps:
+                x_prev, _ = update(e_t, index, x)
+                e_prime = (e_t + model(x_prev, timesteps[max(index - 1, 0)].item())) / 2
+            elif len(old_eps) == 1:
+                e_prime = (3 * e_t - old_eps[-1]) / 2
+            elif len(old_eps) == 2:
+                e_prime = (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
+            else:
+                e_prime = (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
+            x, pred_x0 = update(e_prime, index, x)
+            old_eps.append(e_t)
+            if len(old_eps) >= 4:
+                old_eps.pop(0)
+        xs.append(x.clone())
+        x0s.append(pred_x0.clone())
+    return xs, x0s, x
+
+
+@pytest.mark.parametrize(("name", "eta", "schedule"), [("DDIM", 0.0, "Automatic"), ("DDIM", 0.7, "Karras"),
+                                                       ("PLMS", 0.0, "Automatic"), ("PLMS", 0.0, "Beta")])
+def test_ddim_and_plms_follow_a1111s_timesteps_and_updates(registry: SamplerRegistry, name: str, eta: float,
+                                                           schedule: str) -> None:
+    steps = 7  # 1000 // 7 = 142: timesteps 1, 143, ..., 853 and 995 (eight of them, seven calls)
+    expected_xs, expected_x0s, expected = _a1111_timestep_sampler(name, steps, eta)
+    plan = registry.build(name, schedule, SD_CONFIG)
+    assert isinstance(plan, FunctionSamplerPlan) and plan.a1111
+    sigmas = plan.sigmas(steps)  # the schedule type does not matter to them (as in A1111)
+    model = plan.model_sigmas()
+    torch.testing.assert_close(sigmas[:-1], model.sigmas[[995, 853, 711, 569, 427, 285, 143, 1]])
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    noise = torch.stack([torch.randn(SHAPE, generator=g) for g in generators])
+
+    def predict(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        uncond, cond = fake_unet(x_in, t, CONDS[0]), fake_unet(x_in, t, CONDS[1])
+        return uncond + (cond - uncond) * CFG
+
+    xs: list[torch.Tensor] = []
+    x0s: list[torch.Tensor] = []
+
+    def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        xs.append(x.clone())
+        x0s.append(x0.clone())
+
+    function = plan.sampler.sampling_function()
+    extra = {"eta": eta} if name == "DDIM" else {}
+    final = function(DiscreteDenoiser(predict, model), noise * float(sigmas[0]), sigmas, generator=generators,
+                     callback=callback, **extra)
+    assert len(xs) == len(expected_xs) == 7
+    for i in range(7):
+        _close(xs[i], expected_xs[i], f"latents after step {i}")
+        _close(x0s[i], expected_x0s[i], f"predicted x0 at step {i}")
+    _close(final, expected, "final latents")

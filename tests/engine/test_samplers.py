@@ -66,7 +66,7 @@ def test_unknown_schedule_error_lists_known_names(samplers: SamplerRegistry) -> 
 def test_schedule_the_sampler_cannot_use_is_an_error_naming_what_it_can(
         samplers: SamplerRegistry, sd1_pipe) -> None:
     with pytest.raises(IncompatibleScheduleError) as caught:
-        samplers.build("DDIM", "Karras", sd1_pipe.scheduler.config)
+        samplers.build("DDIM", "Karras", sd1_pipe.scheduler.config, path="diffusers")
     assert "'DDIM' cannot use schedule type 'Karras'" in str(caught.value)
     assert "supports: Automatic, Uniform" in str(caught.value)
 
@@ -166,7 +166,7 @@ def test_a_plugin_schedule_with_its_own_sigmas(sd1_pipe) -> None:
         [("b", builtin.register_samplers())],
         [("b", builtin.register_schedules()), ("lin", [ScheduleSpec(name="Linear", sigmas_fn=linear)])])
     assert "Linear" in registry.compatible_schedules("Euler")  # takes set_timesteps(sigmas=...)
-    assert "Linear" not in registry.compatible_schedules("DDIM")
+    assert "Linear" not in registry.compatible_schedules("DDPM")
     plan = registry.build("Euler", "Linear", sd1_pipe.scheduler.config, path="diffusers")
     plan.set_timesteps(4, "cpu")
     assert plan.scheduler.sigmas.shape == (5,)

@@ -153,3 +153,51 @@ def test_seamless_tiling_images_are_never_cut_into_tiles(vae: AutoencoderKL) -> 
     with circular_padding(vae):
         assert decode_layout(vae, latents, always) is None
     assert decode_layout(vae, latents, always) is not None
+
+
+def test_the_vae_runs_channels_last_on_the_cpu_with_the_same_picture(vae: AutoencoderKL) -> None:
+    latents = smooth_latents(16, 16)
+    with torch.inference_mode():
+        contiguous = vae.decode(latents).sample
+        decoded = vae_decode(vae, latents)
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(decoded, contiguous, atol=1e-4, rtol=1e-4)
+    vae.to(memory_format=torch.contiguous_format)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_loaded_model_is_warmed_up_at_load(family: str, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    from sdweb.engine.devices import RuntimeConfig
+    from sdweb.engine.models.loader import load_checkpoint
+    from tests.engine.models.conftest import checkpoint_info
+    from tests.fixtures.checkpoints import write_tiny_sd1, write_tiny_sdxl
+
+    write = write_tiny_sd1 if family == "sd1" else write_tiny_sdxl
+    path = write(tmp_path / "tiny.safetensors")
+    runtime = RuntimeConfig(device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32,
+                            attention="sdpa", offload="none", vae_tiling=False, threads=1)
+    with caplog.at_level(logging.DEBUG, logger="sdweb.engine.accelerator"):
+        model = load_checkpoint(checkpoint_info(path), runtime)
+    assert "warmed up in" in caplog.text
+    assert "skipped" not in caplog.text  # text encoder, UNet and VAE each ran once
+    # The VAE got its layout then, not during the user's first image.
+    assert model.pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+def test_on_cuda_a_half_precision_vae_runs_channels_last_and_tiles_under_a_small_budget(
+        vae: AutoencoderKL) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cuda_vae = AutoencoderKL.from_config(vae.config).to("cuda", torch.float16).eval()
+    cuda_vae.load_state_dict(vae.state_dict())
+    latents = smooth_latents(48, 64).to("cuda")
+    with torch.inference_mode():
+        contiguous = cuda_vae.decode(latents.half()).sample.float()
+        decoded = vae_decode(cuda_vae, latents).float()
+        assert cuda_vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(decoded, contiguous, atol=2e-2, rtol=2e-2)
+        with tile_policy(TilePolicy(budget_bytes=decode_cost(cuda_vae, 192, 256) // 2)):
+            tiled = vae_decode(cuda_vae, latents).float()
+    assert (tiled - contiguous).abs().mean() < 0.2 * contiguous.std()

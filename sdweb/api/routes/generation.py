@@ -33,6 +33,7 @@ from sdweb.api.request_params import build_params
 from sdweb.api.routes import ApiRoutes
 from sdweb.api.scripts import ImageJob, ScriptRegistry
 from sdweb.params import GenerationResult
+from sdweb.safepath import for_client
 from sdweb.services.container import AppServices
 from sdweb.services.generation import GenerationError, Job
 
@@ -137,7 +138,9 @@ class GenerationRoutes:
         info = info_of(result, self.services.version)
         info.update(index_of_first_image=1 if grid_first else 0, infotexts=infotexts)
         # What A1111's leniency coerced or ignored in the request, then what the job itself says.
-        info["warnings"] = [*(after.get("warnings") or ()), *info.get("warnings", ())]
+        # No server path reaches a client (a missing face model names its folder relative to the data folder).
+        info["warnings"] = [for_client(str(text))
+                            for text in (*(after.get("warnings") or ()), *info.get("warnings", ()))]
         return TextToImageResponse(images=encoded, parameters=json_safe(request.echo()),
                                    info=json.dumps(json_safe(info), ensure_ascii=False))
 

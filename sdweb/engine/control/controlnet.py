@@ -66,6 +66,8 @@ class PreparedUnit:
     model: Any  # diffusers ControlNetModel
     picture: Image.Image  # RGB, as given (before preprocessing)
     preprocessor: Preprocessor
+    #: ``controlnet`` or ``t2i-adapter`` (whose features are computed once per pass).
+    kind: str = "controlnet"
 
 
 def prepare_controlnets(
@@ -124,6 +126,9 @@ def prepare_controlnets(
         if file.kind == "ip-adapter":
             ip_units.append(_prepare_ip_unit(index, unit, file, library, unet, picture, where))
             continue
+        if file.kind == "t2i-adapter":
+            prepared.append(_prepare_t2i_unit(index, unit, file, library, unet, picture, preprocessor, where))
+            continue
         control_model, detection = library.load(
             file, dtype=unet.dtype, device=unet.device, unet_config=dict(unet.config)
         )
@@ -164,6 +169,41 @@ def prepare_controlnets(
             )
         )
     return ControlNetJob(prepared, ip_units)
+
+
+def _prepare_t2i_unit(
+    index: int,
+    unit: ControlNetUnit,
+    file: Any,
+    library: Any,
+    unet: Any,
+    picture: Image.Image,
+    preprocessor: Preprocessor,
+    where: str,
+) -> PreparedUnit:
+    """A T2I-Adapter unit: its features' widths must be the UNet's down-block widths."""
+    from sdweb.engine.models.errors import UnsupportedCheckpointError
+
+    try:
+        adapter = library.load_t2i_adapter(file, dtype=unet.dtype, device=unet.device)
+    except UnsupportedCheckpointError as exc:
+        raise ControlNetUnitError(f"{where} (model): {exc}") from exc
+    channels = list(adapter.config.channels)
+    widths = list(unet.config.block_out_channels)
+    if channels[: len(widths)] != widths[: len(channels)] or len(channels) != len(widths):
+        raise ControlNetUnitError(
+            f"{where} (model): {file.title} makes features {channels} wide but this "
+            f"checkpoint's UNet levels are {widths} (another family)"
+        )
+    return PreparedUnit(
+        index=index,
+        unit=unit,
+        title=file.title,
+        model=adapter,
+        picture=picture,
+        preprocessor=preprocessor,
+        kind="t2i-adapter",
+    )
 
 
 def _prepare_ip_unit(
@@ -249,6 +289,9 @@ class ControlNetJob:
             control_map = self.control_map(prepared, width, height)
             array = np.asarray(control_map, dtype=np.float32) / 255.0
             hint = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype)
+            if prepared.kind == "t2i-adapter":
+                # The adapter sees only the picture: its features are the same at every step.
+                hint = list(prepared.model(hint.to(prepared.model.dtype)))
             active.append((prepared, hint))
         return ControlNetStack(active) if active else None
 
@@ -297,7 +340,7 @@ def _takes_part(option: str, hires: bool | None) -> bool:
 class ControlNetStack:
     """The units of one pass; :meth:`residuals` is called at every UNet evaluation."""
 
-    def __init__(self, active: list[tuple[PreparedUnit, torch.Tensor]]) -> None:
+    def __init__(self, active: list[tuple[PreparedUnit, Any]]) -> None:
         self.active = active
 
     def residuals(
@@ -318,10 +361,19 @@ class ControlNetStack:
         """
         total_down: list[torch.Tensor] | None = None
         total_mid: torch.Tensor | None = None
+        adapter_total: list[torch.Tensor] | None = None
         batch = sample.shape[0] // max(1, rows)
         for prepared, hint in self.active:
             unit = prepared.unit
             if fraction < unit.guidance_start or fraction > unit.guidance_end or unit.weight == 0:
+                continue
+            if prepared.kind == "t2i-adapter":
+                features = self._adapter_features(unit, hint, sample.shape[0], batch, do_cfg)
+                adapter_total = (
+                    features
+                    if adapter_total is None
+                    else [a + b for a, b in zip(adapter_total, features, strict=True)]
+                )
                 continue
             control_model = prepared.model
             cond = hint.to(dtype=control_model.dtype).expand(sample.shape[0], -1, -1, -1)
@@ -346,12 +398,36 @@ class ControlNetStack:
             else:
                 total_down = [a + b for a, b in zip(total_down, scaled[:-1], strict=True)]
                 total_mid = total_mid + scaled[-1] if total_mid is not None else scaled[-1]
+        extra: dict[str, Any] = {}
+        if adapter_total is not None:
+            extra["down_intrablock_additional_residuals"] = [item.to(sample.dtype) for item in adapter_total]
         if total_down is None:
-            return {}
+            return extra
         return {
+            **extra,
             "down_block_additional_residuals": tuple(total_down),
             "mid_block_additional_residual": total_mid,
         }
+
+    @staticmethod
+    def _adapter_features(
+        unit: ControlNetUnit, features: list[torch.Tensor], rows: int, batch: int, do_cfg: bool
+    ) -> list[torch.Tensor]:
+        """A T2I-Adapter's features for this UNet batch, scaled as the extension scales them."""
+        if unit.control_mode == "Balanced":
+            scales = [unit.weight] * len(features)
+        else:  # the extension's soft weights for adapters, deepest last
+            base = (0.25, 0.62, 0.825, 1.0)[-len(features) :]
+            scales = [unit.weight * value for value in base]
+        out = []
+        for feature, scale in zip(features, scales, strict=True):
+            item = feature.expand(rows, -1, -1, -1) * scale
+            if unit.control_mode == "ControlNet is more important" and do_cfg and batch:
+                keep = torch.ones(rows, 1, 1, 1, dtype=item.dtype, device=item.device)
+                keep[:batch] = 0
+                item = item * keep
+            out.append(item)
+        return out
 
     @staticmethod
     def scales(unit: ControlNetUnit, count: int) -> list[float]:

@@ -176,3 +176,15 @@ def infer_controlnet_config(shapes: Shapes, family: str, *, name: str,
         time_width = unet.get("addition_time_embed_dim") if fits_unet else None
         config["addition_time_embed_dim"] = int(time_width or SDXL_TIME_ID_WIDTH)
     return config
+
+
+def is_t2i_adapter(shapes: Mapping[str, Any]) -> bool:
+    """A T2I-Adapter: diffusers' ``adapter.*`` keys, or the original ``conv_in`` + ``body.N.block1``."""
+    return ("adapter.conv_in.weight" in shapes and "adapter.body.0.resnets.0.block1.weight" in shapes) or (
+        "conv_in.weight" in shapes and "body.0.block1.weight" in shapes)
+
+
+def t2i_adapter_family(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """``sdxl`` for the 16x-downscaling XL adapters; None (SD 1.x or 2.x, checked at use) otherwise."""
+    conv_in = shapes.get("adapter.conv_in.weight") or shapes.get("conv_in.weight")
+    return "sdxl" if conv_in is not None and conv_in[1] == 3 * 16 * 16 else None

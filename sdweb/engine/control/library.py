@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdweb.engine.control.detect import FAMILY_LABELS, ControlDetection, detect_controlnet
+from sdweb.engine.control.detect import (
+    FAMILY_LABELS,
+    ControlDetection,
+    detect_controlnet,
+    is_t2i_adapter,
+    t2i_adapter_family,
+)
 from sdweb.engine.models.cache import SideModelCache
 from sdweb.engine.models.errors import CheckpointReadError, UnsupportedCheckpointError
 from sdweb.engine.models.hashes import HashCache, legacy_hash
@@ -199,6 +205,8 @@ class ControlNetLibrary:
             shapes = read_safetensors_header(path).shapes()
             if is_ip_adapter(shapes):
                 family, kind = ip_adapter_family(shapes), "ip-adapter"
+            elif is_t2i_adapter(shapes):
+                family, kind = t2i_adapter_family(shapes), "t2i-adapter"
             else:
                 family, kind = detect_controlnet(shapes, name=name).family, "controlnet"
         except (UnsupportedCheckpointError, CheckpointReadError) as exc:
@@ -263,6 +271,15 @@ class ControlNetLibrary:
             lambda: load_controlnet(
                 file.path, name=file.name, dtype=dtype, device=device, unet_config=unet_config
             ),
+        )
+
+    def load_t2i_adapter(self, file: ControlNetFile, *, dtype: Any, device: Any) -> Any:
+        """A ``T2IAdapter`` for a T2I-Adapter file, cached like ControlNets."""
+        from sdweb.engine.control.loader import load_t2i_adapter
+
+        key = ("t2i-adapter", str(file.path), file.size, file.mtime, str(dtype), str(device))
+        return self.cache.get(
+            key, lambda: load_t2i_adapter(file.path, name=file.name, dtype=dtype, device=device)
         )
 
     def load_ip_adapter(self, file: ControlNetFile, *, unet: Any) -> tuple[Any, Any]:

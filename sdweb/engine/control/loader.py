@@ -32,8 +32,11 @@ from sdweb.engine.models.safetensors_io import iter_safetensors_tensors, read_sa
 logger = logging.getLogger(__name__)
 
 #: Weight files of a diffusers ControlNet folder, preferred first.
-FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                  "diffusion_pytorch_model.bin")
+FOLDER_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+)
 
 
 def weights_file(path: Path) -> Path:
@@ -70,18 +73,19 @@ def original_to_diffusers(state: Mapping[str, Any], detection: ControlDetection)
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     prefix = detection.prefix
-    plain = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    plain = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     if "time_embed.0.weight" not in plain:
         raise UnsupportedCheckpointError("original-layout ControlNet without time_embed")
     levels_resnets = _layers_per_block(plain)
     converted = dict(convert_controlnet_checkpoint(plain, {"layers_per_block": levels_resnets}))
     # The hint encoder: convolutions at even indices: conv_in, then the blocks, then conv_out.
-    converted = {key: value for key, value in converted.items()
-                 if not key.startswith("controlnet_cond_embedding.")}
+    converted = {
+        key: value for key, value in converted.items() if not key.startswith("controlnet_cond_embedding.")
+    }
     hint = sorted({int(key.split(".")[1]) for key in plain if key.startswith("input_hint_block.")})
     if len(hint) < 2:
         raise UnsupportedCheckpointError("original-layout ControlNet without its hint encoder")
-    names = (["conv_in"] + [f"blocks.{i}" for i in range(len(hint) - 2)] + ["conv_out"])
+    names = ["conv_in"] + [f"blocks.{i}" for i in range(len(hint) - 2)] + ["conv_out"]
     for index, target in zip(hint, names, strict=True):
         for part in ("weight", "bias"):
             source = plain[f"input_hint_block.{index}.{part}"]
@@ -104,8 +108,14 @@ def _layers_per_block(plain: Mapping[str, Any]) -> int:
     return index - 1
 
 
-def load_controlnet(path: Path, *, name: str, dtype: torch.dtype, device: torch.device | str,
-                    unet_config: Mapping[str, Any] | None = None) -> tuple[ControlNetModel, ControlDetection]:
+def load_controlnet(
+    path: Path,
+    *,
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    unet_config: Mapping[str, Any] | None = None,
+) -> tuple[ControlNetModel, ControlDetection]:
     """The ControlNet at ``path`` as an eval-mode ``ControlNetModel`` on ``device``, and its detection."""
     state = read_controlnet_state(path, dtype)
     shapes = {key: tuple(value.shape) for key, value in state.items()}
@@ -120,3 +130,68 @@ def load_controlnet(path: Path, *, name: str, dtype: torch.dtype, device: torch.
     model.to(device)  # the tensors were cast as they were read
     logger.info("loaded ControlNet %s (%s, %s layout)", name, detection.family_label, detection.layout)
     return model, detection
+
+
+# ---------------------------------------------------------------------------------------------------
+# T2I-Adapters
+# ---------------------------------------------------------------------------------------------------
+
+
+def _count_keys(shapes: Mapping[str, Any], template: str) -> int:
+    n = 0
+    while template.format(n) in shapes:
+        n += 1
+    return n
+
+
+def original_t2i_to_diffusers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The original T2I-Adapter layout (``body.K.block1`` ...) in diffusers' key names."""
+    blocks = _count_keys(state, "body.{}.block1.weight")
+    starts = [k for k in range(blocks) if f"body.{k}.in_conv.weight" in state or k == 0]
+    per_level = starts[1] - starts[0] if len(starts) > 1 else blocks
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "conv_in":
+            out[f"adapter.{key}"] = value
+        elif parts[0] == "body":
+            level, index = divmod(int(parts[1]), per_level)
+            rest = ".".join(parts[2:])
+            if rest.startswith("in_conv."):
+                out[f"adapter.body.{level}.{rest}"] = value
+            else:
+                out[f"adapter.body.{level}.resnets.{index}.{rest}"] = value
+    return out
+
+
+def load_t2i_adapter(path: Path, *, name: str, dtype: torch.dtype, device: Any) -> Any:
+    """A diffusers ``T2IAdapter`` with its config read from the shapes (full and XL adapters)."""
+    from diffusers import T2IAdapter
+
+    state = read_controlnet_state(path, dtype)
+    if "adapter.conv_in.weight" not in state:
+        state = original_t2i_to_diffusers(state)
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    if any(".out_conv." in key for key in shapes):
+        raise UnsupportedCheckpointError(f"{name}: a light T2I-Adapter, which sdweb does not run yet")
+    levels = _count_keys(shapes, "adapter.body.{}.resnets.0.block1.weight")
+    channels = [shapes[f"adapter.body.{level}.resnets.0.block1.weight"][0] for level in range(levels)]
+    in_features = shapes["adapter.conv_in.weight"][1]
+    downscale = round((in_features / 3) ** 0.5)
+    config = {
+        "in_channels": 3,
+        "channels": channels,
+        "num_res_blocks": _count_keys(shapes, "adapter.body.0.resnets.{}.block1.weight"),
+        "downscale_factor": downscale,
+        "adapter_type": "full_adapter_xl" if downscale == 16 else "full_adapter",
+    }
+    with init_empty_weights():
+        model = T2IAdapter(**config)
+    try:
+        _assign(model, state, what="T2I-Adapter", name=name)
+    except RuntimeError as exc:  # a layout whose layers differ in size from diffusers' adapters
+        raise UnsupportedCheckpointError(
+            f"{name}: a T2I-Adapter layout sdweb does not run ({exc})"[:400]
+        ) from exc
+    model.to(device)
+    return model

@@ -199,6 +199,9 @@ def load_checkpoint(
     from sdweb.engine.models.placement import fit_runtime
 
     apply_runtime(pipe, fit_runtime(pipe, runtime, info.name))
+    from sdweb.engine.accelerator import warm_up
+
+    warm_up(pipe)  # the first-call costs at load, not on the user's first image
     logger.info("loaded %s as %s in %.1f s", info.name, detection.family, time.perf_counter() - started)
     return LoadedModel(
         info=info,

@@ -1,11 +1,12 @@
 """The built-in samplers and schedule types, registered as a plugin like any extension's.
 
 A1111 1.10's samplers by its names and aliases. The ones A1111 runs through k-diffusion (Euler a ...
-DPM adaptive, Restart, LCM) are sdweb's own implementations of those algorithms
-(``sdweb.engine.samplers.kdiffusion``), driven as A1111 drives them: its schedules, its "discard
-penultimate sigma" rule, its noise. DDIM, PLMS, UniPC (and diffusers' extras DEIS, DDPM) are diffusers'
-schedulers. Sampling functions and classes are named as ``"module:attribute"`` strings, imported when a
-job builds its sampler, so listing samplers does not import torch.
+DPM adaptive, Restart, LCM) and its timestep samplers DDIM and PLMS are sdweb's own implementations of
+those algorithms (``sdweb.engine.samplers.kdiffusion``), driven as A1111 drives them: its schedules (its
+own timesteps for DDIM / PLMS), its "discard penultimate sigma" rule, its noise. UniPC (and diffusers'
+extras DEIS, DDPM) are diffusers' schedulers. Sampling functions and classes are named as
+``"module:attribute"`` strings, imported when a job builds its sampler, so listing samplers does not
+import torch.
 
 :func:`diffusers_samplers` keeps the diffusers-scheduler versions of the same names ("DPM++ 2M" ->
 ``DPMSolverMultistepScheduler`` ...), the "diffusers" sampler path a setting can choose.
@@ -132,8 +133,8 @@ def register_samplers() -> list[SamplerSpec]:
         _kd("DPM fast", "sample_dpm_fast", ("k_dpm_fast",), uses_ensd=True),
         _kd("DPM adaptive", "sample_dpm_adaptive", ("k_dpm_ad",), uses_ensd=True),
         _kd("Restart", "sample_restart", ("restart",), schedule="Karras", second_order=True),
-        _scheduler("DDIM", "DDIMScheduler", ("ddim",), {}),
-        _scheduler("PLMS", "PNDMScheduler", ("plms",), {"skip_prk_steps": True}),
+        _kd("DDIM", "sample_ddim", ("ddim",), timesteps=True, default_eta_is_0=True, uses_ensd=True),
+        _kd("PLMS", "sample_plms", ("plms",), timesteps=True),
         _scheduler("UniPC", "UniPCMultistepScheduler", ("unipc",), {}),
         _kd("LCM", "sample_lcm", ("k_lcm",), denoiser="lcm"),
         _scheduler("DEIS", "DEISMultistepScheduler", ("deis",), {}),
@@ -165,6 +166,8 @@ def diffusers_samplers() -> dict[str, SamplerSpec]:
         _scheduler("DPM2 a", "KDPM2AncestralDiscreteScheduler", ("k_dpm_2_a",), {},
                    uses_ensd=True, second_order=True),
         _scheduler("LCM", "LCMScheduler", ("k_lcm",), {}),
+        _scheduler("DDIM", "DDIMScheduler", ("ddim",), {}),
+        _scheduler("PLMS", "PNDMScheduler", ("plms",), {"skip_prk_steps": True}),
     ]
     if _available("torchsde"):
         samplers.append(_scheduler("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), {},

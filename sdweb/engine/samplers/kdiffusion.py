@@ -842,3 +842,90 @@ def sample_lcm(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gener
             x = x + noise(s[i], s[i + 1]) * s[i + 1]
         _report(callback, i, x, x0)
     return x
+
+
+# -- A1111's timestep samplers (DDIM, PLMS): DDPM-space updates on its own evenly spaced timesteps -------
+
+
+def a1111_timesteps(steps: int, *, discard_penultimate: bool = False) -> list[int]:
+    """A1111's DDIM / PLMS timesteps: every ``1000 // steps``-th from 0, plus 1 (1, 51, ..., 951 for 20)."""
+    n = steps + 1 if discard_penultimate else steps
+    return [min(max(t + 1, 0), 999) for t in range(0, 1000, 1000 // n)]
+
+
+def timestep_sigmas(steps: int, model: DiscreteSigmas) -> torch.Tensor:
+    """The sigmas of :func:`a1111_timesteps`, largest first, then 0 (the sampling-function contract)."""
+    levels = [float(model.sigmas[t]) for t in reversed(a1111_timesteps(steps))]
+    return torch.tensor([*levels, 0.0], dtype=torch.float32)
+
+
+def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor) -> tuple[
+        torch.Tensor, list[float], Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]]:
+    """The start in DDPM scale, the alphas_cumprod of the levels, and ``eps(x_ddpm, sigma) -> (eps, x0)``.
+
+    A1111's timestep samplers start from the noise itself (``x_T = noise`` at the largest timestep) and
+    predict the noise of ``x_t`` at integer timesteps; in the contract's terms ``x_t = x / sqrt(sigma^2 +
+    1)`` and ``eps = (x - x0) / sigma``, the same prediction of the same UNet input.
+    """
+    levels = [float(v) for v in sigmas if float(v) > 0]
+    alphas = [1.0 / (s * s + 1.0) for s in levels]
+
+    def eps(x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled = x_t * (sigma * sigma + 1.0) ** 0.5
+        x0 = denoise(scaled, sigma)
+        return (scaled - x0) / sigma, x0
+
+    return x / levels[0], alphas, eps
+
+
+def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
+                callback: StepCallback | None = None, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2020) as A1111 runs it: from the largest of its timesteps down to the smallest
+    (one model call fewer than the step count), eta-scaled fresh noise.
+    """
+    x, alphas, eps = _ddpm_view(denoise, x, sigmas)
+    levels = [float(v) for v in sigmas if float(v) > 0]
+    noise = generator_noise(x, generator)
+    for i in range(len(alphas) - 1):
+        a_t, a_prev = alphas[i], alphas[i + 1]
+        e_t, _ = eps(x, levels[i])
+        sigma_t = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        pred_x0 = (x - math.sqrt(1 - a_t) * e_t) / math.sqrt(a_t)
+        x = math.sqrt(a_prev) * pred_x0 + math.sqrt(1.0 - a_prev - sigma_t**2) * e_t
+        x = x + sigma_t * noise(levels[i], levels[i + 1])
+        _report(callback, i, x, pred_x0)
+    return x
+
+
+def sample_plms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
+                callback: StepCallback | None = None) -> torch.Tensor:
+    """PLMS (Liu et al. 2022, pseudo linear multistep) as A1111 runs it: a pseudo improved-Euler first
+    step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions.
+    """
+    x, alphas, eps = _ddpm_view(denoise, x, sigmas)
+    levels = [float(v) for v in sigmas if float(v) > 0]
+    history: list[torch.Tensor] = []
+
+    def step(x_t: torch.Tensor, e: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a_t, a_prev = alphas[i], alphas[i + 1]
+        pred_x0 = (x_t - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        return math.sqrt(a_prev) * pred_x0 + math.sqrt(1.0 - a_prev) * e, pred_x0
+
+    for i in range(len(alphas) - 1):
+        e_t, _ = eps(x, levels[i])
+        if not history:
+            x_prev, _ = step(x, e_t, i)
+            e_next, _ = eps(x_prev, levels[i + 1])
+            e_prime = (e_t + e_next) / 2
+        elif len(history) == 1:
+            e_prime = (3 * e_t - history[-1]) / 2
+        elif len(history) == 2:
+            e_prime = (23 * e_t - 16 * history[-1] + 5 * history[-2]) / 12
+        else:
+            e_prime = (55 * e_t - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+        x, pred_x0 = step(x, e_prime, i)
+        history.append(e_t)
+        if len(history) >= 4:
+            history.pop(0)
+        _report(callback, i, x, pred_x0)
+    return x

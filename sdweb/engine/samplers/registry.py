@@ -122,6 +122,9 @@ class FunctionSamplerPlan:
         For A1111's samplers and schedule types, exactly A1111's (a few of its schedules give another
         count: DDIM's, or KL Optimal ending at the smallest sigma).
         """
+        if self.a1111 and self.sampler.options.get("timesteps"):
+            # A1111's timestep samplers (DDIM, PLMS) use their own timesteps whatever the schedule type.
+            return kdiffusion.timestep_sigmas(steps, self.model_sigmas())
         if self.a1111 and self.schedule.name in kdiffusion.SCHEDULES:
             discard = bool(self.sampler.options.get("discard_next_to_last_sigma", False))
             return kdiffusion.a1111_sigmas(self.schedule.name, steps, self.model_sigmas(),

@@ -76,7 +76,10 @@ def test_configs_in_the_metadata_build_the_model_the_file_was_written_from(tmp_p
     with torch.no_grad():
         assert torch.equal(model.pipe.unet(sample, t, encoder_hidden_states=context).sample,
                            built["unet"](sample, t, encoder_hidden_states=context).sample)
-        assert torch.equal(model.pipe.vae.decode(sample).sample, built["vae"].decode(sample).sample)
+        # The loaded VAE runs channels_last on the CPU (sdweb.engine.devices.vae_channels_last): the same
+        # weights, summed in another order.
+        torch.testing.assert_close(model.pipe.vae.decode(sample).sample, built["vae"].decode(sample).sample,
+                                   atol=1e-5, rtol=1e-5)
         assert torch.equal(model.pipe.text_encoder(tokens).last_hidden_state,
                            built["text"](tokens).last_hidden_state)
 
