@@ -300,6 +300,17 @@ def test_ip_adapter_and_controlnet_units_work_together(sd1_model: TinyModel, sam
     assert "Module: ip-adapter-auto, Model: ip-adapter_tiny_sd15 [" in job.infotext()["ControlNet 1"]
 
 
+def test_ip_adapter_plus_reads_the_hidden_states(sd1_model: TinyModel, samplers: Any, sd1_pipe: Any,
+                                                ip_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.fixtures.controlnet import write_tiny_ip_adapter
+
+    write_tiny_ip_adapter(tmp_path / "ip-adapter-plus_tiny_sd15.safetensors", sd1_pipe.unet, plus=True)
+    library = ControlNetLibrary([tmp_path], clip_vision_dirs=[ip_folders[1]])
+    plain = _run(sd1_model, samplers, None, ())
+    steered = _run(sd1_model, samplers, library, (_unit(model="ip-adapter-plus_tiny_sd15"),))
+    assert not _same(plain, steered)
+
+
 def test_ip_adapter_without_a_fitting_clip_vision_is_a_clear_error(sd1_model: TinyModel,
                                                                    ip_folders: tuple[Path, Path],
                                                                    tmp_path: Path) -> None:
