@@ -235,7 +235,24 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     title = _checkpoint_title(parsed, models, pasted.notes)
     if title is not None:
         pasted.values["checkpoint"] = title
+    if params.additional_modules:
+        names = _module_files(params.additional_modules, models, pasted.notes)
+        if names is not None:
+            pasted.values["additional_modules"] = names  # the "VAE / Text Encoder" selector (Txt2ImgTab.fill)
     return pasted
+
+
+def _module_files(stems: Any, models: Any | None, notes: list[str]) -> list[str] | None:
+    """Forge's "Module N" stems as the file names the "VAE / Text Encoder" selector lists (None: keep it)."""
+    names: list[str] = []
+    for stem in stems:
+        try:
+            names.append(str(models.find_module(stem).name))
+        except (LookupError, AttributeError):
+            notes.append(f"VAE / Text Encoder {stem!r} is not in models/text_encoder or models/VAE; "
+                         "the VAE / Text Encoder choice was left unchanged")
+            return None
+    return names
 
 
 def _checkpoint_title(parsed: Mapping[str, Any], models: Any | None, notes: list[str]) -> str | None:
