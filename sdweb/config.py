@@ -341,7 +341,7 @@ class OptionSpec:
         if self.check is not None:
             try:
                 converted = self.check(converted)
-            except (LookupError, ValueError) as exc:
+            except (LookupError, ValueError, OSError) as exc:
                 message = str(exc).strip("'\"")
                 named = message if self.key in message else f"option {self.key!r}: {message}"
                 raise ValueError(named) from None
@@ -481,7 +481,9 @@ class OptionsStore:
             return
         try:
             self._values[key] = spec.validate(raw, data_root=self._data_root, allow_outside=True)
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - a stored value never stops the server
+            if not isinstance(exc, ValueError):
+                logger.exception("checking the stored value of %s failed", key)
             self._ignored[key] = raw
             logger.warning("%s: ignoring the stored value of %s (%s); using the default %r until it is "
                            "changed in Settings", self._path.name, key, exc, spec.default)

@@ -260,3 +260,22 @@ def test_keys_we_lack_are_kept_within_bounds(api: ApiServer) -> None:
     response = api.post("options", json={f"junk_{index}": index for index in range(2001)})
     assert response.status_code == 400 and "2,000" in detail(response)
     assert not config_of(api).exists()
+
+
+def test_any_config_json_value_is_survivable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sdweb.config import BUILTIN_OPTIONS, OptionsStore
+
+    path = tmp_path / "config.json"
+    weird = {"sd_model_checkpoint": None, "outdir_txt2img_samples": 5, "jpeg_quality": "high",
+             "forge_additional_modules": "not a list", "samples_save": "yes", "eta_ancestral": "nan",
+             "outdir_grids": "a\u0000b", "sd_vae": "x.pt"}
+    path.write_text(json.dumps(weird), encoding="utf-8")
+    store = OptionsStore(path, BUILTIN_OPTIONS)
+
+    def broken(value: object) -> object:
+        raise OSError("the VAE folder is unreadable")
+
+    store.bind("sd_vae", check=broken)  # a check that fails for its own reasons: still not fatal
+    assert store.get("jpeg_quality") == 80 and store.get("samples_save") is True
+    assert set(store.ignored()) == set(weird)
+    assert json.loads(path.read_text(encoding="utf-8")) == weird
