@@ -153,12 +153,16 @@ class TaesdLibrary:
                 return candidate
         return None
 
-    def decoder(self, space: str, device: torch.device, dtype: torch.dtype) -> TaesdDecoder | None:
-        """The decoder for ``space`` on ``device`` in ``dtype``; None (warned once) when there is none."""
+    def decoder(self, space: str, device: torch.device, dtype: torch.dtype, *,
+                asked: bool = True) -> TaesdDecoder | None:
+        """The decoder for ``space`` on ``device`` in ``dtype``; None when there is none (said once: a
+        warning when TAESD was ``asked`` for by name, else an info line).
+        """
         path = self.find(space)
         if path is None:
             self._warn_once(space, f"TAESD previews: no {TAESD_STEMS.get(space, space)}(.safetensors/.pth) "
-                                   f"in {self.folder}; using the cheap approximation")
+                                   f"in {self.folder}; using the cheap approximation",
+                            level=logging.WARNING if asked else logging.INFO)
             return None
         key = (str(path), path.stat().st_mtime)
         with self._lock:
@@ -179,10 +183,10 @@ class TaesdLibrary:
                         decoder.to(memory_format=torch.channels_last)
             return decoder
 
-    def _warn_once(self, key: str, message: str) -> None:
+    def _warn_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            logger.warning(message)
+            logger.log(level, message)
 
 
 class Previewer:
@@ -202,7 +206,8 @@ class Previewer:
         if self.method == "Full" and vae is not None:
             return self._full(latents, vae)
         if self.method in ("TAESD", "Approx NN") and self.library is not None and latents.shape[1] == 4:
-            decoder = self.library.decoder("sdxl" if sdxl else "sd", latents.device, self._dtype(latents))
+            decoder = self.library.decoder("sdxl" if sdxl else "sd", latents.device, self._dtype(latents),
+                                           asked=self.method == "TAESD")
             if decoder is not None:
                 return _strip(decoder(latents.to(next(decoder.parameters()).dtype)).float().clamp(0, 1))
         return preview_image(latents, sdxl=sdxl)

@@ -127,6 +127,11 @@ def test_without_the_file_the_cheap_preview_is_used_and_said_once(tmp_path: Path
         previews = previews_of(sd1_model, samplers, Previewer("TAESD", TaesdLibrary(tmp_path / "none")))
     assert previews[0].size == (32, 32)
     assert caplog.text.count("no taesd_decoder") == 1
+    # With A1111's default "Approx NN" (TAESD only where its file is) that is no warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdweb.engine.previews"):
+        previews_of(sd1_model, samplers, Previewer("Approx NN", TaesdLibrary(tmp_path / "none")))
+    assert "taesd" not in caplog.text
 
 
 def test_full_previews_decode_with_the_models_vae(sd1_model, samplers) -> None:

@@ -183,3 +183,21 @@ def test_a_loaded_model_is_warmed_up_at_load(family: str, tmp_path: Path,
     assert "skipped" not in caplog.text  # text encoder, UNet and VAE each ran once
     # The VAE got its layout then, not during the user's first image.
     assert model.pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+def test_on_cuda_a_half_precision_vae_runs_channels_last_and_tiles_under_a_small_budget(
+        vae: AutoencoderKL) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cuda_vae = AutoencoderKL.from_config(vae.config).to("cuda", torch.float16).eval()
+    cuda_vae.load_state_dict(vae.state_dict())
+    latents = smooth_latents(48, 64).to("cuda")
+    with torch.inference_mode():
+        contiguous = cuda_vae.decode(latents.half()).sample.float()
+        decoded = vae_decode(cuda_vae, latents).float()
+        assert cuda_vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(decoded, contiguous, atol=2e-2, rtol=2e-2)
+        with tile_policy(TilePolicy(budget_bytes=decode_cost(cuda_vae, 192, 256) // 2)):
+            tiled = vae_decode(cuda_vae, latents).float()
+    assert (tiled - contiguous).abs().mean() < 0.2 * contiguous.std()
