@@ -136,6 +136,10 @@ class _Img2Img(_Txt2Img):
         self.plans: list[InpaintPlan] = []
         self.latent_mask: torch.Tensor | None = None
 
+    def control_init_picture(self) -> Any:
+        # Inpainting: the picture the VAE encodes (the "only masked" crop, fitted); else the unit's own.
+        return self.plans[0].init if self.plans else None
+
     def control_fraction(self) -> float:
         # As the extension: the fraction of the steps this img2img run makes, not of the full schedule.
         offset = self.params.steps - self.denoise_steps
