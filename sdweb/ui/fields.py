@@ -14,6 +14,7 @@ Pure Python (no gradio import) so the mapping is unit-tested without a browser.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,6 +232,10 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
     pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
                         for key, value in extras.items() if str(key).startswith("Hires "))
+    # ControlNet units (the extension's "ControlNet N" lines): their pictures are not in the infotext.
+    pasted.notes.extend(f"{key} was used ({str(value).split(',')[0]}, ...); set it again in the ControlNet "
+                        "accordion (the infotext does not hold its picture)"
+                        for key, value in parsed.items() if re.fullmatch(r"ControlNet \d+", str(key)))
     pasted.values = form_from_params(params.model_copy(update={"checkpoint": None}))
     title = _checkpoint_title(parsed, models, pasted.notes)
     if title is not None:

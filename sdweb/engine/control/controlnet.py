@@ -116,6 +116,10 @@ def prepare_controlnets(
             preprocessor = preprocessors.find(unit.module)
         except LookupError as exc:
             raise ControlNetUnitError(f"{where} (module): {exc}") from exc
+        if preprocessor.weights_file is not None:
+            # Model-based annotators are listed, not run: the service's check says what they need.
+            raise ControlNetUnitError(f"{where} (module): preprocessor {preprocessor.name!r} runs a model "
+                                      f"({preprocessor.weights_file}), which sdweb does not run yet")
         picture = _unit_picture(unit, where, init_image)
         checked.append((index, unit, file, preprocessor, picture))
     # 2. Load (cached) and check that each model fits the UNet.
