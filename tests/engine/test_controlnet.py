@@ -358,3 +358,28 @@ def test_hires_fix_runs_each_unit_in_the_passes_its_hr_option_names(sd1_model: T
 
     images = {option: hires(option) for option in (None, "Both", "Low res only", "High res only")}
     assert len({np.asarray(image).tobytes() for image in images.values()}) == 4  # each changes something else
+
+
+def test_inpainting_units_without_a_picture_see_what_the_latents_show(sd1_model: TinyModel, samplers: Any,
+                                                                      sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    unit = _unit(image=None, module="invert")
+    init = _picture()
+    job = prepare_controlnets((unit,), model=sd1_model, library=library,
+                              preprocessors=PreprocessorRegistry.with_builtins(), init_image=init)
+    assert job is not None
+    white = Image.new("RGB", (64, 64), "white")
+    stack = job.for_pass(64, 64, device="cpu", dtype=torch.float32, init_picture=white)
+    assert stack is not None and float(stack.active[0][1].max()) == 0.0  # inverted white: the crop's map
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    params = Img2ImgParams(**{**tiny_params(steps=4).model_dump(), "denoising_strength": 0.75,
+                              "inpaint_full_res": True, "inpaint_full_res_padding": 4})
+
+    def inpaint(units: tuple[ControlNetUnit, ...]) -> Image.Image:
+        prepared = prepare_controlnets(units, model=sd1_model, library=library,
+                                       preprocessors=PreprocessorRegistry.with_builtins(), init_image=init)
+        return run_img2img(sd1_model, params, [init], samplers=samplers, control=JobControl(), mask=mask,
+                           on_step=lambda _s: None, controlnets=prepared).images[0].image
+
+    assert not _same(inpaint(()), inpaint((unit,)))
