@@ -444,6 +444,10 @@ def warm_up(pipe: Any) -> None:
             tokenizer = getattr(pipe, "tokenizer" if name == "text_encoder" else "tokenizer_2", None)
             if encoder is None or tokenizer is None:
                 continue
+            if "t5" in str(getattr(getattr(encoder, "config", None), "model_type", "")):
+                # Flux's text_encoder_2: a full T5-XXL forward over 512 tokens (tens of seconds on a CPU)
+                # is no warm-up; its first-call cost is small next to its own run.
+                continue
             try:
                 ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt").input_ids.to(device)

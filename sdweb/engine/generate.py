@@ -184,7 +184,8 @@ class _Txt2Img:
         if self.controlnets is not None:
             width, height = self.pass_size()
             self.control_stack = self.controlnets.for_pass(width, height, device=self.device,
-                                                           dtype=self.unet.dtype, hires=self.hires_pass)
+                                                           dtype=self.unet.dtype, hires=self.hires_pass,
+                                                           init_picture=self.control_init_picture())
             ip_stack = self.controlnets.ip_stack(hires=self.hires_pass)
             if ip_stack is not None:
                 # IP-Adapter attention for this pass only; the UNet's own processors come back after.
@@ -287,6 +288,10 @@ class _Txt2Img:
     def pass_size(self) -> tuple[int, int]:
         """The pixel size this pass's latents decode to (ControlNet maps are fitted to it)."""
         return self.params.width, self.params.height
+
+    def control_init_picture(self) -> Any:
+        """What the latents of this pass show, for ControlNet units without a picture (img2img's)."""
+        return None
 
     def control_fraction(self) -> float:
         """How far the step being computed is through this pass's steps (ControlNet guidance windows)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,8 +242,49 @@ def _shuffle(rgb: np.ndarray, res: int, _a: float, _b: float) -> np.ndarray:
     return picture[ys, xs]
 
 
-def builtin_preprocessors() -> list[Preprocessor]:
-    """The preprocessors sdweb ships (no model weights)."""
+#: Model-based annotators (the extension's names): the weight file each needs (lllyasviel/Annotators'
+#: names) and its control types. sdweb lists them so a unit naming one gets a clear message.
+ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "depth_midas": ("dpt_hybrid-midas-501f0c75.pt", ("Depth",)),
+    "depth_leres": ("res101.pth", ("Depth",)),
+    "normal_bae": ("scannet.pt", ("NormalMap",)),
+    "openpose": ("body_pose_model.pth", ("OpenPose",)),
+    "openpose_full": ("body_pose_model.pth", ("OpenPose",)),
+    "lineart_realistic": ("sk_model.pth", ("Lineart",)),
+    "lineart_coarse": ("sk_model2.pth", ("Lineart",)),
+    "lineart_anime": ("netG.pth", ("Lineart",)),
+    "softedge_hed": ("ControlNetHED.pth", ("SoftEdge",)),
+    "softedge_pidinet": ("table5_pidinet.pth", ("SoftEdge",)),
+    "mlsd": ("mlsd_large_512_fp32.pth", ("MLSD",)),
+    "seg_ufade20k": ("upernet_global_small.pth", ("Segmentation",)),
+}
+
+
+class PreprocessorUnavailableError(ValueError):
+    """A model-based preprocessor that cannot run here; the message names the file it needs."""
+
+
+def annotator_problem(name: str, weights_file: str, annotators_dir: Path | None) -> str:
+    """Why a model-based annotator cannot run (its file, and the runtime it needs)."""
+    where = annotators_dir / weights_file if annotators_dir is not None else Path(weights_file)
+    found = "found" if where.is_file() else "not found"
+    return (f"preprocessor {name!r} runs a model: it needs {where} ({found}) and the controlnet-aux package, "
+            "which sdweb does not drive yet; make the map elsewhere and send it with module 'none', or use a "
+            "built-in preprocessor (canny, scribble_xdog, threshold, invert ...)")
+
+
+def _annotator(name: str, weights_file: str, tags: tuple[str, ...],
+               annotators_dir: Path | None) -> Preprocessor:
+    def fn(_rgb: np.ndarray, _res: int, _a: float, _b: float) -> np.ndarray:
+        raise PreprocessorUnavailableError(annotator_problem(name, weights_file, annotators_dir))
+
+    return Preprocessor(name, fn, tags=tags, weights_file=weights_file)
+
+
+def builtin_preprocessors(annotators_dir: Path | None = None) -> list[Preprocessor]:
+    """The preprocessors sdweb ships: those without model weights, then the model-based annotators it
+    lists but cannot run yet (``annotators_dir``: ``models/ControlNet/annotators``, for their message).
+    """
     return [
         Preprocessor("none", _none, resolution=None, tags=("All",)),
         Preprocessor("invert", _invert, resolution=None, tags=("Canny", "Lineart", "Scribble", "MLSD"),
@@ -264,6 +306,7 @@ def builtin_preprocessors() -> list[Preprocessor]:
         # what the adapter needs, whichever of these names the unit uses).
         *(Preprocessor(name, _none, resolution=None, tags=("IP-Adapter",))
           for name in ("ip-adapter-auto", "ip-adapter_clip_h", "ip-adapter_clip_g", "ip-adapter_clip_sd15")),
+        *(_annotator(name, file, tags, annotators_dir) for name, (file, tags) in ANNOTATORS.items()),
     ]
 
 
@@ -301,8 +344,8 @@ class PreprocessorRegistry:
             self.add(item)
 
     @classmethod
-    def with_builtins(cls) -> PreprocessorRegistry:
-        return cls(builtin_preprocessors())
+    def with_builtins(cls, annotators_dir: Path | None = None) -> PreprocessorRegistry:
+        return cls(builtin_preprocessors(annotators_dir))
 
     def add(self, item: Preprocessor) -> None:
         key = item.name.lower()

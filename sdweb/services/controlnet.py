@@ -23,7 +23,13 @@ from PIL import Image
 
 from sdweb.engine.control.detect import FAMILY_LABELS
 from sdweb.engine.control.library import ControlNetLibrary
-from sdweb.images.control_maps import Preprocessor, PreprocessorRegistry, from_spec
+from sdweb.images.control_maps import (
+    Preprocessor,
+    PreprocessorRegistry,
+    PreprocessorUnavailableError,
+    annotator_problem,
+    from_spec,
+)
 from sdweb.params import ControlNetUnit, GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -80,6 +86,11 @@ class ControlNetService:
     def preprocessor(self, name: str) -> Preprocessor:
         return self.preprocessors.find(name)
 
+    def annotator_problem(self, preprocessor: Preprocessor) -> str:
+        folders = self.library.folders
+        annotators = folders[0] / "annotators" if folders else None
+        return annotator_problem(preprocessor.name, preprocessor.weights_file or "", annotators)
+
     def unit_count(self) -> int:
         if self.options is None:
             return DEFAULT_UNIT_COUNT
@@ -132,9 +143,11 @@ class ControlNetService:
                 f"{where} (model): {file.title} is a {file.family_label} ControlNet but the checkpoint is "
                 f"{FAMILY_LABELS[family]}; choose a {FAMILY_LABELS[family]} ControlNet model")
         try:
-            self.preprocessors.find(unit.module)
+            preprocessor = self.preprocessors.find(unit.module)
         except LookupError as exc:
             raise ControlNetRequestError(f"{where} (module): {exc}") from exc
+        if preprocessor.weights_file is not None:
+            raise ControlNetRequestError(f"{where} (module): {self.annotator_problem(preprocessor)}")
         if unit.image is None and not img2img:
             raise ControlNetRequestError(f"{where} (image): no control image (txt2img units need one)")
 
@@ -143,4 +156,6 @@ class ControlNetService:
                threshold_a: float = -1, threshold_b: float = -1) -> list[Image.Image]:
         """The preprocessor's map of each picture (LookupError for an unknown module)."""
         preprocessor = self.preprocessors.find(module)
+        if preprocessor.weights_file is not None:
+            raise PreprocessorUnavailableError(self.annotator_problem(preprocessor))
         return [preprocessor.run(image, processor_res, threshold_a, threshold_b) for image in images]

@@ -14,6 +14,7 @@ Pure Python (no gradio import) so the mapping is unit-tested without a browser.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,11 +232,32 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
     pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
                         for key, value in extras.items() if str(key).startswith("Hires "))
+    # ControlNet units (the extension's "ControlNet N" lines): their pictures are not in the infotext.
+    pasted.notes.extend(f"{key} was used ({str(value).split(',')[0]}, ...); set it again in the ControlNet "
+                        "accordion (the infotext does not hold its picture)"
+                        for key, value in parsed.items() if re.fullmatch(r"ControlNet \d+", str(key)))
     pasted.values = form_from_params(params.model_copy(update={"checkpoint": None}))
     title = _checkpoint_title(parsed, models, pasted.notes)
     if title is not None:
         pasted.values["checkpoint"] = title
+    if params.additional_modules:
+        names = _module_files(params.additional_modules, models, pasted.notes)
+        if names is not None:
+            pasted.values["additional_modules"] = names  # the "VAE / Text Encoder" selector (Txt2ImgTab.fill)
     return pasted
+
+
+def _module_files(stems: Any, models: Any | None, notes: list[str]) -> list[str] | None:
+    """Forge's "Module N" stems as the file names the "VAE / Text Encoder" selector lists (None: keep it)."""
+    names: list[str] = []
+    for stem in stems:
+        try:
+            names.append(str(models.find_module(stem).name))
+        except (LookupError, AttributeError):
+            notes.append(f"VAE / Text Encoder {stem!r} is not in models/text_encoder or models/VAE; "
+                         "the VAE / Text Encoder choice was left unchanged")
+            return None
+    return names
 
 
 def _checkpoint_title(parsed: Mapping[str, Any], models: Any | None, notes: list[str]) -> str | None:

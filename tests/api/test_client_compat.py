@@ -246,7 +246,7 @@ def sillytavern_defaults(api: ApiServer, response: httpx.Response) -> None:
     if "Normal" in schedules:  # ComfyUI's "normal" is A1111's "Normal" where the engine has it
         assert call.scheduler == "Normal"
     else:
-        assert call.scheduler == "Automatic" and "'normal'" in warnings_of(response)
+        assert call.scheduler == "Automatic" and "'normal'" in warnings_of(response).lower()
     assert "hr_additional_modules" not in response.json()["parameters"]  # Forge's field: ignored
 
 

@@ -90,6 +90,9 @@ def test_listing_routes_answer_as_the_extension(cn_api: str) -> None:
         bad = client.post("/controlnet/detect", json={"controlnet_module": "nope",
                                                       "controlnet_input_images": [_b64(_picture())]})
         assert bad.status_code == 422 and "controlnet_module" in bad.text
+        model_based = client.post("/controlnet/detect", json={"controlnet_module": "depth_midas",
+                                                              "controlnet_input_images": [_b64(_picture())]})
+        assert model_based.status_code == 422 and "dpt_hybrid-midas-501f0c75.pt" in model_based.text
 
 
 def _unit(**changes: Any) -> dict[str, Any]:

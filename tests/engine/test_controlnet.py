@@ -300,6 +300,17 @@ def test_ip_adapter_and_controlnet_units_work_together(sd1_model: TinyModel, sam
     assert "Module: ip-adapter-auto, Model: ip-adapter_tiny_sd15 [" in job.infotext()["ControlNet 1"]
 
 
+def test_ip_adapter_plus_reads_the_hidden_states(sd1_model: TinyModel, samplers: Any, sd1_pipe: Any,
+                                                ip_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.fixtures.controlnet import write_tiny_ip_adapter
+
+    write_tiny_ip_adapter(tmp_path / "ip-adapter-plus_tiny_sd15.safetensors", sd1_pipe.unet, plus=True)
+    library = ControlNetLibrary([tmp_path], clip_vision_dirs=[ip_folders[1]])
+    plain = _run(sd1_model, samplers, None, ())
+    steered = _run(sd1_model, samplers, library, (_unit(model="ip-adapter-plus_tiny_sd15"),))
+    assert not _same(plain, steered)
+
+
 def test_ip_adapter_without_a_fitting_clip_vision_is_a_clear_error(sd1_model: TinyModel,
                                                                    ip_folders: tuple[Path, Path],
                                                                    tmp_path: Path) -> None:
@@ -327,3 +338,48 @@ def test_t2i_adapter_units_in_both_layouts(sd1_model: TinyModel, samplers: Any, 
     assert _same(plain, _run(sd1_model, samplers, library, (weightless,)))
     assert not _same(first, _run(sd1_model, samplers, library, (
         _unit(model="t2iadapter_tiny_diffusers", control_mode="ControlNet is more important"),)))
+
+
+def test_hires_fix_runs_each_unit_in_the_passes_its_hr_option_names(sd1_model: TinyModel, samplers: Any,
+                                                                    sd1_folder: Path) -> None:
+    from sdweb.engine.hires import run_hires_txt2img
+
+    library = ControlNetLibrary([sd1_folder])
+    params = tiny_params(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", steps=2, denoising_strength=0.5)
+
+    def hires(option: str | None) -> Image.Image:
+        units = (_unit(hr_option=option),) if option else ()
+        job = prepare_controlnets(units, model=sd1_model, library=library,
+                                  preprocessors=PreprocessorRegistry.with_builtins()) if units else None
+        run = run_hires_txt2img(sd1_model, params, samplers=samplers, control=JobControl(),
+                                on_step=lambda _s: None, controlnets=job)
+        assert run.images[0].image.size == (96, 96)
+        return run.images[0].image
+
+    images = {option: hires(option) for option in (None, "Both", "Low res only", "High res only")}
+    assert len({np.asarray(image).tobytes() for image in images.values()}) == 4  # each changes something else
+
+
+def test_inpainting_units_without_a_picture_see_what_the_latents_show(sd1_model: TinyModel, samplers: Any,
+                                                                      sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    unit = _unit(image=None, module="invert")
+    init = _picture()
+    job = prepare_controlnets((unit,), model=sd1_model, library=library,
+                              preprocessors=PreprocessorRegistry.with_builtins(), init_image=init)
+    assert job is not None
+    white = Image.new("RGB", (64, 64), "white")
+    stack = job.for_pass(64, 64, device="cpu", dtype=torch.float32, init_picture=white)
+    assert stack is not None and float(stack.active[0][1].max()) == 0.0  # inverted white: the crop's map
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    params = Img2ImgParams(**{**tiny_params(steps=4).model_dump(), "denoising_strength": 0.75,
+                              "inpaint_full_res": True, "inpaint_full_res_padding": 4})
+
+    def inpaint(units: tuple[ControlNetUnit, ...]) -> Image.Image:
+        prepared = prepare_controlnets(units, model=sd1_model, library=library,
+                                       preprocessors=PreprocessorRegistry.with_builtins(), init_image=init)
+        return run_img2img(sd1_model, params, [init], samplers=samplers, control=JobControl(), mask=mask,
+                           on_step=lambda _s: None, controlnets=prepared).images[0].image
+
+    assert not _same(inpaint(()), inpaint((unit,)))

@@ -402,3 +402,18 @@ def test_embeddings_apply_to_the_clip_encoders_and_are_hashed(
     assert not np.array_equal(pixels(used.image), pixels(plain.image))
     assert used.extra["TI hashes"].startswith("shiny: ")
     assert "TI hashes" not in plain.extra
+
+
+def test_the_load_warm_up_does_not_run_fluxs_t5(flux: TinyModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full T5-XXL forward over 512 tokens takes tens of seconds on a CPU: no warm-up for it."""
+    from sdweb.engine.accelerator import warm_up
+
+    calls: list[int] = []
+    clip_calls: list[int] = []
+    clip_forward = flux.pipe.text_encoder.forward
+    monkeypatch.setattr(flux.pipe.text_encoder_2, "forward", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(
+        flux.pipe.text_encoder, "forward", lambda *a, **k: clip_calls.append(1) or clip_forward(*a, **k)
+    )
+    warm_up(flux.pipe)
+    assert calls == [] and clip_calls == [1]

@@ -77,3 +77,18 @@ def test_checks_name_the_unit_and_field(folder: Path) -> None:
             ("flux", {}, r"unit 1 \(model\).*not flux")):
         with pytest.raises(ControlNetRequestError, match=message):
             check(family, **unit)
+
+
+def test_model_based_annotators_are_listed_and_refused_naming_their_file(tmp_path: Path) -> None:
+    write_tiny_controlnet(tmp_path / "control_sd15_depth.safetensors", tiny_sd1_components()["unet"])
+    service = ControlNetService(ControlNetLibrary([tmp_path]))
+    assert "depth_midas" in service.module_names()
+    assert not service.module_detail()["depth_midas"]["model_free"]
+    unit = ControlNetUnit(model="control_sd15_depth", module="depth_midas", image=b"x")
+    with pytest.raises(ControlNetRequestError, match=r"unit 0 \(module\).*midas-501f0c75.pt \(not found\)"):
+        service.check(GenerationParams(controlnet_units=(unit,)), "sd1")
+    (tmp_path / "annotators").mkdir()
+    (tmp_path / "annotators" / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"")
+    found = r"annotators/dpt_hybrid-midas-501f0c75.pt \(found\).*controlnet-aux"
+    with pytest.raises(ValueError, match=found):
+        service.detect("depth_midas", [Image.new("RGB", (8, 8))])

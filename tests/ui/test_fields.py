@@ -255,3 +255,11 @@ def test_out_of_range_hires_values_take_the_default_with_a_note() -> None:
     assert pasted.values["hr_scale"] == 2.0  # the default, not 17
     assert any("hr_scale" in note and "out of range" in note for note in pasted.notes)
     assert pasted.values["enable_hr"] is True
+
+
+def test_pasting_controlnet_lines_says_to_set_the_units_again() -> None:
+    text = ('a house\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64, ControlNet 0: "Module: canny, Model: '
+            'control_v11p_sd15_canny [d14c016b], Weight: 1.0, Control Mode: Balanced"')
+    pasted = form_from_infotext(text)
+    assert pasted.values["prompt"] == "a house" and pasted.values["steps"] == 2
+    assert any(note.startswith("ControlNet 0 was used (Module: canny, ...)") for note in pasted.notes)

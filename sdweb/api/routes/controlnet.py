@@ -73,10 +73,13 @@ def add_routes(routes: ApiRoutes) -> None:
         if not request.controlnet_input_images:
             raise ApiError(422, "controlnet_input_images: no image given")
         pictures = decode_images(request.controlnet_input_images, "controlnet_input_images")
-        maps = service.detect(request.controlnet_module, pictures,
-                              processor_res=request.controlnet_processor_res,
-                              threshold_a=request.controlnet_threshold_a,
-                              threshold_b=request.controlnet_threshold_b)
+        try:
+            maps = service.detect(request.controlnet_module, pictures,
+                                  processor_res=request.controlnet_processor_res,
+                                  threshold_a=request.controlnet_threshold_a,
+                                  threshold_b=request.controlnet_threshold_b)
+        except ValueError as exc:  # a model-based annotator: what it needs
+            raise ApiError(422, f"controlnet_module: {exc}") from exc
         return {"images": [encode_png_base64(image) for image in maps], "info": "Success"}
 
     routes.add("/version", version, "GET", prefix=PREFIX)

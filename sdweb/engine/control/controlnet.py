@@ -116,6 +116,12 @@ def prepare_controlnets(
             preprocessor = preprocessors.find(unit.module)
         except LookupError as exc:
             raise ControlNetUnitError(f"{where} (module): {exc}") from exc
+        if preprocessor.weights_file is not None:
+            # Model-based annotators are listed, not run: the service's check says what they need.
+            raise ControlNetUnitError(
+                f"{where} (module): preprocessor {preprocessor.name!r} runs a model "
+                f"({preprocessor.weights_file}), which sdweb does not run yet"
+            )
         picture = _unit_picture(unit, where, init_image)
         checked.append((index, unit, file, preprocessor, picture))
     # 2. Load (cached) and check that each model fits the UNet.
@@ -277,16 +283,27 @@ class ControlNetJob:
         return IpAdapterStack(units) if units else None
 
     def for_pass(
-        self, width: int, height: int, *, device: Any, dtype: Any, hires: bool | None = None
+        self,
+        width: int,
+        height: int,
+        *,
+        device: Any,
+        dtype: Any,
+        hires: bool | None = None,
+        init_picture: Image.Image | None = None,
     ) -> ControlNetStack | None:
         """The units of a pass at ``width x height``; ``hires``: True/False in hires fix's second/first
         pass (``hr_option``), None outside hires fix. None when no unit takes part.
+
+        ``init_picture``: what this pass's latents show (inpainting's "only masked" crop), used by the
+        units that have no picture of their own instead of the whole init image.
         """
         active = []
         for prepared in self.units:
             if not _takes_part(prepared.unit.hr_option, hires):
                 continue
-            control_map = self.control_map(prepared, width, height)
+            picture = init_picture if init_picture is not None and prepared.unit.image is None else None
+            control_map = self.control_map(prepared, width, height, picture=picture)
             array = np.asarray(control_map, dtype=np.float32) / 255.0
             hint = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype)
             if prepared.kind == "t2i-adapter":
@@ -296,13 +313,16 @@ class ControlNetJob:
         return ControlNetStack(active) if active else None
 
     @staticmethod
-    def control_map(prepared: PreparedUnit, width: int, height: int) -> Image.Image:
-        """The unit's preprocessed picture fitted to ``width x height`` by its resize mode."""
+    def control_map(
+        prepared: PreparedUnit, width: int, height: int, *, picture: Image.Image | None = None
+    ) -> Image.Image:
+        """The unit's preprocessed picture (or ``picture``) fitted to ``width x height`` (resize mode)."""
         unit = prepared.unit
+        source = flatten_alpha(picture) if picture is not None else prepared.picture
         resolution = unit.processor_res
         if unit.pixel_perfect:
-            resolution = pixel_perfect_resolution(prepared.picture, width, height, unit.resize_mode)
-        detected = prepared.preprocessor.run(prepared.picture, resolution, unit.threshold_a, unit.threshold_b)
+            resolution = pixel_perfect_resolution(source, width, height, unit.resize_mode)
+        detected = prepared.preprocessor.run(source, resolution, unit.threshold_a, unit.threshold_b)
         return resize_image(detected, CONTROL_RESIZE_MODES.index(unit.resize_mode), width, height)
 
     def infotext(self) -> dict[str, str]:

@@ -233,7 +233,7 @@ class ControlNetSection(FormSection):
                 return self.controlnet.detect(
                     module, [image], processor_res=resolution, threshold_a=a, threshold_b=b
                 )[0]
-            except LookupError as exc:
+            except (LookupError, ValueError) as exc:
                 gr.Warning(f"ControlNet unit {index}: {exc}")
                 return None
 

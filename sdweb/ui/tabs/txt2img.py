@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from sdweb.params import format_validation_error
 from sdweb.safepath import for_client
 from sdweb.ui import controls
-from sdweb.ui.components.checkpoints import checkpoint_titles, render_checkpoint_selector
+from sdweb.ui.components.checkpoints import checkpoint_titles, module_names, render_checkpoint_selector
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
 from sdweb.ui.components.messages import error_html, note_html
 from sdweb.ui.components.page_load import wire_form_lists
@@ -66,9 +66,14 @@ class Txt2ImgTab:
     sections: FormSections = field(default_factory=FormSections)
     #: The settings (A1111's send_seed / send_size decide what a "Send to" fills); None in tests.
     options: Any = None
+    #: The "VAE / Text Encoder" selector (the forge_additional_modules setting) and its choices; a paste
+    #: with Forge's "Module N" keys sets both. None in tests without it.
+    modules: Any = None
+    module_choices: Callable[[], list[str]] | None = None
 
     def outputs(self) -> set[Any]:
-        return {*self.form.values(), self.tabs, self.message}
+        extra = {self.modules} if self.modules is not None else set()
+        return {*self.form.values(), self.tabs, self.message, *extra}
 
     def fill(self, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``values`` into the form and switch to the txt2img tab."""
@@ -84,6 +89,13 @@ class Txt2ImgTab:
                 updates[component] = gr.update(value=value, choices=choices)
             else:
                 updates[component] = value
+        names = values.get("additional_modules")
+        if names is not None and self.modules is not None:
+            # Like choosing them in the selector: the setting the next SD 3.x / Flux load uses.
+            if self.options is not None:
+                self.options.update({"forge_additional_modules": list(names)})
+            choices = self.module_choices() if self.module_choices is not None else []
+            updates[self.modules] = gr.update(value=list(names), choices=sorted({*choices, *names}))
         notes = [*(notes or ()), *self._unknown_sampler_notes(values)]
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
         text = "Parameters restored." + (" " + "; ".join(notes) + "." if notes else "")
@@ -298,6 +310,8 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
         send_to_img2img=send_to_img2img,
         view=view,
         sections=sections,
+        modules=checkpoint.modules,
+        module_choices=partial(module_names, services),
     )
 
 
