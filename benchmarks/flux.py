@@ -29,17 +29,21 @@ both dequantize per layer the same way. Files are written once into
 Measured on the 2-core shared dev box (CPU with avx512_bf16, other jobs running, so the s/step figures
 are noisy: runs of the same form differ by 2x; a single process timing both bf16 transformers back to
 back gave 8.2-8.5 s vs 8.7-9.6 s, i.e. the same speed),
-``python benchmarks/flux.py --double 1 --single 2 --size 256 --steps 3``::
+``python benchmarks/flux.py --double 1 --single 2 --size 256 --steps 2``::
 
     form             load s  load peak  - imports     model  ratio transf.   s/step x diff.   peak RSS x diff.
-    diffusers          12.1   1.21 GiB   0.90 GiB  1.44 GiB   0.63    0.70     9.34    1.00   2.39 GiB    1.00
-    sdweb-bf16         10.5   2.41 GiB   1.97 GiB  1.91 GiB   1.03    1.03    11.36    1.22   2.67 GiB    1.12
-    sdweb-fp8           7.2   1.94 GiB   1.51 GiB  1.45 GiB   1.04    1.22    34.48    3.69   2.30 GiB    0.96
-    sdweb-gguf-q4_0     6.0   1.49 GiB   1.05 GiB  0.99 GiB   1.06    1.04    30.22    3.24   2.06 GiB    0.86
-    sdweb-aio-bf16     18.0   2.41 GiB   1.97 GiB  1.91 GiB   1.03       -    11.91    1.28   2.68 GiB    1.12
+    diffusers          14.3   1.21 GiB   0.90 GiB  1.44 GiB   0.63    0.70    12.78    1.00   2.39 GiB    1.00
+    sdweb-bf16          7.2   2.56 GiB   2.13 GiB  1.91 GiB   1.11    1.03     5.06    0.40   2.70 GiB    1.13
+    sdweb-fp8           8.2   2.10 GiB   1.67 GiB  1.45 GiB   1.15    1.03    14.66    1.15   2.43 GiB    1.02
+    sdweb-gguf-q4_0     7.0   1.64 GiB   1.21 GiB  0.99 GiB   1.22    1.04    18.52    1.45   2.13 GiB    0.89
+    sdweb-aio-bf16     10.6   2.44 GiB   2.01 GiB  1.91 GiB   1.05       -     3.97    0.31   2.63 GiB    1.10
 
+sdweb's load includes its warm-up (CLIP-L and the VAE run once on tiny inputs, ``accelerator.warm_up``):
+about 0.15 GiB more at the load's peak here (the runs before the warm-up landed gave bf16 1.03, fp8
+1.04, GGUF 1.06, all-in-one 1.03); the text encoders' and VAE's first calls, not the transformer's size.
 Before GGUF files were streamed (diffusers' ``load_gguf_checkpoint`` copies out of a memory map, so the
-file's pages stay resident beside the copies) the GGUF transformer's "transf." was 2.00. diffusers' ratio
+file's pages stay resident beside the copies) the GGUF transformer's "transf." was 2.00, and fp8's was
+1.22 while the converted state dict kept the fp8 originals of upcast layers alive. diffusers' ratio
 is below 1 because it reads the file through a memory map (not every page of the model is counted as
 resident at the peak). sdweb's "model" includes the stand-in text encoders (0.47 GiB) that diffusers' run
 does not load. On a CPU fp8 and Q4_0 trade speed for memory (each step casts / dequantizes every layer);

@@ -41,6 +41,7 @@ before the engine (here the count must be 1 or ``batch_size``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -337,9 +338,11 @@ class _Img2Img(_Txt2Img):
                                   batch_index: int) -> torch.Tensor:
         sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
-        # 6. The last denoise_steps + 1 sigmas of the full schedule.
-        offset = self.params.steps - self.denoise_steps
-        sigmas = plan.sigmas(self.params.steps, sdxl=self.is_sdxl)[offset:]
+        # 6. The last denoise_steps + 1 sigmas of the full schedule. (A1111 runs one step more: the last
+        #    t_enc + 2 sigmas, t_enc = int(min(strength, 0.999) * steps); not followed yet.)
+        steps = self.params.steps
+        offset = steps - self.denoise_steps
+        sigmas = plan.sigmas(steps, sdxl=self.is_sdxl)[offset:]
         self.step_index = offset
         denoiser = self.function_denoiser(plan)
 
@@ -356,6 +359,8 @@ class _Img2Img(_Txt2Img):
         extra = self.function_sampler_extras(plan, sample_fn, noise, self.denoise_steps)
         if "sigma_range" in extra:  # DPM fast / adaptive integrate over the part of the schedule left
             extra["sigma_range"] = (float(sigmas[sigmas > 0].min()), float(sigmas[0]))
+        if "from_image" in inspect.signature(sample_fn).parameters:
+            extra["from_image"] = True  # timestep samplers: the start is noised init latents, not pure noise
         start = init + noise.latents * float(sigmas[0])
         # 7. Denoising loop (inside the sampling function).
         return sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)

@@ -110,10 +110,14 @@ _MAPPED_KEYS = frozenset(
         "Denoising strength",
         "ENSD",
         "Eta",
+        "Eta DDIM",
         "RNG",
         "Sampler path",
     }
 )
+
+#: A1111's timestep samplers: their eta is written as ``Eta DDIM`` (default 0), k-diffusion's as ``Eta`` (1).
+TIMESTEP_SAMPLERS = frozenset({"DDIM", "PLMS", "UniPC"})
 
 #: Keys A1111 writes for settings that change the picture and that a request cannot carry here: a paste
 #: names them (never a silently different image).
@@ -125,7 +129,6 @@ INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
     "SGM noise multiplier",
     "Beta schedule alpha",
     "Beta schedule beta",
-    "Eta DDIM",
     "Token merging ratio",
     "Token merging ratio hr",
     "NGMS",
@@ -248,7 +251,10 @@ def build_infotext(
             "ENSD": params.eta_noise_seed_delta or None,
         }
     )
-    if params.eta is not None and params.eta != 1.0:
+    if params.sampler_name in TIMESTEP_SAMPLERS:  # A1111's DDIM / PLMS / UniPC: "Eta DDIM", default 0
+        if params.eta:
+            pairs["Eta DDIM"] = params.eta
+    elif params.eta is not None and params.eta != 1.0:
         pairs["Eta"] = params.eta
     if params.sampler_path == "diffusers":
         pairs["Sampler path"] = "diffusers"  # sdweb's: diffusers' schedulers ran, not A1111's samplers
@@ -500,6 +506,7 @@ def infotext_to_params(
     fields["eta_noise_seed_delta"] = 0
     convert("eta_noise_seed_delta", "ENSD", _to_int)
     convert("eta", "Eta", _to_float)
+    convert("eta", "Eta DDIM", _to_float)
     path = str(parsed.get("Sampler path", "A1111")).strip()
     fields["sampler_path"] = "diffusers" if path.lower() == "diffusers" else "A1111"
     unmapped = [key for key in parsed if key not in mapped]

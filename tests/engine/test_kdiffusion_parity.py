@@ -607,3 +607,20 @@ def test_ddim_and_plms_follow_a1111s_timesteps_and_updates(registry: SamplerRegi
         _close(xs[i], expected_xs[i], f"latents after step {i}")
         _close(x0s[i], expected_x0s[i], f"predicted x0 at step {i}")
     _close(final, expected, "final latents")
+
+
+@pytest.mark.parametrize("name", ["DDIM", "PLMS"])
+def test_timestep_samplers_start_from_noised_init_latents_in_img2img(registry: SamplerRegistry,
+                                                                      name: str) -> None:
+    """img2img hands them init + noise * sigma (not pure noise): with a model that knows the image they
+    come back to it."""
+    plan = registry.build(name, "Automatic", SD_CONFIG)
+    assert isinstance(plan, FunctionSamplerPlan)
+    sigmas = plan.sigmas(10)[4:]  # the tail, as img2img takes it
+    init = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(3)) * 0.5
+    noise = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(4))
+    function = plan.sampler.sampling_function()
+    start = init + noise * float(sigmas[0])
+    out = function(lambda x, sigma: init, start, sigmas, generator=None, callback=None, from_image=True)
+    # they stop at timestep 1 (sigma 0.03), as A1111's: what is left is a trace of the noise
+    assert float((out - init).abs().max()) < 0.2

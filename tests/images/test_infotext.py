@@ -352,6 +352,11 @@ def test_noise_fields_and_the_sampler_path_are_written_and_read_back() -> None:
     assert back.sampler_path == "diffusers"
     # the engine leaves ENSD out where it did not act (a sampler without extra noise)
     assert "ENSD" not in build(params, extra={"ENSD": None})
+    # A1111's DDIM writes its eta as "Eta DDIM" (its default is 0)
+    ddim = GenerationParams(prompt="p", seed=3, sampler_name="DDIM", eta=0.3)
+    assert "Eta DDIM: 0.3" in build(ddim) and "Eta:" not in build(ddim)
+    assert "Eta" not in build(ddim.model_copy(update={"eta": 0.0}))
+    assert infotext_to_params(parse_infotext(build(ddim)))[0].eta == 0.3
 
 
 # --- round trips ---------------------------------------------------------------------------------

@@ -302,6 +302,23 @@ def test_batches_split_across_workers_equal_a_single_workers(cluster: Cluster, t
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))
 
 
+def test_split_jobs_save_each_range_once_in_batch_order(cluster: Cluster) -> None:
+    # Each worker's range is handed to the service as soon as it (and the ranges before it) came back:
+    # saved once, in batch order, with the same infotexts and one history row, as an in-process job.
+    from PIL import Image
+
+    result = cluster.services.generation.generate(_params(n_iter=4, seed=900, prompt="a green star"))
+    assert result.seeds == [900, 901, 902, 903]
+    assert [Path(path).name.split("-", 1)[1] for path in result.paths] == [f"{s}.png" for s in result.seeds]
+    assert len(set(result.paths)) == 4
+    for path, infotext in zip(result.paths, result.infotexts, strict=True):
+        with Image.open(path) as image:
+            assert image.info["parameters"] == infotext
+    entry = cluster.services.history.get(result.history_id)
+    assert entry is not None and list(entry.output_paths) == result.paths
+    assert list(entry.seeds) == result.seeds
+
+
 def test_progress_and_interrupt_reach_remote_jobs(cluster: Cluster) -> None:
     generation = cluster.services.generation
     job = generation.submit(_params(steps=150, width=128, height=128, n_iter=6, prompt="long"), save=False)

@@ -256,6 +256,8 @@ def _build_transformer(
     if state:
         logger.warning("%s: %d transformer keys were not used, e.g. %s", name, len(state), list(state)[:3])
     _assign(model, converted, what="transformer", name=name)
+    # The model holds the tensors now: without this reference, an fp8 weight upcast below is freed at once.
+    converted.clear()
     keep_fp8_storage(model, runtime.dtype, what=f"{name} transformer")
     return model
 

@@ -859,7 +859,7 @@ def timestep_sigmas(steps: int, model: DiscreteSigmas) -> torch.Tensor:
     return torch.tensor([*levels, 0.0], dtype=torch.float32)
 
 
-def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor) -> tuple[
+def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_image: bool = False) -> tuple[
         torch.Tensor, list[float], Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]]:
     """The start in DDPM scale, the alphas_cumprod of the levels, and ``eps(x_ddpm, sigma) -> (eps, x0)``.
 
@@ -875,15 +875,18 @@ def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor) -> tuple
         x0 = denoise(scaled, sigma)
         return (scaled - x0) / sigma, x0
 
-    return x / levels[0], alphas, eps
+    # From an image (img2img) the start is init + noise * sigma: x_t = x / sqrt(sigma^2 + 1) exactly.
+    start = x / (levels[0] ** 2 + 1.0) ** 0.5 if from_image else x / levels[0]
+    return start, alphas, eps
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                callback: StepCallback | None = None, eta: float = 0.0) -> torch.Tensor:
+                callback: StepCallback | None = None, eta: float = 0.0,
+                from_image: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2020) as A1111 runs it: from the largest of its timesteps down to the smallest
     (one model call fewer than the step count), eta-scaled fresh noise.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas)
+    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
     levels = [float(v) for v in sigmas if float(v) > 0]
     noise = generator_noise(x, generator)
     for i in range(len(alphas) - 1):
@@ -898,11 +901,11 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
 
 
 def sample_plms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                callback: StepCallback | None = None) -> torch.Tensor:
+                callback: StepCallback | None = None, from_image: bool = False) -> torch.Tensor:
     """PLMS (Liu et al. 2022, pseudo linear multistep) as A1111 runs it: a pseudo improved-Euler first
     step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas)
+    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
     levels = [float(v) for v in sigmas if float(v) > 0]
     history: list[torch.Tensor] = []
 

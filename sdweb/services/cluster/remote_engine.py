@@ -12,7 +12,9 @@
    is run again once, on another worker, with the same seeds; a second loss fails the job with a clear
    message. A worker without the checkpoint file says so, and the range goes to one that has it.
 
-Nothing is saved or recorded here: the service saves and records once, after the merged run returned.
+Nothing is saved or recorded here: each range's images are handed to the service (``JobControl.images_done``)
+as soon as that range and every range before it came back, and the service saves them then; the rest, after
+the merged run returned.
 """
 
 from __future__ import annotations
@@ -143,9 +145,25 @@ class RemoteEngine:
             )
             try:
                 part.run = self._run_part(part, request, ref, control, report)
+                hand_on()
             except BaseException as exc:
                 errors.append(exc)
                 control.interrupt()  # the job failed: stop its other ranges, their images are not used
+
+        handed = 0  # ranges handed on to the service (it saves them), always in batch order
+        hand_lock = threading.Lock()
+
+        def hand_on() -> None:
+            nonlocal handed
+            with hand_lock:
+                while handed < len(parts) and parts[handed].run is not None and not errors:
+                    run = parts[handed].run
+                    assert run is not None
+                    control.images_done(EngineRun(images=list(run.images), model_name=ref.name,
+                                                  model_hash=run.model_hash, vae_name=run.vae_name,
+                                                  vae_hash=run.vae_hash, clip_skip=run.clip_skip,
+                                                  interrupted=run.interrupted))
+                    handed += 1
 
         threads = [
             threading.Thread(target=run_part, args=(part,), name=f"sdweb-part-{part.index}", daemon=True)
