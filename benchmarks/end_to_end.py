@@ -40,7 +40,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the first to
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -261,8 +260,14 @@ def diffusers_image(checkpoint: Path, size: int, steps: int, threads: int) -> tu
 # ---------------------------------------------------------------------------------------------
 
 
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def vae_memory_child(size: int) -> None:
-    import psutil
     import torch
     from diffusers import AutoencoderKL
 
@@ -281,13 +286,14 @@ def vae_memory_child(size: int) -> None:
     with torch.inference_mode():
         vae_decode(vae, torch.randn(1, 4, 8, 8))  # layout, kernels
         gc.collect()
-        base = max(psutil.Process().memory_info().rss,
-                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        # Reset the process's peak RSS (VmHWM) to what it holds now, so building the model does not count.
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_bytes("VmRSS")
         layout = decode_layout(vae, latents)
         started = time.perf_counter()
         image = vae_decode(vae, latents)
         elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     print(json.dumps({"size": size, "dtype": str(runtime.vae_dtype), "rise_gb": (peak - base) / 2**30,
                       "seconds": elapsed, "tile": layout.tile if layout else None,
                       "finite": bool(torch.isfinite(image).all())}))
