@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--opt-split-attention", action="store_true", help="same as --attention sliced")
     add("--medvram", action="store_true", help="offload whole models to CPU between uses (low VRAM)")
     add("--lowvram", action="store_true", help="offload layer by layer (very low VRAM, slow)")
-    add("--vae-tiling", action="store_true", help="decode large images in tiles")
+    add("--vae-tiling", action="store_true",
+        help="always decode/encode with the VAE in tiles (else only above the VAE tiling memory budget)")
     add("--models-in-memory", type=int, default=1, help="checkpoints kept loaded in RAM (LRU)")
     add("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     add("--disable-all-extensions", action="store_true")

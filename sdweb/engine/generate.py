@@ -185,7 +185,8 @@ class _Txt2Img:
             width, height = self.pass_size()
             self.control_stack = self.controlnets.for_pass(width, height, device=self.device,
                                                            dtype=self.unet.dtype, hires=self.hires_pass,
-                                                           init_picture=self.control_init_picture())
+                                                           init_picture=self.control_init_picture(),
+                                                           init_mask=self.control_init_mask())
             ip_stack = self.controlnets.ip_stack(hires=self.hires_pass)
             if ip_stack is not None:
                 # IP-Adapter attention for this pass only; the UNet's own processors come back after.
@@ -291,6 +292,10 @@ class _Txt2Img:
 
     def control_init_picture(self) -> Any:
         """What the latents of this pass show, for ControlNet units without a picture (img2img's)."""
+        return None
+
+    def control_init_mask(self) -> Any:
+        """The inpainting mask of this pass (L, 255 = repaint), for inpaint ControlNet units; None."""
         return None
 
     def control_fraction(self) -> float:

@@ -140,6 +140,9 @@ class _Img2Img(_Txt2Img):
         # Inpainting: the picture the VAE encodes (the "only masked" crop, fitted); else the unit's own.
         return self.plans[0].init if self.plans else None
 
+    def control_init_mask(self) -> Any:
+        return self.plans[0].mask if self.plans else None
+
     def control_fraction(self) -> float:
         # As the extension: the fraction of the steps this img2img run makes, not of the full schedule.
         offset = self.params.steps - self.denoise_steps

@@ -133,7 +133,7 @@ class Engine:
         vae, modules = self._load_choice(info, params)
         with (self._cache.use(info, vae=vae, **modules) as model, job_scope(model.pipe, self._memory),
               tile_policy(self._tile_policy()), preview_scope(self._previewer())):
-            controlnets = self._controlnets(params, model, init_images[0] if init_images else None)
+            controlnets = self._controlnets(params, model, init_images[0] if init_images else None, mask)
             job = self._job(control, on_step, preview_every, controlnets)
             return self.families.for_family(model.family).img2img(model, params, init_images, job, mask=mask)
 
@@ -144,14 +144,15 @@ class Engine:
                          extra_networks=self._networks, model_upscalers=self.upscalers,
                          inpainting_mask_weight=self._mask_weight(), controlnets=controlnets)
 
-    def _controlnets(self, params: GenerationParams, model: Any, init_image: Any = None) -> Any:
+    def _controlnets(self, params: GenerationParams, model: Any, init_image: Any = None,
+                     mask: Any = None) -> Any:
         """The job's ControlNet units, checked and loaded (:mod:`sdweb.engine.control.controlnet`)."""
         if not any(unit.enabled for unit in params.controlnet_units):
             return None
         from sdweb.engine.control.controlnet import prepare_controlnets
 
         return prepare_controlnets(params.controlnet_units, model=model, library=self.controlnets,
-                                   preprocessors=self.preprocessors, init_image=init_image)
+                                   preprocessors=self.preprocessors, init_image=init_image, init_mask=mask)
 
     # -- which files make up a model ---------------------------------------------------------------
     def _load_choice(self, info: Any, params: GenerationParams | None) -> tuple[Path | None, dict[str, Any]]:

@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -403,7 +403,8 @@ def decode_layout(vae: Any, latents: torch.Tensor, policy: TilePolicy | None = N
                             overlap=layout.overlap, pad=layout.pad)
     if layout.tile >= max(height, width):
         return None
-    return layout
+    # The mid block runs whole only while it fits the budget too (beyond ~3000x3000 on the CPU default).
+    return replace(layout, whole_latent_stage=latent_stage_cost(vae, height, width) <= budget)
 
 
 def encode_layout(vae: Any, pixels: torch.Tensor, policy: TilePolicy | None = None) -> TileLayout | None:
@@ -429,4 +430,5 @@ def encode_layout(vae: Any, pixels: torch.Tensor, policy: TilePolicy | None = No
                             pad=layout.pad)
     if layout.tile >= latent_side:
         return None
-    return layout
+    return replace(layout, whole_latent_stage=latent_stage_cost(
+        vae, height // factor, width // factor) <= budget)

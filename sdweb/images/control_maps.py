@@ -260,6 +260,10 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: Preprocessors whose map is the picture with the mask's pixels at -1 (the extension's inpaint ones).
+INPAINT_PREPROCESSORS = ("inpaint_global_harmonious", "inpaint_only", "inpaint")
+
+
 class PreprocessorUnavailableError(ValueError):
     """A model-based preprocessor that cannot run here; the message names the file it needs."""
 
@@ -306,6 +310,9 @@ def builtin_preprocessors(annotators_dir: Path | None = None) -> list[Preprocess
         # what the adapter needs, whichever of these names the unit uses).
         *(Preprocessor(name, _none, resolution=None, tags=("IP-Adapter",))
           for name in ("ip-adapter-auto", "ip-adapter_clip_h", "ip-adapter_clip_g", "ip-adapter_clip_sd15")),
+        # Inpaint units (control_v11p_sd15_inpaint): the picture with its masked pixels at -1; the engine
+        # applies the unit's mask (or img2img's) when it fits the map to the image.
+        *(Preprocessor(name, _none, resolution=None, tags=("Inpaint",)) for name in INPAINT_PREPROCESSORS),
         *(_annotator(name, file, tags, annotators_dir) for name, (file, tags) in ANNOTATORS.items()),
     ]
 

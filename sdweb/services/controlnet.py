@@ -24,6 +24,7 @@ from PIL import Image
 from sdweb.engine.control.detect import FAMILY_LABELS
 from sdweb.engine.control.library import ControlNetLibrary
 from sdweb.images.control_maps import (
+    INPAINT_PREPROCESSORS,
     Preprocessor,
     PreprocessorRegistry,
     PreprocessorUnavailableError,
@@ -148,6 +149,8 @@ class ControlNetService:
             raise ControlNetRequestError(f"{where} (module): {exc}") from exc
         if preprocessor.weights_file is not None:
             raise ControlNetRequestError(f"{where} (module): {self.annotator_problem(preprocessor)}")
+        if preprocessor.name in INPAINT_PREPROCESSORS and unit.mask is None and not img2img:
+            raise ControlNetRequestError(f"{where} (mask): the {preprocessor.name} preprocessor needs a mask")
         if unit.image is None and not img2img:
             raise ControlNetRequestError(f"{where} (image): no control image (txt2img units need one)")
 

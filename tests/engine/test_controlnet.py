@@ -383,3 +383,23 @@ def test_inpainting_units_without_a_picture_see_what_the_latents_show(sd1_model:
                            on_step=lambda _s: None, controlnets=prepared).images[0].image
 
     assert not _same(inpaint(()), inpaint((unit,)))
+
+
+def test_inpaint_units_mark_the_masked_pixels_and_need_a_mask(sd1_model: TinyModel, samplers: Any,
+                                                              sd1_folder: Path) -> None:
+    library = ControlNetLibrary([sd1_folder])
+    registry = PreprocessorRegistry.with_builtins()
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # the left half
+    unit = _unit(module="inpaint_global_harmonious", mask=_png(mask), resize_mode="Just Resize")
+    job = prepare_controlnets((unit,), model=sd1_model, library=library, preprocessors=registry)
+    assert job is not None
+    stack = job.for_pass(64, 64, device="cpu", dtype=torch.float32)
+    assert stack is not None
+    hint = stack.active[0][1][0]
+    assert float(hint[:, :, :30].max()) == -1.0 and float(hint[:, :, 34:].min()) >= 0.0
+    plain = _run(sd1_model, samplers, library, (_unit(resize_mode="Just Resize"),))
+    assert not _same(plain, _run(sd1_model, samplers, library, (unit,)))
+    with pytest.raises(ControlNetUnitError, match=r"unit 0 \(mask\).*inpaint_only"):
+        prepare_controlnets((_unit(module="inpaint_only"),), model=sd1_model, library=library,
+                            preprocessors=registry)

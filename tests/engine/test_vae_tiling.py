@@ -135,6 +135,9 @@ def test_the_budget_rule_on_the_sd_vae_shape() -> None:
     window = (layout.tile + 2 * layout.pad) * 8
     assert decode_cost(sd_vae, window, window) <= HOST_BUDGET
     assert len(layout.starts(256)) >= 3
+    assert layout.whole_latent_stage  # the mid block (attention) still sees the whole 2048x2048 image
+    huge = decode_layout(sd_vae, torch.empty(1, 4, 640, 640), fp32)  # 5120x5120: its mid block in tiles too
+    assert huge is not None and not huge.whole_latent_stage
     # A smaller budget, smaller tiles; the encoder's rule likewise.
     small = decode_layout(sd_vae, torch.empty(1, 4, 256, 256), TilePolicy(budget_bytes=256 * MIB))
     assert small is not None and small.tile < layout.tile

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from sdweb.engine.control.detect import FAMILY_LABELS
-from sdweb.images.control_maps import Preprocessor, PreprocessorRegistry
+from sdweb.images.control_maps import INPAINT_PREPROCESSORS, Preprocessor, PreprocessorRegistry
 from sdweb.images.resize import flatten_alpha, resize_image
 from sdweb.params import CONTROL_RESIZE_MODES, ControlNetUnit
 
@@ -68,6 +68,8 @@ class PreparedUnit:
     preprocessor: Preprocessor
     #: ``controlnet`` or ``t2i-adapter`` (whose features are computed once per pass).
     kind: str = "controlnet"
+    #: Inpaint units: the mask (L, 255 = repaint) of their own picture, or None (the pass's mask).
+    mask: Image.Image | None = None
 
 
 def prepare_controlnets(
@@ -77,6 +79,7 @@ def prepare_controlnets(
     library: Any,
     preprocessors: PreprocessorRegistry,
     init_image: Image.Image | None = None,
+    init_mask: Image.Image | None = None,
 ) -> ControlNetJob | None:
     """The job's ControlNet units, checked then loaded; None when none is enabled.
 
@@ -123,6 +126,11 @@ def prepare_controlnets(
                 f"({preprocessor.weights_file}), which sdweb does not run yet"
             )
         picture = _unit_picture(unit, where, init_image)
+        if preprocessor.name in INPAINT_PREPROCESSORS and unit.mask is None and init_mask is None:
+            raise ControlNetUnitError(
+                f"{where} (mask): the {preprocessor.name} preprocessor needs a mask (the "
+                "unit's, or img2img's inpainting mask)"
+            )
         checked.append((index, unit, file, preprocessor, picture))
     # 2. Load (cached) and check that each model fits the UNet.
     prepared = []
@@ -172,6 +180,7 @@ def prepare_controlnets(
                 model=control_model,
                 picture=picture,
                 preprocessor=preprocessor,
+                mask=_unit_mask(unit, where),
             )
         )
     return ControlNetJob(prepared, ip_units)
@@ -244,6 +253,17 @@ def _channels_last(module: Any) -> bool:
     return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
+def _unit_mask(unit: ControlNetUnit, where: str) -> Image.Image | None:
+    from sdweb.images.metadata import decode_image_bytes
+
+    if unit.mask is None:
+        return None
+    try:
+        return decode_image_bytes(unit.mask).convert("L")
+    except (ValueError, OSError) as exc:
+        raise ControlNetUnitError(f"{where} (mask): not a picture ({exc})") from exc
+
+
 def _unit_picture(unit: ControlNetUnit, where: str, init_image: Image.Image | None) -> Image.Image:
     from sdweb.images.metadata import decode_image_bytes
 
@@ -291,6 +311,7 @@ class ControlNetJob:
         dtype: Any,
         hires: bool | None = None,
         init_picture: Image.Image | None = None,
+        init_mask: Image.Image | None = None,
     ) -> ControlNetStack | None:
         """The units of a pass at ``width x height``; ``hires``: True/False in hires fix's second/first
         pass (``hr_option``), None outside hires fix. None when no unit takes part.
@@ -305,6 +326,13 @@ class ControlNetJob:
             picture = init_picture if init_picture is not None and prepared.unit.image is None else None
             control_map = self.control_map(prepared, width, height, picture=picture)
             array = np.asarray(control_map, dtype=np.float32) / 255.0
+            if prepared.preprocessor.name in INPAINT_PREPROCESSORS:
+                mask = prepared.mask if prepared.mask is not None else init_mask
+                if mask is not None:  # the extension's inpaint hint: masked pixels at -1
+                    mode = CONTROL_RESIZE_MODES.index(prepared.unit.resize_mode)
+                    fitted = np.asarray(resize_image(mask.convert("L"), mode, width, height))
+                    array = array.copy()
+                    array[fitted > 127] = -1.0
             hint = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype)
             if prepared.kind == "t2i-adapter":
                 # The adapter sees only the picture: its features are the same at every step.
