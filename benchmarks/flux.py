@@ -34,10 +34,12 @@ back gave 8.2-8.5 s vs 8.7-9.6 s, i.e. the same speed),
     form             load s  load peak  - imports     model  ratio transf.   s/step x diff.   peak RSS x diff.
     diffusers          14.3   1.21 GiB   0.90 GiB  1.44 GiB   0.63    0.70    12.78    1.00   2.39 GiB    1.00
     sdweb-bf16          7.2   2.56 GiB   2.13 GiB  1.91 GiB   1.11    1.03     5.06    0.40   2.70 GiB    1.13
-    sdweb-fp8           8.2   2.10 GiB   1.67 GiB  1.45 GiB   1.15    1.03    14.66    1.15   2.43 GiB    1.02
+    sdweb-fp8           2.3   1.92 GiB   1.49 GiB  1.27 GiB   1.17    1.03     4.37    0.34   2.21 GiB    0.92
     sdweb-gguf-q4_0     7.0   1.64 GiB   1.21 GiB  0.99 GiB   1.22    1.04    18.52    1.45   2.13 GiB    0.89
     sdweb-aio-bf16     10.6   2.44 GiB   2.01 GiB  1.91 GiB   1.05       -     3.97    0.31   2.63 GiB    1.10
 
+(The fp8 row is from a later run, after fp8 files kept their adaLN modulation layers in fp8 as stored:
+1.45 -> 1.27 GiB here; its "x diff." columns are against the diffusers row above.)
 sdweb's load includes its warm-up (CLIP-L and the VAE run once on tiny inputs, ``accelerator.warm_up``):
 about 0.15 GiB more at the load's peak here (the runs before the warm-up landed gave bf16 1.03, fp8
 1.04, GGUF 1.06, all-in-one 1.03); the text encoders' and VAE's first calls, not the transformer's size.

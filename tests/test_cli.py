@@ -165,4 +165,4 @@ def test_cli_txt2img_with_a_transformer_only_flux_file_uses_its_family_defaults(
     with Image.open(saved) as image:
         parameters = image.info["parameters"]
     assert "Steps: 4, Sampler: Euler" in parameters and "CFG scale: 1," in parameters
-    assert "VAE: ae.safetensors" in parameters
+    assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16" in parameters  # Forge's keys, no "VAE:"

@@ -297,6 +297,7 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
             raise LoraError(f"LoRA {request.file.path.name} could not be applied to this model: none of "
                             f"its weights match a layer of this {family} model (a LoRA for another model "
                             "family, or a key format that is not converted for this one)")
+        _lora_weights_off_fp8(pipe)
         logger.info("LoRA %s loaded (te %.3g, unet %.3g)", request.file.name, request.te_weight,
                     request.unet_weight)
     components = pipe.get_list_adapters()  # {"unet": [...], "text_encoder": [...], ...}
@@ -307,6 +308,27 @@ def _load_adapters(pipe: Any, requests: Sequence[LoraRequest], adapters: list[st
                                     else request.te_weight)
                         for component, names in components.items() if adapter in names})
     pipe.set_adapters(adapters, adapter_weights=weights)
+
+
+def _lora_weights_off_fp8(pipe: Any) -> None:
+    """Peft gives a LoRA its base layer's weight dtype; fp8-stored layers (SD 3.x / Flux fp8 files) would get
+    fp8 LoRA matrices, which cannot be multiplied. They go to the component's compute dtype instead.
+    """
+    import torch
+
+    fp8 = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
+    for component in getattr(pipe, "components", {}).values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        named = list(component.named_parameters())
+        stuck = [param for name, param in named if "lora_" in name and param.dtype in fp8]
+        if not stuck:
+            continue
+        compute = next((param.dtype for name, param in named
+                        if "lora_" not in name and param.is_floating_point() and param.dtype not in fp8),
+                       torch.bfloat16)
+        for param in stuck:
+            param.data = param.data.to(compute)
 
 
 def _bfl_peft_keys_as_kohya(pipe: Any, state: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,8 @@ files chosen for the slots the checkpoint lacks (:mod:`sdweb.engine.models.modul
 
 1. Reads the tensors it needs, one at a time, cast as they are read (the transformer and text encoders to
    ``runtime.dtype``, the VAE to ``runtime.vae_dtype``). **fp8** weights (``float8_e4m3fn``/``e5m2``)
-   are kept in fp8: their linear layers get diffusers' layerwise casting hooks, which cast one layer's
-   weights to the compute dtype for its forward and drop the copy after, so memory holds fp8.
+   are kept in fp8: each linear layer casts its weight to the compute dtype for its forward and drops the
+   copy after (:func:`keep_fp8_storage`), so memory holds fp8; biases are kept at the compute dtype.
    **GGUF** transformers are read one tensor at a time (:func:`sdweb.engine.models.gguf_io.read_gguf_state`)
    and handed to diffusers' GGUF support (``GGUFQuantizationConfig``): the weights stay quantized and are
    dequantized per layer.
@@ -22,6 +22,7 @@ Diffusers folders of these pipelines load with ``from_pretrained(local_files_onl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -68,11 +69,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
-#: Layers kept at the compute dtype when the rest is stored in fp8 (diffusers' own defaults).
-#: T5's feed-forward output layer too: T5 casts its input to that layer's weight dtype (fp8 storage) first.
-_LAYERWISE_SKIP = (
-    "pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$", "shared", r"DenseReluDense\.wo$"
-)
+#: Layers upcast to the compute dtype when the rest stays fp8: embeddings and the patch projections.
+_LAYERWISE_SKIP = ("pos_embed", "patch_embed", "^proj_in$", "^proj_out$", "shared")
 _IGNORABLE = ("position_ids", "logit_scale")
 #: Parts of an all-in-one file that are never the transformer (skipped when its keys are bare).
 _OTHER_PARTS = ("text_encoders.", "first_stage_model.", "vae.", "cond_stage_model.", "conditioner.")
@@ -202,27 +200,43 @@ def _has_fp8(module: torch.nn.Module) -> torch.dtype | None:
 
 
 def keep_fp8_storage(module: torch.nn.Module, compute: torch.dtype, *, what: str) -> None:
-    """fp8 weights stay fp8 in linear layers (cast per forward); anything else fp8 goes to ``compute``."""
-    from diffusers.hooks import apply_layerwise_casting
+    """fp8 weights of linear layers stay fp8 (cast to ``compute`` for each forward); biases and every other
+    fp8 tensor go to ``compute`` (a bias is small, and fp8 would round it to 3 mantissa bits).
+
+    Layers matching :data:`_LAYERWISE_SKIP` (embeddings, the patch projections) are upcast whole.
+    The adaLN modulation layers stay fp8: their values are fp8 in the file, an upcast copy would only cost
+    memory (a quarter of Flux). The input is cast too: T5 casts its hidden states to its output layer's
+    weight dtype before calling it.
+    """
+    import re
 
     storage = _has_fp8(module)
     if storage is None:
         return
-    apply_layerwise_casting(
-        module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=_LAYERWISE_SKIP
-    )
-    hooked = {id(m) for m in module.modules() if getattr(m, "_diffusers_hook", None) is not None}
-    for sub in module.modules():
-        if id(sub) in hooked:
-            continue
-        for name, param in list(sub.named_parameters(recurse=False)):
-            if param.dtype in FP8_DTYPES:
-                setattr(sub, name, torch.nn.Parameter(param.data.to(compute), requires_grad=False))
+    skip = re.compile("|".join(_LAYERWISE_SKIP))
+    kept = 0
+    for name, sub in module.named_modules():
+        linear = isinstance(sub, torch.nn.Linear)
+        is_kept = linear and sub.weight.dtype in FP8_DTYPES and not skip.search(name)
+        for attr, param in list(sub.named_parameters(recurse=False)):
+            if param.dtype in FP8_DTYPES and not (is_kept and attr == "weight"):
+                setattr(sub, attr, torch.nn.Parameter(param.data.to(compute), requires_grad=False))
+        if is_kept:
+            sub.forward = functools.partial(_fp8_linear_forward, sub, compute)  # type: ignore[method-assign]
+            kept += 1
     logger.info(
-        "%s: weights stored in %s, computed layer by layer in %s",
+        "%s: %d linear layers' weights stored in %s, computed layer by layer in %s",
         what,
+        kept,
         str(storage).removeprefix("torch."),
         str(compute).removeprefix("torch."),
+    )
+
+
+def _fp8_linear_forward(layer: torch.nn.Linear, compute: torch.dtype, x: torch.Tensor) -> torch.Tensor:
+    bias = layer.bias
+    return torch.nn.functional.linear(
+        x.to(compute), layer.weight.to(compute), bias.to(compute) if bias is not None else None
     )
 
 

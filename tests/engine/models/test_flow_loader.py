@@ -114,7 +114,10 @@ def test_sd35_transformer_only_takes_clip_g_and_the_fitting_t5(checkpoints, modu
     loaded = load_checkpoint(info, RUNTIME, modules=picked)
     # The fp8 T5 file stays fp8 in memory (its linear layers are cast per forward) and runs at the
     # compute dtype (T5's feed-forward casts its input to the output layer's weight dtype first).
-    assert storage_summary(loaded.pipe)["text_encoder_3"] == "float8_e4m3fn"
+    t5 = loaded.pipe.text_encoder_3
+    attention = t5.encoder.block[0].layer[0].SelfAttention
+    assert attention.q.weight.dtype == t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype
+    assert attention.q.weight.dtype == torch.float8_e4m3fn
     with torch.inference_mode():
         hidden = loaded.pipe.text_encoder_3(torch.tensor([[3, 7, 1]]))[0]
     assert hidden.dtype == RUNTIME.dtype and torch.isfinite(hidden).all()
@@ -139,6 +142,10 @@ def test_fp8_weights_stay_fp8_and_compute_close_to_the_fp32_model(checkpoints, m
         got = fp8.pipe.transformer(**inputs)[0]
     assert torch.allclose(expected, got, atol=0.15), (expected - got).abs().max()
     assert storage_summary(fp8.pipe)["transformer"] == "float8_e4m3fn"  # still fp8 after running
+    block = fp8.pipe.transformer.transformer_blocks[0]
+    # the modulation layers stay as the file holds them; biases are not rounded to fp8
+    assert block.norm1.linear.weight.dtype == torch.float8_e4m3fn
+    assert block.attn.to_q.bias.dtype == block.norm1.linear.bias.dtype == RUNTIME.dtype
 
 
 def test_gguf_transformer_stays_quantized(checkpoints, modules) -> None:
@@ -222,3 +229,41 @@ def test_a_gguf_quantization_diffusers_cannot_dequantize_is_refused_by_name(tmp_
     writer.close()
     with pytest.raises(UnsupportedCheckpointError, match="IQ2_XXS"):
         read_gguf_state(path)
+
+
+def test_a_lora_applies_to_an_fp8_transformer(checkpoints, modules, tmp_path: Path) -> None:
+    """peft would give the LoRA the fp8 storage dtype of its base layer, which cannot multiply."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from sdweb.engine.extra_networks.job import ExtraNetworks
+    from sdweb.engine.extra_networks.lora import LoraLibrary
+    from sdweb.engine.families import FamilyJob, default_families
+    from sdweb.params import GenerationParams, JobControl
+
+    loaded = _load(checkpoints, modules, "flux-schnell-fp8.safetensors")
+    proj = loaded.pipe.transformer.transformer_blocks[0].attn.to_out[0]
+    generator = torch.Generator().manual_seed(0)
+    (tmp_path / "Lora").mkdir()
+    save_file(
+        {
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": torch.randn(
+                4, proj.in_features, generator=generator
+            ),
+            "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight": torch.randn(
+                proj.out_features, 4, generator=generator
+            ),
+        },
+        str(tmp_path / "Lora" / "style.safetensors"),
+    )
+    networks = ExtraNetworks(loras=LoraLibrary(tmp_path / "Lora"))
+    family = default_families().for_family(loaded.family)
+
+    def image(prompt: str) -> np.ndarray:
+        params = GenerationParams(prompt=prompt, steps=2, width=64, height=64, seed=1, subseed=1, clip_skip=1,
+                                  rng="CPU", sampler_name="Euler", cfg_scale=1.0)
+        job = FamilyJob(samplers=None, control=JobControl(), on_step=lambda _s: None, extra_networks=networks)
+        return np.asarray(family.txt2img(loaded, params, job).images[0].image).astype(int)
+
+    assert not np.array_equal(image("a cat"), image("a cat <lora:style:1>"))
+    assert proj.weight.dtype == torch.float8_e4m3fn  # the base layer is still stored in fp8
