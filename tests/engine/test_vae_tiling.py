@@ -133,7 +133,7 @@ def test_the_budget_rule_on_the_sd_vae_shape() -> None:
     layout = decode_layout(sd_vae, torch.empty(1, 4, 256, 256), fp32)
     assert layout is not None
     window = (layout.tile + 2 * layout.pad) * 8
-    assert decode_cost(sd_vae, window, window) <= HOST_BUDGET
+    assert decode_cost(sd_vae, window, window) <= vae_tiling.TILE_SHARE * HOST_BUDGET
     assert len(layout.starts(256)) >= 3
     assert layout.whole_latent_stage  # the mid block (attention) still sees the whole 2048x2048 image
     huge = decode_layout(sd_vae, torch.empty(1, 4, 640, 640), fp32)  # 5120x5120: its mid block in tiles too
