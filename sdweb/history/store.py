@@ -322,20 +322,8 @@ class HistoryStore:
     def add(self, entry: HistoryEntry) -> int:
         """Store ``entry`` and return its id."""
         _check_thumbnail(entry.thumbnail)
-        values = (
-            entry.created_at.astimezone(timezone.utc).isoformat(timespec="microseconds"),
-            entry.params.prompt,
-            entry.params.negative_prompt,
-            entry.params.model_dump_json(),
-            json.dumps(list(entry.seeds)),
-            json.dumps(list(entry.subseeds)),
-            entry.model_title,
-            entry.model_hash,
-            json.dumps(list(entry.output_paths), ensure_ascii=False),
-            json.dumps(list(entry.infotexts), ensure_ascii=False),
-            entry.thumbnail,
-            json.dumps(dict(entry.extra), ensure_ascii=False, default=str),  # a Path or datetime: as text
-        )
+        values = (entry.created_at.astimezone(timezone.utc).isoformat(timespec="microseconds"),
+                  *_content_values(entry))
         with self._lock:
             cursor = self._conn.execute(
                 "INSERT INTO entries (created_at, prompt, negative_prompt, params_json, seeds_json, "
@@ -355,20 +343,7 @@ class HistoryStore:
         a crash mid-job leaves a row listing every image saved before it. False when there is no such entry.
         """
         _check_thumbnail(entry.thumbnail)
-        values = (
-            entry.params.prompt,
-            entry.params.negative_prompt,
-            entry.params.model_dump_json(),
-            json.dumps(list(entry.seeds)),
-            json.dumps(list(entry.subseeds)),
-            entry.model_title,
-            entry.model_hash,
-            json.dumps(list(entry.output_paths), ensure_ascii=False),
-            json.dumps(list(entry.infotexts), ensure_ascii=False),
-            entry.thumbnail,
-            json.dumps(dict(entry.extra), ensure_ascii=False, default=str),
-            entry_id,
-        )
+        values = (*_content_values(entry), entry_id)
         with self._lock:
             cursor = self._conn.execute(
                 "UPDATE entries SET prompt = ?, negative_prompt = ?, params_json = ?, seeds_json = ?, "
@@ -479,3 +454,20 @@ def _params_from_json(text: str, prompt: str, negative_prompt: str) -> Generatio
 
 def _refused_fields(errors: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted({str(item["loc"][0]) for item in errors if item.get("loc")})
+
+
+def _content_values(entry: HistoryEntry) -> tuple[Any, ...]:
+    """An entry's stored columns after ``created_at``, in the table's order (add and update share them)."""
+    return (
+        entry.params.prompt,
+        entry.params.negative_prompt,
+        entry.params.model_dump_json(),
+        json.dumps(list(entry.seeds)),
+        json.dumps(list(entry.subseeds)),
+        entry.model_title,
+        entry.model_hash,
+        json.dumps(list(entry.output_paths), ensure_ascii=False),
+        json.dumps(list(entry.infotexts), ensure_ascii=False),
+        entry.thumbnail,
+        json.dumps(dict(entry.extra), ensure_ascii=False, default=str),  # a Path or datetime: as text
+    )
