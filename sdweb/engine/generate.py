@@ -316,12 +316,14 @@ class _Txt2Img:
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
         plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
                                    path=params.sampler_path or "A1111")
-        if isinstance(plan, SchedulerPlan):
-            try:  # a step count the scheduler cannot make (DDIM above the 1000 trained steps)
+        try:  # a step count the sampler cannot make (DDIM above the 1000 trained steps)
+            if isinstance(plan, SchedulerPlan):
                 plan.set_timesteps(params.steps, "cpu")
-            except ValueError as exc:
-                raise ValueError(f"steps: {params.sampler_name} cannot sample {params.steps} steps "
-                                 f"({exc})") from exc
+            elif plan.a1111 and plan.sampler.options.get("timesteps"):
+                plan.sigmas(params.steps)
+        except ValueError as exc:
+            raise ValueError(f"steps: {params.sampler_name} cannot sample {params.steps} steps "
+                             f"({exc})") from exc
 
     # -- 2. prompts --------------------------------------------------------------------------
     def encode_prompts(self) -> None:

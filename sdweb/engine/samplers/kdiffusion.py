@@ -850,6 +850,9 @@ def sample_lcm(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gener
 def a1111_timesteps(steps: int, *, discard_penultimate: bool = False) -> list[int]:
     """A1111's DDIM / PLMS timesteps: every ``1000 // steps``-th from 0, plus 1 (1, 51, ..., 951 for 20)."""
     n = steps + 1 if discard_penultimate else steps
+    if not 0 < n <= 1000:
+        raise ValueError(f"A1111's DDIM / PLMS timesteps take 1 to 1000 steps (the model's trained steps), "
+                         f"not {steps}")
     return [min(max(t + 1, 0), 999) for t in range(0, 1000, 1000 // n)]
 
 
