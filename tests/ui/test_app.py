@@ -122,3 +122,16 @@ def test_building_the_ui_imports_no_torch(fresh_build: dict[str, list[str]]) -> 
 def test_services_and_ui_together_import_no_torch(fresh_build: dict[str, list[str]]) -> None:
     """Issue 4 item 2: the page is up before torch (seconds) is imported."""
     assert fresh_build["after_services"] == []
+
+
+def test_the_download_hint_names_the_folder_without_the_servers_path(tmp_path: Path) -> None:
+    # A page opened from the LAN must not learn where the server keeps its files (issue 13.4).
+    services, _ = make_services(tmp_path)
+    try:
+        demo = build_ui(services)
+        hints = [block.value for block in demo.blocks.values()
+                 if isinstance(block, gr.Markdown) and "Fetches a checkpoint" in str(block.value)]
+        assert hints and all("`models/Stable-diffusion`" in hint for hint in hints)
+        assert not any(str(tmp_path) in hint for hint in hints)
+    finally:
+        services.worker.close()

@@ -45,7 +45,10 @@ def outcome_html(text: str, *, ok: bool) -> str:
 
 def render_download_section(services: Any, checkpoint: gr.Dropdown, *, open_: bool = False) -> None:
     """An accordion under the checkpoint selector; a finished download is selected in ``checkpoint``."""
-    folder = services.settings.paths.ckpt_dirs[0]
+    from sdweb.safepath import shown_path
+
+    # Relative to the data folder: a page opened from the LAN never shows the server's own paths.
+    folder = shown_path(services.settings.paths.ckpt_dirs[0], services.settings.paths.root)
     with gr.Accordion("Download a model", open=open_, elem_id="sdweb-download"):
         gr.Markdown(
             f"Fetches a checkpoint from the Hugging Face hub into `{folder}` (resumable; the file is kept "

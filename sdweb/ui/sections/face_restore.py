@@ -32,7 +32,9 @@ def restore_faces_info(services: Any) -> str:
         problem = str(exc)
     if problem is None:
         return f"With {name} (Settings → Face restoration)."
-    return f"Cannot run here: {problem}"
+    from sdweb.safepath import for_client
+
+    return f"Cannot run here: {for_client(problem)}"  # folders relative to the data folder
 
 
 class FaceRestoreSection(FormSection):
