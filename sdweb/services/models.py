@@ -183,7 +183,10 @@ class ModelService:
         return self.find(path.name)
 
     def empty_message(self) -> str:
-        folder = self._settings.paths.ckpt_dirs[0]
+        # Relative to the data folder: the page and API clients may be on the LAN (no server paths).
+        from sdweb.safepath import shown_path
+
+        folder = shown_path(self._settings.paths.ckpt_dirs[0], self._settings.paths.root)
         return (f"No checkpoint found. Put a .safetensors (or .ckpt) Stable Diffusion checkpoint in "
                 f"{folder} and press refresh.")
 
