@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, ControlNetUnit
+from sdweb.safepath import for_client
 from sdweb.ui.sections.base import SCRIPTS, FormSection, SectionContext, SectionError
 
 logger = logging.getLogger(__name__)
@@ -233,8 +234,8 @@ class ControlNetSection(FormSection):
                 return self.controlnet.detect(
                     module, [image], processor_res=resolution, threshold_a=a, threshold_b=b
                 )[0]
-            except (LookupError, ValueError) as exc:
-                gr.Warning(f"ControlNet unit {index}: {exc}")
+            except (LookupError, ValueError) as exc:  # e.g. an annotator's weight file: named, not the path
+                gr.Warning(for_client(f"ControlNet unit {index}: {exc}"))
                 return None
 
         unit.preview_button.click(
