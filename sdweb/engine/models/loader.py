@@ -59,8 +59,6 @@ from sdweb.engine.models.detect import (
     Detection,
     detect_checkpoint,
     detect_diffusers_folder,
-    infer_vae_config,
-    is_ldm_vae,
 )
 from sdweb.engine.models.errors import (
     CheckpointReadError,
@@ -69,6 +67,7 @@ from sdweb.engine.models.errors import (
 )
 from sdweb.engine.models.hashes import file_sha256, short_hash
 from sdweb.engine.models.safetensors_io import iter_safetensors_tensors, read_safetensors_header
+from sdweb.engine.models.shape_facts import infer_vae_config, is_ldm_vae
 
 if TYPE_CHECKING:
     from sdweb.engine.devices import RuntimeConfig
