@@ -117,14 +117,13 @@ def aux_problem() -> str | None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def read_weights(path: Path) -> dict[str, Any]:
-    """The tensors of an annotator file (safetensors, or a pickle read by the weights-only unpickler).
+def load_safely(path: Path) -> Any:
+    """What ``path`` holds, read as safetensors or by torch's weights-only unpickler (no code runs).
 
-    ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and ``module.`` prefixes (DataParallel saves)
-    are removed. Raises :class:`PreprocessorUnavailableError` for a pickle that would run code or an
-    unreadable file.
+    Raises :class:`PreprocessorUnavailableError` for a pickle that would run code or an unreadable file.
     """
     import pickle
+    import zipfile
 
     import torch
 
@@ -132,23 +131,36 @@ def read_weights(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
-            loaded: Any = dict(load_file(str(path), device="cpu"))
-        else:
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+            return dict(load_file(str(path), device="cpu"))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "")
         why = f" ({refused})" if refused else ""
         raise PreprocessorUnavailableError(
             f"refused to load {path.name}: it is a pickle that would run code or build objects other than "
             f"tensors when loaded{why}; use the file from https://huggingface.co/{ANNOTATOR_REPO}") from exc
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise PreprocessorUnavailableError(f"cannot read annotator weights {path.name}: {exc}") from exc
+    except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, TypeError, AttributeError,
+            ImportError, KeyError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PreprocessorUnavailableError(f"cannot read annotator weights {path.name}: {detail}") from exc
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """The tensors of an annotator file (see :func:`load_safely`), as a flat state dict.
+
+    ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and ``module.`` prefixes (DataParallel saves)
+    are removed.
+    """
+    import torch
+
+    loaded = load_safely(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
-    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
+    if not isinstance(loaded, dict) or not loaded or not all(
+            isinstance(value, torch.Tensor) for value in loaded.values()):
         raise PreprocessorUnavailableError(f"{path.name} does not hold a state dict of tensors")
-    return {key.removeprefix("module."): value for key, value in loaded.items()}
+    return {str(key).removeprefix("module."): value for key, value in loaded.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -512,7 +524,7 @@ class AnnotatorRunner:
         if detector is None:
             paths = [self._fetch(name, file) for file in spec.files]
             for path in paths:  # the weights-only reader refuses pickles that run code before aux loads them
-                read_weights(path)
+                load_safely(path)
             module = importlib.import_module("controlnet_aux")
             keywords = dict(zip(spec.file_keywords, spec.files[1:], strict=True))
             detector = getattr(module, spec.detector).from_pretrained(
