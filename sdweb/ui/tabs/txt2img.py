@@ -73,7 +73,7 @@ class Txt2ImgTab:
 
     def outputs(self) -> set[Any]:
         extra = {self.modules} if self.modules is not None else set()
-        return {*self.form.values(), self.tabs, self.message, *extra}
+        return {*self.form.values(), self.tabs, self.message, *extra, *self.sections.fill_outputs()}
 
     def fill(self, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``values`` into the form and switch to the txt2img tab."""
@@ -97,6 +97,7 @@ class Txt2ImgTab:
             choices = self.module_choices() if self.module_choices is not None else []
             updates[self.modules] = gr.update(value=list(names), choices=sorted({*choices, *names}))
         notes = [*(notes or ()), *self._unknown_sampler_notes(values)]
+        updates.update(self.sections.fill(values, notes))
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
         text = "Parameters restored." + (" " + "; ".join(notes) + "." if notes else "")
         updates[self.message] = note_html(text)
