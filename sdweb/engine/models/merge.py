@@ -65,7 +65,7 @@ class TensorSource:
             self._file = self.path.open("rb", buffering=0)
             self.metadata = dict(self._header.metadata)
         else:
-            from sdweb.engine.models.loader import torch_load_weights_only
+            from sdweb.engine.models.pickle_io import torch_load_weights_only
 
             self._held = torch_load_weights_only(self.path)
             self.metadata = {}
