@@ -338,9 +338,10 @@ class ControlNetSection(FormSection):
                          "units (Settings > ControlNet > Multi-ControlNet: number of units)")
         restored = [str(unit.index) for unit in pasted if unit.index < len(self.units)]
         if restored:
-            which = f"unit {restored[0]}" if len(restored) == 1 else f"units {', '.join(restored)}"
-            notes.append(f"ControlNet {which} restored; the infotext holds no control image, so each keeps "
-                         "the one it has")
+            which, keeps = ((f"unit {restored[0]}", "it keeps") if len(restored) == 1
+                            else (f"units {', '.join(restored)}", "each keeps"))
+            notes.append(f"ControlNet {which} restored; the infotext holds no control image, so {keeps} the "
+                         "one it has")
         return updates
 
     def wire_page_load(self, demo: gr.Blocks, services: Any) -> None:
