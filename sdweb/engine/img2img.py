@@ -346,10 +346,10 @@ class _Img2Img(_Txt2Img):
         self.step_index = offset
         denoiser = self.function_denoiser(plan)
 
-        def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
             # Inpainting: the prediction outside the mask is the init image itself (A1111's way).
-            return self.keep_unmasked(denoiser(x, sigma), init)
+            return self.keep_unmasked(denoiser(x, sigma, **kwargs), init)
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
             self.step_index = offset + i + 1

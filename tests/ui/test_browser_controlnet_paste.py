@@ -14,7 +14,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from tests.ui.conftest import ARTIFACTS, RunningServer, opened_page, serve
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, open_tab
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, open_tab, screenshot
 from tests.ui.test_controlnet_paste import CANNY, DEPTH, write_fake_controlnets
 
 pytestmark = pytest.mark.browser
@@ -133,3 +133,27 @@ def test_pnginfo_send_to_txt2img_refills_two_controlnet_units(page: Any, server:
 
     page.get_by_role("tab", name="ControlNet Unit 2").click()
     assert not page.locator("#txt2img-controlnet-2-enabled input").is_checked()  # not in the infotext: off
+
+
+def test_infotext_pasted_into_the_prompt_and_read_with_the_button_refills_the_units(
+    page: Any, server: RunningServer
+) -> None:
+    depth = _title(server, DEPTH)
+    open_tab(page, "txt2img")
+    page.fill("#txt2img-prompt textarea", (
+        "a barn\nSteps: 4, Sampler: Euler, Seed: 7, Size: 64x64, "
+        f'ControlNet 0: "Module: depth_midas, Model: {depth}, Weight: 0.4, Resize Mode: Crop and Resize, '
+        "Processor Res: 256, Guidance Start: 0.2, Guidance End: 0.9, Pixel Perfect: False, "
+        'Control Mode: Balanced, Hr Option: High res only"'))
+    page.click("#txt2img-paste")
+    page.locator("#txt2img-message", has_text="ControlNet unit 0 restored").wait_for()
+    assert page.locator("#txt2img-prompt textarea").input_value() == "a barn"
+    page.get_by_role("tab", name="ControlNet Unit 0").click()
+    unit = _unit_values(page, 0)
+    assert (unit["module"], unit["model"], unit["weight"], unit["hr_option"]) == (
+        "depth_midas", depth, 0.4, "High res only")
+    assert (unit["guidance_start"], unit["guidance_end"], unit["processor_res"]) == (0.2, 0.9, 256)
+    assert unit["enabled"] and not unit["pixel_perfect"]
+    page.get_by_role("tab", name="ControlNet Unit 1").click()
+    assert not page.locator("#txt2img-controlnet-1-enabled input").is_checked()  # not named this time
+    screenshot(page, "txt2img-paste-controlnet")

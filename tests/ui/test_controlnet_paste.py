@@ -151,3 +151,29 @@ def test_send_to_img2img_refills_its_units_too(services: Any) -> None:
     assert _value(updates[first.guidance_end]) == 0.85
     assert _value(updates[second.model]) == _title(services, DEPTH)
     assert updates[third.enabled] is False
+
+
+def test_the_read_parameters_button_takes_the_infotext_pasted_into_the_prompt(services: Any) -> None:
+    got = txt2img.read_prompt_parameters(services, _infotext(services))
+    assert got is not None
+    values, _notes = got
+    assert values["prompt"] == "a lighthouse" and values["steps"] == 2
+    assert [unit.index for unit in values["controlnet_units"]] == [0, 1]
+
+
+def test_a_prompt_without_parameters_is_not_read_and_an_empty_one_reads_the_last_generation(
+    services: Any,
+) -> None:
+    from sdweb.history.store import HistoryEntry
+    from sdweb.params import GenerationParams
+
+    with pytest.warns(UserWarning, match="no generation parameters to read"):
+        assert txt2img.read_prompt_parameters(services, "just a prompt, nothing else") is None
+    with pytest.warns(UserWarning, match="Paste generation parameters"):
+        assert txt2img.read_prompt_parameters(services, "  ") is None  # no generation yet
+
+    services.history.add(HistoryEntry(params=GenerationParams(prompt="a lighthouse"), seeds=(5,),
+                                      infotexts=(_infotext(services),)))
+    got = txt2img.read_prompt_parameters(services, "")
+    assert got is not None and got[0]["prompt"] == "a lighthouse"
+    assert len(got[0]["controlnet_units"]) == 2

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from sdweb.images.controlnet_infotext import PASTED_FIELDS, match_model, resolve_names
 from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, ControlNetUnit
+from sdweb.safepath import for_client
 from sdweb.ui.fields import CONTROLNET_UNITS
 from sdweb.ui.sections.base import SCRIPTS, FormSection, SectionContext, SectionError
 
@@ -240,8 +241,8 @@ class ControlNetSection(FormSection):
                 return self.controlnet.detect(
                     module, [image], processor_res=resolution, threshold_a=a, threshold_b=b
                 )[0]
-            except (LookupError, ValueError) as exc:
-                gr.Warning(f"ControlNet unit {index}: {exc}")
+            except (LookupError, ValueError) as exc:  # e.g. an annotator's weight file: named, not the path
+                gr.Warning(for_client(f"ControlNet unit {index}: {exc}"))
                 return None
 
         unit.preview_button.click(
@@ -337,9 +338,10 @@ class ControlNetSection(FormSection):
                          "units (Settings > ControlNet > Multi-ControlNet: number of units)")
         restored = [str(unit.index) for unit in pasted if unit.index < len(self.units)]
         if restored:
-            which = f"unit {restored[0]}" if len(restored) == 1 else f"units {', '.join(restored)}"
-            notes.append(f"ControlNet {which} restored; the infotext holds no control image, so each keeps "
-                         "the one it has")
+            which, keeps = ((f"unit {restored[0]}", "it keeps") if len(restored) == 1
+                            else (f"units {', '.join(restored)}", "each keeps"))
+            notes.append(f"ControlNet {which} restored; the infotext holds no control image, so {keeps} the "
+                         "one it has")
         return updates
 
     def wire_page_load(self, demo: gr.Blocks, services: Any) -> None:
