@@ -5,8 +5,10 @@ a paste fills unit tab N), whose quoted value is ``Display Name: value`` pairs j
 display name is the field name's words capitalised (``processor_res`` -> ``Processor Res``). Which
 fields appear depends on its version: 1.1.4xx writes every field but those at -1 (``Low Vram``,
 ``Hr Option``, ``Save Detected Map`` too), later ones the eleven from ``Module`` to ``Control Mode``.
-Its 2023 layout (``preprocessor: canny, model: ..., starting/ending: (0, 1), preprocessor params:
-(512, 100, 200)``) is read as well. Enum values may be written as enum names (``ResizeMode.INNER_FIT``).
+Its 2023 layouts are read as well: summer's line (``preprocessor: canny, model: ..., starting/ending:
+(0, 1), preprocessor params: (512, 100, 200)``, key ``ControlNet`` alone when one unit was set up) and
+spring's key per field (``ControlNet 0 Preprocessor: canny, ControlNet 0 Starting Step: 0, ...``).
+Enum values may be written as enum names (``ResizeMode.INNER_FIT``).
 
 A unit the text names is enabled, and the fields the text leaves out take the unit's defaults (the
 extension's paste builds a whole unit from the line). A value that cannot be read keeps the default,
@@ -31,8 +33,10 @@ from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES
 
 logger = logging.getLogger(__name__)
 
-#: An infotext key holding one unit: ``ControlNet 0``.
-UNIT_KEY_RE = re.compile(r"ControlNet (\d+)")
+#: An infotext key holding one unit: ``ControlNet 0`` (2023: ``ControlNet`` when one unit was set up).
+UNIT_KEY_RE = re.compile(r"ControlNet(?: (\d+))?")
+#: Spring 2023's one key per field: ``ControlNet 0 Weight`` (``ControlNet Weight`` for a single unit).
+FIELD_KEY_RE = re.compile(r"ControlNet(?: (\d+))? ([A-Za-z][\w /-]*)")
 #: A ``name [hash]`` model title.
 _TITLE_RE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,12})\]$")
 
@@ -105,11 +109,16 @@ _KEYS: Mapping[str, str] = {
     "pixel perfect": "pixel_perfect",
     "control mode": "control_mode",
     "hr option": "hr_option",
+    # Spring 2023's names (one infotext key per field).
+    "enabled": "enabled",
+    "starting step": "guidance_start",
+    "ending step": "guidance_end",
 }
 #: The 2023 layout's keys holding several fields as ``(a, b, ...)``.
 _TUPLE_KEYS: Mapping[str, tuple[str, ...]] = {
     "starting/ending": ("guidance_start", "guidance_end"),
     "preprocessor params": ("processor_res", "threshold_a", "threshold_b"),
+    "preprocessor parameters": ("processor_res", "threshold_a", "threshold_b"),
 }
 #: Keys that do not change the picture (memory use, what is saved beside it): read and let go.
 _NO_EFFECT_KEYS = frozenset({"low vram", "save detected map"})
@@ -139,12 +148,19 @@ def unit_defaults() -> dict[str, Any]:
 
 def controlnet_units_from_infotext(parsed: Mapping[str, Any]) -> list[PastedUnit]:
     """The ``ControlNet N`` lines of a parsed infotext (``parse_infotext``'s dict), by unit index."""
-    units = []
+    lines: dict[int, str] = {}
+    fields: dict[int, list[str]] = {}
     for key, value in parsed.items():
-        found = UNIT_KEY_RE.fullmatch(str(key))
-        if found is not None:
-            units.append(parse_unit_line(int(found.group(1)), str(value)))
-    return sorted(units, key=lambda unit: unit.index)
+        whole = UNIT_KEY_RE.fullmatch(str(key))
+        if whole is not None:
+            lines[int(whole.group(1) or 0)] = str(value)
+            continue
+        one_field = FIELD_KEY_RE.fullmatch(str(key))
+        if one_field is not None:
+            fields.setdefault(int(one_field.group(1) or 0), []).append(f"{one_field.group(2)}: {value}")
+    for index, items in fields.items():
+        lines.setdefault(index, ", ".join(items))
+    return [parse_unit_line(index, text) for index, text in sorted(lines.items())]
 
 
 def _split_items(text: str) -> list[str]:

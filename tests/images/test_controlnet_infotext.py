@@ -170,3 +170,31 @@ def test_resolving_names_maps_aliases_and_says_what_is_missing() -> None:
                      "was left unchanged",
                      "ControlNet unit 1: model control_v11p_sd15_mlsd [aca30ff0] is not installed "
                      "(models/ControlNet); choose a model"]
+
+
+def test_the_2023_layouts_with_a_bare_key_or_a_key_per_field_are_read() -> None:
+    summer = parse_infotext(f'a house\nSteps: 2, Seed: 1, Size: 64x64, ControlNet: "{LEGACY}"')
+    [unit] = controlnet_units_from_infotext(summer)
+    assert (unit.index, unit.values["module"], unit.values["guidance_end"]) == (0, "canny", 0.7)
+
+    spring = parse_infotext(
+        "a house\nSteps: 2, Seed: 1, Size: 64x64, ControlNet 1 Enabled: True, "
+        "ControlNet 1 Preprocessor: canny, ControlNet 1 Model: control_sd15_canny [fef5e48e], "
+        "ControlNet 1 Weight: 0.8, ControlNet 1 Starting Step: 0.25, ControlNet 1 Ending Step: 0.75, "
+        "ControlNet 1 Resize Mode: Just Resize, "
+        "ControlNet 1 Pixel Perfect: True, ControlNet 1 Control Mode: Balanced, "
+        'ControlNet 1 Preprocessor Parameters: "(320, 80, 160)", ControlNet 1 Guess Mode: False')
+    [unit] = controlnet_units_from_infotext(spring)
+    assert unit.index == 1
+    names = ("module", "model", "weight", "guidance_start", "guidance_end", "resize_mode", "pixel_perfect",
+             "processor_res", "threshold_a", "threshold_b")
+    assert {name: unit.values[name] for name in names} == {
+        "module": "canny", "model": "control_sd15_canny [fef5e48e]", "weight": 0.8, "guidance_start": 0.25,
+        "guidance_end": 0.75, "resize_mode": "Just Resize", "pixel_perfect": True, "processor_res": 320,
+        "threshold_a": 80.0, "threshold_b": 160.0}
+    assert unit.notes == ("ControlNet 1: Guess Mode 'False' is not supported here; left out",)
+
+    first = parse_infotext("a house\nSteps: 2, Seed: 1, ControlNet Enabled: True, ControlNet Module: depth, "
+                           "ControlNet Model: control_sd15_depth [fef5e48e]")
+    [unit] = controlnet_units_from_infotext(first)
+    assert (unit.index, unit.values["module"], unit.values["enabled"]) == (0, "depth", True)
