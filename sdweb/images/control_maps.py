@@ -268,6 +268,7 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "softedge_hed": ("ControlNetHED.pth", ("SoftEdge",)),
     "softedge_hedsafe": ("ControlNetHED.pth", ("SoftEdge",)),
     "softedge_pidinet": ("table5_pidinet.pth", ("SoftEdge",)),
+    "softedge_pidisafe": ("table5_pidinet.pth", ("SoftEdge",)),
     "mlsd": ("mlsd_large_512_fp32.pth", ("MLSD",)),
     "seg_ufade20k": ("upernet_global_small.pth", ("Segmentation",)),
 }
