@@ -87,9 +87,10 @@ def test_networks_are_loaded_once_and_kept(folder: Path, monkeypatch: pytest.Mon
         registry.find("softedge_hed").run(_picture(), processor_res=64)
     registry.find("softedge_hedsafe").run(_picture(), processor_res=64)  # the same file
     assert reads == ["ControlNetHED.pth"]
-    runner.unload()
+    registry.unload_models()  # what the engine's unload_all (POST /sdapi/v1/unload-checkpoint) calls
     registry.find("softedge_hed").run(_picture(), processor_res=64)
     assert reads == ["ControlNetHED.pth", "ControlNetHED.pth"]
+    assert runner is registry.runner
 
 
 def test_a_missing_file_offline_is_refused_naming_it(tmp_path: Path) -> None:
