@@ -268,6 +268,7 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "softedge_hed": ("ControlNetHED.pth", ("SoftEdge",)),
     "softedge_hedsafe": ("ControlNetHED.pth", ("SoftEdge",)),
     "softedge_pidinet": ("table5_pidinet.pth", ("SoftEdge",)),
+    "softedge_pidisafe": ("table5_pidinet.pth", ("SoftEdge",)),
     "mlsd": ("mlsd_large_512_fp32.pth", ("MLSD",)),
     "seg_ufade20k": ("upernet_global_small.pth", ("Segmentation",)),
 }
@@ -282,6 +283,9 @@ class AnnotatorRunner(Protocol):
     def run(self, name: str, rgb: np.ndarray, resolution: int, threshold_a: float,
             threshold_b: float) -> np.ndarray:
         """The map of ``rgb`` (uint8 HxWx3); raises PreprocessorUnavailableError when it cannot run."""
+
+    def unload(self) -> None:
+        """Drop the loaded networks (``POST /sdapi/v1/unload-checkpoint``)."""
 
 
 #: Preprocessors whose map is the picture with the mask's pixels at -1 (the extension's inpaint ones).
@@ -379,16 +383,24 @@ class PreprocessorNotFoundError(LookupError):
 class PreprocessorRegistry:
     """Preprocessors by name (and alias, any case); built-ins first, then those extensions add."""
 
-    def __init__(self, preprocessors: Iterable[Preprocessor] = ()) -> None:
+    def __init__(self, preprocessors: Iterable[Preprocessor] = (), *,
+                 runner: AnnotatorRunner | None = None) -> None:
         self._items: dict[str, Preprocessor] = {}
         self._aliases: dict[str, str] = {}
+        #: What runs the model-based annotators (None: they are refused).
+        self.runner = runner
         for item in preprocessors:
             self.add(item)
 
     @classmethod
     def with_builtins(cls, annotators_dir: Path | None = None,
                       runner: AnnotatorRunner | None = None) -> PreprocessorRegistry:
-        return cls(builtin_preprocessors(annotators_dir, runner))
+        return cls(builtin_preprocessors(annotators_dir, runner), runner=runner)
+
+    def unload_models(self) -> None:
+        """Drop the annotator networks loaded so far (they load again on next use)."""
+        if self.runner is not None:
+            self.runner.unload()
 
     def add(self, item: Preprocessor) -> None:
         key = item.name.lower()

@@ -17,6 +17,7 @@ from tests.fixtures.annotators import (
     anime_state,
     hed_state,
     lineart_state,
+    pidinet_state,
     write_annotator,
     write_pickle_with_code,
 )
@@ -37,6 +38,7 @@ def folder(tmp_path: Path) -> Path:
     write_annotator(folder, "sk_model.pth", lineart_state(seed=1))
     write_annotator(folder, "sk_model2.safetensors", lineart_state(seed=2))  # a safetensors copy is read too
     write_annotator(folder, "netG.pth", anime_state())
+    write_annotator(folder, "table5_pidinet.pth", pidinet_state())
     return folder
 
 
@@ -46,7 +48,7 @@ def _registry(folder: Path, **options: object) -> tuple[PreprocessorRegistry, An
 
 
 @pytest.mark.parametrize("name", ["softedge_hed", "softedge_hedsafe", "lineart_realistic", "lineart_coarse",
-                                  "lineart_anime"])
+                                  "lineart_anime", "softedge_pidinet", "softedge_pidisafe"])
 def test_each_annotator_makes_a_map_at_the_processor_resolution(folder: Path, name: str) -> None:
     registry, _runner = _registry(folder)
     preprocessor = registry.find(name)
@@ -59,14 +61,14 @@ def test_each_annotator_makes_a_map_at_the_processor_resolution(folder: Path, na
     assert pixels.std() > 1.0  # not a blank map: the picture's content shows
     again = np.asarray(preprocessor.run(_picture(), processor_res=64))
     assert np.array_equal(pixels, again)  # deterministic
-    if name == "softedge_hedsafe":
+    if name in ("softedge_hedsafe", "softedge_pidisafe"):
         assert set(np.unique(pixels)) <= {0, 128, 255}  # the "safe" step keeps three levels
 
 
 def test_maps_follow_the_picture(folder: Path) -> None:
     registry, _runner = _registry(folder)
     flat = Image.new("RGB", (64, 64), (128, 128, 128))
-    for name in ("softedge_hed", "lineart_realistic", "lineart_anime"):
+    for name in ("softedge_hed", "lineart_realistic", "lineart_anime", "softedge_pidinet"):
         plain = np.asarray(registry.find(name).run(flat, processor_res=64)).astype(int)
         busy = np.asarray(registry.find(name).run(_picture(64, 64), processor_res=64)).astype(int)
         assert np.abs(busy - plain).max() > 10, name  # the square and the bar change the map
@@ -85,9 +87,10 @@ def test_networks_are_loaded_once_and_kept(folder: Path, monkeypatch: pytest.Mon
         registry.find("softedge_hed").run(_picture(), processor_res=64)
     registry.find("softedge_hedsafe").run(_picture(), processor_res=64)  # the same file
     assert reads == ["ControlNetHED.pth"]
-    runner.unload()
+    registry.unload_models()  # what the engine's unload_all (POST /sdapi/v1/unload-checkpoint) calls
     registry.find("softedge_hed").run(_picture(), processor_res=64)
     assert reads == ["ControlNetHED.pth", "ControlNetHED.pth"]
+    assert runner is registry.runner
 
 
 def test_a_missing_file_offline_is_refused_naming_it(tmp_path: Path) -> None:
@@ -161,6 +164,45 @@ def test_the_real_layouts_build() -> None:
                          (annotators.build_anime, anime_state(64, prefix=""))):
         network = build(state, "file")
         assert set(network.state_dict()) == set(state)
+    wrapped = pidinet_state(60, 24)["state_dict"]
+    pidinet = {key.removeprefix("module."): value for key, value in wrapped.items()}
+    network = annotators.build_pidinet(pidinet, "file")
+    assert set(network.state_dict()) == set(pidinet)
+    # Radial-difference blocks become 5x5 plain convolutions, the others stay 3x3.
+    assert tuple(network.state_dict()["block1_2.conv1.weight"].shape) == (60, 1, 5, 5)
+    assert tuple(network.state_dict()["block1_1.conv1.weight"].shape) == (60, 1, 3, 3)
+
+
+def test_pixel_difference_kernels_equal_the_differences_they_stand_for() -> None:
+    """Each converted kernel gives what the pixel-difference operation computes on a 5x5 patch."""
+    import torch
+
+    torch.manual_seed(0)
+    weight = torch.randn(1, 1, 3, 3, dtype=torch.float64)
+    patch = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    w = weight[0, 0]
+    centre = patch[0, 0, 2, 2]
+    inner = patch[0, 0, 1:4, 1:4]
+
+    def plain(kernel: torch.Tensor) -> float:
+        size = kernel.shape[-1]
+        start = (5 - size) // 2
+        return float((patch[0, 0, start:start + size, start:start + size] * kernel[0, 0]).sum())
+
+    # central: sum of w * (x_i - x_centre)
+    assert plain(annotators.pixel_difference_kernel("cd", weight)) == pytest.approx(
+        float((w * (inner - centre)).sum()))
+    # angular: each ring tap's weight times (its x - the next x clockwise); the centre's weight is unused
+    ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]
+    angular = sum(float(w[ring[k]]) * float(inner[ring[k]] - inner[ring[(k + 1) % 8]]) for k in range(8))
+    assert plain(annotators.pixel_difference_kernel("ad", weight)) == pytest.approx(angular)
+    # radial: per direction k (row by row), (x at twice the offset - x at the offset) times weight k + 1 of
+    # the flattened kernel (the release's convention: its trained weights expect exactly this pairing)
+    directions = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    flat = w.flatten()
+    radial = sum(float(flat[k + 1]) * float(patch[0, 0, 2 + 2 * dy, 2 + 2 * dx] - patch[0, 0, 2 + dy, 2 + dx])
+                 for k, (dy, dx) in enumerate(directions))
+    assert plain(annotators.pixel_difference_kernel("rd", weight)) == pytest.approx(radial)
 
 
 def test_controlnet_aux_annotators_name_their_files_and_the_package(tmp_path: Path,

@@ -3,14 +3,15 @@
 Two kinds, both reading lllyasviel/Annotators' weight files from ``models/ControlNet/annotators/<file>``:
 
 * sdweb's own networks for the small image-to-image ones (:data:`NATIVE`): ``softedge_hed`` /
-  ``softedge_hedsafe`` (``ControlNetHED.pth``, ControlNet 1.1's HED), ``lineart_realistic`` /
-  ``lineart_coarse`` (``sk_model.pth`` / ``sk_model2.pth``, "informative drawings" generators) and
-  ``lineart_anime`` (``netG.pth``, a pix2pix U-Net). Their layer widths and depths are read from the
-  file's tensor shapes, so a file is checked against the layout before anything runs;
+  ``softedge_hedsafe`` (``ControlNetHED.pth``, ControlNet 1.1's HED), ``softedge_pidinet`` /
+  ``softedge_pidisafe`` (``table5_pidinet.pth``, PiDiNet), ``lineart_realistic`` / ``lineart_coarse``
+  (``sk_model.pth`` / ``sk_model2.pth``, "informative drawings" generators) and ``lineart_anime``
+  (``netG.pth``, a pix2pix U-Net). Their layer widths and depths are read from the file's tensor shapes,
+  so a file is checked against the layout before anything runs;
 * the others (:data:`VIA_CONTROLNET_AUX`: ``depth_midas``, ``depth_leres``, ``normal_bae``,
-  ``openpose``, ``mlsd``, ``softedge_pidinet``) through the controlnet-aux package when it imports (the
-  ``annotators`` extra; it needs torchvision, whose PyPI build does not import beside the CPU torch
-  build). ``seg_ufade20k`` (UniFormer) is in neither.
+  ``openpose``, ``mlsd``) through the controlnet-aux package when it imports (the ``annotators`` extra;
+  it needs torchvision, whose PyPI build does not import beside the CPU torch build). ``seg_ufade20k``
+  (UniFormer) is in neither.
 
 A missing file is fetched from the hub on first use (``hf_hub_download`` into that folder) unless
 downloads are off (``HF_HUB_OFFLINE``, or ``download=False``); offline the message names the file and the
@@ -57,7 +58,7 @@ PAD = 64
 class NativeAnnotator:
     """An annotator sdweb runs with its own network: the file and how its map is made."""
 
-    kind: str  # "hed", "lineart", "anime"
+    kind: str  # "hed", "pidi", "lineart", "anime"
     weights_file: str
     safe: bool = False  # softedge_hedsafe: the edges quantised to three levels
 
@@ -68,6 +69,8 @@ NATIVE: dict[str, NativeAnnotator] = {
     "lineart_realistic": NativeAnnotator("lineart", "sk_model.pth"),
     "lineart_coarse": NativeAnnotator("lineart", "sk_model2.pth"),
     "lineart_anime": NativeAnnotator("anime", "netG.pth"),
+    "softedge_pidinet": NativeAnnotator("pidi", "table5_pidinet.pth"),
+    "softedge_pidisafe": NativeAnnotator("pidi", "table5_pidinet.pth", safe=True),
 }
 
 
@@ -97,7 +100,6 @@ VIA_CONTROLNET_AUX: dict[str, AuxAnnotator] = {
                                   ("hand_filename", "face_filename"),
                                   options=(("include_hand", True), ("include_face", True))),
     "mlsd": AuxAnnotator("MLSDdetector", ("mlsd_large_512_fp32.pth",), thresholds=("thr_v", "thr_d")),
-    "softedge_pidinet": AuxAnnotator("PidiNetDetector", ("table5_pidinet.pth",)),
 }
 
 
@@ -328,6 +330,144 @@ def build_anime(state: dict[str, Any], file: str = "netG.pth") -> Any:
     return _filled(Anime(), state, file)
 
 
+#: PiDiNet's pixel-difference operation per layer (init block, then the 15 blocks): table5_pidinet.pth is
+#: the "carv4" network, central / angular / radial differences and a plain conv, four times over.
+PIDI_OPS = ("cd", "ad", "rd", "cv") * 4
+#: Angular difference: each 3x3 tap minus its clockwise neighbour (flattened 3x3 indices).
+_CLOCKWISE = [3, 0, 1, 6, 4, 2, 7, 8, 5]
+#: Radial difference: the outer ring of a 5x5 kernel gets weights 1-8 of the flattened 3x3 kernel, the
+#: inner ring their negatives (flattened 5x5 indices; the release pairs direction k with weight k + 1).
+_RD_OUTER = [0, 2, 4, 10, 14, 20, 22, 24]
+_RD_INNER = [6, 7, 8, 11, 13, 16, 17, 18]
+
+
+def pixel_difference_kernel(op: str, weight: Any) -> Any:
+    """The plain convolution kernel equal to a PiDiNet pixel-difference convolution of ``weight`` (3x3):
+    ``cd`` takes the centre times the kernel's sum off, ``ad`` differences clockwise neighbours, ``rd``
+    spreads it to a 5x5 ring pair; ``cv`` is plain.
+    """
+    if op == "cv":
+        return weight
+    flat = weight.flatten(2)
+    if op == "cd":
+        converted = weight.clone()
+        converted[:, :, 1, 1] -= weight.sum(dim=(2, 3))
+        return converted
+    if op == "ad":
+        return (flat - flat[:, :, _CLOCKWISE]).reshape(weight.shape)
+    ring = weight.new_zeros(weight.shape[0], weight.shape[1], 25)
+    ring[:, :, _RD_OUTER] = flat[:, :, 1:]
+    ring[:, :, _RD_INNER] = -flat[:, :, 1:]
+    return ring.reshape(weight.shape[0], weight.shape[1], 5, 5)
+
+
+def build_pidinet(state: dict[str, Any], file: str = "table5_pidinet.pth") -> Any:
+    """PiDiNet (softedge_pidinet): an init conv and four stages of depthwise pixel-difference blocks (the
+    2nd-4th stages start with a max-pool and a 1x1 shortcut), each stage's features through a dilation
+    module (1x1, then 3x3 convs dilated 5, 7, 9, 11, summed) and a spatial attention (1x1 to 4, 3x3 to 1,
+    sigmoid gate), reduced to one channel, scaled up and fused by a 1x1 classifier; sigmoid out. Input
+    BGR in 0..1. The pixel-difference convolutions become plain ones when loaded
+    (:func:`pixel_difference_kernel`).
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    stages = ((1, 3), (2, 4), (3, 4), (4, 4))  # (stage, blocks)
+    names = [f"block{stage}_{index}" for stage, count in stages for index in range(1, count + 1)]
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, kernel: int, downsample: bool) -> None:
+            super().__init__()
+            self.downsample = downsample
+            if downsample:
+                self.shortcut = nn.Conv2d(cin, cout, 1)
+            self.conv1 = nn.Conv2d(cin, cin, kernel, padding=kernel // 2, groups=cin, bias=False)
+            self.conv2 = nn.Conv2d(cin, cout, 1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.downsample:
+                x = functional.max_pool2d(x, 2, 2)
+            y = self.conv2(functional.relu(self.conv1(x)))
+            return y + (self.shortcut(x) if self.downsample else x)
+
+    class Dilation(nn.Module):
+        def __init__(self, cin: int, width: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, width, 1)
+            for index, rate in enumerate((5, 7, 9, 11), 1):
+                self.add_module(f"conv2_{index}", nn.Conv2d(width, width, 3, dilation=rate, padding=rate,
+                                                            bias=False))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv1(functional.relu(x))
+            return sum(getattr(self, f"conv2_{index}")(x) for index in range(1, 5))
+
+    class Attention(nn.Module):
+        def __init__(self, width: int, mid: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(width, mid, 1)
+            self.conv2 = nn.Conv2d(mid, 1, 3, padding=1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(self.conv2(self.conv1(functional.relu(x))))
+
+    class Reduce(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(width, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    class PiDiNet(nn.Module):
+        def __init__(self, base: int, dilation: int | None, attention: int | None) -> None:
+            super().__init__()
+            self.init_block = nn.Conv2d(3, base, 5 if PIDI_OPS[0] == "rd" else 3,
+                                        padding=2 if PIDI_OPS[0] == "rd" else 1, bias=False)
+            widths = []
+            cin = base
+            for layer, name in enumerate(names, 1):
+                stage, index = (int(part) for part in name.removeprefix("block").split("_"))
+                cout = base * min(2 ** (stage - 1), 4)
+                kernel = 5 if PIDI_OPS[layer] == "rd" else 3
+                self.add_module(name, Block(cin, cout, kernel, downsample=stage > 1 and index == 1))
+                cin = cout
+                if index == dict(stages)[stage]:
+                    widths.append(cout)
+            fused = [dilation or width for width in widths]
+            self.dilations = nn.ModuleList(Dilation(w, dilation) for w in widths) if dilation else None
+            self.attentions = nn.ModuleList(Attention(w, attention) for w in fused) if attention else None
+            self.conv_reduces = nn.ModuleList(Reduce(w) for w in fused)
+            self.classifier = nn.Conv2d(4, 1, 1)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = self.init_block(pixels)
+            edges = []
+            for stage, count in stages:
+                for index in range(1, count + 1):
+                    x = getattr(self, f"block{stage}_{index}")(x)
+                y = x
+                if self.dilations is not None:
+                    y = self.dilations[stage - 1](y)
+                if self.attentions is not None:
+                    y = self.attentions[stage - 1](y)
+                edges.append(functional.interpolate(self.conv_reduces[stage - 1](y), size=pixels.shape[-2:],
+                                                    mode="bilinear", align_corners=False))
+            return torch.sigmoid(self.classifier(torch.cat(edges, dim=1)))
+
+    base = _shape(state, "init_block.weight", file)[0]
+    dilation = state["dilations.0.conv1.weight"].shape[0] if "dilations.0.conv1.weight" in state else None
+    attention = state["attentions.0.conv1.weight"].shape[0] if "attentions.0.conv1.weight" in state else None
+    converted = dict(state)
+    for layer, name in enumerate(["init_block", *(f"{block}.conv1" for block in names)]):
+        key = f"{name}.weight"
+        if _shape(state, key, file)[-2:] != (3, 3):
+            raise PreprocessorUnavailableError(f"{file}: {key} is not a 3x3 pixel-difference kernel")
+        converted[key] = pixel_difference_kernel(PIDI_OPS[layer], state[key].float())
+    return _filled(PiDiNet(base, dilation, attention), converted, file)
+
+
 def _filled(network: Any, state: dict[str, Any], file: str) -> Any:
     """``network`` with the file's tensors (every key and shape must match), in eval mode, float32."""
     try:
@@ -340,7 +480,7 @@ def _filled(network: Any, state: dict[str, Any], file: str) -> Any:
 
 
 BUILDERS: dict[str, Callable[[dict[str, Any], str], Any]] = {
-    "hed": build_hed, "lineart": build_lineart, "anime": build_anime}
+    "hed": build_hed, "lineart": build_lineart, "anime": build_anime, "pidi": build_pidinet}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,7 +521,9 @@ def native_map(kind: str, network: Any, rgb: np.ndarray, resolution: int, *, saf
             lines = 1.0 - (out[0, 0].cpu().numpy() + 1.0) / 2.0
         else:
             pixels = _to_tensor(_padded(picture, PAD), device)
-            if kind == "hed":
+            if kind in ("hed", "pidi"):
+                if kind == "pidi":  # PiDiNet was trained on BGR pictures in 0..1
+                    pixels = pixels.flip(1) / 255.0
                 lines = network(pixels)[0, 0].float().cpu().numpy()[:height, :width]
                 if safe:  # the extension's "safe" step: three levels, so faint noise does not become lines
                     lines = np.floor(lines * 3.0) / 2.0

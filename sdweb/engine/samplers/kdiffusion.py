@@ -370,11 +370,19 @@ def _levels(sigmas: torch.Tensor) -> list[float]:
     return [float(value) for value in sigmas]
 
 
+def _f32(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)
+
+
 def _ancestral(sigma_from: float, sigma_to: float, eta: float) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)`` in float32 tensor arithmetic, as k-diffusion computes them: a level that
+    differs in its last bit can round to another training timestep in the model wrapper.
+    """
     if not eta:
         return sigma_to, 0.0
-    up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
-    return (sigma_to**2 - up**2) ** 0.5, up
+    start, end = _f32(sigma_from), _f32(sigma_to)
+    up = torch.minimum(end, eta * (end**2 * (start**2 - end**2) / start**2) ** 0.5)
+    return float((end**2 - up**2) ** 0.5), float(up)
 
 
 def _report(callback: StepCallback | None, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
@@ -429,7 +437,8 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
 
 def _dpm2_step(denoise: Denoise, x: torch.Tensor, d: torch.Tensor, sigma: float,
                sigma_to: float) -> torch.Tensor:
-    sigma_mid = math.exp((math.log(sigma) + math.log(sigma_to)) / 2)
+    # The geometric mean in float32 (log, lerp, exp), as k-diffusion: see _ancestral.
+    sigma_mid = float(_f32(sigma).log().lerp(_f32(sigma_to).log(), 0.5).exp())
     x_2 = x + d * (sigma_mid - sigma)
     d_2 = (x_2 - denoise(x_2, sigma_mid)) / sigma_mid
     return x + d_2 * (sigma_to - sigma)
@@ -506,11 +515,12 @@ def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.T
         if down == 0:
             x = x + (x - x0) / s[i] * (down - s[i])
         else:
-            t, t_next = -math.log(s[i]), -math.log(down)
+            # Times and the midpoint level in float32, as k-diffusion: see _ancestral.
+            t, t_next = _f32(s[i]).log().neg(), _f32(down).log().neg()
             h = t_next - t
-            sigma_mid = math.exp(-(t + h / 2))
-            x_2 = (sigma_mid / s[i]) * x - math.expm1(-h / 2) * x0
-            x = (down / s[i]) * x - math.expm1(-h) * denoise(x_2, sigma_mid)
+            sigma_mid = float((t + 0.5 * h).neg().exp())
+            x_2 = (sigma_mid / s[i]) * x - float((-h * 0.5).expm1()) * x0
+            x = (down / s[i]) * x - float((-h).expm1()) * denoise(x_2, sigma_mid)
         if s[i + 1] > 0:
             x = x + noise(s[i], s[i + 1]) * up
         _report(callback, i, x, x0)
