@@ -338,11 +338,19 @@ class _Img2Img(_Txt2Img):
                                   batch_index: int) -> torch.Tensor:
         sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
-        # 6. The last denoise_steps + 1 sigmas of the full schedule. (A1111 runs one step more: the last
-        #    t_enc + 2 sigmas, t_enc = int(min(strength, 0.999) * steps); not followed yet.)
+        # 6. The last denoise_steps + 1 sigmas of the full schedule. (A1111's k-diffusion samplers run one
+        #    step more: the last t_enc + 2 sigmas, t_enc = int(min(strength, 0.999) * steps); not followed
+        #    yet.)
         steps = self.params.steps
         offset = steps - self.denoise_steps
         sigmas = plan.sigmas(steps, sdxl=self.is_sdxl)[offset:]
+        timestep_sampler = plan.a1111 and bool(plan.sampler.options.get("timesteps"))
+        if timestep_sampler:
+            # A1111's DDIM / PLMS / UniPC: they sample on its first t_enc timesteps, the latents noised to
+            #    the next one up (timesteps[t_enc]); that level leads their sigmas.
+            full = plan.sigmas(steps, sdxl=self.is_sdxl)
+            t_enc = int(min(self.params.denoising_strength, 0.999) * steps)
+            sigmas = full[max(len(full) - 2 - t_enc, 0):]
         self.step_index = offset
         denoiser = self.function_denoiser(plan)
 
@@ -360,7 +368,7 @@ class _Img2Img(_Txt2Img):
         if "sigma_range" in extra:  # DPM fast / adaptive integrate over the part of the schedule left
             extra["sigma_range"] = (float(sigmas[sigmas > 0].min()), float(sigmas[0]))
         if "from_image" in inspect.signature(sample_fn).parameters:
-            extra["from_image"] = True  # timestep samplers: the start is noised init latents, not pure noise
+            extra["from_image"] = True  # the start is init latents noised to sigmas[0], not pure noise
         start = init + noise.latents * float(sigmas[0])
         # 7. Denoising loop (inside the sampling function).
         return sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)

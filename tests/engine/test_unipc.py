@@ -355,24 +355,67 @@ def test_unipc_trajectory_equals_a1111s_solver(registry: SamplerRegistry, varian
 
 
 def test_unipc_img2img_starts_at_the_largest_timestep_it_keeps(registry: SamplerRegistry) -> None:
+    """A1111, 20 steps at strength 0.3: t_enc = 6, UniPC on timesteps 1 ... 251 from t = 252 / 1000, the
+    init latents noised to timestep 301 (one above)."""
     plan = registry.build("UniPC", "Automatic", SD_CONFIG)
     assert isinstance(plan, FunctionSamplerPlan)
-    tail = plan.sigmas(20)[14:]  # img2img's last 6 levels: timesteps 301, 251, ..., 51, 1
+    tail = plan.sigmas(20)[13:]  # what img2img hands it: the noise level, then the six timesteps kept
     model = plan.model_sigmas()
-    torch.testing.assert_close(tail[:-1], model.sigmas[[251, 201, 151, 101, 51, 1]])
+    torch.testing.assert_close(tail[:-1], model.sigmas[[301, 251, 201, 151, 101, 51, 1]])
     init = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3)) * 0.5
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
     start = init + noise * float(tail[0])
     recorder = Recorder(_cfg_unet)
+    calls: list[int] = []
     ours = sample_unipc(DiscreteDenoiser(recorder, model), start, tail, alphas_cumprod=plan.alphas_cumprod(),
-                        from_image=True)
-    # six steps from t = (251 + 1) / 1000: the UNet first sees timestep 251 and the noised init image
-    # in VP scale (x / sqrt(sigma^2 + 1)); then 251 (1 - k/6) on the uniform grid
+                        from_image=True, callback=lambda i, x, x0: calls.append(i))
+    # six steps: the UNet first sees timestep 251 and the init image noised to 301, in VP scale
+    # (sqrt(a) init + sqrt(1 - a) noise = x / sqrt(sigma^2 + 1)); then 251 (1 - k/6) on the uniform grid
+    assert calls == list(range(6))
     assert recorder.timesteps == pytest.approx([251 * (1 - k / 6) for k in range(6)], abs=1e-3)
-    torch.testing.assert_close(recorder.inputs[0], start / (float(tail[0]) ** 2 + 1) ** 0.5)
+    alpha_bar = float(ldm_alphas_cumprod()[301])
+    a1111_start = alpha_bar**0.5 * init + (1 - alpha_bar) ** 0.5 * noise
+    torch.testing.assert_close(recorder.inputs[0], a1111_start, atol=1e-5, rtol=0)
     t_start = torch.tensor(251) / 1000 + 1 / 1000
-    expected = _a1111_unipc(_cfg_unet, start / (float(tail[0]) ** 2 + 1) ** 0.5, 6, t_start=t_start)
+    expected = _a1111_unipc(_cfg_unet, a1111_start, 6, t_start=t_start)
     _close(ours, expected[-1], "img2img final latents")
+
+
+@pytest.mark.parametrize(("name", "steps", "strength", "kept"), [
+    ("UniPC", 20, 0.3, [301, 251, 201, 151, 101, 51, 1]),
+    ("DDIM", 10, 0.5, [501, 401, 301, 201, 101, 1]),
+    ("PLMS", 7, 0.45, [427, 285, 143, 1]),  # 1000 // 7 = 142: t_enc = 3, noised to timesteps[3] = 427
+    ("UniPC", 4, 1.0, [751, 501, 251, 1]),  # strength 1: t_enc = int(0.999 * 4) = 3, as A1111
+])
+def test_img2img_gives_a1111s_timestep_samplers_its_timesteps_and_noise_level(
+        monkeypatch: pytest.MonkeyPatch, sd1_model: Any, samplers: SamplerRegistry, name: str, steps: int,
+        strength: float, kept: list[int]) -> None:
+    import functools
+
+    from sdweb.engine.img2img import run_img2img
+    from sdweb.params import Img2ImgParams, JobControl
+    from tests.engine.conftest import tiny_params
+    from tests.engine.test_img2img import _gradient
+
+    function_name = {"UniPC": "sample_unipc", "DDIM": "sample_ddim", "PLMS": "sample_plms"}[name]
+    original = getattr(kdiffusion, function_name)
+    seen: list[tuple[torch.Tensor, bool]] = []
+
+    @functools.wraps(original)
+    def recording(denoise: Any, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        seen.append((sigmas.clone(), kwargs.get("from_image", False)))
+        return original(denoise, x, sigmas, **kwargs)
+
+    monkeypatch.setattr(kdiffusion, function_name, recording)
+    values = tiny_params(sampler_name=name, steps=steps).model_dump()
+    values.update(denoising_strength=strength)
+    run_img2img(sd1_model, Img2ImgParams(**values), [_gradient()], samplers=samplers, control=JobControl(),
+                on_step=lambda _: None)
+    sigmas, from_image = seen[0]
+    model = DiscreteSigmas(ldm_alphas_cumprod())
+    assert from_image
+    torch.testing.assert_close(sigmas[:-1], model.sigmas[kept])
+    assert float(sigmas[-1]) == 0.0
 
 
 def test_v_prediction_turns_v_into_noise_with_the_whole_timesteps_alphas() -> None:

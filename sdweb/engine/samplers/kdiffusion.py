@@ -370,11 +370,19 @@ def _levels(sigmas: torch.Tensor) -> list[float]:
     return [float(value) for value in sigmas]
 
 
+def _f32(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)
+
+
 def _ancestral(sigma_from: float, sigma_to: float, eta: float) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)`` in float32 tensor arithmetic, as k-diffusion computes them: a level that
+    differs in its last bit can round to another training timestep in the model wrapper.
+    """
     if not eta:
         return sigma_to, 0.0
-    up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
-    return (sigma_to**2 - up**2) ** 0.5, up
+    start, end = _f32(sigma_from), _f32(sigma_to)
+    up = torch.minimum(end, eta * (end**2 * (start**2 - end**2) / start**2) ** 0.5)
+    return float((end**2 - up**2) ** 0.5), float(up)
 
 
 def _report(callback: StepCallback | None, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
@@ -429,7 +437,8 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
 
 def _dpm2_step(denoise: Denoise, x: torch.Tensor, d: torch.Tensor, sigma: float,
                sigma_to: float) -> torch.Tensor:
-    sigma_mid = math.exp((math.log(sigma) + math.log(sigma_to)) / 2)
+    # The geometric mean in float32 (log, lerp, exp), as k-diffusion: see _ancestral.
+    sigma_mid = float(_f32(sigma).log().lerp(_f32(sigma_to).log(), 0.5).exp())
     x_2 = x + d * (sigma_mid - sigma)
     d_2 = (x_2 - denoise(x_2, sigma_mid)) / sigma_mid
     return x + d_2 * (sigma_to - sigma)
@@ -506,11 +515,12 @@ def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.T
         if down == 0:
             x = x + (x - x0) / s[i] * (down - s[i])
         else:
-            t, t_next = -math.log(s[i]), -math.log(down)
+            # Times and the midpoint level in float32, as k-diffusion: see _ancestral.
+            t, t_next = _f32(s[i]).log().neg(), _f32(down).log().neg()
             h = t_next - t
-            sigma_mid = math.exp(-(t + h / 2))
-            x_2 = (sigma_mid / s[i]) * x - math.expm1(-h / 2) * x0
-            x = (down / s[i]) * x - math.expm1(-h) * denoise(x_2, sigma_mid)
+            sigma_mid = float((t + 0.5 * h).neg().exp())
+            x_2 = (sigma_mid / s[i]) * x - float((-h * 0.5).expm1()) * x0
+            x = (down / s[i]) * x - float((-h).expm1()) * denoise(x_2, sigma_mid)
         if s[i + 1] > 0:
             x = x + noise(s[i], s[i + 1]) * up
         _report(callback, i, x, x0)
@@ -870,15 +880,31 @@ def timestep_sigmas(steps: int, model: DiscreteSigmas) -> torch.Tensor:
     return torch.tensor([*levels, 0.0], dtype=torch.float32)
 
 
-def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_image: bool = False) -> tuple[
-        torch.Tensor, list[float], Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]]:
-    """The start in DDPM scale, the alphas_cumprod of the levels, and ``eps(x_ddpm, sigma) -> (eps, x0)``.
+def _image_levels(sigmas: torch.Tensor, from_image: bool) -> tuple[list[float], float]:
+    """The levels a timestep sampler steps through, and the level its start is noised to.
+
+    From an image (img2img) the first sigma is the level A1111 noised the init latents to, one timestep
+    above the ones it samples on; from noise it is the first of them.
+    """
+    levels = [float(v) for v in sigmas if float(v) > 0]
+    if from_image and len(levels) > 1:
+        return levels[1:], levels[0]
+    return levels, levels[0]
+
+
+NoiseOf = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
+               from_image: bool = False) -> tuple[torch.Tensor, list[float], list[float], NoiseOf]:
+    """The start in DDPM scale, the levels stepped through, their alphas_cumprod, ``eps(x_ddpm, sigma)
+    -> (eps, x0)``.
 
     A1111's timestep samplers start from the noise itself (``x_T = noise`` at the largest timestep) and
     predict the noise of ``x_t`` at integer timesteps; in the contract's terms ``x_t = x / sqrt(sigma^2 +
     1)`` and ``eps = (x - x0) / sigma``, the same prediction of the same UNet input.
     """
-    levels = [float(v) for v in sigmas if float(v) > 0]
+    levels, noised = _image_levels(sigmas, from_image)
     alphas = [1.0 / (s * s + 1.0) for s in levels]
 
     def eps(x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -887,8 +913,8 @@ def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_ima
         return (scaled - x0) / sigma, x0
 
     # From an image (img2img) the start is init + noise * sigma: x_t = x / sqrt(sigma^2 + 1) exactly.
-    start = x / (levels[0] ** 2 + 1.0) ** 0.5 if from_image else x / levels[0]
-    return start, alphas, eps
+    start = x / (noised**2 + 1.0) ** 0.5 if from_image else x / noised
+    return start, levels, alphas, eps
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
@@ -897,8 +923,7 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
     """DDIM (Song et al. 2020) as A1111 runs it: from the largest of its timesteps down to the smallest
     (one model call fewer than the step count), eta-scaled fresh noise.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
-    levels = [float(v) for v in sigmas if float(v) > 0]
+    x, levels, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
     noise = generator_noise(x, generator)
     for i in range(len(alphas) - 1):
         a_t, a_prev = alphas[i], alphas[i + 1]
@@ -916,8 +941,7 @@ def sample_plms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
     """PLMS (Liu et al. 2022, pseudo linear multistep) as A1111 runs it: a pseudo improved-Euler first
     step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
-    levels = [float(v) for v in sigmas if float(v) > 0]
+    x, levels, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
     history: list[torch.Tensor] = []
 
     def step(x_t: torch.Tensor, e: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1126,10 +1150,11 @@ def sample_unipc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gen
                  order: int = 3, lower_order_final: bool = True) -> torch.Tensor:
     """UniPC (Zhao et al. 2023, multistep, data prediction) as A1111 runs it.
 
-    ``sigmas`` are the levels of A1111's timesteps (:func:`timestep_sigmas`, or img2img's tail of them);
-    like A1111 it uses only their count and, from an image, the first one: one UniPC step per level,
-    from ``t = 1`` (pure noise) or, from an image, from the first level's training step (``t = (n + 1) /
-    1000``), down to training step 0 on its own grid (``skip_type``). The model is evaluated at those
+    ``sigmas`` are the levels of A1111's timesteps (:func:`timestep_sigmas`; from an image, the level the
+    init latents were noised to, then the timesteps img2img keeps); like A1111 it uses only their count
+    and, from an image, the first kept one: one UniPC step per level, from ``t = 1`` (pure noise) or from
+    the first kept level's training step (``t = (n + 1) / 1000``), down to training step 0 on its own
+    grid (``skip_type``). The model is evaluated at those
     continuous times (fractional UNet timesteps, ``denoise(x, sigma, timestep=...)``), on the schedule of
     the model's ``alphas_cumprod``. A1111's settings: ``variant`` (uni_pc_variant), ``skip_type``,
     ``order`` (uni_pc_order; at most the step count: A1111 refuses more) and ``lower_order_final``.
@@ -1140,17 +1165,18 @@ def sample_unipc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gen
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"UniPC variant must be one of {', '.join(UNIPC_VARIANTS)}, got {variant!r}")
     schedule = VPSchedule(alphas_cumprod)
-    levels = [float(v) for v in sigmas if float(v) > 0]
-    steps = len(levels)
-    if not steps:
+    if not (sigmas > 0).any():
         raise ValueError("UniPC needs at least one noise level above 0")
+    levels, noised = _image_levels(sigmas, from_image)
+    steps = len(levels)
     if from_image:
-        # A1111: t_start = timesteps[-1] / 1000 + 1 / 1000, the largest of img2img's timesteps.
+        # A1111: t_start = timesteps[-1] / 1000 + 1 / 1000, the largest of img2img's timesteps; the
+        # latents were noised one timestep above it.
         start_step = DiscreteSigmas(alphas_cumprod).sigma_to_t(levels[0], quantize=True)
         t_start: float | torch.Tensor = start_step.to(torch.float32) / 1000 + 1 / 1000
-        x_t = x / (levels[0] ** 2 + 1.0) ** 0.5
+        x_t = x / (noised**2 + 1.0) ** 0.5
     else:
-        t_start, x_t = 1.0, x / levels[0]
+        t_start, x_t = 1.0, x / noised
     times = unipc_times(steps, schedule, skip_type=skip_type, t_start=t_start)
     model_steps = schedule.model_timesteps(times)
     grid = [float(v) for v in times]
