@@ -163,6 +163,17 @@ def controlnet_units_from_infotext(parsed: Mapping[str, Any]) -> list[PastedUnit
     return [parse_unit_line(index, text) for index, text in sorted(lines.items())]
 
 
+def units_from_request(units: Sequence[ControlNetUnit]) -> list[PastedUnit]:
+    """A stored request's enabled units as pasted ones (History's "Restore"), indexed as the infotext
+    indexes them (the unit's place in the request).
+    """
+    return [
+        PastedUnit(index=index, values={name: getattr(unit, name) for name in PASTED_FIELDS})
+        for index, unit in enumerate(units)
+        if unit.enabled
+    ]
+
+
 def _split_items(text: str) -> list[str]:
     """Split at the commas outside parentheses (the 2023 layout's ``(0, 1)`` values hold commas)."""
     items, depth, start = [], 0, 0

@@ -302,7 +302,7 @@ class ControlNetSection(FormSection):
         """
         pasted = values.get(CONTROLNET_UNITS)
         if pasted is None:
-            return {}  # not an infotext paste: the units stay as they are
+            return {}  # nothing said about ControlNet: the units stay as they are
         if not self.units:
             notes.extend(f"{unit.summary} was used; this program has no ControlNet units" for unit in pasted)
             return {}
