@@ -191,3 +191,28 @@ def test_parameters_read_from_the_img2img_prompt_keep_its_picture_and_refill_its
     assert _value(updates[first.module]) == "canny" and _value(updates[second.module]) == "depth_midas"
     assert updates[third.enabled] is False
     assert "Parameters restored. ControlNet units 0, 1 restored" in updates[i2i.message]
+
+
+def test_history_restore_brings_back_the_units_of_the_stored_request(services: Any) -> None:
+    from sdweb.history.store import HistoryEntry
+    from sdweb.params import ControlNetUnit, GenerationParams
+    from sdweb.ui.tabs.history import restore_values
+
+    depth = _title(services, DEPTH)
+    params = GenerationParams(prompt="a mill", controlnet_units=(
+        ControlNetUnit(enabled=False, module="canny", model=_title(services, CANNY)),
+        ControlNetUnit(module="depth_midas", model=depth, weight=0.55, guidance_end=0.6, pixel_perfect=True,
+                       hr_option="Low res only", control_mode="ControlNet is more important"),
+    ))
+    entry_id = services.history.add(HistoryEntry(params=params, seeds=(3,)))
+    t2i, _ = _pages(services)
+    values, notes = restore_values(services, services.history.get(entry_id))
+    updates = t2i.fill(values, notes)
+    first, second, third = _section(t2i).units
+    # Unit 1 of the request ran (unit 0 was off): its fields go to tab 1, as its infotext line would.
+    assert updates[first.enabled] is False and updates[third.enabled] is False
+    names = ("enabled", "module", "model", "weight", "guidance_end", "hr_option", "control_mode",
+             "pixel_perfect")
+    assert {name: _value(updates[second.pasted()[name]]) for name in names} == {
+        "enabled": True, "module": "depth_midas", "model": depth, "weight": 0.55, "guidance_end": 0.6,
+        "hr_option": "Low res only", "control_mode": "ControlNet is more important", "pixel_perfect": True}
