@@ -36,6 +36,7 @@ from sdweb.safepath import for_client
 from sdweb.ui import controls
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
 from sdweb.ui.components.messages import error_html, note_html
+from sdweb.ui.components.paste import PASTE_LABEL, read_prompt_parameters
 from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import wire_sampler_lists
 from sdweb.ui.components.uploads import UploadError
@@ -87,17 +88,24 @@ class Img2ImgTab:
     options: Any = None
 
     def outputs(self) -> set[Any]:
-        return {self.image, self.mask, *self.form.values(), self.tabs, self.message}
+        return {self.image, self.mask, *self.form.values(), self.tabs, self.message,
+                *self.sections.fill_outputs()}
 
     def fill(self, image: Any, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
-        """Updates that put ``image`` (a path or picture) and ``values`` into the tab and switch to it."""
-        updates: dict[Any, Any] = {self.image: image, self.mask: None}
+        """Updates that put ``image`` (a path or picture) and ``values`` into the tab and switch to it.
+
+        ``image`` None keeps the tab's picture and mask (parameters read from the prompt).
+        """
+        updates: dict[Any, Any] = {} if image is None else {self.image: image, self.mask: None}
         for name, value in sent_values(values, self.options).items():
             component = self.form.get(name)
             if component is not None:
                 updates[component] = value
+        notes = list(notes or ())
+        updates.update(self.sections.fill(values, notes))
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
-        text = "Image sent to img2img." + (" " + "; ".join(notes) + "." if notes else "")
+        text = ("Parameters restored." if image is None else "Image sent to img2img.") + (
+            " " + "; ".join(notes) + "." if notes else "")
         updates[self.message] = note_html(text)
         return updates
 
@@ -145,6 +153,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="img2img-interrupt", size="sm", min_width=80)
                 skip = gr.Button("Skip", elem_id="img2img-skip", size="sm", min_width=80)
+            paste = gr.Button(PASTE_LABEL, size="sm", elem_id="img2img-paste")  # A1111's ↙
 
     # 2. Image and parameters (left), results (right).
     with gr.Row(equal_height=False):
@@ -349,8 +358,15 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
         trigger_mode="once",
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, panel.message)
-    return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch,
-                      sections=sections, options=services.options)
+    tab = Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch,
+                     sections=sections, options=services.options)
+
+    def paste_parameters(text: str | None) -> tuple[Any, Mapping[str, Any], list[str]] | None:
+        got = read_prompt_parameters(services, text)
+        return None if got is None else (None, *got)  # the picture stays
+
+    tab.wire_send(paste.click, paste_parameters, [form["prompt"]])
+    return tab
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
@@ -364,7 +380,7 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
 
 def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[str, Any], list[str]]:
     """The img2img form values a sent picture's infotext gives (prompt, sampler, size, seed...)."""
-    from sdweb.ui.fields import form_from_infotext
+    from sdweb.ui.fields import CONTROLNET_UNITS, form_from_infotext
 
     if not infotext:
         return {}, []
@@ -382,5 +398,6 @@ def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[s
         "seed",
         "n_iter",
         "batch_size",
+        CONTROLNET_UNITS,  # the extension registers its unit fields for img2img's paste too
     }
     return {name: value for name, value in pasted.values.items() if name in shared}, pasted.notes

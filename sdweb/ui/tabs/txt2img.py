@@ -30,6 +30,7 @@ from sdweb.ui.components.checkpoints import checkpoint_titles, module_names, ren
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
 from sdweb.ui.components.messages import error_html, note_html
 from sdweb.ui.components.page_load import wire_form_lists
+from sdweb.ui.components.paste import PASTE_LABEL, read_prompt_parameters
 from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import sampler_choices, wire_sampler_lists
 from sdweb.ui.components.styles import render_styles_picker
@@ -73,7 +74,7 @@ class Txt2ImgTab:
 
     def outputs(self) -> set[Any]:
         extra = {self.modules} if self.modules is not None else set()
-        return {*self.form.values(), self.tabs, self.message, *extra}
+        return {*self.form.values(), self.tabs, self.message, *extra, *self.sections.fill_outputs()}
 
     def fill(self, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``values`` into the form and switch to the txt2img tab."""
@@ -97,6 +98,7 @@ class Txt2ImgTab:
             choices = self.module_choices() if self.module_choices is not None else []
             updates[self.modules] = gr.update(value=list(names), choices=sorted({*choices, *names}))
         notes = [*(notes or ()), *self._unknown_sampler_notes(values)]
+        updates.update(self.sections.fill(values, notes))
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
         text = "Parameters restored." + (" " + "; ".join(notes) + "." if notes else "")
         updates[self.message] = note_html(text)
@@ -170,6 +172,8 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="txt2img-interrupt", size="sm", min_width=80)
                 skip = gr.Button("Skip", elem_id="txt2img-skip", size="sm", min_width=80)
+            # A1111's ↙ button: the generation parameters pasted into the prompt fill the whole form.
+            paste = gr.Button(PASTE_LABEL, size="sm", elem_id="txt2img-paste")
             styles = render_styles_picker(form, prefix=TAB_ID)
 
     # 2. Parameters (left) and results (right).
@@ -300,7 +304,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, message)
 
-    return Txt2ImgTab(
+    tab = Txt2ImgTab(
         options=services.options,
         form=form,
         tabs=tabs,
@@ -313,6 +317,8 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
         modules=checkpoint.modules,
         module_choices=partial(module_names, services),
     )
+    tab.wire_send(paste.click, partial(read_prompt_parameters, services), [form["prompt"]])
+    return tab
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:
