@@ -346,9 +346,15 @@ class BrownianNoise:
 
 
 def _sde_noise(x: torch.Tensor, sigmas: torch.Tensor, generator: Generators,
-               seeds: Sequence[int] | None) -> NoiseSampler:
+               seeds: Sequence[int] | None, noise_range: tuple[float, float] | None = None) -> NoiseSampler:
+    """Brownian trees over the sigmas' range, or ``noise_range``; without seeds each image's generator.
+
+    ``noise_range``: A1111's img2img spans the trees over the whole schedule, of which ``sigmas`` is the tail.
+    """
     if seeds is None:
         return generator_noise(x, generator)
+    if noise_range is not None:
+        return BrownianNoise(x, noise_range[0], noise_range[1], seeds)
     positive = sigmas[sigmas > 0]
     return BrownianNoise(x, positive.min(), sigmas.max(), seeds)
 
@@ -511,10 +517,11 @@ def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.T
 
 def sample_dpmpp_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
                      callback: StepCallback | None = None, eta: float = 1.0,
-                     seeds: Sequence[int] | None = None) -> torch.Tensor:
+                     seeds: Sequence[int] | None = None,
+                     noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM-Solver++ SDE (two model calls per step, r = 1/2), Brownian-tree noise."""
     s = _levels(sigmas)
-    noise = _sde_noise(x, sigmas, generator, seeds)
+    noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     for i in range(len(s) - 1):
         x0 = denoise(x, s[i])
         if s[i + 1] == 0:
@@ -560,12 +567,13 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, 
 
 def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                         generator: Generators = None, callback: StepCallback | None = None, eta: float = 1.0,
-                        seeds: Sequence[int] | None = None, solver_type: str = "midpoint") -> torch.Tensor:
+                        seeds: Sequence[int] | None = None, solver_type: str = "midpoint",
+                        noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) SDE, midpoint or Heun correction, Brownian-tree noise."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     s = _levels(sigmas)
-    noise = _sde_noise(x, sigmas, generator, seeds)
+    noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     previous: torch.Tensor | None = None
     h_last = 0.0
     h = 0.0
@@ -594,18 +602,20 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
 
 def sample_dpmpp_2m_sde_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                              generator: Generators = None, callback: StepCallback | None = None,
-                             eta: float = 1.0, seeds: Sequence[int] | None = None) -> torch.Tensor:
+                             eta: float = 1.0, seeds: Sequence[int] | None = None,
+                             noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM++ 2M SDE with the Heun correction (A1111's "DPM++ 2M SDE Heun")."""
     return sample_dpmpp_2m_sde(denoise, x, sigmas, generator=generator, callback=callback, eta=eta,
-                               seeds=seeds, solver_type="heun")
+                               seeds=seeds, solver_type="heun", noise_range=noise_range)
 
 
 def sample_dpmpp_3m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                         generator: Generators = None, callback: StepCallback | None = None, eta: float = 1.0,
-                        seeds: Sequence[int] | None = None) -> torch.Tensor:
+                        seeds: Sequence[int] | None = None,
+                        noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM-Solver++(3M) SDE: third-order multistep, Brownian-tree noise."""
     s = _levels(sigmas)
-    noise = _sde_noise(x, sigmas, generator, seeds)
+    noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     x0_1: torch.Tensor | None = None
     x0_2: torch.Tensor | None = None
     h_1: float | None = None
@@ -862,7 +872,8 @@ def timestep_sigmas(steps: int, model: DiscreteSigmas) -> torch.Tensor:
     return torch.tensor([*levels, 0.0], dtype=torch.float32)
 
 
-def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_image: bool = False) -> tuple[
+def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_image: bool = False,
+               start_sigma: float | None = None) -> tuple[
         torch.Tensor, list[float], Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]]:
     """The start in DDPM scale, the alphas_cumprod of the levels, and ``eps(x_ddpm, sigma) -> (eps, x0)``.
 
@@ -879,17 +890,22 @@ def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_ima
         return (scaled - x0) / sigma, x0
 
     # From an image (img2img) the start is init + noise * sigma: x_t = x / sqrt(sigma^2 + 1) exactly.
-    start = x / (levels[0] ** 2 + 1.0) ** 0.5 if from_image else x / levels[0]
+    # A1111 noises the image one of its timesteps above the first it samples (``start_sigma``).
+    level = float(start_sigma) if start_sigma is not None else levels[0]
+    start = x / (level**2 + 1.0) ** 0.5 if from_image else x / level
     return start, alphas, eps
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
                 callback: StepCallback | None = None, eta: float = 0.0,
-                from_image: bool = False) -> torch.Tensor:
+                from_image: bool = False, start_sigma: float | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2020) as A1111 runs it: from the largest of its timesteps down to the smallest
     (one model call fewer than the step count), eta-scaled fresh noise.
+
+    ``from_image``: ``x`` is init + noise * sigma (img2img), at ``start_sigma`` when given (A1111's
+    img2img: the timestep above the first one sampled), else at ``sigmas[0]``.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
+    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image, start_sigma)
     levels = [float(v) for v in sigmas if float(v) > 0]
     noise = generator_noise(x, generator)
     for i in range(len(alphas) - 1):
@@ -904,11 +920,13 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
 
 
 def sample_plms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                callback: StepCallback | None = None, from_image: bool = False) -> torch.Tensor:
+                callback: StepCallback | None = None, from_image: bool = False,
+                start_sigma: float | None = None) -> torch.Tensor:
     """PLMS (Liu et al. 2022, pseudo linear multistep) as A1111 runs it: a pseudo improved-Euler first
-    step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions.
+    step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions. ``from_image``, ``start_sigma``:
+    as :func:`sample_ddim`'s.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
+    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image, start_sigma)
     levels = [float(v) for v in sigmas if float(v) > 0]
     history: list[torch.Tensor] = []
 
