@@ -119,7 +119,7 @@ def full_size_pipe(family: str, device: Any, dtype: Any) -> Any:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sdweb.engine.models.loader import build_scheduler
+    from sdweb.engine.models.components import build_scheduler
 
     folder = "sd1" if family == "sd15" else "sdxl"
     torch.manual_seed(0)

@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,10 @@ import httpx
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for benchmarks.server
+
+from benchmarks import server  # noqa: E402
+
 GENERATION = {"steps": 1, "width": 64, "height": 64, "sampler_name": "Euler", "save_images": True,
               "cfg_scale": 5}
 #: One client's sequence of request kinds, repeated to its length (3 generations in every 10 requests).
@@ -65,46 +68,12 @@ def plan(count: int) -> list[str]:
     return [MIX[index % len(MIX)] for index in range(count)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_server(data: Path, *, log: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``webui.py --nowebui`` on ``data`` (the demo model) until the block ends; yields (process, API URL)."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, str(ROOT / "webui.py"), "--data-dir", str(data), "--port",
-                                str(port), "--nowebui", "--threads", "1"],
-                               stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}/sdapi/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not answer within 180 s")
-            try:
-                if httpx.get(f"{url}/sd-models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        if log is not None:
-            out.close()  # type: ignore[union-attr]
+    """``webui.py --nowebui --threads 1`` on ``data`` (the demo model) until the block ends; yields (process,
+    API URL)."""
+    with server.running_server(data, args=("--nowebui", "--threads", "1"), log=log) as running:
+        yield running
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,15 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_copy(dest: Path) -> Path:
@@ -68,9 +63,9 @@ def _start_and_wait(repo: Path, data: Path, port: int, timeout: float) -> tuple[
 def test_launcher_installs_then_starts_quickly(tmp_path: Path) -> None:
     repo = _clean_copy(tmp_path / "sdweb")
     data = tmp_path / "data"
-    first, _ = _start_and_wait(repo, data, _free_port(), timeout=900)
+    first, _ = _start_and_wait(repo, data, free_port(), timeout=900)
     assert (repo / "venv" / ".sdweb-installed").exists()
-    second, _ = _start_and_wait(repo, data, _free_port(), timeout=120)
+    second, _ = _start_and_wait(repo, data, free_port(), timeout=120)
     assert second < 60, f"second start took {second:.0f} s: the installs were not skipped"
     assert second < first
 

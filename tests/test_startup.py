@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from benchmarks.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,14 +31,8 @@ def test_building_the_app_does_not_import_torch(tmp_path: Path) -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_server_serves_the_page_and_says_where_to_put_a_checkpoint(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "webui.py"), "--data-dir", str(tmp_path), "--port", str(port), "--api",

@@ -47,6 +47,11 @@ A1111_IMAGE_SETTINGS: Mapping[str, Any] = {
     "sd_unet": "Automatic",
     "use_old_emphasis_implementation": False,
     "face_restoration": False,
+    # A1111's UniPC settings: its defaults are the UniPC that runs here.
+    "uni_pc_variant": "bh1",
+    "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True,
 }
 #: Infotext keys that mean a feature we do not have yet; applying the rest would make another image.
 INFOTEXT_UNSUPPORTED: Mapping[str, str] = {

@@ -517,9 +517,9 @@ class _Txt2Img:
         self.step_index = 0
         denoiser = self.function_denoiser(plan)
 
-        def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
-            return denoiser(x, sigma)
+            return denoiser(x, sigma, **kwargs)  # kwargs: an explicit ``timestep`` (UniPC)
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
             self.step_index = i + 1
@@ -531,7 +531,7 @@ class _Txt2Img:
         return sample_fn(denoise, noise.latents * float(sigmas[0]), sigmas,
                          generator=noise.generators, callback=callback, **extra)
 
-    def function_denoiser(self, plan: FunctionSamplerPlan) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def function_denoiser(self, plan: FunctionSamplerPlan) -> Callable[..., torch.Tensor]:
         """A1111's model wrapper for its own samplers (quantized timesteps), sdweb's for plugin ones."""
         if plan.a1111:
             prediction = str(dict(plan.base_config).get("prediction_type", "epsilon"))
@@ -554,6 +554,8 @@ class _Txt2Img:
             extra["sigma_range"] = (model.sigma_min, model.sigma_max)
         if "steps" in accepted:
             extra["steps"] = int(steps)
+        if "alphas_cumprod" in accepted and plan.a1111:  # UniPC's continuous-time schedule
+            extra["alphas_cumprod"] = plan.alphas_cumprod()
         return extra
 
     # -- progress and control ----------------------------------------------------------------

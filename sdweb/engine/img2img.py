@@ -401,10 +401,10 @@ class _Img2Img(_Txt2Img):
         self.step_index = offset
         denoiser = self.function_denoiser(plan)
 
-        def denoise(x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
             # Inpainting: the prediction outside the mask is the init image itself (A1111's way).
-            return self.keep_unmasked(denoiser(x, sigma), init)
+            return self.keep_unmasked(denoiser(x, sigma, **kwargs), init)
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
             self.step_index = offset + i + 1
@@ -418,9 +418,7 @@ class _Img2Img(_Txt2Img):
             low = float(sigmas[-2]) if self.a1111_steps else float(positive.min())
             extra["sigma_range"] = (low, float(sigmas[0]))
         if "from_image" in accepted:
-            extra["from_image"] = True  # timestep samplers: the start is noised init latents, not pure noise
-            if "start_sigma" in accepted:
-                extra["start_sigma"] = start_sigma
+            extra["from_image"] = True  # the start is init latents noised to sigmas[0], not pure noise
         start = init + noise.latents * start_sigma
         # 7. Denoising loop (inside the sampling function).
         return sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
@@ -429,15 +427,17 @@ class _Img2Img(_Txt2Img):
         """``(sigmas to sample, sigma of the start, the whole schedule)`` as A1111's ``sample_img2img``.
 
         k-diffusion samplers: the last ``t_enc + 2`` sigmas of the schedule, starting at the first of
-        them. DDIM / PLMS: their timesteps below timestep ``t_enc`` (counted from the smallest), the start
-        noised to timestep ``t_enc`` itself.
+        them. DDIM / PLMS / UniPC: timestep ``t_enc`` of their timesteps (counted from the smallest), the
+        level the start is noised to, then the ``t_enc`` below it that they sample on
+        (``from_image``: ``sdweb.engine.samplers.kdiffusion``).
         """
         schedule_steps, t_enc = self.params.a1111_img2img_steps
         full = plan.sigmas(schedule_steps, sdxl=self.is_sdxl)
         if plan.a1111 and plan.sampler.options.get("timesteps"):
             levels = len(full) - 1  # the timesteps, largest first, then the final 0
-            return full[levels - t_enc:], float(full[levels - 1 - t_enc]), full
-        tail = full[schedule_steps - t_enc - 1:]
+            tail = full[levels - 1 - t_enc:]
+        else:
+            tail = full[schedule_steps - t_enc - 1:]
         return tail, float(tail[0]), full
 
     # -- 8. decode (and paste inpainted images back) ------------------------------------------

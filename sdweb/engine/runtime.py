@@ -263,6 +263,8 @@ class Engine:
             self.upscalers.unload()
         if self.face_restorer is not None:
             self.face_restorer.unload()
+        if self.preprocessors is not None:  # the ControlNet annotators' networks
+            self.preprocessors.unload_models()
         if self._memory is not None:
             self._memory.release()
 

@@ -1,4 +1,4 @@
-"""ControlNet preprocessors that need no model weights: a picture in, a control map out.
+"""ControlNet preprocessors: a picture in, a control map out. Those without model weights are here.
 
 Pure numpy / scipy / Pillow. Names, sliders and defaults are the sd-webui-controlnet extension's, so
 API clients that send ``module: "canny", threshold_a: 100`` get what they expect:
@@ -20,7 +20,9 @@ shuffle                   content shuffle (random warp)           -
 
 Each map is made at the processor resolution (the picture's short side scaled to ``processor_res``,
 A1111's "Preprocessor resolution"), except where the extension ignores it. Extensions add more through
-:class:`PreprocessorRegistry.add` (the ``register_controlnet_preprocessors`` hook).
+:class:`PreprocessorRegistry.add` (the ``register_controlnet_preprocessors`` hook). The model-based
+annotators (:data:`ANNOTATORS`) are listed here and run by an :class:`AnnotatorRunner` the registry is
+given (sdweb.engine.control.annotators: this module stays torch-free).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -71,6 +73,13 @@ class Preprocessor:
     aliases: tuple[str, ...] = ()
     #: The model-weight file it needs (model-based annotators); None for the built-in ones.
     weights_file: str | None = None
+    #: Why it cannot run now (None: it can); a cheap look at files and packages, run before a request is
+    #: queued. None for preprocessors that always run.
+    check: Callable[[], str | None] | None = None
+
+    def problem(self) -> str | None:
+        """Why this preprocessor cannot run now, or None."""
+        return self.check() if self.check is not None else None
 
     def settings(self, processor_res: float, threshold_a: float,
                  threshold_b: float) -> tuple[int, float, float]:
@@ -242,8 +251,11 @@ def _shuffle(rgb: np.ndarray, res: int, _a: float, _b: float) -> np.ndarray:
     return picture[ys, xs]
 
 
-#: Model-based annotators (the extension's names): the weight file each needs (lllyasviel/Annotators'
-#: names) and its control types. sdweb lists them so a unit naming one gets a clear message.
+#: Where lllyasviel's annotator weight files are published (the files below).
+ANNOTATOR_REPO = "lllyasviel/Annotators"
+
+#: Model-based annotators (the extension's names): the (main) weight file each needs (lllyasviel/Annotators'
+#: names) and its control types. sdweb.engine.control.annotators runs them (see :class:`AnnotatorRunner`).
 ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt", ("Depth",)),
     "depth_leres": ("res101.pth", ("Depth",)),
@@ -254,10 +266,26 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "lineart_coarse": ("sk_model2.pth", ("Lineart",)),
     "lineart_anime": ("netG.pth", ("Lineart",)),
     "softedge_hed": ("ControlNetHED.pth", ("SoftEdge",)),
+    "softedge_hedsafe": ("ControlNetHED.pth", ("SoftEdge",)),
     "softedge_pidinet": ("table5_pidinet.pth", ("SoftEdge",)),
+    "softedge_pidisafe": ("table5_pidinet.pth", ("SoftEdge",)),
     "mlsd": ("mlsd_large_512_fp32.pth", ("MLSD",)),
     "seg_ufade20k": ("upernet_global_small.pth", ("Segmentation",)),
 }
+
+
+class AnnotatorRunner(Protocol):
+    """Runs model-based annotators (sdweb.engine.control.annotators.AnnotatorRunner; tests pass others)."""
+
+    def problem(self, name: str) -> str | None:
+        """Why ``name`` cannot run now (a missing file offline, a missing package), or None."""
+
+    def run(self, name: str, rgb: np.ndarray, resolution: int, threshold_a: float,
+            threshold_b: float) -> np.ndarray:
+        """The map of ``rgb`` (uint8 HxWx3); raises PreprocessorUnavailableError when it cannot run."""
+
+    def unload(self) -> None:
+        """Drop the loaded networks (``POST /sdapi/v1/unload-checkpoint``)."""
 
 
 #: Preprocessors whose map is the picture with the mask's pixels at -1 (the extension's inpaint ones).
@@ -269,25 +297,36 @@ class PreprocessorUnavailableError(ValueError):
 
 
 def annotator_problem(name: str, weights_file: str, annotators_dir: Path | None) -> str:
-    """Why a model-based annotator cannot run (its file, and the runtime it needs)."""
+    """Why a model-based annotator cannot run where no runner is set up (its file, and what runs it)."""
     where = annotators_dir / weights_file if annotators_dir is not None else Path(weights_file)
     found = "found" if where.is_file() else "not found"
-    return (f"preprocessor {name!r} runs a model: it needs {where} ({found}) and the controlnet-aux package, "
-            "which sdweb does not drive yet; make the map elsewhere and send it with module 'none', or use a "
-            "built-in preprocessor (canny, scribble_xdog, threshold, invert ...)")
+    return (f"preprocessor {name!r} runs a model: it needs {where} ({found}) and the engine's annotator "
+            "runner, which this app was started without; make the map elsewhere and send it with module "
+            "'none', or use a built-in preprocessor (canny, scribble_xdog, threshold, invert ...)")
 
 
-def _annotator(name: str, weights_file: str, tags: tuple[str, ...],
-               annotators_dir: Path | None) -> Preprocessor:
-    def fn(_rgb: np.ndarray, _res: int, _a: float, _b: float) -> np.ndarray:
-        raise PreprocessorUnavailableError(annotator_problem(name, weights_file, annotators_dir))
+def _annotator(name: str, weights_file: str, tags: tuple[str, ...], annotators_dir: Path | None,
+               runner: AnnotatorRunner | None) -> Preprocessor:
+    if runner is None:
+        def check() -> str | None:
+            return annotator_problem(name, weights_file, annotators_dir)
 
-    return Preprocessor(name, fn, tags=tags, weights_file=weights_file)
+        def fn(_rgb: np.ndarray, _res: int, _a: float, _b: float) -> np.ndarray:
+            raise PreprocessorUnavailableError(annotator_problem(name, weights_file, annotators_dir))
+
+        return Preprocessor(name, fn, tags=tags, weights_file=weights_file, check=check)
+
+    def run(rgb: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
+        return runner.run(name, rgb, res, a, b)
+
+    return Preprocessor(name, run, tags=tags, weights_file=weights_file, check=lambda: runner.problem(name))
 
 
-def builtin_preprocessors(annotators_dir: Path | None = None) -> list[Preprocessor]:
-    """The preprocessors sdweb ships: those without model weights, then the model-based annotators it
-    lists but cannot run yet (``annotators_dir``: ``models/ControlNet/annotators``, for their message).
+def builtin_preprocessors(annotators_dir: Path | None = None,
+                          runner: AnnotatorRunner | None = None) -> list[Preprocessor]:
+    """The preprocessors sdweb ships: those without model weights, then the model-based annotators
+    (``annotators_dir``: ``models/ControlNet/annotators``; ``runner`` runs them; without one they are
+    listed and refused with a message naming their file).
     """
     return [
         Preprocessor("none", _none, resolution=None, tags=("All",)),
@@ -313,7 +352,7 @@ def builtin_preprocessors(annotators_dir: Path | None = None) -> list[Preprocess
         # Inpaint units (control_v11p_sd15_inpaint): the picture with its masked pixels at -1; the engine
         # applies the unit's mask (or img2img's) when it fits the map to the image.
         *(Preprocessor(name, _none, resolution=None, tags=("Inpaint",)) for name in INPAINT_PREPROCESSORS),
-        *(_annotator(name, file, tags, annotators_dir) for name, (file, tags) in ANNOTATORS.items()),
+        *(_annotator(name, file, tags, annotators_dir, runner) for name, (file, tags) in ANNOTATORS.items()),
     ]
 
 
@@ -344,15 +383,24 @@ class PreprocessorNotFoundError(LookupError):
 class PreprocessorRegistry:
     """Preprocessors by name (and alias, any case); built-ins first, then those extensions add."""
 
-    def __init__(self, preprocessors: Iterable[Preprocessor] = ()) -> None:
+    def __init__(self, preprocessors: Iterable[Preprocessor] = (), *,
+                 runner: AnnotatorRunner | None = None) -> None:
         self._items: dict[str, Preprocessor] = {}
         self._aliases: dict[str, str] = {}
+        #: What runs the model-based annotators (None: they are refused).
+        self.runner = runner
         for item in preprocessors:
             self.add(item)
 
     @classmethod
-    def with_builtins(cls, annotators_dir: Path | None = None) -> PreprocessorRegistry:
-        return cls(builtin_preprocessors(annotators_dir))
+    def with_builtins(cls, annotators_dir: Path | None = None,
+                      runner: AnnotatorRunner | None = None) -> PreprocessorRegistry:
+        return cls(builtin_preprocessors(annotators_dir, runner), runner=runner)
+
+    def unload_models(self) -> None:
+        """Drop the annotator networks loaded so far (they load again on next use)."""
+        if self.runner is not None:
+            self.runner.unload()
 
     def add(self, item: Preprocessor) -> None:
         key = item.name.lower()

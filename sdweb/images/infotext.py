@@ -135,7 +135,19 @@ INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
     "Pad conds",
     "Pad conds v0",
     "Downcast alphas_cumprod",
+    # A1111's UniPC settings, at other values than its defaults (the defaults are what runs here).
+    "UniPC variant",
+    "UniPC skip type",
+    "UniPC order",
+    "UniPC lower order final",
 )
+#: A1111's UniPC settings by infotext key, at their defaults: the UniPC sdweb runs.
+INFOTEXT_UNIPC_DEFAULTS: Mapping[str, str] = {
+    "UniPC variant": "bh1",
+    "UniPC skip type": "time_uniform",
+    "UniPC order": "3",
+    "UniPC lower order final": "True",
+}
 
 
 #: Hires fix keys whose text is a request field as it is.
@@ -402,6 +414,15 @@ def _to_float(parsed: Mapping[str, Any], key: str) -> float:
     return number
 
 
+def _same_setting(value: Any, default: str) -> bool:
+    """Whether an infotext's setting value is ``default`` ("3" and "3.0", "true" and "True" alike)."""
+    text, wanted = str(value).strip(), default
+    try:
+        return float(text) == float(wanted)
+    except ValueError:
+        return text.lower() == wanted.lower()
+
+
 def _rejoin_sizes(parsed: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
     """Give back ``Key: WxH`` for ``Key-1``/``Key-2`` pairs, so the extras read as the infotext did."""
     extras: dict[str, Any] = {}
@@ -494,6 +515,8 @@ def infotext_to_params(
         fields["additional_modules"] = tuple(str(parsed[key]) for _index, key in modules)
         mapped |= {key for _index, key in modules}
     mapped |= _hires_fields(parsed, fields, convert)
+    mapped |= {key for key, default in INFOTEXT_UNIPC_DEFAULTS.items()
+               if key in parsed and _same_setting(parsed[key], default)}
 
     rng = str(parsed.get("RNG", "GPU")).strip()
     if rng in ("CPU", "GPU", "NV"):

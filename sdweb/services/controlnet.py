@@ -10,7 +10,8 @@ The service owns what the sd-webui-controlnet extension's routes and UI need, to
   fits the checkpoint's family, its preprocessor exists, it has a picture where it needs one; the
   message names the unit and the field;
 * :meth:`ControlNetService.detect`: a preprocessor's map of a picture (the "preview" button and
-  ``POST /controlnet/detect``), computed on the CPU outside the GPU queue.
+  ``POST /controlnet/detect``), computed outside the GPU queue (model-based annotators on the engine's
+  device, through :class:`~sdweb.engine.control.annotators.AnnotatorRunner`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from sdweb.engine.control.detect import FAMILY_LABELS
 from sdweb.engine.control.library import ControlNetLibrary
 from sdweb.images.control_maps import (
     INPAINT_PREPROCESSORS,
+    AnnotatorRunner,
     Preprocessor,
     PreprocessorRegistry,
     PreprocessorUnavailableError,
-    annotator_problem,
     from_spec,
 )
 from sdweb.params import ControlNetUnit, GenerationParams
@@ -59,10 +60,23 @@ class ControlNetService:
     """See the module docstring."""
 
     def __init__(self, library: ControlNetLibrary, *, options: Any = None, plugins: Any = None,
-                 preprocessors: PreprocessorRegistry | None = None) -> None:
+                 preprocessors: PreprocessorRegistry | None = None,
+                 annotators: AnnotatorRunner | None = None) -> None:
+        """``annotators`` runs the model-based preprocessors (default: an
+        :class:`~sdweb.engine.control.annotators.AnnotatorRunner` on the CPU reading
+        ``<first ControlNet folder>/annotators``).
+        """
         self.library = library
         self.options = options
-        self.preprocessors = preprocessors or PreprocessorRegistry.with_builtins()
+        if preprocessors is None:
+            folder = library.folders[0] / "annotators" if library.folders else None
+            if annotators is None:
+                from sdweb.engine.control.annotators import AnnotatorRunner as EngineAnnotators
+
+                annotators = EngineAnnotators(folder)
+            preprocessors = PreprocessorRegistry.with_builtins(folder, annotators)
+        self.annotators = annotators
+        self.preprocessors = preprocessors
         if plugins is not None:  # extensions' preprocessors, after the built-in ones
             for name, specs in plugins.collect("register_controlnet_preprocessors"):
                 for spec in specs or ():
@@ -86,11 +100,6 @@ class ControlNetService:
 
     def preprocessor(self, name: str) -> Preprocessor:
         return self.preprocessors.find(name)
-
-    def annotator_problem(self, preprocessor: Preprocessor) -> str:
-        folders = self.library.folders
-        annotators = folders[0] / "annotators" if folders else None
-        return annotator_problem(preprocessor.name, preprocessor.weights_file or "", annotators)
 
     def unit_count(self) -> int:
         if self.options is None:
@@ -147,8 +156,9 @@ class ControlNetService:
             preprocessor = self.preprocessors.find(unit.module)
         except LookupError as exc:
             raise ControlNetRequestError(f"{where} (module): {exc}") from exc
-        if preprocessor.weights_file is not None:
-            raise ControlNetRequestError(f"{where} (module): {self.annotator_problem(preprocessor)}")
+        problem = preprocessor.problem()  # a model-based one: its files (offline) and packages
+        if problem is not None:
+            raise ControlNetRequestError(f"{where} (module): {problem}")
         if preprocessor.name in INPAINT_PREPROCESSORS and unit.mask is None and not img2img:
             raise ControlNetRequestError(f"{where} (mask): the {preprocessor.name} preprocessor needs a mask")
         if unit.image is None and not img2img:
@@ -157,8 +167,12 @@ class ControlNetService:
     # -- previews -------------------------------------------------------------------------------------
     def detect(self, module: str, images: Sequence[Image.Image], *, processor_res: float = -1,
                threshold_a: float = -1, threshold_b: float = -1) -> list[Image.Image]:
-        """The preprocessor's map of each picture (LookupError for an unknown module)."""
+        """The preprocessor's map of each picture (LookupError for an unknown module;
+        PreprocessorUnavailableError, a ValueError, for a model-based one that cannot run: its message
+        names the weight file or package it needs).
+        """
         preprocessor = self.preprocessors.find(module)
-        if preprocessor.weights_file is not None:
-            raise PreprocessorUnavailableError(self.annotator_problem(preprocessor))
+        problem = preprocessor.problem()
+        if problem is not None:
+            raise PreprocessorUnavailableError(problem)
         return [preprocessor.run(image, processor_res, threshold_a, threshold_b) for image in images]

@@ -118,7 +118,8 @@ def build_services(
     controlnet_library = ControlNetLibrary(paths.controlnet_dirs, hashes=hashes,
                                            clip_vision_dirs=(paths.clip_vision_dir,),
                                            cache=SideModelCache(capacity=4))  # ControlNets, IP-Adapters, CLIP
-    controlnet = ControlNetService(controlnet_library, options=options, plugins=plugins)
+    controlnet = ControlNetService(controlnet_library, options=options, plugins=plugins,
+                                   annotators=_annotator_runner(settings))
 
     # 4. Samplers: built lazily, once, from every plugin's register_samplers / register_schedules.
     sampler_lock = threading.Lock()
@@ -210,6 +211,20 @@ def build_services(
     )
     holder["services"] = services
     return services
+
+
+def _annotator_runner(settings: LaunchSettings) -> Any:
+    """The model-based ControlNet preprocessors' runner: ``models/ControlNet/annotators``, on the engine's
+    device (resolved on first use: building it imports no torch).
+    """
+    from sdweb.engine.control.annotators import AnnotatorRunner
+
+    def device() -> Any:
+        from sdweb.engine.devices import resolve_runtime
+
+        return resolve_runtime(settings).device
+
+    return AnnotatorRunner(settings.paths.controlnet_dir / "annotators", device=device)
 
 
 def _probe_gpu_rng(settings: LaunchSettings) -> str:

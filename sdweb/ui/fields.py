@@ -14,7 +14,6 @@ Pure Python (no gradio import) so the mapping is unit-tested without a browser.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +95,11 @@ _INT_FIELDS = frozenset(
         "inpaint_full_res_padding",
     }
 )
+
+#: Sent values' key for the pasted ControlNet units (a list of
+#: :class:`~sdweb.images.controlnet_infotext.PastedUnit`; the ControlNet section fills its unit tabs from
+#: it). Absent: the units are left as they are (a history entry, a picture sent without parameters).
+CONTROLNET_UNITS = "controlnet_units"
 
 #: The clip-skip slider's value meaning "use the Clip skip setting" (GenerationParams.clip_skip=None).
 CLIP_SKIP_FROM_SETTING = 0
@@ -221,6 +225,7 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     Keys that change the picture but have no field here (``Discard penultimate sigma``...) are named in
     the notes.
     """
+    from sdweb.images.controlnet_infotext import controlnet_units_from_infotext
     from sdweb.images.infotext import INFOTEXT_NOT_HONOURED, infotext_to_params, parse_infotext
 
     parsed = parse_infotext(text)
@@ -232,11 +237,12 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
     pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
                         for key, value in extras.items() if str(key).startswith("Hires "))
-    # ControlNet units (the extension's "ControlNet N" lines): their pictures are not in the infotext.
-    pasted.notes.extend(f"{key} was used ({str(value).split(',')[0]}, ...); set it again in the ControlNet "
-                        "accordion (the infotext does not hold its picture)"
-                        for key, value in parsed.items() if re.fullmatch(r"ControlNet \d+", str(key)))
     pasted.values = form_from_params(params.model_copy(update={"checkpoint": None}))
+    # ControlNet units (the extension's "ControlNet N" lines), for the ControlNet section's fill: the
+    # units named are restored, the others turned off (an infotext without lines: none was used).
+    units = controlnet_units_from_infotext(parsed)
+    pasted.values[CONTROLNET_UNITS] = units
+    pasted.notes.extend(note for unit in units for note in unit.notes)
     title = _checkpoint_title(parsed, models, pasted.notes)
     if title is not None:
         pasted.values["checkpoint"] = title

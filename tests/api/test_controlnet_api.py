@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image
 
 from tests.api.conftest import served_api
 from tests.fakes import make_settings
+from tests.fixtures.annotators import hed_state, lineart_state, write_annotator
 from tests.fixtures.checkpoints import tiny_sd1_components, tiny_sdxl_components
 from tests.fixtures.controlnet import write_tiny_clip_vision, write_tiny_controlnet, write_tiny_ip_adapter
 
@@ -34,20 +36,33 @@ def controlnet_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture()
-def cn_api(tmp_path: Path, tiny_checkpoint: Path, controlnet_files: Path) -> Iterator[str]:
+@contextmanager
+def _served(root: Path, checkpoint: Path, controlnet_files: Path, *,
+            annotators: bool = False) -> Iterator[str]:
     from sdweb.services.factory import build_services
 
-    settings = make_settings(tmp_path)
+    settings = make_settings(root)
     settings.paths.ckpt_dirs[0].mkdir(parents=True)
-    shutil.copy(tiny_checkpoint, settings.paths.ckpt_dirs[0] / tiny_checkpoint.name)
+    shutil.copy(checkpoint, settings.paths.ckpt_dirs[0] / checkpoint.name)
     shutil.copytree(controlnet_files, settings.paths.controlnet_dir,
                     ignore=shutil.ignore_patterns("clip_vision"))
     shutil.copytree(controlnet_files / "clip_vision", settings.paths.clip_vision_dir)
+    if annotators:  # random-weight annotator files where people put lllyasviel/Annotators' ones
+        folder = settings.paths.controlnet_dir / "annotators"
+        write_annotator(folder, "ControlNetHED.pth", hed_state())
+        write_annotator(folder, "sk_model.pth", lineart_state())
     services = build_services(settings)
+    if annotators:
+        services.controlnet.annotators.download = False  # offline: a missing file is a message
     services.models.load_selected(wait=True)
     with served_api(services) as url:
         yield url.removesuffix("/sdapi/v1")
+
+
+@pytest.fixture()
+def cn_api(tmp_path: Path, tiny_checkpoint: Path, controlnet_files: Path) -> Iterator[str]:
+    with _served(tmp_path, tiny_checkpoint, controlnet_files) as url:
+        yield url
 
 
 def _b64(image: Image.Image) -> str:
@@ -170,3 +185,41 @@ def test_units_left_disabled_change_nothing(cn_api: str) -> None:
             {key: value for key, value in _unit().items() if key != "enabled"}, _unit(enabled=False)]}}})
     assert off.status_code == 200, off.text
     assert np.array_equal(_pixels(plain.json()["images"][0]), _pixels(off.json()["images"][0]))
+
+
+def test_model_based_annotators_preview_and_steer_from_their_files(tmp_path: Path, tiny_checkpoint: Path,
+                                                                     controlnet_files: Path) -> None:
+    with _served(tmp_path, tiny_checkpoint, controlnet_files, annotators=True) as url, \
+            httpx.Client(base_url=url, timeout=300) as client:
+        modules = client.get("/controlnet/module_list").json()
+        assert {"softedge_hed", "softedge_hedsafe", "lineart_realistic", "lineart_anime"} <= set(
+            modules["module_list"])
+        assert modules["module_detail"]["softedge_hed"]["model_free"] is False
+        picture = _b64(_picture())
+        detect = client.post("/controlnet/detect", json={
+            "controlnet_module": "softedge_hed", "controlnet_input_images": [picture],
+            "controlnet_processor_res": 64})
+        assert detect.status_code == 200, detect.text
+        edges = _pixels(detect.json()["images"][0])
+        assert edges.shape == (64, 64, 3)
+        again = client.post("/controlnet/detect", json={
+            "controlnet_module": "softedge_hed", "controlnet_input_images": [picture],
+            "controlnet_processor_res": 64})
+        assert np.array_equal(edges, _pixels(again.json()["images"][0]))  # deterministic
+        flat = client.post("/controlnet/detect", json={
+            "controlnet_module": "softedge_hed", "controlnet_processor_res": 64,
+            "controlnet_input_images": [_b64(Image.new("RGB", (64, 64)))]})
+        assert not np.array_equal(edges, _pixels(flat.json()["images"][0]))  # the square shows
+        missing = client.post("/controlnet/detect", json={
+            "controlnet_module": "lineart_anime", "controlnet_input_images": [picture]})
+        assert missing.status_code == 422 and "netG.pth" in missing.text, missing.text
+        plain = client.post("/sdapi/v1/txt2img", json=SMALL)
+        steered = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {
+            "controlnet": {"args": [_unit(module="lineart_realistic")]}}})
+        refused = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {
+            "controlnet": {"args": [_unit(module="lineart_anime")]}}})
+    assert plain.status_code == steered.status_code == 200, steered.text
+    assert np.abs(_pixels(plain.json()["images"][0]) - _pixels(steered.json()["images"][0])).max() > 0
+    assert 'ControlNet 0: "Module: lineart_realistic' in json.loads(steered.json()["info"])["infotexts"][0]
+    assert 400 <= refused.status_code < 500 and "unit 0 (module)" in refused.text
+    assert "netG.pth" in refused.text

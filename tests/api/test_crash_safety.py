@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from benchmarks import server
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,37 +41,12 @@ STYLES = ('name,prompt,negative_prompt\r\n'
 _NAME_RE = re.compile(r"^\d{5}-(\d+)\.png$")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server(data: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``webui.py --nowebui`` on ``data`` in a process of its own; yields (process, /sdapi/v1 URL)."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "webui.py"), "--data-dir", str(data), "--port", str(port),
-             "--nowebui", "--skip-demo-model"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}/sdapi/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"the server exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "the server did not answer within 120 s"
-            try:
-                if httpx.get(f"{url}/sd-models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
+    """``webui.py --nowebui`` on ``data`` in a process of its own, SIGKILLed (as a crash) at the end."""
+    with server.running_server(data, args=("--nowebui", "--skip-demo-model"), log=log, stop="kill",
+                               timeout=120) as running:
+        yield running
 
 
 def _seed(path: Path) -> int:

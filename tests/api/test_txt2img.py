@@ -126,6 +126,21 @@ def test_override_settings_that_would_change_the_image_are_refused(api: ApiServe
     assert api.engine.calls and len(api.engine.calls) == 1
 
 
+def test_unipc_settings_other_than_a1111s_defaults_are_refused_naming_them(api: ApiServer) -> None:
+    response = api.post("txt2img", json={**SMALL, "sampler_name": "UniPC",
+                                         "override_settings": {"uni_pc_order": 2}})
+    assert response.status_code == 422 and "override_settings.uni_pc_order" in response.json()["detail"]
+    infotext = "a fox\nSteps: 3, Sampler: UniPC, CFG scale: 5, Seed: 1, Size: 64x64, UniPC variant: bh2"
+    response = api.post("txt2img", json={**SMALL, "infotext": infotext})
+    assert response.status_code == 422 and "UniPC variant" in response.json()["detail"]
+    # A1111's defaults are the UniPC that runs here
+    txt2img(api, sampler_name="UniPC", override_settings={
+        "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3.0,
+        "uni_pc_lower_order_final": True})
+    txt2img(api, infotext=infotext.replace("bh2", "bh1") + ", UniPC order: 3", override_settings={})
+    assert [call.sampler_name for call in api.engine.calls] == ["UniPC", "UniPC"]
+
+
 def test_infotext_fills_unset_fields(api: ApiServer) -> None:
     infotext = ("a fox in snow\nNegative prompt: blurry\n"
                 "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 42, Size: 64x64, "

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from sdweb.images.infotext import (
+    INFOTEXT_NOT_HONOURED,
     InfotextError,
     build_infotext,
     hires_infotext,
@@ -446,3 +447,15 @@ def test_a_value_that_does_not_fit_is_noted_when_asked_instead_of_raising() -> N
     assert any("Steps" in problem for problem in problems)
     with pytest.raises(InfotextError, match="hr_scale"):
         infotext_to_params(parse_infotext(A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 17")))
+
+
+def test_a1111_unipc_settings_at_their_defaults_are_what_runs_others_are_left_over() -> None:
+    base = "a cat\nSteps: 20, Sampler: UniPC, CFG scale: 7, Seed: 1, Size: 512x512"
+    params, rest = infotext_to_params(parse_infotext(
+        f"{base}, UniPC variant: bh1, UniPC skip type: time_uniform, UniPC order: 3.0, "
+        "UniPC lower order final: true"))
+    assert params.sampler_name == "UniPC"
+    assert not [key for key in rest if key.startswith("UniPC")]
+    _params, rest = infotext_to_params(parse_infotext(f"{base}, UniPC variant: bh2, UniPC order: 2"))
+    assert rest["UniPC variant"] == "bh2" and rest["UniPC order"] == "2"
+    assert {"UniPC variant", "UniPC order"} <= set(INFOTEXT_NOT_HONOURED)

@@ -14,6 +14,7 @@ from sdweb.extensions.manager import PluginHost
 from sdweb.params import ControlNetUnit, GenerationParams
 from sdweb.plugin_api import ControlPreprocessorSpec, hookimpl
 from sdweb.services.controlnet import ControlNetRequestError, ControlNetService
+from tests.fixtures.annotators import hed_state, write_annotator
 from tests.fixtures.checkpoints import tiny_sd1_components, tiny_sdxl_components
 from tests.fixtures.controlnet import write_tiny_controlnet
 
@@ -79,16 +80,28 @@ def test_checks_name_the_unit_and_field(folder: Path) -> None:
             check(family, **unit)
 
 
-def test_model_based_annotators_are_listed_and_refused_naming_their_file(tmp_path: Path) -> None:
+def test_model_based_annotators_are_listed_and_refused_naming_their_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdweb.engine.control import annotators
+    from sdweb.engine.control.annotators import AnnotatorRunner
+
+    # As here: controlnet-aux (torchvision) does not import beside the CPU torch build.
+    monkeypatch.setattr(annotators, "aux_problem", lambda: "the controlnet-aux package, which did not import")
     write_tiny_controlnet(tmp_path / "control_sd15_depth.safetensors", tiny_sd1_components()["unet"])
-    service = ControlNetService(ControlNetLibrary([tmp_path]))
-    assert "depth_midas" in service.module_names()
+    service = ControlNetService(ControlNetLibrary([tmp_path]),
+                                annotators=AnnotatorRunner(tmp_path / "annotators", download=False))
+    assert {"depth_midas", "softedge_hed", "lineart_realistic"} <= set(service.module_names())
     assert not service.module_detail()["depth_midas"]["model_free"]
     unit = ControlNetUnit(model="control_sd15_depth", module="depth_midas", image=b"x")
-    with pytest.raises(ControlNetRequestError, match=r"unit 0 \(module\).*midas-501f0c75.pt \(not found\)"):
+    with pytest.raises(ControlNetRequestError, match=r"unit 0 \(module\).*midas-501f0c75.pt.*controlnet-aux"):
         service.check(GenerationParams(controlnet_units=(unit,)), "sd1")
-    (tmp_path / "annotators").mkdir()
-    (tmp_path / "annotators" / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"")
-    found = r"annotators/dpt_hybrid-midas-501f0c75.pt \(found\).*controlnet-aux"
-    with pytest.raises(ValueError, match=found):
+    with pytest.raises(ValueError, match=r"annotators/dpt_hybrid-midas-501f0c75.pt.*controlnet-aux"):
         service.detect("depth_midas", [Image.new("RGB", (8, 8))])
+    # sdweb's own networks: offline without the file, the message names it; with it, the unit passes.
+    hed = ControlNetUnit(model="control_sd15_depth", module="softedge_hed", image=b"x")
+    with pytest.raises(ControlNetRequestError, match=r"unit 0 \(module\).*annotators/ControlNetHED.pth.*off"):
+        service.check(GenerationParams(controlnet_units=(hed,)), "sd1")
+    write_annotator(tmp_path / "annotators", "ControlNetHED.pth", hed_state())
+    service.check(GenerationParams(controlnet_units=(hed,)), "sd1")
+    edges = service.detect("softedge_hed", [Image.new("RGB", (8, 8), "white")], processor_res=64)
+    assert edges[0].size == (64, 64)

@@ -11,6 +11,7 @@ from sdweb.images.infotext import build_infotext
 from sdweb.params import GenerationParams, format_validation_error
 from sdweb.ui.fields import (
     CLIP_SKIP_FROM_SETTING,
+    CONTROLNET_UNITS,
     FORM_DEFAULTS,
     FORM_FIELDS,
     form_from_infotext,
@@ -257,9 +258,13 @@ def test_out_of_range_hires_values_take_the_default_with_a_note() -> None:
     assert pasted.values["enable_hr"] is True
 
 
-def test_pasting_controlnet_lines_says_to_set_the_units_again() -> None:
+def test_pasted_controlnet_lines_go_to_the_controlnet_section_as_units() -> None:
     text = ('a house\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64, ControlNet 0: "Module: canny, Model: '
-            'control_v11p_sd15_canny [d14c016b], Weight: 1.0, Control Mode: Balanced"')
+            'control_v11p_sd15_canny [d14c016b], Weight: 0.5, Control Mode: Balanced, Frobnicate: 3"')
     pasted = form_from_infotext(text)
     assert pasted.values["prompt"] == "a house" and pasted.values["steps"] == 2
-    assert any(note.startswith("ControlNet 0 was used (Module: canny, ...)") for note in pasted.notes)
+    [unit] = pasted.values[CONTROLNET_UNITS]
+    assert (unit.index, unit.values["module"], unit.values["weight"]) == (0, "canny", 0.5)
+    assert pasted.notes == ["ControlNet 0: Frobnicate '3' is not supported here; left out"]
+    # An infotext without ControlNet lines says no unit was used (the section turns them off).
+    assert form_from_infotext("a house\nSteps: 2, Seed: 1").values[CONTROLNET_UNITS] == []

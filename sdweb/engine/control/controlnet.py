@@ -33,7 +33,12 @@ import torch
 from PIL import Image
 
 from sdweb.engine.control.detect import FAMILY_LABELS
-from sdweb.images.control_maps import INPAINT_PREPROCESSORS, Preprocessor, PreprocessorRegistry
+from sdweb.images.control_maps import (
+    INPAINT_PREPROCESSORS,
+    Preprocessor,
+    PreprocessorRegistry,
+    PreprocessorUnavailableError,
+)
 from sdweb.images.resize import flatten_alpha, resize_image
 from sdweb.params import CONTROL_RESIZE_MODES, ControlNetUnit
 
@@ -119,12 +124,9 @@ def prepare_controlnets(
             preprocessor = preprocessors.find(unit.module)
         except LookupError as exc:
             raise ControlNetUnitError(f"{where} (module): {exc}") from exc
-        if preprocessor.weights_file is not None:
-            # Model-based annotators are listed, not run: the service's check says what they need.
-            raise ControlNetUnitError(
-                f"{where} (module): preprocessor {preprocessor.name!r} runs a model "
-                f"({preprocessor.weights_file}), which sdweb does not run yet"
-            )
+        problem = preprocessor.problem()  # a model-based annotator: its weight file (offline), package
+        if problem is not None:
+            raise ControlNetUnitError(f"{where} (module): {problem}")
         picture = _unit_picture(unit, where, init_image)
         if preprocessor.name in INPAINT_PREPROCESSORS and unit.mask is None and init_mask is None:
             raise ControlNetUnitError(
@@ -350,7 +352,10 @@ class ControlNetJob:
         resolution = unit.processor_res
         if unit.pixel_perfect:
             resolution = pixel_perfect_resolution(source, width, height, unit.resize_mode)
-        detected = prepared.preprocessor.run(source, resolution, unit.threshold_a, unit.threshold_b)
+        try:
+            detected = prepared.preprocessor.run(source, resolution, unit.threshold_a, unit.threshold_b)
+        except PreprocessorUnavailableError as exc:  # an annotator's file could not be fetched or read
+            raise ControlNetUnitError(f"ControlNet unit {prepared.index} (module): {exc}") from exc
         return resize_image(detected, CONTROL_RESIZE_MODES.index(unit.resize_mode), width, height)
 
     def infotext(self) -> dict[str, str]:

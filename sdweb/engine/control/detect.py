@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sdweb.engine.models.errors import UnsupportedCheckpointError
+from sdweb.engine.models.shape_facts import Shapes, count_indices
 
-Shapes = Mapping[str, tuple[int, ...]]
 ControlLayout = Literal["original", "diffusers"]
 
 #: Where the original layout keeps its keys.
@@ -93,13 +93,6 @@ def detect_controlnet(shapes: Shapes, *, name: str) -> ControlDetection:
     raise UnsupportedCheckpointError(f"{name}: not a ControlNet model sdweb runs: {why}")
 
 
-def _count(shapes: Shapes, template: str) -> int:
-    n = 0
-    while template.format(n) in shapes:
-        n += 1
-    return n
-
-
 def infer_controlnet_config(shapes: Shapes, family: str, *, name: str,
                             unet_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``ControlNetModel`` config of a state dict in diffusers key names (convert originals first).
@@ -114,21 +107,22 @@ def infer_controlnet_config(shapes: Shapes, family: str, *, name: str,
     conv_in = shapes.get("conv_in.weight")
     if conv_in is None or len(conv_in) != 4:
         raise fail("no conv_in convolution")
-    levels = _count(shapes, "down_blocks.{}.resnets.0.conv1.weight")
+    levels = count_indices(shapes, "down_blocks.{}.resnets.0.conv1.weight")
     if levels == 0:
         raise fail("no down blocks")
-    layers_per_block = _count(shapes, "down_blocks.0.resnets.{}.conv1.weight")
+    layers_per_block = count_indices(shapes, "down_blocks.0.resnets.{}.conv1.weight")
     widths: list[int] = []
     down_types: list[str] = []
     depths: list[int] = []
     for level in range(levels):
-        if _count(shapes, f"down_blocks.{level}.resnets.{{}}.conv1.weight") != layers_per_block:
+        if count_indices(shapes, f"down_blocks.{level}.resnets.{{}}.conv1.weight") != layers_per_block:
             raise fail("uneven resnets per level")
         widths.append(shapes[f"down_blocks.{level}.resnets.0.conv1.weight"][0])
-        depth = _count(shapes, f"down_blocks.{level}.attentions.0.transformer_blocks.{{}}.attn1.to_q.weight")
+        depth = count_indices(
+            shapes, f"down_blocks.{level}.attentions.0.transformer_blocks.{{}}.attn1.to_q.weight")
         down_types.append("CrossAttnDownBlock2D" if depth else "DownBlock2D")
         depths.append(depth or 1)
-    n_zero_convs = _count(shapes, "controlnet_down_blocks.{}.weight")
+    n_zero_convs = count_indices(shapes, "controlnet_down_blocks.{}.weight")
     if n_zero_convs != 1 + levels * layers_per_block + (levels - 1):
         raise fail(f"{n_zero_convs} zero convolutions for {levels} levels of {layers_per_block} resnets")
     attn_key = next((k for k in shapes if k.endswith("attn2.to_k.weight")), None)
@@ -140,12 +134,12 @@ def infer_controlnet_config(shapes: Shapes, family: str, *, name: str,
     if hint_in is None:
         raise fail("no conditioning embedding")
     hint_widths = [hint_in[0]]
-    n_hint_blocks = _count(shapes, "controlnet_cond_embedding.blocks.{}.weight")
+    n_hint_blocks = count_indices(shapes, "controlnet_cond_embedding.blocks.{}.weight")
     if n_hint_blocks % 2:
         raise fail("odd number of conditioning-embedding blocks")
     for index in range(1, n_hint_blocks, 2):
         hint_widths.append(shapes[f"controlnet_cond_embedding.blocks.{index}.weight"][0])
-    mid_depth = _count(shapes, "mid_block.attentions.0.transformer_blocks.{}.attn1.to_q.weight")
+    mid_depth = count_indices(shapes, "mid_block.attentions.0.transformer_blocks.{}.attn1.to_q.weight")
     config: dict[str, Any] = {
         "in_channels": conv_in[1],
         "conditioning_channels": hint_in[1],

@@ -154,7 +154,7 @@ def load_clip_vision(path: Path, *, dtype: torch.dtype, device: Any) -> Any:
     from accelerate import init_empty_weights
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from sdweb.engine.models.loader import _assign
+    from sdweb.engine.models.components import assign_weights
 
     state = dict(iter_safetensors_tensors(path, dtype_for=lambda _key: dtype))
     facts = clip_vision_facts({key: tuple(value.shape) for key, value in state.items()})
@@ -164,7 +164,7 @@ def load_clip_vision(path: Path, *, dtype: torch.dtype, device: Any) -> Any:
     with init_empty_weights():
         model = CLIPVisionModelWithProjection(config)
     state.pop(VISION_PREFIX + "embeddings.position_ids", None)
-    _assign(model, state, what="CLIP vision", name=path.name)
+    assign_weights(model, state, what="CLIP vision", name=path.name)
     return model.to(device)
 
 

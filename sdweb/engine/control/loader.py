@@ -25,8 +25,9 @@ from accelerate import init_empty_weights
 from diffusers import ControlNetModel
 
 from sdweb.engine.control.detect import ControlDetection, detect_controlnet, infer_controlnet_config
+from sdweb.engine.models.components import assign_weights
 from sdweb.engine.models.errors import UnsupportedCheckpointError
-from sdweb.engine.models.loader import _assign, torch_load_weights_only
+from sdweb.engine.models.pickle_io import torch_load_weights_only
 from sdweb.engine.models.safetensors_io import iter_safetensors_tensors, read_safetensors_header
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def load_controlnet(
     config = infer_controlnet_config(shapes, detection.family, name=name, unet_config=unet_config)
     with init_empty_weights():
         model = ControlNetModel(**config)
-    _assign(model, state, what="ControlNet", name=name)
+    assign_weights(model, state, what="ControlNet", name=name)
     model.to(device)  # the tensors were cast as they were read
     logger.info("loaded ControlNet %s (%s, %s layout)", name, detection.family_label, detection.layout)
     return model, detection
@@ -188,7 +189,7 @@ def load_t2i_adapter(path: Path, *, name: str, dtype: torch.dtype, device: Any) 
     with init_empty_weights():
         model = T2IAdapter(**config)
     try:
-        _assign(model, state, what="T2I-Adapter", name=name)
+        assign_weights(model, state, what="T2I-Adapter", name=name)
     except RuntimeError as exc:  # a layout whose layers differ in size from diffusers' adapters
         raise UnsupportedCheckpointError(
             f"{name}: a T2I-Adapter layout sdweb does not run ({exc})"[:400]

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from sdweb.engine.models.errors import UnsupportedCheckpointError
+from sdweb.engine.models.shape_facts import Shapes, count_indices, infer_vae_config, is_ldm_vae
 
 logger = logging.getLogger(__name__)
 
-Shapes = Mapping[str, tuple[int, ...]]
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
 
@@ -122,13 +122,6 @@ def bundled_flow_config(family: str, component: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Facts read from shapes
 # --------------------------------------------------------------------------------------------------
-
-
-def _count(shapes: Shapes, template: str) -> int:
-    n = 0
-    while template.format(n) in shapes:
-        n += 1
-    return n
 
 
 def _indices(shapes: Shapes, pattern: str) -> list[int]:
@@ -270,7 +263,7 @@ def _clip_module(shapes: Shapes, prefix: str, *, name: str) -> ModuleInfo | None
         return None
     vocab, hidden = shapes[base + "embeddings.token_embedding.weight"]
     positions = shapes.get(base + "embeddings.position_embedding.weight", (77, hidden))[0]
-    layers = _count(shapes, base + "encoder.layers.{}.self_attn.q_proj.weight")
+    layers = count_indices(shapes, base + "encoder.layers.{}.self_attn.q_proj.weight")
     fc1 = shapes.get(base + "encoder.layers.0.mlp.fc1.weight")
     if not layers or fc1 is None:
         raise UnsupportedCheckpointError(f"{name}: CLIP text encoder at {base} has no transformer layers")
@@ -326,7 +319,7 @@ def _t5_module(shapes: Shapes, prefix: str, *, name: str) -> ModuleInfo | None:
     )
     if wi is None:
         raise UnsupportedCheckpointError(f"{name}: T5 encoder without its feed-forward layers")
-    layers = _count(shapes, prefix + "encoder.block.{}.layer.0.SelfAttention.q.weight")
+    layers = count_indices(shapes, prefix + "encoder.block.{}.layer.0.SelfAttention.q.weight")
     config = {
         "vocab_size": vocab,
         "d_model": d_model,
@@ -341,8 +334,6 @@ def _t5_module(shapes: Shapes, prefix: str, *, name: str) -> ModuleInfo | None:
 
 
 def _vae_module(shapes: Shapes, prefix: str, *, name: str) -> ModuleInfo | None:
-    from sdweb.engine.models.detect import infer_vae_config, is_ldm_vae
-
     if prefix + "decoder.conv_in.weight" not in shapes or prefix + "encoder.conv_in.weight" not in shapes:
         return None
     config = infer_vae_config(shapes, prefix, name=name)

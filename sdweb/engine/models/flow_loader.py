@@ -51,6 +51,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from sdweb.engine.models.components import assign_weights, build_vae, clip_tokenizer
 from sdweb.engine.models.detect import TOKENIZERS_DIR, Detection
 from sdweb.engine.models.detect_flow import (
     ModuleInfo,
@@ -71,7 +72,6 @@ logger = logging.getLogger(__name__)
 FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
 #: Layers upcast to the compute dtype when the rest stays fp8: embeddings and the patch projections.
 _LAYERWISE_SKIP = ("pos_embed", "patch_embed", "^proj_in$", "^proj_out$", "shared")
-_IGNORABLE = ("position_ids", "logit_scale")
 #: Parts of an all-in-one file that are never the transformer (skipped when its keys are bare).
 _OTHER_PARTS = ("text_encoders.", "first_stage_model.", "vae.", "cond_stage_model.", "conditioner.")
 #: Where the offline T5 tokenizer lives, and what to do when it is missing.
@@ -245,14 +245,6 @@ def _fp8_linear_forward(layer: torch.nn.Linear, compute: torch.dtype, x: torch.T
 # --------------------------------------------------------------------------------------------------
 
 
-def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str, name: str) -> None:
-    from sdweb.engine.models.loader import _assign as assign_strict
-
-    assign_strict(
-        module, {k: v for k, v in state.items() if not k.endswith(_IGNORABLE)}, what=what, name=name
-    )
-
-
 def _build_transformer(
     family: str, config: dict[str, Any], state: dict[str, torch.Tensor], runtime: RuntimeConfig, name: str
 ) -> torch.nn.Module:
@@ -269,7 +261,7 @@ def _build_transformer(
         converted = convert_sd3_transformer_checkpoint_to_diffusers(state)
     if state:
         logger.warning("%s: %d transformer keys were not used, e.g. %s", name, len(state), list(state)[:3])
-    _assign(model, converted, what="transformer", name=name)
+    assign_weights(model, converted, what="transformer", name=name)
     # The model holds the tensors now: without this reference, an fp8 weight upcast below is freed at once.
     converted.clear()
     keep_fp8_storage(model, runtime.dtype, what=f"{name} transformer")
@@ -329,14 +321,12 @@ def _build_module(
     name: str,
 ) -> torch.nn.Module:
     if slot == "vae":
-        from sdweb.engine.models.loader import build_vae
-
         config = {k: v for k, v in vae_config_for(family, info).items() if not k.startswith("_")}
         if info.layout == "ldm":
             return build_vae(config, state, name)
         with init_empty_weights():
             vae = AutoencoderKL.from_config(config)
-        _assign(vae, state, what="VAE", name=name)
+        assign_weights(vae, state, what="VAE", name=name)
         return vae
     config = text_encoder_config_for(family, slot, info)
     if info.kind == "t5":
@@ -345,7 +335,7 @@ def _build_module(
         if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
             state["shared.weight"] = state["encoder.embed_tokens.weight"]
         state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))  # tied in T5
-        _assign(t5, state, what=f"{slot} text encoder", name=name)
+        assign_weights(t5, state, what=f"{slot} text encoder", name=name)
         t5.tie_weights()
         keep_fp8_storage(t5, runtime.dtype, what=f"{name} {slot}")
         return t5
@@ -362,7 +352,7 @@ def _build_module(
                 fitted[bare] = tensor
             continue
         fitted[("text_model." if wrapped else "") + bare] = tensor
-    _assign(clip, fitted, what=f"{slot} text encoder", name=name)
+    assign_weights(clip, fitted, what=f"{slot} text encoder", name=name)
     keep_fp8_storage(clip, runtime.dtype, what=f"{name} {slot}")
     return clip
 
@@ -387,10 +377,7 @@ def _load_module_file(family: str, slot: str, item: ModuleFile, runtime: Runtime
 
 
 def _clip_tokenizer(folder: str) -> CLIPTokenizer:
-    path = TOKENIZERS_DIR / folder
-    if not (path / "vocab.json").is_file():
-        raise CheckpointReadError(f"bundled tokenizer files are missing from {path}; reinstall sdweb")
-    return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+    return clip_tokenizer(TOKENIZERS_DIR / folder)
 
 
 def t5_tokenizer(folder: Path = T5_TOKENIZER_DIR) -> T5TokenizerFast:

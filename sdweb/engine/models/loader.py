@@ -22,10 +22,7 @@ Nothing here asks a hub: configs come from detection plus ``sdweb/data``; diffus
 from __future__ import annotations
 
 import logging
-import pickle
-import re
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,17 +35,18 @@ from diffusers import (
     DiffusionPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
-from diffusers import schedulers as diffusers_schedulers
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_clip_checkpoint,
-    convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
-    convert_open_clip_checkpoint,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from sdweb.engine.models.components import (
+    assign_weights,
+    build_hf_clip,
+    build_open_clip,
+    build_scheduler,
+    build_unet,
+    build_vae,
+    clip_tokenizer,
+    pop_prefixed,
+)
 from sdweb.engine.models.detect import (
     SD1_CLIP_PREFIXES,
     SD2_OPENCLIP_PREFIX,
@@ -59,16 +57,15 @@ from sdweb.engine.models.detect import (
     Detection,
     detect_checkpoint,
     detect_diffusers_folder,
-    infer_vae_config,
-    is_ldm_vae,
 )
 from sdweb.engine.models.errors import (
     CheckpointReadError,
-    UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
 from sdweb.engine.models.hashes import file_sha256, short_hash
+from sdweb.engine.models.pickle_io import torch_load_weights_only
 from sdweb.engine.models.safetensors_io import iter_safetensors_tensors, read_safetensors_header
+from sdweb.engine.models.shape_facts import infer_vae_config, is_ldm_vae
 
 if TYPE_CHECKING:
     from sdweb.engine.devices import RuntimeConfig
@@ -85,8 +82,6 @@ _USED_PREFIXES = (
 )
 #: The parts of a standalone VAE file that make up an ``AutoencoderKL``.
 _VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-#: Keys a checkpoint may carry that the diffusers modules do not have, dropped without a warning.
-_IGNORABLE_SUFFIXES = ("position_ids", "logit_scale")
 
 
 @dataclass
@@ -273,55 +268,6 @@ def read_checkpoint_shapes(
     return {k: tuple(v.shape) for k, v in state.items()}, state
 
 
-def torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
-    """Read a ``.ckpt``/``.pt`` with the weights-only unpickler and return its flat tensor dict.
-
-    Raises:
-        UnsafeCheckpointError: the pickle needs anything beyond tensors and plain containers (it could run
-            code), or is not a torch file at all.
-    """
-    path = Path(path)
-    # Zip-format files can be memory-mapped, so the pickle's tensors are not all copied up front.
-    is_zip = zipfile.is_zipfile(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        ModuleNotFoundError,
-        ImportError,
-        KeyError,
-        IndexError,
-        OSError,
-        zipfile.BadZipFile,
-    ) as exc:
-        # The unpickler's message names the global it refused: worth showing, in one line.
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-        if refused:
-            first_line = f"it asks to run or import {refused.group(1)}"
-        elif found:
-            first_line = found.group(1)
-        else:
-            first_line = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
-        raise UnsafeCheckpointError(
-            f"{path.name}: unsafe or invalid checkpoint: it cannot be read as plain weights "
-            f"({first_line[:200]}). Prefer a .safetensors version of this model."
-        ) from exc
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise UnsupportedCheckpointError(f"{path.name}: the file holds no state dict of tensors")
-    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise UnsupportedCheckpointError(f"{path.name}: the file holds no tensors")
-    return tensors
-
-
 def _dtype_for(runtime: RuntimeConfig, vae_dtype: torch.dtype) -> Callable[[str], torch.dtype]:
     def dtype_for(key: str) -> torch.dtype:
         return vae_dtype if key.startswith(VAE_PREFIX) else runtime.dtype
@@ -354,136 +300,6 @@ def _read_yaml_beside(path: Path) -> str | None:
         return yaml_path.read_text(encoding="utf-8") if yaml_path.is_file() else None
     except OSError:
         return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Building components
-# --------------------------------------------------------------------------------------------------
-
-
-def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str, name: str) -> None:
-    """Adopt ``state``'s tensors as ``module``'s parameters; every parameter must be covered."""
-    expected = set(module.state_dict().keys())
-    missing = sorted(expected - set(state))
-    if missing:
-        raise UnsupportedCheckpointError(
-            f"{name}: the {what} weights are incomplete "
-            f"({len(missing)} missing, e.g. {', '.join(missing[:3])})"
-        )
-    extra = [k for k in state if k not in expected]
-    unexpected = [k for k in extra if not k.endswith(_IGNORABLE_SUFFIXES)]
-    if unexpected:
-        logger.warning(
-            "%s: ignoring %d unexpected %s keys, e.g. %s", name, len(unexpected), what, unexpected[:3]
-        )
-    wanted = {k: v for k, v in state.items() if k in expected}
-    module.load_state_dict(wanted, strict=True, assign=True)
-    module.eval()
-    module.requires_grad_(False)
-
-
-def _build_unet(detection: Detection, state: dict[str, torch.Tensor], name: str) -> UNet2DConditionModel:
-    config = detection.unet_config
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(config)
-    converted = convert_ldm_unet_checkpoint(state, config)
-    _assign(unet, converted, what="UNet", name=name)
-    return unet
-
-
-def build_vae(config: Mapping[str, Any], ldm_state: Mapping[str, torch.Tensor], name: str) -> AutoencoderKL:
-    """An ``AutoencoderKL`` from original-layout keys (with or without ``first_stage_model.``)."""
-    with init_empty_weights():
-        vae = AutoencoderKL.from_config(dict(config))
-    converted = convert_ldm_vae_checkpoint(dict(ldm_state), dict(config))
-    _assign(vae, converted, what="VAE", name=name)
-    return vae
-
-
-def _clip_config(config: Mapping[str, Any]) -> CLIPTextConfig:
-    # Bookkeeping fields of the public config.json; the dtype is the loader's choice, not the file's.
-    skipped = {"architectures", "model_type", "torch_dtype", "dtype", "transformers_version"}
-    return CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_") and k not in skipped})
-
-
-def _fit_text_model_prefix(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Diffusers' converters emit ``text_model.*``; transformers >= 5.6 flattened ``CLIPTextModel``."""
-    wrapped = hasattr(model, "text_model")
-    fitted: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        bare = key.removeprefix("text_model.")
-        if wrapped and key != "text_projection.weight":
-            fitted["text_model." + bare] = tensor
-        else:
-            fitted[bare] = tensor
-    return fitted
-
-
-def _build_hf_clip(
-    config: Mapping[str, Any], state: dict[str, torch.Tensor], prefix: str, *, name: str
-) -> CLIPTextModel:
-    with init_empty_weights():
-        model = CLIPTextModel(_clip_config(config))
-    # Old SD1 files lack the ``text_model.`` level; give the converter the layout it expects.
-    picked = {
-        "cond_stage_model.transformer.text_model." + k[len(prefix) :]: v
-        for k, v in state.items()
-        if k.startswith(prefix)
-    }
-    converted = convert_ldm_clip_checkpoint(picked)
-    _assign(model, _fit_text_model_prefix(model, converted), what="text encoder", name=name)
-    return model
-
-
-def _build_open_clip(
-    config: Mapping[str, Any],
-    state: dict[str, torch.Tensor],
-    prefix: str,
-    *,
-    with_projection: bool,
-    name: str,
-) -> CLIPTextModel | CLIPTextModelWithProjection:
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    with init_empty_weights():
-        model = cls(_clip_config(config))
-    picked = {k: v for k, v in state.items() if k.startswith(prefix)}
-    converted = convert_open_clip_checkpoint(model, picked, prefix=prefix)
-    # SD 2.x runs the penultimate layer: the file's last resblock has no place in the model.
-    layers = int(config["num_hidden_layers"])
-    converted = {
-        k: v
-        for k, v in converted.items()
-        if not (".encoder.layers." in k and int(k.split(".encoder.layers.")[1].split(".")[0]) >= layers)
-    }
-    if not with_projection:
-        converted.pop("text_projection.weight", None)
-    _assign(model, _fit_text_model_prefix(model, converted), what="text encoder", name=name)
-    return model
-
-
-def _tokenizer(folder: Path) -> CLIPTokenizer:
-    if not (folder / "vocab.json").is_file():
-        raise CheckpointReadError(f"bundled tokenizer files are missing from {folder}; reinstall sdweb")
-    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-
-
-def build_scheduler(config: Mapping[str, Any]) -> Any:
-    """The scheduler named by a scheduler config's ``_class_name``, from that config."""
-    class_name = config.get("_class_name", "PNDMScheduler")
-    cls = getattr(diffusers_schedulers, class_name, None)
-    if cls is None:
-        raise UnsupportedCheckpointError(
-            f"unknown scheduler class {class_name!r} in the model's scheduler config"
-        )
-    return cls.from_config(dict(config))
-
-
-def _pop_prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Move the keys under ``prefix`` out of ``state``: each tensor stays referenced exactly once."""
-    picked = {k: state[k] for k in list(state) if k.startswith(prefix)}
-    for key in picked:
-        del state[key]
-    return picked
 
 
 # --------------------------------------------------------------------------------------------------
@@ -540,7 +356,7 @@ def _load_single_file(
     state = _read_tensors(path, pickled, _dtype_for(runtime, vae_dtype), include)
     del pickled
     # 3. Components, each taking its tensors out of ``state``.
-    unet = _build_unet(detection, _pop_prefixed(state, UNET_PREFIX), name)
+    unet = build_unet(detection, pop_prefixed(state, UNET_PREFIX), name)
     if vae_path is not None:
         vae = load_vae(
             vae_path,
@@ -550,19 +366,19 @@ def _load_single_file(
         )
     else:
         assert detection.vae_config is not None
-        vae = build_vae(detection.vae_config, _pop_prefixed(state, VAE_PREFIX), name)
+        vae = build_vae(detection.vae_config, pop_prefixed(state, VAE_PREFIX), name)
     scheduler = build_scheduler(detection.scheduler_config)
-    tokenizers = [_tokenizer(folder) for folder in detection.tokenizer_dirs]
+    tokenizers = [clip_tokenizer(folder) for folder in detection.tokenizer_dirs]
     if detection.is_sdxl:
-        te_1 = _build_hf_clip(
+        te_1 = build_hf_clip(
             detection.text_encoder_configs[0],
-            _pop_prefixed(state, SDXL_CLIP_PREFIX),
+            pop_prefixed(state, SDXL_CLIP_PREFIX),
             SDXL_CLIP_PREFIX,
             name=name,
         )
-        te_2 = _build_open_clip(
+        te_2 = build_open_clip(
             detection.text_encoder_configs[1],
-            _pop_prefixed(state, SDXL_OPENCLIP_PREFIX),
+            pop_prefixed(state, SDXL_OPENCLIP_PREFIX),
             SDXL_OPENCLIP_PREFIX,
             with_projection=True,
             name=name,
@@ -580,17 +396,17 @@ def _load_single_file(
         )
     else:
         if detection.config_family == "sd2":
-            te = _build_open_clip(
+            te = build_open_clip(
                 detection.text_encoder_config,
-                _pop_prefixed(state, SD2_OPENCLIP_PREFIX),
+                pop_prefixed(state, SD2_OPENCLIP_PREFIX),
                 SD2_OPENCLIP_PREFIX,
                 with_projection=False,
                 name=name,
             )
         else:
             prefix = next(p for p in SD1_CLIP_PREFIXES if p + "embeddings.token_embedding.weight" in shapes)
-            te = _build_hf_clip(
-                detection.text_encoder_config, _pop_prefixed(state, prefix), prefix, name=name
+            te = build_hf_clip(
+                detection.text_encoder_config, pop_prefixed(state, prefix), prefix, name=name
             )
         state.clear()
         pipe = StableDiffusionPipeline(
@@ -699,6 +515,6 @@ def load_vae(
     else:
         with init_empty_weights():
             vae = AutoencoderKL.from_config(config)
-        _assign(vae, state, what="VAE", name=name)
+        assign_weights(vae, state, what="VAE", name=name)
     logger.info("using VAE %s", name)
     return vae

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from sdweb.engine.models.detect import VAE_PREFIX, is_ldm_vae
+from sdweb.engine.models.detect import VAE_PREFIX
 from sdweb.engine.models.safetensors_io import (
     DTYPE_SIZES,
     SafetensorsHeader,
@@ -35,6 +35,7 @@ from sdweb.engine.models.safetensors_io import (
     safetensors_dtype,
     write_safetensors,
 )
+from sdweb.engine.models.shape_facts import is_ldm_vae
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +65,7 @@ class TensorSource:
             self._file = self.path.open("rb", buffering=0)
             self.metadata = dict(self._header.metadata)
         else:
-            from sdweb.engine.models.loader import torch_load_weights_only
+            from sdweb.engine.models.pickle_io import torch_load_weights_only
 
             self._held = torch_load_weights_only(self.path)
             self.metadata = {}

@@ -1,12 +1,12 @@
 """The built-in samplers and schedule types, registered as a plugin like any extension's.
 
 A1111 1.10's samplers by its names and aliases. The ones A1111 runs through k-diffusion (Euler a ...
-DPM adaptive, Restart, LCM) and its timestep samplers DDIM and PLMS are sdweb's own implementations of
-those algorithms (``sdweb.engine.samplers.kdiffusion``), driven as A1111 drives them: its schedules (its
-own timesteps for DDIM / PLMS), its "discard penultimate sigma" rule, its noise. UniPC (and diffusers'
-extras DEIS, DDPM) are diffusers' schedulers. Sampling functions and classes are named as
-``"module:attribute"`` strings, imported when a job builds its sampler, so listing samplers does not
-import torch.
+DPM adaptive, Restart, LCM) and its timestep samplers DDIM, PLMS and UniPC are sdweb's own
+implementations of those algorithms (``sdweb.engine.samplers.kdiffusion``), driven as A1111 drives them:
+its schedules (its own timesteps for DDIM / PLMS / UniPC, UniPC's continuous-time grid), its "discard
+penultimate sigma" rule, its noise. Diffusers' extras DEIS and DDPM are diffusers' schedulers. Sampling
+functions and classes are named as ``"module:attribute"`` strings, imported when a job builds its
+sampler, so listing samplers does not import torch.
 
 :func:`diffusers_samplers` keeps the diffusers-scheduler versions of the same names ("DPM++ 2M" ->
 ``DPMSolverMultistepScheduler`` ...), the "diffusers" sampler path a setting can choose.
@@ -107,8 +107,8 @@ def _kd(name: str, function: str, aliases: tuple[str, ...], *, schedule: str = "
 
 @hookimpl
 def register_samplers() -> list[SamplerSpec]:
-    """A1111 1.10's samplers, in its order: the k-diffusion ones exact (sdweb.engine.samplers.kdiffusion),
-    then DDIM, PLMS and UniPC as diffusers' schedulers, then LCM and diffusers' extras (DEIS, DDPM).
+    """A1111 1.10's samplers, in its order: the k-diffusion ones, then its timestep samplers DDIM, PLMS
+    and UniPC, then LCM, all exact (sdweb.engine.samplers.kdiffusion); then diffusers' extras (DEIS, DDPM).
     """
     samplers = [
         _kd("DPM++ 2M", "sample_dpmpp_2m", ("k_dpmpp_2m",), schedule="Karras"),
@@ -135,7 +135,7 @@ def register_samplers() -> list[SamplerSpec]:
         _kd("Restart", "sample_restart", ("restart",), schedule="Karras", second_order=True),
         _kd("DDIM", "sample_ddim", ("ddim",), timesteps=True, default_eta_is_0=True, uses_ensd=True),
         _kd("PLMS", "sample_plms", ("plms",), timesteps=True),
-        _scheduler("UniPC", "UniPCMultistepScheduler", ("unipc",), {}),
+        _kd("UniPC", "sample_unipc", ("unipc",), timesteps=True),
         _kd("LCM", "sample_lcm", ("k_lcm",), denoiser="lcm"),
         _scheduler("DEIS", "DEISMultistepScheduler", ("deis",), {}),
         _scheduler("DDPM", "DDPMScheduler", ("ddpm",), {}),
@@ -168,6 +168,7 @@ def diffusers_samplers() -> dict[str, SamplerSpec]:
         _scheduler("LCM", "LCMScheduler", ("k_lcm",), {}),
         _scheduler("DDIM", "DDIMScheduler", ("ddim",), {}),
         _scheduler("PLMS", "PNDMScheduler", ("plms",), {"skip_prk_steps": True}),
+        _scheduler("UniPC", "UniPCMultistepScheduler", ("unipc",), {}),
     ]
     if _available("torchsde"):
         samplers.append(_scheduler("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), {},

@@ -4,7 +4,9 @@ The contract (see ``SamplingFunction`` in ``sdweb.plugin_api``)::
 
     def sample(denoise, x, sigmas, *, generator, callback) -> x
 
-- ``denoise(x, sigma) -> x0``: the CFG-combined denoiser; ``sigma`` a float or 0-dim tensor.
+- ``denoise(x, sigma) -> x0``: the CFG-combined denoiser; ``sigma`` a float or 0-dim tensor. A sampler
+  that evaluates the model between training timesteps (UniPC) may pass ``timestep=`` (the UNet's
+  fractional timestep for ``sigma``) instead of letting the denoiser map ``sigma`` to one.
 - ``x``: the starting latents, already scaled to ``sigmas[0]`` (noise * sigmas[0]), float32.
 - ``sigmas``: a decreasing 1-D float32 tensor **on the CPU**, ending in 0 (so reading a value is free:
   no device sync per step).
@@ -163,10 +165,11 @@ class DiffusersDenoiser:
         log_sigma = math.log(max(sigma, 1e-10))
         return float(np.interp(log_sigma, self._log_sigmas, np.arange(len(self._log_sigmas))))
 
-    def __call__(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: Any, *, timestep: Any = None) -> torch.Tensor:
         sigma_value = float(sigma)  # sigmas live on the CPU: no device sync
         c_in = 1.0 / math.sqrt(sigma_value**2 + 1.0)
-        timestep = torch.tensor(self.timestep(sigma_value), dtype=torch.float32, device=self._device)
+        t = self.timestep(sigma_value) if timestep is None else float(timestep)
+        timestep = torch.tensor(t, dtype=torch.float32, device=self._device)
         output = self._predict(x * c_in, timestep).to(x.dtype)
         if self.prediction_type == "epsilon":
             return x - sigma_value * output

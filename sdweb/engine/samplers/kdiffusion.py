@@ -166,15 +166,23 @@ class DiscreteDenoiser:
         self.prediction_type = prediction_type
         self._device = torch.device(device)
 
-    def __call__(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: Any, *, timestep: Any = None) -> torch.Tensor:
+        """x0 of ``x`` at noise level ``sigma``; the UNet sees ``timestep`` when given (UniPC's fractional
+        timesteps), else the training timestep nearest to ``sigma``.
+        """
         sigma_t = torch.as_tensor(sigma, dtype=torch.float32)
         c_in = float(1.0 / (sigma_t**2 + 1.0) ** 0.5)
-        t = self.model.sigma_to_t(sigma_t)
-        timestep = t.to(device=self._device, dtype=torch.float32)
-        output = self._predict(x * c_in, timestep).to(x.dtype)
+        t = self.model.sigma_to_t(sigma_t) if timestep is None else torch.as_tensor(timestep)
+        model_input = x * c_in
+        output = self._predict(model_input, t.to(device=self._device, dtype=torch.float32)).to(x.dtype)
         sigma_value = float(sigma_t)
         if self.prediction_type == "epsilon":
             denoised = x + output * -sigma_value
+        elif timestep is not None:
+            # A1111's timestep samplers turn v into noise with the alphas of the timestep's whole part.
+            alpha_bar = float(1.0 / (self.model.sigmas[int(float(t))] ** 2 + 1.0))
+            eps = output * alpha_bar**0.5 + model_input * (1.0 - alpha_bar) ** 0.5
+            denoised = x + eps * -sigma_value
         else:
             c_skip = float(1.0 / (sigma_t**2 + 1.0))
             c_out = float(-sigma_t / (sigma_t**2 + 1.0) ** 0.5)
@@ -368,11 +376,19 @@ def _levels(sigmas: torch.Tensor) -> list[float]:
     return [float(value) for value in sigmas]
 
 
+def _f32(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)
+
+
 def _ancestral(sigma_from: float, sigma_to: float, eta: float) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)`` in float32 tensor arithmetic, as k-diffusion computes them: a level that
+    differs in its last bit can round to another training timestep in the model wrapper.
+    """
     if not eta:
         return sigma_to, 0.0
-    up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
-    return (sigma_to**2 - up**2) ** 0.5, up
+    start, end = _f32(sigma_from), _f32(sigma_to)
+    up = torch.minimum(end, eta * (end**2 * (start**2 - end**2) / start**2) ** 0.5)
+    return float((end**2 - up**2) ** 0.5), float(up)
 
 
 def _report(callback: StepCallback | None, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
@@ -427,7 +443,8 @@ def sample_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
 
 def _dpm2_step(denoise: Denoise, x: torch.Tensor, d: torch.Tensor, sigma: float,
                sigma_to: float) -> torch.Tensor:
-    sigma_mid = math.exp((math.log(sigma) + math.log(sigma_to)) / 2)
+    # The geometric mean in float32 (log, lerp, exp), as k-diffusion: see _ancestral.
+    sigma_mid = float(_f32(sigma).log().lerp(_f32(sigma_to).log(), 0.5).exp())
     x_2 = x + d * (sigma_mid - sigma)
     d_2 = (x_2 - denoise(x_2, sigma_mid)) / sigma_mid
     return x + d_2 * (sigma_to - sigma)
@@ -504,11 +521,12 @@ def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.T
         if down == 0:
             x = x + (x - x0) / s[i] * (down - s[i])
         else:
-            t, t_next = -math.log(s[i]), -math.log(down)
+            # Times and the midpoint level in float32, as k-diffusion: see _ancestral.
+            t, t_next = _f32(s[i]).log().neg(), _f32(down).log().neg()
             h = t_next - t
-            sigma_mid = math.exp(-(t + h / 2))
-            x_2 = (sigma_mid / s[i]) * x - math.expm1(-h / 2) * x0
-            x = (down / s[i]) * x - math.expm1(-h) * denoise(x_2, sigma_mid)
+            sigma_mid = float((t + 0.5 * h).neg().exp())
+            x_2 = (sigma_mid / s[i]) * x - float((-h * 0.5).expm1()) * x0
+            x = (down / s[i]) * x - float((-h).expm1()) * denoise(x_2, sigma_mid)
         if s[i + 1] > 0:
             x = x + noise(s[i], s[i + 1]) * up
         _report(callback, i, x, x0)
@@ -872,16 +890,31 @@ def timestep_sigmas(steps: int, model: DiscreteSigmas) -> torch.Tensor:
     return torch.tensor([*levels, 0.0], dtype=torch.float32)
 
 
-def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_image: bool = False,
-               start_sigma: float | None = None) -> tuple[
-        torch.Tensor, list[float], Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]]:
-    """The start in DDPM scale, the alphas_cumprod of the levels, and ``eps(x_ddpm, sigma) -> (eps, x0)``.
+def _image_levels(sigmas: torch.Tensor, from_image: bool) -> tuple[list[float], float]:
+    """The levels a timestep sampler steps through, and the level its start is noised to.
+
+    From an image (img2img) the first sigma is the level A1111 noised the init latents to, one timestep
+    above the ones it samples on; from noise it is the first of them.
+    """
+    levels = [float(v) for v in sigmas if float(v) > 0]
+    if from_image and len(levels) > 1:
+        return levels[1:], levels[0]
+    return levels, levels[0]
+
+
+NoiseOf = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
+               from_image: bool = False) -> tuple[torch.Tensor, list[float], list[float], NoiseOf]:
+    """The start in DDPM scale, the levels stepped through, their alphas_cumprod, ``eps(x_ddpm, sigma)
+    -> (eps, x0)``.
 
     A1111's timestep samplers start from the noise itself (``x_T = noise`` at the largest timestep) and
     predict the noise of ``x_t`` at integer timesteps; in the contract's terms ``x_t = x / sqrt(sigma^2 +
     1)`` and ``eps = (x - x0) / sigma``, the same prediction of the same UNet input.
     """
-    levels = [float(v) for v in sigmas if float(v) > 0]
+    levels, noised = _image_levels(sigmas, from_image)
     alphas = [1.0 / (s * s + 1.0) for s in levels]
 
     def eps(x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -890,23 +923,17 @@ def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_ima
         return (scaled - x0) / sigma, x0
 
     # From an image (img2img) the start is init + noise * sigma: x_t = x / sqrt(sigma^2 + 1) exactly.
-    # A1111 noises the image one of its timesteps above the first it samples (``start_sigma``).
-    level = float(start_sigma) if start_sigma is not None else levels[0]
-    start = x / (level**2 + 1.0) ** 0.5 if from_image else x / level
-    return start, alphas, eps
+    start = x / (noised**2 + 1.0) ** 0.5 if from_image else x / noised
+    return start, levels, alphas, eps
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
                 callback: StepCallback | None = None, eta: float = 0.0,
-                from_image: bool = False, start_sigma: float | None = None) -> torch.Tensor:
+                from_image: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2020) as A1111 runs it: from the largest of its timesteps down to the smallest
     (one model call fewer than the step count), eta-scaled fresh noise.
-
-    ``from_image``: ``x`` is init + noise * sigma (img2img), at ``start_sigma`` when given (A1111's
-    img2img: the timestep above the first one sampled), else at ``sigmas[0]``.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image, start_sigma)
-    levels = [float(v) for v in sigmas if float(v) > 0]
+    x, levels, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
     noise = generator_noise(x, generator)
     for i in range(len(alphas) - 1):
         a_t, a_prev = alphas[i], alphas[i + 1]
@@ -920,14 +947,11 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
 
 
 def sample_plms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                callback: StepCallback | None = None, from_image: bool = False,
-                start_sigma: float | None = None) -> torch.Tensor:
+                callback: StepCallback | None = None, from_image: bool = False) -> torch.Tensor:
     """PLMS (Liu et al. 2022, pseudo linear multistep) as A1111 runs it: a pseudo improved-Euler first
-    step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions. ``from_image``, ``start_sigma``:
-    as :func:`sample_ddim`'s.
+    step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions.
     """
-    x, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image, start_sigma)
-    levels = [float(v) for v in sigmas if float(v) > 0]
+    x, levels, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
     history: list[torch.Tensor] = []
 
     def step(x_t: torch.Tensor, e: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -953,3 +977,235 @@ def sample_plms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
             history.pop(0)
         _report(callback, i, x, pred_x0)
     return x
+
+
+# -- A1111's UniPC (Zhao et al. 2023): a multistep predictor-corrector in half-log-SNR time --------------
+
+#: A1111's settings for UniPC (``uni_pc_variant``, ``uni_pc_skip_type``) and their choices.
+UNIPC_VARIANTS = ("bh1", "bh2", "vary_coeff")
+UNIPC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
+
+
+class VPSchedule:
+    """A discrete-time model in DPM-Solver's continuous time ``t`` in ``(0, 1]`` (variance preserving).
+
+    Training step ``n`` of ``N`` sits at ``t = (n + 1) / N``; between them ``log alpha_t`` (half the log
+    of ``alphas_cumprod``) is linear in ``t``; ``sigma_t = sqrt(1 - alpha_t^2)`` and ``lambda_t =
+    log(alpha_t / sigma_t)``. The UNet is shown ``1000 (t - 1/N)``: a fractional timestep, not rounded.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float32)
+        self.total = len(alphas_cumprod)
+        # The float32 tables A1111's NoiseScheduleVP holds, read in float64.
+        self._times = torch.linspace(0.0, 1.0, self.total + 1)[1:].double().numpy()
+        self._log_alphas = (0.5 * alphas_cumprod.log()).double().numpy()
+
+    @property
+    def t_end(self) -> float:
+        """The smallest time: training step 0."""
+        return float(np.float32(1.0 / self.total))
+
+    def log_alpha(self, t: float) -> float:
+        return float(np.interp(t, self._times, self._log_alphas))
+
+    def alpha(self, t: float) -> float:
+        return math.exp(self.log_alpha(t))
+
+    def std(self, t: float) -> float:
+        return math.sqrt(-math.expm1(2.0 * self.log_alpha(t)))
+
+    def lam(self, t: float) -> float:
+        log_alpha = self.log_alpha(t)
+        return log_alpha - 0.5 * math.log(-math.expm1(2.0 * log_alpha))
+
+    def t_of_lambda(self, lam: float) -> float:
+        log_alpha = -0.5 * float(np.logaddexp(0.0, -2.0 * lam))
+        return float(np.interp(log_alpha, self._log_alphas[::-1], self._times[::-1]))
+
+    def model_timesteps(self, times: torch.Tensor) -> torch.Tensor:
+        """The UNet's (fractional) timesteps for float32 ``times``: ``(t - 1/N) * 1000``, in float32."""
+        return (times.to(torch.float32) - 1.0 / self.total) * 1000.0
+
+
+def unipc_times(steps: int, schedule: VPSchedule, *, skip_type: str = "time_uniform",
+                t_start: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """UniPC's ``steps + 1`` float32 times from ``t_start`` down to the first training step (``1/N``).
+
+    ``time_uniform``: evenly spaced in t; ``time_quadratic``: evenly spaced in sqrt(t); ``logSNR``:
+    evenly spaced in lambda (half log-SNR), mapped back to t through the schedule.
+    """
+    if skip_type not in UNIPC_SKIP_TYPES:
+        raise ValueError(f"UniPC skip type must be one of {', '.join(UNIPC_SKIP_TYPES)}, got {skip_type!r}")
+    start = float(torch.as_tensor(t_start, dtype=torch.float32))
+    end = 1.0 / schedule.total
+    if skip_type == "time_uniform":
+        return torch.linspace(start, end, steps + 1)
+    if skip_type == "time_quadratic":
+        return torch.linspace(start**0.5, end**0.5, steps + 1) ** 2
+    lambdas = torch.linspace(schedule.lam(start), schedule.lam(end), steps + 1)
+    return torch.tensor([schedule.t_of_lambda(float(value)) for value in lambdas], dtype=torch.float32)
+
+
+def unipc_step_orders(steps: int, order: int, *, lower_order_final: bool = True) -> list[int]:
+    """The order of each of UniPC's ``steps`` updates: warming up 1, 2, ... ``order``; with
+    ``lower_order_final`` the last ones fall back so no step looks further ahead than the steps left.
+    """
+    order = max(1, min(order, steps))
+    orders = list(range(1, order))
+    for step in range(order, steps + 1):
+        orders.append(min(order, steps + 1 - step) if lower_order_final else order)
+    return orders
+
+
+def _unipc_bh_weights(hh: float, rks: Sequence[float],
+                      variant: str) -> tuple[float, list[float], list[float]]:
+    """B(h), the predictor weights (one per earlier point) and the corrector weights (one more: the new
+    point), from UniPC's order conditions ``sum_m rho_m r_m^(k-1) = k! phi_{k+1}(h) / B(h)``.
+    """
+    order = len(rks)
+    big_b = hh if variant == "bh1" else math.expm1(hh)
+    # phi-like terms: g_1 = (e^hh - 1) / hh - 1, g_(k+1) = g_k / hh - 1 / (k+1)!
+    rhs: list[float] = []
+    g = math.expm1(hh) / hh - 1.0
+    for k in range(1, order + 1):
+        rhs.append(g * math.factorial(k) / big_b)
+        g = g / hh - 1.0 / math.factorial(k + 1)
+    powers = np.array([[float(r) ** (k - 1) for r in rks] for k in range(1, order + 1)], dtype=np.float64)
+    if order == 1:
+        predictor: list[float] = []
+        corrector = [0.5]
+    else:
+        corrector = np.linalg.solve(powers, np.array(rhs)).tolist()
+        predictor = [0.5] if order == 2 else np.linalg.solve(powers[:-1, :-1], np.array(rhs[:-1])).tolist()
+    return big_b, predictor, corrector
+
+
+def _weighted(weights: Sequence[float], tensors: Sequence[torch.Tensor]) -> torch.Tensor | float:
+    total: torch.Tensor | float = 0.0
+    for weight, tensor in zip(weights, tensors, strict=True):
+        total = total + float(weight) * tensor
+    return total
+
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _unipc_update(x: torch.Tensor, times: Sequence[float], outputs: Sequence[torch.Tensor], t: float,
+                  order: int, schedule: VPSchedule, variant: str,
+                  model: Model | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One UniPC update of ``x`` (VP scale) from ``times[-1]`` to ``t`` using the last ``order`` data
+    predictions; ``model`` (the prediction at ``t``) given means: predict, evaluate there, correct.
+
+    Returns the new ``x`` and the model's prediction at the predicted point (None without a corrector):
+    UniPC reuses it as the history value of ``t``.
+    """
+    s = times[-1]
+    lam_s, lam_t = schedule.lam(s), schedule.lam(t)
+    h = lam_t - lam_s
+    hh = -h  # data prediction
+    alpha_t = schedule.alpha(t)
+    newest = outputs[-1]
+    rks = [(schedule.lam(times[-1 - i]) - lam_s) / h for i in range(1, order)]
+    diffs = [(outputs[-1 - i] - newest) / rk for i, rk in zip(range(1, order), rks, strict=True)]
+    rks.append(1.0)
+    # The first-order (DDIM-like) step both parts start from.
+    base = (schedule.std(t) / schedule.std(s)) * x - (alpha_t * math.expm1(hh)) * newest
+    if variant in ("bh1", "bh2"):
+        big_b, predictor, corrector = _unipc_bh_weights(hh, rks, variant)
+        x_new = base - (alpha_t * big_b) * _weighted(predictor, diffs) if diffs else base
+        if model is None:
+            return x_new, None
+        output = model(x_new)
+        correction = _weighted(corrector[:-1], diffs) + corrector[-1] * (output - newest)
+        return base - (alpha_t * big_b) * correction, output
+    if variant != "vary_coeff":
+        raise ValueError(f"UniPC variant must be one of {', '.join(UNIPC_VARIANTS)}, got {variant!r}")
+    return _unipc_vary_coeff(base, diffs, rks, hh, alpha_t, newest, model)
+
+
+def _unipc_vary_coeff(base: torch.Tensor, diffs: Sequence[torch.Tensor], rks: Sequence[float], hh: float,
+                      alpha_t: float, newest: torch.Tensor,
+                      model: Model | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """UniPC's "vary_coeff" update: Taylor weights from the inverse of ``C[i][j] = r_i^j / (j+1)!``."""
+    size = len(rks)
+    taylor = np.array([[float(r) ** j / math.factorial(j + 1) for j in range(size)] for r in rks],
+                      dtype=np.float64)
+    # h phi_k(h) terms: e^hh - 1, then each one divided by hh less 1/k!
+    phis = [math.expm1(hh)]
+    for k in range(1, size + 1):
+        phis.append(phis[-1] / hh - 1.0 / math.factorial(k))
+    x_new = base
+    if diffs:
+        inverse = np.linalg.inv(taylor[:-1, :-1])
+        for k in range(size - 1):
+            x_new = x_new - (alpha_t * phis[k + 1]) * _weighted(inverse[k], diffs)
+    if model is None:
+        return x_new, None
+    output = model(x_new)
+    inverse = np.linalg.inv(taylor)
+    corrected = base
+    for k in range(size - 1):
+        corrected = corrected - (alpha_t * phis[k + 1]) * _weighted(inverse[k][:-1], diffs)
+    # The new point's weight is the last row's entry of the final k of the loop above (row 0 without
+    # one): what A1111's UniPC applies, kept for the same images.
+    row = max(size - 2, 0)
+    corrected = corrected - (alpha_t * phis[size] * float(inverse[row][-1])) * (output - newest)
+    return corrected, output
+
+
+def sample_unipc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
+                 callback: StepCallback | None = None, alphas_cumprod: torch.Tensor | None = None,
+                 from_image: bool = False, variant: str = "bh1", skip_type: str = "time_uniform",
+                 order: int = 3, lower_order_final: bool = True) -> torch.Tensor:
+    """UniPC (Zhao et al. 2023, multistep, data prediction) as A1111 runs it.
+
+    ``sigmas`` are the levels of A1111's timesteps (:func:`timestep_sigmas`; from an image, the level the
+    init latents were noised to, then the timesteps img2img keeps); like A1111 it uses only their count
+    and, from an image, the first kept one: one UniPC step per level, from ``t = 1`` (pure noise) or from
+    the first kept level's training step (``t = (n + 1) / 1000``), down to training step 0 on its own
+    grid (``skip_type``). The model is evaluated at those
+    continuous times (fractional UNet timesteps, ``denoise(x, sigma, timestep=...)``), on the schedule of
+    the model's ``alphas_cumprod``. A1111's settings: ``variant`` (uni_pc_variant), ``skip_type``,
+    ``order`` (uni_pc_order; at most the step count: A1111 refuses more) and ``lower_order_final``.
+    Like A1111 it stops at training step 0 (no final denoise to zero) and returns x in VP scale.
+    """
+    if alphas_cumprod is None:
+        raise ValueError("UniPC needs the model's alphas_cumprod")
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"UniPC variant must be one of {', '.join(UNIPC_VARIANTS)}, got {variant!r}")
+    schedule = VPSchedule(alphas_cumprod)
+    if not (sigmas > 0).any():
+        raise ValueError("UniPC needs at least one noise level above 0")
+    levels, noised = _image_levels(sigmas, from_image)
+    steps = len(levels)
+    if from_image:
+        # A1111: t_start = timesteps[-1] / 1000 + 1 / 1000, the largest of img2img's timesteps; the
+        # latents were noised one timestep above it.
+        start_step = DiscreteSigmas(alphas_cumprod).sigma_to_t(levels[0], quantize=True)
+        t_start: float | torch.Tensor = start_step.to(torch.float32) / 1000 + 1 / 1000
+        x_t = x / (noised**2 + 1.0) ** 0.5
+    else:
+        t_start, x_t = 1.0, x / noised
+    times = unipc_times(steps, schedule, skip_type=skip_type, t_start=t_start)
+    model_steps = schedule.model_timesteps(times)
+    grid = [float(v) for v in times]
+
+    def data_prediction(x_vp: torch.Tensor, i: int) -> torch.Tensor:
+        alpha, std = schedule.alpha(grid[i]), schedule.std(grid[i])
+        return denoise(x_vp / alpha, std / alpha, timestep=model_steps[i])
+
+    orders = unipc_step_orders(steps, order, lower_order_final=lower_order_final)
+    history_t, history_x0 = [grid[0]], [data_prediction(x_t, 0)]
+    for i, step_order in enumerate(orders, start=1):
+        last = i == steps
+        model = None if last else (lambda x_vp, i=i: data_prediction(x_vp, i))
+        x_t, output = _unipc_update(x_t, history_t, history_x0, grid[i], step_order, schedule, variant, model)
+        alpha = schedule.alpha(grid[i])
+        _report(callback, i - 1, x_t / alpha, output if output is not None else x_t / alpha)
+        if not last:
+            assert output is not None
+            history_t.append(grid[i])
+            history_x0.append(output)
+            del history_t[:-max(orders)], history_x0[:-max(orders)]
+    return x_t

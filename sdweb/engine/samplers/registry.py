@@ -109,9 +109,13 @@ class FunctionSamplerPlan:
     #: and, for A1111's schedule types, A1111's sigmas.
     a1111: bool = False
 
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The model's training ``alphas_cumprod`` as A1111's model carries them (float32, CPU)."""
+        return kdiffusion.ldm_alphas_cumprod(self.base_config)
+
     def model_sigmas(self) -> kdiffusion.DiscreteSigmas:
         """The model's noise levels as A1111's wrapper for this sampler sees them (LCM: its 50 steps)."""
-        alphas_cumprod = kdiffusion.ldm_alphas_cumprod(self.base_config)
+        alphas_cumprod = self.alphas_cumprod()
         if self.sampler.options.get("denoiser") == "lcm":
             return kdiffusion.LCMSigmas(alphas_cumprod)
         return kdiffusion.DiscreteSigmas(alphas_cumprod)
@@ -123,7 +127,8 @@ class FunctionSamplerPlan:
         count: DDIM's, or KL Optimal ending at the smallest sigma).
         """
         if self.a1111 and self.sampler.options.get("timesteps"):
-            # A1111's timestep samplers (DDIM, PLMS) use their own timesteps whatever the schedule type.
+            # A1111's timestep samplers (DDIM, PLMS, UniPC) use their own timesteps whatever the schedule
+            # type.
             return kdiffusion.timestep_sigmas(steps, self.model_sigmas())
         if self.a1111 and self.schedule.name in kdiffusion.SCHEDULES:
             discard = bool(self.sampler.options.get("discard_next_to_last_sigma", False))

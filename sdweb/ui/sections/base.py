@@ -19,7 +19,9 @@ How a section plugs in (subclass :class:`FormSection`, override what the feature
    the field). Raise :class:`SectionError` with a message for the user when they cannot be used.
 3. ``wire_page_load(demo, services)`` fills lists that change while the server runs when a page opens
    (after the tab's own lists).
-4. ``job_submitter(data)``: a section that queues the job itself (a script running many requests)
+4. ``fill_outputs()`` / ``fill(values, notes)``: a "send to" (PNG Info, Gallery, History) fills the
+   section's own components (those not in ``ctx.form``) from the sent values, adding notes for the user.
+5. ``job_submitter(data)``: a section that queues the job itself (a script running many requests)
    returns ``submit(params, images=(), mask=None) -> Job``; the first section that does replaces the
    tab's own submit. Default None.
 
@@ -82,6 +84,14 @@ class FormSection:
     def wire_page_load(self, demo: gr.Blocks, services: Any) -> None:
         """Fill lists when a page opens (lists that change while the server runs)."""
 
+    def fill_outputs(self) -> Sequence[Any]:
+        """Components not in ``ctx.form`` that :meth:`fill` may update."""
+        return ()
+
+    def fill(self, values: Mapping[str, Any], notes: list[str]) -> dict[Any, Any]:
+        """Updates ``{component: value}`` of :meth:`fill_outputs` from sent values; append notes."""
+        return {}
+
     def job_submitter(self, data: Mapping[Any, Any]) -> Callable[..., Any] | None:
         """``submit(params, images=(), mask=None) -> Job`` when this section queues the job itself."""
         return None
@@ -116,6 +126,17 @@ class FormSections:
     def wire_page_load(self, demo: gr.Blocks, services: Any) -> None:
         for section in self._sections:
             section.wire_page_load(demo, services)
+
+    def fill_outputs(self) -> set[Any]:
+        """Every section's components a "send to" may update (add them to the send event's outputs)."""
+        return {component for section in self._sections for component in section.fill_outputs()}
+
+    def fill(self, values: Mapping[str, Any], notes: list[str]) -> dict[Any, Any]:
+        """The sections' updates for sent values; their notes are appended to ``notes``."""
+        updates: dict[Any, Any] = {}
+        for section in self._sections:
+            updates.update(section.fill(values, notes))
+        return updates
 
     def job_submitter(self, data: Mapping[Any, Any]) -> Callable[..., Any] | None:
         """The first section's own ``submit(params, images=(), mask=None)``, or None (the tab submits)."""

@@ -21,7 +21,10 @@ import gradio as gr
 from PIL import Image
 from pydantic import ValidationError
 
+from sdweb.images.controlnet_infotext import PASTED_FIELDS, match_model, resolve_names
 from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, ControlNetUnit
+from sdweb.safepath import for_client
+from sdweb.ui.fields import CONTROLNET_UNITS
 from sdweb.ui.sections.base import SCRIPTS, FormSection, SectionContext, SectionError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,11 @@ class _UnitControls:
     hr_option: Any
     preview_button: Any
     preview: Any
+
+    def pasted(self) -> dict[str, Any]:
+        """The components a paste fills, by unit field name (not the picture: no infotext holds it)."""
+        targets = {name: getattr(self, name) for name in PASTED_FIELDS if name != "hr_option"}
+        return targets | ({"hr_option": self.hr_option} if self.hr_option is not None else {})
 
     def inputs(self) -> list[Any]:
         items = [
@@ -233,8 +241,8 @@ class ControlNetSection(FormSection):
                 return self.controlnet.detect(
                     module, [image], processor_res=resolution, threshold_a=a, threshold_b=b
                 )[0]
-            except (LookupError, ValueError) as exc:
-                gr.Warning(f"ControlNet unit {index}: {exc}")
+            except (LookupError, ValueError) as exc:  # e.g. an annotator's weight file: named, not the path
+                gr.Warning(for_client(f"ControlNet unit {index}: {exc}"))
                 return None
 
         unit.preview_button.click(
@@ -284,6 +292,57 @@ class ControlNetSection(FormSection):
                 )
                 raise SectionError(f"ControlNet unit {index}: {problems}") from exc
         return {"controlnet_units": tuple(units)} if units else {}
+
+    def fill_outputs(self) -> Sequence[Any]:
+        return [component for unit in self.units for component in unit.pasted().values()]
+
+    def fill(self, values: Mapping[str, Any], notes: list[str]) -> dict[Any, Any]:
+        """A pasted infotext's ``ControlNet N`` lines into unit tab N, as the extension's paste does; the
+        tabs it does not name are turned off. Each unit keeps its picture (the infotext has none).
+        """
+        pasted = values.get(CONTROLNET_UNITS)
+        if pasted is None:
+            return {}  # not an infotext paste: the units stay as they are
+        if not self.units:
+            notes.extend(f"{unit.summary} was used; this program has no ControlNet units" for unit in pasted)
+            return {}
+        by_index = {unit.index: unit for unit in pasted}
+        titles = self.controlnet.model_titles()
+        if any(match_model(str(unit.values["model"]), titles)[0] is None for unit in pasted):
+            titles = self.controlnet.model_titles(refresh=True)  # a file added since the last scan
+        choices = self.model_choices()
+
+        def find_module(name: str) -> str:
+            return str(self.controlnet.preprocessor(name).name)
+
+        updates: dict[Any, Any] = {}
+        for index, controls in enumerate(self.units):
+            unit = by_index.get(index)
+            if unit is None:
+                updates[controls.enabled] = False
+                continue
+            fields, unit_notes = resolve_names(unit, titles, find_module)
+            notes.extend(unit_notes)
+            for name, component in controls.pasted().items():
+                if name not in fields:
+                    continue
+                if name == "model":
+                    model = fields[name]  # listed even when made for another family: Generate says so
+                    listed = choices if model in choices else [*choices, model]
+                    updates[component] = gr.update(value=model, choices=listed)
+                else:
+                    updates[component] = fields[name]
+        beyond = [unit.summary for unit in pasted if unit.index >= len(self.units)]
+        if beyond:
+            notes.append(f"{', '.join(beyond)} not restored: this page shows {len(self.units)} ControlNet "
+                         "units (Settings > ControlNet > Multi-ControlNet: number of units)")
+        restored = [str(unit.index) for unit in pasted if unit.index < len(self.units)]
+        if restored:
+            which, keeps = ((f"unit {restored[0]}", "it keeps") if len(restored) == 1
+                            else (f"units {', '.join(restored)}", "each keeps"))
+            notes.append(f"ControlNet {which} restored; the infotext holds no control image, so {keeps} the "
+                         "one it has")
+        return updates
 
     def wire_page_load(self, demo: gr.Blocks, services: Any) -> None:
         if not self.units:

@@ -87,7 +87,8 @@ class Img2ImgTab:
     options: Any = None
 
     def outputs(self) -> set[Any]:
-        return {self.image, self.mask, *self.form.values(), self.tabs, self.message}
+        return {self.image, self.mask, *self.form.values(), self.tabs, self.message,
+                *self.sections.fill_outputs()}
 
     def fill(self, image: Any, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``image`` (a path or picture) and ``values`` into the tab and switch to it."""
@@ -96,6 +97,8 @@ class Img2ImgTab:
             component = self.form.get(name)
             if component is not None:
                 updates[component] = value
+        notes = list(notes or ())
+        updates.update(self.sections.fill(values, notes))
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
         text = "Image sent to img2img." + (" " + "; ".join(notes) + "." if notes else "")
         updates[self.message] = note_html(text)
@@ -364,7 +367,7 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
 
 def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[str, Any], list[str]]:
     """The img2img form values a sent picture's infotext gives (prompt, sampler, size, seed...)."""
-    from sdweb.ui.fields import form_from_infotext
+    from sdweb.ui.fields import CONTROLNET_UNITS, form_from_infotext
 
     if not infotext:
         return {}, []
@@ -382,5 +385,6 @@ def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[s
         "seed",
         "n_iter",
         "batch_size",
+        CONTROLNET_UNITS,  # the extension registers its unit fields for img2img's paste too
     }
     return {name: value for name, value in pasted.values.items() if name in shared}, pasted.notes

@@ -34,7 +34,14 @@ from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import sampler_choices, wire_sampler_lists
 from sdweb.ui.components.styles import render_styles_picker
 from sdweb.ui.components.tokens import render_token_counter, wire_token_counters
-from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form, sent_values
+from sdweb.ui.fields import (
+    FORM_DEFAULTS,
+    FORM_FIELDS,
+    form_from_infotext,
+    params_from_form,
+    pasted_gpu_rng,
+    sent_values,
+)
 from sdweb.ui.sections import (
     PARAMETERS,
     SCRIPTS,
@@ -73,7 +80,7 @@ class Txt2ImgTab:
 
     def outputs(self) -> set[Any]:
         extra = {self.modules} if self.modules is not None else set()
-        return {*self.form.values(), self.tabs, self.message, *extra}
+        return {*self.form.values(), self.tabs, self.message, *extra, *self.sections.fill_outputs()}
 
     def fill(self, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
         """Updates that put ``values`` into the form and switch to the txt2img tab."""
@@ -97,6 +104,7 @@ class Txt2ImgTab:
             choices = self.module_choices() if self.module_choices is not None else []
             updates[self.modules] = gr.update(value=list(names), choices=sorted({*choices, *names}))
         notes = [*(notes or ()), *self._unknown_sampler_notes(values)]
+        updates.update(self.sections.fill(values, notes))
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
         text = "Parameters restored." + (" " + "; ".join(notes) + "." if notes else "")
         updates[self.message] = note_html(text)
@@ -170,6 +178,8 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="txt2img-interrupt", size="sm", min_width=80)
                 skip = gr.Button("Skip", elem_id="txt2img-skip", size="sm", min_width=80)
+            # A1111's ↙ button: the generation parameters pasted into the prompt fill the whole form.
+            paste = gr.Button("↙ Read parameters from prompt", size="sm", elem_id="txt2img-paste")
             styles = render_styles_picker(form, prefix=TAB_ID)
 
     # 2. Parameters (left) and results (right).
@@ -300,7 +310,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, message)
 
-    return Txt2ImgTab(
+    tab = Txt2ImgTab(
         options=services.options,
         form=form,
         tabs=tabs,
@@ -313,6 +323,35 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
         modules=checkpoint.modules,
         module_choices=partial(module_names, services),
     )
+    tab.wire_send(paste.click, partial(read_prompt_parameters, services), [form["prompt"]])
+    return tab
+
+
+def read_prompt_parameters(services: Any, text: str | None) -> tuple[dict[str, Any], list[str]] | None:
+    """The ↙ button: the infotext pasted into the prompt box as form values; with the prompt empty, the
+    last generation's (A1111 reads its params.txt). None, after saying why, when there is nothing to read.
+    """
+    from sdweb.images.infotext import has_parameter_line
+
+    text = (text or "").strip()
+    if not text:
+        text = _last_infotext(services)
+        if not text:
+            gr.Warning("Paste generation parameters (an image's infotext) into the prompt, then press ↙.")
+            return None
+    elif not has_parameter_line(text):
+        gr.Warning("The prompt holds no generation parameters to read: paste an infotext ending with its "
+                   "'Steps: ..., Sampler: ...' line.")
+        return None
+    pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services))
+    return pasted.values, pasted.notes
+
+
+def _last_infotext(services: Any) -> str:
+    history = getattr(services, "history", None)
+    entries = history.search("", limit=1) if history is not None else []
+    infotexts = list(getattr(entries[0], "infotexts", None) or []) if entries else []
+    return str(infotexts[0]) if infotexts else ""
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:

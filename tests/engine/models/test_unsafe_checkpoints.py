@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sdweb.engine.models.errors import CheckpointError, CheckpointReadError, UnsafeCheckpointError
-from sdweb.engine.models.loader import LoadedModel, torch_load_weights_only
+from sdweb.engine.models.loader import LoadedModel
+from sdweb.engine.models.pickle_io import torch_load_weights_only
 
 Load = Callable[..., LoadedModel]
 

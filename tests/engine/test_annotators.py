@@ -1,0 +1,222 @@
+"""Model-based ControlNet annotators (softedge_hed, lineart_*): files in the published key layouts with
+random weights, read from a tmp ``annotators`` folder, run through the preprocessor registry the
+service and the engine use. Offline throughout: a missing file is a message naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdweb.engine.control import annotators
+from sdweb.engine.control.annotators import AnnotatorRunner
+from sdweb.images.control_maps import PreprocessorRegistry, PreprocessorUnavailableError
+from tests.fixtures.annotators import (
+    anime_state,
+    hed_state,
+    lineart_state,
+    pidinet_state,
+    write_annotator,
+    write_pickle_with_code,
+)
+
+
+def _picture(width: int = 80, height: int = 48) -> Image.Image:
+    """A bright square and a dark bar on grey: edges a network (even a random one) responds to."""
+    array = np.full((height, width, 3), 128, dtype=np.uint8)
+    array[8:40, 10:42] = (250, 240, 230)
+    array[20:28, 50:78] = (10, 20, 30)
+    return Image.fromarray(array)
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "ControlNet" / "annotators"
+    write_annotator(folder, "ControlNetHED.pth", hed_state())
+    write_annotator(folder, "sk_model.pth", lineart_state(seed=1))
+    write_annotator(folder, "sk_model2.safetensors", lineart_state(seed=2))  # a safetensors copy is read too
+    write_annotator(folder, "netG.pth", anime_state())
+    write_annotator(folder, "table5_pidinet.pth", pidinet_state())
+    return folder
+
+
+def _registry(folder: Path, **options: object) -> tuple[PreprocessorRegistry, AnnotatorRunner]:
+    runner = AnnotatorRunner(folder, download=False, **options)  # type: ignore[arg-type]
+    return PreprocessorRegistry.with_builtins(folder, runner), runner
+
+
+@pytest.mark.parametrize("name", ["softedge_hed", "softedge_hedsafe", "lineart_realistic", "lineart_coarse",
+                                  "lineart_anime", "softedge_pidinet", "softedge_pidisafe"])
+def test_each_annotator_makes_a_map_at_the_processor_resolution(folder: Path, name: str) -> None:
+    registry, _runner = _registry(folder)
+    preprocessor = registry.find(name)
+    assert preprocessor.problem() is None
+    assert not preprocessor.detail()["model_free"]
+    result = preprocessor.run(_picture(), processor_res=64)
+    assert result.mode == "RGB" and result.size == (107, 64)  # short side 48 -> 64, as the extension does
+    pixels = np.asarray(result)
+    assert np.array_equal(pixels[..., 0], pixels[..., 2])  # a grey map
+    assert pixels.std() > 1.0  # not a blank map: the picture's content shows
+    again = np.asarray(preprocessor.run(_picture(), processor_res=64))
+    assert np.array_equal(pixels, again)  # deterministic
+    if name in ("softedge_hedsafe", "softedge_pidisafe"):
+        assert set(np.unique(pixels)) <= {0, 128, 255}  # the "safe" step keeps three levels
+
+
+def test_maps_follow_the_picture(folder: Path) -> None:
+    registry, _runner = _registry(folder)
+    flat = Image.new("RGB", (64, 64), (128, 128, 128))
+    for name in ("softedge_hed", "lineart_realistic", "lineart_anime", "softedge_pidinet"):
+        plain = np.asarray(registry.find(name).run(flat, processor_res=64)).astype(int)
+        busy = np.asarray(registry.find(name).run(_picture(64, 64), processor_res=64)).astype(int)
+        assert np.abs(busy - plain).max() > 10, name  # the square and the bar change the map
+    # The two lineart files differ (realistic / coarse) and give different maps.
+    realistic = np.asarray(registry.find("lineart_realistic").run(_picture(), processor_res=64))
+    coarse = np.asarray(registry.find("lineart_coarse").run(_picture(), processor_res=64))
+    assert not np.array_equal(realistic, coarse)
+
+
+def test_networks_are_loaded_once_and_kept(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, runner = _registry(folder)
+    reads: list[str] = []
+    real = annotators.read_weights
+    monkeypatch.setattr(annotators, "read_weights", lambda path: reads.append(path.name) or real(path))
+    for _ in range(3):
+        registry.find("softedge_hed").run(_picture(), processor_res=64)
+    registry.find("softedge_hedsafe").run(_picture(), processor_res=64)  # the same file
+    assert reads == ["ControlNetHED.pth"]
+    registry.unload_models()  # what the engine's unload_all (POST /sdapi/v1/unload-checkpoint) calls
+    registry.find("softedge_hed").run(_picture(), processor_res=64)
+    assert reads == ["ControlNetHED.pth", "ControlNetHED.pth"]
+    assert runner is registry.runner
+
+
+def test_a_missing_file_offline_is_refused_naming_it(tmp_path: Path) -> None:
+    registry, _runner = _registry(tmp_path / "annotators")
+    preprocessor = registry.find("lineart_anime")
+    problem = preprocessor.problem()
+    assert problem is not None and str(tmp_path / "annotators" / "netG.pth") in problem
+    assert "downloads are off" in problem and "lllyasviel/Annotators" in problem
+    with pytest.raises(PreprocessorUnavailableError, match=r"netG\.pth"):
+        preprocessor.run(_picture())
+
+
+def test_a_file_is_fetched_from_the_hub_on_first_use_when_downloads_are_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    asked: list[tuple[str, str]] = []
+
+    def fake_download(repo_id: str, filename: str, local_dir: str) -> str:
+        asked.append((repo_id, filename))
+        return str(write_annotator(Path(local_dir), filename, hed_state()))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    folder = tmp_path / "annotators"
+    runner = AnnotatorRunner(folder, download=True)
+    registry = PreprocessorRegistry.with_builtins(folder, runner)
+    assert registry.find("softedge_hed").problem() is None  # it may be fetched: not refused up front
+    registry.find("softedge_hed").run(_picture(), processor_res=64)
+    registry.find("softedge_hed").run(_picture(), processor_res=64)
+    assert asked == [("lllyasviel/Annotators", "ControlNetHED.pth")]
+    assert (folder / "ControlNetHED.pth").is_file()
+
+
+def test_a_failed_download_names_the_file_and_the_folder(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(repo_id: str, filename: str, local_dir: str) -> str:
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    registry, runner = _registry(tmp_path / "annotators")
+    runner.download = True
+    with pytest.raises(PreprocessorUnavailableError,
+                       match=r"sk_model\.pth.*could not be downloaded \(OSError: no route to host\)"):
+        registry.find("lineart_realistic").run(_picture())
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "annotators"
+    write_pickle_with_code(folder / "ControlNetHED.pth")
+    registry, _runner = _registry(folder)
+    with pytest.raises(PreprocessorUnavailableError, match=r"refused to load ControlNetHED\.pth.*pickle"):
+        registry.find("softedge_hed").run(_picture())
+
+
+def test_a_file_of_another_layout_is_refused_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / "annotators"
+    write_annotator(folder, "sk_model.pth", hed_state())  # a HED file under the lineart name
+    write_annotator(folder, "ControlNetHED.pth", {**hed_state(), "block9.extra": hed_state()["norm"]})
+    registry, _runner = _registry(folder)
+    with pytest.raises(PreprocessorUnavailableError, match=r"sk_model\.pth is not the expected annotator"):
+        registry.find("lineart_realistic").run(_picture())
+    with pytest.raises(PreprocessorUnavailableError, match=r"ControlNetHED\.pth does not fit"):
+        registry.find("softedge_hed").run(_picture())
+
+
+def test_the_real_layouts_build() -> None:
+    """At the published widths (64 -> 512) the builders take every tensor (shapes from the releases)."""
+    for build, state in ((annotators.build_hed, hed_state(64)), (annotators.build_lineart, lineart_state(64)),
+                         (annotators.build_anime, anime_state(64, prefix=""))):
+        network = build(state, "file")
+        assert set(network.state_dict()) == set(state)
+    wrapped = pidinet_state(60, 24)["state_dict"]
+    pidinet = {key.removeprefix("module."): value for key, value in wrapped.items()}
+    network = annotators.build_pidinet(pidinet, "file")
+    assert set(network.state_dict()) == set(pidinet)
+    # Radial-difference blocks become 5x5 plain convolutions, the others stay 3x3.
+    assert tuple(network.state_dict()["block1_2.conv1.weight"].shape) == (60, 1, 5, 5)
+    assert tuple(network.state_dict()["block1_1.conv1.weight"].shape) == (60, 1, 3, 3)
+
+
+def test_pixel_difference_kernels_equal_the_differences_they_stand_for() -> None:
+    """Each converted kernel gives what the pixel-difference operation computes on a 5x5 patch."""
+    import torch
+
+    torch.manual_seed(0)
+    weight = torch.randn(1, 1, 3, 3, dtype=torch.float64)
+    patch = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    w = weight[0, 0]
+    centre = patch[0, 0, 2, 2]
+    inner = patch[0, 0, 1:4, 1:4]
+
+    def plain(kernel: torch.Tensor) -> float:
+        size = kernel.shape[-1]
+        start = (5 - size) // 2
+        return float((patch[0, 0, start:start + size, start:start + size] * kernel[0, 0]).sum())
+
+    # central: sum of w * (x_i - x_centre)
+    assert plain(annotators.pixel_difference_kernel("cd", weight)) == pytest.approx(
+        float((w * (inner - centre)).sum()))
+    # angular: each ring tap's weight times (its x - the next x clockwise); the centre's weight is unused
+    ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]
+    angular = sum(float(w[ring[k]]) * float(inner[ring[k]] - inner[ring[(k + 1) % 8]]) for k in range(8))
+    assert plain(annotators.pixel_difference_kernel("ad", weight)) == pytest.approx(angular)
+    # radial: per direction k (row by row), (x at twice the offset - x at the offset) times weight k + 1 of
+    # the flattened kernel (the release's convention: its trained weights expect exactly this pairing)
+    directions = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    flat = w.flatten()
+    radial = sum(float(flat[k + 1]) * float(patch[0, 0, 2 + 2 * dy, 2 + 2 * dx] - patch[0, 0, 2 + dy, 2 + dx])
+                 for k, (dy, dx) in enumerate(directions))
+    assert plain(annotators.pixel_difference_kernel("rd", weight)) == pytest.approx(radial)
+
+
+def test_controlnet_aux_annotators_name_their_files_and_the_package(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(annotators, "aux_problem",
+                        lambda: "the controlnet-aux package, which did not import (RuntimeError: nms)")
+    registry, _runner = _registry(tmp_path / "annotators")
+    problem = registry.find("openpose").problem()
+    assert problem is not None
+    assert str(tmp_path / "annotators" / "body_pose_model.pth") in problem and "controlnet-aux" in problem
+    seg = registry.find("seg_ufade20k").problem()
+    assert seg is not None and "no runner" in seg
+
+
+def test_install_hint_says_how_and_why() -> None:
+    hint = annotators.AUX_INSTALL_HINT
+    assert "pip install 'sdweb[annotators]'" in hint and "torchvision" in hint
