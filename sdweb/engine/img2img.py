@@ -29,7 +29,9 @@ batch. Progress counts the steps actually run.
 Inpainting (a ``mask`` beside the init images): the images and mask are prepared by
 :mod:`sdweb.images.mask` ("whole picture" or "only masked"); after every step the latents outside the
 mask are reset to the init latents noised to the next step's level (diffusers' way with a plain UNet;
-for function samplers the prediction outside the mask is the init latents, A1111's way);
+for function samplers the prediction outside the mask is the init latents, A1111's way; for A1111's
+DDIM / PLMS / UniPC the UNet's input outside the mask is the clean init latents and the finished latents
+are blended with them, as A1111 does for its timestep samplers: :func:`blend_before_denoising`);
 "latent noise" / "latent nothing" start the masked area from noise / zeros; the decoded image is pasted
 back through the blurred mask, so unmasked pixels are the original's exactly.
 
@@ -129,6 +131,24 @@ def run_img2img(
         return _Img2Img(model, params, init_images, samplers, control, on_step, preview_every,
                         extra_networks=extra_networks, mask=mask,
                         inpainting_mask_weight=inpainting_mask_weight, controlnets=controlnets).run()
+
+
+def blend_before_denoising(denoise: Callable[..., torch.Tensor], init: torch.Tensor,
+                           mask: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Inpainting as A1111 does it for its timestep samplers (DDIM, PLMS, UniPC), around ``denoise``.
+
+    The UNet sees the init latents, clean, outside ``mask`` (1 = repaint; in the samplers' DDPM scale,
+    so ``init * sqrt(sigma^2 + 1)`` in the sampling contract's), and the noise it predicts there is
+    applied to the sampler's own latents: the x0 returned is ``x0(blended) + (x - blended)``, the x0 of
+    ``x`` with the blended input's noise prediction.
+    """
+
+    def blended(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
+        scale = (float(sigma) ** 2 + 1.0) ** 0.5
+        x_in = init * scale * (1.0 - mask) + x * mask
+        return denoise(x_in, sigma, **kwargs) + (x - x_in)
+
+    return blended
 
 
 class _Img2Img(_Txt2Img):
@@ -401,8 +421,13 @@ class _Img2Img(_Txt2Img):
         self.step_index = offset
         denoiser = self.function_denoiser(plan)
 
+        if timestep_sampler and self.latent_mask is not None:
+            denoiser = blend_before_denoising(denoiser, init, self.latent_mask)
+
         def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
+            if timestep_sampler:
+                return denoiser(x, sigma, **kwargs)
             # Inpainting: the prediction outside the mask is the init image itself (A1111's way).
             return self.keep_unmasked(denoiser(x, sigma, **kwargs), init)
 
@@ -421,7 +446,10 @@ class _Img2Img(_Txt2Img):
             extra["from_image"] = True  # the start is init latents noised to sigmas[0], not pure noise
         start = init + noise.latents * start_sigma
         # 7. Denoising loop (inside the sampling function).
-        return sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
+        latents = sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
+        if timestep_sampler:  # A1111 puts the init latents back outside the mask once they are done
+            latents = self.keep_unmasked(latents, init)
+        return latents
 
     def a1111_sigmas(self, plan: FunctionSamplerPlan) -> tuple[torch.Tensor, float, torch.Tensor]:
         """``(sigmas to sample, sigma of the start, the whole schedule)`` as A1111's ``sample_img2img``.

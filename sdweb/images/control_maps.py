@@ -274,6 +274,14 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: The extension's sliders of the model-based annotators that have any (threshold_a, threshold_b).
+ANNOTATOR_SLIDERS: dict[str, tuple[Slider, Slider]] = {
+    "mlsd": (Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
+             Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01)),
+    "depth_leres": (Slider("Remove Near %", 0, 0, 100, 0.1), Slider("Remove Background %", 0, 0, 100, 0.1)),
+}
+
+
 class AnnotatorRunner(Protocol):
     """Runs model-based annotators (sdweb.engine.control.annotators.AnnotatorRunner; tests pass others)."""
 
@@ -307,6 +315,7 @@ def annotator_problem(name: str, weights_file: str, annotators_dir: Path | None)
 
 def _annotator(name: str, weights_file: str, tags: tuple[str, ...], annotators_dir: Path | None,
                runner: AnnotatorRunner | None) -> Preprocessor:
+    slider_a, slider_b = ANNOTATOR_SLIDERS.get(name, (None, None))
     if runner is None:
         def check() -> str | None:
             return annotator_problem(name, weights_file, annotators_dir)
@@ -314,12 +323,14 @@ def _annotator(name: str, weights_file: str, tags: tuple[str, ...], annotators_d
         def fn(_rgb: np.ndarray, _res: int, _a: float, _b: float) -> np.ndarray:
             raise PreprocessorUnavailableError(annotator_problem(name, weights_file, annotators_dir))
 
-        return Preprocessor(name, fn, tags=tags, weights_file=weights_file, check=check)
+        return Preprocessor(name, fn, slider_a=slider_a, slider_b=slider_b, tags=tags,
+                            weights_file=weights_file, check=check)
 
     def run(rgb: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
         return runner.run(name, rgb, res, a, b)
 
-    return Preprocessor(name, run, tags=tags, weights_file=weights_file, check=lambda: runner.problem(name))
+    return Preprocessor(name, run, slider_a=slider_a, slider_b=slider_b, tags=tags, weights_file=weights_file,
+                        check=lambda: runner.problem(name))
 
 
 def builtin_preprocessors(annotators_dir: Path | None = None,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, MAX_SIDE, ControlNetUnit
+from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, ControlNetUnit
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,12 @@ _CHOICES: Mapping[str, tuple[str, ...]] = {
     "control_mode": CONTROL_MODES,
     "hr_option": CONTROL_HR_OPTIONS,
 }
-#: Number fields: (lowest, highest) allowed.
+#: The highest preprocessor resolution the unit tab's slider (and the extension's) offers.
+PROCESSOR_RES_MAX = 2048
+#: Number fields: (lowest, highest) allowed (the unit tab's sliders' ranges).
 _NUMBER_RANGES: Mapping[str, tuple[float, float]] = {
     "weight": (0.0, 2.0),
-    "processor_res": (-1, MAX_SIDE),
+    "processor_res": (-1, PROCESSOR_RES_MAX),
     "threshold_a": (-math.inf, math.inf),
     "threshold_b": (-math.inf, math.inf),
     "guidance_start": (0.0, 1.0),
@@ -161,6 +163,17 @@ def controlnet_units_from_infotext(parsed: Mapping[str, Any]) -> list[PastedUnit
     for index, items in fields.items():
         lines.setdefault(index, ", ".join(items))
     return [parse_unit_line(index, text) for index, text in sorted(lines.items())]
+
+
+def units_from_request(units: Sequence[ControlNetUnit]) -> list[PastedUnit]:
+    """A stored request's enabled units as pasted ones (History's "Restore"), indexed as the infotext
+    indexes them (the unit's place in the request).
+    """
+    return [
+        PastedUnit(index=index, values={name: getattr(unit, name) for name in PASTED_FIELDS})
+        for index, unit in enumerate(units)
+        if unit.enabled
+    ]
 
 
 def _split_items(text: str) -> list[str]:

@@ -98,7 +98,7 @@ _INT_FIELDS = frozenset(
 
 #: Sent values' key for the pasted ControlNet units (a list of
 #: :class:`~sdweb.images.controlnet_infotext.PastedUnit`; the ControlNet section fills its unit tabs from
-#: it). Absent: the units are left as they are (a history entry, a picture sent without parameters).
+#: it). Absent: the units are left as they are (a picture sent to img2img without parameters).
 CONTROLNET_UNITS = "controlnet_units"
 
 #: The clip-skip slider's value meaning "use the Clip skip setting" (GenerationParams.clip_skip=None).

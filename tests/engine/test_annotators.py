@@ -17,6 +17,7 @@ from tests.fixtures.annotators import (
     anime_state,
     hed_state,
     lineart_state,
+    mlsd_state,
     pidinet_state,
     write_annotator,
     write_pickle_with_code,
@@ -39,6 +40,7 @@ def folder(tmp_path: Path) -> Path:
     write_annotator(folder, "sk_model2.safetensors", lineart_state(seed=2))  # a safetensors copy is read too
     write_annotator(folder, "netG.pth", anime_state())
     write_annotator(folder, "table5_pidinet.pth", pidinet_state())
+    write_annotator(folder, "mlsd_large_512_fp32.pth", mlsd_state())
     return folder
 
 
@@ -68,7 +70,7 @@ def test_each_annotator_makes_a_map_at_the_processor_resolution(folder: Path, na
 def test_maps_follow_the_picture(folder: Path) -> None:
     registry, _runner = _registry(folder)
     flat = Image.new("RGB", (64, 64), (128, 128, 128))
-    for name in ("softedge_hed", "lineart_realistic", "lineart_anime", "softedge_pidinet"):
+    for name in ("softedge_hed", "lineart_realistic", "lineart_anime", "softedge_pidinet", "mlsd"):
         plain = np.asarray(registry.find(name).run(flat, processor_res=64)).astype(int)
         busy = np.asarray(registry.find(name).run(_picture(64, 64), processor_res=64)).astype(int)
         assert np.abs(busy - plain).max() > 10, name  # the square and the bar change the map
@@ -76,6 +78,35 @@ def test_maps_follow_the_picture(folder: Path) -> None:
     realistic = np.asarray(registry.find("lineart_realistic").run(_picture(), processor_res=64))
     coarse = np.asarray(registry.find("lineart_coarse").run(_picture(), processor_res=64))
     assert not np.array_equal(realistic, coarse)
+
+
+def test_mlsd_draws_line_segments_and_its_thresholds_apply(folder: Path) -> None:
+    registry, _runner = _registry(folder)
+    mlsd = registry.find("mlsd")
+    assert [slider["name"] for slider in mlsd.detail()["sliders"]] == [
+        "Resolution", "MLSD Value Threshold", "MLSD Distance Threshold"]
+    lines = np.asarray(mlsd.run(_picture(), processor_res=64))[..., 0]  # -1: the slider defaults (0.1, 0.1)
+    assert lines.shape == (64, 107) and set(np.unique(lines)) == {0, 255}  # 1-pixel white lines on black
+    # Only segments whose centre scores above the value threshold: the sigmoid never reaches 1.
+    none = np.asarray(mlsd.run(_picture(), processor_res=64, threshold_a=1.5))[..., 0]
+    assert none.max() == 0
+    # Longer segments only: a huge distance threshold draws fewer pixels.
+    long_only = np.asarray(mlsd.run(_picture(), processor_res=64, threshold_b=19.0))[..., 0]
+    assert (long_only > 0).sum() < (lines > 0).sum()
+
+
+def test_mlsd_segments_come_from_peaks_above_the_thresholds() -> None:
+    import torch
+
+    maps = torch.full((1, 9, 8, 8), 0.0)
+    maps[0, 0] = -10.0  # sigmoid ~ 0 everywhere...
+    maps[0, 0, 2, 3] = 5.0  # ...but one strong centre at x=3, y=2
+    maps[0, 0, 2, 4] = 4.0  # a weaker neighbour: not a local maximum, dropped
+    maps[0, 0, 6, 6] = 5.0  # a strong centre whose segment is too short
+    maps[0, 1:5, 2, 3] = torch.tensor([-2.0, 0.0, 2.0, 1.0])  # start (x-2, y), end (x+2, y+1)
+    maps[0, 1:5, 6, 6] = torch.tensor([0.1, 0.0, 0.0, 0.0])
+    segments = annotators.mlsd_segments(maps, 0.1, 1.0)
+    assert segments.tolist() == [[2.0, 4.0, 10.0, 6.0]]  # in input pixels: map pixels times 2
 
 
 def test_networks_are_loaded_once_and_kept(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +197,7 @@ def test_the_real_layouts_build() -> None:
         assert set(network.state_dict()) == set(state)
     wrapped = pidinet_state(60, 24)["state_dict"]
     pidinet = {key.removeprefix("module."): value for key, value in wrapped.items()}
+    assert set(annotators.build_mlsd(mlsd_state(), "file").state_dict()) == set(mlsd_state())
     network = annotators.build_pidinet(pidinet, "file")
     assert set(network.state_dict()) == set(pidinet)
     # Radial-difference blocks become 5x5 plain convolutions, the others stay 3x3.

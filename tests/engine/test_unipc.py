@@ -418,6 +418,45 @@ def test_img2img_gives_a1111s_timestep_samplers_its_timesteps_and_noise_level(
     assert float(sigmas[-1]) == 0.0
 
 
+def test_unipc_inpainting_blends_the_init_latents_into_the_unets_input_as_a1111(
+        registry: SamplerRegistry) -> None:
+    """A1111's timestep samplers blend before denoising: the UNet sees the clean init latents outside the
+    mask, its noise prediction is applied to the sampler's latents; the result is blended once done."""
+    from sdweb.engine.img2img import blend_before_denoising
+
+    plan = registry.build("UniPC", "Automatic", SD_CONFIG)
+    assert isinstance(plan, FunctionSamplerPlan)
+    tail = plan.sigmas(20)[13:]
+    model = plan.model_sigmas()
+    init = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3)) * 0.5
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros((1, 1, 8, 8))
+    mask[..., 2:6, 1:5] = 1.0  # repaint here
+    start = init + noise * float(tail[0])
+
+    def unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # mixes neighbours, as a UNet does
+        return _cfg_unet(x_in + 0.3 * torch.roll(x_in, 1, dims=-1), t)
+
+    denoise = blend_before_denoising(DiscreteDenoiser(unet, model), init, mask)
+    ours = sample_unipc(denoise, start, tail, alphas_cumprod=plan.alphas_cumprod(), from_image=True)
+    ours = init * (1 - mask) + ours * mask
+
+    def blended_unet(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # CFGDenoiser, mask before
+        return unet(x_t * mask + init * (1 - mask), t)
+
+    alpha_bar = float(ldm_alphas_cumprod()[301])
+    a1111_start = alpha_bar**0.5 * init + (1 - alpha_bar) ** 0.5 * noise
+    t_start = torch.tensor(251) / 1000 + 1 / 1000
+    expected = _a1111_unipc(blended_unet, a1111_start, 6, t_start=t_start)[-1]
+    expected = expected * mask + init * (1 - mask)
+    _close(ours, expected, "inpainted latents")
+    # not what blending the prediction would give
+    denoiser = DiscreteDenoiser(unet, model)
+    plain = sample_unipc(lambda x, s, **kw: denoiser(x, s, **kw) * mask + init * (1 - mask), start, tail,
+                         alphas_cumprod=plan.alphas_cumprod(), from_image=True)
+    assert float((plain * mask - expected * mask).abs().max()) > 1e-3
+
+
 def test_v_prediction_turns_v_into_noise_with_the_whole_timesteps_alphas() -> None:
     """A1111's timestep denoiser for v models: eps = sqrt(a[int t]) v + sqrt(1 - a[int t]) x."""
     alphas_cumprod = ldm_alphas_cumprod()

@@ -57,9 +57,9 @@ def _square(path: Path) -> Path:
     return path
 
 
-def _unit_values(page: Any, index: int) -> dict[str, Any]:
+def _unit_values(page: Any, index: int, tab: str = "txt2img") -> dict[str, Any]:
     """What unit tab ``index`` shows, read from the page as a person sees it."""
-    prefix = f"#txt2img-controlnet-{index}"
+    prefix = f"#{tab}-controlnet-{index}"
 
     def checked_radio(name: str) -> str:
         return str(page.locator(f"{prefix}-{name} input[type=radio]:checked").get_attribute("value"))
@@ -80,7 +80,7 @@ def _unit_values(page: Any, index: int) -> dict[str, Any]:
         "threshold_b": number("threshold-b"),
         "control_mode": checked_radio("control-mode"),
         "resize_mode": checked_radio("resize-mode"),
-        "hr_option": checked_radio("hr-option"),
+        **({"hr_option": checked_radio("hr-option")} if tab == "txt2img" else {}),
     }
 
 
@@ -157,3 +157,22 @@ def test_infotext_pasted_into_the_prompt_and_read_with_the_button_refills_the_un
     page.get_by_role("tab", name="ControlNet Unit 1").click()
     assert not page.locator("#txt2img-controlnet-1-enabled input").is_checked()  # not named this time
     screenshot(page, "txt2img-paste-controlnet")
+
+
+def test_img2img_reads_the_pasted_parameters_into_its_own_units(page: Any, server: RunningServer) -> None:
+    canny = _title(server, CANNY)
+    open_tab(page, "img2img")
+    page.fill("#img2img-prompt textarea", (
+        "a harbour\nSteps: 5, Sampler: Euler, Seed: 9, Size: 64x64, Denoising strength: 0.6, "
+        f'ControlNet 0: "Module: canny, Model: {canny}, Weight: 1.5, Resize Mode: Resize and Fill, '
+        "Processor Res: 448, Threshold A: 60.0, Threshold B: 120.0, Guidance Start: 0.0, Guidance End: 0.7, "
+        'Pixel Perfect: True, Control Mode: Balanced"'))
+    page.click("#img2img-paste")
+    page.locator("#img2img-message", has_text="ControlNet unit 0 restored").wait_for()
+    assert page.locator("#img2img-prompt textarea").input_value() == "a harbour"
+    page.locator("#img2img-controlnet").get_by_text("ControlNet", exact=True).first.click()
+    assert _unit_values(page, 0, "img2img") == {
+        "enabled": True, "pixel_perfect": True, "module": "canny", "model": canny, "weight": 1.5,
+        "guidance_start": 0.0, "guidance_end": 0.7, "processor_res": 448, "threshold_a": 60.0,
+        "threshold_b": 120.0, "control_mode": "Balanced", "resize_mode": "Resize and Fill"}
+    page.locator("#img2img-controlnet").screenshot(path=str(ARTIFACTS / "img2img-controlnet-paste.png"))

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 import pytest
 
+from sdweb.ui.components.paste import read_prompt_parameters
 from sdweb.ui.fields import form_from_infotext
 from sdweb.ui.sections.controlnet import ControlNetSection
 from sdweb.ui.tabs import img2img, txt2img
@@ -154,7 +155,7 @@ def test_send_to_img2img_refills_its_units_too(services: Any) -> None:
 
 
 def test_the_read_parameters_button_takes_the_infotext_pasted_into_the_prompt(services: Any) -> None:
-    got = txt2img.read_prompt_parameters(services, _infotext(services))
+    got = read_prompt_parameters(services, _infotext(services))
     assert got is not None
     values, _notes = got
     assert values["prompt"] == "a lighthouse" and values["steps"] == 2
@@ -168,12 +169,50 @@ def test_a_prompt_without_parameters_is_not_read_and_an_empty_one_reads_the_last
     from sdweb.params import GenerationParams
 
     with pytest.warns(UserWarning, match="no generation parameters to read"):
-        assert txt2img.read_prompt_parameters(services, "just a prompt, nothing else") is None
+        assert read_prompt_parameters(services, "just a prompt, nothing else") is None
     with pytest.warns(UserWarning, match="Paste generation parameters"):
-        assert txt2img.read_prompt_parameters(services, "  ") is None  # no generation yet
+        assert read_prompt_parameters(services, "  ") is None  # no generation yet
 
     services.history.add(HistoryEntry(params=GenerationParams(prompt="a lighthouse"), seeds=(5,),
                                       infotexts=(_infotext(services),)))
-    got = txt2img.read_prompt_parameters(services, "")
+    got = read_prompt_parameters(services, "")
     assert got is not None and got[0]["prompt"] == "a lighthouse"
     assert len(got[0]["controlnet_units"]) == 2
+
+
+def test_parameters_read_from_the_img2img_prompt_keep_its_picture_and_refill_its_units(services: Any) -> None:
+    _, i2i = _pages(services)
+    got = read_prompt_parameters(services, _infotext(services))
+    assert got is not None
+    updates = i2i.fill(None, *got)
+    assert i2i.image not in updates and i2i.mask not in updates  # the picture and its mask stay
+    assert updates[i2i.form["prompt"]] == "a lighthouse"
+    first, second, third = _section(i2i).units
+    assert _value(updates[first.module]) == "canny" and _value(updates[second.module]) == "depth_midas"
+    assert updates[third.enabled] is False
+    assert "Parameters restored. ControlNet units 0, 1 restored" in updates[i2i.message]
+
+
+def test_history_restore_brings_back_the_units_of_the_stored_request(services: Any) -> None:
+    from sdweb.history.store import HistoryEntry
+    from sdweb.params import ControlNetUnit, GenerationParams
+    from sdweb.ui.tabs.history import restore_values
+
+    depth = _title(services, DEPTH)
+    params = GenerationParams(prompt="a mill", controlnet_units=(
+        ControlNetUnit(enabled=False, module="canny", model=_title(services, CANNY)),
+        ControlNetUnit(module="depth_midas", model=depth, weight=0.55, guidance_end=0.6, pixel_perfect=True,
+                       hr_option="Low res only", control_mode="ControlNet is more important"),
+    ))
+    entry_id = services.history.add(HistoryEntry(params=params, seeds=(3,)))
+    t2i, _ = _pages(services)
+    values, notes = restore_values(services, services.history.get(entry_id))
+    updates = t2i.fill(values, notes)
+    first, second, third = _section(t2i).units
+    # Unit 1 of the request ran (unit 0 was off): its fields go to tab 1, as its infotext line would.
+    assert updates[first.enabled] is False and updates[third.enabled] is False
+    names = ("enabled", "module", "model", "weight", "guidance_end", "hr_option", "control_mode",
+             "pixel_perfect")
+    assert {name: _value(updates[second.pasted()[name]]) for name in names} == {
+        "enabled": True, "module": "depth_midas", "model": depth, "weight": 0.55, "guidance_end": 0.6,
+        "hr_option": "Low res only", "control_mode": "ControlNet is more important", "pixel_perfect": True}

@@ -6,10 +6,11 @@ Two kinds, both reading lllyasviel/Annotators' weight files from ``models/Contro
   ``softedge_hedsafe`` (``ControlNetHED.pth``, ControlNet 1.1's HED), ``softedge_pidinet`` /
   ``softedge_pidisafe`` (``table5_pidinet.pth``, PiDiNet), ``lineart_realistic`` / ``lineart_coarse``
   (``sk_model.pth`` / ``sk_model2.pth``, "informative drawings" generators) and ``lineart_anime``
-  (``netG.pth``, a pix2pix U-Net). Their layer widths and depths are read from the file's tensor shapes,
+  (``netG.pth``, a pix2pix U-Net), and ``mlsd`` (``mlsd_large_512_fp32.pth``, M-LSD large: line segments
+  drawn 1 pixel wide). Their layer widths and depths are read from the file's tensor shapes,
   so a file is checked against the layout before anything runs;
 * the others (:data:`VIA_CONTROLNET_AUX`: ``depth_midas``, ``depth_leres``, ``normal_bae``,
-  ``openpose``, ``mlsd``) through the controlnet-aux package when it imports (the ``annotators`` extra;
+  ``openpose``) through the controlnet-aux package when it imports (the ``annotators`` extra;
   it needs torchvision, whose PyPI build does not import beside the CPU torch build). ``seg_ufade20k``
   (UniFormer) is in neither.
 
@@ -58,7 +59,7 @@ PAD = 64
 class NativeAnnotator:
     """An annotator sdweb runs with its own network: the file and how its map is made."""
 
-    kind: str  # "hed", "pidi", "lineart", "anime"
+    kind: str  # "hed", "pidi", "lineart", "anime", "mlsd"
     weights_file: str
     safe: bool = False  # softedge_hedsafe: the edges quantised to three levels
 
@@ -71,6 +72,7 @@ NATIVE: dict[str, NativeAnnotator] = {
     "lineart_anime": NativeAnnotator("anime", "netG.pth"),
     "softedge_pidinet": NativeAnnotator("pidi", "table5_pidinet.pth"),
     "softedge_pidisafe": NativeAnnotator("pidi", "table5_pidinet.pth", safe=True),
+    "mlsd": NativeAnnotator("mlsd", "mlsd_large_512_fp32.pth"),
 }
 
 
@@ -99,7 +101,6 @@ VIA_CONTROLNET_AUX: dict[str, AuxAnnotator] = {
                                   ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
                                   ("hand_filename", "face_filename"),
                                   options=(("include_hand", True), ("include_face", True))),
-    "mlsd": AuxAnnotator("MLSDdetector", ("mlsd_large_512_fp32.pth",), thresholds=("thr_v", "thr_d")),
 }
 
 
@@ -468,6 +469,153 @@ def build_pidinet(state: dict[str, Any], file: str = "table5_pidinet.pth") -> An
     return _filled(PiDiNet(base, dilation, attention), converted, file)
 
 
+#: M-LSD large's MobileNetV2 backbone: (expansion, width, blocks, first stride) after a stride-2 3x3 conv
+#: to 32 from the picture plus a constant fourth channel; features 1, 3, 6, 10 and 13 feed the decoder.
+MLSD_BACKBONE = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
+MLSD_TAPS = (1, 3, 6, 10, 13)
+
+
+def build_mlsd(state: dict[str, Any], file: str = "mlsd_large_512_fp32.pth") -> Any:
+    """M-LSD large (mlsd): a MobileNetV2 trunk (ReLU6, batch norm; stride-2 convs pad right/bottom only)
+    and a decoder that merges the trunk's taps coarse to fine (1x1 convs, bilinear x2 with aligned
+    corners, residual 3x3 blocks), ending in a dilated 3x3, a 3x3 and a 1x1 conv to 16 maps at half the
+    input size, of which the last 9 are kept: a line-centre score and the start/end offsets.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    class ConvNorm(nn.Sequential):
+        def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> None:
+            padding = 0 if stride == 2 else (kernel - 1) // 2
+            super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU6())
+            self.stride = stride
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.stride == 2:
+                x = functional.pad(x, (0, 1, 0, 1))
+            return super().forward(x)
+
+    class Inverted(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+            super().__init__()
+            hidden = cin * expansion
+            layers: list[nn.Module] = [ConvNorm(cin, hidden, 1)] if expansion != 1 else []
+            layers += [ConvNorm(hidden, hidden, stride=stride, groups=hidden),
+                       nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            self.conv = nn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv(x) if self.residual else self.conv(x)
+
+    class Trunk(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = [ConvNorm(4, 32, stride=2)]
+            cin = 32
+            for expansion, width, count, stride in MLSD_BACKBONE:
+                for index in range(count):
+                    layers.append(Inverted(cin, width, stride if index == 0 else 1, expansion))
+                    cin = width
+            self.features = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            taps = []
+            for index, layer in enumerate(self.features):
+                x = layer(x)
+                if index in MLSD_TAPS:
+                    taps.append(x)
+            return taps
+
+    def conv_norm_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+        padding = dilation * (kernel // 2)
+        return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation),
+                             nn.BatchNorm2d(cout), nn.ReLU())
+
+    class Merge(nn.Module):  # the fine tap and the coarse features, each to 64 channels, side by side
+        def __init__(self, fine: int, coarse: int, upscale: bool) -> None:
+            super().__init__()
+            self.conv1 = conv_norm_relu(coarse, 64, 1)
+            self.conv2 = conv_norm_relu(fine, 64, 1)
+            self.upscale = upscale
+
+        def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+            coarse = self.conv1(coarse)
+            if self.upscale:
+                coarse = functional.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=True)
+            return torch.cat((self.conv2(fine), coarse), dim=1)
+
+    class Refine(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = conv_norm_relu(128, 128, 3)
+            self.conv2 = conv_norm_relu(128, 64, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv2(self.conv1(x) + x)
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = conv_norm_relu(64, 64, 3, dilation=5)
+            self.conv2 = conv_norm_relu(64, 64, 3)
+            self.conv3 = nn.Conv2d(64, 16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv3(self.conv2(self.conv1(x)))
+
+    class Mlsd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = Trunk()
+            self.block15 = Merge(64, 96, upscale=False)
+            self.block16 = Refine()
+            self.block17 = Merge(32, 64, upscale=True)
+            self.block18 = Refine()
+            self.block19 = Merge(24, 64, upscale=True)
+            self.block20 = Refine()
+            self.block21 = Merge(16, 64, upscale=True)
+            self.block22 = Refine()
+            self.block23 = Head()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            c1, c2, c3, c4, c5 = self.backbone(x)
+            x = self.block16(self.block15(c4, c5))
+            x = self.block18(self.block17(c3, x))
+            x = self.block20(self.block19(c2, x))
+            x = self.block22(self.block21(c1, x))
+            return self.block23(x)[:, 7:]
+
+    return _filled(Mlsd(), state, file)
+
+
+def mlsd_segments(maps: Any, score_threshold: float, distance_threshold: float,
+                  candidates: int = 200) -> np.ndarray:
+    """Line segments ``(x0, y0, x1, y1)`` in input pixels from M-LSD's maps (1 x 9 x H/2 x W/2).
+
+    The centre scores (sigmoid) are kept where they are their 3x3 neighbourhood's maximum; of the best
+    ``candidates``, those scoring above ``score_threshold`` whose segment is longer than
+    ``distance_threshold`` (in map pixels) become segments: centre + start / end offsets, times 2.
+    """
+    import torch
+    from torch.nn import functional
+
+    heat = torch.sigmoid(maps[:, 0])
+    peaks = heat * (functional.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()
+    width = heat.shape[-1]
+    scores, indices = torch.topk(peaks.reshape(-1), min(candidates, peaks.numel()))
+    offsets = maps[0, 1:5].permute(1, 2, 0).float().cpu().numpy()
+    segments = []
+    for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
+        y, x = divmod(index, width)
+        dx0, dy0, dx1, dy1 = offsets[y, x]
+        if score > score_threshold and float(np.hypot(dx0 - dx1, dy0 - dy1)) > distance_threshold:
+            segments.append((x + dx0, y + dy0, x + dx1, y + dy1))
+    return 2.0 * np.asarray(segments, dtype=np.float64).reshape(-1, 4)
+
+
 def _filled(network: Any, state: dict[str, Any], file: str) -> Any:
     """``network`` with the file's tensors (every key and shape must match), in eval mode, float32."""
     try:
@@ -480,7 +628,8 @@ def _filled(network: Any, state: dict[str, Any], file: str) -> Any:
 
 
 BUILDERS: dict[str, Callable[[dict[str, Any], str], Any]] = {
-    "hed": build_hed, "lineart": build_lineart, "anime": build_anime, "pidi": build_pidinet}
+    "hed": build_hed, "lineart": build_lineart, "anime": build_anime, "pidi": build_pidinet,
+    "mlsd": build_mlsd}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -501,7 +650,7 @@ def _to_tensor(rgb: np.ndarray, device: Any) -> Any:
 
 
 def native_map(kind: str, network: Any, rgb: np.ndarray, resolution: int, *, safe: bool,
-               device: Any) -> np.ndarray:
+               device: Any, threshold_a: float = 0.1, threshold_b: float = 0.1) -> np.ndarray:
     """The uint8 HxW map of ``rgb`` (uint8 HxWx3) by a native annotator network, white lines on black."""
     import torch
     from torch.nn import functional
@@ -519,6 +668,12 @@ def native_map(kind: str, network: Any, rgb: np.ndarray, resolution: int, *, saf
             out = functional.interpolate(out.float(), size=(height, width), mode="bicubic",
                                          align_corners=False)
             lines = 1.0 - (out[0, 0].cpu().numpy() + 1.0) / 2.0
+        elif kind == "mlsd":
+            # M-LSD: RGB and a constant channel of ones, all mapped from 0..255 to -1..1 (the ones too).
+            padded = _padded(picture, PAD)
+            pixels = _to_tensor(np.concatenate([padded, np.ones_like(padded[..., :1])], axis=2), device)
+            segments = mlsd_segments(network(pixels / 127.5 - 1.0), threshold_a, threshold_b)
+            return _draw_segments(segments, height, width)
         else:
             pixels = _to_tensor(_padded(picture, PAD), device)
             if kind in ("hed", "pidi"):
@@ -530,6 +685,17 @@ def native_map(kind: str, network: Any, rgb: np.ndarray, resolution: int, *, saf
             else:
                 lines = 1.0 - network(pixels / 255.0)[0, 0].float().cpu().numpy()[:height, :width]
     return np.clip(np.rint(lines * 255.0), 0, 255).astype(np.uint8)
+
+
+def _draw_segments(segments: np.ndarray, height: int, width: int) -> np.ndarray:
+    """White 1-pixel lines on black (end points truncated to whole pixels, as the extension draws them)."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for x0, y0, x1, y1 in segments:
+        draw.line([(int(x0), int(y0)), (int(x1), int(y1))], fill=255, width=1)
+    return np.asarray(canvas)
 
 
 class AnnotatorRunner:
@@ -618,7 +784,8 @@ class AnnotatorRunner:
             if name in NATIVE:
                 spec = NATIVE[name]
                 network = self._native(spec)
-                return native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=self.device())
+                return native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=self.device(),
+                                  threshold_a=threshold_a, threshold_b=threshold_b)
             return self._run_aux(name, rgb, resolution, threshold_a, threshold_b)
 
     def device(self) -> Any:

@@ -10,6 +10,7 @@ another tab for it:
 * :mod:`.styles`: the Styles dropdown, "Apply styles to prompt" and "Save prompt as a style".
 * :mod:`.tokens`: the prompt token counter.
 * :mod:`.samplers`: the sampler lists (filled once the page is up; they need the engine's registry).
+* :mod:`.paste`: the ↙ button's reading of generation parameters pasted into the prompt.
 * :mod:`.page_load`: the lists a page fills in when it opens (checkpoints, styles, the demo's size).
 
 Feature accordions that add values to a generation request (hires fix...) are form sections:

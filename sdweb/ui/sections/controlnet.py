@@ -21,7 +21,7 @@ import gradio as gr
 from PIL import Image
 from pydantic import ValidationError
 
-from sdweb.images.controlnet_infotext import PASTED_FIELDS, match_model, resolve_names
+from sdweb.images.controlnet_infotext import PASTED_FIELDS, PROCESSOR_RES_MAX, match_model, resolve_names
 from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, ControlNetUnit
 from sdweb.safepath import for_client
 from sdweb.ui.fields import CONTROLNET_UNITS
@@ -167,7 +167,7 @@ class ControlNetSection(FormSection):
         with gr.Row():
             processor_res = gr.Slider(
                 -1,
-                2048,
+                PROCESSOR_RES_MAX,
                 value=-1,
                 step=1,
                 label="Preprocessor Resolution",
@@ -302,7 +302,7 @@ class ControlNetSection(FormSection):
         """
         pasted = values.get(CONTROLNET_UNITS)
         if pasted is None:
-            return {}  # not an infotext paste: the units stay as they are
+            return {}  # nothing said about ControlNet: the units stay as they are
         if not self.units:
             notes.extend(f"{unit.summary} was used; this program has no ControlNet units" for unit in pasted)
             return {}

@@ -20,9 +20,10 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from sdweb.images.controlnet_infotext import units_from_request
 from sdweb.ui.components.messages import error_html, note_html
 from sdweb.ui.controls import render_page_number
-from sdweb.ui.fields import form_from_params
+from sdweb.ui.fields import CONTROLNET_UNITS, form_from_params
 from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab
 
@@ -325,4 +326,6 @@ def restore_values(services: Any, entry: Any) -> tuple[dict[str, Any], list[str]
     )
     if title is None:
         values.pop("checkpoint", None)
+    # The ControlNet units as the request had them (their pictures are not stored); the others go off.
+    values[CONTROLNET_UNITS] = units_from_request(params.controlnet_units)
     return values, notes

@@ -36,6 +36,7 @@ from sdweb.safepath import for_client
 from sdweb.ui import controls
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
 from sdweb.ui.components.messages import error_html, note_html
+from sdweb.ui.components.paste import PASTE_LABEL, read_prompt_parameters
 from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import wire_sampler_lists
 from sdweb.ui.components.uploads import UploadError
@@ -91,8 +92,11 @@ class Img2ImgTab:
                 *self.sections.fill_outputs()}
 
     def fill(self, image: Any, values: Mapping[str, Any], notes: list[str] | None = None) -> dict[Any, Any]:
-        """Updates that put ``image`` (a path or picture) and ``values`` into the tab and switch to it."""
-        updates: dict[Any, Any] = {self.image: image, self.mask: None}
+        """Updates that put ``image`` (a path or picture) and ``values`` into the tab and switch to it.
+
+        ``image`` None keeps the tab's picture and mask (parameters read from the prompt).
+        """
+        updates: dict[Any, Any] = {} if image is None else {self.image: image, self.mask: None}
         for name, value in sent_values(values, self.options).items():
             component = self.form.get(name)
             if component is not None:
@@ -100,7 +104,8 @@ class Img2ImgTab:
         notes = list(notes or ())
         updates.update(self.sections.fill(values, notes))
         updates[self.tabs] = gr.Tabs(selected=TAB_ID)
-        text = "Image sent to img2img." + (" " + "; ".join(notes) + "." if notes else "")
+        text = ("Parameters restored." if image is None else "Image sent to img2img.") + (
+            " " + "; ".join(notes) + "." if notes else "")
         updates[self.message] = note_html(text)
         return updates
 
@@ -148,6 +153,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="img2img-interrupt", size="sm", min_width=80)
                 skip = gr.Button("Skip", elem_id="img2img-skip", size="sm", min_width=80)
+            paste = gr.Button(PASTE_LABEL, size="sm", elem_id="img2img-paste")  # A1111's ↙
 
     # 2. Image and parameters (left), results (right).
     with gr.Row(equal_height=False):
@@ -352,8 +358,15 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
         trigger_mode="once",
     )
     wire_interrupt_skip(services, jobs, interrupt, skip, panel.message)
-    return Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch,
-                      sections=sections, options=services.options)
+    tab = Img2ImgTab(image=image, mask=mask, form=form, tabs=tabs, message=panel.message, sketch=sketch,
+                     sections=sections, options=services.options)
+
+    def paste_parameters(text: str | None) -> tuple[Any, Mapping[str, Any], list[str]] | None:
+        got = read_prompt_parameters(services, text)
+        return None if got is None else (None, *got)  # the picture stays
+
+    tab.wire_send(paste.click, paste_parameters, [form["prompt"]])
+    return tab
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:

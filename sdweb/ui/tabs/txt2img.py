@@ -30,18 +30,12 @@ from sdweb.ui.components.checkpoints import checkpoint_titles, module_names, ren
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
 from sdweb.ui.components.messages import error_html, note_html
 from sdweb.ui.components.page_load import wire_form_lists
+from sdweb.ui.components.paste import PASTE_LABEL, read_prompt_parameters
 from sdweb.ui.components.results import render_result_panel
 from sdweb.ui.components.samplers import sampler_choices, wire_sampler_lists
 from sdweb.ui.components.styles import render_styles_picker
 from sdweb.ui.components.tokens import render_token_counter, wire_token_counters
-from sdweb.ui.fields import (
-    FORM_DEFAULTS,
-    FORM_FIELDS,
-    form_from_infotext,
-    params_from_form,
-    pasted_gpu_rng,
-    sent_values,
-)
+from sdweb.ui.fields import FORM_DEFAULTS, FORM_FIELDS, params_from_form, sent_values
 from sdweb.ui.sections import (
     PARAMETERS,
     SCRIPTS,
@@ -179,7 +173,7 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
                 interrupt = gr.Button("Interrupt", elem_id="txt2img-interrupt", size="sm", min_width=80)
                 skip = gr.Button("Skip", elem_id="txt2img-skip", size="sm", min_width=80)
             # A1111's ↙ button: the generation parameters pasted into the prompt fill the whole form.
-            paste = gr.Button("↙ Read parameters from prompt", size="sm", elem_id="txt2img-paste")
+            paste = gr.Button(PASTE_LABEL, size="sm", elem_id="txt2img-paste")
             styles = render_styles_picker(form, prefix=TAB_ID)
 
     # 2. Parameters (left) and results (right).
@@ -325,33 +319,6 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
     )
     tab.wire_send(paste.click, partial(read_prompt_parameters, services), [form["prompt"]])
     return tab
-
-
-def read_prompt_parameters(services: Any, text: str | None) -> tuple[dict[str, Any], list[str]] | None:
-    """The ↙ button: the infotext pasted into the prompt box as form values; with the prompt empty, the
-    last generation's (A1111 reads its params.txt). None, after saying why, when there is nothing to read.
-    """
-    from sdweb.images.infotext import has_parameter_line
-
-    text = (text or "").strip()
-    if not text:
-        text = _last_infotext(services)
-        if not text:
-            gr.Warning("Paste generation parameters (an image's infotext) into the prompt, then press ↙.")
-            return None
-    elif not has_parameter_line(text):
-        gr.Warning("The prompt holds no generation parameters to read: paste an infotext ending with its "
-                   "'Steps: ..., Sampler: ...' line.")
-        return None
-    pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services))
-    return pasted.values, pasted.notes
-
-
-def _last_infotext(services: Any) -> str:
-    history = getattr(services, "history", None)
-    entries = history.search("", limit=1) if history is not None else []
-    infotexts = list(getattr(entries[0], "infotexts", None) or []) if entries else []
-    return str(infotexts[0]) if infotexts else ""
 
 
 def wire_page_load(demo: gr.Blocks, services: Any, tab: Txt2ImgTab) -> None:
