@@ -404,6 +404,7 @@ class _Img2Img(_Txt2Img):
         sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
         accepted = inspect.signature(sample_fn).parameters
+        timestep_sampler = plan.a1111 and bool(plan.sampler.options.get("timesteps"))
         # 6. The sigmas to sample and the level the init latents are noised to.
         extra = self.function_sampler_extras(plan, sample_fn, noise, self.denoise_steps)
         if self.a1111_steps:
