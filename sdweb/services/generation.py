@@ -452,6 +452,8 @@ class GenerationService:
             updates["eta_noise_seed_delta"] = int(self._options.get("eta_noise_seed_delta") or 0)
         if params.sampler_path is None:
             updates["sampler_path"] = self._options.get("sampler_path")
+        if params.img2img_fix_steps is None:
+            updates["img2img_fix_steps"] = bool(self._options.get("img2img_fix_steps"))
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()
