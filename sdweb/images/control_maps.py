@@ -12,6 +12,7 @@ canny                     Canny edges (white on black)            low 100, high 
 threshold                 binary map at a grey level              level 127 (0..255)
 binary                    same, Otsu's level when 0               level 0 (0..255)
 scribble_xdog             difference-of-Gaussians scribble        threshold 32 (1..64)
+lineart_standard          dark strokes as white lines             -
 blur_gaussian             blurred picture (tile)                  sigma 9 (0.01..64)
 tile_resample             picture downsampled by a rate (tile)    rate 1 (1..8)
 t2ia_color_grid           64x64-cell colour grid                  -
@@ -251,6 +252,41 @@ def _shuffle(rgb: np.ndarray, res: int, _a: float, _b: float) -> np.ndarray:
     return picture[ys, xs]
 
 
+def _lineart_standard(rgb: np.ndarray, res: int, _a: float, _b: float) -> np.ndarray:
+    """Dark strokes on a light picture as white lines: how much darker each pixel is than its
+    neighbourhood (Gaussian, sigma 6), scaled so the median stroke is mid-grey.
+    """
+    picture = at_resolution(rgb, res).astype(np.float32)
+    blurred = ndimage.gaussian_filter(picture, sigma=(6.0, 6.0, 0), mode="mirror")
+    darker = np.clip(np.min(blurred - picture, axis=2), 0, 255)
+    strokes = darker[darker > 8]
+    scale = max(16.0, float(np.median(strokes))) if strokes.size else 16.0
+    return np.clip(darker / scale * 127, 0, 255).astype(np.uint8)
+
+
+#: The four directions (horizontal, vertical, two diagonals) along which a soft edge must be a local
+#: maximum to be kept as a scribble line.
+_NMS_FOOTPRINTS = (np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=bool),
+                   np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=bool),
+                   np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=bool),
+                   np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=bool))
+
+
+def scribble_from_edges(edges: np.ndarray) -> np.ndarray:
+    """A soft-edge map (uint8 HxW) as the extension's scribble (scribble_hed / scribble_pidinet): the
+    edges blurred (sigma 3) and thinned to ridges (a pixel kept where it is the maximum along any of four
+    directions) above 127, blurred again (sigma 3) and every pixel above 4 made white.
+    """
+    soft = ndimage.gaussian_filter(edges.astype(np.float32), sigma=3.0, mode="mirror")
+    ridges = np.zeros_like(soft)
+    for footprint in _NMS_FOOTPRINTS:
+        peak = ndimage.grey_dilation(soft, footprint=footprint, mode="constant", cval=-np.inf) == soft
+        ridges[peak] = soft[peak]
+    thin = np.where(ridges > 127, 255.0, 0.0).astype(np.float32)
+    spread = np.rint(ndimage.gaussian_filter(thin, sigma=3.0, mode="mirror"))
+    return np.where(spread > 4, 255, 0).astype(np.uint8)
+
+
 #: Where lllyasviel's annotator weight files are published (the files below).
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 
@@ -269,6 +305,8 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "softedge_hedsafe": ("ControlNetHED.pth", ("SoftEdge",)),
     "softedge_pidinet": ("table5_pidinet.pth", ("SoftEdge",)),
     "softedge_pidisafe": ("table5_pidinet.pth", ("SoftEdge",)),
+    "scribble_hed": ("ControlNetHED.pth", ("Scribble",)),
+    "scribble_pidinet": ("table5_pidinet.pth", ("Scribble",)),
     "mlsd": ("mlsd_large_512_fp32.pth", ("MLSD",)),
     "seg_ufade20k": ("upernet_global_small.pth", ("Segmentation",)),
 }
@@ -350,6 +388,8 @@ def builtin_preprocessors(annotators_dir: Path | None = None,
         Preprocessor("binary", _binary, slider_a=Slider("Binary threshold", 0, 0, 255), tags=("Scribble",)),
         Preprocessor("scribble_xdog", _scribble_xdog, slider_a=Slider("XDoG Threshold", 32, 1, 64),
                      tags=("Scribble",)),
+        Preprocessor("lineart_standard", _lineart_standard, tags=("Lineart",),
+                     aliases=("lineart_standard (from white bg & black line)",)),
         Preprocessor("blur_gaussian", _blur, slider_a=Slider("Sigma", 9.0, 0.01, 64.0, 0.01), tags=("Tile",)),
         Preprocessor("tile_resample", _tile_resample, resolution=None,
                      slider_a=Slider("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01), tags=("Tile",)),
