@@ -312,6 +312,20 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: The extension's older names of the model-based annotators (its ``preprocessor_aliases``, and
+#: ``fake_scribble`` from before them), which API clients still send.
+ANNOTATOR_ALIASES: dict[str, tuple[str, ...]] = {
+    "softedge_hed": ("hed",),
+    "softedge_hedsafe": ("hed_safe",),
+    "softedge_pidinet": ("pidinet",),
+    "softedge_pidisafe": ("pidinet_safe",),
+    "scribble_pidinet": ("pidinet_scribble",),
+    "scribble_hed": ("fake_scribble",),
+    "lineart_realistic": ("lineart",),
+    "depth_midas": ("depth",),
+    "seg_ufade20k": ("segmentation",),
+}
+
 #: The extension's sliders of the model-based annotators that have any (threshold_a, threshold_b).
 ANNOTATOR_SLIDERS: dict[str, tuple[Slider, Slider]] = {
     "mlsd": (Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
@@ -354,6 +368,7 @@ def annotator_problem(name: str, weights_file: str, annotators_dir: Path | None)
 def _annotator(name: str, weights_file: str, tags: tuple[str, ...], annotators_dir: Path | None,
                runner: AnnotatorRunner | None) -> Preprocessor:
     slider_a, slider_b = ANNOTATOR_SLIDERS.get(name, (None, None))
+    aliases = ANNOTATOR_ALIASES.get(name, ())
     if runner is None:
         def check() -> str | None:
             return annotator_problem(name, weights_file, annotators_dir)
@@ -361,14 +376,14 @@ def _annotator(name: str, weights_file: str, tags: tuple[str, ...], annotators_d
         def fn(_rgb: np.ndarray, _res: int, _a: float, _b: float) -> np.ndarray:
             raise PreprocessorUnavailableError(annotator_problem(name, weights_file, annotators_dir))
 
-        return Preprocessor(name, fn, slider_a=slider_a, slider_b=slider_b, tags=tags,
+        return Preprocessor(name, fn, slider_a=slider_a, slider_b=slider_b, tags=tags, aliases=aliases,
                             weights_file=weights_file, check=check)
 
     def run(rgb: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
         return runner.run(name, rgb, res, a, b)
 
-    return Preprocessor(name, run, slider_a=slider_a, slider_b=slider_b, tags=tags, weights_file=weights_file,
-                        check=lambda: runner.problem(name))
+    return Preprocessor(name, run, slider_a=slider_a, slider_b=slider_b, tags=tags, aliases=aliases,
+                        weights_file=weights_file, check=lambda: runner.problem(name))
 
 
 def builtin_preprocessors(annotators_dir: Path | None = None,
