@@ -393,6 +393,9 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     _outdir("outdir_grids", "", "Output directory for grids; if empty, the per-tab folders below"),
     _outdir("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids"),
     _outdir("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids"),
+    # A1111's: img2img runs exactly the steps asked for, on a schedule of steps / denoising strength.
+    OptionSpec("img2img_fix_steps", False, "With img2img, do exactly the amount of steps the slider "
+               "specifies", "img2img"),
     # A1111's UI switch: img2img colour correction is not implemented here, so only its neutral value.
     OptionSpec("img2img_color_correction", False, "Apply color correction to img2img results (not "
                "supported yet)", "img2img", choices=(False,)),

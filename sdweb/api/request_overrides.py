@@ -26,6 +26,7 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "randn_source": "rng",
     "eta_noise_seed_delta": "eta_noise_seed_delta",
     "sampler_path": "sampler_path",
+    "img2img_fix_steps": "img2img_fix_steps",
     "sd_vae": "vae",
     # Forge's: the text encoders / VAE files an SD 3.x or Flux checkpoint is loaded with.
     "forge_additional_modules": "additional_modules",

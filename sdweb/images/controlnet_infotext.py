@@ -14,8 +14,9 @@ A unit the text names is enabled, and the fields the text leaves out take the un
 extension's paste builds a whole unit from the line). A value that cannot be read keeps the default,
 with a note naming it; a key this program has no field for is named in a note too.
 
-:func:`match_model` picks the installed model a pasted ``name [hash]`` means (the model dropdown's
-titles are ``name [hash]`` as well).
+:func:`extension_paste_keys` gives the per-field keys the extension adds to the png-info API's
+``parameters``. :func:`match_model` picks the installed model a pasted ``name [hash]`` means (the model
+dropdown's titles are ``name [hash]`` as well).
 
 Pure Python: no gradio, no torch.
 """
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, MAX_SIDE, ControlNetUnit
+from sdweb.params import CONTROL_HR_OPTIONS, CONTROL_MODES, CONTROL_RESIZE_MODES, ControlNetUnit
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +85,12 @@ _CHOICES: Mapping[str, tuple[str, ...]] = {
     "control_mode": CONTROL_MODES,
     "hr_option": CONTROL_HR_OPTIONS,
 }
-#: Number fields: (lowest, highest) allowed.
+#: The highest preprocessor resolution the unit tab's slider (and the extension's) offers.
+PROCESSOR_RES_MAX = 2048
+#: Number fields: (lowest, highest) allowed (the unit tab's sliders' ranges).
 _NUMBER_RANGES: Mapping[str, tuple[float, float]] = {
     "weight": (0.0, 2.0),
-    "processor_res": (-1, MAX_SIDE),
+    "processor_res": (-1, PROCESSOR_RES_MAX),
     "threshold_a": (-math.inf, math.inf),
     "threshold_b": (-math.inf, math.inf),
     "guidance_start": (0.0, 1.0),
@@ -172,6 +175,14 @@ def units_from_request(units: Sequence[ControlNetUnit]) -> list[PastedUnit]:
         for index, unit in enumerate(units)
         if unit.enabled
     ]
+
+
+def extension_paste_keys(units: Sequence[PastedUnit]) -> dict[str, Any]:
+    """What the extension adds to A1111's parsed infotext when it is pasted, and so to the png-info
+    API's ``parameters``: ``{"ControlNet 0 module": "canny", "ControlNet 0 weight": 0.75, ...}``, field
+    names as they are, typed values.
+    """
+    return {f"ControlNet {unit.index} {name}": value for unit in units for name, value in unit.values.items()}
 
 
 def _split_items(text: str) -> list[str]:

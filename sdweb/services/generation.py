@@ -456,6 +456,8 @@ class GenerationService:
         for key in UNIPC_SETTINGS:
             if getattr(params, key) is None:
                 updates[key] = self._options.get(key)
+        if params.img2img_fix_steps is None:
+            updates["img2img_fix_steps"] = bool(self._options.get("img2img_fix_steps"))
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()

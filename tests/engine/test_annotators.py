@@ -18,6 +18,7 @@ from tests.fixtures.annotators import (
     hed_state,
     lineart_state,
     mlsd_state,
+    openpose_state,
     pidinet_state,
     write_annotator,
     write_pickle_with_code,
@@ -41,6 +42,7 @@ def folder(tmp_path: Path) -> Path:
     write_annotator(folder, "netG.pth", anime_state())
     write_annotator(folder, "table5_pidinet.pth", pidinet_state())
     write_annotator(folder, "mlsd_large_512_fp32.pth", mlsd_state())
+    write_annotator(folder, "body_pose_model.pth", openpose_state())
     return folder
 
 
@@ -65,6 +67,25 @@ def test_each_annotator_makes_a_map_at_the_processor_resolution(folder: Path, na
     assert np.array_equal(pixels, again)  # deterministic
     if name in ("softedge_hedsafe", "softedge_pidisafe"):
         assert set(np.unique(pixels)) <= {0, 128, 255}  # the "safe" step keeps three levels
+
+
+@pytest.mark.parametrize("name", ["scribble_hed", "scribble_pidinet"])
+def test_scribble_annotators_give_binary_maps(folder: Path, name: str) -> None:
+    registry, _runner = _registry(folder)
+    scribble = np.asarray(registry.find(name).run(_picture(), processor_res=64))
+    assert scribble.shape == (64, 107, 3) and set(np.unique(scribble)) <= {0, 255}
+    assert "Scribble" in registry.find(name).tags
+
+
+def test_the_extensions_older_names_find_the_annotators(folder: Path) -> None:
+    registry, _runner = _registry(folder)
+    for old, name in (("hed", "softedge_hed"), ("pidinet_safe", "softedge_pidisafe"),
+                      ("lineart", "lineart_realistic"), ("fake_scribble", "scribble_hed"),
+                      ("pidinet_scribble", "scribble_pidinet"), ("depth", "depth_midas"),
+                      ("segmentation", "seg_ufade20k")):
+        assert registry.find(old).name == name
+    assert np.array_equal(np.asarray(registry.find("hed").run(_picture(), processor_res=64)),
+                          np.asarray(registry.find("softedge_hed").run(_picture(), processor_res=64)))
 
 
 def test_maps_follow_the_picture(folder: Path) -> None:
@@ -107,6 +128,74 @@ def test_mlsd_segments_come_from_peaks_above_the_thresholds() -> None:
     maps[0, 1:5, 6, 6] = torch.tensor([0.1, 0.0, 0.0, 0.0])
     segments = annotators.mlsd_segments(maps, 0.1, 1.0)
     assert segments.tolist() == [[2.0, 4.0, 10.0, 6.0]]  # in input pixels: map pixels times 2
+
+
+def test_openpose_runs_from_its_file(folder: Path) -> None:
+    registry, _runner = _registry(folder)
+    openpose = registry.find("openpose")
+    assert openpose.problem() is None
+    first = np.asarray(openpose.run(_picture(), processor_res=64))
+    assert first.shape == (64, 107, 3)
+    assert np.array_equal(first, np.asarray(openpose.run(_picture(), processor_res=64)))
+
+
+#: Two people's 18 keypoints (x, y) in a 552 x 368 picture (COCO order: nose, neck, right arm, left arm,
+#: right leg, left leg, eyes, ears).
+_PERSON = ((184, 60), (184, 100), (150, 100), (130, 150), (120, 200), (218, 100), (238, 150), (248, 200),
+           (160, 200), (158, 270), (156, 340), (208, 200), (210, 270), (212, 340), (176, 52), (192, 52),
+           (166, 58), (202, 58))
+_PEOPLE = (tuple((x + 120, y) for x, y in _PERSON), tuple((x - 80, y + 10) for x, y in _PERSON))
+
+
+class _PoseMaps:
+    """Stands in for the body network: heatmaps with a blob at each part and affinity fields along each
+    limb, at the network's 1/8 of the picture it is given (which is scaled to 184 pixels high)."""
+
+    def __call__(self, pixels: object) -> tuple[object, object]:
+        import torch
+
+        from sdweb.engine.control.openpose import LIMB_FIELDS, LIMBS
+
+        height, width = pixels.shape[-2] // 8, pixels.shape[-1] // 8  # type: ignore[attr-defined]
+        def cell(value: float) -> float:  # picture pixel -> map cell (pixel centres; the picture is 368 high)
+            return (value * 0.5 + 0.5) / 8 - 0.5
+
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+        heat, fields = np.zeros((19, height, width)), np.zeros((38, height, width))
+        for person in _PEOPLE:
+            for part, (x, y) in enumerate(person):
+                heat[part] += np.exp(-((xs - cell(x)) ** 2 + (ys - cell(y)) ** 2) / (2 * 0.8 ** 2))
+            for (a, b), (fx, fy) in zip(LIMBS, LIMB_FIELDS, strict=True):
+                (xa, ya), (xb, yb) = person[a - 1], person[b - 1]
+                xa, ya, xb, yb = cell(xa), cell(ya), cell(xb), cell(yb)
+                length = float(np.hypot(xb - xa, yb - ya))
+                ux, uy = (xb - xa) / length, (yb - ya) / length
+                along = (xs - xa) * ux + (ys - ya) * uy
+                across = np.abs((ys - ya) * ux - (xs - xa) * uy)
+                band = (along >= -1) & (along <= length + 1) & (across <= 1.5)
+                fields[fx][band], fields[fy][band] = ux, uy
+        return torch.from_numpy(fields[None]).float(), torch.from_numpy(heat[None]).float()
+
+
+def test_openpose_finds_and_draws_each_person() -> None:
+    from sdweb.engine.control.openpose import COLOURS, detect_people, openpose_map
+
+    picture = np.full((368, 552, 3), 100, dtype=np.uint8)
+    people, peaks = detect_people(_PoseMaps(), picture, "cpu")
+    where = {peak[3]: (peak[0], peak[1]) for part in peaks for peak in part}
+    found = sorted(tuple(where[index] for index in person) for person in people)
+    assert len(found) == 2 and all(index >= 0 for person in people for index in person)  # 18 parts each
+    for person, expected in zip(found, sorted(_PEOPLE), strict=True):
+        assert np.abs(np.subtract(person, expected)).max() <= 2  # every part where it is (within 2 px)
+    drawn = openpose_map(_PoseMaps(), picture, "cpu")
+    for person in _PEOPLE:
+        for part, (x, y) in enumerate(person):
+            if part not in (14, 15):  # the eyes' discs overlap each other and the nose's
+                assert tuple(drawn[y, x]) == COLOURS[part]
+        # The neck - right shoulder limb, halfway: its colour at 60 %.
+        (x0, y0), (x1, y1) = person[1], person[2]
+        assert tuple(drawn[(y0 + y1) // 2, (x0 + x1) // 2]) == (153, 0, 0)
+    assert drawn[5, 5].tolist() == [0, 0, 0]  # black elsewhere
 
 
 def test_networks_are_loaded_once_and_kept(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,6 +287,7 @@ def test_the_real_layouts_build() -> None:
     wrapped = pidinet_state(60, 24)["state_dict"]
     pidinet = {key.removeprefix("module."): value for key, value in wrapped.items()}
     assert set(annotators.build_mlsd(mlsd_state(), "file").state_dict()) == set(mlsd_state())
+    assert set(annotators.build_openpose(openpose_state(), "file").state_dict()) == set(openpose_state())
     network = annotators.build_pidinet(pidinet, "file")
     assert set(network.state_dict()) == set(pidinet)
     # Radial-difference blocks become 5x5 plain convolutions, the others stay 3x3.
@@ -242,9 +332,9 @@ def test_controlnet_aux_annotators_name_their_files_and_the_package(tmp_path: Pa
     monkeypatch.setattr(annotators, "aux_problem",
                         lambda: "the controlnet-aux package, which did not import (RuntimeError: nms)")
     registry, _runner = _registry(tmp_path / "annotators")
-    problem = registry.find("openpose").problem()
+    problem = registry.find("openpose_full").problem()  # hands and face: controlnet-aux's
     assert problem is not None
-    assert str(tmp_path / "annotators" / "body_pose_model.pth") in problem and "controlnet-aux" in problem
+    assert str(tmp_path / "annotators" / "hand_pose_model.pth") in problem and "controlnet-aux" in problem
     seg = registry.find("seg_ufade20k").problem()
     assert seg is not None and "no runner" in seg
 

@@ -156,3 +156,36 @@ def test_the_engine_takes_the_method_from_the_setting(tmp_path: Path) -> None:
         previewer = engine._previewer()
         assert previewer.method == method
         assert previewer.library is library
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fast_decode_draws_the_same_picture_as_the_decoder(dtype: torch.dtype) -> None:
+    # The previewer's decode fuses each convolution with its ReLU / residual add on the CPU; the picture must
+    # be the decoder's own, in both CPU dtypes and memory layouts, for a batch.
+    decoder = tiny_taesd(seed=3).to(dtype=dtype)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4)).to(dtype)
+    with torch.inference_mode():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            decoder.to(memory_format=layout)
+            plain = decoder(latents).float()
+            fast = decoder.decode(latents).float()
+            assert fast.shape == (2, 3, 64, 64)
+            if dtype == torch.float32:
+                torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+            else:  # bf16 rounds at different points; a preview pixel moves by at most a few levels
+                assert (fast - plain).abs().max() < 0.05
+
+
+def test_without_the_fused_convolutions_the_decoder_runs_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdweb.engine import previews
+
+    def missing(*_args: Any, **_kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(previews, "_FUSION", {})
+    monkeypatch.setattr(previews, "_conv", missing)
+    decoder = tiny_taesd(seed=6).to(memory_format=torch.channels_last)  # as the library keeps it on the CPU
+    latents = torch.randn(1, 4, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(decoder.decode(latents), decoder(latents))
+    assert previews._FUSION == {torch.float32: False}

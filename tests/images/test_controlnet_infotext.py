@@ -82,6 +82,8 @@ def test_fields_the_line_leaves_out_take_the_unit_defaults() -> None:
     [
         ("Weight: heavy", "weight", "ControlNet 0: Weight 'heavy' is not a number; left at 1.0"),
         ("Weight: 3.5", "weight", "ControlNet 0: Weight '3.5' is out of range (0 to 2); left at 1.0"),
+        ("Processor Res: 4096", "processor_res",
+         "Processor Res '4096' is out of range (-1 to 2048); left at -1"),  # the slider's top
         ("Processor Res: 512.5", "processor_res",
          "Processor Res '512.5' is not a whole number; left at -1"),
         ("Pixel Perfect: maybe", "pixel_perfect",

@@ -3,16 +3,18 @@
 Two kinds, both reading lllyasviel/Annotators' weight files from ``models/ControlNet/annotators/<file>``:
 
 * sdweb's own networks for the small image-to-image ones (:data:`NATIVE`): ``softedge_hed`` /
-  ``softedge_hedsafe`` (``ControlNetHED.pth``, ControlNet 1.1's HED), ``softedge_pidinet`` /
-  ``softedge_pidisafe`` (``table5_pidinet.pth``, PiDiNet), ``lineart_realistic`` / ``lineart_coarse``
-  (``sk_model.pth`` / ``sk_model2.pth``, "informative drawings" generators) and ``lineart_anime``
-  (``netG.pth``, a pix2pix U-Net), and ``mlsd`` (``mlsd_large_512_fp32.pth``, M-LSD large: line segments
-  drawn 1 pixel wide). Their layer widths and depths are read from the file's tensor shapes,
-  so a file is checked against the layout before anything runs;
+  ``softedge_hedsafe`` / ``scribble_hed`` (``ControlNetHED.pth``, ControlNet 1.1's HED),
+  ``softedge_pidinet`` / ``softedge_pidisafe`` / ``scribble_pidinet`` (``table5_pidinet.pth``, PiDiNet),
+  ``lineart_realistic`` / ``lineart_coarse`` (``sk_model.pth`` / ``sk_model2.pth``, "informative
+  drawings" generators), ``lineart_anime`` (``netG.pth``, a pix2pix U-Net), ``mlsd``
+  (``mlsd_large_512_fp32.pth``, M-LSD large: line segments drawn 1 pixel wide) and ``openpose``
+  (``body_pose_model.pth``, CMU's body model: skeletons, :mod:`sdweb.engine.control.openpose`). Their
+  layer widths and depths are read from the file's tensor shapes, so a file is checked against the
+  layout before anything runs;
 * the others (:data:`VIA_CONTROLNET_AUX`: ``depth_midas``, ``depth_leres``, ``normal_bae``,
-  ``openpose``) through the controlnet-aux package when it imports (the ``annotators`` extra;
-  it needs torchvision, whose PyPI build does not import beside the CPU torch build). ``seg_ufade20k``
-  (UniFormer) is in neither.
+  ``openpose_full`` with hands and face) through the controlnet-aux package when it imports (the
+  ``annotators`` extra; it needs torchvision, whose PyPI build does not import beside the CPU torch
+  build). ``seg_ufade20k`` (UniFormer) is in neither.
 
 A missing file is fetched from the hub on first use (``hf_hub_download`` into that folder) unless
 downloads are off (``HF_HUB_OFFLINE``, or ``download=False``); offline the message names the file and the
@@ -35,7 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from sdweb.images.control_maps import ANNOTATOR_REPO, PreprocessorUnavailableError, at_resolution
+from sdweb.engine.control.openpose import build_openpose, openpose_map
+from sdweb.images.control_maps import (
+    ANNOTATOR_REPO,
+    PreprocessorUnavailableError,
+    at_resolution,
+    scribble_from_edges,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +67,10 @@ PAD = 64
 class NativeAnnotator:
     """An annotator sdweb runs with its own network: the file and how its map is made."""
 
-    kind: str  # "hed", "pidi", "lineart", "anime", "mlsd"
+    kind: str  # "hed", "pidi", "lineart", "anime", "mlsd", "openpose"
     weights_file: str
     safe: bool = False  # softedge_hedsafe: the edges quantised to three levels
+    scribble: bool = False  # scribble_hed / scribble_pidinet: the edges thinned to scribble lines
 
 
 NATIVE: dict[str, NativeAnnotator] = {
@@ -72,7 +81,10 @@ NATIVE: dict[str, NativeAnnotator] = {
     "lineart_anime": NativeAnnotator("anime", "netG.pth"),
     "softedge_pidinet": NativeAnnotator("pidi", "table5_pidinet.pth"),
     "softedge_pidisafe": NativeAnnotator("pidi", "table5_pidinet.pth", safe=True),
+    "scribble_hed": NativeAnnotator("hed", "ControlNetHED.pth", scribble=True),
+    "scribble_pidinet": NativeAnnotator("pidi", "table5_pidinet.pth", scribble=True),
     "mlsd": NativeAnnotator("mlsd", "mlsd_large_512_fp32.pth"),
+    "openpose": NativeAnnotator("openpose", "body_pose_model.pth"),
 }
 
 
@@ -94,9 +106,6 @@ VIA_CONTROLNET_AUX: dict[str, AuxAnnotator] = {
     "depth_leres": AuxAnnotator("LeresDetector", ("res101.pth", "latest_net_G.pth"), ("pix2pix_filename",),
                                 thresholds=("thr_a", "thr_b")),
     "normal_bae": AuxAnnotator("NormalBaeDetector", ("scannet.pt",)),
-    "openpose": AuxAnnotator("OpenposeDetector",
-                             ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
-                             ("hand_filename", "face_filename")),
     "openpose_full": AuxAnnotator("OpenposeDetector",
                                   ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
                                   ("hand_filename", "face_filename"),
@@ -629,7 +638,7 @@ def _filled(network: Any, state: dict[str, Any], file: str) -> Any:
 
 BUILDERS: dict[str, Callable[[dict[str, Any], str], Any]] = {
     "hed": build_hed, "lineart": build_lineart, "anime": build_anime, "pidi": build_pidinet,
-    "mlsd": build_mlsd}
+    "mlsd": build_mlsd, "openpose": build_openpose}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -651,7 +660,9 @@ def _to_tensor(rgb: np.ndarray, device: Any) -> Any:
 
 def native_map(kind: str, network: Any, rgb: np.ndarray, resolution: int, *, safe: bool,
                device: Any, threshold_a: float = 0.1, threshold_b: float = 0.1) -> np.ndarray:
-    """The uint8 HxW map of ``rgb`` (uint8 HxWx3) by a native annotator network, white lines on black."""
+    """The uint8 map of ``rgb`` (uint8 HxWx3) by a native annotator network: HxW white lines on black, or
+    HxWx3 (openpose's coloured skeletons).
+    """
     import torch
     from torch.nn import functional
 
@@ -668,6 +679,8 @@ def native_map(kind: str, network: Any, rgb: np.ndarray, resolution: int, *, saf
             out = functional.interpolate(out.float(), size=(height, width), mode="bicubic",
                                          align_corners=False)
             lines = 1.0 - (out[0, 0].cpu().numpy() + 1.0) / 2.0
+        elif kind == "openpose":
+            return openpose_map(network, picture, device)
         elif kind == "mlsd":
             # M-LSD: RGB and a constant channel of ones, all mapped from 0..255 to -1..1 (the ones too).
             padded = _padded(picture, PAD)
@@ -784,8 +797,9 @@ class AnnotatorRunner:
             if name in NATIVE:
                 spec = NATIVE[name]
                 network = self._native(spec)
-                return native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=self.device(),
-                                  threshold_a=threshold_a, threshold_b=threshold_b)
+                result = native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=self.device(),
+                                    threshold_a=threshold_a, threshold_b=threshold_b)
+                return scribble_from_edges(result) if spec.scribble else result
             return self._run_aux(name, rgb, resolution, threshold_a, threshold_b)
 
     def device(self) -> Any:
