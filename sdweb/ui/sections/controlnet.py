@@ -149,7 +149,8 @@ class ControlNetSection(FormSection):
                 label="Preprocessor", choices=modules, value="none", elem_id=f"{prefix}-module"
             )
             model = gr.Dropdown(label="Model", choices=[NONE], value=NONE, elem_id=f"{prefix}-model")
-            refresh = gr.Button("\U0001f504", elem_id=f"{prefix}-refresh", scale=0, min_width=40)
+            refresh = gr.Button("↻", elem_id=f"{prefix}-refresh", elem_classes="sdweb-tool", scale=0,
+                                min_width=40)
             preview_button = gr.Button("Preview", elem_id=f"{prefix}-preview-button", scale=0, min_width=80)
         with gr.Row():
             weight = gr.Slider(
