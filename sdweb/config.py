@@ -369,6 +369,14 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
                choices=("A1111", "diffusers")),
     OptionSpec("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters",
                minimum=0.0, maximum=1.0),
+    # A1111's UniPC settings (the UniPC sampler on the A1111 sampler path).
+    OptionSpec("uni_pc_variant", "bh1", "UniPC variant", "Sampler parameters",
+               choices=("bh1", "bh2", "vary_coeff")),
+    OptionSpec("uni_pc_skip_type", "time_uniform", "UniPC skip type", "Sampler parameters",
+               choices=("time_uniform", "time_quadratic", "logSNR")),
+    OptionSpec("uni_pc_order", 3, "UniPC order (at most the sampling steps)", "Sampler parameters",
+               minimum=1, maximum=50),
+    OptionSpec("uni_pc_lower_order_final", True, "UniPC lower order final", "Sampler parameters"),
     OptionSpec("samples_format", "png", "File format for images", "Saving images",
                choices=("png", "jpg", "jpeg", "webp")),
     OptionSpec("samples_save", True, "Always save all generated images", "Saving images"),
@@ -385,6 +393,9 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     _outdir("outdir_grids", "", "Output directory for grids; if empty, the per-tab folders below"),
     _outdir("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids"),
     _outdir("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids"),
+    # A1111's: img2img runs exactly the steps asked for, on a schedule of steps / denoising strength.
+    OptionSpec("img2img_fix_steps", False, "With img2img, do exactly the amount of steps the slider "
+               "specifies", "img2img"),
     # A1111's UI switch: img2img colour correction is not implemented here, so only its neutral value.
     OptionSpec("img2img_color_correction", False, "Apply color correction to img2img results (not "
                "supported yet)", "img2img", choices=(False,)),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,6 +35,14 @@ RngSource = Literal["CPU", "GPU", "NV"]
 #: Which implementation runs A1111's k-diffusion samplers: A1111's algorithms exactly, or diffusers'
 #: schedulers of the same names (images made before sdweb matched A1111).
 SamplerPath = Literal["A1111", "diffusers"]
+#: A1111's UniPC settings (uni_pc_variant, uni_pc_skip_type).
+UniPCVariant = Literal["bh1", "bh2", "vary_coeff"]
+UniPCSkipType = Literal["time_uniform", "time_quadratic", "logSNR"]
+#: A1111's UniPC settings (request fields and options of these names) and A1111's defaults for them.
+UNIPC_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True})
+UNIPC_SETTINGS: tuple[str, ...] = tuple(UNIPC_DEFAULTS)
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -125,6 +134,16 @@ class GenerationParams(BaseModel):
     eta_noise_seed_delta: int | None = Field(None, ge=0, le=MAX_SEED_VALUE)
     #: None means the setting ``sampler_path``.
     sampler_path: SamplerPath | None = None
+    #: A1111's UniPC settings (its option names); None means the setting of that name.
+    uni_pc_variant: UniPCVariant | None = None
+    uni_pc_skip_type: UniPCSkipType | None = None
+    uni_pc_order: int | None = Field(None, ge=1, le=50)
+    uni_pc_lower_order_final: bool | None = None
+    #: A1111's "With img2img, do exactly the amount of steps the slider specifies" (``img2img_fix_steps``):
+    #: img2img runs ``steps`` steps, the last ones of a ``steps / denoising_strength`` schedule, instead of
+    #: the last ``denoising_strength`` of a ``steps`` schedule. A1111's samplers only; img2img only (hires
+    #: fix's second pass always runs its steps exactly, as A1111's). None means the setting.
+    img2img_fix_steps: bool | None = None
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False
@@ -212,9 +231,40 @@ class Img2ImgParams(GenerationParams):
     inpainting_mask_invert: bool = False
 
     @property
-    def denoising_steps(self) -> int:
-        """Sampling steps the job runs: the last ``int(steps * strength)`` of the schedule (diffusers')."""
+    def a1111_img2img_steps(self) -> tuple[int, int]:
+        """A1111's ``(schedule steps, t_enc)`` (``setup_img2img_steps``) for its samplers.
+
+        The sampler runs on the last ``t_enc + 2`` sigmas of a ``schedule steps`` schedule: ``t_enc + 1``
+        steps (A1111's timestep samplers DDIM / PLMS: ``t_enc - 1`` model calls from timestep ``t_enc``
+        down, A1111 counting ``t_enc + 1`` all the same). By default the schedule is ``steps`` long and
+        ``t_enc = int(min(strength, 0.999) * steps)``; with :attr:`img2img_fix_steps` it is
+        ``int(steps / min(strength, 0.999))`` long and ``t_enc = steps - 1``. Strength 0 runs nothing here
+        (A1111 makes one step at the smallest sigma by default): ``(0, -1)``.
+        """
+        strength = self.denoising_strength
+        if strength <= 0:
+            return 0, -1
+        if self.img2img_fix_steps:
+            return int(self.steps / min(strength, 0.999)), self.steps - 1
+        return self.steps, int(min(strength, 0.999) * self.steps)
+
+    @property
+    def diffusers_img2img_steps(self) -> int:
+        """The diffusers count (``get_timesteps``): the last ``int(steps * strength)`` of ``steps``."""
         return min(int(self.steps * self.denoising_strength), self.steps)
+
+    @property
+    def denoising_steps(self) -> int:
+        """Sampling steps the job runs and reports: A1111's ``t_enc + 1`` (:attr:`a1111_img2img_steps`),
+        or diffusers' count on the diffusers path (``sampler_path``; its schedulers keep diffusers' slice).
+
+        The engine decides by the sampler it builds (A1111's sampling functions or a diffusers scheduler),
+        so for the few samplers the diffusers path still runs as functions this is an estimate until the
+        job reports its first step.
+        """
+        if self.sampler_path == "diffusers":
+            return self.diffusers_img2img_steps
+        return self.a1111_img2img_steps[1] + 1
 
 
 def format_validation_error(error: ValidationError) -> str:

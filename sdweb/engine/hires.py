@@ -8,7 +8,10 @@ This module owns the two-pass txt2img A1111 calls "Hires. fix" (``enable_hr``):
    "Latent (nearest)", ... A1111's modes, ``torch.nn.functional.interpolate`` on the latents, no VAE
    round trip) or a pixel upscaler of :mod:`sdweb.images.upscale` (decode, resize, encode again).
 3. The second pass is img2img (:mod:`sdweb.engine.img2img`) from those, with the same seeds (the noise
-   drawn at the hires size), ``hr_second_pass_steps`` (0 = ``steps``) and ``denoising_strength``.
+   drawn at the hires size), ``hr_second_pass_steps`` (0 = ``steps``) and ``denoising_strength``. As
+   A1111's, A1111's samplers run exactly those steps, the last ones of an ``int(steps / min(strength,
+   0.999))`` schedule (``img2img_fix_steps``'s count, whatever the setting); diffusers' schedulers keep
+   diffusers' ``int(steps * strength)`` of a ``steps`` schedule.
 
 With a dedicated inpainting checkpoint (9-channel UNet) the first pass is txt2img's (everything
 masked) and the second pass img2img's without a mask (:mod:`sdweb.engine.image_conditioning`), as A1111.
@@ -30,7 +33,7 @@ from PIL import Image
 from sdweb.engine.accelerator import inference_context, offload_module, vae_decode
 from sdweb.engine.generate import LoadedModelLike, run_txt2img, to_pil
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
-from sdweb.engine.img2img import _Img2Img
+from sdweb.engine.img2img import _Img2Img, img2img_run_steps
 from sdweb.engine.samplers.registry import SamplerRegistry
 from sdweb.images.resize import resize_image
 from sdweb.images.upscale import LATENT_UPSCALE_MODES, find_hires_upscaler
@@ -109,10 +112,19 @@ def run_hires_txt2img(
     scaled_w, scaled_h, final_w, final_h = hires_size(params, scale)
     second_steps = params.hr_second_pass_steps or params.steps
     # The second pass's own prompt, negative prompt, sampler and schedule type ("" = the first pass's).
+    # As A1111's (it hands the sampler the second pass's steps): exactly those steps, the last ones of
+    # a steps / strength schedule, whatever img2img_fix_steps says.
     second_template = Img2ImgParams(**{
         **params.model_dump(), "enable_hr": False, "width": final_w, "height": final_h,
-        "steps": second_steps, "n_iter": 1, "resize_mode": 0, **params.hires_second_pass_fields()})
-    run_steps = second_template.denoising_steps
+        "steps": second_steps, "n_iter": 1, "resize_mode": 0, "img2img_fix_steps": True,
+        **params.hires_second_pass_fields()})
+    if passes is not None:
+        run_steps = second_template.diffusers_img2img_steps  # the family's flow loop counts as diffusers
+    else:
+        second_plan = samplers.build(second_template.sampler_name, second_template.scheduler,
+                                     model.pipe.scheduler.config,
+                                     path=second_template.sampler_path or "A1111")
+        run_steps = img2img_run_steps(second_template, second_plan)
     total = params.steps + run_steps
     latent = upscaler in LATENT_UPSCALE_MODES
     options = {"extra_networks": extra_networks} if extra_networks is not None else {}

@@ -9,12 +9,18 @@ This module owns what differs from txt2img (``sdweb.engine.generate``), and only
    global RNG; the mean makes the same request give the same image (the difference is far below what
    the noise adds). Resize mode 3 encodes the image at its own size and resizes the latents
    (bilinear, as A1111).
-3. Denoising strength picks where the schedule starts, with diffusers' ``get_timesteps`` convention:
-   ``int(steps * strength)`` steps are run, the last ones of the full ``steps`` schedule; the seed's
-   noise (``sdweb.engine.seeds``: same seeds, same noise as txt2img) is added to the init latents at
-   the first of them (``scheduler.add_noise``; ``init + sigma * noise`` for function samplers).
-   Strength 0 runs no step and returns the init images through the VAE; strength 1 runs them all
-   from (almost) pure noise.
+3. Denoising strength picks where the schedule starts. A1111's samplers (the sampling functions of
+   ``sdweb.engine.samplers.kdiffusion`` on the A1111 path) count as A1111 does
+   (:attr:`~sdweb.params.Img2ImgParams.a1111_img2img_steps`): ``t_enc = int(min(strength, 0.999) *
+   steps)`` and the last ``t_enc + 2`` sigmas of a ``steps`` schedule, so ``t_enc + 1`` steps run, from
+   ``init + sigma * noise``; with ``img2img_fix_steps`` (and always in hires fix's second pass) exactly
+   ``steps`` steps, the last ones of an ``int(steps / min(strength, 0.999))`` schedule. A1111's timestep
+   samplers (DDIM, PLMS) noise the init to timestep ``t_enc`` of their own timesteps and sample the
+   ``t_enc`` below it, as A1111's. diffusers' schedulers (the diffusers path) keep diffusers'
+   ``get_timesteps`` convention: ``int(steps * strength)`` steps, the last ones of the ``steps``
+   schedule, from ``scheduler.add_noise``. The seed's noise is txt2img's (``sdweb.engine.seeds``).
+   Strength 0 runs no step and returns the init images through the VAE (A1111 makes one step at the
+   smallest sigma); strength 1 starts from (almost) pure noise.
 
 Prompt encoding (A1111's grammar), guidance, progress, previews, interrupt/skip, tiling and decoding
 are the txt2img loop's own: :class:`_Img2Img` extends its runner and replaces only the sampling of a
@@ -46,7 +52,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -63,7 +69,7 @@ from sdweb.engine.image_conditioning import (
     masked_image_conditioning,
 )
 from sdweb.engine.previews import live_preview
-from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
+from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.images.mask import InpaintPlan, paste_back, prepare_inpaint
 from sdweb.images.resize import flatten_alpha, latent_upscale_source_size, resize_image
@@ -75,9 +81,25 @@ logger = logging.getLogger(__name__)
 MAX_LATENT_UPSCALE_SOURCE_SIDE = 2048
 
 
-def img2img_steps(steps: int, denoising_strength: float) -> int:
-    """How many sampling steps an img2img job runs (diffusers' ``get_timesteps``; A1111's default)."""
-    return Img2ImgParams(steps=steps, denoising_strength=denoising_strength).denoising_steps
+def img2img_steps(steps: int, denoising_strength: float, *, sampler_path: str = "A1111",
+                  fix_steps: bool = False) -> int:
+    """How many sampling steps an img2img job runs: A1111's count, or diffusers' on the diffusers path."""
+    return Img2ImgParams(steps=steps, denoising_strength=denoising_strength, sampler_path=sampler_path,
+                         img2img_fix_steps=fix_steps).denoising_steps
+
+
+def uses_a1111_steps(params: Img2ImgParams, plan: SamplerPlan) -> bool:
+    """Whether this job's sampler counts img2img steps as A1111 (its sampling functions on the A1111 path)
+    rather than as diffusers' ``get_timesteps`` (diffusers' schedulers, and everything on the diffusers path).
+    """
+    return isinstance(plan, FunctionSamplerPlan) and (params.sampler_path or "A1111") != "diffusers"
+
+
+def img2img_run_steps(params: Img2ImgParams, plan: SamplerPlan) -> int:
+    """The steps an img2img pass with ``plan`` runs and reports (0 at strength 0)."""
+    if uses_a1111_steps(params, plan):
+        return params.a1111_img2img_steps[1] + 1
+    return params.diffusers_img2img_steps
 
 
 def run_img2img(
@@ -137,18 +159,21 @@ class _Img2Img(_Txt2Img):
                  preview_every: int, *, extra_networks: Any = None,
                  init_latents: torch.Tensor | None = None, mask: Image.Image | None = None,
                  inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT, controlnets: Any = None,
-                 hires_pass: bool | None = None) -> None:
+                 hires_pass: bool | None = None, output_type: Literal["pil", "latent"] = "pil") -> None:
         if not isinstance(params, Img2ImgParams):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         if not 0.0 <= inpainting_mask_weight <= 1.0:
             raise ValueError(f"inpainting_mask_weight must be between 0 and 1, got {inpainting_mask_weight}")
         # Passed on only when given, so the loop's own default (none) stays its business.
         options = {"extra_networks": extra_networks} if extra_networks is not None else {}
-        super().__init__(model, params, samplers, control, on_step, preview_every, **options,
+        super().__init__(model, params, samplers, control, on_step, preview_every, output_type, **options,
                          controlnets=controlnets, hires_pass=hires_pass)
         self.mask_weight = float(inpainting_mask_weight)
         self.init_images = list(init_images)
+        #: Steps this job runs and reports; set with the sampler in check_inputs (an estimate until then).
         self.denoise_steps = params.denoising_steps
+        #: A1111's count (its sampling functions) or diffusers' (its schedulers); set in check_inputs.
+        self.a1111_steps = (params.sampler_path or "A1111") != "diffusers"
         #: Given by hires fix's latent upscalers: the starting latents, no VAE encoding.
         self._init_latents: torch.Tensor | None = init_latents
         #: Inpainting: one plan per init image, and the latent mask (1 = repaint), made with the latents.
@@ -165,12 +190,32 @@ class _Img2Img(_Txt2Img):
 
     def control_fraction(self) -> float:
         # As the extension: the fraction of the steps this img2img run makes, not of the full schedule.
-        offset = self.params.steps - self.denoise_steps
-        return (self.step_index - offset) / max(1, self.denoise_steps)
+        return (self.step_index - self.prompt_offset) / max(1, self.denoise_steps)
+
+    @property
+    def prompt_offset(self) -> int:
+        """The step of the request's ``steps`` the run starts at, for prompt editing.
+
+        0 when the run makes all of them (``img2img_fix_steps``, hires fix's second pass).
+        """
+        return max(0, self.params.steps - self.denoise_steps)
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
         super().check_inputs()
+        params = self.params
+        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
+                                   path=params.sampler_path or "A1111")
+        self.a1111_steps = uses_a1111_steps(params, plan)
+        self.denoise_steps = img2img_run_steps(params, plan)
+        schedule_steps = params.a1111_img2img_steps[0]
+        if self.a1111_steps and schedule_steps > params.steps and isinstance(plan, FunctionSamplerPlan):
+            try:  # img2img_fix_steps: a schedule longer than steps (DDIM stops at 1000)
+                plan.sigmas(schedule_steps)
+            except ValueError as exc:
+                raise ValueError(f"denoising_strength: {params.sampler_name} cannot run {params.steps} "
+                                 f"steps at strength {params.denoising_strength} (a schedule of "
+                                 f"{schedule_steps} steps: {exc})") from exc
         batch_size = self.params.batch_size
         count = len(self.init_images) if self._init_latents is None else int(self._init_latents.shape[0])
         if count == 0:
@@ -307,7 +352,7 @@ class _Img2Img(_Txt2Img):
             # "latent noise" / "latent nothing": the masked area starts from the noise, or from zeros.
             fill = noise.latents if params.inpainting_fill == 2 else torch.zeros_like(init)
             init = self.keep_unmasked(fill, init)
-        if self.denoise_steps == 0:
+        if params.denoising_strength <= 0 or self.denoise_steps == 0:
             self.check_control()
             return init.clone()  # strength 0: nothing to denoise
         # 5. A fresh sampler for this batch.
@@ -358,19 +403,22 @@ class _Img2Img(_Txt2Img):
                                   batch_index: int) -> torch.Tensor:
         sample_fn = plan.sampler.sampling_function()
         assert sample_fn is not None
-        # 6. The last denoise_steps + 1 sigmas of the full schedule. (A1111's k-diffusion samplers run one
-        #    step more: the last t_enc + 2 sigmas, t_enc = int(min(strength, 0.999) * steps); not followed
-        #    yet.)
-        steps = self.params.steps
-        offset = steps - self.denoise_steps
-        sigmas = plan.sigmas(steps, sdxl=self.is_sdxl)[offset:]
+        accepted = inspect.signature(sample_fn).parameters
         timestep_sampler = plan.a1111 and bool(plan.sampler.options.get("timesteps"))
-        if timestep_sampler:
-            # A1111's DDIM / PLMS / UniPC: they sample on its first t_enc timesteps, the latents noised to
-            #    the next one up (timesteps[t_enc]); that level leads their sigmas.
-            full = plan.sigmas(steps, sdxl=self.is_sdxl)
-            t_enc = int(min(self.params.denoising_strength, 0.999) * steps)
-            sigmas = full[max(len(full) - 2 - t_enc, 0):]
+        # 6. The sigmas to sample and the level the init latents are noised to.
+        extra = self.function_sampler_extras(plan, sample_fn, noise, self.denoise_steps)
+        if self.a1111_steps:
+            sigmas, start_sigma, full = self.a1111_sigmas(plan)
+            if "noise_range" in accepted and "seeds" in extra:
+                # A1111's Brownian trees span the whole schedule, not the part sampled.
+                positive = full[full > 0]
+                extra["noise_range"] = (float(positive.min()), float(full.max()))
+        else:
+            # diffusers' convention: the last denoise_steps + 1 sigmas of the steps schedule.
+            steps = self.params.steps
+            sigmas = plan.sigmas(steps, sdxl=self.is_sdxl)[steps - self.denoise_steps:]
+            start_sigma = float(sigmas[0])
+        offset = self.prompt_offset
         self.step_index = offset
         denoiser = self.function_denoiser(plan)
 
@@ -389,17 +437,37 @@ class _Img2Img(_Txt2Img):
             self.report(min(i + 1, self.denoise_steps), batch_index, x0)
             self.check_control()
 
-        extra = self.function_sampler_extras(plan, sample_fn, noise, self.denoise_steps)
-        if "sigma_range" in extra:  # DPM fast / adaptive integrate over the part of the schedule left
-            extra["sigma_range"] = (float(sigmas[sigmas > 0].min()), float(sigmas[0]))
-        if "from_image" in inspect.signature(sample_fn).parameters:
+        if "sigma_range" in extra and len(sigmas) > 1:
+            # DPM fast / adaptive integrate over the part of the schedule left (A1111: down to its
+            # next-to-last sigma, the last being 0)
+            positive = sigmas[sigmas > 0]
+            low = float(sigmas[-2]) if self.a1111_steps else float(positive.min())
+            extra["sigma_range"] = (low, float(sigmas[0]))
+        if "from_image" in accepted:
             extra["from_image"] = True  # the start is init latents noised to sigmas[0], not pure noise
-        start = init + noise.latents * float(sigmas[0])
+        start = init + noise.latents * start_sigma
         # 7. Denoising loop (inside the sampling function).
         latents = sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
         if timestep_sampler:  # A1111 puts the init latents back outside the mask once they are done
             latents = self.keep_unmasked(latents, init)
         return latents
+
+    def a1111_sigmas(self, plan: FunctionSamplerPlan) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """``(sigmas to sample, sigma of the start, the whole schedule)`` as A1111's ``sample_img2img``.
+
+        k-diffusion samplers: the last ``t_enc + 2`` sigmas of the schedule, starting at the first of
+        them. DDIM / PLMS / UniPC: timestep ``t_enc`` of their timesteps (counted from the smallest), the
+        level the start is noised to, then the ``t_enc`` below it that they sample on
+        (``from_image``: ``sdweb.engine.samplers.kdiffusion``).
+        """
+        schedule_steps, t_enc = self.params.a1111_img2img_steps
+        full = plan.sigmas(schedule_steps, sdxl=self.is_sdxl)
+        if plan.a1111 and plan.sampler.options.get("timesteps"):
+            levels = len(full) - 1  # the timesteps, largest first, then the final 0
+            tail = full[levels - 1 - t_enc:]
+        else:
+            tail = full[schedule_steps - t_enc - 1:]
+        return tail, float(tail[0]), full
 
     # -- 8. decode (and paste inpainted images back) ------------------------------------------
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -14,8 +14,9 @@ A unit the text names is enabled, and the fields the text leaves out take the un
 extension's paste builds a whole unit from the line). A value that cannot be read keeps the default,
 with a note naming it; a key this program has no field for is named in a note too.
 
-:func:`match_model` picks the installed model a pasted ``name [hash]`` means (the model dropdown's
-titles are ``name [hash]`` as well).
+:func:`extension_paste_keys` gives the per-field keys the extension adds to the png-info API's
+``parameters``. :func:`match_model` picks the installed model a pasted ``name [hash]`` means (the model
+dropdown's titles are ``name [hash]`` as well).
 
 Pure Python: no gradio, no torch.
 """
@@ -174,6 +175,14 @@ def units_from_request(units: Sequence[ControlNetUnit]) -> list[PastedUnit]:
         for index, unit in enumerate(units)
         if unit.enabled
     ]
+
+
+def extension_paste_keys(units: Sequence[PastedUnit]) -> dict[str, Any]:
+    """What the extension adds to A1111's parsed infotext when it is pasted, and so to the png-info
+    API's ``parameters``: ``{"ControlNet 0 module": "canny", "ControlNet 0 weight": 0.75, ...}``, field
+    names as they are, typed values.
+    """
+    return {f"ControlNet {unit.index} {name}": value for unit in units for name, value in unit.values.items()}
 
 
 def _split_items(text: str) -> list[str]:

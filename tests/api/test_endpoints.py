@@ -159,6 +159,20 @@ def test_png_info_reads_infotext_and_other_chunks(api: ApiServer) -> None:
     assert body["parameters"]["Size-1"] == "512"
 
 
+def test_png_info_adds_the_controlnet_extension_keys_per_unit_field(api: ApiServer) -> None:
+    text = ('a cat\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 512x768, ControlNet 0: "Module: canny, '
+            'Model: control_v11p_sd15_canny [d14c016b], Weight: 0.75, Processor Res: 384, '
+            'Pixel Perfect: True, Control Mode: My prompt is more important"')
+    parameters = api.post("png-info", json={"image": png_b64(text)}).json()["parameters"]
+    assert parameters["ControlNet 0"].startswith("Module: canny, Model: control_v11p")  # as written
+    assert (parameters["ControlNet 0 module"], parameters["ControlNet 0 model"]) == (
+        "canny", "control_v11p_sd15_canny [d14c016b]")
+    assert parameters["ControlNet 0 weight"] == 0.75 and parameters["ControlNet 0 processor_res"] == 384
+    assert parameters["ControlNet 0 pixel_perfect"] is True and parameters["ControlNet 0 enabled"] is True
+    assert parameters["ControlNet 0 control_mode"] == "My prompt is more important"
+    assert parameters["ControlNet 0 resize_mode"] == "Crop and Resize"  # not in the line: the default
+
+
 def test_png_info_accepts_data_urls_and_images_without_metadata(api: ApiServer) -> None:
     body = api.post("png-info", json={"image": "data:image/png;base64," + png_b64()}).json()
     assert body == {"info": "", "items": {}, "parameters": {}}

@@ -76,3 +76,26 @@ def test_inpainting_with_the_tiny_model_keeps_the_unmasked_pixels(real_api: str)
     source = np.asarray(init, dtype=np.int16)
     assert np.array_equal(out[:, :50], source[:, :50]) and np.array_equal(out[40:], source[40:])
     assert np.abs(out[14:26, 64:76] - source[14:26, 64:76]).mean() > 5
+
+
+def test_progress_reports_a1111s_img2img_and_hires_step_counts(real_api: str) -> None:  # noqa: F811
+    """/sdapi/v1/progress counts the steps A1111 runs: t_enc + 1 = int(strength * steps) + 1 by default,
+    exactly ``steps`` with img2img_fix_steps, diffusers' int(steps * strength) on the diffusers path; hires
+    fix's second pass runs exactly hr_second_pass_steps."""
+    init = Image.new("RGB", (64, 64), (30, 90, 200))
+    base = {"prompt": "a lighthouse", "steps": 10, "width": 64, "height": 64, "seed": 11,
+            "sampler_name": "Euler a", "init_images": [_b64(init)], "denoising_strength": 0.35}
+    cases = [
+        ("i2i-default", "img2img", base, 4),
+        ("i2i-fixed", "img2img", {**base, "override_settings": {"img2img_fix_steps": True}}, 10),
+        ("i2i-diffusers", "img2img", {**base, "override_settings": {"sampler_path": "diffusers"}}, 3),
+        ("hires", "txt2img", {"prompt": "a lighthouse", "steps": 3, "width": 64, "height": 64, "seed": 11,
+                              "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent",
+                              "hr_second_pass_steps": 4, "denoising_strength": 0.5}, 3 + 4),
+    ]
+    with httpx.Client(timeout=300) as client:
+        for task, route, request, expected in cases:
+            answer = client.post(f"{real_api}/{route}", json={**request, "force_task_id": task})
+            assert answer.status_code == 200, answer.text
+            state = client.get(f"{real_api}/progress", params={"id_task": task}).json()["state"]
+            assert (state["sampling_step"], state["sampling_steps"]) == (expected, expected), task

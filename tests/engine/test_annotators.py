@@ -69,6 +69,25 @@ def test_each_annotator_makes_a_map_at_the_processor_resolution(folder: Path, na
         assert set(np.unique(pixels)) <= {0, 128, 255}  # the "safe" step keeps three levels
 
 
+@pytest.mark.parametrize("name", ["scribble_hed", "scribble_pidinet"])
+def test_scribble_annotators_give_binary_maps(folder: Path, name: str) -> None:
+    registry, _runner = _registry(folder)
+    scribble = np.asarray(registry.find(name).run(_picture(), processor_res=64))
+    assert scribble.shape == (64, 107, 3) and set(np.unique(scribble)) <= {0, 255}
+    assert "Scribble" in registry.find(name).tags
+
+
+def test_the_extensions_older_names_find_the_annotators(folder: Path) -> None:
+    registry, _runner = _registry(folder)
+    for old, name in (("hed", "softedge_hed"), ("pidinet_safe", "softedge_pidisafe"),
+                      ("lineart", "lineart_realistic"), ("fake_scribble", "scribble_hed"),
+                      ("pidinet_scribble", "scribble_pidinet"), ("depth", "depth_midas"),
+                      ("segmentation", "seg_ufade20k")):
+        assert registry.find(old).name == name
+    assert np.array_equal(np.asarray(registry.find("hed").run(_picture(), processor_res=64)),
+                          np.asarray(registry.find("softedge_hed").run(_picture(), processor_res=64)))
+
+
 def test_maps_follow_the_picture(folder: Path) -> None:
     registry, _runner = _registry(folder)
     flat = Image.new("RGB", (64, 64), (128, 128, 128))
@@ -192,6 +211,31 @@ def test_networks_are_loaded_once_and_kept(folder: Path, monkeypatch: pytest.Mon
     registry.find("softedge_hed").run(_picture(), processor_res=64)
     assert reads == ["ControlNetHED.pth", "ControlNetHED.pth"]
     assert runner is registry.runner
+
+
+def test_with_a_park_device_networks_visit_the_device_only_to_run(folder: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--medvram / --lowvram: loaded networks wait on the park device (as the upscalers do)."""
+    import torch
+
+    moves: list[str] = []
+    real_to = torch.nn.Module.to
+
+    def to(module: torch.nn.Module, *args: object, **kwargs: object) -> torch.nn.Module:
+        moves.append(str(args[0]) if args else str(kwargs))
+        return real_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    registry, runner = _registry(folder, device=lambda: "cpu:0", park_device=lambda: "cpu")
+    registry.find("softedge_hed").run(_picture(), processor_res=64)
+    registry.find("softedge_hed").run(_picture(), processor_res=64)
+    assert moves == ["cpu", "cpu:0", "cpu", "cpu:0", "cpu"]  # loaded parked; to the device and back per run
+    assert runner.park_device() == "cpu" and runner.device() == "cpu:0"
+    moves.clear()
+    plain, _ = _registry(folder)  # no parking: loaded onto the device once, never moved again
+    plain.find("softedge_hed").run(_picture(), processor_res=64)
+    plain.find("softedge_hed").run(_picture(), processor_res=64)
+    assert moves == ["cpu"]
 
 
 def test_a_missing_file_offline_is_refused_naming_it(tmp_path: Path) -> None:

@@ -47,10 +47,10 @@ def test_second_pass_changes_the_first_and_both_passes_report(sd1_model, sampler
     steps: list[StepProgress] = []
     params = hires_params(hr_second_pass_steps=4, batch_size=2, n_iter=2)
     run = _run(sd1_model, samplers, params, on_step=steps.append)
-    # 3 first-pass steps, then int(4 * 0.5) = 2 second-pass steps, per batch.
+    # 3 first-pass steps, then exactly the 4 second-pass steps (A1111's: the last 4 of a schedule of
+    # int(4 / 0.5) = 8), per batch.
     assert [(s.step, s.total_steps, s.batch_index) for s in steps] == [
-        (1, 5, 0), (2, 5, 0), (3, 5, 0), (4, 5, 0), (5, 5, 0),
-        (1, 5, 1), (2, 5, 1), (3, 5, 1), (4, 5, 1), (5, 5, 1)]
+        *[(i, 7, 0) for i in range(1, 8)], *[(i, 7, 1) for i in range(1, 8)]]
     assert [item.seed for item in run.images] == [1234, 1235, 1236, 1237]
     alone = _run(sd1_model, samplers, hires_params(hr_second_pass_steps=4, seed=1236)).images[0].image
     assert np.abs(np.asarray(run.images[2].image, np.int16) - np.asarray(alone, np.int16)).max() <= 1
@@ -66,6 +66,14 @@ def test_bad_hires_requests_are_refused_before_any_work(sd1_model, samplers) -> 
     with pytest.raises(ValueError, match="out of range"):
         _run(sd1_model, samplers, hires_params(width=8192, height=8192, hr_scale=4), on_step=calls.append)
     assert calls == []
+
+
+def test_diffusers_schedulers_keep_diffusers_second_pass_count(sd1_model, samplers) -> None:
+    steps: list[StepProgress] = []
+    _run(sd1_model, samplers, hires_params(hr_second_pass_steps=4, sampler_path="diffusers"),
+         on_step=steps.append)
+    # 3 first-pass steps, then int(4 * 0.5) = 2 (diffusers' get_timesteps)
+    assert [(s.step, s.total_steps) for s in steps] == [(i, 5) for i in range(1, 6)]
 
 
 def test_interrupt_in_the_second_pass_keeps_earlier_batches(sd1_model, samplers) -> None:

@@ -1,5 +1,6 @@
-"""img2img in the loop: denoising strength 0 keeps the input, 1 ignores it, diffusers' schedule slice,
-sizes, transparency, several init images, progress and every kind of sampler."""
+"""img2img in the loop: denoising strength 0 keeps the input, 1 ignores it, diffusers' schedule slice on
+the diffusers path (A1111's counts: test_kdiffusion_parity.py), sizes, transparency, several init images,
+progress and every kind of sampler."""
 
 from __future__ import annotations
 
@@ -79,8 +80,10 @@ def test_strength_one_ignores_the_input(sd1_model, samplers) -> None:
 
 
 def test_equals_diffusers_img2img_pipeline_at_fp32(sd1_model, samplers) -> None:
+    # The diffusers path keeps diffusers' get_timesteps: int(steps * strength) steps of the steps schedule.
     pipe = sd1_model.pipe
-    params = img_params(sampler_name="Euler", steps=5, denoising_strength=0.6, seed=42)
+    params = img_params(sampler_name="Euler", steps=5, denoising_strength=0.6, seed=42,
+                        sampler_path="diffusers")
     image = _gradient()
     ours = _run(sd1_model, samplers, params, [image])[0]
     # diffusers draws a random sample of the latent distribution; giving it our (mean) latents makes
@@ -118,9 +121,12 @@ def test_progress_counts_the_steps_run_and_batches_follow_seeds(sd1_model, sampl
     steps: list[StepProgress] = []
     params = img_params(steps=10, denoising_strength=0.3, batch_size=2, n_iter=2)
     out = _run(sd1_model, samplers, params, [_gradient()], on_step=steps.append)
-    assert img2img_steps(10, 0.3) == 3
+    # A1111's count: t_enc = int(0.3 * 10) = 3, and t_enc + 1 steps run (diffusers' path: 3)
+    assert img2img_steps(10, 0.3) == 4
+    assert img2img_steps(10, 0.3, sampler_path="diffusers") == 3
+    assert img2img_steps(10, 0.3, fix_steps=True) == 10
     assert [(s.step, s.total_steps, s.batch_index) for s in steps] == [
-        (1, 3, 0), (2, 3, 0), (3, 3, 0), (1, 3, 1), (2, 3, 1), (3, 3, 1)]
+        (1, 4, 0), (2, 4, 0), (3, 4, 0), (4, 4, 0), (1, 4, 1), (2, 4, 1), (3, 4, 1), (4, 4, 1)]
     # Image i of the job is the image its seed gives alone.
     alone = _run(sd1_model, samplers, img_params(steps=10, denoising_strength=0.3, seed=params.seed + 3),
                  [_gradient()])[0]

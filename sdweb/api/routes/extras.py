@@ -124,6 +124,7 @@ class ExtrasRoutes:
             return self._caption_service
 
     def png_info(self, request: PNGInfoRequest) -> PNGInfoResponse:
+        from sdweb.images.controlnet_infotext import controlnet_units_from_infotext, extension_paste_keys
         from sdweb.images.infotext import parse_infotext
         from sdweb.images.metadata import ImageDecodeError, decode_base64_image, read_image_metadata
 
@@ -135,4 +136,6 @@ class ExtrasRoutes:
         info = metadata.parameters or ""
         items = {key: value for key, value in metadata.raw.items() if key != "parameters"}
         parameters = parse_infotext(info) if info else {}
+        # A1111 runs the infotext-pasted callbacks here: the ControlNet extension's adds a key per field.
+        parameters.update(extension_paste_keys(controlnet_units_from_infotext(parameters)))
         return PNGInfoResponse(info=info, items=items, parameters=parameters)

@@ -474,7 +474,7 @@ class FlowImg2Img(FlowTxt2Img):
         self.plans: list[Any] = []
         self._init: torch.Tensor | None = init_latents
         self.latent_mask: torch.Tensor | None = None
-        self.denoise_steps = params.denoising_steps
+        self.denoise_steps = params.diffusers_img2img_steps
 
     def check_inputs(self) -> None:
         super().check_inputs()

@@ -354,9 +354,15 @@ class BrownianNoise:
 
 
 def _sde_noise(x: torch.Tensor, sigmas: torch.Tensor, generator: Generators,
-               seeds: Sequence[int] | None) -> NoiseSampler:
+               seeds: Sequence[int] | None, noise_range: tuple[float, float] | None = None) -> NoiseSampler:
+    """Brownian trees over the sigmas' range, or ``noise_range``; without seeds each image's generator.
+
+    ``noise_range``: A1111's img2img spans the trees over the whole schedule, of which ``sigmas`` is the tail.
+    """
     if seeds is None:
         return generator_noise(x, generator)
+    if noise_range is not None:
+        return BrownianNoise(x, noise_range[0], noise_range[1], seeds)
     positive = sigmas[sigmas > 0]
     return BrownianNoise(x, positive.min(), sigmas.max(), seeds)
 
@@ -529,10 +535,11 @@ def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.T
 
 def sample_dpmpp_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
                      callback: StepCallback | None = None, eta: float = 1.0,
-                     seeds: Sequence[int] | None = None) -> torch.Tensor:
+                     seeds: Sequence[int] | None = None,
+                     noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM-Solver++ SDE (two model calls per step, r = 1/2), Brownian-tree noise."""
     s = _levels(sigmas)
-    noise = _sde_noise(x, sigmas, generator, seeds)
+    noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     for i in range(len(s) - 1):
         x0 = denoise(x, s[i])
         if s[i + 1] == 0:
@@ -578,12 +585,13 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, 
 
 def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                         generator: Generators = None, callback: StepCallback | None = None, eta: float = 1.0,
-                        seeds: Sequence[int] | None = None, solver_type: str = "midpoint") -> torch.Tensor:
+                        seeds: Sequence[int] | None = None, solver_type: str = "midpoint",
+                        noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) SDE, midpoint or Heun correction, Brownian-tree noise."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     s = _levels(sigmas)
-    noise = _sde_noise(x, sigmas, generator, seeds)
+    noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     previous: torch.Tensor | None = None
     h_last = 0.0
     h = 0.0
@@ -612,18 +620,20 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
 
 def sample_dpmpp_2m_sde_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                              generator: Generators = None, callback: StepCallback | None = None,
-                             eta: float = 1.0, seeds: Sequence[int] | None = None) -> torch.Tensor:
+                             eta: float = 1.0, seeds: Sequence[int] | None = None,
+                             noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM++ 2M SDE with the Heun correction (A1111's "DPM++ 2M SDE Heun")."""
     return sample_dpmpp_2m_sde(denoise, x, sigmas, generator=generator, callback=callback, eta=eta,
-                               seeds=seeds, solver_type="heun")
+                               seeds=seeds, solver_type="heun", noise_range=noise_range)
 
 
 def sample_dpmpp_3m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                         generator: Generators = None, callback: StepCallback | None = None, eta: float = 1.0,
-                        seeds: Sequence[int] | None = None) -> torch.Tensor:
+                        seeds: Sequence[int] | None = None,
+                        noise_range: tuple[float, float] | None = None) -> torch.Tensor:
     """DPM-Solver++(3M) SDE: third-order multistep, Brownian-tree noise."""
     s = _levels(sigmas)
-    noise = _sde_noise(x, sigmas, generator, seeds)
+    noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     x0_1: torch.Tensor | None = None
     x0_2: torch.Tensor | None = None
     h_1: float | None = None
