@@ -12,6 +12,7 @@ canny                     Canny edges (white on black)            low 100, high 
 threshold                 binary map at a grey level              level 127 (0..255)
 binary                    same, Otsu's level when 0               level 0 (0..255)
 scribble_xdog             difference-of-Gaussians scribble        threshold 32 (1..64)
+lineart_standard          dark strokes as white lines             -
 blur_gaussian             blurred picture (tile)                  sigma 9 (0.01..64)
 tile_resample             picture downsampled by a rate (tile)    rate 1 (1..8)
 t2ia_color_grid           64x64-cell colour grid                  -
@@ -251,6 +252,41 @@ def _shuffle(rgb: np.ndarray, res: int, _a: float, _b: float) -> np.ndarray:
     return picture[ys, xs]
 
 
+def _lineart_standard(rgb: np.ndarray, res: int, _a: float, _b: float) -> np.ndarray:
+    """Dark strokes on a light picture as white lines: how much darker each pixel is than its
+    neighbourhood (Gaussian, sigma 6), scaled so the median stroke is mid-grey.
+    """
+    picture = at_resolution(rgb, res).astype(np.float32)
+    blurred = ndimage.gaussian_filter(picture, sigma=(6.0, 6.0, 0), mode="mirror")
+    darker = np.clip(np.min(blurred - picture, axis=2), 0, 255)
+    strokes = darker[darker > 8]
+    scale = max(16.0, float(np.median(strokes))) if strokes.size else 16.0
+    return np.clip(darker / scale * 127, 0, 255).astype(np.uint8)
+
+
+#: The four directions (horizontal, vertical, two diagonals) along which a soft edge must be a local
+#: maximum to be kept as a scribble line.
+_NMS_FOOTPRINTS = (np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=bool),
+                   np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=bool),
+                   np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=bool),
+                   np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=bool))
+
+
+def scribble_from_edges(edges: np.ndarray) -> np.ndarray:
+    """A soft-edge map (uint8 HxW) as the extension's scribble (scribble_hed / scribble_pidinet): the
+    edges blurred (sigma 3) and thinned to ridges (a pixel kept where it is the maximum along any of four
+    directions) above 127, blurred again (sigma 3) and every pixel above 4 made white.
+    """
+    soft = ndimage.gaussian_filter(edges.astype(np.float32), sigma=3.0, mode="mirror")
+    ridges = np.zeros_like(soft)
+    for footprint in _NMS_FOOTPRINTS:
+        peak = ndimage.grey_dilation(soft, footprint=footprint, mode="constant", cval=-np.inf) == soft
+        ridges[peak] = soft[peak]
+    thin = np.where(ridges > 127, 255.0, 0.0).astype(np.float32)
+    spread = np.rint(ndimage.gaussian_filter(thin, sigma=3.0, mode="mirror"))
+    return np.where(spread > 4, 255, 0).astype(np.uint8)
+
+
 #: Where lllyasviel's annotator weight files are published (the files below).
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 
@@ -269,10 +305,26 @@ ANNOTATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "softedge_hedsafe": ("ControlNetHED.pth", ("SoftEdge",)),
     "softedge_pidinet": ("table5_pidinet.pth", ("SoftEdge",)),
     "softedge_pidisafe": ("table5_pidinet.pth", ("SoftEdge",)),
+    "scribble_hed": ("ControlNetHED.pth", ("Scribble",)),
+    "scribble_pidinet": ("table5_pidinet.pth", ("Scribble",)),
     "mlsd": ("mlsd_large_512_fp32.pth", ("MLSD",)),
     "seg_ufade20k": ("upernet_global_small.pth", ("Segmentation",)),
 }
 
+
+#: The extension's older names of the model-based annotators (its ``preprocessor_aliases``, and
+#: ``fake_scribble`` from before them), which API clients still send.
+ANNOTATOR_ALIASES: dict[str, tuple[str, ...]] = {
+    "softedge_hed": ("hed",),
+    "softedge_hedsafe": ("hed_safe",),
+    "softedge_pidinet": ("pidinet",),
+    "softedge_pidisafe": ("pidinet_safe",),
+    "scribble_pidinet": ("pidinet_scribble",),
+    "scribble_hed": ("fake_scribble",),
+    "lineart_realistic": ("lineart",),
+    "depth_midas": ("depth",),
+    "seg_ufade20k": ("segmentation",),
+}
 
 #: The extension's sliders of the model-based annotators that have any (threshold_a, threshold_b).
 ANNOTATOR_SLIDERS: dict[str, tuple[Slider, Slider]] = {
@@ -316,6 +368,7 @@ def annotator_problem(name: str, weights_file: str, annotators_dir: Path | None)
 def _annotator(name: str, weights_file: str, tags: tuple[str, ...], annotators_dir: Path | None,
                runner: AnnotatorRunner | None) -> Preprocessor:
     slider_a, slider_b = ANNOTATOR_SLIDERS.get(name, (None, None))
+    aliases = ANNOTATOR_ALIASES.get(name, ())
     if runner is None:
         def check() -> str | None:
             return annotator_problem(name, weights_file, annotators_dir)
@@ -323,14 +376,14 @@ def _annotator(name: str, weights_file: str, tags: tuple[str, ...], annotators_d
         def fn(_rgb: np.ndarray, _res: int, _a: float, _b: float) -> np.ndarray:
             raise PreprocessorUnavailableError(annotator_problem(name, weights_file, annotators_dir))
 
-        return Preprocessor(name, fn, slider_a=slider_a, slider_b=slider_b, tags=tags,
+        return Preprocessor(name, fn, slider_a=slider_a, slider_b=slider_b, tags=tags, aliases=aliases,
                             weights_file=weights_file, check=check)
 
     def run(rgb: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
         return runner.run(name, rgb, res, a, b)
 
-    return Preprocessor(name, run, slider_a=slider_a, slider_b=slider_b, tags=tags, weights_file=weights_file,
-                        check=lambda: runner.problem(name))
+    return Preprocessor(name, run, slider_a=slider_a, slider_b=slider_b, tags=tags, aliases=aliases,
+                        weights_file=weights_file, check=lambda: runner.problem(name))
 
 
 def builtin_preprocessors(annotators_dir: Path | None = None,
@@ -350,6 +403,8 @@ def builtin_preprocessors(annotators_dir: Path | None = None,
         Preprocessor("binary", _binary, slider_a=Slider("Binary threshold", 0, 0, 255), tags=("Scribble",)),
         Preprocessor("scribble_xdog", _scribble_xdog, slider_a=Slider("XDoG Threshold", 32, 1, 64),
                      tags=("Scribble",)),
+        Preprocessor("lineart_standard", _lineart_standard, tags=("Lineart",),
+                     aliases=("lineart_standard (from white bg & black line)",)),
         Preprocessor("blur_gaussian", _blur, slider_a=Slider("Sigma", 9.0, 0.01, 64.0, 0.01), tags=("Tile",)),
         Preprocessor("tile_resample", _tile_resample, resolution=None,
                      slider_a=Slider("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01), tags=("Tile",)),

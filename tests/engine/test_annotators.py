@@ -69,6 +69,25 @@ def test_each_annotator_makes_a_map_at_the_processor_resolution(folder: Path, na
         assert set(np.unique(pixels)) <= {0, 128, 255}  # the "safe" step keeps three levels
 
 
+@pytest.mark.parametrize("name", ["scribble_hed", "scribble_pidinet"])
+def test_scribble_annotators_give_binary_maps(folder: Path, name: str) -> None:
+    registry, _runner = _registry(folder)
+    scribble = np.asarray(registry.find(name).run(_picture(), processor_res=64))
+    assert scribble.shape == (64, 107, 3) and set(np.unique(scribble)) <= {0, 255}
+    assert "Scribble" in registry.find(name).tags
+
+
+def test_the_extensions_older_names_find_the_annotators(folder: Path) -> None:
+    registry, _runner = _registry(folder)
+    for old, name in (("hed", "softedge_hed"), ("pidinet_safe", "softedge_pidisafe"),
+                      ("lineart", "lineart_realistic"), ("fake_scribble", "scribble_hed"),
+                      ("pidinet_scribble", "scribble_pidinet"), ("depth", "depth_midas"),
+                      ("segmentation", "seg_ufade20k")):
+        assert registry.find(old).name == name
+    assert np.array_equal(np.asarray(registry.find("hed").run(_picture(), processor_res=64)),
+                          np.asarray(registry.find("softedge_hed").run(_picture(), processor_res=64)))
+
+
 def test_maps_follow_the_picture(folder: Path) -> None:
     registry, _runner = _registry(folder)
     flat = Image.new("RGB", (64, 64), (128, 128, 128))

@@ -17,6 +17,7 @@ from sdweb.engine.generate import run_txt2img
 from sdweb.engine.img2img import run_img2img
 from sdweb.engine.models.errors import UnsafeCheckpointError, UnsupportedCheckpointError
 from sdweb.images.control_maps import PreprocessorRegistry
+from sdweb.images.controlnet_infotext import PASTED_FIELDS, parse_unit_line
 from sdweb.params import ControlNetUnit, Img2ImgParams, JobControl
 from tests.engine.conftest import TinyModel, tiny_params
 from tests.fixtures.controlnet import write_tiny_controlnet
@@ -173,6 +174,16 @@ def test_infotext_lines_as_the_extension_writes_them(sd1_model: TinyModel, sd1_f
         f"Module: canny, Model: {title}, Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 512, "
         "Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0, "
         "Pixel Perfect: False, Control Mode: Balanced")}
+    # What a paste reads back from it is the unit that ran (its -1 sliders as the preprocessor set them).
+    unit = _unit(module="canny", model=title, weight=0.6, resize_mode="Just Resize", guidance_start=0.2,
+                 guidance_end=0.9, pixel_perfect=True, control_mode="ControlNet is more important",
+                 processor_res=320, threshold_a=50, threshold_b=150)
+    job = prepare_controlnets((unit,), model=sd1_model, library=library,
+                              preprocessors=PreprocessorRegistry.with_builtins())
+    assert job is not None
+    pasted = parse_unit_line(0, job.infotext()["ControlNet 0"])
+    assert pasted.notes == ()
+    assert dict(pasted.values) == {name: getattr(unit, name) for name in PASTED_FIELDS}
 
 
 def test_wrong_family_and_missing_parts_are_clear_errors(sd1_model: TinyModel, sdxl_pipe: Any,

@@ -61,3 +61,31 @@ def test_out_of_range_sliders_take_the_defaults_and_unknown_names_are_refused(
     assert canny.settings(256, 50, 300) == (256, 50.0, 200.0)
     with pytest.raises(PreprocessorNotFoundError, match="depth_magic.*known: none"):
         registry.find("depth_magic")
+
+
+def test_lineart_standard_turns_dark_strokes_into_white_lines(registry: PreprocessorRegistry) -> None:
+    paper = np.full((96, 96, 3), 240, dtype=np.uint8)
+    drawing = paper.copy()
+    drawing[46:50, 10:86] = 20  # a dark horizontal stroke
+    standard = registry.find("lineart_standard (from white bg & black line)")
+    lines = np.asarray(standard.run(Image.fromarray(drawing), 96))[:, :, 0]
+    assert lines[48, 48] > 100 and lines[10, 48] == 0 and lines[85, 10] == 0
+    assert np.asarray(registry.find("lineart_standard").run(Image.fromarray(paper), 96)).max() == 0
+
+
+def test_scribble_from_edges_keeps_the_strong_edges_as_white_strokes() -> None:
+    from scipy import ndimage
+
+    from sdweb.images.control_maps import scribble_from_edges
+
+    soft = np.zeros((128, 128), dtype=np.float32)
+    soft[:, 64] = 255.0
+    soft = np.clip(ndimage.gaussian_filter(soft, sigma=(0, 20)) * 48, 0, 255).astype(np.uint8)  # a wide edge
+    scribble = scribble_from_edges(soft)
+    assert set(np.unique(scribble)) == {0, 255}
+    assert scribble[64, 64] == 255 and scribble[64, 5] == 0 and scribble[64, 122] == 0
+    # Where the edge is a maximum along some direction (all of a straight edge: it is flat along itself)
+    # and above 127, spread by the second blur by at most 12 pixels on each side.
+    bright = int((soft[64] > 127).sum())
+    assert bright <= int((scribble[64] > 0).sum()) <= bright + 24
+    assert scribble_from_edges(np.full((32, 32), 90, dtype=np.uint8)).max() == 0  # no edge above 127

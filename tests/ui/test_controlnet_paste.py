@@ -94,6 +94,7 @@ def test_send_to_txt2img_refills_the_named_units_and_turns_the_others_off(servic
     assert _value(updates[second.control_mode]) == "ControlNet is more important"
     assert _value(updates[second.resize_mode]) == "Resize and Fill"
     assert updates[third.enabled] is False and third.module not in updates  # not in the infotext: off
+    assert updates[_section(t2i).accordion].open is True  # the accordion opens on what was restored
     assert first.image not in updates and second.image not in updates  # each keeps its picture
     message = updates[t2i.message]
     assert "ControlNet units 0, 1 restored; the infotext holds no control image" in message
@@ -104,6 +105,7 @@ def test_an_infotext_without_controlnet_lines_turns_every_unit_off(services: Any
     pasted = form_from_infotext("a house\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64", services.models)
     updates = t2i.fill(pasted.values, pasted.notes)
     assert [updates[unit.enabled] for unit in _section(t2i).units] == [False, False, False]
+    assert _section(t2i).accordion not in updates  # nothing restored: it stays as it is
 
 
 def test_values_that_are_not_a_paste_leave_the_units_alone(services: Any) -> None:

@@ -3,13 +3,14 @@
 Two kinds, both reading lllyasviel/Annotators' weight files from ``models/ControlNet/annotators/<file>``:
 
 * sdweb's own networks for the small image-to-image ones (:data:`NATIVE`): ``softedge_hed`` /
-  ``softedge_hedsafe`` (``ControlNetHED.pth``, ControlNet 1.1's HED), ``softedge_pidinet`` /
-  ``softedge_pidisafe`` (``table5_pidinet.pth``, PiDiNet), ``lineart_realistic`` / ``lineart_coarse``
-  (``sk_model.pth`` / ``sk_model2.pth``, "informative drawings" generators) and ``lineart_anime``
-  (``netG.pth``, a pix2pix U-Net), ``mlsd`` (``mlsd_large_512_fp32.pth``, M-LSD large: line segments
-  drawn 1 pixel wide) and ``openpose`` (``body_pose_model.pth``, CMU's body model: skeletons,
-  :mod:`sdweb.engine.control.openpose`). Their layer widths and depths are read from the file's tensor shapes,
-  so a file is checked against the layout before anything runs;
+  ``softedge_hedsafe`` / ``scribble_hed`` (``ControlNetHED.pth``, ControlNet 1.1's HED),
+  ``softedge_pidinet`` / ``softedge_pidisafe`` / ``scribble_pidinet`` (``table5_pidinet.pth``, PiDiNet),
+  ``lineart_realistic`` / ``lineart_coarse`` (``sk_model.pth`` / ``sk_model2.pth``, "informative
+  drawings" generators), ``lineart_anime`` (``netG.pth``, a pix2pix U-Net), ``mlsd``
+  (``mlsd_large_512_fp32.pth``, M-LSD large: line segments drawn 1 pixel wide) and ``openpose``
+  (``body_pose_model.pth``, CMU's body model: skeletons, :mod:`sdweb.engine.control.openpose`). Their
+  layer widths and depths are read from the file's tensor shapes, so a file is checked against the
+  layout before anything runs;
 * the others (:data:`VIA_CONTROLNET_AUX`: ``depth_midas``, ``depth_leres``, ``normal_bae``,
   ``openpose_full`` with hands and face) through the controlnet-aux package when it imports (the
   ``annotators`` extra; it needs torchvision, whose PyPI build does not import beside the CPU torch
@@ -37,7 +38,12 @@ from typing import Any
 import numpy as np
 
 from sdweb.engine.control.openpose import build_openpose, openpose_map
-from sdweb.images.control_maps import ANNOTATOR_REPO, PreprocessorUnavailableError, at_resolution
+from sdweb.images.control_maps import (
+    ANNOTATOR_REPO,
+    PreprocessorUnavailableError,
+    at_resolution,
+    scribble_from_edges,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ class NativeAnnotator:
     kind: str  # "hed", "pidi", "lineart", "anime", "mlsd", "openpose"
     weights_file: str
     safe: bool = False  # softedge_hedsafe: the edges quantised to three levels
+    scribble: bool = False  # scribble_hed / scribble_pidinet: the edges thinned to scribble lines
 
 
 NATIVE: dict[str, NativeAnnotator] = {
@@ -74,6 +81,8 @@ NATIVE: dict[str, NativeAnnotator] = {
     "lineart_anime": NativeAnnotator("anime", "netG.pth"),
     "softedge_pidinet": NativeAnnotator("pidi", "table5_pidinet.pth"),
     "softedge_pidisafe": NativeAnnotator("pidi", "table5_pidinet.pth", safe=True),
+    "scribble_hed": NativeAnnotator("hed", "ControlNetHED.pth", scribble=True),
+    "scribble_pidinet": NativeAnnotator("pidi", "table5_pidinet.pth", scribble=True),
     "mlsd": NativeAnnotator("mlsd", "mlsd_large_512_fp32.pth"),
     "openpose": NativeAnnotator("openpose", "body_pose_model.pth"),
 }
@@ -788,8 +797,9 @@ class AnnotatorRunner:
             if name in NATIVE:
                 spec = NATIVE[name]
                 network = self._native(spec)
-                return native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=self.device(),
-                                  threshold_a=threshold_a, threshold_b=threshold_b)
+                result = native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=self.device(),
+                                    threshold_a=threshold_a, threshold_b=threshold_b)
+                return scribble_from_edges(result) if spec.scribble else result
             return self._run_aux(name, rgb, resolution, threshold_a, threshold_b)
 
     def device(self) -> Any:

@@ -101,6 +101,7 @@ class ControlNetSection(FormSection):
         self.services = services
         self.tab = tab
         self.units: list[_UnitControls] = []
+        self.accordion: Any = None
 
     @property
     def controlnet(self) -> Any:
@@ -117,7 +118,8 @@ class ControlNetSection(FormSection):
             return
         modules = service.module_names()
         count = service.unit_count()
-        with gr.Accordion("ControlNet", open=False, elem_id=f"{self.tab}-controlnet"), gr.Tabs():
+        self.accordion = gr.Accordion("ControlNet", open=False, elem_id=f"{self.tab}-controlnet")
+        with self.accordion, gr.Tabs():
             for index in range(count):
                 with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{self.tab}-controlnet-tab-{index}"):
                     self.units.append(self._render_unit(index, modules))
@@ -147,7 +149,8 @@ class ControlNetSection(FormSection):
                 label="Preprocessor", choices=modules, value="none", elem_id=f"{prefix}-module"
             )
             model = gr.Dropdown(label="Model", choices=[NONE], value=NONE, elem_id=f"{prefix}-model")
-            refresh = gr.Button("\U0001f504", elem_id=f"{prefix}-refresh", scale=0, min_width=40)
+            refresh = gr.Button("↻", elem_id=f"{prefix}-refresh", elem_classes="sdweb-tool", scale=0,
+                                min_width=40)
             preview_button = gr.Button("Preview", elem_id=f"{prefix}-preview-button", scale=0, min_width=80)
         with gr.Row():
             weight = gr.Slider(
@@ -294,7 +297,8 @@ class ControlNetSection(FormSection):
         return {"controlnet_units": tuple(units)} if units else {}
 
     def fill_outputs(self) -> Sequence[Any]:
-        return [component for unit in self.units for component in unit.pasted().values()]
+        opened = [self.accordion] if self.accordion is not None else []
+        return [*opened, *(component for unit in self.units for component in unit.pasted().values())]
 
     def fill(self, values: Mapping[str, Any], notes: list[str]) -> dict[Any, Any]:
         """A pasted infotext's ``ControlNet N`` lines into unit tab N, as the extension's paste does; the
@@ -338,6 +342,7 @@ class ControlNetSection(FormSection):
                          "units (Settings > ControlNet > Multi-ControlNet: number of units)")
         restored = [str(unit.index) for unit in pasted if unit.index < len(self.units)]
         if restored:
+            updates[self.accordion] = gr.Accordion(open=True)  # show what was restored
             which, keeps = ((f"unit {restored[0]}", "it keeps") if len(restored) == 1
                             else (f"units {', '.join(restored)}", "each keeps"))
             notes.append(f"ControlNet {which} restored; the infotext holds no control image, so {keeps} the "

@@ -96,7 +96,8 @@ def render_merger_tab(services: Any) -> list[gr.Dropdown]:
                                         elem_id="modelmerger-secondary")
                 tertiary = gr.Dropdown(titles, value=None, label="Tertiary model (C)",
                                        elem_id="modelmerger-tertiary")
-                refresh = gr.Button("🔄", elem_id="modelmerger-refresh", scale=0, min_width=40)
+                refresh = gr.Button("↻", elem_id="modelmerger-refresh", elem_classes="sdweb-tool", scale=0,
+                                    min_width=40)
             custom_name = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger-custom-name")
             multiplier = gr.Slider(0.0, 1.0, value=0.3, step=0.05,
                                    label="Multiplier (M) - set to 0 to get model A",
