@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,6 +35,14 @@ RngSource = Literal["CPU", "GPU", "NV"]
 #: Which implementation runs A1111's k-diffusion samplers: A1111's algorithms exactly, or diffusers'
 #: schedulers of the same names (images made before sdweb matched A1111).
 SamplerPath = Literal["A1111", "diffusers"]
+#: A1111's UniPC settings (uni_pc_variant, uni_pc_skip_type).
+UniPCVariant = Literal["bh1", "bh2", "vary_coeff"]
+UniPCSkipType = Literal["time_uniform", "time_quadratic", "logSNR"]
+#: A1111's UniPC settings (request fields and options of these names) and A1111's defaults for them.
+UNIPC_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True})
+UNIPC_SETTINGS: tuple[str, ...] = tuple(UNIPC_DEFAULTS)
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -125,6 +134,11 @@ class GenerationParams(BaseModel):
     eta_noise_seed_delta: int | None = Field(None, ge=0, le=MAX_SEED_VALUE)
     #: None means the setting ``sampler_path``.
     sampler_path: SamplerPath | None = None
+    #: A1111's UniPC settings (its option names); None means the setting of that name.
+    uni_pc_variant: UniPCVariant | None = None
+    uni_pc_skip_type: UniPCSkipType | None = None
+    uni_pc_order: int | None = Field(None, ge=1, le=50)
+    uni_pc_lower_order_final: bool | None = None
     #: A1111's "With img2img, do exactly the amount of steps the slider specifies" (``img2img_fix_steps``):
     #: img2img runs ``steps`` steps, the last ones of a ``steps / denoising_strength`` schedule, instead of
     #: the last ``denoising_strength`` of a ``steps`` schedule. A1111's samplers only; img2img only (hires

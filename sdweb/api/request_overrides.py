@@ -30,6 +30,11 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "sd_vae": "vae",
     # Forge's: the text encoders / VAE files an SD 3.x or Flux checkpoint is loaded with.
     "forge_additional_modules": "additional_modules",
+    # A1111's UniPC settings.
+    "uni_pc_variant": "uni_pc_variant",
+    "uni_pc_skip_type": "uni_pc_skip_type",
+    "uni_pc_order": "uni_pc_order",
+    "uni_pc_lower_order_final": "uni_pc_lower_order_final",
 }
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({
@@ -47,11 +52,6 @@ A1111_IMAGE_SETTINGS: Mapping[str, Any] = {
     "sd_unet": "Automatic",
     "use_old_emphasis_implementation": False,
     "face_restoration": False,
-    # A1111's UniPC settings: its defaults are the UniPC that runs here.
-    "uni_pc_variant": "bh1",
-    "uni_pc_skip_type": "time_uniform",
-    "uni_pc_order": 3,
-    "uni_pc_lower_order_final": True,
 }
 #: Infotext keys that mean a feature we do not have yet; applying the rest would make another image.
 INFOTEXT_UNSUPPORTED: Mapping[str, str] = {

@@ -56,7 +56,14 @@ from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
-from sdweb.params import EngineRun, GeneratedImage, GenerationParams, JobControl, StepProgress
+from sdweb.params import (
+    UNIPC_SETTINGS,
+    EngineRun,
+    GeneratedImage,
+    GenerationParams,
+    JobControl,
+    StepProgress,
+)
 from sdweb.prompts.parser import (
     get_learned_conditioning_prompt_schedules,
     prompt_for_step,
@@ -556,6 +563,13 @@ class _Txt2Img:
             extra["steps"] = int(steps)
         if "alphas_cumprod" in accepted and plan.a1111:  # UniPC's continuous-time schedule
             extra["alphas_cumprod"] = plan.alphas_cumprod()
+        if plan.a1111 and plan.sampler.options.get("uni_pc"):
+            # A1111's UniPC settings, by their option names (uni_pc_order -> order ...).
+            for key in UNIPC_SETTINGS:
+                name = key.removeprefix("uni_pc_")
+                value = getattr(self.params, key, None)
+                if value is not None and name in accepted:
+                    extra[name] = value
         return extra
 
     # -- progress and control ----------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdweb.params import GenerationParams, format_validation_error
+from sdweb.params import UNIPC_DEFAULTS, GenerationParams, format_validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,10 @@ _MAPPED_KEYS = frozenset(
         "Eta DDIM",
         "RNG",
         "Sampler path",
+        "UniPC variant",
+        "UniPC skip type",
+        "UniPC order",
+        "UniPC lower order final",
     }
 )
 
@@ -135,18 +139,13 @@ INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
     "Pad conds",
     "Pad conds v0",
     "Downcast alphas_cumprod",
-    # A1111's UniPC settings, at other values than its defaults (the defaults are what runs here).
-    "UniPC variant",
-    "UniPC skip type",
-    "UniPC order",
-    "UniPC lower order final",
 )
-#: A1111's UniPC settings by infotext key, at their defaults: the UniPC sdweb runs.
-INFOTEXT_UNIPC_DEFAULTS: Mapping[str, str] = {
-    "UniPC variant": "bh1",
-    "UniPC skip type": "time_uniform",
-    "UniPC order": "3",
-    "UniPC lower order final": "True",
+#: A1111's UniPC settings: infotext key -> request field (and option) name.
+INFOTEXT_UNIPC: Mapping[str, str] = {
+    "UniPC variant": "uni_pc_variant",
+    "UniPC skip type": "uni_pc_skip_type",
+    "UniPC order": "uni_pc_order",
+    "UniPC lower order final": "uni_pc_lower_order_final",
 }
 
 
@@ -270,6 +269,12 @@ def build_infotext(
         pairs["Eta"] = params.eta
     if params.sampler_path == "diffusers":
         pairs["Sampler path"] = "diffusers"  # sdweb's: diffusers' schedulers ran, not A1111's samplers
+    elif params.sampler_name == "UniPC":
+        # A1111's UniPC settings other than its defaults, under the keys A1111 reads them from.
+        for key, name in INFOTEXT_UNIPC.items():
+            value = getattr(params, name)
+            if value is not None and value != UNIPC_DEFAULTS[name]:
+                pairs[key] = value
     for key, value in (extra or {}).items():
         if key != "Version":
             pairs[key] = value
@@ -403,6 +408,18 @@ def _to_int(parsed: Mapping[str, Any], key: str) -> int:
         raise InfotextError(f"infotext {key!r}: expected a whole number, got {value!r}") from None
 
 
+def _to_whole(parsed: Mapping[str, Any], key: str) -> int:
+    """A whole number, also as A1111's float settings write one ("3.0")."""
+    value = parsed[key]
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = math.nan
+    if number.is_integer():
+        return int(number)
+    raise InfotextError(f"infotext {key!r}: expected a whole number, got {value!r}")
+
+
 def _to_float(parsed: Mapping[str, Any], key: str) -> float:
     value = parsed[key]
     try:
@@ -412,15 +429,6 @@ def _to_float(parsed: Mapping[str, Any], key: str) -> float:
     if not math.isfinite(number):
         raise InfotextError(f"infotext {key!r}: expected a finite number, got {value!r}")
     return number
-
-
-def _same_setting(value: Any, default: str) -> bool:
-    """Whether an infotext's setting value is ``default`` ("3" and "3.0", "true" and "True" alike)."""
-    text, wanted = str(value).strip(), default
-    try:
-        return float(text) == float(wanted)
-    except ValueError:
-        return text.lower() == wanted.lower()
 
 
 def _rejoin_sizes(parsed: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -515,8 +523,6 @@ def infotext_to_params(
         fields["additional_modules"] = tuple(str(parsed[key]) for _index, key in modules)
         mapped |= {key for _index, key in modules}
     mapped |= _hires_fields(parsed, fields, convert)
-    mapped |= {key for key, default in INFOTEXT_UNIPC_DEFAULTS.items()
-               if key in parsed and _same_setting(parsed[key], default)}
 
     rng = str(parsed.get("RNG", "GPU")).strip()
     if rng in ("CPU", "GPU", "NV"):
@@ -532,6 +538,14 @@ def infotext_to_params(
     convert("eta", "Eta DDIM", _to_float)
     path = str(parsed.get("Sampler path", "A1111")).strip()
     fields["sampler_path"] = "diffusers" if path.lower() == "diffusers" else "A1111"
+    if fields.get("sampler_name") == "UniPC" or any(key in parsed for key in INFOTEXT_UNIPC):
+        # A1111's UniPC settings: absent ones are A1111's defaults, not this machine's settings.
+        fields.update(UNIPC_DEFAULTS)
+        convert("uni_pc_variant", "UniPC variant", lambda source, key: str(source[key]).strip())
+        convert("uni_pc_skip_type", "UniPC skip type", lambda source, key: str(source[key]).strip())
+        convert("uni_pc_order", "UniPC order", _to_whole)
+        convert("uni_pc_lower_order_final", "UniPC lower order final",
+                lambda source, key: str(source[key]).strip().lower() == "true")
     unmapped = [key for key in parsed if key not in mapped]
     return _checked_params(fields, problems), _rejoin_sizes(parsed, unmapped)
 

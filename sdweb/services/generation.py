@@ -25,6 +25,7 @@ from sdweb import __version__
 from sdweb.config import OptionsStore
 from sdweb.params import (
     MAX_SEED,
+    UNIPC_SETTINGS,
     EngineRun,
     GenerationParams,
     GenerationResult,
@@ -452,6 +453,9 @@ class GenerationService:
             updates["eta_noise_seed_delta"] = int(self._options.get("eta_noise_seed_delta") or 0)
         if params.sampler_path is None:
             updates["sampler_path"] = self._options.get("sampler_path")
+        for key in UNIPC_SETTINGS:
+            if getattr(params, key) is None:
+                updates[key] = self._options.get(key)
         if params.img2img_fix_steps is None:
             updates["img2img_fix_steps"] = bool(self._options.get("img2img_fix_steps"))
         if params.checkpoint is None and self._default_checkpoint is not None:

@@ -226,7 +226,13 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     the notes.
     """
     from sdweb.images.controlnet_infotext import controlnet_units_from_infotext
-    from sdweb.images.infotext import INFOTEXT_NOT_HONOURED, infotext_to_params, parse_infotext
+    from sdweb.images.infotext import (
+        INFOTEXT_NOT_HONOURED,
+        INFOTEXT_UNIPC,
+        infotext_to_params,
+        parse_infotext,
+    )
+    from sdweb.params import UNIPC_DEFAULTS
 
     parsed = parse_infotext(text)
     pasted = PastedValues()
@@ -234,6 +240,10 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     params, extras = infotext_to_params(parsed, problems=pasted.notes, gpu_rng=gpu_rng)
     pasted.notes.extend(f"{key} {extras[key]!r} is not supported yet; the image will differ"
                         for key in INFOTEXT_NOT_HONOURED if key in extras)
+    # A1111's UniPC settings are settings here too (Settings > Sampler parameters), not form fields.
+    pasted.notes.extend(f"{key} {parsed[key]!r}: set it in Settings > Sampler parameters ({name}) to make "
+                        "the same image" for key, name in INFOTEXT_UNIPC.items()
+                        if key in parsed and getattr(params, name) != UNIPC_DEFAULTS[name])
     # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
     pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
                         for key, value in extras.items() if str(key).startswith("Hires "))

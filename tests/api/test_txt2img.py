@@ -126,19 +126,19 @@ def test_override_settings_that_would_change_the_image_are_refused(api: ApiServe
     assert api.engine.calls and len(api.engine.calls) == 1
 
 
-def test_unipc_settings_other_than_a1111s_defaults_are_refused_naming_them(api: ApiServer) -> None:
-    response = api.post("txt2img", json={**SMALL, "sampler_name": "UniPC",
-                                         "override_settings": {"uni_pc_order": 2}})
-    assert response.status_code == 422 and "override_settings.uni_pc_order" in response.json()["detail"]
-    infotext = "a fox\nSteps: 3, Sampler: UniPC, CFG scale: 5, Seed: 1, Size: 64x64, UniPC variant: bh2"
-    response = api.post("txt2img", json={**SMALL, "infotext": infotext})
-    assert response.status_code == 422 and "UniPC variant" in response.json()["detail"]
-    # A1111's defaults are the UniPC that runs here
-    txt2img(api, sampler_name="UniPC", override_settings={
-        "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3.0,
-        "uni_pc_lower_order_final": True})
-    txt2img(api, infotext=infotext.replace("bh2", "bh1") + ", UniPC order: 3", override_settings={})
-    assert [call.sampler_name for call in api.engine.calls] == ["UniPC", "UniPC"]
+def test_unipc_settings_come_from_override_settings_the_infotext_or_the_options(api: ApiServer) -> None:
+    txt2img(api, sampler_name="UniPC", override_settings={"uni_pc_order": 2.0, "uni_pc_variant": "bh2"})
+    call = api.engine.calls[-1]
+    assert (call.uni_pc_order, call.uni_pc_variant, call.uni_pc_skip_type) == (2, "bh2", "time_uniform")
+    assert api.get("options").json()["uni_pc_order"] == 3  # restored afterwards
+    infotext = "a fox\nSteps: 3, Sampler: UniPC, CFG scale: 5, Seed: 1, Size: 64x64, UniPC skip type: logSNR"
+    txt2img(api, infotext=infotext, override_settings={})
+    assert api.engine.calls[-1].uni_pc_skip_type == "logSNR"
+    response = api.post("txt2img", json={**SMALL, "override_settings": {"uni_pc_variant": "bh3"}})
+    assert response.status_code == 422 and "uni_pc_variant" in response.json()["detail"]
+    assert api.post("options", json={"uni_pc_lower_order_final": False}).status_code == 200
+    txt2img(api, sampler_name="UniPC")
+    assert api.engine.calls[-1].uni_pc_lower_order_final is False
 
 
 def test_infotext_fills_unset_fields(api: ApiServer) -> None:

@@ -532,3 +532,33 @@ def test_the_infotext_of_a_unipc_image_makes_the_same_image_again(sd1_model: Any
     pasted = pasted.model_copy(update={"clip_skip": pasted.clip_skip or 1, "subseed": params.subseed})
     again = run_txt2img(sd1_model, pasted, samplers=samplers, control=JobControl(), on_step=lambda _: None)
     assert list(again.images[0].image.getdata()) == list(first.images[0].image.getdata())
+
+
+@pytest.mark.parametrize(("name", "function_name"), [("UniPC", "sample_unipc"),
+                                                     ("DPM adaptive", "sample_dpm_adaptive")])
+def test_a1111s_unipc_settings_reach_unipc_and_only_unipc(monkeypatch: pytest.MonkeyPatch, sd1_model: Any,
+                                                          samplers: SamplerRegistry, name: str,
+                                                          function_name: str) -> None:
+    import functools
+
+    from sdweb.engine.generate import run_txt2img
+    from sdweb.params import JobControl
+    from tests.engine.conftest import tiny_params
+
+    original = getattr(kdiffusion, function_name)
+    seen: list[dict[str, Any]] = []
+
+    @functools.wraps(original)
+    def recording(denoise: Any, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        seen.append(kwargs)
+        return original(denoise, x, sigmas, **kwargs)
+
+    monkeypatch.setattr(kdiffusion, function_name, recording)
+    params = tiny_params(sampler_name=name, steps=4, uni_pc_variant="bh2", uni_pc_skip_type="logSNR",
+                         uni_pc_order=2, uni_pc_lower_order_final=False)
+    run_txt2img(sd1_model, params, samplers=samplers, control=JobControl(), on_step=lambda _: None)
+    if name == "UniPC":
+        assert {key: seen[0][key] for key in ("variant", "skip_type", "order", "lower_order_final")} == {
+            "variant": "bh2", "skip_type": "logSNR", "order": 2, "lower_order_final": False}
+    else:  # DPM adaptive has an "order" of its own: UniPC's setting is not it
+        assert "order" not in seen[0]

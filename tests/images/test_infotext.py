@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from sdweb.images.infotext import (
-    INFOTEXT_NOT_HONOURED,
     InfotextError,
     build_infotext,
     hires_infotext,
@@ -449,13 +448,26 @@ def test_a_value_that_does_not_fit_is_noted_when_asked_instead_of_raising() -> N
         infotext_to_params(parse_infotext(A1111_FEB_2023.replace("Hires upscale: 2", "Hires upscale: 17")))
 
 
-def test_a1111_unipc_settings_at_their_defaults_are_what_runs_others_are_left_over() -> None:
+def test_a1111_unipc_settings_are_read_and_written_under_a1111s_keys() -> None:
     base = "a cat\nSteps: 20, Sampler: UniPC, CFG scale: 7, Seed: 1, Size: 512x512"
     params, rest = infotext_to_params(parse_infotext(
-        f"{base}, UniPC variant: bh1, UniPC skip type: time_uniform, UniPC order: 3.0, "
-        "UniPC lower order final: true"))
-    assert params.sampler_name == "UniPC"
+        f"{base}, UniPC variant: bh2, UniPC skip type: logSNR, UniPC order: 2.0, "
+        "UniPC lower order final: false"))
+    assert (params.uni_pc_variant, params.uni_pc_skip_type, params.uni_pc_order,
+            params.uni_pc_lower_order_final) == ("bh2", "logSNR", 2, False)
     assert not [key for key in rest if key.startswith("UniPC")]
-    _params, rest = infotext_to_params(parse_infotext(f"{base}, UniPC variant: bh2, UniPC order: 2"))
-    assert rest["UniPC variant"] == "bh2" and rest["UniPC order"] == "2"
-    assert {"UniPC variant", "UniPC order"} <= set(INFOTEXT_NOT_HONOURED)
+    # absent keys are A1111's defaults, not this machine's settings
+    params, _rest = infotext_to_params(parse_infotext(base))
+    assert (params.uni_pc_variant, params.uni_pc_skip_type, params.uni_pc_order,
+            params.uni_pc_lower_order_final) == ("bh1", "time_uniform", 3, True)
+    # written when they differ from A1111's defaults, for UniPC only, and read back the same
+    changed = params.model_copy(update={"uni_pc_order": 2, "uni_pc_variant": "vary_coeff"})
+    text = build_infotext(changed, seed=1, subseed=1, model_name="m", model_hash="h", rng="GPU", version="v")
+    assert "UniPC order: 2" in text and "UniPC variant: vary_coeff" in text and "UniPC skip type" not in text
+    again, _rest = infotext_to_params(parse_infotext(text))
+    assert (again.uni_pc_order, again.uni_pc_variant) == (2, "vary_coeff")
+    euler = changed.model_copy(update={"sampler_name": "Euler"})
+    assert "UniPC" not in build_infotext(euler, seed=1, subseed=1, model_name="m", model_hash="h", rng="GPU",
+                                         version="v")
+    with pytest.raises(InfotextError, match="UniPC order"):
+        infotext_to_params(parse_infotext(f"{base}, UniPC order: 2.5"))

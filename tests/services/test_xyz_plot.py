@@ -174,6 +174,10 @@ def test_prompt_order_size_styles_and_more_axes(scripted) -> None:
                          base())
     assert [(c.prompt, c.cfg_scale, c.clip_skip) for c in engine.calls] == [
         ("a cat and another cat, vivid colours", 3.0, 2), ("a cat and another cat, vivid colours", 4.0, 2)]
+    engine.calls.clear()
+    # A1111's UniPC order axis: the setting uni_pc_order per cell
+    services.scripts.run("x/y/z plot", xyz(("UniPC Order", "1, 3")), base(sampler_name="UniPC"))
+    assert [c.uni_pc_order for c in engine.calls] == [1, 3]
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -117,6 +117,11 @@ def test_pasting_an_a1111_infotext_carries_its_noise_and_names_what_cannot_be_ap
     params = params_from_form(values)
     assert (params.rng, params.eta_noise_seed_delta) == ("NV", 31337)
     with_rng = form_from_infotext(text.replace("ENSD: 31337", "RNG: CPU, Eta: 0.4"), gpu_rng="GPU").values
+    # A1111's UniPC settings are settings here: a paste names the ones that differ from A1111's defaults
+    unipc = form_from_infotext("a fox\nSteps: 4, Sampler: UniPC, CFG scale: 6, Seed: 9, Size: 64x64, "
+                               "UniPC order: 2, UniPC variant: bh1", gpu_rng="NV")
+    assert [note for note in unipc.notes if "UniPC" in note] == [
+        "UniPC order '2': set it in Settings > Sampler parameters (uni_pc_order) to make the same image"]
     assert (with_rng["rng"], with_rng["eta_noise_seed_delta"], with_rng["eta"]) == ("CPU", 0, 0.4)
 
 

@@ -135,7 +135,7 @@ def register_samplers() -> list[SamplerSpec]:
         _kd("Restart", "sample_restart", ("restart",), schedule="Karras", second_order=True),
         _kd("DDIM", "sample_ddim", ("ddim",), timesteps=True, default_eta_is_0=True, uses_ensd=True),
         _kd("PLMS", "sample_plms", ("plms",), timesteps=True),
-        _kd("UniPC", "sample_unipc", ("unipc",), timesteps=True),
+        _kd("UniPC", "sample_unipc", ("unipc",), timesteps=True, uni_pc=True),
         _kd("LCM", "sample_lcm", ("k_lcm",), denoiser="lcm"),
         _scheduler("DEIS", "DEISMultistepScheduler", ("deis",), {}),
         _scheduler("DDPM", "DDPMScheduler", ("ddpm",), {}),

@@ -244,7 +244,7 @@ def builtin_axes() -> list[XyzAxis]:
                      "strength' here, not a per-request value", IMG2IMG),
         _axis("VAE", "str", _field("vae", "VAE"), cost=0.7, choices=_vaes, confirm=_known("VAE", _find_vae)),
         _axis("Styles", "str", _styles, choices=_style_names, confirm=_confirm_styles),
-        _unsupported("UniPC Order", "int", _NO_SETTING),
+        _axis("UniPC Order", "int", _field("uni_pc_order", "UniPC Order")),
         _unsupported("Face restore", "str", "face restoration is not a per-cell setting here"),
         _unsupported("Token merging ratio", "float", "token merging is not supported"),
         _unsupported("Token merging ratio high-res", "float", "token merging is not supported"),
