@@ -297,7 +297,7 @@ def vae_memory_child(size: int) -> None:
 
     from sdweb.config import DataPaths, LaunchSettings
     from sdweb.engine.accelerator import vae_decode
-    from sdweb.engine.devices import configure_threads, resolve_runtime
+    from sdweb.engine.devices import configure_heap_reuse, configure_threads, resolve_runtime
     from sdweb.engine.vae_tiling import decode_layout
 
     config_file = REPO_ROOT / "sdweb" / "data" / "configs" / "sd1" / "vae" / "config.json"
@@ -305,6 +305,7 @@ def vae_memory_child(size: int) -> None:
 
     runtime = resolve_runtime(LaunchSettings(paths=DataPaths.from_root(Path(tempfile.mkdtemp()))))
     configure_threads(runtime.threads)
+    configure_heap_reuse(runtime.device)  # as the app's engine does
     vae = AutoencoderKL.from_config(config).to(runtime.vae_dtype).eval()
     latents = torch.randn(1, 4, size // 8, size // 8)
     with torch.inference_mode():

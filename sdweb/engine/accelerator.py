@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from sdweb.engine.devices import OffloadMode, apply_offload, vae_channels_last, vae_forces_upcast
+from sdweb.engine.devices import OffloadMode, apply_offload, trim_heap, vae_channels_last, vae_forces_upcast
 from sdweb.engine.vae_tiling import TileLayout, decode_layout, encode_layout, tiled_decode, tiled_encode
 
 logger = logging.getLogger(__name__)
@@ -255,8 +255,12 @@ class DeviceMemory:
             torch.mps.empty_cache()
 
     def release(self) -> None:
-        """After models were dropped: collect them, then give their memory back."""
+        """After models were dropped: collect them, then give their memory back (on the CPU the C heap's free
+        pages: :func:`sdweb.engine.devices.trim_heap`).
+        """
         gc.collect()
+        if self.device.type == "cpu":
+            trim_heap()
         before = self.reserved()
         self.empty_cache()
         after = self.reserved()

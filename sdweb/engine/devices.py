@@ -26,6 +26,12 @@ NaN guard) is :mod:`sdweb.engine.accelerator`'s.
 CPU threads: :func:`configure_threads` calls ``torch.set_num_threads``. ``OMP_WAIT_POLICY=PASSIVE`` must be
 set in the environment *before torch is first imported* (OpenMP reads it once, at load) so idle worker
 threads sleep instead of spinning on a shared machine; the composition root does that, not this module.
+
+CPU memory: :func:`configure_heap_reuse` (CPU runtimes on Linux with glibc) keeps freed blocks of up to 1 GiB
+in the C heap for the next tensor of that size, instead of glibc's default of handing every block over
+32 MiB back to the kernel at once and faulting fresh zeroed pages in for the next one: on a 512x512 SD 1.5
+image that was ~230,000 page faults per UNet step and ~800,000 per VAE decode, measured at 18% of a step's
+and 38% of a decode's CPU time. :func:`trim_heap` gives the free part back after a model is unloaded.
 """
 
 from __future__ import annotations
@@ -564,6 +570,51 @@ def configure_threads(count: int | None) -> int:
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         logger.debug("OMP_WAIT_POLICY is not PASSIVE: idle OpenMP threads will spin")
     return wanted
+
+
+#: glibc mallopt parameters and the sizes :func:`configure_heap_reuse` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_REUSE_BYTES = 1 << 30
+
+
+def _glibc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def configure_heap_reuse(device: torch.device | str) -> bool:
+    """On a CPU runtime with glibc: serve tensors up to :data:`HEAP_REUSE_BYTES` from the heap and keep up to
+    that much free at its top, so the next step's activations reuse the last step's pages (see the module
+    docstring). Returns whether it was set; elsewhere (CUDA/MPS keep their own caches, other C libraries)
+    nothing changes.
+    """
+    if torch.device(device).type != "cpu":
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE_BYTES)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, HEAP_REUSE_BYTES))
+    if done:
+        logger.info("CPU heap: blocks up to %d MiB are reused, not returned to the kernel after each use",
+                    HEAP_REUSE_BYTES >> 20)
+    return done
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the kernel (glibc ``malloc_trim``), e.g. after a model is unloaded;
+    nothing without glibc.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -414,7 +414,12 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     ``modules``: the service layer's ``ModuleRegistry`` (models/text_encoder + models/VAE); built here
     when not given.
     """
-    from sdweb.engine.devices import apply_backend_flags, configure_threads, resolve_runtime
+    from sdweb.engine.devices import (
+        apply_backend_flags,
+        configure_heap_reuse,
+        configure_threads,
+        resolve_runtime,
+    )
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.face_restore import FaceModelLibrary, FaceRestorer
@@ -429,6 +434,7 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     # --threads wins; else the "torch_threads" setting (0 = one per physical core, the runtime's default).
     option_threads = int(options.get("torch_threads") or 0) if options is not None else 0
     configure_threads(getattr(settings, "threads", None) or option_threads or runtime.threads)
+    configure_heap_reuse(runtime.device)  # CPU: no page faults for every large activation
 
     module_files = modules if modules is not None else ModuleRegistry(settings.paths.text_encoder_dir,
                                                                        settings.paths.vae_dir)

@@ -366,3 +366,42 @@ def test_cuda_runtime_runs_the_engine_on_a_tiny_pipeline(tmp_path: Path, offload
         assert runtime.parking_device == torch.device("cpu")
     else:
         assert runtime.parking_device is None
+
+
+def _glibc_linux() -> bool:
+    import platform
+
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _glibc_linux(), reason="the heap setting is glibc's (Linux)")
+def test_on_the_cpu_large_tensors_reuse_the_heap_instead_of_faulting_in_fresh_pages() -> None:
+    # Run in a child process: the setting is process-wide (as in the app, set once by the engine factory).
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import resource, sys, torch
+        from sdweb.engine.devices import configure_heap_reuse, trim_heap
+        def faults_of_second_use():
+            torch.ones(16 << 20).sum()  # 64 MiB, allocated and freed
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            torch.ones(16 << 20).sum()  # the same size again
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        plain = faults_of_second_use()
+        assert configure_heap_reuse("cpu") and not configure_heap_reuse("cuda")
+        reused = faults_of_second_use()
+        trim_heap()
+        print(plain, reused)
+    """)
+    import os
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=root, env=env)
+    plain, reused = (int(value) for value in result.stdout.split())
+    # 64 MiB is 16384 pages: by default every use faults them in afresh; reused, hardly any.
+    assert plain > 8000
+    assert reused < plain // 10
