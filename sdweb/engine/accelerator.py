@@ -51,7 +51,14 @@ from typing import Any
 
 import torch
 
-from sdweb.engine.devices import OffloadMode, apply_offload, trim_heap, vae_channels_last, vae_forces_upcast
+from sdweb.engine.devices import (
+    OffloadMode,
+    apply_offload,
+    heap_returned,
+    trim_heap,
+    vae_channels_last,
+    vae_forces_upcast,
+)
 from sdweb.engine.vae_tiling import TileLayout, decode_layout, encode_layout, tiled_decode, tiled_encode
 
 logger = logging.getLogger(__name__)
@@ -395,7 +402,8 @@ def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
             return vae.decode(latents, return_dict=False)[0]
         logger.info("VAE decode of %dx%d latents in tiles of %d", latents.shape[-1], latents.shape[-2],
                     layout.tile)
-        return tiled_decode(vae, latents, layout).to(vae.dtype)
+        with heap_returned():  # the tile budget bounds what the pass holds, not what earlier work left
+            return tiled_decode(vae, latents, layout).to(vae.dtype)
     except RuntimeError as exc:
         if latents.device.type == "cpu" or not _out_of_memory(exc):
             raise
@@ -414,7 +422,8 @@ def _encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
             return vae.encode(pixels).latent_dist.mean
         logger.info("VAE encode of a %dx%d image in tiles of %d latent pixels", pixels.shape[-1],
                     pixels.shape[-2], layout.tile)
-        return tiled_encode(vae, pixels, layout).to(vae.dtype)
+        with heap_returned():
+            return tiled_encode(vae, pixels, layout).to(vae.dtype)
     except RuntimeError as exc:
         if pixels.device.type == "cpu" or not _out_of_memory(exc):
             raise

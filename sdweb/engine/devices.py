@@ -31,7 +31,8 @@ CPU memory: :func:`configure_heap_reuse` (CPU runtimes on Linux with glibc) keep
 in the C heap for the next tensor of that size, instead of glibc's default of handing every block over
 32 MiB back to the kernel at once and faulting fresh zeroed pages in for the next one: on a 512x512 SD 1.5
 image that was ~230,000 page faults per UNet step and ~800,000 per VAE decode, measured at 18% of a step's
-and 38% of a decode's CPU time. :func:`trim_heap` gives the free part back after a model is unloaded.
+and 38% of a decode's CPU time. :func:`trim_heap` gives the free part back after a model is unloaded, and
+:func:`heap_returned` restores glibc's behaviour around budgeted passes (tiled VAE passes of large images).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ import importlib
 import logging
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -600,12 +603,43 @@ def configure_heap_reuse(device: torch.device | str) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE_BYTES)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, HEAP_REUSE_BYTES))
+    done = _set_heap(libc, HEAP_REUSE_BYTES)
+    _HEAP_REUSE[0] = done
     if done:
         logger.info("CPU heap: blocks up to %d MiB are reused, not returned to the kernel after each use",
                     HEAP_REUSE_BYTES >> 20)
     return done
+
+
+def _set_heap(libc: Any, threshold: int) -> bool:
+    mmap_set = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    return mmap_set and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
+
+
+#: Whether :func:`configure_heap_reuse` is in effect (one process-wide setting).
+_HEAP_REUSE = [False]
+#: While :func:`heap_returned` holds: glibc's largest default mmap threshold (blocks from it go back at once).
+_RETURNED_BYTES = 32 << 20
+
+
+@contextmanager
+def heap_returned() -> Iterator[None]:
+    """For passes whose memory is budgeted (tiled VAE passes of large images): inside the block large blocks
+    go back to the kernel as soon as they are freed, as glibc does by default, so the pass's peak is what it
+    holds, not also what earlier work left for reuse; the heap's free pages are given back first. Nothing
+    changes where :func:`configure_heap_reuse` is not in effect.
+    """
+    libc = _glibc() if _HEAP_REUSE[0] else None
+    if libc is None:
+        yield
+        return
+    _set_heap(libc, _RETURNED_BYTES)
+    libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        libc.malloc_trim(0)
+        _set_heap(libc, HEAP_REUSE_BYTES)
 
 
 def trim_heap() -> None:

@@ -375,7 +375,7 @@ def _glibc_linux() -> bool:
 
 
 @pytest.mark.skipif(not _glibc_linux(), reason="the heap setting is glibc's (Linux)")
-def test_on_the_cpu_large_tensors_reuse_the_heap_instead_of_faulting_in_fresh_pages() -> None:
+def test_on_the_cpu_large_tensors_reuse_the_heap_except_in_budgeted_passes() -> None:
     # Run in a child process: the setting is process-wide (as in the app, set once by the engine factory).
     import subprocess
     import sys
@@ -383,7 +383,7 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_instead_of_faulting_in_fresh_pa
 
     script = textwrap.dedent("""
         import resource, sys, torch
-        from sdweb.engine.devices import configure_heap_reuse, trim_heap
+        from sdweb.engine.devices import configure_heap_reuse, heap_returned, trim_heap
         def faults_of_second_use():
             torch.ones(16 << 20).sum()  # 64 MiB, allocated and freed
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -392,8 +392,11 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_instead_of_faulting_in_fresh_pa
         plain = faults_of_second_use()
         assert configure_heap_reuse("cpu") and not configure_heap_reuse("cuda")
         reused = faults_of_second_use()
+        with heap_returned():  # budgeted passes (tiled VAE): freed blocks go back at once again
+            returned = faults_of_second_use()
+        again = faults_of_second_use()
         trim_heap()
-        print(plain, reused)
+        print(plain, reused, returned, again)
     """)
     import os
 
@@ -401,7 +404,8 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_instead_of_faulting_in_fresh_pa
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=root, env=env)
-    plain, reused = (int(value) for value in result.stdout.split())
+    plain, reused, returned, again = (int(value) for value in result.stdout.split())
     # 64 MiB is 16384 pages: by default every use faults them in afresh; reused, hardly any.
     assert plain > 8000
-    assert reused < plain // 10
+    assert reused < plain // 10 and again < plain // 10
+    assert returned > 8000
