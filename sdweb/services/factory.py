@@ -219,12 +219,27 @@ def _annotator_runner(settings: LaunchSettings) -> Any:
     """
     from sdweb.engine.control.annotators import AnnotatorRunner
 
+    resolved: list[Any] = []
+
+    def runtime() -> Any:
+        if not resolved:
+            from sdweb.engine.devices import resolve_runtime
+
+            try:
+                resolved.append(resolve_runtime(settings))
+            except Exception as exc:  # noqa: BLE001 - the engine reports it; annotators fall back to the CPU
+                logger.warning("ControlNet annotators run on the CPU: %s", exc)
+                resolved.append(None)
+        return resolved[0]
+
     def device() -> Any:
-        from sdweb.engine.devices import resolve_runtime
+        return runtime().device if runtime() is not None else "cpu"
 
-        return resolve_runtime(settings).device
+    def park_device() -> Any:  # --medvram / --lowvram: networks wait in RAM, as the upscalers do
+        return "cpu" if runtime() is not None and runtime().offload != "none" else None
 
-    return AnnotatorRunner(settings.paths.controlnet_dir / "annotators", device=device)
+    return AnnotatorRunner(settings.paths.controlnet_dir / "annotators", device=device,
+                           park_device=park_device)
 
 
 def _probe_gpu_rng(settings: LaunchSettings) -> str:

@@ -213,6 +213,31 @@ def test_networks_are_loaded_once_and_kept(folder: Path, monkeypatch: pytest.Mon
     assert runner is registry.runner
 
 
+def test_with_a_park_device_networks_visit_the_device_only_to_run(folder: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--medvram / --lowvram: loaded networks wait on the park device (as the upscalers do)."""
+    import torch
+
+    moves: list[str] = []
+    real_to = torch.nn.Module.to
+
+    def to(module: torch.nn.Module, *args: object, **kwargs: object) -> torch.nn.Module:
+        moves.append(str(args[0]) if args else str(kwargs))
+        return real_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    registry, runner = _registry(folder, device=lambda: "cpu:0", park_device=lambda: "cpu")
+    registry.find("softedge_hed").run(_picture(), processor_res=64)
+    registry.find("softedge_hed").run(_picture(), processor_res=64)
+    assert moves == ["cpu", "cpu:0", "cpu", "cpu:0", "cpu"]  # loaded parked; to the device and back per run
+    assert runner.park_device() == "cpu" and runner.device() == "cpu:0"
+    moves.clear()
+    plain, _ = _registry(folder)  # no parking: loaded onto the device once, never moved again
+    plain.find("softedge_hed").run(_picture(), processor_res=64)
+    plain.find("softedge_hed").run(_picture(), processor_res=64)
+    assert moves == ["cpu"]
+
+
 def test_a_missing_file_offline_is_refused_naming_it(tmp_path: Path) -> None:
     registry, _runner = _registry(tmp_path / "annotators")
     preprocessor = registry.find("lineart_anime")

@@ -27,10 +27,11 @@ processor resolution, edge-padded to a multiple of 64 for the network, the paddi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -714,18 +715,20 @@ def _draw_segments(segments: np.ndarray, height: int, width: int) -> np.ndarray:
 class AnnotatorRunner:
     """Runs the model-based annotators of ``folder`` (``models/ControlNet/annotators``) on one device.
 
-    Loaded networks stay on the device (one copy per file) until :meth:`unload`; a lock makes calls from
+    Loaded networks stay on the device (one copy per file) until :meth:`unload`, or with ``park_device``
+    (``--medvram`` / ``--lowvram``) wait there and visit the device only to run; a lock makes calls from
     the API's preview threads and the generation worker take turns.
     """
 
-    def __init__(self, folder: Path | None, *, device: Any = "cpu", download: bool | None = None,
-                 repo: str = ANNOTATOR_REPO) -> None:
-        """``device``: a torch device or a callable giving one (resolved on first use, so building the
-        runner imports no torch). ``download``: fetch missing files from the hub (default: unless
-        ``HF_HUB_OFFLINE`` is set).
+    def __init__(self, folder: Path | None, *, device: Any = "cpu", park_device: Any = None,
+                 download: bool | None = None, repo: str = ANNOTATOR_REPO) -> None:
+        """``device`` / ``park_device``: a torch device (or None for no parking) or a callable giving one,
+        resolved on first use, so building the runner imports no torch. ``download``: fetch missing files
+        from the hub (default: unless ``HF_HUB_OFFLINE`` is set).
         """
         self.folder = folder
         self._device = device
+        self._park = park_device
         self.download = download
         self.repo = repo
         self._lock = threading.Lock()
@@ -797,8 +800,10 @@ class AnnotatorRunner:
             if name in NATIVE:
                 spec = NATIVE[name]
                 network = self._native(spec)
-                result = native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=self.device(),
-                                    threshold_a=threshold_a, threshold_b=threshold_b)
+                device = self.device()
+                with self._visiting(network):
+                    result = native_map(spec.kind, network, rgb, resolution, safe=spec.safe, device=device,
+                                        threshold_a=threshold_a, threshold_b=threshold_b)
                 return scribble_from_edges(result) if spec.scribble else result
             return self._run_aux(name, rgb, resolution, threshold_a, threshold_b)
 
@@ -806,6 +811,24 @@ class AnnotatorRunner:
         if callable(self._device):
             self._device = self._device()
         return self._device
+
+    def park_device(self) -> Any:
+        """Where loaded networks wait between runs (None: on the device)."""
+        if callable(self._park):
+            self._park = self._park()
+        return self._park
+
+    @contextlib.contextmanager
+    def _visiting(self, network: Any) -> Iterator[None]:
+        park = self.park_device()
+        if park is None:
+            yield
+            return
+        network.to(self.device())
+        try:
+            yield
+        finally:
+            network.to(park)
 
     def unload(self) -> None:
         with self._lock:
@@ -834,7 +857,8 @@ class AnnotatorRunner:
         if network is None:
             name = next(key for key, value in NATIVE.items() if value == spec)
             path = self._fetch(name, spec.weights_file)
-            network = BUILDERS[spec.kind](read_weights(path), spec.weights_file).to(self.device())
+            network = BUILDERS[spec.kind](read_weights(path), spec.weights_file)
+            network.to(self.park_device() or self.device())
             self._loaded[spec.weights_file] = network
             logger.info("annotator %s loaded from %s on %s", spec.kind, path.name, self.device())
         return network
@@ -851,13 +875,15 @@ class AnnotatorRunner:
             module = importlib.import_module("controlnet_aux")
             keywords = dict(zip(spec.file_keywords, spec.files[1:], strict=True))
             detector = getattr(module, spec.detector).from_pretrained(
-                str(paths[0].parent), filename=spec.files[0], **keywords).to(self.device())
+                str(paths[0].parent), filename=spec.files[0], **keywords)
+            detector.to(self.park_device() or self.device())
             self._loaded[key] = detector
         options = dict(spec.options)
         for keyword, value in zip(spec.thresholds, (threshold_a, threshold_b), strict=True):
             if keyword is not None:
                 options[keyword] = value
         picture = at_resolution(rgb, resolution)
-        result = detector(picture, detect_resolution=resolution, image_resolution=min(picture.shape[:2]),
-                          output_type="np", **options)
+        with self._visiting(detector):
+            result = detector(picture, detect_resolution=resolution, image_resolution=min(picture.shape[:2]),
+                              output_type="np", **options)
         return np.asarray(result, dtype=np.uint8)
