@@ -126,6 +126,52 @@ def render_seed_input(form: dict[str, Any], defaults: Mapping[str, Any], *, pref
     return gr.Button("⚄", elem_classes="sdweb-tool", scale=0, elem_id=f"{prefix}-random-seed")
 
 
+def render_variation_seed(form: dict[str, Any], defaults: Mapping[str, Any], *,
+                          prefix: str) -> tuple[gr.Button, gr.Button]:
+    """The "Variation seed" accordion (variation seed and strength, resize seed from width / height).
+
+    Returns the variation seed's dice and reuse buttons for the caller to wire.
+    """
+    with gr.Accordion("Variation seed", open=False, elem_id=f"{prefix}-variation"):
+        with gr.Row():
+            form["subseed"] = gr.Number(value=defaults["subseed"], precision=0, label="Variation seed",
+                                        elem_id=f"{prefix}-subseed", scale=5)
+            random_subseed = gr.Button("⚄", elem_classes="sdweb-tool", scale=0,
+                                       elem_id=f"{prefix}-random-subseed")
+            reuse_subseed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0,
+                                      elem_id=f"{prefix}-reuse-subseed")
+        form["subseed_strength"] = gr.Slider(0.0, 1.0, value=defaults["subseed_strength"], step=0.01,
+                                             label="Variation strength", elem_id=f"{prefix}-subseed-strength")
+        with gr.Row():
+            form["seed_resize_from_w"] = gr.Slider(-1, 2048, value=defaults["seed_resize_from_w"], step=8,
+                                                   label="Resize seed from width", info="-1: off",
+                                                   elem_id=f"{prefix}-seed-resize-w")
+            form["seed_resize_from_h"] = gr.Slider(-1, 2048, value=defaults["seed_resize_from_h"], step=8,
+                                                   label="Resize seed from height", info="-1: off",
+                                                   elem_id=f"{prefix}-seed-resize-h")
+    return random_subseed, reuse_subseed
+
+
+def render_override_settings(form: dict[str, Any], defaults: Mapping[str, Any], *, prefix: str) -> None:
+    """The "Override settings" accordion: clip skip and A1111's noise settings an infotext carries (RNG
+    source, ENSD, eta) and the sampler implementation; each empty (or 0 for clip skip) means the setting.
+    """
+    with gr.Accordion("Override settings", open=False, elem_id=f"{prefix}-override-settings"):
+        form["clip_skip"] = gr.Slider(0, 12, value=defaults["clip_skip"], step=1, label="Clip skip",
+                                      info="0: use the Clip skip setting", elem_id=f"{prefix}-clip-skip")
+        with gr.Row():
+            form["rng"] = gr.Dropdown([("Setting", ""), "GPU", "CPU", "NV"], value=defaults["rng"],
+                                      label="RNG", elem_id=f"{prefix}-rng")
+            form["eta_noise_seed_delta"] = gr.Number(defaults["eta_noise_seed_delta"], precision=0,
+                                                     label="ENSD", info="empty: the setting", minimum=0,
+                                                     elem_id=f"{prefix}-ensd")
+            form["eta"] = gr.Number(defaults["eta"], label="Eta", info="empty: the sampler's", minimum=0,
+                                    elem_id=f"{prefix}-eta")
+            form["sampler_path"] = gr.Dropdown([("Setting", ""), "A1111", "diffusers"],
+                                               value=defaults["sampler_path"], label="Samplers",
+                                               elem_id=f"{prefix}-sampler-path")
+
+
 def render_page_number(*, elem_id: str) -> gr.Number:
     """The page box between a listing's back and forward buttons (submitting it jumps to that page)."""
     return gr.Number(

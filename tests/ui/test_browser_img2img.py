@@ -271,3 +271,40 @@ def test_inpainting_with_a_mask_drawn_with_the_brush(
     with Image.open(saved(server, "img2img")[-1]) as image:
         assert "Mask blur: 4" in image.info["parameters"]
         assert image.convert("RGB").getpixel((95, 32)) == (20, 60, 200)  # unpainted: the original
+
+
+def test_pasted_seed_extras_and_noise_settings_fill_img2img_and_reach_its_infotext(
+    page: Any, server: RunningServer, tmp_path: Path
+) -> None:
+    fresh = tmp_path / "pier.png"  # a new picture: the drawn mask of the test before is cleared
+    Image.new("RGB", (96, 64), (90, 90, 90)).save(fresh)
+    upload_init_image(page, fresh)
+    infotext = (
+        "a foggy pier\nNegative prompt: blur\nSteps: 9, Sampler: Euler a, CFG scale: 5, Seed: 77, "
+        "Size: 96x64, Variation seed: 5, Variation seed strength: 0.25, Clip skip: 2, RNG: CPU, "
+        "ENSD: 31337, Eta: 0.5"
+    )
+    page.fill("#img2img-prompt textarea", infotext)
+    page.click("#img2img-paste")
+    page.locator("#img2img-message", has_text="Parameters restored").wait_for()
+    for accordion in ("Variation seed", "Override settings"):
+        page.locator(f"#img2img-{'variation' if accordion == 'Variation seed' else 'override-settings'}"
+                     ).get_by_text(accordion, exact=True).click()
+    page.locator("#img2img-ensd input").wait_for()
+    assert page.locator("#img2img-prompt textarea").input_value() == "a foggy pier"
+    assert page.locator("#img2img-rng input").input_value() == "CPU"
+    assert page.locator("#img2img-ensd input").input_value() == "31337"
+    assert page.locator("#img2img-eta input").input_value() == "0.5"
+    assert page.locator("#img2img-subseed input").input_value() == "5"
+    assert page.locator("#img2img-clip-skip input[type=number]").input_value() == "2"
+    screenshot(page, "img2img-override-settings")
+
+    generate_one_image(page, server)
+    params = server.engine.calls[-1]
+    assert (params.rng, params.eta_noise_seed_delta, params.eta) == ("CPU", 31337, 0.5)
+    assert (params.subseed, params.subseed_strength, params.clip_skip) == (5, 0.25, 2)
+    with Image.open(saved(server, "img2img")[-1]) as image:
+        parameters = image.info["parameters"]
+    for pair in ("RNG: CPU", "ENSD: 31337", "Eta: 0.5", "Variation seed: 5", "Variation seed strength: 0.25",
+                 "Clip skip: 2", "Seed: 77"):
+        assert pair in parameters, (pair, parameters)

@@ -114,3 +114,51 @@ def test_sending_fills_the_tab_clears_the_old_mask_and_switches_to_it() -> None:
     assert updates[form["prompt"]] == "a cat" and updates[form["seed"]] == 3
     assert updates[tabs].selected == TAB_ID
     assert "Image sent to img2img. a note." in updates[message]
+
+
+NOISE_INFOTEXT = (
+    "a foggy pier\nNegative prompt: blur\nSteps: 9, Sampler: Euler a, CFG scale: 5, Seed: 77, Size: 96x64, "
+    "Variation seed: 5, Variation seed strength: 0.25, Seed resize from: 128x96, Clip skip: 2, RNG: CPU, "
+    "ENSD: 31337, Eta: 0.5, Sampler path: diffusers"
+)
+
+
+def test_sending_carries_the_seed_extras_and_noise_settings_as_txt2img() -> None:
+    values, notes = values_for_img2img(NOISE_INFOTEXT)
+    assert notes == []
+    assert (values["subseed"], values["subseed_strength"]) == (5, 0.25)
+    assert (values["seed_resize_from_w"], values["seed_resize_from_h"]) == (128, 96)
+    assert values["clip_skip"] == 2
+    assert (values["rng"], values["eta_noise_seed_delta"], values["eta"]) == ("CPU", 31337, 0.5)
+    assert values["sampler_path"] == "diffusers"
+    # no RNG key: A1111's GPU noise, which the server says how to reproduce here
+    without = NOISE_INFOTEXT.replace("RNG: CPU, ", "")
+    assert values_for_img2img(without, gpu_rng="NV")[0]["rng"] == "NV"
+
+
+def test_the_noise_settings_reach_the_img2img_request() -> None:
+    values = dict(FORM_DEFAULTS, **values_for_img2img(NOISE_INFOTEXT)[0])
+    params = img2img_params_from_form(values)
+    assert (params.rng, params.eta_noise_seed_delta, params.eta, params.sampler_path) == (
+        "CPU", 31337, 0.5, "diffusers")
+    assert (params.subseed, params.subseed_strength, params.clip_skip) == (5, 0.25, 2)
+    # the form's "Setting" choices leave them to the settings
+    assert img2img_params_from_form(FORM_DEFAULTS).rng is None
+
+
+def test_img2img_and_txt2img_lay_out_the_same_seed_extras_and_override_settings() -> None:
+    import gradio as gr
+
+    from sdweb.ui import controls
+
+    made: dict[str, dict[str, object]] = {}
+    for prefix in ("txt2img", "img2img"):
+        form: dict[str, object] = {}
+        with gr.Blocks():
+            controls.render_variation_seed(form, FORM_DEFAULTS, prefix=prefix)
+            controls.render_override_settings(form, FORM_DEFAULTS, prefix=prefix)
+        made[prefix] = form
+    assert set(made["img2img"]) == set(made["txt2img"]) == {
+        "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "rng",
+        "eta_noise_seed_delta", "eta", "sampler_path"}
+    assert made["img2img"]["eta_noise_seed_delta"].elem_id == "img2img-ensd"  # type: ignore[attr-defined]

@@ -311,7 +311,7 @@ def render_gallery_tab(
             gr.Warning("Select an image first.")
             return None
         text, _ = image_infotext(path)  # a picture without parameters is still worth sending
-        values, notes = values_for_img2img(text, services.models)
+        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services))
         return path, values, notes
 
     if img2img is not None:

@@ -269,12 +269,18 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             sections.render(section_ctx, PARAMETERS)
             with gr.Row():
                 random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
+            # The same seed extras and noise settings as txt2img (a pasted infotext's RNG, ENSD, eta...).
+            random_subseed, reuse_subseed = controls.render_variation_seed(form, defaults, prefix=TAB_ID)
+            controls.render_override_settings(form, defaults, prefix=TAB_ID)
             sections.render(section_ctx, SCRIPTS)
         with gr.Column(scale=1):
             panel = render_result_panel(TAB_ID)
 
     # 3. Wiring.
     random_seed.click(lambda: -1, outputs=form["seed"], show_progress="hidden", queue=False)
+    random_subseed.click(lambda: -1, outputs=form["subseed"], show_progress="hidden", queue=False)
+    reuse_subseed.click(lambda v: v.subseed(), inputs=panel.view, outputs=form["subseed"],
+                        show_progress="hidden")
 
     def fit_size_to_upload(path: str | None) -> tuple[Any, Any]:
         # Uploading a picture makes its own size the output size (the common img2img wish); the
@@ -378,13 +384,17 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
     tab.sections.wire_page_load(demo, services)
 
 
-def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[str, Any], list[str]]:
-    """The img2img form values a sent picture's infotext gives (prompt, sampler, size, seed...)."""
+def values_for_img2img(infotext: str, models: Any | None = None, *,
+                       gpu_rng: str = "GPU") -> tuple[dict[str, Any], list[str]]:
+    """The img2img form values a sent picture's infotext gives (prompt, sampler, size, seeds, noise
+    settings...). ``gpu_rng``: what reproduces A1111's default GPU noise here
+    (:func:`sdweb.ui.fields.pasted_gpu_rng`), for an infotext without an ``RNG`` key.
+    """
     from sdweb.ui.fields import CONTROLNET_UNITS, form_from_infotext
 
     if not infotext:
         return {}, []
-    pasted = form_from_infotext(infotext, models)
+    pasted = form_from_infotext(infotext, models, gpu_rng=gpu_rng)
     # Hires fix's denoising strength is not img2img's; a fresh pass starts from the tab's value.
     shared = {
         "prompt",
@@ -396,6 +406,15 @@ def values_for_img2img(infotext: str, models: Any | None = None) -> tuple[dict[s
         "width",
         "height",
         "seed",
+        "subseed",
+        "subseed_strength",
+        "seed_resize_from_w",
+        "seed_resize_from_h",
+        "clip_skip",
+        "rng",
+        "eta_noise_seed_delta",
+        "eta",
+        "sampler_path",
         "n_iter",
         "batch_size",
         CONTROLNET_UNITS,  # the extension registers its unit fields for img2img's paste too

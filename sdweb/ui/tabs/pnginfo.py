@@ -158,7 +158,8 @@ def render_pnginfo_tab(services: Any, txt2img: Txt2ImgTab, img2img: Img2ImgTab |
         if not path:
             gr.Warning("Drop an image first.")
             return None
-        values, notes = values_for_img2img(text, services.models)  # no parameters: the picture alone
+        # no parameters: the picture alone
+        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services))
         return path, values, notes
 
     if img2img is not None:

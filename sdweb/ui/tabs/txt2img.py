@@ -191,65 +191,8 @@ def render_txt2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             with gr.Row():
                 random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
                 reuse_seed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0, elem_id="txt2img-reuse-seed")
-            with gr.Accordion("Variation seed", open=False, elem_id="txt2img-variation"):
-                with gr.Row():
-                    form["subseed"] = gr.Number(
-                        value=defaults["subseed"],
-                        precision=0,
-                        label="Variation seed",
-                        elem_id="txt2img-subseed",
-                        scale=5,
-                    )
-                    random_subseed = gr.Button("⚄", elem_classes="sdweb-tool", scale=0)
-                    reuse_subseed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0)
-                form["subseed_strength"] = gr.Slider(
-                    0.0,
-                    1.0,
-                    value=defaults["subseed_strength"],
-                    step=0.01,
-                    label="Variation strength",
-                    elem_id="txt2img-subseed-strength",
-                )
-                with gr.Row():
-                    form["seed_resize_from_w"] = gr.Slider(
-                        -1,
-                        2048,
-                        value=defaults["seed_resize_from_w"],
-                        step=8,
-                        label="Resize seed from width",
-                        info="-1: off",
-                        elem_id="txt2img-seed-resize-w",
-                    )
-                    form["seed_resize_from_h"] = gr.Slider(
-                        -1,
-                        2048,
-                        value=defaults["seed_resize_from_h"],
-                        step=8,
-                        label="Resize seed from height",
-                        info="-1: off",
-                        elem_id="txt2img-seed-resize-h",
-                    )
-            with gr.Accordion("Override settings", open=False):
-                form["clip_skip"] = gr.Slider(
-                    0,
-                    12,
-                    value=defaults["clip_skip"],
-                    step=1,
-                    label="Clip skip",
-                    info="0: use the Clip skip setting",
-                    elem_id="txt2img-clip-skip",
-                )
-                with gr.Row():
-                    form["rng"] = gr.Dropdown([("Setting", ""), "GPU", "CPU", "NV"], value=defaults["rng"],
-                                              label="RNG", elem_id="txt2img-rng")
-                    form["eta_noise_seed_delta"] = gr.Number(defaults["eta_noise_seed_delta"], precision=0,
-                                                             label="ENSD", info="empty: the setting",
-                                                             minimum=0, elem_id="txt2img-ensd")
-                    form["eta"] = gr.Number(defaults["eta"], label="Eta", info="empty: the sampler's",
-                                            minimum=0, elem_id="txt2img-eta")
-                    form["sampler_path"] = gr.Dropdown([("Setting", ""), "A1111", "diffusers"],
-                                                       value=defaults["sampler_path"], label="Samplers",
-                                                       elem_id="txt2img-sampler-path")
+            random_subseed, reuse_subseed = controls.render_variation_seed(form, defaults, prefix=TAB_ID)
+            controls.render_override_settings(form, defaults, prefix=TAB_ID)
             sections.render(section_ctx, SCRIPTS)
         with gr.Column(scale=1):
             panel = render_result_panel(TAB_ID)
