@@ -89,3 +89,18 @@ def test_img2img_waits_in_the_one_gpu_queue(tmp_path: Path) -> None:
         assert first.finished and result.images
     finally:
         services.worker.close()
+
+
+def test_img2img_fix_steps_comes_from_the_setting_unless_the_request_says(services_and_engine) -> None:
+    services, engine = services_and_engine
+    init = Image.new("RGB", (32, 32), (0, 200, 0))
+    services.generation.submit_img2img(small(), [init]).wait()
+    assert engine.calls[-1].img2img_fix_steps is False  # A1111's default
+    assert engine.calls[-1].denoising_steps == 6  # int(0.5 * 10) + 1
+    services.options.update({"img2img_fix_steps": True})
+    services.generation.submit_img2img(small(), [init]).wait()
+    assert engine.calls[-1].img2img_fix_steps is True and engine.calls[-1].denoising_steps == 10
+    services.generation.submit_img2img(small(img2img_fix_steps=False), [init]).wait()
+    assert engine.calls[-1].img2img_fix_steps is False
+    text = services.generation.submit_img2img(small(), [init]).wait().infotexts[0]
+    assert "fix" not in text.lower()  # a setting, not an infotext key (as A1111)
