@@ -357,9 +357,10 @@ def test_controlnet_aux_annotators_name_their_files_and_the_package(tmp_path: Pa
     monkeypatch.setattr(annotators, "aux_problem",
                         lambda: "the controlnet-aux package, which did not import (RuntimeError: nms)")
     registry, _runner = _registry(tmp_path / "annotators")
-    problem = registry.find("openpose_full").problem()  # hands and face: controlnet-aux's
-    assert problem is not None
-    assert str(tmp_path / "annotators" / "hand_pose_model.pth") in problem and "controlnet-aux" in problem
+    for name in ("openpose_full", "openpose_hand", "openpose_face", "openpose_faceonly"):  # controlnet-aux's
+        problem = registry.find(name).problem()
+        assert problem is not None
+        assert str(tmp_path / "annotators" / "hand_pose_model.pth") in problem and "controlnet-aux" in problem
     seg = registry.find("seg_ufade20k").problem()
     assert seg is not None and "no runner" in seg
 

@@ -12,9 +12,9 @@ Two kinds, both reading lllyasviel/Annotators' weight files from ``models/Contro
   layer widths and depths are read from the file's tensor shapes, so a file is checked against the
   layout before anything runs;
 * the others (:data:`VIA_CONTROLNET_AUX`: ``depth_midas``, ``depth_leres``, ``normal_bae``,
-  ``openpose_full`` with hands and face) through the controlnet-aux package when it imports (the
-  ``annotators`` extra; it needs torchvision, whose PyPI build does not import beside the CPU torch
-  build). ``seg_ufade20k`` (UniFormer) is in neither.
+  ``openpose_full`` / ``_hand`` / ``_face`` / ``_faceonly``) through the controlnet-aux package when it
+  imports (the ``annotators`` extra; it needs torchvision, whose PyPI build does not import beside the
+  CPU torch build). ``seg_ufade20k`` (UniFormer) is in neither.
 
 A missing file is fetched from the hub on first use (``hf_hub_download`` into that folder) unless
 downloads are off (``HF_HUB_OFFLINE``, or ``download=False``); offline the message names the file and the
@@ -111,6 +111,16 @@ VIA_CONTROLNET_AUX: dict[str, AuxAnnotator] = {
                                   ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
                                   ("hand_filename", "face_filename"),
                                   options=(("include_hand", True), ("include_face", True))),
+    "openpose_hand": AuxAnnotator("OpenposeDetector",
+                                  ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                                  ("hand_filename", "face_filename"), options=(("include_hand", True),)),
+    "openpose_face": AuxAnnotator("OpenposeDetector",
+                                  ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                                  ("hand_filename", "face_filename"), options=(("include_face", True),)),
+    "openpose_faceonly": AuxAnnotator("OpenposeDetector",
+                                      ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                                      ("hand_filename", "face_filename"),
+                                      options=(("include_body", False), ("include_face", True))),
 }
 
 
