@@ -745,9 +745,6 @@ class AnnotatorRunner:
         self._loaded: dict[str, Any] = {}
 
     # -- what can run -----------------------------------------------------------------------------
-    def names(self) -> list[str]:
-        return [*NATIVE, *VIA_CONTROLNET_AUX]
-
     def downloads_allowed(self) -> bool:
         if self.download is not None:
             return self.download
@@ -766,13 +763,13 @@ class AnnotatorRunner:
         """Where ``file`` (a published file name) goes."""
         return (self.folder or Path("models/ControlNet/annotators")) / file
 
-    def local(self, file: str) -> Path | None:
-        """The file on disk (``<name>.safetensors`` first, then the published ``.pth``), or None."""
+    def local(self, file: str, *, safetensors: bool = True) -> Path | None:
+        """The file on disk (``<name>.safetensors`` first unless ``safetensors`` is off: controlnet-aux
+        reads only the published files; then the published ``.pth``), or None.
+        """
         published = self.path_of(file)
-        for path in (published.with_suffix(".safetensors"), published):
-            if path.is_file():
-                return path
-        return None
+        candidates = (published.with_suffix(".safetensors"), published) if safetensors else (published,)
+        return next((path for path in candidates if path.is_file()), None)
 
     def problem(self, name: str) -> str | None:
         """Why ``name`` cannot run now (None: it can, possibly after fetching its files). Cheap: looks at
@@ -781,7 +778,8 @@ class AnnotatorRunner:
         if name not in NATIVE and name not in VIA_CONTROLNET_AUX:
             return (f"preprocessor {name!r} runs a model sdweb has no runner for (neither built in nor in "
                     "controlnet-aux); make the map elsewhere and send it with module 'none'")
-        missing = [file for file in self.files_of(name) if self.local(file) is None]
+        native = name in NATIVE
+        missing = [file for file in self.files_of(name) if self.local(file, safetensors=native) is None]
         if name in VIA_CONTROLNET_AUX:
             package = aux_problem()
             if package is not None:
@@ -845,7 +843,7 @@ class AnnotatorRunner:
             self._loaded.clear()
 
     def _fetch(self, name: str, file: str) -> Path:
-        found = self.local(file)
+        found = self.local(file, safetensors=name in NATIVE)
         if found is not None:
             return found
         path = self.path_of(file)
