@@ -5,7 +5,9 @@ The setting ``show_progress_type`` takes A1111's values:
 - **Approx cheap**: a fixed linear map of the latent channels to RGB, one pixel per latent
   (:func:`sdweb.engine.generate.preview_image`); microseconds.
 - **TAESD**: the tiny distilled VAE decoder (madebyollin's TAESD) from A1111's folder ``models/VAE-approx``:
-  ``taesd_decoder`` for SD 1.x/2.x, ``taesdxl_decoder`` for SDXL, as ``.safetensors`` or ``.pth``.
+  ``taesd_decoder`` for SD 1.x/2.x, ``taesdxl_decoder`` for SDXL, ``taesd3_decoder`` for SD 3.x and
+  ``taef1_decoder`` for Flux (16 latent channels; Forge's and ComfyUI's names), as ``.safetensors`` or
+  ``.pth``. Each takes the latents the model denoises (before the VAE's scaling and shift).
   A full-size preview for a few percent of a step. Without the file: the cheap approximation (logged once).
 - **Approx NN**: A1111's own small approximation network (``VAE-approx/model.pt``) is not supported;
   TAESD takes its place when its file is there, else the cheap approximation.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -36,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 PREVIEW_METHODS = ("Full", "Approx NN", "Approx cheap", "TAESD")
 DEFAULT_METHOD = "Approx NN"  # A1111's default
-#: File stems in models/VAE-approx, per latent space (A1111's names).
-TAESD_STEMS = {"sd": "taesd_decoder", "sdxl": "taesdxl_decoder"}
+#: File stems in models/VAE-approx, per latent space (A1111's / Forge's names).
+TAESD_STEMS = {"sd": "taesd_decoder", "sdxl": "taesdxl_decoder", "sd3": "taesd3_decoder",
+               "flux": "taef1_decoder"}
 _SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
@@ -87,9 +90,10 @@ class TaesdDecoder(nn.Sequential):
         """The same picture as ``forward``, faster where it can be: on the CPU each convolution runs with the
         ReLU after it (and a block's last one with its residual add and ReLU) inside one oneDNN call, so the
         full-size activations (64 channels at the image's size) are not written and read again by separate
-        ReLU / add passes: about a quarter less time per preview. That needs the weights in channels_last
-        (:class:`TaesdLibrary` puts them so on the CPU). Elsewhere, or where this torch lacks the fused call
-        (checked once per dtype against ``forward``), plain ``forward``.
+        ReLU / add passes; each 2x upsample and the convolution after it run as one convolution at the small
+        size (:func:`phase_weight`). About a third less time per preview. That needs the weights in
+        channels_last (:class:`TaesdLibrary` puts them so on the CPU). Elsewhere, or where this torch lacks
+        the fused call (checked once per dtype against ``forward``), plain ``forward``.
         """
         with torch.no_grad():
             weight = self[1].weight
@@ -107,7 +111,10 @@ class TaesdDecoder(nn.Sequential):
         index = 0
         while index < len(layers):
             layer = layers[index]
-            if isinstance(layer, _ResidualBlock):
+            if isinstance(layer, nn.Upsample) and isinstance(layers[index + 1], nn.Conv2d):
+                x = _upsample_conv(x, self._phase_weight(layers[index + 1]))
+                index += 1
+            elif isinstance(layer, _ResidualBlock):
                 first, _relu, second, _relu2, third = layer.conv
                 inner = _conv(second, _conv(first, x, relu=True), relu=True)
                 x = _conv_add_relu(third, inner, x)
@@ -119,6 +126,56 @@ class TaesdDecoder(nn.Sequential):
                 x = layer(x)
             index += 1
         return x
+
+
+    def _phase_weight(self, conv: nn.Conv2d) -> torch.Tensor:
+        """:func:`phase_weight` of ``conv`` (bias-free, after an upsample), kept while its weight stays."""
+        weight = conv.weight
+        cache: dict[int, tuple[tuple[Any, ...], torch.Tensor]] = self.__dict__.setdefault("_phases", {})
+        key = (weight.data_ptr(), weight.dtype, weight.device, tuple(weight.shape))
+        found = cache.get(id(conv))
+        if found is None or found[0] != key:
+            phases = phase_weight(weight).to(weight.dtype).contiguous(memory_format=torch.channels_last)
+            cache[id(conv)] = found = (key, phases)
+        return found[1]
+
+
+def phase_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The ``(O, I, 3, 3)`` kernel of a 3x3 convolution (padding 1) applied after a nearest 2x upsample, as
+    ``(4 * O, I, 2, 2)`` kernels over the small input padded by 1: output phase ``p = 2 * a + b`` (row parity
+    ``a``, column parity ``b``) of the large picture at ``(2i + a, 2j + b)`` is that kernel's output at
+    ``(i + a, j + b)``. Upsampled pixels repeat, so the 3x3 taps that land on one small pixel add up: the
+    same picture for 16 instead of 36 multiply-adds per output pixel and channel pair, and no upsampled copy.
+    """
+    taps = weight.float()
+    rows = (torch.stack([taps[:, :, 0], taps[:, :, 1] + taps[:, :, 2]], dim=2),
+            torch.stack([taps[:, :, 0] + taps[:, :, 1], taps[:, :, 2]], dim=2))
+    phases = []
+    for row in rows:
+        phases.append(torch.stack([row[..., 0], row[..., 1] + row[..., 2]], dim=3))
+        phases.append(torch.stack([row[..., 0] + row[..., 1], row[..., 2]], dim=3))
+    return torch.cat(phases, dim=0)
+
+
+def _upsample_conv(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+    """``conv(upsample_2x(x))`` from :func:`phase_weight`'s kernels: one convolution at the small size, then
+    one copy that interleaves the four phases into the large picture (channels_last).
+    """
+    batch, _channels, height, width = x.shape
+    out = phases.shape[0] // 4
+    small = _conv_raw(x, phases, None, padding=1)  # (B, 4 * out, H + 1, W + 1)
+    small = small.contiguous(memory_format=torch.channels_last)
+    stride_b, _stride_c, stride_h, stride_w = small.stride()
+    # [b, i, a, j, b', c] = small[b, (2a + b') * out + c, i + a, j + b']
+    view = small.as_strided((batch, height, 2, width, 2, out),
+                            (stride_b, stride_h, stride_h + 2 * out, stride_w, stride_w + out, 1))
+    return view.reshape(batch, 2 * height, 2 * width, out).permute(0, 3, 1, 2)
+
+
+def _conv_raw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+              padding: int) -> torch.Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [padding, padding], [1, 1], [1, 1], 1,
+                                                   "none", [], "")
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, *, relu: bool = False) -> torch.Tensor:
@@ -222,7 +279,7 @@ class TaesdLibrary:
         self._warned: set[str] = set()
 
     def find(self, space: str) -> Path | None:
-        """The decoder file for latent space ``space`` ("sd" or "sdxl"), or None."""
+        """The decoder file for latent space ``space`` (a :data:`TAESD_STEMS` key), or None."""
         if self.folder is None:
             return None
         stem = TAESD_STEMS.get(space)
@@ -279,18 +336,21 @@ class Previewer:
         self.library = library
         self.dtype = dtype
 
-    def __call__(self, latents: torch.Tensor, *, sdxl: bool, vae: Any = None) -> Image.Image:
-        from sdweb.engine.generate import preview_image
-
+    def __call__(self, latents: torch.Tensor, *, sdxl: bool = False, vae: Any = None,
+                 space: str | None = None, cheap: Callable[[], Image.Image] | None = None) -> Image.Image:
+        """The preview of ``latents`` (model latent space); ``space``: the latent space's TAESD key (default
+        "sdxl" / "sd" from ``sdxl``); ``cheap``: the loop's own cheap approximation (default: SD's 4-channel
+        one).
+        """
         if self.method == "Full" and vae is not None:
             return self._full(latents, vae)
-        if self.method in ("TAESD", "Approx NN") and self.library is not None and latents.shape[1] == 4:
-            decoder = self.library.decoder("sdxl" if sdxl else "sd", latents.device, self._dtype(latents),
-                                           asked=self.method == "TAESD")
-            if decoder is not None:
+        if self.method in ("TAESD", "Approx NN") and self.library is not None:
+            decoder = self.library.decoder(space or ("sdxl" if sdxl else "sd"), latents.device,
+                                           self._dtype(latents), asked=self.method == "TAESD")
+            if decoder is not None and decoder[1].in_channels == latents.shape[1]:
                 rgb = decoder.decode(latents.to(next(decoder.parameters()).dtype))
                 return _strip(rgb.float().clamp(0, 1))
-        return preview_image(latents, sdxl=sdxl)
+        return _cheap(latents, sdxl, cheap)
 
     def _dtype(self, latents: torch.Tensor) -> torch.dtype:
         if self.dtype is not None:
@@ -330,11 +390,21 @@ def preview_scope(previewer: Previewer | None) -> Iterator[None]:
         _PREVIEWER.reset(token)
 
 
-def live_preview(latents: torch.Tensor, *, sdxl: bool, vae: Any = None) -> Image.Image:
-    """The job's live preview of ``latents`` (the loop's current denoised estimate, UNet latent space)."""
+def live_preview(latents: torch.Tensor, *, sdxl: bool = False, vae: Any = None, space: str | None = None,
+                 cheap: Callable[[], Image.Image] | None = None) -> Image.Image:
+    """The job's live preview of ``latents`` (the loop's current denoised estimate, model latent space);
+    ``space`` and ``cheap`` as :meth:`Previewer.__call__` (the flow loops pass "sd3" / "flux" and their own
+    16-channel approximation).
+    """
     previewer = _PREVIEWER.get()
     if previewer is None:
-        from sdweb.engine.generate import preview_image
+        return _cheap(latents, sdxl, cheap)
+    return previewer(latents, sdxl=sdxl, vae=vae, space=space, cheap=cheap)
 
-        return preview_image(latents, sdxl=sdxl)
-    return previewer(latents, sdxl=sdxl, vae=vae)
+
+def _cheap(latents: torch.Tensor, sdxl: bool, cheap: Callable[[], Image.Image] | None) -> Image.Image:
+    if cheap is not None:
+        return cheap()
+    from sdweb.engine.generate import preview_image
+
+    return preview_image(latents, sdxl=sdxl)

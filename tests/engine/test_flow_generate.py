@@ -417,3 +417,32 @@ def test_the_load_warm_up_does_not_run_fluxs_t5(flux: TinyModel, monkeypatch: py
     )
     warm_up(flux.pipe)
     assert calls == [] and clip_calls == [1]
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_taesd_previews_use_taef1_and_taesd3_from_vae_approx(family: str, flux: TinyModel, sd3: TinyModel,
+                                                             tmp_path: Any) -> None:
+    from safetensors.torch import save_file
+
+    from sdweb.engine.previews import Previewer, TaesdDecoder, TaesdLibrary, preview_scope
+
+    model = flux if family == "flux" else sd3
+    channels = int(model.pipe.vae.config.latent_channels)
+    torch.manual_seed(4)
+    decoder = TaesdDecoder(latent_channels=channels, width=8).eval()
+    stem = "taef1_decoder" if family == "flux" else "taesd3_decoder"
+    state = {key: value.contiguous() for key, value in decoder.state_dict().items()}
+    save_file(state, str(tmp_path / f"{stem}.safetensors"))
+    seen: dict[str, list[Image.Image]] = {}
+    for method, folder in (("TAESD", tmp_path), ("Approx cheap", tmp_path), ("TAESD", tmp_path / "none")):
+        previews = seen[f"{method} {folder.name}"] = []
+        with preview_scope(Previewer(method, TaesdLibrary(folder))):
+            run(model, params(steps=3), on_step=lambda s, kept=previews: kept.append(s.preview) if s.preview
+                else None, preview_every=1)
+    cheap = seen[f"Approx cheap {tmp_path.name}"]
+    taesd = seen[f"TAESD {tmp_path.name}"]
+    assert len(taesd) == len(cheap) == 2  # steps 1 and 2 of 3
+    # The cheap map gives one pixel per latent; TAESD decodes to 8x that, as the VAE's image would be.
+    assert taesd[0].size == (cheap[0].size[0] * 8, cheap[0].size[1] * 8)
+    # Without the file: the loop's own cheap 16-channel preview, as before.
+    assert [pixels(p).tolist() for p in seen["TAESD none"]] == [pixels(p).tolist() for p in cheap]

@@ -515,6 +515,37 @@ def test_unipc_images_follow_a1111_and_differ_from_diffusers_unipc(sd1_model: An
     torch.testing.assert_close(ours / scale, expected / scale, atol=1e-5, rtol=0)
 
 
+def test_unipc_on_a_v_prediction_model_follows_a1111(sd2v_pipe: Any, samplers: SamplerRegistry) -> None:
+    """SD 2.x 768-v: A1111's timestep denoiser turns each v into noise with the alphas of the timestep's
+    whole part (the UNet itself sees the fractional timestep), CFG on the noise."""
+    from sdweb.engine.encode import PromptEncoder
+    from sdweb.engine.generate import run_txt2img
+    from sdweb.params import JobControl
+    from tests.engine.conftest import TinyModel, tiny_params
+
+    params = tiny_params(sampler_name="UniPC", steps=4, cfg_scale=5.0)
+    run = run_txt2img(TinyModel(pipe=sd2v_pipe, family="sd2"), params, samplers=samplers,
+                      control=JobControl(), on_step=lambda _: None, output_type="latent")
+    ours = run.images[0].image
+    cond, uncond = (item.hidden for item in PromptEncoder(sd2v_pipe, device="cpu", dtype=torch.float32)
+                    .encode_texts([params.prompt, params.negative_prompt], clip_skip=1))
+    alphas_cumprod = ldm_alphas_cumprod()
+    noise = torch.randn(tuple(ours.shape[1:]), generator=torch.Generator().manual_seed(params.seed))[None]
+
+    def eps_model(x_t: torch.Tensor, t_input: torch.Tensor) -> torch.Tensor:
+        both = sd2v_pipe.unet(torch.cat([x_t, x_t]), t_input.expand(2), return_dict=False,
+                              encoder_hidden_states=torch.cat([cond, uncond]))[0]
+        a = alphas_cumprod[int(t_input)]
+        eps = a.sqrt() * both + (1 - a).sqrt() * torch.cat([x_t, x_t])
+        eps_cond, eps_uncond = eps.chunk(2)
+        return eps_uncond + (eps_cond - eps_uncond) * params.cfg_scale
+
+    with torch.no_grad():
+        expected = _a1111_unipc(eps_model, noise, 4)[-1]
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(ours / scale, expected / scale, atol=1e-5, rtol=0)
+
+
 def test_the_infotext_of_a_unipc_image_makes_the_same_image_again(sd1_model: Any, samplers: SamplerRegistry
                                                                    ) -> None:
     from sdweb.engine.generate import run_txt2img

@@ -4,7 +4,8 @@ The same job shape as the UNet loop (:mod:`sdweb.engine.generate`): A1111's prom
 stacked in one transformer batch and combined with their weights, prompt editing / alternation switching
 the conditioning between steps), seeds and variation seeds (:mod:`sdweb.engine.seeds`, 16-channel noise),
 ``n_iter`` batches, interrupt (keep the finished batches) and skip (drop the batch), progress with a
-cheap latent preview every N steps, and one VAE decode per image. What differs is the model:
+live preview every N steps (the job's method: TAESD3 / TAEF1, the VAE, else a cheap latent map), and one VAE
+decode per image. What differs is the model:
 
 * the sampler is a flow scheduler (:mod:`sdweb.engine.families.flow_samplers`), shifted for the family;
 * the model predicts a velocity; classifier-free guidance is the usual ``uncond + scale * (cond - uncond)``
@@ -43,6 +44,7 @@ from sdweb.engine.accelerator import (
 from sdweb.engine.families.base import FamilyJob
 from sdweb.engine.families.flow_encode import FlowCond, FlowTextEncoder
 from sdweb.engine.families.flow_samplers import FlowPlan, build_flow_plan
+from sdweb.engine.previews import live_preview
 from sdweb.engine.seeds import create_batch_noise
 from sdweb.params import EngineRun, GeneratedImage, GenerationParams, Img2ImgParams, StepProgress
 from sdweb.prompts.parser import (
@@ -411,7 +413,10 @@ class FlowTxt2Img:
         preview = None
         every = self.job.preview_every
         if every and step % every == 0 and step < total:
-            preview = flow_preview_image(x0, self.family.preview_factors, self.family.preview_bias)
+            family = self.family
+            # The job's method (TAESD3 / TAEF1 from models/VAE-approx, the VAE...), else the cheap one.
+            preview = live_preview(x0, vae=self.vae, space=family.name, cheap=lambda: flow_preview_image(
+                x0, family.preview_factors, family.preview_bias))
         self.job.on_step(
             StepProgress(
                 step=step,
