@@ -281,3 +281,21 @@ def test_hires_second_pass_equals_a1111s(sd1_model: Any, samplers: Any) -> None:
         assert np.abs(np.asarray(ours.image, np.int16) - np.asarray(theirs, np.int16)).max() <= 1
     # progress: 4 first-pass steps, then the 3 of the second pass, out of 7
     assert [(item.step, item.total_steps) for item in reported] == [(i, 7) for i in range(1, 8)]
+
+
+def test_prompt_editing_counts_img2img_steps_from_0_as_a1111(sd1_model: Any, samplers: Any) -> None:
+    """A1111's denoiser counts its calls from 0 in every img2img run, against a schedule of ``steps``:
+    at 10 steps and strength 0.5 the run makes 6 steps, 0..5, so ``[a cat:a dog:5]`` never reaches the
+    dog, and ``[a cat:a dog:2]`` does from the run's fourth step."""
+    init = _init_latents(sd1_model)
+
+    def run(prompt: str) -> torch.Tensor:
+        params = _params(prompt=prompt, steps=10, denoising_strength=0.5, sampler_name="Euler",
+                         sampler_path="A1111")
+        return run_sdweb(sd1_model, samplers, params, init)[0]
+
+    cat = run("a cat")
+    assert torch.equal(run("[a cat:a dog:5]"), cat)
+    late = run("[a cat:a dog:2]")
+    assert not torch.allclose(late, cat, atol=1e-4)
+    assert not torch.allclose(late, run("a dog"), atol=1e-4)
