@@ -285,6 +285,9 @@ def canonical_names(values: Mapping[str, Any], services: Any, notes: list[str]) 
     names: dict[str, Any] = {}
     names["sampler_name"], names["scheduler"] = resolve_sampler(
         registry, str(values["sampler_name"]), str(values.get("scheduler") or "Automatic"), notes)
+    if (str(values["sampler_name"]).strip().lower() == "uni_pc_bh2" and names["sampler_name"] == "UniPC"
+            and values.get("uni_pc_variant") is None):
+        names["uni_pc_variant"] = "bh2"  # ComfyUI's name carries the variant (unless overridden)
     if values.get("enable_hr") and (values.get("hr_sampler_name") or values.get("hr_scheduler")):
         names["hr_sampler_name"], names["hr_scheduler"] = resolve_second_pass_sampler(
             registry, names["sampler_name"], str(values.get("hr_sampler_name") or ""),

@@ -194,10 +194,14 @@ class _Img2Img(_Txt2Img):
 
     @property
     def prompt_offset(self) -> int:
-        """The step of the request's ``steps`` the run starts at, for prompt editing.
+        """The step number prompt editing (``[a:b:N]``) gives the run's first step.
 
-        0 when the run makes all of them (``img2img_fix_steps``, hires fix's second pass).
+        A1111's samplers: 0, as A1111 counts its denoiser's calls from 0 in every img2img run (against
+        a prompt schedule of ``steps``). diffusers' schedulers: where the run starts in the ``steps``
+        schedule.
         """
+        if self.a1111_steps:
+            return 0
         return max(0, self.params.steps - self.denoise_steps)
 
     # -- 1. inputs ---------------------------------------------------------------------------
@@ -378,11 +382,11 @@ class _Img2Img(_Txt2Img):
         step_kwargs = self.step_kwargs(scheduler, noise.generators)
         latents = scheduler.add_noise(init, noise.latents, timesteps[:1].repeat(init.shape[0]))
         reported = 0
-        # 7. Denoising loop; prompt editing counts the steps of the full schedule, as A1111's.
+        # 7. Denoising loop; prompt editing counts the steps of the full schedule (prompt_offset).
         for i, t in enumerate(timesteps):
             self.check_control()
             model_input = scheduler.scale_model_input(latents, t)
-            self.step_index = self.params.steps - self.denoise_steps + reported
+            self.step_index = self.prompt_offset + reported
             model_output = self.predict(model_input, t)
             step = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=True)
             latents = step.prev_sample

@@ -136,6 +136,11 @@ def test_unipc_settings_come_from_override_settings_the_infotext_or_the_options(
     assert api.engine.calls[-1].uni_pc_skip_type == "logSNR"
     response = api.post("txt2img", json={**SMALL, "override_settings": {"uni_pc_variant": "bh3"}})
     assert response.status_code == 422 and "uni_pc_variant" in response.json()["detail"]
+    # ComfyUI's "uni_pc_bh2" (SillyTavern sends one name to both) is UniPC with variant bh2
+    txt2img(api, sampler_name="uni_pc_bh2")
+    assert (api.engine.calls[-1].sampler_name, api.engine.calls[-1].uni_pc_variant) == ("UniPC", "bh2")
+    txt2img(api, sampler_name="uni_pc")
+    assert (api.engine.calls[-1].sampler_name, api.engine.calls[-1].uni_pc_variant) == ("UniPC", "bh1")
     assert api.post("options", json={"uni_pc_lower_order_final": False}).status_code == 200
     txt2img(api, sampler_name="UniPC")
     assert api.engine.calls[-1].uni_pc_lower_order_final is False

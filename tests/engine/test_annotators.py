@@ -357,11 +357,59 @@ def test_controlnet_aux_annotators_name_their_files_and_the_package(tmp_path: Pa
     monkeypatch.setattr(annotators, "aux_problem",
                         lambda: "the controlnet-aux package, which did not import (RuntimeError: nms)")
     registry, _runner = _registry(tmp_path / "annotators")
-    problem = registry.find("openpose_full").problem()  # hands and face: controlnet-aux's
-    assert problem is not None
-    assert str(tmp_path / "annotators" / "hand_pose_model.pth") in problem and "controlnet-aux" in problem
+    for name in ("openpose_full", "openpose_hand", "openpose_face", "openpose_faceonly"):  # controlnet-aux's
+        problem = registry.find(name).problem()
+        assert problem is not None
+        assert str(tmp_path / "annotators" / "hand_pose_model.pth") in problem and "controlnet-aux" in problem
     seg = registry.find("seg_ufade20k").problem()
     assert seg is not None and "no runner" in seg
+
+
+class _FakeAuxDetector:
+    """Stands in for a controlnet-aux detector class: records how it is loaded and called."""
+
+    loads: list[tuple[str, str, dict[str, object]]] = []
+    calls: list[dict[str, object]] = []
+
+    @classmethod
+    def from_pretrained(cls, folder: str, filename: str, **keywords: object) -> _FakeAuxDetector:
+        cls.loads.append((folder, filename, keywords))
+        return cls()
+
+    def to(self, _device: object) -> _FakeAuxDetector:
+        return self
+
+    def __call__(self, picture: np.ndarray, **options: object) -> np.ndarray:
+        self.calls.append(options)
+        return np.full(picture.shape, 77, dtype=np.uint8)
+
+
+def test_controlnet_aux_detectors_load_from_the_annotators_folder(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    fake = types.ModuleType("controlnet_aux")
+    fake.MidasDetector = fake.LeresDetector = _FakeAuxDetector  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "controlnet_aux", fake)
+    monkeypatch.setattr(_FakeAuxDetector, "loads", [])
+    monkeypatch.setattr(_FakeAuxDetector, "calls", [])
+    folder = tmp_path / "annotators"
+    write_pickle_with_code(folder / "dpt_hybrid-midas-501f0c75.pt")
+    for file in ("res101.pth", "latest_net_G.pth"):
+        write_annotator(folder, file, {"weight": hed_state()["norm"]})
+    registry, _runner = _registry(folder)
+    assert registry.find("depth").problem() is None  # it imports, the file is there
+    with pytest.raises(PreprocessorUnavailableError, match=r"refused to load dpt_hybrid-midas"):
+        registry.find("depth_midas").run(_picture(), processor_res=64)
+    assert _FakeAuxDetector.loads == []  # refused before controlnet-aux unpickles it
+    leres = registry.find("depth_leres")
+    depth = np.asarray(leres.run(_picture(), processor_res=64, threshold_a=10, threshold_b=20))
+    assert depth.shape == (64, 107, 3) and depth.max() == depth.min() == 77
+    assert _FakeAuxDetector.loads == [(str(folder), "res101.pth", {"pix2pix_filename": "latest_net_G.pth"})]
+    assert _FakeAuxDetector.calls[0]["thr_a"] == 10 and _FakeAuxDetector.calls[0]["thr_b"] == 20
+    leres.run(_picture(), processor_res=64)  # loaded once; the sliders' defaults (0, 0) when not given
+    assert len(_FakeAuxDetector.loads) == 1 and _FakeAuxDetector.calls[1]["thr_a"] == 0
 
 
 def test_install_hint_says_how_and_why() -> None:

@@ -41,7 +41,9 @@ from tests.engine.test_kdiffusion_parity import (
     _a1111_generators,
     _draw,
     _UNetLDM,
+    a1111_cfg_denoiser,
     a1111_schedule,
+    run_with_image_noise,
 )
 
 SEEDS = [1234, 1235]
@@ -106,17 +108,6 @@ def run_oracle_kdiffusion(model: Any, params: Img2ImgParams, init: torch.Tensor,
     noise = _draw(generators, tuple(init.shape[1:]))
     xi = init + noise * sigma_sched[0]
 
-    def cfg_denoiser(x_in: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
-        both = inner(torch.cat([x_in, x_in]), torch.cat([sigma, sigma]),
-                     cond=torch.cat([cond.repeat(2, 1, 1), uncond.repeat(2, 1, 1)]))
-        denoised_cond, denoised_uncond = both.chunk(2)
-        return denoised_uncond + (denoised_cond - denoised_uncond) * params.cfg_scale
-
-    class Hijack:
-        def __getattr__(self, item: str) -> Any:
-            return (lambda like: _draw(generators, tuple(like.shape[1:]))) if item == "randn_like" \
-                else getattr(torch, item)
-
     function_name, kwargs = KDIFFUSION_SAMPLERS[name]
     extra = dict(kwargs)
     if function_name in ("sample_dpm_fast", "sample_dpm_adaptive"):
@@ -128,13 +119,8 @@ def run_oracle_kdiffusion(model: Any, params: Img2ImgParams, init: torch.Tensor,
     if "SDE" in name:  # A1111's create_noise_sampler: the whole schedule's range
         extra["noise_sampler"] = sampling.BrownianTreeNoiseSampler(init, sigmas[sigmas > 0].min(),
                                                                    sigmas.max(), seed=seeds)
-    original = sampling.torch
-    sampling.torch = Hijack()
-    try:
-        with torch.no_grad():
-            out = getattr(sampling, function_name)(cfg_denoiser, xi, disable=True, **extra)
-    finally:
-        sampling.torch = original
+    out = run_with_image_noise(sampling, generators, function_name,
+                               a1111_cfg_denoiser(inner, cond, uncond, params.cfg_scale), xi, **extra)
     return out, t_enc + 1
 
 
@@ -281,3 +267,21 @@ def test_hires_second_pass_equals_a1111s(sd1_model: Any, samplers: Any) -> None:
         assert np.abs(np.asarray(ours.image, np.int16) - np.asarray(theirs, np.int16)).max() <= 1
     # progress: 4 first-pass steps, then the 3 of the second pass, out of 7
     assert [(item.step, item.total_steps) for item in reported] == [(i, 7) for i in range(1, 8)]
+
+
+def test_prompt_editing_counts_img2img_steps_from_0_as_a1111(sd1_model: Any, samplers: Any) -> None:
+    """A1111's denoiser counts its calls from 0 in every img2img run, against a schedule of ``steps``:
+    at 10 steps and strength 0.5 the run makes 6 steps, 0..5, so ``[a cat:a dog:5]`` never reaches the
+    dog, and ``[a cat:a dog:2]`` does from the run's fourth step."""
+    init = _init_latents(sd1_model)
+
+    def run(prompt: str) -> torch.Tensor:
+        params = _params(prompt=prompt, steps=10, denoising_strength=0.5, sampler_name="Euler",
+                         sampler_path="A1111")
+        return run_sdweb(sd1_model, samplers, params, init)[0]
+
+    cat = run("a cat")
+    assert torch.equal(run("[a cat:a dog:5]"), cat)
+    late = run("[a cat:a dog:2]")
+    assert not torch.allclose(late, cat, atol=1e-4)
+    assert not torch.allclose(late, run("a dog"), atol=1e-4)

@@ -440,6 +440,37 @@ def _draw(generators: list[Any], shape: tuple[int, ...]) -> torch.Tensor:
                         for g in generators])
 
 
+def a1111_cfg_denoiser(inner: Any, cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float) -> Any:
+    """A1111's CFGDenoiser over ``inner`` (a k-diffusion wrapper): one batch of cond and uncond rows."""
+
+    def cfg_denoiser(x_in: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        both = inner(torch.cat([x_in, x_in]), torch.cat([sigma, sigma]),
+                     cond=torch.cat([cond.repeat(2, 1, 1), uncond.repeat(2, 1, 1)]))
+        denoised_cond, denoised_uncond = both.chunk(2)
+        return denoised_uncond + (denoised_cond - denoised_uncond) * cfg_scale
+
+    return cfg_denoiser
+
+
+def run_with_image_noise(sampling: Any, generators: list[Any], function_name: str, denoiser: Any,
+                         x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """k-diffusion's ``function_name`` with its ``torch.randn_like`` drawing from each image's generator
+    (A1111's sampler noise hijack)."""
+
+    class Hijack:
+        def __getattr__(self, item: str) -> Any:
+            return (lambda like: _draw(generators, tuple(like.shape[1:]))) if item == "randn_like" \
+                else getattr(torch, item)
+
+    original = sampling.torch
+    sampling.torch = Hijack()
+    try:
+        with torch.no_grad():
+            return getattr(sampling, function_name)(denoiser, x, disable=True, **kwargs)
+    finally:
+        sampling.torch = original
+
+
 @pytest.mark.parametrize(("name", "schedule", "rng", "ensd"), [
     ("Euler a", "Automatic", "CPU", 31337),
     pytest.param("DPM++ 2M SDE", "Karras", "CPU", 0, marks=pytest.mark.slow),
@@ -479,29 +510,14 @@ def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: 
     if ensd:
         generators = _a1111_generators([seed + ensd for seed in seeds], rng)
 
-    def cfg_denoiser(x_in: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
-        both = inner(torch.cat([x_in, x_in]), torch.cat([sigma, sigma]),
-                     cond=torch.cat([cond.repeat(2, 1, 1), uncond.repeat(2, 1, 1)]))
-        denoised_cond, denoised_uncond = both.chunk(2)
-        return denoised_uncond + (denoised_cond - denoised_uncond) * params.cfg_scale
-
-    class Hijack:
-        def __getattr__(self, item: str) -> Any:
-            return (lambda like: _draw(generators, tuple(like.shape[1:]))) if item == "randn_like" \
-                else getattr(torch, item)
-
     function_name, kwargs = KDIFFUSION_SAMPLERS[name]
     extra = dict(kwargs)
     if "SDE" in name:
         extra["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(),
                                                                    seed=seeds)
-    original = sampling.torch
-    sampling.torch = Hijack()
-    try:
-        with torch.no_grad():
-            expected = getattr(sampling, function_name)(cfg_denoiser, x, sigmas, disable=True, **extra)
-    finally:
-        sampling.torch = original
+    expected = run_with_image_noise(sampling, generators, function_name,
+                                    a1111_cfg_denoiser(inner, cond, uncond, params.cfg_scale), x,
+                                    sigmas=sigmas, **extra)
     # 1e-4, relative to the size of the latents: the random tiny UNet drives them to ~30 (fp32 ulp ~2e-6).
     scale = max(1.0, float(expected.abs().max()))
     torch.testing.assert_close(ours / scale, expected / scale, atol=1e-5, rtol=0)

@@ -13,7 +13,7 @@ modules/models/diffusion/uni_pc/uni_pc.py):
 The expected values are derived here from those rules and the UniPC paper's formulas (Zhao et al.
 2023), written out step by step on a linear model (``eps = a * x``), and, for whole trajectories, by a
 second, tensor-wise restatement of A1111's solver (``_a1111_unipc``); sdweb's code
-(``sdweb.engine.samplers.kdiffusion.sample_unipc``) shares no code with either.
+(``sdweb.engine.samplers.timestep_samplers.sample_unipc``) shares no code with either.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 import torch
 
-from sdweb.engine.samplers import builtin, kdiffusion
-from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser, DiscreteSigmas, sample_unipc
+from sdweb.engine.samplers import builtin, kdiffusion, timestep_samplers
+from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
+from sdweb.engine.samplers.schedules import DiscreteSigmas
+from sdweb.engine.samplers.timestep_samplers import sample_unipc
 from tests.engine.test_kdiffusion_parity import CONDS, SD_CONFIG, fake_unet, ldm_alphas_cumprod
 
 CFG = 5.0
@@ -82,12 +84,12 @@ def test_unipc_runs_one_step_per_a1111_timestep_on_a_uniform_time_grid(registry:
 
 def test_the_other_skip_types_space_the_grid_in_sqrt_t_and_in_log_snr() -> None:
     alphas_cumprod = ldm_alphas_cumprod()
-    schedule = kdiffusion.VPSchedule(alphas_cumprod)
-    quadratic = kdiffusion.unipc_times(4, schedule, skip_type="time_quadratic")
+    schedule = timestep_samplers.VPSchedule(alphas_cumprod)
+    quadratic = timestep_samplers.unipc_times(4, schedule, skip_type="time_quadratic")
     root_end = math.sqrt(0.001)
     assert [float(v) for v in quadratic] == pytest.approx(
         [(1 - k * (1 - root_end) / 4) ** 2 for k in range(5)], rel=1e-6)
-    log_snr = kdiffusion.unipc_times(4, schedule, skip_type="logSNR")
+    log_snr = timestep_samplers.unipc_times(4, schedule, skip_type="logSNR")
 
     def lam(t: float) -> float:  # from alphas_cumprod directly: t = (n + 1) / 1000, linear log alpha between
         n = t * 1000 - 1
@@ -102,15 +104,15 @@ def test_the_other_skip_types_space_the_grid_in_sqrt_t_and_in_log_snr() -> None:
     gaps = [b - a for a, b in zip(lambdas, lambdas[1:], strict=False)]
     assert gaps == pytest.approx([gaps[0]] * 4, rel=1e-3)
     with pytest.raises(ValueError, match="skip type must be one of time_uniform, time_quadratic, logSNR"):
-        kdiffusion.unipc_times(4, schedule, skip_type="karras")
+        timestep_samplers.unipc_times(4, schedule, skip_type="karras")
 
 
 def test_step_orders_warm_up_and_fall_back_at_the_end() -> None:
-    assert kdiffusion.unipc_step_orders(6, 3) == [1, 2, 3, 3, 2, 1]
-    assert kdiffusion.unipc_step_orders(6, 3, lower_order_final=False) == [1, 2, 3, 3, 3, 3]
-    assert kdiffusion.unipc_step_orders(20, 2)[-3:] == [2, 2, 1]
+    assert timestep_samplers.unipc_step_orders(6, 3) == [1, 2, 3, 3, 2, 1]
+    assert timestep_samplers.unipc_step_orders(6, 3, lower_order_final=False) == [1, 2, 3, 3, 3, 3]
+    assert timestep_samplers.unipc_step_orders(20, 2)[-3:] == [2, 2, 1]
     # A1111 refuses an order above the step count; here it is capped to the step count.
-    assert kdiffusion.unipc_step_orders(2, 3) == [1, 1]
+    assert timestep_samplers.unipc_step_orders(2, 3) == [1, 1]
 
 
 # -- one step, derived by hand on a linear model -------------------------------------------------------
@@ -198,7 +200,7 @@ def test_unipc_steps_equal_the_papers_formulas_on_a_linear_model(lower_order_fin
 def test_the_last_step_order_changes_the_image_only_at_the_end() -> None:
     alphas_cumprod = ldm_alphas_cumprod()
     model = DiscreteSigmas(alphas_cumprod)
-    sigmas = kdiffusion.timestep_sigmas(8, model)
+    sigmas = timestep_samplers.timestep_sigmas(8, model)
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
     runs = []
     for lower in (True, False):
@@ -398,7 +400,7 @@ def test_img2img_gives_a1111s_timestep_samplers_its_timesteps_and_noise_level(
     from tests.engine.test_img2img import _gradient
 
     function_name = {"UniPC": "sample_unipc", "DDIM": "sample_ddim", "PLMS": "sample_plms"}[name]
-    original = getattr(kdiffusion, function_name)
+    original = getattr(timestep_samplers, function_name)
     seen: list[tuple[torch.Tensor, bool]] = []
 
     @functools.wraps(original)
@@ -406,7 +408,7 @@ def test_img2img_gives_a1111s_timestep_samplers_its_timesteps_and_noise_level(
         seen.append((sigmas.clone(), kwargs.get("from_image", False)))
         return original(denoise, x, sigmas, **kwargs)
 
-    monkeypatch.setattr(kdiffusion, function_name, recording)
+    monkeypatch.setattr(timestep_samplers, function_name, recording)
     values = tiny_params(sampler_name=name, steps=steps).model_dump()
     values.update(denoising_strength=strength)
     run_img2img(sd1_model, Img2ImgParams(**values), [_gradient()], samplers=samplers, control=JobControl(),
@@ -466,7 +468,7 @@ def test_v_prediction_turns_v_into_noise_with_the_whole_timesteps_alphas() -> No
     alpha_bar = float(alphas_cumprod[500])
     x_vp = torch.full((1, 1, 1, 1), 0.8)
     # a fractional timestep between 500 and 501: the UNet's level is interpolated, the v conversion is not
-    schedule = kdiffusion.VPSchedule(alphas_cumprod)
+    schedule = timestep_samplers.VPSchedule(alphas_cumprod)
     t = 0.5014  # 1000 (t - 1/1000) = 500.4
     alpha, std = schedule.alpha(t), schedule.std(t)
     x0 = denoiser(x_vp / alpha, std / alpha, timestep=torch.tensor(500.4))
@@ -515,6 +517,37 @@ def test_unipc_images_follow_a1111_and_differ_from_diffusers_unipc(sd1_model: An
     torch.testing.assert_close(ours / scale, expected / scale, atol=1e-5, rtol=0)
 
 
+def test_unipc_on_a_v_prediction_model_follows_a1111(sd2v_pipe: Any, samplers: SamplerRegistry) -> None:
+    """SD 2.x 768-v: A1111's timestep denoiser turns each v into noise with the alphas of the timestep's
+    whole part (the UNet itself sees the fractional timestep), CFG on the noise."""
+    from sdweb.engine.encode import PromptEncoder
+    from sdweb.engine.generate import run_txt2img
+    from sdweb.params import JobControl
+    from tests.engine.conftest import TinyModel, tiny_params
+
+    params = tiny_params(sampler_name="UniPC", steps=4, cfg_scale=5.0)
+    run = run_txt2img(TinyModel(pipe=sd2v_pipe, family="sd2"), params, samplers=samplers,
+                      control=JobControl(), on_step=lambda _: None, output_type="latent")
+    ours = run.images[0].image
+    cond, uncond = (item.hidden for item in PromptEncoder(sd2v_pipe, device="cpu", dtype=torch.float32)
+                    .encode_texts([params.prompt, params.negative_prompt], clip_skip=1))
+    alphas_cumprod = ldm_alphas_cumprod()
+    noise = torch.randn(tuple(ours.shape[1:]), generator=torch.Generator().manual_seed(params.seed))[None]
+
+    def eps_model(x_t: torch.Tensor, t_input: torch.Tensor) -> torch.Tensor:
+        both = sd2v_pipe.unet(torch.cat([x_t, x_t]), t_input.expand(2), return_dict=False,
+                              encoder_hidden_states=torch.cat([cond, uncond]))[0]
+        a = alphas_cumprod[int(t_input)]
+        eps = a.sqrt() * both + (1 - a).sqrt() * torch.cat([x_t, x_t])
+        eps_cond, eps_uncond = eps.chunk(2)
+        return eps_uncond + (eps_cond - eps_uncond) * params.cfg_scale
+
+    with torch.no_grad():
+        expected = _a1111_unipc(eps_model, noise, 4)[-1]
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(ours / scale, expected / scale, atol=1e-5, rtol=0)
+
+
 def test_the_infotext_of_a_unipc_image_makes_the_same_image_again(sd1_model: Any, samplers: SamplerRegistry
                                                                    ) -> None:
     from sdweb.engine.generate import run_txt2img
@@ -534,18 +567,18 @@ def test_the_infotext_of_a_unipc_image_makes_the_same_image_again(sd1_model: Any
     assert list(again.images[0].image.getdata()) == list(first.images[0].image.getdata())
 
 
-@pytest.mark.parametrize(("name", "function_name"), [("UniPC", "sample_unipc"),
-                                                     ("DPM adaptive", "sample_dpm_adaptive")])
+@pytest.mark.parametrize(("name", "module", "function_name"), [
+    ("UniPC", timestep_samplers, "sample_unipc"), ("DPM adaptive", kdiffusion, "sample_dpm_adaptive")])
 def test_a1111s_unipc_settings_reach_unipc_and_only_unipc(monkeypatch: pytest.MonkeyPatch, sd1_model: Any,
                                                           samplers: SamplerRegistry, name: str,
-                                                          function_name: str) -> None:
+                                                          module: Any, function_name: str) -> None:
     import functools
 
     from sdweb.engine.generate import run_txt2img
     from sdweb.params import JobControl
     from tests.engine.conftest import tiny_params
 
-    original = getattr(kdiffusion, function_name)
+    original = getattr(module, function_name)
     seen: list[dict[str, Any]] = []
 
     @functools.wraps(original)
@@ -553,7 +586,7 @@ def test_a1111s_unipc_settings_reach_unipc_and_only_unipc(monkeypatch: pytest.Mo
         seen.append(kwargs)
         return original(denoise, x, sigmas, **kwargs)
 
-    monkeypatch.setattr(kdiffusion, function_name, recording)
+    monkeypatch.setattr(module, function_name, recording)
     params = tiny_params(sampler_name=name, steps=4, uni_pc_variant="bh2", uni_pc_skip_type="logSNR",
                          uni_pc_order=2, uni_pc_lower_order_final=False)
     run_txt2img(sd1_model, params, samplers=samplers, control=JobControl(), on_step=lambda _: None)

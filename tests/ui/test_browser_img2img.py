@@ -308,3 +308,12 @@ def test_pasted_seed_extras_and_noise_settings_fill_img2img_and_reach_its_infote
     for pair in ("RNG: CPU", "ENSD: 31337", "Eta: 0.5", "Variation seed: 5", "Variation seed strength: 0.25",
                  "Clip skip: 2", "Seed: 77"):
         assert pair in parameters, (pair, parameters)
+    # the seed buttons as txt2img's: dice to -1, recycle to the result's seed
+    page.click("#img2img-random-seed")
+    page.wait_for_function("document.querySelector('#img2img-seed input').value === '-1'")
+    page.click("#img2img-reuse-seed")
+    page.wait_for_function("document.querySelector('#img2img-seed input').value === '77'")
+    page.click("#img2img-random-subseed")
+    page.wait_for_function("document.querySelector('#img2img-subseed input').value === '-1'")
+    page.click("#img2img-reuse-subseed")
+    page.wait_for_function("document.querySelector('#img2img-subseed input').value === '5'")

@@ -12,9 +12,9 @@ Two kinds, both reading lllyasviel/Annotators' weight files from ``models/Contro
   layer widths and depths are read from the file's tensor shapes, so a file is checked against the
   layout before anything runs;
 * the others (:data:`VIA_CONTROLNET_AUX`: ``depth_midas``, ``depth_leres``, ``normal_bae``,
-  ``openpose_full`` with hands and face) through the controlnet-aux package when it imports (the
-  ``annotators`` extra; it needs torchvision, whose PyPI build does not import beside the CPU torch
-  build). ``seg_ufade20k`` (UniFormer) is in neither.
+  ``openpose_full`` / ``_hand`` / ``_face`` / ``_faceonly``) through the controlnet-aux package when it
+  imports (the ``annotators`` extra; it needs torchvision, whose PyPI build does not import beside the
+  CPU torch build). ``seg_ufade20k`` (UniFormer) is in neither.
 
 A missing file is fetched from the hub on first use (``hf_hub_download`` into that folder) unless
 downloads are off (``HF_HUB_OFFLINE``, or ``download=False``); offline the message names the file and the
@@ -111,6 +111,16 @@ VIA_CONTROLNET_AUX: dict[str, AuxAnnotator] = {
                                   ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
                                   ("hand_filename", "face_filename"),
                                   options=(("include_hand", True), ("include_face", True))),
+    "openpose_hand": AuxAnnotator("OpenposeDetector",
+                                  ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                                  ("hand_filename", "face_filename"), options=(("include_hand", True),)),
+    "openpose_face": AuxAnnotator("OpenposeDetector",
+                                  ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                                  ("hand_filename", "face_filename"), options=(("include_face", True),)),
+    "openpose_faceonly": AuxAnnotator("OpenposeDetector",
+                                      ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                                      ("hand_filename", "face_filename"),
+                                      options=(("include_body", False), ("include_face", True))),
 }
 
 
@@ -735,9 +745,6 @@ class AnnotatorRunner:
         self._loaded: dict[str, Any] = {}
 
     # -- what can run -----------------------------------------------------------------------------
-    def names(self) -> list[str]:
-        return [*NATIVE, *VIA_CONTROLNET_AUX]
-
     def downloads_allowed(self) -> bool:
         if self.download is not None:
             return self.download
@@ -756,13 +763,13 @@ class AnnotatorRunner:
         """Where ``file`` (a published file name) goes."""
         return (self.folder or Path("models/ControlNet/annotators")) / file
 
-    def local(self, file: str) -> Path | None:
-        """The file on disk (``<name>.safetensors`` first, then the published ``.pth``), or None."""
+    def local(self, file: str, *, safetensors: bool = True) -> Path | None:
+        """The file on disk (``<name>.safetensors`` first unless ``safetensors`` is off: controlnet-aux
+        reads only the published files; then the published ``.pth``), or None.
+        """
         published = self.path_of(file)
-        for path in (published.with_suffix(".safetensors"), published):
-            if path.is_file():
-                return path
-        return None
+        candidates = (published.with_suffix(".safetensors"), published) if safetensors else (published,)
+        return next((path for path in candidates if path.is_file()), None)
 
     def problem(self, name: str) -> str | None:
         """Why ``name`` cannot run now (None: it can, possibly after fetching its files). Cheap: looks at
@@ -771,7 +778,8 @@ class AnnotatorRunner:
         if name not in NATIVE and name not in VIA_CONTROLNET_AUX:
             return (f"preprocessor {name!r} runs a model sdweb has no runner for (neither built in nor in "
                     "controlnet-aux); make the map elsewhere and send it with module 'none'")
-        missing = [file for file in self.files_of(name) if self.local(file) is None]
+        native = name in NATIVE
+        missing = [file for file in self.files_of(name) if self.local(file, safetensors=native) is None]
         if name in VIA_CONTROLNET_AUX:
             package = aux_problem()
             if package is not None:
@@ -835,7 +843,7 @@ class AnnotatorRunner:
             self._loaded.clear()
 
     def _fetch(self, name: str, file: str) -> Path:
-        found = self.local(file)
+        found = self.local(file, safetensors=name in NATIVE)
         if found is not None:
             return found
         path = self.path_of(file)

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 FUNCTIONS = "sdweb.engine.samplers.functions"
 KDIFFUSION = "sdweb.engine.samplers.kdiffusion"
+TIMESTEP_SAMPLERS = "sdweb.engine.samplers.timestep_samplers"
 
 
 @hookimpl
@@ -66,30 +67,30 @@ def register_schedules() -> list[ScheduleSpec]:
 
 
 def _polyexponential(n: int, sigma_min: float, sigma_max: float) -> Any:
-    from sdweb.engine.samplers import kdiffusion
+    from sdweb.engine.samplers import schedules
 
-    return kdiffusion.polyexponential(n, sigma_min, sigma_max)[:-1]
+    return schedules.polyexponential(n, sigma_min, sigma_max)[:-1]
 
 
 def _kl_optimal(n: int, sigma_min: float, sigma_max: float) -> Any:
-    from sdweb.engine.samplers import kdiffusion
+    from sdweb.engine.samplers import schedules
 
-    return kdiffusion.kl_optimal(n, sigma_min, sigma_max)[:-1]
+    return schedules.kl_optimal(n, sigma_min, sigma_max)[:-1]
 
 
 def _align_your_steps(n: int, sigma_min: float, sigma_max: float) -> Any:
-    from sdweb.engine.samplers import kdiffusion
+    from sdweb.engine.samplers import schedules
 
-    return kdiffusion.align_your_steps(n)[:-1]
+    return schedules.align_your_steps(n)[:-1]
 
 
 def _model_schedule(label: str) -> Any:
     """A schedule that needs the model's own sigma table (given as keyword ``model``)."""
 
     def sigmas_fn(n: int, sigma_min: float, sigma_max: float, *, model: Any) -> Any:
-        from sdweb.engine.samplers import kdiffusion
+        from sdweb.engine.samplers import schedules
 
-        values = kdiffusion.a1111_sigmas(label, n, model)
+        values = schedules.a1111_sigmas(label, n, model)
         return values[values > 0]
 
     sigmas_fn.__name__ = f"{label.lower().replace(' ', '_')}_sigmas"
@@ -98,17 +99,21 @@ def _model_schedule(label: str) -> Any:
 
 def _kd(name: str, function: str, aliases: tuple[str, ...], *, schedule: str = "Uniform",
         **options: Any) -> SamplerSpec:
-    """An A1111 k-diffusion sampler: sdweb's own implementation, ``kdiffusion.<function>``."""
+    """An A1111 sampler, sdweb's own implementation: ``kdiffusion.<function>``, or
+    ``timestep_samplers.<function>`` for its timestep samplers (``timesteps=True``: DDIM, PLMS, UniPC).
+    """
     if schedule != "Uniform":
         options = {"scheduler": schedule.lower(), **options}
-    return SamplerSpec(name=name, sample_fn=f"{KDIFFUSION}:{function}", aliases=aliases,
+    module = TIMESTEP_SAMPLERS if options.get("timesteps") else KDIFFUSION
+    return SamplerSpec(name=name, sample_fn=f"{module}:{function}", aliases=aliases,
                        default_schedule=schedule, options=options)
 
 
 @hookimpl
 def register_samplers() -> list[SamplerSpec]:
     """A1111 1.10's samplers, in its order: the k-diffusion ones, then its timestep samplers DDIM, PLMS
-    and UniPC, then LCM, all exact (sdweb.engine.samplers.kdiffusion); then diffusers' extras (DEIS, DDPM).
+    and UniPC, then LCM, all exact (sdweb.engine.samplers.kdiffusion / timestep_samplers); then diffusers'
+    extras (DEIS, DDPM).
     """
     samplers = [
         _kd("DPM++ 2M", "sample_dpmpp_2m", ("k_dpmpp_2m",), schedule="Karras"),

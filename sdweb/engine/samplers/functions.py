@@ -106,7 +106,7 @@ def schedule_sigmas(schedule: ScheduleSpec, steps: int, base_config: Mapping[str
         table = training_sigmas(base_config)
         extra: dict[str, Any] = {}
         if "model" in inspect.signature(schedule.sigmas_fn).parameters:
-            from sdweb.engine.samplers.kdiffusion import DiscreteSigmas, ldm_alphas_cumprod
+            from sdweb.engine.samplers.schedules import DiscreteSigmas, ldm_alphas_cumprod
 
             extra["model"] = DiscreteSigmas(ldm_alphas_cumprod(base_config))
         values = torch.as_tensor(schedule.sigmas_fn(steps, float(table[0]), float(table[-1]), **extra))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sdweb.engine.samplers import kdiffusion
+from sdweb.engine.samplers import kdiffusion, schedules, timestep_samplers
 from sdweb.engine.samplers.functions import (
     function_schedule_problem,
     schedule_sigmas,
@@ -111,14 +111,14 @@ class FunctionSamplerPlan:
 
     def alphas_cumprod(self) -> torch.Tensor:
         """The model's training ``alphas_cumprod`` as A1111's model carries them (float32, CPU)."""
-        return kdiffusion.ldm_alphas_cumprod(self.base_config)
+        return schedules.ldm_alphas_cumprod(self.base_config)
 
-    def model_sigmas(self) -> kdiffusion.DiscreteSigmas:
+    def model_sigmas(self) -> schedules.DiscreteSigmas:
         """The model's noise levels as A1111's wrapper for this sampler sees them (LCM: its 50 steps)."""
         alphas_cumprod = self.alphas_cumprod()
         if self.sampler.options.get("denoiser") == "lcm":
-            return kdiffusion.LCMSigmas(alphas_cumprod)
-        return kdiffusion.DiscreteSigmas(alphas_cumprod)
+            return schedules.LCMSigmas(alphas_cumprod)
+        return schedules.DiscreteSigmas(alphas_cumprod)
 
     def sigmas(self, steps: int, *, sdxl: bool = False) -> torch.Tensor:
         """Decreasing float32 sigmas on the CPU, usually ``steps + 1`` ending in 0.
@@ -129,11 +129,11 @@ class FunctionSamplerPlan:
         if self.a1111 and self.sampler.options.get("timesteps"):
             # A1111's timestep samplers (DDIM, PLMS, UniPC) use their own timesteps whatever the schedule
             # type.
-            return kdiffusion.timestep_sigmas(steps, self.model_sigmas())
-        if self.a1111 and self.schedule.name in kdiffusion.SCHEDULES:
+            return timestep_samplers.timestep_sigmas(steps, self.model_sigmas())
+        if self.a1111 and self.schedule.name in schedules.SCHEDULES:
             discard = bool(self.sampler.options.get("discard_next_to_last_sigma", False))
-            return kdiffusion.a1111_sigmas(self.schedule.name, steps, self.model_sigmas(),
-                                           discard_penultimate=discard, sdxl=sdxl)
+            return schedules.a1111_sigmas(self.schedule.name, steps, self.model_sigmas(),
+                                          discard_penultimate=discard, sdxl=sdxl)
         return schedule_sigmas(self.schedule, steps, self.base_config)
 
 
@@ -319,9 +319,12 @@ class SamplerRegistry:
 
 
 def _is_a1111(sampler: SamplerSpec) -> bool:
-    """One of A1111's k-diffusion samplers as sdweb implements them (``sdweb.engine.samplers.kdiffusion``)."""
+    """One of A1111's samplers as sdweb implements them (``sdweb.engine.samplers.kdiffusion``, or
+    ``timestep_samplers`` for its DDIM, PLMS and UniPC).
+    """
     target = sampler.sample_fn
-    return isinstance(target, str) and target.startswith(f"{kdiffusion.__name__}:")
+    return isinstance(target, str) and target.startswith((f"{kdiffusion.__name__}:",
+                                                          f"{timestep_samplers.__name__}:"))
 
 
 def _claim(keys: dict[str, str], registered: Mapping[str, _Registered], name: str,

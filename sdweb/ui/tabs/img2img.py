@@ -269,6 +269,7 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
             sections.render(section_ctx, PARAMETERS)
             with gr.Row():
                 random_seed = controls.render_seed_input(form, defaults, prefix=TAB_ID)
+                reuse_seed = gr.Button("♻️", elem_classes="sdweb-tool", scale=0, elem_id="img2img-reuse-seed")
             # The same seed extras and noise settings as txt2img (a pasted infotext's RNG, ENSD, eta...).
             random_subseed, reuse_subseed = controls.render_variation_seed(form, defaults, prefix=TAB_ID)
             controls.render_override_settings(form, defaults, prefix=TAB_ID)
@@ -278,6 +279,8 @@ def render_img2img_tab(services: Any, tabs: gr.Tabs, sections: FormSections | No
 
     # 3. Wiring.
     random_seed.click(lambda: -1, outputs=form["seed"], show_progress="hidden", queue=False)
+    reuse_seed.click(lambda v: v.seed(services.generation.last_seed), inputs=panel.view, outputs=form["seed"],
+                     show_progress="hidden")
     random_subseed.click(lambda: -1, outputs=form["subseed"], show_progress="hidden", queue=False)
     reuse_subseed.click(lambda v: v.subseed(), inputs=panel.view, outputs=form["subseed"],
                         show_progress="hidden")
