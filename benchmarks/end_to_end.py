@@ -350,6 +350,9 @@ def main() -> None:
 
     import torch
 
+    from sdweb.engine.heap import share_one_heap
+
+    share_one_heap()  # as the launcher does, before any thread starts
     checkpoint = _checkpoint()
     root = Path(tempfile.mkdtemp(prefix="sdweb-e2e-"))
     services = build_service(root, checkpoint)

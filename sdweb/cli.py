@@ -579,6 +579,9 @@ def _follow(services: Any, job: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (README: Performance)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from sdweb.engine.heap import share_one_heap
+
+    share_one_heap()  # before any thread starts (see sdweb.engine.heap)
     parser = build_parser()
     # A1111's flags that sdweb does not use are taken out (and named in a warning), not refused.
     kept, ignored = strip_ignored_flags(sys.argv[1:] if argv is None else list(argv))

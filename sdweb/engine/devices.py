@@ -50,6 +50,7 @@ from typing import Any, Literal
 import torch
 
 from sdweb.config import LaunchSettings
+from sdweb.engine.heap import glibc, share_one_heap
 
 logger = logging.getLogger(__name__)
 
@@ -580,18 +581,6 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HEAP_REUSE_BYTES = 1 << 30
 
 
-def _glibc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 def configure_heap_reuse(device: torch.device | str) -> bool:
     """On a CPU runtime with glibc: serve tensors up to :data:`HEAP_REUSE_BYTES` from the heap and keep up to
     that much free at its top, so the next step's activations reuse the last step's pages (see the module
@@ -600,9 +589,10 @@ def configure_heap_reuse(device: torch.device | str) -> bool:
     """
     if torch.device(device).type != "cpu":
         return False
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return False
+    share_one_heap()  # threads started from now on (the launcher calls it before any)
     done = _set_heap(libc, HEAP_REUSE_BYTES)
     _HEAP_REUSE[0] = done
     if done:
@@ -629,7 +619,7 @@ def heap_returned() -> Iterator[None]:
     holds, not also what earlier work left for reuse; the heap's free pages are given back first. Nothing
     changes where :func:`configure_heap_reuse` is not in effect.
     """
-    libc = _glibc() if _HEAP_REUSE[0] else None
+    libc = glibc() if _HEAP_REUSE[0] else None
     if libc is None:
         yield
         return
@@ -646,7 +636,7 @@ def trim_heap() -> None:
     """Give the heap's free pages back to the kernel (glibc ``malloc_trim``), e.g. after a model is unloaded;
     nothing without glibc.
     """
-    libc = _glibc()
+    libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)
 

@@ -382,21 +382,30 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_except_in_budgeted_passes() -> 
     import textwrap
 
     script = textwrap.dedent("""
-        import resource, sys, torch
+        import resource, sys, threading, torch
         from sdweb.engine.devices import configure_heap_reuse, heap_returned, trim_heap
-        def faults_of_second_use():
-            torch.ones(16 << 20).sum()  # 64 MiB, allocated and freed
+        from sdweb.engine.heap import share_one_heap
+        assert share_one_heap()  # as the launcher does before any thread starts
+        def faults_of_second_use(size=16 << 20):
+            torch.ones(size).sum()  # 64 MiB, allocated and freed
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            torch.ones(16 << 20).sum()  # the same size again
+            torch.ones(size).sum()  # the same size again
             return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        def in_a_thread(size):  # as the worker thread that runs the jobs, with a block over 64 MiB
+            found = []
+            thread = threading.Thread(target=lambda: found.append(faults_of_second_use(size)))
+            thread.start()
+            thread.join()
+            return found[0]
         plain = faults_of_second_use()
         assert configure_heap_reuse("cpu") and not configure_heap_reuse("cuda")
         reused = faults_of_second_use()
         with heap_returned():  # budgeted passes (tiled VAE): freed blocks go back at once again
             returned = faults_of_second_use()
         again = faults_of_second_use()
+        threaded = in_a_thread(32 << 20)  # 128 MiB
         trim_heap()
-        print(plain, reused, returned, again)
+        print(plain, reused, returned, again, threaded)
     """)
     import os
 
@@ -404,8 +413,9 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_except_in_budgeted_passes() -> 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=root, env=env)
-    plain, reused, returned, again = (int(value) for value in result.stdout.split())
+    plain, reused, returned, again, threaded = (int(value) for value in result.stdout.split())
     # 64 MiB is 16384 pages: by default every use faults them in afresh; reused, hardly any.
     assert plain > 8000
     assert reused < plain // 10 and again < plain // 10
+    assert threaded < plain // 10  # also in another thread, for a block larger than a thread heap
     assert returned > 8000
