@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdweb.engine.control import annotators
+from sdweb.engine.control import annotator_nets, annotators
 from sdweb.engine.control.annotators import AnnotatorRunner
+from sdweb.engine.control.openpose import build_openpose
 from sdweb.images.control_maps import PreprocessorRegistry, PreprocessorUnavailableError
 from tests.fixtures.annotators import (
     anime_state,
@@ -126,7 +127,7 @@ def test_mlsd_segments_come_from_peaks_above_the_thresholds() -> None:
     maps[0, 0, 6, 6] = 5.0  # a strong centre whose segment is too short
     maps[0, 1:5, 2, 3] = torch.tensor([-2.0, 0.0, 2.0, 1.0])  # start (x-2, y), end (x+2, y+1)
     maps[0, 1:5, 6, 6] = torch.tensor([0.1, 0.0, 0.0, 0.0])
-    segments = annotators.mlsd_segments(maps, 0.1, 1.0)
+    segments = annotator_nets.mlsd_segments(maps, 0.1, 1.0)
     assert segments.tolist() == [[2.0, 4.0, 10.0, 6.0]]  # in input pixels: map pixels times 2
 
 
@@ -305,15 +306,16 @@ def test_a_file_of_another_layout_is_refused_naming_it(tmp_path: Path) -> None:
 
 def test_the_real_layouts_build() -> None:
     """At the published widths (64 -> 512) the builders take every tensor (shapes from the releases)."""
-    for build, state in ((annotators.build_hed, hed_state(64)), (annotators.build_lineart, lineart_state(64)),
-                         (annotators.build_anime, anime_state(64, prefix=""))):
+    for build, state in ((annotator_nets.build_hed, hed_state(64)),
+                         (annotator_nets.build_lineart, lineart_state(64)),
+                         (annotator_nets.build_anime, anime_state(64, prefix=""))):
         network = build(state, "file")
         assert set(network.state_dict()) == set(state)
     wrapped = pidinet_state(60, 24)["state_dict"]
     pidinet = {key.removeprefix("module."): value for key, value in wrapped.items()}
-    assert set(annotators.build_mlsd(mlsd_state(), "file").state_dict()) == set(mlsd_state())
-    assert set(annotators.build_openpose(openpose_state(), "file").state_dict()) == set(openpose_state())
-    network = annotators.build_pidinet(pidinet, "file")
+    assert set(annotator_nets.build_mlsd(mlsd_state(), "file").state_dict()) == set(mlsd_state())
+    assert set(build_openpose(openpose_state(), "file").state_dict()) == set(openpose_state())
+    network = annotator_nets.build_pidinet(pidinet, "file")
     assert set(network.state_dict()) == set(pidinet)
     # Radial-difference blocks become 5x5 plain convolutions, the others stay 3x3.
     assert tuple(network.state_dict()["block1_2.conv1.weight"].shape) == (60, 1, 5, 5)
@@ -337,19 +339,19 @@ def test_pixel_difference_kernels_equal_the_differences_they_stand_for() -> None
         return float((patch[0, 0, start:start + size, start:start + size] * kernel[0, 0]).sum())
 
     # central: sum of w * (x_i - x_centre)
-    assert plain(annotators.pixel_difference_kernel("cd", weight)) == pytest.approx(
+    assert plain(annotator_nets.pixel_difference_kernel("cd", weight)) == pytest.approx(
         float((w * (inner - centre)).sum()))
     # angular: each ring tap's weight times (its x - the next x clockwise); the centre's weight is unused
     ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]
     angular = sum(float(w[ring[k]]) * float(inner[ring[k]] - inner[ring[(k + 1) % 8]]) for k in range(8))
-    assert plain(annotators.pixel_difference_kernel("ad", weight)) == pytest.approx(angular)
+    assert plain(annotator_nets.pixel_difference_kernel("ad", weight)) == pytest.approx(angular)
     # radial: per direction k (row by row), (x at twice the offset - x at the offset) times weight k + 1 of
     # the flattened kernel (the release's convention: its trained weights expect exactly this pairing)
     directions = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
     flat = w.flatten()
     radial = sum(float(flat[k + 1]) * float(patch[0, 0, 2 + 2 * dy, 2 + 2 * dx] - patch[0, 0, 2 + dy, 2 + dx])
                  for k, (dy, dx) in enumerate(directions))
-    assert plain(annotators.pixel_difference_kernel("rd", weight)) == pytest.approx(radial)
+    assert plain(annotator_nets.pixel_difference_kernel("rd", weight)) == pytest.approx(radial)
 
 
 def test_controlnet_aux_annotators_name_their_files_and_the_package(tmp_path: Path,

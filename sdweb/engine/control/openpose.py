@@ -68,7 +68,7 @@ def build_openpose(state: dict[str, Any], file: str = "body_pose_model.pth") -> 
     from torch import nn
     from torch.nn import functional
 
-    from sdweb.engine.control.annotators import _filled, _shape
+    from sdweb.engine.control.annotator_nets import filled, shape_of
 
     class BodyPose(nn.Module):
         def __init__(self) -> None:
@@ -77,7 +77,7 @@ def build_openpose(state: dict[str, Any], file: str = "body_pose_model.pth") -> 
                 layer[0] for stage in range(1, STAGES + 1) for branch in (1, 2)
                 for layer in _stage_layers(stage, branch)]
             for name in names:  # the widths and kernels are the file's (the tables above: the release's)
-                cout, cin, kernel = _shape(state, f"{name}.weight", file)[:3]
+                cout, cin, kernel = shape_of(state, f"{name}.weight", file)[:3]
                 self.add_module(name, nn.Conv2d(cin, cout, kernel, padding=kernel // 2))
 
         def _run(self, layers: list[tuple[str, int, int, int]], x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ def build_openpose(state: dict[str, Any], file: str = "body_pose_model.pth") -> 
     if "conv1_1.weight" not in state or "Mconv7_stage6_L2.weight" not in state:
         raise PreprocessorUnavailableError(
             f"{file} is not an OpenPose body model (no conv1_1 / Mconv7_stage6_L2)")
-    return _filled(BodyPose(), state, file)
+    return filled(BodyPose(), state, file)
 
 
 # ---------------------------------------------------------------------------------------------------
