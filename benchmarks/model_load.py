@@ -98,9 +98,13 @@ def _model_bytes(pipe: Any) -> int:
 # -- children: one measurement each --------------------------------------------------------------
 
 
-def child_ours(path: Path, dtype_name: str) -> dict[str, Any]:
+def child_ours(path: Path, dtype_name: str, *, heap_reuse: bool = False) -> dict[str, Any]:
     from sdweb.engine.models.loader import load_checkpoint
 
+    if heap_reuse:  # as the server's CPU engine runs (sdweb.engine.devices.configure_heap_reuse)
+        from sdweb.engine.devices import configure_heap_reuse
+
+        configure_heap_reuse("cpu")
     runtime = _runtime(dtype_name)
     baseline = _status_kib("VmRSS") * 1024
     started = time.perf_counter()
@@ -221,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--child", choices=["ours", "diffusers", "switch"])
+    parser.add_argument("--child", choices=["ours", "ours-heap", "diffusers", "switch"])
     parser.add_argument("--path", type=Path)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument(
@@ -240,8 +244,8 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.WARNING)
-        if args.child == "ours":
-            result = child_ours(args.path, args.dtype)
+        if args.child in ("ours", "ours-heap"):
+            result = child_ours(args.path, args.dtype, heap_reuse=args.child == "ours-heap")
         elif args.child == "diffusers":
             result = child_diffusers(args.path, args.dtype)
         else:
@@ -255,6 +259,8 @@ def main() -> None:
         f"CPU threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
     )
     report(f"sdweb load_checkpoint ({args.dtype})", run_child("ours", path, args.dtype))
+    # The server's CPU engine keeps freed blocks in the heap (configure_heap_reuse): the same load there.
+    report(f"  + CPU heap reuse ({args.dtype})", run_child("ours-heap", path, args.dtype))
     if not args.skip_diffusers:
         report(f"diffusers from_single_file ({args.dtype})", run_child("diffusers", path, args.dtype))
     if not args.skip_switch:
