@@ -46,8 +46,13 @@ lint-imports
 echo "== pytest"
 markers="not gpu"
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then markers=""; fi
+# Two processes (one per core of a 2-core CI machine; PYTEST_WORKERS overrides): a test file stays in one
+# process (--dist loadfile), so a file's servers, Ray cluster and fixtures are never shared across them.
+workers=${PYTEST_WORKERS:-$(python -c "import os; print(min(2, os.cpu_count() or 1))")}
+parallel=()
+if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadfile); fi
 set +e
-python -m pytest -m "$markers" -p no:cacheprovider "$@"
+python -m pytest -m "$markers" -p no:cacheprovider "${parallel[@]}" "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
