@@ -297,7 +297,8 @@ def vae_memory_child(size: int) -> None:
 
     from sdweb.config import DataPaths, LaunchSettings
     from sdweb.engine.accelerator import vae_decode
-    from sdweb.engine.devices import configure_heap_reuse, configure_threads, resolve_runtime
+    from sdweb.engine.devices import configure_threads, resolve_runtime
+    from sdweb.engine.heap import configure_heap_reuse
     from sdweb.engine.vae_tiling import decode_layout
 
     config_file = REPO_ROOT / "sdweb" / "data" / "configs" / "sd1" / "vae" / "config.json"

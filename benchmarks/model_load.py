@@ -101,8 +101,8 @@ def _model_bytes(pipe: Any) -> int:
 def child_ours(path: Path, dtype_name: str, *, heap_reuse: bool = False) -> dict[str, Any]:
     from sdweb.engine.models.loader import load_checkpoint
 
-    if heap_reuse:  # as the server's CPU engine runs (sdweb.engine.devices.configure_heap_reuse)
-        from sdweb.engine.devices import configure_heap_reuse
+    if heap_reuse:  # as the server's CPU engine runs (sdweb.engine.heap.configure_heap_reuse)
+        from sdweb.engine.heap import configure_heap_reuse
 
         configure_heap_reuse("cpu")
     runtime = _runtime(dtype_name)

@@ -54,11 +54,10 @@ import torch
 from sdweb.engine.devices import (
     OffloadMode,
     apply_offload,
-    heap_returned,
-    trim_heap,
     vae_channels_last,
     vae_forces_upcast,
 )
+from sdweb.engine.heap import heap_returned, trim_heap
 from sdweb.engine.vae_tiling import TileLayout, decode_layout, encode_layout, tiled_decode, tiled_encode
 
 logger = logging.getLogger(__name__)
@@ -263,7 +262,7 @@ class DeviceMemory:
 
     def release(self) -> None:
         """After models were dropped: collect them, then give their memory back (on the CPU the C heap's free
-        pages: :func:`sdweb.engine.devices.trim_heap`).
+        pages: :func:`sdweb.engine.heap.trim_heap`).
         """
         gc.collect()
         if self.device.type == "cpu":

@@ -414,15 +414,11 @@ def create_engine(settings: Any, registry: Any, vae_registry: Any, samplers: Sam
     ``modules``: the service layer's ``ModuleRegistry`` (models/text_encoder + models/VAE); built here
     when not given.
     """
-    from sdweb.engine.devices import (
-        apply_backend_flags,
-        configure_heap_reuse,
-        configure_threads,
-        resolve_runtime,
-    )
+    from sdweb.engine.devices import apply_backend_flags, configure_threads, resolve_runtime
     from sdweb.engine.extra_networks.embeddings import EmbeddingLibrary
     from sdweb.engine.extra_networks.lora import LoraLibrary
     from sdweb.engine.face_restore import FaceModelLibrary, FaceRestorer
+    from sdweb.engine.heap import configure_heap_reuse
     from sdweb.engine.models.cache import ModelCache
     from sdweb.engine.models.loader import check_checkpoint, load_checkpoint
     from sdweb.engine.models.modules import ModuleRegistry

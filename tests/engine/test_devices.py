@@ -383,7 +383,7 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_except_in_budgeted_passes() -> 
 
     script = textwrap.dedent("""
         import resource, torch
-        from sdweb.engine.devices import configure_heap_reuse, heap_returned, trim_heap
+        from sdweb.engine.heap import configure_heap_reuse, heap_returned, trim_heap
         def faults_over_uses(size=16 << 20, uses=6):  # 64 MiB blocks, allocated and freed again and again
             for _ in range(2):
                 torch.ones(size).sum()
