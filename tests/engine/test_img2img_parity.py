@@ -42,6 +42,7 @@ from tests.engine.test_kdiffusion_parity import (
     _draw,
     _UNetLDM,
     a1111_cfg_denoiser,
+    a1111_plms_eps,
     a1111_schedule,
     run_with_image_noise,
 )
@@ -164,19 +165,11 @@ def run_oracle_timesteps(model: Any, params: Img2ImgParams, init: torch.Tensor) 
             if params.sampler_name == "DDIM":  # eta 0
                 x = update(e_t, index, x)
                 continue
-            if not old_eps:
-                x_prev = update(e_t, index, x)
-                e_prime = (e_t + eps(x_prev, timesteps[max(index - 1, 0)].item())) / 2
-            elif len(old_eps) == 1:
-                e_prime = (3 * e_t - old_eps[-1]) / 2
-            elif len(old_eps) == 2:
-                e_prime = (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
-            else:
-                e_prime = (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
-            x = update(e_prime, index, x)
-            old_eps.append(e_t)
-            if len(old_eps) >= 4:
-                old_eps.pop(0)
+
+            def heun_start(e_t: torch.Tensor = e_t, index: int = index, x: torch.Tensor = x) -> torch.Tensor:
+                return eps(update(e_t, index, x), timesteps[max(index - 1, 0)].item())
+
+            x = update(a1111_plms_eps(e_t, old_eps, heun_start), index, x)
     return x, t_enc + 1
 
 

@@ -16,6 +16,7 @@ conditioning), so the whole grid runs in seconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -538,6 +539,25 @@ def build_infotext_for(params: Any) -> str:
 Trajectory = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
 
 
+def a1111_plms_eps(e_t: torch.Tensor, old_eps: list[torch.Tensor],
+                   heun_start: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A1111's PLMS noise estimate from ``e_t`` and up to three earlier ones (``old_eps``, oldest first;
+    ``e_t`` is added, the list kept at three); the first step averages ``e_t`` with ``heun_start()``, the
+    noise predicted one step on."""
+    if not old_eps:
+        e_prime = (e_t + heun_start()) / 2
+    elif len(old_eps) == 1:
+        e_prime = (3 * e_t - old_eps[-1]) / 2
+    elif len(old_eps) == 2:
+        e_prime = (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
+    else:
+        e_prime = (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
+    old_eps.append(e_t)
+    if len(old_eps) >= 4:
+        old_eps.pop(0)
+    return e_prime
+
+
 def _a1111_timestep_sampler(name: str, steps: int, eta: float) -> Trajectory:
     alphas_cumprod = ldm_alphas_cumprod()
     timesteps = torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
@@ -571,19 +591,11 @@ def _a1111_timestep_sampler(name: str, steps: int, eta: float) -> Trajectory:
             x, pred_x0 = update(e_t, index, x, sigma_t)
             x = x + sigma_t * rng.randn_like(x)
         else:
-            if not old_eps:
+            def heun_start(e_t: torch.Tensor = e_t, index: int = index, x: torch.Tensor = x) -> torch.Tensor:
                 x_prev, _ = update(e_t, index, x)
-                e_prime = (e_t + model(x_prev, timesteps[max(index - 1, 0)].item())) / 2
-            elif len(old_eps) == 1:
-                e_prime = (3 * e_t - old_eps[-1]) / 2
-            elif len(old_eps) == 2:
-                e_prime = (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
-            else:
-                e_prime = (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
-            x, pred_x0 = update(e_prime, index, x)
-            old_eps.append(e_t)
-            if len(old_eps) >= 4:
-                old_eps.pop(0)
+                return model(x_prev, timesteps[max(index - 1, 0)].item())
+
+            x, pred_x0 = update(a1111_plms_eps(e_t, old_eps, heun_start), index, x)
         xs.append(x.clone())
         x0s.append(pred_x0.clone())
     return xs, x0s, x
