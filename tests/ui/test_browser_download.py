@@ -6,12 +6,14 @@ bar, verified, and lands in the checkpoint dropdown at once; an unreachable hub 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.fixtures.checkpoints import write_tiny_sd1
 from tests.fixtures.fake_hub import REPO, FakeHub, running_hub
@@ -63,7 +65,7 @@ def test_a_typed_repository_downloads_and_appears_in_the_checkpoint_list(
     assert saved.is_file()
     # Listed at once; the loaded model stays selected until the user picks the new one.
     dropdown = page.locator("#txt2img-checkpoint input")
-    assert dropdown.input_value().startswith("demo-shapes")
+    expect(dropdown).to_have_value(re.compile(r"^demo-shapes"))
     dropdown.click()
     page.get_by_role("option", name="fetched.safetensors").first.wait_for()
     screenshot(page, "download-done")
