@@ -148,12 +148,24 @@ def run_txt2img(
                         extra_networks=extra_networks, controlnets=controlnets, hires_pass=hires_pass).run()
 
 
+def prompt_schedule_steps(plan: Any, steps: int) -> int:
+    """The length of the prompt-editing timeline (``[a:b:N]``, ``[a|b]``) for ``steps`` steps of ``plan``.
+
+    A1111 counts its denoiser's calls, not steps, and gives its second-order samplers (Heun, DPM2, DPM++
+    2S a, DPM++ SDE, Restart: two model calls a step) a timeline of ``2 * steps`` (``total_steps``).
+    diffusers' schedulers keep a timeline of ``steps``, counted in steps.
+    """
+    if isinstance(plan, FunctionSamplerPlan) and plan.sampler.options.get("second_order"):
+        return 2 * steps
+    return steps
+
+
 class _Txt2Img:
     def __init__(self, model: LoadedModelLike, params: GenerationParams, samplers: SamplerRegistry,
                  control: JobControl, on_step: Callable[[StepProgress], None], preview_every: int,
                  output_type: Literal["pil", "latent"] = "pil", *,
                  extra_networks: ExtraNetworks | None = None, controlnets: Any = None,
-                 hires_pass: bool | None = None) -> None:
+                 hires_pass: bool | None = None, first_pass_prompt_steps: int | None = None) -> None:
         if output_type not in ("pil", "latent"):
             raise ValueError(f"output_type must be 'pil' or 'latent', got {output_type!r}")
         self.output_type = output_type
@@ -184,6 +196,15 @@ class _Txt2Img:
         self.hires_pass = hires_pass
         self.control_stack: Any = None
         self.ip_stack: Any = None
+        #: Hires fix's second pass: the first pass's prompt-editing timeline (A1111's ``firstpass_steps``),
+        #: which ``[a:b:N]`` counts on from; None outside it.
+        self.first_pass_prompt_steps = first_pass_prompt_steps
+        #: The prompt-editing timeline: its length, and whether it counts model calls (A1111's samplers)
+        #: or steps (diffusers' schedulers); set with the sampler in check_inputs.
+        self.prompt_steps = params.steps
+        self.counts_model_calls = False
+        #: Where the run is on that timeline (model calls made, or steps).
+        self.prompt_step = 0
 
     def run(self) -> EngineRun:
         # 1. Check inputs (before any model work, so a bad request costs nothing).
@@ -323,6 +344,8 @@ class _Txt2Img:
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
         plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
                                    path=params.sampler_path or "A1111")
+        self.prompt_steps = prompt_schedule_steps(plan, params.steps)
+        self.counts_model_calls = isinstance(plan, FunctionSamplerPlan)
         try:  # a step count the sampler cannot make (DDIM above the 1000 trained steps)
             if isinstance(plan, SchedulerPlan):
                 plan.set_timesteps(params.steps, "cpu")
@@ -345,8 +368,12 @@ class _Txt2Img:
         # The tags were read, and their LoRAs applied, by job_extra_networks in run().
         prompt, _calls = strip_extra_networks(params.prompt)
         parts = split_composable_prompt(prompt)
-        schedules = get_learned_conditioning_prompt_schedules(
-            [text for text, _weight in parts] + [params.negative_prompt], params.steps)
+        texts = [text for text, _weight in parts] + [params.negative_prompt]
+        if self.first_pass_prompt_steps is None:
+            schedules = get_learned_conditioning_prompt_schedules(texts, self.prompt_steps)
+        else:  # hires fix's second pass: A1111's timeline goes on from the first pass's
+            schedules = get_learned_conditioning_prompt_schedules(texts, self.first_pass_prompt_steps,
+                                                                  hires_steps=self.prompt_steps)
         self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]
@@ -364,8 +391,8 @@ class _Txt2Img:
 
     # -- 3. guidance -------------------------------------------------------------------------
     def guidance(self) -> _Guidance:
-        """The conditioning for the step being computed (prompt editing switches it between steps)."""
-        step = self.step_index
+        """The conditioning for the model call being made (prompt editing switches it between calls)."""
+        step = self.prompt_step if self.counts_model_calls else self.step_index
         key = (tuple(prompt_for_step(schedule, step) for schedule, _w in self.part_schedules),
                prompt_for_step(self.negative_schedule, step))
         found = self._guidance_cache.get(key)
@@ -521,12 +548,14 @@ class _Txt2Img:
         assert sample_fn is not None
         # 6. Sigmas, the denoiser, the callback.
         sigmas = plan.sigmas(self.params.steps, sdxl=self.is_sdxl)
-        self.step_index = 0
+        self.step_index = self.prompt_step = 0
         denoiser = self.function_denoiser(plan)
 
         def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
-            return denoiser(x, sigma, **kwargs)  # kwargs: an explicit ``timestep`` (UniPC)
+            denoised = denoiser(x, sigma, **kwargs)  # kwargs: an explicit ``timestep`` (UniPC)
+            self.prompt_step += 1  # A1111's denoiser counts its calls (prompt editing's timeline)
+            return denoised
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
             self.step_index = i + 1

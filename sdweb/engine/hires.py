@@ -11,7 +11,9 @@ This module owns the two-pass txt2img A1111 calls "Hires. fix" (``enable_hr``):
    drawn at the hires size), ``hr_second_pass_steps`` (0 = ``steps``) and ``denoising_strength``. As
    A1111's, A1111's samplers run exactly those steps, the last ones of an ``int(steps / min(strength,
    0.999))`` schedule (``img2img_fix_steps``'s count, whatever the setting); diffusers' schedulers keep
-   diffusers' ``int(steps * strength)`` of a ``steps`` schedule.
+   diffusers' ``int(steps * strength)`` of a ``steps`` schedule. Prompt editing goes on along the first
+   pass's timeline, as A1111's: ``[a:b:25]`` after 20 steps switches at the second pass's 5th model call,
+   ``[a:b:1.5]`` halfway through it.
 
 With a dedicated inpainting checkpoint (9-channel UNet) the first pass is txt2img's (everything
 masked) and the second pass img2img's without a mask (:mod:`sdweb.engine.image_conditioning`), as A1111.
@@ -31,7 +33,7 @@ import torch
 from PIL import Image
 
 from sdweb.engine.accelerator import inference_context, offload_module, vae_decode
-from sdweb.engine.generate import LoadedModelLike, run_txt2img, to_pil
+from sdweb.engine.generate import LoadedModelLike, prompt_schedule_steps, run_txt2img, to_pil
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img, img2img_run_steps
 from sdweb.engine.samplers.registry import SamplerRegistry
@@ -118,6 +120,7 @@ def run_hires_txt2img(
         **params.model_dump(), "enable_hr": False, "width": final_w, "height": final_h,
         "steps": second_steps, "n_iter": 1, "resize_mode": 0, "img2img_fix_steps": True,
         **params.hires_second_pass_fields()})
+    prompt_options: dict[str, int] = {}
     if passes is not None:
         run_steps = second_template.diffusers_img2img_steps  # the family's flow loop counts as diffusers
     else:
@@ -125,6 +128,11 @@ def run_hires_txt2img(
                                      model.pipe.scheduler.config,
                                      path=second_template.sampler_path or "A1111")
         run_steps = img2img_run_steps(second_template, second_plan)
+        first_plan = samplers.build(params.sampler_name, params.scheduler, model.pipe.scheduler.config,
+                                    path=params.sampler_path or "A1111")
+        # A1111's second pass goes on along the first pass's prompt-editing timeline ([a:b:N] counts on
+        # from its end; fractions above 1 are of the second pass).
+        prompt_options["first_pass_prompt_steps"] = prompt_schedule_steps(first_plan, params.steps)
     total = params.steps + run_steps
     latent = upscaler in LATENT_UPSCALE_MODES
     options = {"extra_networks": extra_networks} if extra_networks is not None else {}
@@ -186,7 +194,7 @@ def run_hires_txt2img(
                     second = _Img2Img(model, second_params, init_images, samplers, control, second_step,
                                       preview_every, init_latents=init_latents,
                                       inpainting_mask_weight=inpainting_mask_weight, **options,
-                                      controlnets=controlnets, hires_pass=True).run()
+                                      controlnets=controlnets, hires_pass=True, **prompt_options).run()
         last = second
         # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
         batch = [replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)

@@ -159,7 +159,8 @@ class _Img2Img(_Txt2Img):
                  preview_every: int, *, extra_networks: Any = None,
                  init_latents: torch.Tensor | None = None, mask: Image.Image | None = None,
                  inpainting_mask_weight: float = DEFAULT_MASK_WEIGHT, controlnets: Any = None,
-                 hires_pass: bool | None = None, output_type: Literal["pil", "latent"] = "pil") -> None:
+                 hires_pass: bool | None = None, output_type: Literal["pil", "latent"] = "pil",
+                 first_pass_prompt_steps: int | None = None) -> None:
         if not isinstance(params, Img2ImgParams):
             raise TypeError("run_img2img needs Img2ImgParams (denoising_strength, resize_mode)")
         if not 0.0 <= inpainting_mask_weight <= 1.0:
@@ -167,7 +168,8 @@ class _Img2Img(_Txt2Img):
         # Passed on only when given, so the loop's own default (none) stays its business.
         options = {"extra_networks": extra_networks} if extra_networks is not None else {}
         super().__init__(model, params, samplers, control, on_step, preview_every, output_type, **options,
-                         controlnets=controlnets, hires_pass=hires_pass)
+                         controlnets=controlnets, hires_pass=hires_pass,
+                         first_pass_prompt_steps=first_pass_prompt_steps)
         self.mask_weight = float(inpainting_mask_weight)
         self.init_images = list(init_images)
         #: Steps this job runs and reports; set with the sampler in check_inputs (an estimate until then).
@@ -423,7 +425,7 @@ class _Img2Img(_Txt2Img):
             sigmas = plan.sigmas(steps, sdxl=self.is_sdxl)[steps - self.denoise_steps:]
             start_sigma = float(sigmas[0])
         offset = self.prompt_offset
-        self.step_index = offset
+        self.step_index = self.prompt_step = offset
         denoiser = self.function_denoiser(plan)
 
         if timestep_sampler and self.latent_mask is not None:
@@ -431,10 +433,12 @@ class _Img2Img(_Txt2Img):
 
         def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
+            denoised = denoiser(x, sigma, **kwargs)
+            self.prompt_step += 1  # A1111's denoiser counts its calls (prompt editing's timeline)
             if timestep_sampler:
-                return denoiser(x, sigma, **kwargs)
+                return denoised
             # Inpainting: the prediction outside the mask is the init image itself (A1111's way).
-            return self.keep_unmasked(denoiser(x, sigma, **kwargs), init)
+            return self.keep_unmasked(denoised, init)
 
         def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
             self.step_index = offset + i + 1
