@@ -369,11 +369,14 @@ class _Txt2Img:
         prompt, _calls = strip_extra_networks(params.prompt)
         parts = split_composable_prompt(prompt)
         texts = [text for text, _weight in parts] + [params.negative_prompt]
+        old_timelines = bool(params.use_old_scheduling)
         if self.first_pass_prompt_steps is None:
-            schedules = get_learned_conditioning_prompt_schedules(texts, self.prompt_steps)
+            schedules = get_learned_conditioning_prompt_schedules(texts, self.prompt_steps,
+                                                                  use_old_scheduling=old_timelines)
         else:  # hires fix's second pass: A1111's timeline goes on from the first pass's
             schedules = get_learned_conditioning_prompt_schedules(texts, self.first_pass_prompt_steps,
-                                                                  hires_steps=self.prompt_steps)
+                                                                  hires_steps=self.prompt_steps,
+                                                                  use_old_scheduling=old_timelines)
         self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]

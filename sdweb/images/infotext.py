@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdweb.params import UNIPC_DEFAULTS, GenerationParams, format_validation_error
+from sdweb.params import A1111_COMPAT_INFOTEXT, UNIPC_DEFAULTS, GenerationParams, format_validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ _SAMPLER_NAME_SCHEDULE_SUFFIXES: tuple[str, ...] = (
     "Beta",
 )
 
+#: A1111's compatibility keys a paste applies (the rest of A1111_COMPAT_INFOTEXT is not honoured yet).
+INFOTEXT_COMPAT_READ: tuple[str, ...] = ("Old prompt editing timelines", "Pad conds", "Pad conds v0")
 #: Infotext keys :func:`infotext_to_params` turns into ``GenerationParams`` fields.
 _MAPPED_KEYS = frozenset(
     {
@@ -117,6 +119,7 @@ _MAPPED_KEYS = frozenset(
         "UniPC skip type",
         "UniPC order",
         "UniPC lower order final",
+        *INFOTEXT_COMPAT_READ,
     }
 )
 
@@ -136,8 +139,6 @@ INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
     "Token merging ratio",
     "Token merging ratio hr",
     "NGMS",
-    "Pad conds",
-    "Pad conds v0",
     "Downcast alphas_cumprod",
 )
 #: A1111's UniPC settings: infotext key -> request field (and option) name.
@@ -275,6 +276,9 @@ def build_infotext(
             value = getattr(params, name)
             if value is not None and value != UNIPC_DEFAULTS[name]:
                 pairs[key] = value
+    for name, key in A1111_COMPAT_INFOTEXT.items():
+        if getattr(params, name, None):  # A1111 writes its compatibility settings only when on
+            pairs[key] = True
     for key, value in (extra or {}).items():
         if key != "Version":
             pairs[key] = value
@@ -538,6 +542,9 @@ def infotext_to_params(
     convert("eta", "Eta DDIM", _to_float)
     path = str(parsed.get("Sampler path", "A1111")).strip()
     fields["sampler_path"] = "diffusers" if path.lower() == "diffusers" else "A1111"
+    for name, key in A1111_COMPAT_INFOTEXT.items():
+        if key in INFOTEXT_COMPAT_READ:  # absent: off where the image was made (A1111 writes them when on)
+            fields[name] = str(parsed.get(key, "")).strip().lower() == "true"
     if fields.get("sampler_name") == "UniPC" or any(key in parsed for key in INFOTEXT_UNIPC):
         # A1111's UniPC settings: absent ones are A1111's defaults, not this machine's settings.
         fields.update(UNIPC_DEFAULTS)
