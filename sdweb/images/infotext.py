@@ -88,8 +88,9 @@ _SAMPLER_NAME_SCHEDULE_SUFFIXES: tuple[str, ...] = (
     "Beta",
 )
 
-#: A1111's compatibility keys a paste applies (the rest of A1111_COMPAT_INFOTEXT is not honoured yet).
-INFOTEXT_COMPAT_READ: tuple[str, ...] = ("Old prompt editing timelines", "Pad conds", "Pad conds v0")
+#: A1111's compatibility keys a paste applies (all of A1111_COMPAT_INFOTEXT).
+INFOTEXT_COMPAT_READ: tuple[str, ...] = ("Old prompt editing timelines", "Downcast alphas_cumprod",
+                                          "Pad conds", "Pad conds v0")
 #: Infotext keys :func:`infotext_to_params` turns into ``GenerationParams`` fields.
 _MAPPED_KEYS = frozenset(
     {
@@ -139,7 +140,6 @@ INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
     "Token merging ratio",
     "Token merging ratio hr",
     "NGMS",
-    "Downcast alphas_cumprod",
 )
 #: A1111's UniPC settings: infotext key -> request field (and option) name.
 INFOTEXT_UNIPC: Mapping[str, str] = {
@@ -276,12 +276,14 @@ def build_infotext(
             value = getattr(params, name)
             if value is not None and value != UNIPC_DEFAULTS[name]:
                 pairs[key] = value
-    for name, key in A1111_COMPAT_INFOTEXT.items():
-        if getattr(params, name, None):  # A1111 writes its compatibility settings only when on
-            pairs[key] = True
     for key, value in (extra or {}).items():
         if key != "Version":
             pairs[key] = value
+    for name, key in A1111_COMPAT_INFOTEXT.items():
+        # A1111 writes its compatibility settings only when on, after the hashes of the extra networks
+        # (its "Downcast alphas_cumprod" is added as sampling starts).
+        if getattr(params, name, None):
+            pairs[key] = True
     if any(MODULE_KEY_RE.fullmatch(str(key)) for key in pairs):
         # Forge names the VAE among its "Module N" files and reads a "VAE" key as the whole choice.
         pairs["VAE"] = None

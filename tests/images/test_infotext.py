@@ -282,10 +282,9 @@ def test_infotext_to_params_maps_fields_and_returns_the_rest() -> None:
     assert params.checkpoint is None
     assert extras["Model hash"] == "19bbe9faa4"
     assert extras["Model"] == "fantasticmix_k2"
-    assert list(extras) == [
-        "Model hash", "Model", "VAE hash", "VAE", "Lora hashes", "TI hashes", "Downcast alphas_cumprod",
-        "Version",
-    ]
+    assert params.use_downcasted_alpha_bar is True  # A1111's "Downcast alphas_cumprod" setting
+    assert params.use_old_scheduling is False
+    assert list(extras) == ["Model hash", "Model", "VAE hash", "VAE", "Lora hashes", "TI hashes", "Version"]
 
 
 def test_infotext_to_params_splits_old_sampler_names() -> None:
