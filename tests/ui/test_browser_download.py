@@ -65,7 +65,7 @@ def test_a_typed_repository_downloads_and_appears_in_the_checkpoint_list(
     assert saved.is_file()
     # Listed at once; the loaded model stays selected until the user picks the new one.
     dropdown = page.locator("#txt2img-checkpoint input")
-    expect(dropdown).to_have_value(re.compile(r"^demo-shapes"))
+    expect(dropdown).to_have_value(re.compile(r"^demo-shapes"), timeout=TIMEOUT_MS)
     dropdown.click()
     page.get_by_role("option", name="fetched.safetensors").first.wait_for()
     screenshot(page, "download-done")
