@@ -377,6 +377,15 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("uni_pc_order", 3, "UniPC order (at most the sampling steps)", "Sampler parameters",
                minimum=1, maximum=50),
     OptionSpec("uni_pc_lower_order_final", True, "UniPC lower order final", "Sampler parameters"),
+    # A1111's compatibility settings (its keys and labels); they change the picture, off by default.
+    OptionSpec("use_old_scheduling", False, "Use old prompt editing timelines (N below 1: a fraction of "
+               "the steps, else a step; hires fix reuses the first pass's timeline)", "Compatibility"),
+    OptionSpec("use_downcasted_alpha_bar", False, "Downcast model alphas_cumprod to fp16 before sampling "
+               "(for reproducing old seeds)", "Compatibility"),
+    OptionSpec("pad_cond_uncond", False, "Pad prompt/negative prompt to the same length (faster, changes "
+               "images whose prompt and negative prompt differ in length)", "Compatibility"),
+    OptionSpec("pad_cond_uncond_v0", False, "Pad prompt/negative prompt (v0): the way before A1111 1.6 "
+               "(negative prompt padded with its last vector or cut)", "Compatibility"),
     OptionSpec("samples_format", "png", "File format for images", "Saving images",
                choices=("png", "jpg", "jpeg", "webp")),
     OptionSpec("samples_save", True, "Always save all generated images", "Saving images"),

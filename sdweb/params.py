@@ -43,6 +43,14 @@ UNIPC_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3,
     "uni_pc_lower_order_final": True})
 UNIPC_SETTINGS: tuple[str, ...] = tuple(UNIPC_DEFAULTS)
+#: A1111's compatibility settings that change the picture (request fields and options of these names, all
+#: off by default) and the infotext key A1111 writes for each when it is on.
+A1111_COMPAT_INFOTEXT: Mapping[str, str] = MappingProxyType({
+    "use_old_scheduling": "Old prompt editing timelines",
+    "use_downcasted_alpha_bar": "Downcast alphas_cumprod",
+    "pad_cond_uncond": "Pad conds",
+    "pad_cond_uncond_v0": "Pad conds v0",
+})
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -144,6 +152,17 @@ class GenerationParams(BaseModel):
     #: the last ``denoising_strength`` of a ``steps`` schedule. A1111's samplers only; img2img only (hires
     #: fix's second pass always runs its steps exactly, as A1111's). None means the setting.
     img2img_fix_steps: bool | None = None
+    #: A1111's compatibility settings (:data:`A1111_COMPAT_INFOTEXT`); None means the setting of that name.
+    #: ``use_old_scheduling``: "Use old prompt editing timelines" (``[a:b:N]``: N below 1 a fraction, else a
+    #: step; the hires pass reuses the first pass's timeline). ``use_downcasted_alpha_bar``: the model's
+    #: ``alphas_cumprod`` rounded to fp16 before the sigmas are made (A1111 before 1.7). ``pad_cond_uncond``:
+    #: the shorter of prompt and negative prompt padded with empty-prompt chunks so both run in one batch
+    #: (off: each with its own length, as A1111). ``pad_cond_uncond_v0``: the negative prompt padded with
+    #: its last vector, or cut, to the prompt's length (A1111 before 1.6).
+    use_old_scheduling: bool | None = None
+    use_downcasted_alpha_bar: bool | None = None
+    pad_cond_uncond: bool | None = None
+    pad_cond_uncond_v0: bool | None = None
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False

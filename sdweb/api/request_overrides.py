@@ -35,6 +35,11 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "uni_pc_skip_type": "uni_pc_skip_type",
     "uni_pc_order": "uni_pc_order",
     "uni_pc_lower_order_final": "uni_pc_lower_order_final",
+    # A1111's compatibility settings.
+    "use_old_scheduling": "use_old_scheduling",
+    "use_downcasted_alpha_bar": "use_downcasted_alpha_bar",
+    "pad_cond_uncond": "pad_cond_uncond",
+    "pad_cond_uncond_v0": "pad_cond_uncond_v0",
 }
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({

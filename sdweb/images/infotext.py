@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdweb.params import UNIPC_DEFAULTS, GenerationParams, format_validation_error
+from sdweb.params import A1111_COMPAT_INFOTEXT, UNIPC_DEFAULTS, GenerationParams, format_validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ _SAMPLER_NAME_SCHEDULE_SUFFIXES: tuple[str, ...] = (
     "Beta",
 )
 
+#: A1111's compatibility keys a paste applies (all of A1111_COMPAT_INFOTEXT).
+INFOTEXT_COMPAT_READ: tuple[str, ...] = ("Old prompt editing timelines", "Downcast alphas_cumprod",
+                                          "Pad conds", "Pad conds v0")
 #: Infotext keys :func:`infotext_to_params` turns into ``GenerationParams`` fields.
 _MAPPED_KEYS = frozenset(
     {
@@ -117,6 +120,7 @@ _MAPPED_KEYS = frozenset(
         "UniPC skip type",
         "UniPC order",
         "UniPC lower order final",
+        *INFOTEXT_COMPAT_READ,
     }
 )
 
@@ -136,9 +140,6 @@ INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
     "Token merging ratio",
     "Token merging ratio hr",
     "NGMS",
-    "Pad conds",
-    "Pad conds v0",
-    "Downcast alphas_cumprod",
 )
 #: A1111's UniPC settings: infotext key -> request field (and option) name.
 INFOTEXT_UNIPC: Mapping[str, str] = {
@@ -278,6 +279,11 @@ def build_infotext(
     for key, value in (extra or {}).items():
         if key != "Version":
             pairs[key] = value
+    for name, key in A1111_COMPAT_INFOTEXT.items():
+        # A1111 writes its compatibility settings only when on, after the hashes of the extra networks
+        # (its "Downcast alphas_cumprod" is added as sampling starts).
+        if getattr(params, name, None):
+            pairs[key] = True
     if any(MODULE_KEY_RE.fullmatch(str(key)) for key in pairs):
         # Forge names the VAE among its "Module N" files and reads a "VAE" key as the whole choice.
         pairs["VAE"] = None
@@ -538,6 +544,9 @@ def infotext_to_params(
     convert("eta", "Eta DDIM", _to_float)
     path = str(parsed.get("Sampler path", "A1111")).strip()
     fields["sampler_path"] = "diffusers" if path.lower() == "diffusers" else "A1111"
+    for name, key in A1111_COMPAT_INFOTEXT.items():
+        if key in INFOTEXT_COMPAT_READ:  # absent: off where the image was made (A1111 writes them when on)
+            fields[name] = str(parsed.get(key, "")).strip().lower() == "true"
     if fields.get("sampler_name") == "UniPC" or any(key in parsed for key in INFOTEXT_UNIPC):
         # A1111's UniPC settings: absent ones are A1111's defaults, not this machine's settings.
         fields.update(UNIPC_DEFAULTS)

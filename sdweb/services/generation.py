@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from sdweb import __version__
 from sdweb.config import OptionsStore
 from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
     MAX_SEED,
     UNIPC_SETTINGS,
     EngineRun,
@@ -458,6 +459,9 @@ class GenerationService:
                 updates[key] = self._options.get(key)
         if params.img2img_fix_steps is None:
             updates["img2img_fix_steps"] = bool(self._options.get("img2img_fix_steps"))
+        for key in A1111_COMPAT_INFOTEXT:
+            if getattr(params, key) is None:
+                updates[key] = bool(self._options.get(key))
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()

@@ -14,7 +14,7 @@ from sdweb.images.infotext import (
     parse_infotext,
     split_sampler_name,
 )
-from sdweb.params import GenerationParams
+from sdweb.params import A1111_COMPAT_INFOTEXT, GenerationParams
 
 # Real infotexts, as A1111 / Forge wrote them (gathered from public posts and A1111's sources).
 # v1.9.4, LCM LoRA + textual inversions, separate VAE, Clip skip 2.
@@ -282,10 +282,9 @@ def test_infotext_to_params_maps_fields_and_returns_the_rest() -> None:
     assert params.checkpoint is None
     assert extras["Model hash"] == "19bbe9faa4"
     assert extras["Model"] == "fantasticmix_k2"
-    assert list(extras) == [
-        "Model hash", "Model", "VAE hash", "VAE", "Lora hashes", "TI hashes", "Downcast alphas_cumprod",
-        "Version",
-    ]
+    assert params.use_downcasted_alpha_bar is True  # A1111's "Downcast alphas_cumprod" setting
+    assert params.use_old_scheduling is False
+    assert list(extras) == ["Model hash", "Model", "VAE hash", "VAE", "Lora hashes", "TI hashes", "Version"]
 
 
 def test_infotext_to_params_splits_old_sampler_names() -> None:
@@ -409,7 +408,8 @@ def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: d
     text = build(params, **overrides)
     assert rebuild(text) == text
     back, _ = infotext_to_params(parse_infotext(text))
-    resolved = {"rng", "clip_skip", "subseed", "batch_size", "n_iter", "eta_noise_seed_delta", "sampler_path"}
+    resolved = {"rng", "clip_skip", "subseed", "batch_size", "n_iter", "eta_noise_seed_delta", "sampler_path",
+                *A1111_COMPAT_INFOTEXT}
     assert back.model_dump(exclude=resolved) == params.model_dump(exclude=resolved)
 
 

@@ -265,7 +265,8 @@ class FlowTxt2Img:
         prompt, _calls = strip_extra_networks(params.prompt)
         parts = split_composable_prompt(prompt)
         schedules = get_learned_conditioning_prompt_schedules(
-            [text for text, _weight in parts] + [params.negative_prompt], params.steps
+            [text for text, _weight in parts] + [params.negative_prompt], params.steps,
+            use_old_scheduling=bool(params.use_old_scheduling),
         )
         self.part_schedules = [
             (schedule, weight) for schedule, (_text, weight) in zip(schedules, parts, strict=False)
