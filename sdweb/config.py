@@ -378,6 +378,8 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
                minimum=1, maximum=50),
     OptionSpec("uni_pc_lower_order_final", True, "UniPC lower order final", "Sampler parameters"),
     # A1111's compatibility settings (its keys and labels); they change the picture, off by default.
+    OptionSpec("auto_backcompat", True, "Automatic backward compatibility: a pasted infotext's Version "
+               "turns on the compatibility settings that A1111 version had", "Compatibility"),
     OptionSpec("use_old_scheduling", False, "Use old prompt editing timelines (N below 1: a fraction of "
                "the steps, else a step; hires fix reuses the first pass's timeline)", "Compatibility"),
     OptionSpec("use_downcasted_alpha_bar", False, "Downcast model alphas_cumprod to fp16 before sampling "

@@ -26,6 +26,10 @@ def colour_for(seed: int, prompt: str) -> tuple[int, int, int]:
     return digest[0], digest[1], digest[2]
 
 
+#: The longest a step waits for :attr:`FakeEngine.gate` (seconds).
+GATE_TIMEOUT = 120.0
+
+
 @dataclass
 class FakeLoaded:
     info: Any
@@ -45,6 +49,10 @@ class FakeEngine:
     #: Hand each finished batch to ``control.images_done`` as the real engine does (False: only at the end,
     #: as a cluster worker's results come).
     report_batches: bool = True
+    #: A test holds a job running without racing a clock: while this is an unset Event, each step waits
+    #: for it after reporting itself (set it to let the job go on; a safety timeout keeps a forgotten one
+    #: from hanging the worker for good).
+    gate: threading.Event | None = None
 
     current: Any = None
 
@@ -101,6 +109,9 @@ class FakeEngine:
                     preview = Image.new("RGB", (8, 8), (128, 128, 128))
                 on_step(StepProgress(step=step, total_steps=params.steps, batch_index=batch,
                                      batch_count=params.n_iter, preview=preview))
+                gate = self.gate
+                if gate is not None:
+                    gate.wait(timeout=GATE_TIMEOUT)
                 if control.stop_requested:
                     break
             if control.interrupted:

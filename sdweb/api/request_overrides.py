@@ -128,11 +128,31 @@ def _pasted_gpu_rng(services: Any) -> str:
     return str(probe()) if callable(probe) else "NV"
 
 
+def auto_backcompat(services: Any) -> bool:
+    """A1111's "Automatic backward compatibility" setting (``auto_backcompat``; on where it is unknown)."""
+    options = getattr(services, "options", None)
+    if options is None:
+        return True
+    try:
+        value = options.get("auto_backcompat")
+    except KeyError:
+        return True
+    return value is not False
+
+
 def infotext_values(infotext: str, given: set[str], services: Any) -> dict[str, Any]:
     """The fields an infotext fills (only those the request left unset)."""
-    from sdweb.images.infotext import INFOTEXT_NOT_HONOURED, InfotextError, infotext_to_params, parse_infotext
+    from sdweb.images.infotext import (
+        INFOTEXT_NOT_HONOURED,
+        InfotextError,
+        infotext_to_params,
+        parse_infotext,
+        version_backcompat,
+    )
 
     parsed = parse_infotext(infotext)
+    if auto_backcompat(services):  # an old A1111 Version turns on the settings that version had
+        parsed = version_backcompat(parsed)
     try:
         from_text, extras = infotext_to_params(parsed, gpu_rng=_pasted_gpu_rng(services))
     except InfotextError as exc:  # its message already names the infotext key

@@ -335,6 +335,15 @@ class _Txt2Img:
         """How far the step being computed is through this pass's steps (ControlNet guidance windows)."""
         return self.step_index / max(1, self.params.steps)
 
+    def sampler_plan(self) -> FunctionSamplerPlan | SchedulerPlan:
+        """A fresh sampler plan for this job: its sampler, schedule type, sampler path and A1111's
+        "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``, honoured by A1111's samplers only).
+        """
+        params = self.params
+        return self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
+                                   path=params.sampler_path or "A1111",
+                                   downcast_alphas=bool(params.use_downcasted_alpha_bar))
+
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
         params = self.params
@@ -347,8 +356,7 @@ class _Txt2Img:
         # 0 for plain UNets, 5 for inpainting ones; other layouts (depth, pix2pix) are refused here.
         self.conditioning_channels = conditioning_channels(self.pipe)
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
-                                   path=params.sampler_path or "A1111")
+        plan = self.sampler_plan()
         self.prompt_steps = prompt_schedule_steps(plan, params.steps)
         self.counts_model_calls = isinstance(plan, FunctionSamplerPlan)
         try:  # a step count the sampler cannot make (DDIM above the 1000 trained steps)
@@ -513,8 +521,7 @@ class _Txt2Img:
         if self.conditioning_channels and self.image_conditioning is None:
             self.image_conditioning = self.txt2img_image_conditioning()
         # 5. A fresh sampler for this batch.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
-                                   path=params.sampler_path or "A1111")
+        plan = self.sampler_plan()
         # 6.-7. Denoising loop.
         if isinstance(plan, FunctionSamplerPlan):
             return self.run_function_sampler(plan, noise, batch_index)

@@ -210,8 +210,7 @@ class _Img2Img(_Txt2Img):
     def check_inputs(self) -> None:
         super().check_inputs()
         params = self.params
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
-                                   path=params.sampler_path or "A1111")
+        plan = self.sampler_plan()
         self.a1111_steps = uses_a1111_steps(params, plan)
         self.denoise_steps = img2img_run_steps(params, plan)
         schedule_steps = params.a1111_img2img_steps[0]
@@ -362,8 +361,7 @@ class _Img2Img(_Txt2Img):
             self.check_control()
             return init.clone()  # strength 0: nothing to denoise
         # 5. A fresh sampler for this batch.
-        plan = self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
-                                   path=params.sampler_path or "A1111")
+        plan = self.sampler_plan()
         # 6.-7. Denoising from part-way down the schedule.
         if isinstance(plan, FunctionSamplerPlan):
             return self.run_function_sampler_from(plan, init, noise, batch_index)

@@ -17,7 +17,7 @@ import gradio as gr
 
 from sdweb.ui import theme
 from sdweb.ui.components.results import ResultView
-from sdweb.ui.fields import pasted_gpu_rng
+from sdweb.ui.fields import pasted_backcompat, pasted_gpu_rng
 from sdweb.ui.tabs import extras, gallery, history, img2img, merger, pnginfo, settings, txt2img, workers
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,8 @@ def wire_send_to_img2img(services: Any, t2i: txt2img.Txt2ImgTab, i2i: img2img.Im
             gr.Warning("Generate an image first.")
             return None
         values, notes = img2img.values_for_img2img(view.infotext, services.models,
-                                                   gpu_rng=pasted_gpu_rng(services))
+                                                   gpu_rng=pasted_gpu_rng(services),
+                                                   backcompat=pasted_backcompat(services))
         return view.item, values, notes
 
     i2i.wire_send(t2i.send_to_img2img.click, send_result, [t2i.view])

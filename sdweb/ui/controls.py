@@ -17,6 +17,9 @@ from typing import Any
 
 import gradio as gr
 
+from sdweb.params import A1111_COMPAT_INFOTEXT
+from sdweb.ui.fields import SWITCH_CHOICES
+
 logger = logging.getLogger(__name__)
 
 #: Largest width/height the forms allow (GenerationParams' bound).
@@ -154,7 +157,8 @@ def render_variation_seed(form: dict[str, Any], defaults: Mapping[str, Any], *,
 
 def render_override_settings(form: dict[str, Any], defaults: Mapping[str, Any], *, prefix: str) -> None:
     """The "Override settings" accordion: clip skip and A1111's noise settings an infotext carries (RNG
-    source, ENSD, eta) and the sampler implementation; each empty (or 0 for clip skip) means the setting.
+    source, ENSD, eta), the sampler implementation and A1111's compatibility settings (Old prompt
+    editing timelines ...); each empty (or 0 for clip skip) means the setting.
     """
     with gr.Accordion("Override settings", open=False, elem_id=f"{prefix}-override-settings"):
         form["clip_skip"] = gr.Slider(0, 12, value=defaults["clip_skip"], step=1, label="Clip skip",
@@ -170,6 +174,11 @@ def render_override_settings(form: dict[str, Any], defaults: Mapping[str, Any], 
             form["sampler_path"] = gr.Dropdown([("Setting", ""), "A1111", "diffusers"],
                                                value=defaults["sampler_path"], label="Samplers",
                                                elem_id=f"{prefix}-sampler-path")
+        # A1111's compatibility settings (Settings > Compatibility); a pasted infotext fills them.
+        with gr.Row():
+            for name, key in A1111_COMPAT_INFOTEXT.items():
+                form[name] = gr.Dropdown(list(SWITCH_CHOICES), value=defaults[name], label=key,
+                                         elem_id=f"{prefix}-{name.replace('_', '-')}")
 
 
 def render_page_number(*, elem_id: str) -> gr.Number:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdweb.params import GenerationParams, Img2ImgParams
+from sdweb.params import A1111_COMPAT_INFOTEXT, GenerationParams, Img2ImgParams
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ FORM_FIELDS: tuple[str, ...] = (
     "eta_noise_seed_delta",
     "eta",
     "sampler_path",
+    # A1111's compatibility settings (use_old_scheduling ...): "" the setting, "on", "off".
+    *A1111_COMPAT_INFOTEXT,
     # Hires fix (the "Hires. fix" accordion).
     "enable_hr",
     "hr_upscaler",
@@ -107,6 +109,9 @@ CLIP_SKIP_FROM_SETTING = 0
 FROM_SETTING_FIELDS = ("rng", "eta_noise_seed_delta", "eta", "sampler_path")
 #: Dropdown fields among them: None is shown as "" (the "Setting" choice).
 _SETTING_CHOICE_FIELDS = ("rng", "sampler_path")
+#: Dropdown fields for A1111's compatibility settings: "" the setting (None), "on" True, "off" False.
+SWITCH_FIELDS: tuple[str, ...] = tuple(A1111_COMPAT_INFOTEXT)
+SWITCH_CHOICES: tuple[tuple[str, str], ...] = (("Setting", ""), ("On", "on"), ("Off", "off"))
 
 
 def _defaults() -> dict[str, Any]:
@@ -114,7 +119,7 @@ def _defaults() -> dict[str, Any]:
     values = {name: getattr(params, name) for name in FORM_FIELDS}
     values["styles"] = []
     values["clip_skip"] = CLIP_SKIP_FROM_SETTING
-    for name in _SETTING_CHOICE_FIELDS:
+    for name in (*_SETTING_CHOICE_FIELDS, *SWITCH_FIELDS):
         values[name] = ""
     return values
 
@@ -181,6 +186,10 @@ def _request_data(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str
             value = value or None
         elif name == "clip_skip":
             value = None if value in (None, CLIP_SKIP_FROM_SETTING, "") else value
+        elif name in SWITCH_FIELDS:
+            if value is None or value == "":
+                continue  # "Setting": the option decides
+            value = {"on": True, "off": False}.get(str(value).strip().lower(), value)
         elif value is None or (value == "" and name not in ("prompt", "negative_prompt")):
             continue  # an emptied number box means "the default", as in A1111
         data[name] = value
@@ -194,6 +203,8 @@ def form_from_params(params: GenerationParams, *, checkpoint_title: str | None =
     values["clip_skip"] = params.clip_skip if params.clip_skip is not None else CLIP_SKIP_FROM_SETTING
     for name in _SETTING_CHOICE_FIELDS:
         values[name] = values[name] if values[name] is not None else ""
+    for name in SWITCH_FIELDS:
+        values[name] = "" if values[name] is None else ("on" if values[name] else "off")
     values["checkpoint"] = checkpoint_title or params.checkpoint
     if values["checkpoint"] is None:
         del values["checkpoint"]  # keep whatever the dropdown shows
@@ -216,14 +227,28 @@ class PastedValues:
     notes: list[str] = field(default_factory=list)
 
 
-def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "GPU") -> PastedValues:
+def pasted_backcompat(services: Any) -> bool:
+    """A1111's "Automatic backward compatibility" setting (``auto_backcompat``) for a paste: on unless
+    the settings say otherwise.
+    """
+    options = getattr(services, "options", None)
+    try:
+        return options is None or options.get("auto_backcompat") is not False
+    except KeyError:
+        return True
+
+
+def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "GPU",
+                       backcompat: bool = True) -> PastedValues:
     """Parse an A1111 infotext into form values; pick the checkpoint whose hash matches one on disk.
 
     ``models`` is the :class:`~sdweb.services.models.ModelService` (``find(query)`` raising
     LookupError). A hash (or name) that matches no checkpoint leaves the dropdown as it is, with a note.
     ``gpu_rng``: what reproduces A1111's default GPU noise here (``AppServices.pasted_gpu_rng()``).
     Keys that change the picture but have no field here (``Discard penultimate sigma``...) are named in
-    the notes.
+    the notes. ``backcompat``: A1111's "Automatic backward compatibility" (:func:`pasted_backcompat`): an
+    infotext from an old A1111 (its ``Version``) turns on the compatibility settings that version had
+    (:func:`sdweb.images.infotext.version_backcompat`).
     """
     from sdweb.images.controlnet_infotext import controlnet_units_from_infotext
     from sdweb.images.infotext import (
@@ -231,10 +256,13 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
         INFOTEXT_UNIPC,
         infotext_to_params,
         parse_infotext,
+        version_backcompat,
     )
     from sdweb.params import UNIPC_DEFAULTS
 
     parsed = parse_infotext(text)
+    if backcompat:
+        parsed = version_backcompat(parsed)
     pasted = PastedValues()
     # A value that does not fit is left at its default with a note: a paste should not be all-or-nothing.
     params, extras = infotext_to_params(parsed, problems=pasted.notes, gpu_rng=gpu_rng)

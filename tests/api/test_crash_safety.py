@@ -187,11 +187,12 @@ from sdweb.prompts.styles import PromptStyle, StyleStore
 root = Path(sys.argv[1])
 options = OptionsStore(root / "config.json")
 styles = StyleStore(root / "styles.csv")
-print("ready", flush=True)
 for i in itertools.count():
     options.update({"jpeg_quality": 60 + i % 40})
     styles.save(PromptStyle(name=f"style {i % 7}", prompt="{prompt}, " + "detail " * (i % 50),
                             negative_prompt="blurry"))
+    if i == 0:
+        print("ready", flush=True)  # each file written once (fsynced): the kill lands in a rewrite
 """
 
 

@@ -159,6 +159,17 @@ def test_png_info_reads_infotext_and_other_chunks(api: ApiServer) -> None:
     assert body["parameters"]["Size-1"] == "512"
 
 
+def test_png_info_parameters_carry_the_keys_an_old_a1111_version_implies(api: ApiServer) -> None:
+    """As A1111's parse_generation_parameters: "Automatic backward compatibility" adds them (when on)."""
+    text = "a [cat:dog:0.5]\nSteps: 20, Sampler: PLMS, CFG scale: 7, Seed: 5, Size: 512x768, Version: v1.5.1"
+    parameters = api.post("png-info", json={"image": png_b64(text)}).json()["parameters"]
+    assert parameters["Old prompt editing timelines"] is True and parameters["Pad conds v0"] is True
+    assert parameters["Downcast alphas_cumprod"] is True
+    assert api.post("options", json={"auto_backcompat": False}).status_code == 200
+    parameters = api.post("png-info", json={"image": png_b64(text)}).json()["parameters"]
+    assert "Downcast alphas_cumprod" not in parameters and parameters["Version"] == "v1.5.1"
+
+
 def test_png_info_adds_the_controlnet_extension_keys_per_unit_field(api: ApiServer) -> None:
     text = ('a cat\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 512x768, ControlNet 0: "Module: canny, '
             'Model: control_v11p_sd15_canny [d14c016b], Weight: 0.75, Processor Res: 384, '

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,23 +35,30 @@ def test_ping_answers_an_empty_object(api: ApiServer) -> None:
 
 
 def test_progress_and_pending_tasks_follow_tasks_by_id(start_api: Callable[..., ApiServer]) -> None:
-    api = start_api(engine=FakeEngine(step_delay=0.02))
+    # The first job is held after its first step until the second was seen queued behind it (a 2 s job
+    # raced the polls below: on a busy machine it could end first, and the second would never queue).
+    held = threading.Event()
+    api = start_api(engine=FakeEngine(step_delay=0.02, gate=held))
     assert api.post("options", json={"show_progress_every_n_steps": 1}).status_code == 200
     assert internal(api, "pending-tasks") == {"size": 0, "tasks": []}
     first, first_answer = run_in_background(api, {"steps": 100, "width": 64, "height": 64,
                                                   "force_task_id": "task(first)"})
-    running = wait_for(lambda: (found := internal(api, "progress", {"id_task": "task(first)"}))["active"]
-                       and found["progress"] and found["live_preview"] and found)
-    assert not running["queued"] and not running["completed"] and 0 < running["progress"] < 1
-    assert running["eta"] > 0 and "step" in running["textinfo"]
-    assert running["live_preview"].startswith("data:image/png;base64,") and running["id_live_preview"] >= 0
-    second, second_answer = run_in_background(api, {"steps": 2, "width": 64, "height": 64,
-                                                    "force_task_id": "task(second)"})
-    pending = wait_for(lambda: (found := internal(api, "pending-tasks"))["size"] and found)
-    assert pending == {"size": 1, "tasks": ["task(second)"]}
-    queued = internal(api, "progress", {"id_task": "task(second)"})
-    assert queued["queued"] and not queued["active"] and queued["textinfo"] == "In queue: 1/1"
-    assert api.post("interrupt").status_code == 200
+    try:
+        running = wait_for(lambda: (found := internal(api, "progress", {"id_task": "task(first)"}))["active"]
+                           and found["progress"] and found["live_preview"] and found)
+        assert not running["queued"] and not running["completed"] and 0 < running["progress"] < 1
+        assert running["eta"] > 0 and "step" in running["textinfo"]
+        assert running["live_preview"].startswith("data:image/png;base64,")
+        assert running["id_live_preview"] >= 0
+        second, second_answer = run_in_background(api, {"steps": 2, "width": 64, "height": 64,
+                                                        "force_task_id": "task(second)"})
+        pending = wait_for(lambda: (found := internal(api, "pending-tasks"))["size"] and found)
+        assert pending == {"size": 1, "tasks": ["task(second)"]}
+        queued = internal(api, "progress", {"id_task": "task(second)"})
+        assert queued["queued"] and not queued["active"] and queued["textinfo"] == "In queue: 1/1"
+        assert api.post("interrupt").status_code == 200
+    finally:
+        held.set()
     first.join(30)
     second.join(30)
     assert first_answer["status"] == second_answer["status"] == 200

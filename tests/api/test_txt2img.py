@@ -174,6 +174,29 @@ def test_infotext_noise_fields_are_applied_not_left_to_the_settings(api: ApiServ
     assert (api.engine.calls[-1].rng, api.engine.calls[-1].sampler_path) == ("NV", "diffusers")
 
 
+def test_an_old_a1111_infotext_brings_the_compatibility_settings_of_its_version(api: ApiServer) -> None:
+    """A1111's "Automatic backward compatibility" (auto_backcompat): a 1.5.1 infotext with prompt editing
+    is remade on the old timelines and fp16 alphas_cumprod, and the new image says so."""
+    infotext = ("a [red:blue:0.5] fox\nSteps: 3, Sampler: DDIM, CFG scale: 5, Seed: 1, Size: 64x64, "
+                "Version: v1.5.1")
+    body = txt2img(api, infotext=infotext)
+    call = api.engine.calls[-1]
+    assert (call.use_old_scheduling, call.use_downcasted_alpha_bar, call.pad_cond_uncond_v0) == (
+        True, True, True)
+    written = decode(body["images"][0]).info["parameters"]
+    for key in ("Old prompt editing timelines: True", "Downcast alphas_cumprod: True", "Pad conds v0: True"):
+        assert key in written
+    txt2img(api, infotext=infotext.replace("v1.5.1", "v1.7.0-225-g1234abcd"))
+    call = api.engine.calls[-1]
+    assert (call.use_old_scheduling, call.use_downcasted_alpha_bar, call.pad_cond_uncond_v0) == (
+        False, False, False)
+    assert api.post("options", json={"auto_backcompat": False}).status_code == 200
+    body = txt2img(api, infotext=infotext)
+    call = api.engine.calls[-1]
+    assert (call.use_old_scheduling, call.use_downcasted_alpha_bar) == (False, False)
+    assert "Downcast alphas_cumprod" not in decode(body["images"][0]).info["parameters"]
+
+
 def test_override_settings_ensd_and_rng_apply_to_the_request(api: ApiServer) -> None:
     txt2img(api, override_settings={"eta_noise_seed_delta": 31337, "randn_source": "NV"})
     call = api.engine.calls[-1]

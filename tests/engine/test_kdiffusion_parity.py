@@ -85,9 +85,10 @@ CONDS = (torch.tensor(0.0), torch.tensor(0.3))  # uncond, cond
 
 
 class FakeLDM(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, downcast: bool = False) -> None:
         super().__init__()
-        self.alphas_cumprod = ldm_alphas_cumprod()
+        # A1111's "Downcast alphas_cumprod": sd_model.alphas_cumprod = alphas_cumprod_original.half()
+        self.alphas_cumprod = ldm_alphas_cumprod().half() if downcast else ldm_alphas_cumprod()
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return fake_unet(x, t, cond)
@@ -104,7 +105,7 @@ def a1111_cfg(model_wrap: Any) -> Any:
     return denoise
 
 
-def lcm_wrapper(external: Any, sampling: Any) -> Any:
+def lcm_wrapper(external: Any, sampling: Any, downcast: bool = False) -> Any:
     """A1111's LCMCompVisDenoiser (sd_samplers_lcm), restated on k-diffusion's DiscreteEpsDDPMDenoiser."""
 
     class LCMDenoiser(external.DiscreteEpsDDPMDenoiser):
@@ -140,7 +141,7 @@ def lcm_wrapper(external: Any, sampling: Any) -> Any:
             c_out2 = scaled / (scaled**2 + 0.25) ** 0.5
             return c_out2 * out + c_skip * input
 
-    return LCMDenoiser(FakeLDM())
+    return LCMDenoiser(FakeLDM(downcast))
 
 
 def a1111_schedule(label: str, n: int, inner: Any, sampling: Any) -> torch.Tensor:
@@ -287,15 +288,15 @@ class TorchHijack:
         return getattr(torch, item)
 
 
-def run_oracle(name: str, schedule: str, steps: int) -> tuple[torch.Tensor, list[torch.Tensor],
-                                                              list[torch.Tensor], torch.Tensor]:
+def run_oracle(name: str, schedule: str, steps: int, downcast: bool = False) -> tuple[
+        torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """A1111's sample(): sigmas, x = noise * sigmas[0], the k-diffusion function with A1111's arguments."""
     sampling, external = load()
     function_name, kwargs = KDIFFUSION_SAMPLERS[name]
     if name == "LCM":
-        inner = lcm_wrapper(external, sampling)
+        inner = lcm_wrapper(external, sampling, downcast)
     else:
-        inner = external.CompVisDenoiser(FakeLDM(), quantize=True)
+        inner = external.CompVisDenoiser(FakeLDM(downcast), quantize=True)
     label = A1111_DEFAULT_SCHEDULE.get(name, "Uniform") if schedule == "Automatic" else schedule
     n = steps + 1 if name in DISCARD else steps
     sigmas = a1111_schedule(label, n, inner, sampling)
@@ -339,9 +340,10 @@ def run_oracle(name: str, schedule: str, steps: int) -> tuple[torch.Tensor, list
 # -- sdweb's side ---------------------------------------------------------------------------------
 
 
-def run_sdweb(registry: SamplerRegistry, name: str, schedule: str, steps: int) -> tuple[
-        torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    plan = registry.build(name, schedule, SD_CONFIG)
+def run_sdweb(registry: SamplerRegistry, name: str, schedule: str, steps: int,
+              downcast: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor],
+                                               torch.Tensor]:
+    plan = registry.build(name, schedule, SD_CONFIG, downcast_alphas=downcast)
     assert isinstance(plan, FunctionSamplerPlan) and plan.a1111
     sigmas = plan.sigmas(steps)
     generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
@@ -404,6 +406,40 @@ def test_sampler_and_schedule_match_a1111s_k_diffusion(registry: SamplerRegistry
     assert torch.isfinite(s_final).all()
 
 
+@pytest.mark.parametrize(("name", "schedule"), [("Euler a", "Automatic"), ("DPM++ 2M", "Karras"),
+                                              ("DPM++ 2M SDE", "SGM Uniform"), ("DPM2", "Normal"),
+                                              ("DPM adaptive", "Automatic"), ("LCM", "Automatic")])
+def test_downcast_alphas_cumprod_matches_a1111_on_fp16_alphas(registry: SamplerRegistry, name: str,
+                                                               schedule: str) -> None:
+    """A1111's "Downcast alphas_cumprod" (use_downcasted_alpha_bar; always on before A1111 1.7): the model's
+    alphas_cumprod are fp16 when k-diffusion's wrapper is built, so every sigma and timestep comes from
+    them. sdweb's sigmas and latents equal that, and differ from the float32 alphas' run."""
+    o_sigmas, _o_xs, o_denoised, o_final = run_oracle(name, schedule, STEPS, downcast=True)
+    s_sigmas, _s_xs, s_denoised, s_final = run_sdweb(registry, name, schedule, STEPS, downcast=True)
+    if name != "DPM adaptive":
+        _close(s_sigmas, o_sigmas, "sigmas")
+    assert len(s_denoised) == len(o_denoised)
+    for i, (mine, theirs) in enumerate(zip(s_denoised, o_denoised, strict=True)):
+        _close(mine, theirs, f"denoised latents at step {i}")
+    _close(s_final, o_final, "final latents")
+    default_sigmas, _xs, _denoised, default_final = run_sdweb(registry, name, schedule, STEPS)
+    if name != "DPM adaptive":
+        assert float((default_sigmas - s_sigmas).abs().max()) > 1e-4, "fp16 alphas move the sigmas"
+    assert float((default_final - s_final).abs().max()) > 1e-4, "and the image"
+
+
+def test_downcast_alphas_apply_to_a1111_samplers_only(registry: SamplerRegistry) -> None:
+    a1111 = registry.build("Euler", "Karras", SD_CONFIG, downcast_alphas=True)
+    assert isinstance(a1111, FunctionSamplerPlan)
+    assert a1111.alphas_cumprod().dtype == torch.float16
+    fp16_sigma_max = torch.tensor(14.609375)  # sqrt((1 - a) / a) of the fp16 alpha, computed in fp16
+    torch.testing.assert_close(a1111.model_sigmas().sigmas[-1], fp16_sigma_max, atol=0, rtol=0)
+    plain = registry.build("Euler", "Karras", SD_CONFIG)
+    assert isinstance(plain, FunctionSamplerPlan) and plain.alphas_cumprod().dtype == torch.float32
+    diffusers = registry.build("Euler", "Karras", SD_CONFIG, path="diffusers", downcast_alphas=True)
+    assert not isinstance(diffusers, FunctionSamplerPlan)  # diffusers' own float32 tables
+
+
 def test_sdxl_align_your_steps_uses_the_sdxl_table(registry: SamplerRegistry) -> None:
     plan = registry.build("Euler", "Align Your Steps", SD_CONFIG)
     assert isinstance(plan, FunctionSamplerPlan)
@@ -419,10 +455,10 @@ def test_sdxl_align_your_steps_uses_the_sdxl_table(registry: SamplerRegistry) ->
 class _UNetLDM(torch.nn.Module):
     """The tiny UNet seen as A1111's LDM model: ``apply_model(x, t, cond)`` with the LDM's alphas."""
 
-    def __init__(self, unet: Any) -> None:
+    def __init__(self, unet: Any, downcast: bool = False) -> None:
         super().__init__()
         self.unet = unet
-        self.alphas_cumprod = ldm_alphas_cumprod()
+        self.alphas_cumprod = ldm_alphas_cumprod().half() if downcast else ldm_alphas_cumprod()
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
@@ -472,14 +508,16 @@ def run_with_image_noise(sampling: Any, generators: list[Any], function_name: st
         sampling.torch = original
 
 
-@pytest.mark.parametrize(("name", "schedule", "rng", "ensd"), [
-    ("Euler a", "Automatic", "CPU", 31337),
-    pytest.param("DPM++ 2M SDE", "Karras", "CPU", 0, marks=pytest.mark.slow),
-    ("DPM2 a", "Automatic", "NV", 31337),
-    pytest.param("DPM++ 2M", "Align Your Steps", "NV", 0, marks=pytest.mark.slow),
+@pytest.mark.parametrize(("name", "schedule", "rng", "ensd", "downcast"), [
+    ("Euler a", "Automatic", "CPU", 31337, False),
+    pytest.param("DPM++ 2M SDE", "Karras", "CPU", 0, False, marks=pytest.mark.slow),
+    ("DPM2 a", "Automatic", "NV", 31337, False),
+    pytest.param("DPM++ 2M", "Align Your Steps", "NV", 0, False, marks=pytest.mark.slow),
+    ("DPM++ 2M", "Karras", "CPU", 0, True),  # use_downcasted_alpha_bar: fp16 alphas_cumprod
 ])
 def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: Any, name: str, schedule: str,
-                                                                      rng: str, ensd: int) -> None:
+                                                                      rng: str, ensd: int,
+                                                                      downcast: bool) -> None:
     from sdweb.engine.encode import PromptEncoder
     from sdweb.engine.generate import run_txt2img
     from sdweb.params import JobControl
@@ -488,10 +526,15 @@ def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: 
     registry = SamplerRegistry.from_plugin_results([("builtin", builtin.register_samplers())],
                                                    [("builtin", builtin.register_schedules())])
     params = tiny_params(sampler_name=name, scheduler=schedule, steps=4, rng=rng, eta_noise_seed_delta=ensd,
-                         batch_size=2, cfg_scale=6.0)
+                         batch_size=2, cfg_scale=6.0, use_downcasted_alpha_bar=downcast)
     run = run_txt2img(sd1_model, params, samplers=registry, control=JobControl(), on_step=lambda _: None,
                       output_type="latent")
     ours = torch.cat([image.image for image in run.images])
+    if downcast:  # the setting changes the image
+        plain = run_txt2img(sd1_model, params.model_copy(update={"use_downcasted_alpha_bar": False}),
+                            samplers=registry, control=JobControl(), on_step=lambda _: None,
+                            output_type="latent")
+        assert float((torch.cat([image.image for image in plain.images]) - ours).abs().max()) > 1e-3
 
     # A1111: sigmas, noise from the seeds' generators (ENSD: fresh generators at seed + ENSD for the
     # sampler's draws), CFGDenoiser over CompVisDenoiser(quantize=True), the k-diffusion function.
@@ -499,7 +542,7 @@ def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: 
     pipe = sd1_model.pipe
     cond, uncond = (item.hidden for item in PromptEncoder(pipe, device="cpu", dtype=torch.float32)
                     .encode_texts([params.prompt, params.negative_prompt], clip_skip=1))
-    inner = external.CompVisDenoiser(_UNetLDM(pipe.unet), quantize=True)
+    inner = external.CompVisDenoiser(_UNetLDM(pipe.unet, downcast), quantize=True)
     label = A1111_DEFAULT_SCHEDULE.get(name, "Uniform") if schedule == "Automatic" else schedule
     n = params.steps + 1 if name in DISCARD else params.steps
     sigmas = a1111_schedule(label, n, inner, sampling)

@@ -118,3 +118,44 @@ def test_hires_second_pass_goes_on_along_the_first_pass_timeline(sd1_model: Any,
     assert not _same(late, _hires(sd1_model, samplers, prompt="a cat", hr_prompt="a dog"))
     # ... and equals the run whose second pass has the same switch on its own timeline (1.5: halfway, 2).
     assert _same(late, _hires(sd1_model, samplers, prompt="a cat", hr_prompt="[a cat:a dog:1.5]"))
+
+
+# -- "Old prompt editing timelines" (use_old_scheduling), from a pasted infotext ----------------------------
+
+_EDITED = "[a cat:a dog:3.0]"  # old timelines: step 3; A1111 1.6+: 3.0 is a fraction, past the end (all cat)
+
+
+def _latents(model: Any, samplers: Any, params: Any) -> torch.Tensor:
+    run = run_txt2img(model, params, samplers=samplers, control=JobControl(), on_step=lambda _: None,
+                      output_type="latent")
+    return torch.cat([item.image for item in run.images])
+
+
+def _pasted(text: str) -> Any:
+    from sdweb.images.infotext import infotext_to_params, parse_infotext, version_backcompat
+
+    params, _extras = infotext_to_params(version_backcompat(parse_infotext(text)), gpu_rng="CPU")
+    return params.model_copy(update={"subseed": 99})  # what the service resolves -1 to (tiny_params' value)
+
+
+def test_a_pasted_old_timelines_infotext_makes_the_image_the_setting_makes(sd1_model: Any,
+                                                                          samplers: Any) -> None:
+    by_hand = tiny_params(prompt=_EDITED, steps=6, seed=77, use_old_scheduling=True)
+    line = "Steps: 6, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: 77, Size: 64x64, RNG: CPU"
+    pasted = _pasted(f"{_EDITED}\nNegative prompt: blurry\n{line}, Old prompt editing timelines: True, "
+                     "Version: v1.10.1")
+    assert pasted.use_old_scheduling is True
+    expected = _latents(sd1_model, samplers, by_hand)
+    assert torch.equal(_latents(sd1_model, samplers, pasted), expected)
+    # An A1111 1.5 picture had the old timelines without writing the key (its Version says so); fp16 alphas
+    # too, so that one is compared with the settings it implies.
+    old = _pasted(f"{_EDITED}\nNegative prompt: blurry\n{line}, Version: v1.5.1")
+    assert (old.use_old_scheduling, old.use_downcasted_alpha_bar) == (True, True)
+    old_by_hand = by_hand.model_copy(update={"use_downcasted_alpha_bar": True})
+    assert torch.equal(_latents(sd1_model, samplers, old), _latents(sd1_model, samplers, old_by_hand))
+    # Without the setting the timelines differ (all cat): another image.
+    new = _pasted(f"{_EDITED}\nNegative prompt: blurry\n{line}, Version: v1.10.1")
+    assert new.use_old_scheduling is False
+    assert not torch.allclose(_latents(sd1_model, samplers, new), expected, atol=1e-4)
+    assert torch.equal(_latents(sd1_model, samplers, new),
+                       _latents(sd1_model, samplers, tiny_params(prompt="a cat", steps=6, seed=77)))

@@ -227,13 +227,14 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 
 def _a1111_unipc(eps_model: Any, x: torch.Tensor, n_steps: int, *, variant: str = "bh1",
                  skip_type: str = "time_uniform", order: int = 3, lower_order_final: bool = True,
-                 t_start: torch.Tensor | None = None) -> list[torch.Tensor]:
+                 t_start: torch.Tensor | None = None, downcast: bool = False) -> list[torch.Tensor]:
     """A1111's UniPC (multistep, predict_x0, NoiseScheduleVP('discrete')), float32 tensors throughout.
-    Returns x after every step."""
-    alphas_cumprod = ldm_alphas_cumprod()
+    Returns x after every step. ``downcast``: "Downcast alphas_cumprod", the model's alphas_cumprod in fp16
+    (NoiseScheduleVP takes their log in fp16, then holds it as float32)."""
+    alphas_cumprod = ldm_alphas_cumprod().half() if downcast else ldm_alphas_cumprod()
     total = len(alphas_cumprod)
     t_array = torch.linspace(0.0, 1.0, total + 1)[1:]
-    log_alpha_array = 0.5 * torch.log(alphas_cumprod)
+    log_alpha_array = (0.5 * torch.log(alphas_cumprod)).float()
 
     def log_alpha(t: torch.Tensor) -> torch.Tensor:
         return _interp(t, t_array, log_alpha_array)
@@ -354,6 +355,19 @@ def test_unipc_trajectory_equals_a1111s_solver(registry: SamplerRegistry, varian
                             lower_order_final=lower)
     assert len(xs) == len(expected) == 8
     _close(ours, expected[-1], "final latents")
+
+
+def test_unipc_with_downcast_alphas_cumprod_equals_a1111s_solver_on_fp16_alphas(
+        registry: SamplerRegistry) -> None:
+    plan = registry.build("UniPC", "Automatic", SD_CONFIG, downcast_alphas=True)
+    assert isinstance(plan, FunctionSamplerPlan)
+    sigmas = plan.sigmas(7)
+    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(11))
+    ours = sample_unipc(DiscreteDenoiser(_cfg_unet, plan.model_sigmas()), noise * float(sigmas[0]), sigmas,
+                        alphas_cumprod=plan.alphas_cumprod())
+    _close(ours, _a1111_unipc(_cfg_unet, noise, 8, downcast=True)[-1], "final latents")
+    plain = _a1111_unipc(_cfg_unet, noise, 8)[-1]
+    assert float((ours - plain).abs().max()) > 1e-3  # the fp16 schedule changes the image
 
 
 def test_unipc_img2img_starts_at_the_largest_timestep_it_keeps(registry: SamplerRegistry) -> None:

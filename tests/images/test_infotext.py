@@ -11,8 +11,10 @@ from sdweb.images.infotext import (
     build_infotext,
     hires_infotext,
     infotext_to_params,
+    infotext_version,
     parse_infotext,
     split_sampler_name,
+    version_backcompat,
 )
 from sdweb.params import A1111_COMPAT_INFOTEXT, GenerationParams
 
@@ -282,10 +284,9 @@ def test_infotext_to_params_maps_fields_and_returns_the_rest() -> None:
     assert params.checkpoint is None
     assert extras["Model hash"] == "19bbe9faa4"
     assert extras["Model"] == "fantasticmix_k2"
-    assert list(extras) == [
-        "Model hash", "Model", "VAE hash", "VAE", "Lora hashes", "TI hashes", "Downcast alphas_cumprod",
-        "Version",
-    ]
+    assert params.use_downcasted_alpha_bar is True  # A1111's "Downcast alphas_cumprod" setting
+    assert params.use_old_scheduling is False
+    assert list(extras) == ["Model hash", "Model", "VAE hash", "VAE", "Lora hashes", "TI hashes", "Version"]
 
 
 def test_infotext_to_params_splits_old_sampler_names() -> None:
@@ -472,3 +473,59 @@ def test_a1111_unipc_settings_are_read_and_written_under_a1111s_keys() -> None:
                                          version="v")
     with pytest.raises(InfotextError, match="UniPC order"):
         infotext_to_params(parse_infotext(f"{base}, UniPC order: 2.5"))
+
+
+# --- A1111's "Automatic backward compatibility" (infotext_versions.backcompat) ------------------------
+
+
+def _a1111(version: str, prompt: str = "a [cat:dog:0.5]", sampler: str = "Euler a") -> dict[str, Any]:
+    return parse_infotext(f"{prompt}\nSteps: 20, Sampler: {sampler}, CFG scale: 7, Seed: 1, Size: 512x512, "
+                          f"Version: {version}")
+
+
+def test_an_a1111_1_5_infotext_turns_on_the_settings_that_version_had() -> None:
+    old = version_backcompat(_a1111("v1.5.1"))
+    assert old["Old prompt editing timelines"] is True  # "[" in the prompt
+    assert old["Downcast alphas_cumprod"] is True
+    assert "Pad conds v0" not in old  # not DDIM / PLMS
+    params, extras = infotext_to_params(old)
+    assert (params.use_old_scheduling, params.use_downcasted_alpha_bar) == (True, True)
+    assert (params.pad_cond_uncond_v0, params.pad_cond_uncond) == (False, False)
+    assert "Old prompt editing timelines" not in extras
+    ddim = version_backcompat(_a1111("v1.5.1", prompt="a cat", sampler="DDIM"))
+    assert ddim["Pad conds v0"] is True and "Old prompt editing timelines" not in ddim
+    assert version_backcompat(_a1111("v1.5.1", prompt="a cat", sampler="PLMS"))["Pad conds v0"] is True
+
+
+def test_from_1_6_0_only_the_downcast_applies_until_v1_7_0_225() -> None:
+    v160 = version_backcompat(_a1111("v1.6.0", sampler="DDIM"))
+    assert "Pad conds v0" not in v160 and "Old prompt editing timelines" not in v160
+    assert v160["Downcast alphas_cumprod"] is True
+    # A1111 compares git describe versions as packaging does: v1.7.0-224 is 1.7.0.post224
+    assert version_backcompat(_a1111("v1.7.0-224-g1234abcd"))["Downcast alphas_cumprod"] is True
+    assert "Downcast alphas_cumprod" not in version_backcompat(_a1111("v1.7.0-225-g1234abcd"))
+    # a release candidate's describe string keeps "v1.7.0-RC": before the release, so before v1.7.0-225
+    assert version_backcompat(_a1111("v1.7.0-RC-5-gabcdef0"))["Downcast alphas_cumprod"] is True
+    assert version_backcompat(_a1111("v1.10.1")) == _a1111("v1.10.1")
+    params, _ = infotext_to_params(version_backcompat(_a1111("v1.10.1")))
+    assert (params.use_old_scheduling, params.use_downcasted_alpha_bar) == (False, False)
+
+
+def test_versions_a1111_cannot_read_add_nothing() -> None:
+    forge = _a1111("f2.0.1v1.10.1-previous-665-gae278f79")
+    assert infotext_version("f2.0.1v1.10.1-previous-665-gae278f79") is None
+    assert version_backcompat(forge) == forge
+    no_version = parse_infotext("a [cat:dog:0.5]\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, "
+                                "Size: 64x64")
+    assert version_backcompat(no_version) == no_version
+    # sdweb's own pictures (Version 0.x) are not old A1111 ones
+    ours = build(GenerationParams(prompt="a [cat:dog:0.5]", sampler_name="DDIM", seed=1))
+    assert parse_infotext(ours)["Version"] == "0.1.0" and infotext_version("0.1.0") is None
+    assert version_backcompat(parse_infotext(ours)) == parse_infotext(ours)
+
+
+def test_backcompat_sets_the_keys_whatever_the_infotext_said() -> None:
+    """A1111 assigns True unconditionally (it writes the keys only when on, so "False" is never its own)."""
+    text = _a1111("v1.5.1")
+    text["Old prompt editing timelines"] = "False"
+    assert version_backcompat(text)["Old prompt editing timelines"] is True

@@ -10,12 +10,14 @@ The tests share one server and one page and run in file order (each builds on th
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.ui.conftest import ARTIFACTS, RunningServer, opened_page, serve
 
@@ -89,7 +91,9 @@ def wait_done(page: Any) -> str:
 
 
 def saved_images(server: RunningServer) -> list[Path]:
-    return sorted((server.root / "outputs" / "txt2img-images").rglob("*.png"))  # grids apart
+    """The saved pictures (grids apart; not a save's ``.tmp-`` file, there while it is being written)."""
+    folder = server.root / "outputs" / "txt2img-images"
+    return sorted(path for path in folder.rglob("*.png") if not path.name.startswith("."))
 
 
 def test_generate_shows_the_image_and_saves_it_with_its_infotext(page: Any, server: RunningServer) -> None:
@@ -100,8 +104,9 @@ def test_generate_shows_the_image_and_saves_it_with_its_infotext(page: Any, serv
     page.locator("#txt2img-gallery img").first.wait_for()
     infotext = page.locator("#txt2img-infotext")
     assert PROMPT in infotext.inner_text() and "Steps: 20" in infotext.inner_text()
-    # The token counter counted the prompt (estimate: the fake engine has no tokenizer).
-    assert page.locator("#txt2img-prompt-tokens").inner_text().strip() == "~6/75"
+    # The token counter counted the prompt (estimate: the fake engine has no tokenizer). Its own event
+    # (the prompt's change) may answer after Generate's on a busy machine: wait for it.
+    expect(page.locator("#txt2img-prompt-tokens")).to_have_text("~6/75", timeout=TIMEOUT_MS)
     screenshot(page, "txt2img")
 
     files = saved_images(server)
@@ -305,7 +310,10 @@ def test_two_users_share_the_queue_and_each_sees_their_own_job(
 ) -> None:
     open_tab(page, "txt2img")
     other_context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    server.engine.step_delay = 0.25  # the first job runs ~5 s: time for the second to queue and leave
+    # The first job is held at its first step until the second user's job has queued and left (a slow
+    # job instead raced the clock: on a busy machine it could end before the second was interrupted).
+    held = threading.Event()
+    server.engine.gate = held
     try:
         other = other_context.new_page()
         other.set_default_timeout(TIMEOUT_MS)
@@ -321,14 +329,15 @@ def test_two_users_share_the_queue_and_each_sees_their_own_job(
         other.locator("#txt2img-progress", has_text="Interrupted before it started").wait_for()
         running = server.services.generation.current
         assert running is not None and running.params.prompt == "first user"
-        server.engine.step_delay = 0.01
+        held.set()
         other.press("#txt2img-prompt textarea", "Control+Enter")
         assert "Done: 1 image" in wait_done(page)
         other.locator("#txt2img-progress", has_text="Done: 1 image").wait_for()
         assert "first user" in page.locator("#txt2img-infotext").inner_text()
         assert "second user" in other.locator("#txt2img-infotext").inner_text()
     finally:
-        server.engine.step_delay = 0.01
+        held.set()
+        server.engine.gate = None
         other_context.close()
 
 
@@ -345,8 +354,9 @@ def test_an_engine_failure_is_a_message(page: Any, server: RunningServer) -> Non
 
 def test_gallery_delete_asks_first_then_deletes(page: Any, server: RunningServer) -> None:
     before = saved_images(server)
+    # Opening the tab lists the folder afresh. (No ↻ as well: its listing, the same text, could answer
+    # after the click below and clear the selection it made.)
     open_tab(page, "Gallery")
-    page.click("#gallery-refresh")
     page.locator("#gallery-summary", has_text=f"{len(before)} images").wait_for()
     page.locator("#gallery-grid img").first.click()
     name = page.locator("#gallery-file :is(input, textarea)")
@@ -364,8 +374,9 @@ def test_gallery_delete_asks_first_then_deletes(page: Any, server: RunningServer
 def test_history_delete_asks_first_and_keeps_the_image_files(page: Any, server: RunningServer) -> None:
     history = server.services.history
     before, files = history.count(), saved_images(server)
+    # Opening the tab searches afresh. (No Search as well: its answer, the same text, could come after
+    # the click below and clear the selection it made.)
     open_tab(page, "History")
-    page.click("#history-search-button")
     page.locator("#history-summary", has_text=f"{before} generations").wait_for()
     page.locator("#history-grid img").first.click()
     page.locator("#history-details", has_text="Seeds").wait_for()

@@ -40,12 +40,13 @@ def test_the_page_opens_with_the_demo_model_labelled_as_a_demo(page: Any) -> Non
     status.wait_for()
     assert "sdweb-demo-shapes" in status.inner_text() and "demo model" in status.inner_text()
     # The header is rendered with the page; the dropdown is filled by the page's load event after it.
-    expect(page.locator("#txt2img-checkpoint input")).to_have_value(re.compile(r"^sdweb-demo-shapes"))
+    expect(page.locator("#txt2img-checkpoint input")).to_have_value(re.compile(r"^sdweb-demo-shapes"),
+                                                                timeout=TIMEOUT_MS * 3)
     # The way to a real model is open next to it.
     assert page.locator("#sdweb-download-start").is_visible()
     # The size starts at what the demo was trained for, not 512.
-    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("64")
-    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("64")
+    expect(page.locator("#txt2img-width input[type=number]")).to_have_value("64", timeout=TIMEOUT_MS * 3)
+    expect(page.locator("#txt2img-height input[type=number]")).to_have_value("64", timeout=TIMEOUT_MS * 3)
 
 
 def test_generate_draws_the_shape_background_and_place_the_prompt_names(

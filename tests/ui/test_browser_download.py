@@ -52,6 +52,10 @@ def test_a_typed_repository_downloads_and_appears_in_the_checkpoint_list(
     page: Any, server: RunningServer, hub: FakeHub, tmp_path: Path
 ) -> None:
     hub.add(REPO, "fetched.safetensors", write_tiny_sd1(tmp_path / "fetched.safetensors").read_bytes())
+    # The page's load event fills the checkpoint dropdown; Download sends the dropdown's value with it, and
+    # an empty one (a click before the load answered) would make it select the new file instead.
+    dropdown = page.locator("#txt2img-checkpoint input")
+    expect(dropdown).to_have_value(re.compile(r"^demo-shapes"), timeout=TIMEOUT_MS)
     section = page.locator("#sdweb-download")
     # Open without asking: the demo is all there is.
     repo_box = section.locator("#sdweb-download-repo textarea, #sdweb-download-repo input").first
@@ -64,8 +68,7 @@ def test_a_typed_repository_downloads_and_appears_in_the_checkpoint_list(
     saved = server.services.settings.paths.ckpt_dirs[0] / "fetched.safetensors"
     assert saved.is_file()
     # Listed at once; the loaded model stays selected until the user picks the new one.
-    dropdown = page.locator("#txt2img-checkpoint input")
-    expect(dropdown).to_have_value(re.compile(r"^demo-shapes"))
+    expect(dropdown).to_have_value(re.compile(r"^demo-shapes"), timeout=TIMEOUT_MS)
     dropdown.click()
     page.get_by_role("option", name="fetched.safetensors").first.wait_for()
     screenshot(page, "download-done")

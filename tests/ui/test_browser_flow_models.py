@@ -53,8 +53,8 @@ def test_picking_flux_switches_the_form_and_generates_with_found_modules(flow_se
         dropdown.click()
         page.get_by_role("option", name=re.compile(r"^flux-schnell\.safetensors")).first.click()
         page.locator("#txt2img-message", has_text="Loaded flux-schnell").wait_for()
-        expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("4")
-        expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1")
+        expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("4", timeout=TIMEOUT_MS * 3)
+        expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1", timeout=TIMEOUT_MS * 3)
         assert not page.locator("#txt2img-distilled-cfg").is_visible()  # schnell has no guidance input
 
         page.fill("#txt2img-prompt textarea", "a photo of a cat")

@@ -7,6 +7,7 @@ and one page and run in file order. The new tabs are screenshotted into ``test-a
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from collections.abc import Iterator
@@ -50,7 +51,9 @@ def init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def saved(server: RunningServer, kind: str) -> list[Path]:
-    return sorted((server.root / "outputs" / f"{kind}-images").rglob("*.png"))
+    """The saved pictures, oldest first (not a save's ``.tmp-`` file, there while it is being written)."""
+    folder = server.root / "outputs" / f"{kind}-images"
+    return sorted(path for path in folder.rglob("*.png") if not path.name.startswith("."))
 
 
 def wait_done(page: Any, tab: str) -> str:
@@ -86,12 +89,31 @@ def upload_init_image(page: Any, path: Path) -> None:
     )
 
 
+def wait_for_editor_picture(page: Any, canvas: Any, colour: tuple[int, int, int]) -> None:
+    """Until the mask editor's canvas shows the new picture (its flat ``colour`` in the middle), as a person
+    waits to see it before drawing: the editor is given the picture by its own event after the upload and
+    draws it a moment later; a stroke made before lands on the old sheet, which the new picture clears."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        with Image.open(io.BytesIO(canvas.screenshot())) as shot:
+            middle = shot.convert("RGB").getpixel((shot.width // 2, shot.height // 2))
+        if max(abs(a - b) for a, b in zip(middle, colour, strict=True)) <= 3:
+            return
+        assert time.monotonic() < deadline, f"the mask editor never showed the picture: {middle}"
+        page.wait_for_timeout(100)
+
+
 def generate_one_image(page: Any, server: RunningServer) -> None:
-    """Generate on img2img and wait for this job: its engine call, its saved file, then "Done"."""
+    """Generate on img2img and wait for this job: its engine call, its saved file, then its result on the
+    page (its infotext: until then the progress line may still show the previous job's "Done", and this
+    job's last update could land in the next test), then "Done"."""
     before, files_before = len(server.engine.init_images), len(saved(server, "img2img"))
     page.click("#img2img-generate")
     wait_for_engine_call(page, server, before)
     wait_for_new_file(page, server, files_before)
+    with Image.open(saved(server, "img2img")[-1]) as image:
+        settings_line = image.info["parameters"].splitlines()[-1]
+    page.locator("#img2img-infotext", has_text=settings_line).wait_for()
     assert "Done: 1 image" in wait_done(page, "img2img")
 
 
@@ -205,10 +227,7 @@ def test_send_a_txt2img_result_to_img2img(page: Any, server: RunningServer) -> N
     seed = server.engine.calls[-1].seed
     assert page.locator("#img2img-seed input").input_value() == str(seed)
     # The sent picture is what the next img2img run starts from.
-    before = len(server.engine.init_images)
-    page.click("#img2img-generate")
-    wait_for_engine_call(page, server, before)
-    assert "Done" in wait_done(page, "img2img")
+    generate_one_image(page, server)
     assert server.engine.init_images[-1][0].size == (512, 512)
 
 
@@ -246,7 +265,7 @@ def test_inpainting_with_a_mask_drawn_with_the_brush(
         page.get_by_text("Inpaint: draw or upload a mask").click()
     canvas = sketch.locator("canvas").first
     canvas.wait_for()
-    page.wait_for_timeout(500)  # the editor draws the new picture as its background
+    wait_for_editor_picture(page, canvas, (20, 60, 200))  # init_image's colour
     sketch.get_by_role("button", name="Brush", exact=True).click()
     page.keyboard.press("Escape")  # close the brush options
     sketch.scroll_into_view_if_needed()  # the mouse only reaches what is in the viewport

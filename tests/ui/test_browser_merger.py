@@ -4,6 +4,7 @@ its hash; a merge that cannot be done says why."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def page(browser: Any, server: RunningServer) -> Iterator[Any]:
     with opened_page(browser, server.url, timeout_ms=TIMEOUT_MS) as opened:
         opened.get_by_role("tab", name="Checkpoint Merger").click()
+        # The page's load event lists the model copied in, and sets each list's value back to what it was
+        # when the page asked: a model chosen before it answers would be undone. Wait for its list.
+        opened.locator("#modelmerger-secondary input").click()
+        opened.get_by_role("option", name=re.compile(r"^other-model")).first.wait_for()
+        opened.keyboard.press("Escape")
         yield opened
 
 

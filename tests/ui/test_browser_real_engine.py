@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,11 +82,15 @@ def test_the_same_seed_makes_the_same_image(real_page: Any, real_server: Running
     page.get_by_role("tab", name="txt2img").click()
     page.click("#txt2img-generate")
     folder = real_server.root / "outputs" / "txt2img-images"
+
+    def finished_files() -> list[Path]:  # not a save's .tmp- file: the second one is written right now
+        return sorted(path for path in folder.rglob("*.png") if not path.name.startswith("."))
+
     deadline = time.monotonic() + 120
-    while len(list(folder.rglob("*.png"))) < 2:
+    while len(finished_files()) < 2:
         assert time.monotonic() < deadline, "the second image never came"
         time.sleep(0.1)
-    first, second = sorted(folder.rglob("*.png"))
+    first, second = finished_files()
     with Image.open(first) as a, Image.open(second) as b:
         assert a.info["parameters"] == b.info["parameters"]
         assert a.tobytes() == b.tobytes()

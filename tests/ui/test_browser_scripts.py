@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.fakes import colour_for
 from tests.ui.conftest import RunningServer, opened_page, serve
@@ -61,7 +62,9 @@ def generate(page: Any, server: RunningServer, tab: str, calls: int = 1) -> str:
 
 
 def newest(server: RunningServer, folder: str, pattern: str = "*.png") -> Path:
-    files = sorted((server.root / "outputs" / folder).rglob(pattern), key=lambda path: path.stat().st_mtime)
+    files = sorted((path for path in (server.root / "outputs" / folder).rglob(pattern)
+                    if not path.name.startswith(".")),  # not a save's .tmp- file, written right now
+                   key=lambda path: path.stat().st_mtime)
     assert files, f"nothing saved in {folder}"
     return files[-1]
 
@@ -119,6 +122,9 @@ def test_prompts_from_file_with_line_options(page: Any, server: RunningServer) -
     generate(page, server, "txt2img")
     call = server.engine.calls[-1]
     assert (call.prompt, call.seed, call.steps) == ("a green frog", 77, 3)
+    # The progress line still says the plot's "Done" until this job's own end reaches the page, and the
+    # file is saved only then: wait for its result (its infotext) before looking for the file.
+    expect(page.locator("#txt2img-infotext")).to_contain_text("a green frog", timeout=TIMEOUT_MS)
     assert newest(server, "txt2img-images").name.endswith("-77.png")
 
 
@@ -144,12 +150,16 @@ def test_restore_faces_says_what_is_missing_and_keeps_the_image(page: Any, serve
     page.get_by_role("tab", name="txt2img").click()
     choose(page, "#txt2img-script", "None")
     box = page.locator("#txt2img-restore-faces")
-    assert "Cannot run here: no CodeFormer model in" in box.inner_text()
+    # The line under the checkbox is filled by the page's load event, not with the page.
+    expect(box).to_contain_text("Cannot run here: no CodeFormer model in", timeout=TIMEOUT_MS)
     box.locator("input").check()
     page.fill("#txt2img-prompt textarea", "a portrait")
-    assert "Done: 1 image" in generate(page, server, "txt2img")
+    generate(page, server, "txt2img")
     assert server.engine.calls[-1].restore_faces
-    progress = page.locator("#txt2img-progress").inner_text()
-    assert "face restoration was skipped: no CodeFormer model in" in progress
+    # Until this job's end reaches the page, its progress line may still show the job before's "Done".
+    progress = page.locator("#txt2img-progress")
+    expect(progress).to_contain_text("face restoration was skipped: no CodeFormer model in",
+                                       timeout=TIMEOUT_MS)
+    assert "Done: 1 image" in progress.inner_text()  # this job's line: the image is kept
     screenshot(page, "restore-faces-skipped")
     box.locator("input").uncheck()

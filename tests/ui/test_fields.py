@@ -17,6 +17,7 @@ from sdweb.ui.fields import (
     form_from_infotext,
     form_from_params,
     params_from_form,
+    pasted_backcompat,
 )
 from tests.fakes import make_services
 
@@ -123,6 +124,29 @@ def test_pasting_an_a1111_infotext_carries_its_noise_and_names_what_cannot_be_ap
     assert [note for note in unipc.notes if "UniPC" in note] == [
         "UniPC order '2': set it in Settings > Sampler parameters (uni_pc_order) to make the same image"]
     assert (with_rng["rng"], with_rng["eta_noise_seed_delta"], with_rng["eta"]) == ("CPU", 0, 0.4)
+
+
+def test_pasting_an_old_a1111_infotext_turns_on_the_compatibility_settings_its_version_had(
+        tmp_path: Path) -> None:
+    """A1111's "Automatic backward compatibility": a 1.5.1 picture with prompt editing was made on the old
+    timelines and fp16 alphas_cumprod; the paste fills the Override settings' compatibility dropdowns."""
+    text = ("a [cat:dog:0.5]\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64, "
+            "Version: v1.5.1")
+    pasted = form_from_infotext(text, gpu_rng="NV")
+    assert (pasted.values["use_old_scheduling"], pasted.values["use_downcasted_alpha_bar"]) == ("on", "on")
+    assert pasted.values["pad_cond_uncond_v0"] == "off"  # not DDIM / PLMS: A1111 1.5 did not pad it either
+    params = params_from_form(pasted.values)
+    assert (params.use_old_scheduling, params.use_downcasted_alpha_bar, params.pad_cond_uncond_v0) == (
+        True, True, False)
+    off = form_from_infotext(text, gpu_rng="NV", backcompat=False).values
+    assert (off["use_old_scheduling"], off["use_downcasted_alpha_bar"]) == ("off", "off")
+    # a fresh form leaves them to the settings
+    assert FORM_DEFAULTS["use_old_scheduling"] == ""
+    assert params_from_form(FORM_DEFAULTS).use_old_scheduling is None
+    services, _engine = make_services(tmp_path)
+    assert pasted_backcompat(services) is True
+    services.options.update({"auto_backcompat": False})
+    assert pasted_backcompat(services) is False
 
 
 def test_form_from_params_keeps_the_dropdown_when_no_checkpoint_is_known() -> None:

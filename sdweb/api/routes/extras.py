@@ -124,8 +124,9 @@ class ExtrasRoutes:
             return self._caption_service
 
     def png_info(self, request: PNGInfoRequest) -> PNGInfoResponse:
+        from sdweb.api.request_overrides import auto_backcompat
         from sdweb.images.controlnet_infotext import controlnet_units_from_infotext, extension_paste_keys
-        from sdweb.images.infotext import parse_infotext
+        from sdweb.images.infotext import parse_infotext, version_backcompat
         from sdweb.images.metadata import ImageDecodeError, decode_base64_image, read_image_metadata
 
         try:
@@ -136,6 +137,8 @@ class ExtrasRoutes:
         info = metadata.parameters or ""
         items = {key: value for key, value in metadata.raw.items() if key != "parameters"}
         parameters = parse_infotext(info) if info else {}
+        if parameters and auto_backcompat(self.services):  # A1111's parse_generation_parameters does it
+            parameters = version_backcompat(parameters)
         # A1111 runs the infotext-pasted callbacks here: the ControlNet extension's adds a key per field.
         parameters.update(extension_paste_keys(controlnet_units_from_infotext(parameters)))
         return PNGInfoResponse(info=info, items=items, parameters=parameters)

@@ -108,10 +108,18 @@ class FunctionSamplerPlan:
     #: One of A1111's k-diffusion samplers (``sdweb.engine.samplers.kdiffusion``): A1111's model wrapper
     #: and, for A1111's schedule types, A1111's sigmas.
     a1111: bool = False
+    #: A1111's "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``): the alphas rounded to fp16.
+    #: Only A1111's samplers (``a1111``) honour it.
+    downcast_alphas: bool = False
 
     def alphas_cumprod(self) -> torch.Tensor:
-        """The model's training ``alphas_cumprod`` as A1111's model carries them (float32, CPU)."""
-        return schedules.ldm_alphas_cumprod(self.base_config)
+        """The model's training ``alphas_cumprod`` as A1111's model carries them (CPU): float32, or fp16
+        with ``downcast_alphas`` (then the sigmas, and UniPC's log alphas, are computed in fp16 as A1111's).
+        """
+        alphas_cumprod = schedules.ldm_alphas_cumprod(self.base_config)
+        if self.downcast_alphas and self.a1111:
+            return schedules.downcast_alphas_cumprod(alphas_cumprod)
+        return alphas_cumprod
 
     def model_sigmas(self) -> schedules.DiscreteSigmas:
         """The model's noise levels as A1111's wrapper for this sampler sees them (LCM: its 50 steps)."""
@@ -242,7 +250,7 @@ class SamplerRegistry:
 
     # -- building a plan for one job -------------------------------------------------------
     def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any], *,
-              path: str = A1111_PATH) -> SamplerPlan:
+              path: str = A1111_PATH, downcast_alphas: bool = False) -> SamplerPlan:
         """A fresh plan for one job: sampler ``name`` with schedule type ``schedule``.
 
         ``base_scheduler_config`` is the loaded model's scheduler config (``pipe.scheduler.config``):
@@ -251,6 +259,11 @@ class SamplerRegistry:
 
         ``path``: "A1111" (A1111's k-diffusion samplers, exact) or "diffusers" (the same names run by
         diffusers' schedulers where diffusers has one; other samplers are the same on both paths).
+
+        ``downcast_alphas``: A1111's "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``; A1111 before
+        1.7 always did it): A1111's samplers compute their sigmas, timestep quantisation and alphas from
+        the training ``alphas_cumprod`` rounded to fp16. Diffusers' schedulers (the "diffusers" path)
+        and plugin samplers ignore it: they keep their own float32 tables.
 
         Raises:
             UnknownSamplerError, UnknownScheduleError: a name nobody registered.
@@ -275,8 +288,9 @@ class SamplerRegistry:
                 f"sampler {sampler.name!r} cannot use schedule type {chosen.name!r} ({problem}); "
                 f"it supports: {', '.join(supported)}")
         if sampler.sample_fn is not None:
+            a1111 = _is_a1111(sampler)
             return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config,
-                                       a1111=_is_a1111(sampler))
+                                       a1111=a1111, downcast_alphas=bool(downcast_alphas) and a1111)
         cls = sampler.scheduler_class()
         assert cls is not None  # SamplerSpec guarantees one of the two
         accepted = _init_parameters(cls)

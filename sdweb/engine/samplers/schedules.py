@@ -33,6 +33,14 @@ AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.11
 # ---------------------------------------------------------------------------------------------
 
 
+def downcast_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """A1111's "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``; always so before A1111 1.7): the
+    model's alphas_cumprod rounded to fp16 before sampling. The result stays fp16: what is computed from it
+    (sigmas, their logs) is computed in fp16, as A1111's k-diffusion wrapper does on its fp16 tensor.
+    """
+    return alphas_cumprod.detach().to("cpu", torch.float32).half()
+
+
 def ldm_alphas_cumprod(config: Mapping[str, Any]) -> torch.Tensor:
     """The checkpoint's training ``alphas_cumprod`` as the original LDM code builds them (float32).
 
@@ -63,9 +71,14 @@ class DiscreteSigmas:
     """A discrete-time model's noise levels: k-diffusion's ``DiscreteSchedule`` facts, as A1111 uses them."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, *, quantize: bool = True) -> None:
-        alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float32)
-        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        self.log_sigmas = self.sigmas.log()
+        # fp16 alphas (A1111's "Downcast alphas_cumprod"): k-diffusion then computes the sigmas and their
+        # logs in fp16 too; every later use mixes them with float32 tensors, so float32 copies of those
+        # fp16 values behave as its buffers do.
+        dtype = torch.float16 if alphas_cumprod.dtype == torch.float16 else torch.float32
+        alphas_cumprod = alphas_cumprod.detach().to("cpu", dtype)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.sigmas = sigmas.float()
+        self.log_sigmas = sigmas.log().float()
         self.quantize = quantize
 
     @property
@@ -109,7 +122,7 @@ class LCMSigmas(DiscreteSigmas):
         total = len(alphas_cumprod)
         self.skip = total // self.ORIGINAL_STEPS
         valid = torch.stack([alphas_cumprod[total - 1 - k * self.skip]
-                             for k in reversed(range(self.ORIGINAL_STEPS))])
+                             for k in reversed(range(self.ORIGINAL_STEPS))]).float()  # A1111's float32 copy
         super().__init__(valid, quantize=True)
 
     def sigma_to_t(self, sigma: Any, quantize: bool | None = None) -> torch.Tensor:

@@ -142,11 +142,13 @@ class VPSchedule:
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor) -> None:
-        alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float32)
+        # fp16 alphas ("Downcast alphas_cumprod"): A1111's NoiseScheduleVP takes their log in fp16.
+        dtype = torch.float16 if alphas_cumprod.dtype == torch.float16 else torch.float32
+        alphas_cumprod = alphas_cumprod.detach().to("cpu", dtype)
         self.total = len(alphas_cumprod)
         # The float32 tables A1111's NoiseScheduleVP holds, read in float64.
         self._times = torch.linspace(0.0, 1.0, self.total + 1)[1:].double().numpy()
-        self._log_alphas = (0.5 * alphas_cumprod.log()).double().numpy()
+        self._log_alphas = (0.5 * alphas_cumprod.log()).float().double().numpy()
 
     @property
     def t_end(self) -> float:

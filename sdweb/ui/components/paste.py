@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdweb.ui.fields import form_from_infotext, pasted_gpu_rng
+from sdweb.ui.fields import form_from_infotext, pasted_backcompat, pasted_gpu_rng
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def read_prompt_parameters(services: Any, text: str | None) -> tuple[dict[str, A
         gr.Warning("The prompt holds no generation parameters to read: paste an infotext ending with its "
                    "'Steps: ..., Sampler: ...' line.")
         return None
-    pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services))
+    pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services),
+                                backcompat=pasted_backcompat(services))
     return pasted.values, pasted.notes
 
 

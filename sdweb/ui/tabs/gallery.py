@@ -20,7 +20,7 @@ import gradio as gr
 
 from sdweb.ui.components.messages import error_html, infotext_html, note_html
 from sdweb.ui.controls import render_page_number
-from sdweb.ui.fields import form_from_infotext, pasted_gpu_rng
+from sdweb.ui.fields import form_from_infotext, pasted_backcompat, pasted_gpu_rng
 from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab
 
@@ -301,7 +301,8 @@ def render_gallery_tab(
         if not text:
             gr.Warning(message or "This image has no generation parameters.")
             return None
-        pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services))
+        pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services),
+                                    backcompat=pasted_backcompat(services))
         return pasted.values, pasted.notes
 
     txt2img.wire_send(send.click, send_selected, [selected])
@@ -311,7 +312,8 @@ def render_gallery_tab(
             gr.Warning("Select an image first.")
             return None
         text, _ = image_infotext(path)  # a picture without parameters is still worth sending
-        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services))
+        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services),
+                                           backcompat=pasted_backcompat(services))
         return path, values, notes
 
     if img2img is not None:

@@ -23,7 +23,7 @@ from PIL import Image
 from sdweb.images.controlnet_infotext import units_from_request
 from sdweb.ui.components.messages import error_html, note_html
 from sdweb.ui.controls import render_page_number
-from sdweb.ui.fields import CONTROLNET_UNITS, form_from_params, pasted_gpu_rng
+from sdweb.ui.fields import CONTROLNET_UNITS, form_from_params, pasted_backcompat, pasted_gpu_rng
 from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab
 
@@ -288,7 +288,8 @@ def render_history_tab(
             gr.Warning("The images of this generation were deleted (or never saved); nothing to send.")
             return None
         path, text = found
-        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services))
+        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services),
+                                           backcompat=pasted_backcompat(services))
         return path, values, notes
 
     if img2img is not None:

@@ -387,17 +387,18 @@ def wire_page_load(demo: gr.Blocks, services: Any, tab: Img2ImgTab) -> None:
     tab.sections.wire_page_load(demo, services)
 
 
-def values_for_img2img(infotext: str, models: Any | None = None, *,
-                       gpu_rng: str = "GPU") -> tuple[dict[str, Any], list[str]]:
+def values_for_img2img(infotext: str, models: Any | None = None, *, gpu_rng: str = "GPU",
+                       backcompat: bool = True) -> tuple[dict[str, Any], list[str]]:
     """The img2img form values a sent picture's infotext gives (prompt, sampler, size, seeds, noise
     settings...). ``gpu_rng``: what reproduces A1111's default GPU noise here
-    (:func:`sdweb.ui.fields.pasted_gpu_rng`), for an infotext without an ``RNG`` key.
+    (:func:`sdweb.ui.fields.pasted_gpu_rng`), for an infotext without an ``RNG`` key. ``backcompat``:
+    A1111's "Automatic backward compatibility" (:func:`sdweb.ui.fields.pasted_backcompat`).
     """
-    from sdweb.ui.fields import CONTROLNET_UNITS, form_from_infotext
+    from sdweb.ui.fields import CONTROLNET_UNITS, SWITCH_FIELDS, form_from_infotext
 
     if not infotext:
         return {}, []
-    pasted = form_from_infotext(infotext, models, gpu_rng=gpu_rng)
+    pasted = form_from_infotext(infotext, models, gpu_rng=gpu_rng, backcompat=backcompat)
     # Hires fix's denoising strength is not img2img's; a fresh pass starts from the tab's value.
     shared = {
         "prompt",
@@ -418,6 +419,7 @@ def values_for_img2img(infotext: str, models: Any | None = None, *,
         "eta_noise_seed_delta",
         "eta",
         "sampler_path",
+        *SWITCH_FIELDS,
         "n_iter",
         "batch_size",
         CONTROLNET_UNITS,  # the extension registers its unit fields for img2img's paste too

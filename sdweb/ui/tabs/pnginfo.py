@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from sdweb.ui.components.messages import error_html, note_html
-from sdweb.ui.fields import form_from_infotext, pasted_gpu_rng
+from sdweb.ui.fields import form_from_infotext, pasted_backcompat, pasted_gpu_rng
 from sdweb.ui.tabs.img2img import Img2ImgTab, values_for_img2img
 from sdweb.ui.tabs.txt2img import Txt2ImgTab
 
@@ -149,7 +149,8 @@ def render_pnginfo_tab(services: Any, txt2img: Txt2ImgTab, img2img: Img2ImgTab |
         if not text:
             gr.Warning("This image has no A1111 generation parameters to send.")
             return None
-        pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services))
+        pasted = form_from_infotext(text, services.models, gpu_rng=pasted_gpu_rng(services),
+                                    backcompat=pasted_backcompat(services))
         return pasted.values, pasted.notes
 
     txt2img.wire_send(send.click, send_parameters, [parameters])
@@ -159,7 +160,8 @@ def render_pnginfo_tab(services: Any, txt2img: Txt2ImgTab, img2img: Img2ImgTab |
             gr.Warning("Drop an image first.")
             return None
         # no parameters: the picture alone
-        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services))
+        values, notes = values_for_img2img(text, services.models, gpu_rng=pasted_gpu_rng(services),
+                                           backcompat=pasted_backcompat(services))
         return path, values, notes
 
     if img2img is not None:
