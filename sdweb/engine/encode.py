@@ -7,8 +7,9 @@ UNet's conditioning tensors:
   and a comma was seen in its last 20 tokens, the words after that comma move to the next chunk (A1111's
   "comma backtrack"), and ``BREAK`` starts a new chunk. Each chunk is wrapped in BOS/EOS, padded to 77
   with the tokenizer's pad token, encoded on its own, and the chunks' hidden states are concatenated:
-  nothing is ever truncated. The shorter of prompt and negative prompt is padded with encoded empty
-  chunks (A1111's "pad prompt/negative prompt to be same length") so both go through the UNet together.
+  nothing is ever truncated. Texts of one job are padded with encoded empty chunks to one length; each
+  keeps its own length (``EncodedText.own_length``) for :mod:`sdweb.engine.cond_pairing`, which pairs
+  prompt and negative prompt as A1111 does (apart, "Pad conds" or "Pad conds v0").
 - Emphasis (A1111's default, "Original"): the hidden states are multiplied by each token's weight and
   then rescaled so their mean is what it was before.
 - CLIP skip (SD1/SD2): the hidden states of layer ``-clip_skip``, through the final layer norm (1 = the
@@ -63,12 +64,21 @@ class EncodedText:
 
     hidden: torch.Tensor  # (1, 77 * chunks, dim)
     pooled: torch.Tensor | None = None  # SDXL: (1, proj_dim)
+    #: Keys of the text itself (77 per chunk of its own); ``hidden`` may go on with empty-prompt chunks
+    #: (:meth:`PromptEncoder.encode_texts` pads every text to the longest). None: all of ``hidden``.
+    own_length: int | None = None
+
+    @property
+    def own(self) -> torch.Tensor:
+        """``hidden`` without the padding: (1, own_length, dim)."""
+        return self.hidden if self.own_length is None else self.hidden[:, :self.own_length]
 
 
 def zero_like(encoded: EncodedText) -> EncodedText:
     """All-zero conditioning (SDXL's empty negative prompt)."""
     return EncodedText(hidden=torch.zeros_like(encoded.hidden),
-                       pooled=torch.zeros_like(encoded.pooled) if encoded.pooled is not None else None)
+                       pooled=torch.zeros_like(encoded.pooled) if encoded.pooled is not None else None,
+                       own_length=encoded.own_length)
 
 
 @dataclass(frozen=True)
@@ -209,8 +219,10 @@ class PromptEncoder:
         offload_idle(self._pipe)
         hidden_parts: list[list[torch.Tensor]] = [[] for _ in texts]
         pooled: list[torch.Tensor | None] = [None] * len(texts)
+        own_chunks = [1] * len(texts)
         for index, (tokenizer, encoder) in enumerate(self._encoders):
             per_text = [tokenize_weighted(tokenizer, text)[0] for text in texts]
+            own_chunks = [max(have, len(chunks)) for have, chunks in zip(own_chunks, per_text, strict=True)]
             chunk_count = max(len(chunks) for chunks in per_text)
             padding = empty_chunk(tokenizer)
             flat = [chunk for chunks in per_text
@@ -224,7 +236,8 @@ class PromptEncoder:
                     pooled[position] = pooled_all[position * chunk_count:position * chunk_count + 1]
         return [
             EncodedText(hidden=torch.cat(parts, dim=-1).to(self._dtype),
-                        pooled=pooled[i].to(self._dtype) if pooled[i] is not None else None)
+                        pooled=pooled[i].to(self._dtype) if pooled[i] is not None else None,
+                        own_length=own_chunks[i] * (CHUNK_LENGTH + 2))
             for i, parts in enumerate(hidden_parts)
         ]
 

@@ -43,7 +43,8 @@ import torch
 from PIL import Image
 
 from sdweb.engine.accelerator import execution_device, inference_context, offload_module, vae_decode
-from sdweb.engine.encode import PromptEncoder, is_sdxl_pipeline, zero_like
+from sdweb.engine.cond_pairing import key_mask, pair_conds
+from sdweb.engine.encode import CHUNK_LENGTH, PromptEncoder, is_sdxl_pipeline, zero_like
 from sdweb.engine.extra_networks.job import ExtraNetworks, JobNetworks, job_extra_networks
 from sdweb.engine.image_conditioning import (
     DEFAULT_MASK_WEIGHT,
@@ -118,6 +119,10 @@ class _Guidance:
     scale: float
     weights: tuple[float, ...]  # the AND parts' weights
     rows: int  # conditionings stacked per image (1 + K with CFG)
+    #: Prompt and negative prompt of different lengths (A1111 runs them apart): the keys each of the
+    #: ``rows`` conditionings has, and the UNet's ``encoder_attention_mask`` (rows * B, L); else None.
+    key_lengths: tuple[int, ...] | None = None
+    attention_mask: torch.Tensor | None = None
 
 
 def run_txt2img(
@@ -388,7 +393,8 @@ class _Txt2Img:
         self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]
-        texts = list(dict.fromkeys(text for schedule in schedules for _end, text in schedule))
+        # "" too: its chunk is what A1111 pads a shorter prompt with ("Pad conds").
+        texts = list(dict.fromkeys([*(text for schedule in schedules for _end, text in schedule), ""]))
         text_pipe = self.networks.text_pipe if self.networks is not None else self.pipe  # + embeddings
         encoder = PromptEncoder(text_pipe, device=self.device, dtype=self.unet.dtype)
         encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1))
@@ -397,6 +403,7 @@ class _Txt2Img:
             text: zero_like(self.encoded[text]) if self.is_sdxl and not text.strip() else self.encoded[text]
             for _end, text in self.negative_schedule
         }
+        self.empty_chunk = self.encoded[""].hidden[:, :CHUNK_LENGTH + 2]
         self._guidance_cache: dict[tuple[tuple[str, ...], str], _Guidance] = {}
         self.step_index = 0
 
@@ -426,7 +433,16 @@ class _Txt2Img:
         rows = [self.encoded[text] for text in positive_texts]
         if do_cfg:
             rows.insert(0, self.negative_encoded[negative_text])
-        hidden = torch.cat([row.hidden.repeat(batch_size, 1, 1) for row in rows])
+        paired = pair_conds([self.encoded[text].own for text in positive_texts],
+                            self.negative_encoded[negative_text].own if do_cfg else None,
+                            empty_chunk=self.empty_chunk, pad=bool(params.pad_cond_uncond),
+                            pad_v0=bool(params.pad_cond_uncond_v0))
+        stacked = [paired.uncond, *paired.conds] if paired.uncond is not None else paired.conds
+        hidden = torch.cat([item.repeat(batch_size, 1, 1) for item in stacked])
+        mask = None
+        if paired.key_lengths is not None:
+            mask = key_mask(paired.key_lengths, length=paired.length, batch_size=batch_size,
+                            device=self.device).to(self.unet.dtype)
         added: dict[str, torch.Tensor] | None = None
         if self.is_sdxl:
             pooled = [row.pooled for row in rows]
@@ -445,7 +461,8 @@ class _Txt2Img:
             timestep_cond = timestep_cond.to(device=self.device, dtype=self.unet.dtype)
         return _Guidance(encoder_hidden_states=hidden.to(self.device), added_cond_kwargs=added,
                          timestep_cond=timestep_cond, do_cfg=do_cfg, scale=float(params.cfg_scale),
-                         weights=weights, rows=len(rows))
+                         weights=weights, rows=len(rows), key_lengths=paired.key_lengths,
+                         attention_mask=mask)
 
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The UNet's guided output for ``model_input`` (already scaled), as float32."""
@@ -461,12 +478,14 @@ class _Txt2Img:
             control = self.control_stack.residuals(
                 latents, timestep, encoder_hidden_states=guidance.encoder_hidden_states,
                 added_cond_kwargs=guidance.added_cond_kwargs, do_cfg=guidance.do_cfg, rows=guidance.rows,
-                fraction=self.control_fraction())
+                fraction=self.control_fraction(), key_lengths=guidance.key_lengths)
         if self.image_conditioning is not None:
             # Inpainting UNets: mask and masked-image latents after the latents, not scaled by the
             # sampler; the uncond rows of CFG get the same ones (diffusers and A1111 alike).
             model_input = torch.cat([model_input, self.image_conditioning.to(model_input.dtype)], dim=1)
         stacked = torch.cat([model_input] * guidance.rows) if guidance.rows > 1 else model_input
+        if guidance.attention_mask is not None:
+            control["encoder_attention_mask"] = guidance.attention_mask
         output = self.unet(
             stacked.to(self.unet.dtype),
             timestep,

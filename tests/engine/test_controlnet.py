@@ -414,3 +414,19 @@ def test_inpaint_units_mark_the_masked_pixels_and_need_a_mask(sd1_model: TinyMod
     with pytest.raises(ControlNetUnitError, match=r"unit 0 \(mask\).*inpaint_only"):
         prepare_controlnets((_unit(module="inpaint_only"),), model=sd1_model, library=library,
                             preprocessors=registry)
+
+
+def test_units_run_with_a_prompt_longer_than_the_negative(sd1_model: TinyModel, samplers: Any,
+                                                          sd1_folder: Path,
+                                                          ip_folders: tuple[Path, Path]) -> None:
+    """A 2-chunk prompt beside a 1-chunk negative: the UNet and each ControlNet see each one's own keys
+    (A1111 runs them apart); with "Pad conds" both see the padded ones, which is another image."""
+    models, clip_vision = ip_folders
+    library = ControlNetLibrary([sd1_folder, models], clip_vision_dirs=[clip_vision])
+    units = (_unit(), _unit(model="ip-adapter_tiny_sd15", module="ip-adapter-auto"))
+    long_prompt = ", ".join(["a red house on a green hill under a blue sky"] * 9)
+    apart = _run(sd1_model, samplers, library, units, prompt=long_prompt, negative_prompt="blurry")
+    padded = _run(sd1_model, samplers, library, units, prompt=long_prompt, negative_prompt="blurry",
+                  pad_cond_uncond=True)
+    assert apart.size == (64, 64) and not _same(apart, padded)
+    assert not _same(apart, _run(sd1_model, samplers, None, (), prompt=long_prompt, negative_prompt="blurry"))

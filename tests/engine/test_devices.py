@@ -382,23 +382,27 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_except_in_budgeted_passes() -> 
     import textwrap
 
     script = textwrap.dedent("""
-        import resource, torch
+        import os, resource, torch
         from sdweb.engine.heap import configure_heap_reuse, heap_returned, trim_heap
-        def faults_over_uses(size=16 << 20, uses=6):  # 64 MiB blocks, allocated and freed again and again
-            for _ in range(2):
+        def faults_over_uses(size=16 << 20, uses=12):  # 64 MiB blocks, allocated and freed again and again
+            for _ in range(4):  # the first few after a change may still land elsewhere in the heap
                 torch.ones(size).sum()
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(uses):
                 torch.ones(size).sum()
             return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        def resident_mib():
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
         plain = faults_over_uses()
         assert configure_heap_reuse("cpu") and not configure_heap_reuse("cuda")
         reused = faults_over_uses()
-        with heap_returned():  # budgeted passes (tiled VAE): freed blocks go back at once again
-            returned = faults_over_uses()
+        kept = resident_mib()  # the last 64 MiB block, freed but kept for reuse
+        with heap_returned():  # budgeted passes (tiled VAE): what was kept for reuse goes back first
+            given_back = kept - resident_mib()
         again = faults_over_uses()
         trim_heap()
-        print(plain, reused, returned, again)
+        print(plain, reused, given_back, again)
     """)
     import os
 
@@ -406,8 +410,11 @@ def test_on_the_cpu_large_tensors_reuse_the_heap_except_in_budgeted_passes() -> 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=root, env=env)
-    plain, reused, returned, again = (int(value) for value in result.stdout.split())
-    # 6 uses of 64 MiB are 6 x 16384 pages: by default every use faults them in afresh; reused, few.
-    assert plain > 6 * 12000
+    plain, reused, given_back, again = (float(value) for value in result.stdout.split())
+    # 12 uses of 64 MiB are 12 x 16384 pages: by default every use faults them in afresh; reused, most
+    # uses fault nothing (a small allocation carved from the free block now and then moves it: some do).
+    assert plain > 12 * 12000
     assert reused < plain // 2 and again < plain // 2
-    assert returned > plain // 2
+    # A budgeted pass starts without the kept block: its peak is its own. (Inside it, how glibc serves a
+    # block depends on where free chunks lie, so the pass's own reuse is not asserted.)
+    assert given_back > 48, f"only {given_back:.0f} MiB of the kept 64 MiB block was given back"

@@ -406,11 +406,15 @@ class ControlNetStack:
         do_cfg: bool,
         rows: int,
         fraction: float,
+        key_lengths: tuple[int, ...] | None = None,
     ) -> dict[str, Any]:
         """``down_block_additional_residuals`` / ``mid_block_additional_residual`` for the UNet, or {}.
 
         ``sample``: the stacked UNet input (``rows`` conditionings x batch, latent channels only);
-        ``fraction``: the step being computed over the pass's steps.
+        ``fraction``: the step being computed over the pass's steps; ``key_lengths``: the keys each of the
+        ``rows`` conditionings really has when they differ (the rest is padding): each ControlNet then runs
+        on the rows of one length at a time with only those keys, as A1111 runs prompt and negative prompt
+        of different lengths apart.
         """
         total_down: list[torch.Tensor] | None = None
         total_mid: torch.Tensor | None = None
@@ -430,16 +434,23 @@ class ControlNetStack:
                 continue
             control_model = prepared.model
             cond = hint.to(dtype=control_model.dtype).expand(sample.shape[0], -1, -1, -1)
-            down, mid = control_model(
-                sample.to(control_model.dtype),
-                timestep,
-                encoder_hidden_states=encoder_hidden_states,
-                controlnet_cond=cond,
-                conditioning_scale=1.0,
-                added_cond_kwargs=added_cond_kwargs,
-                return_dict=False,
-            )
-            residuals = [*down, mid]
+            residuals = []
+            for rows_slice, keys in _row_groups(key_lengths, batch, sample.shape[0], encoder_hidden_states):
+                added = ({name: value[rows_slice] for name, value in added_cond_kwargs.items()}
+                         if added_cond_kwargs is not None else None)
+                step_t = (timestep[rows_slice] if isinstance(timestep, torch.Tensor) and timestep.ndim
+                          and timestep.shape[0] == sample.shape[0] else timestep)
+                down, mid = control_model(
+                    sample[rows_slice].to(control_model.dtype),
+                    step_t,
+                    encoder_hidden_states=encoder_hidden_states[rows_slice, :keys],
+                    controlnet_cond=cond[rows_slice],
+                    conditioning_scale=1.0,
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                )
+                residuals.append([*down, mid])
+            residuals = [torch.cat(parts) for parts in zip(*residuals, strict=True)]
             scales = self.scales(unit, len(residuals))
             scaled = [residual * scale for residual, scale in zip(residuals, scales, strict=True)]
             if unit.control_mode == "ControlNet is more important" and do_cfg and batch:
@@ -487,3 +498,18 @@ class ControlNetStack:
         if unit.control_mode == "Balanced":
             return [unit.weight] * count
         return [unit.weight * SOFT_INJECTION_BASE ** float(12 - i) for i in range(count)]
+
+
+def _row_groups(key_lengths: tuple[int, ...] | None, batch: int, total: int,
+                encoder_hidden_states: torch.Tensor) -> list[tuple[slice, int]]:
+    """The stacked rows as ``(rows, keys)`` runs of one key length (all rows at once without lengths)."""
+    if not key_lengths or batch <= 0:
+        return [(slice(0, total), int(encoder_hidden_states.shape[1]))]
+    groups: list[tuple[slice, int]] = []
+    for index, keys in enumerate(key_lengths):
+        start, stop = index * batch, (index + 1) * batch
+        if groups and groups[-1][1] == keys:
+            groups[-1] = (slice(groups[-1][0].start, stop), keys)
+        else:
+            groups.append((slice(start, stop), keys))
+    return groups
