@@ -292,8 +292,10 @@ def build_infotext(
     # sampling starts ("Downcast alphas_cumprod", "Noise Schedule") and during it ("Pad conds").
     emphasis = pairs.pop("Emphasis", None)
     for name, key in A1111_COMPAT_INFOTEXT.items():
-        # A1111 writes its compatibility settings only when on, after the hashes of the extra networks.
-        if getattr(params, name, None):
+        # A1111 writes its compatibility settings only when on, after the hashes of the extra networks
+        # (its "Downcast alphas_cumprod" is added as sampling starts). An engine that knows better says so
+        # in ``extra`` (A1111 writes "Old prompt editing timelines" only where they changed a schedule).
+        if getattr(params, name, None) and key not in (extra or {}):
             pairs[key] = True
         if name == "use_old_scheduling" and emphasis is not None:
             pairs["Emphasis"] = emphasis
