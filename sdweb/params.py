@@ -51,6 +51,17 @@ A1111_COMPAT_INFOTEXT: Mapping[str, str] = MappingProxyType({
     "pad_cond_uncond": "Pad conds",
     "pad_cond_uncond_v0": "Pad conds v0",
 })
+#: A1111's "Emphasis" modes (option ``emphasis``, A1111's default "Original"): how ``(word:1.2)`` weights
+#: act on the text encoders' hidden states. "None": the prompt is not parsed for weights at all (brackets,
+#: escapes and BREAK are plain text); "Ignore": parsed, weights dropped; "Original": scaled by weight, each
+#: chunk's mean restored; "No norm": scaled, mean not restored. Infotext "Emphasis" when not "Original".
+EmphasisMode = Literal["None", "Ignore", "Original", "No norm"]
+EMPHASIS_MODES: tuple[str, ...] = ("None", "Ignore", "Original", "No norm")
+EMPHASIS_DEFAULT = "Original"
+#: A1111's "Noise schedule for sampling" (option ``sd_noise_schedule``; infotext "Noise Schedule" when
+#: not "Default"): "Zero Terminal SNR" rescales the model's alphas_cumprod so the last one is (almost) 0.
+NoiseSchedule = Literal["Default", "Zero Terminal SNR"]
+NOISE_SCHEDULES: tuple[str, ...] = ("Default", "Zero Terminal SNR")
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -163,6 +174,11 @@ class GenerationParams(BaseModel):
     use_downcasted_alpha_bar: bool | None = None
     pad_cond_uncond: bool | None = None
     pad_cond_uncond_v0: bool | None = None
+    #: A1111's "Emphasis mode" (:data:`EMPHASIS_MODES`); None means the setting ``emphasis``.
+    emphasis: EmphasisMode | None = None
+    #: A1111's "Noise schedule for sampling" (:data:`NOISE_SCHEDULES`; A1111's samplers only: DDIM, PLMS,
+    #: UniPC and the k-diffusion ones); None means the setting ``sd_noise_schedule``.
+    sd_noise_schedule: NoiseSchedule | None = None
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False

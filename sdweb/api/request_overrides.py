@@ -40,6 +40,8 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "use_downcasted_alpha_bar": "use_downcasted_alpha_bar",
     "pad_cond_uncond": "pad_cond_uncond",
     "pad_cond_uncond_v0": "pad_cond_uncond_v0",
+    "emphasis": "emphasis",
+    "sd_noise_schedule": "sd_noise_schedule",
 }
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({

@@ -462,6 +462,9 @@ class GenerationService:
         for key in A1111_COMPAT_INFOTEXT:
             if getattr(params, key) is None:
                 updates[key] = bool(self._options.get(key))
+        for key in ("emphasis", "sd_noise_schedule"):  # A1111's, with its defaults when the option is unset
+            if getattr(params, key) is None:
+                updates[key] = self._options.get(key)
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()
