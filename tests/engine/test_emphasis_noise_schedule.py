@@ -143,3 +143,26 @@ def test_zero_terminal_snr_with_fp16_alphas_is_refused_naming_both(sd1_model: An
     params = tiny_params(sd_noise_schedule="Zero Terminal SNR", use_downcasted_alpha_bar=True)
     with pytest.raises(ValueError, match="sd_noise_schedule.*use_downcasted_alpha_bar"):
         _run(sd1_model, samplers, params)
+
+
+@torch.inference_mode()
+def test_sd3_encoder_applies_the_emphasis_mode_to_clip_and_t5() -> None:
+    from sdweb.engine.families.flow_encode import FlowTextEncoder
+    from tests.fixtures.flow_checkpoints import sd3_pipe
+
+    pipe = sd3_pipe("sd3.5-large")
+
+    def encoded(text: str, mode: str = "Original") -> torch.Tensor:
+        encoder = FlowTextEncoder(pipe, "sd3", device="cpu", dtype=torch.float32, max_sequence_length=32,
+                                  emphasis=mode)
+        return encoder.encode_texts([text])[0].hidden
+
+    prompt = "(cat:1.3) on a mat"
+    original = encoded(prompt)
+    assert torch.equal(encoded(prompt, "Ignore"), encoded("cat on a mat"))
+    no_norm = encoded(prompt, "No norm")
+    assert not torch.allclose(no_norm, original)
+    assert no_norm.shape == original.shape
+    t5_no_norm, t5_original = no_norm[:, -32:], original[:, -32:]  # the CLIP chunk, then T5's 32 positions
+    assert not torch.allclose(t5_no_norm, t5_original)  # T5's states are weighted too, as Forge does
+    assert not torch.allclose(encoded(prompt, "None"), encoded(prompt, "Ignore"))
