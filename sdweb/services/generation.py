@@ -25,7 +25,9 @@ from sdweb import __version__
 from sdweb.config import OptionsStore
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
+    CFG_SKIP_INFOTEXT,
     MAX_SEED,
+    SIGMA_DEFAULTS,
     UNIPC_SETTINGS,
     EngineRun,
     GenerationParams,
@@ -462,6 +464,10 @@ class GenerationService:
         for key in A1111_COMPAT_INFOTEXT:
             if getattr(params, key) is None:
                 updates[key] = bool(self._options.get(key))
+        for key in (*SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT):  # A1111's sampler parameters, CFG skipping
+            if getattr(params, key) is None:
+                value = self._options.get(key)
+                updates[key] = bool(value) if key == "s_min_uncond_all" else float(value or 0.0)
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()

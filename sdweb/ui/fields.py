@@ -258,7 +258,7 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
         parse_infotext,
         version_backcompat,
     )
-    from sdweb.params import UNIPC_DEFAULTS
+    from sdweb.params import CFG_SKIP_INFOTEXT, SIGMA_INFOTEXT, UNIPC_DEFAULTS
 
     parsed = parse_infotext(text)
     if backcompat:
@@ -272,6 +272,10 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     pasted.notes.extend(f"{key} {parsed[key]!r}: set it in Settings > Sampler parameters ({name}) to make "
                         "the same image" for key, name in INFOTEXT_UNIPC.items()
                         if key in parsed and getattr(params, name) != UNIPC_DEFAULTS[name])
+    # So are A1111's sampler parameters and CFG skipping (Sigma churn ..., NGMS, Skip Early CFG).
+    pasted.notes.extend(f"{key} {parsed[key]!r}: set it in Settings > Sampler parameters ({name}) to make "
+                        "the same image" for name, key in {**SIGMA_INFOTEXT, **CFG_SKIP_INFOTEXT}.items()
+                        if key in parsed)
     # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
     pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
                         for key, value in extras.items() if str(key).startswith("Hires "))

@@ -124,6 +124,11 @@ def test_pasting_an_a1111_infotext_carries_its_noise_and_names_what_cannot_be_ap
     assert [note for note in unipc.notes if "UniPC" in note] == [
         "UniPC order '2': set it in Settings > Sampler parameters (uni_pc_order) to make the same image"]
     assert (with_rng["rng"], with_rng["eta_noise_seed_delta"], with_rng["eta"]) == ("CPU", 0, 0.4)
+    churn = form_from_infotext("a fox\nSteps: 4, Sampler: Euler, CFG scale: 6, Seed: 9, Size: 64x64, "
+                               "Sigma churn: 0.5, NGMS: 2", gpu_rng="NV")
+    assert [note for note in churn.notes if "Settings" in note] == [
+        "Sigma churn '0.5': set it in Settings > Sampler parameters (s_churn) to make the same image",
+        "NGMS '2': set it in Settings > Sampler parameters (s_min_uncond) to make the same image"]
 
 
 def test_pasting_an_old_a1111_infotext_turns_on_the_compatibility_settings_its_version_had(
