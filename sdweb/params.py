@@ -89,6 +89,17 @@ def sampler_sigma_values(params: Any, sampler_name: str) -> dict[str, float]:
         if value != (math.inf if name == "s_tmax" else SIGMA_DEFAULTS[name]):
             values[name] = value
     return values
+#: A1111's "Emphasis" modes (option ``emphasis``, A1111's default "Original"): how ``(word:1.2)`` weights
+#: act on the text encoders' hidden states. "None": the prompt is not parsed for weights at all (brackets,
+#: escapes and BREAK are plain text); "Ignore": parsed, weights dropped; "Original": scaled by weight, each
+#: chunk's mean restored; "No norm": scaled, mean not restored. Infotext "Emphasis" when not "Original".
+EmphasisMode = Literal["None", "Ignore", "Original", "No norm"]
+EMPHASIS_MODES: tuple[str, ...] = ("None", "Ignore", "Original", "No norm")
+EMPHASIS_DEFAULT = "Original"
+#: A1111's "Noise schedule for sampling" (option ``sd_noise_schedule``; infotext "Noise Schedule" when
+#: not "Default"): "Zero Terminal SNR" rescales the model's alphas_cumprod so the last one is (almost) 0.
+NoiseSchedule = Literal["Default", "Zero Terminal SNR"]
+NOISE_SCHEDULES: tuple[str, ...] = ("Default", "Zero Terminal SNR")
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -212,6 +223,11 @@ class GenerationParams(BaseModel):
     s_min_uncond: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     s_min_uncond_all: bool | None = None
     skip_early_cond: float | None = Field(None, ge=0.0, le=1.0)
+    #: A1111's "Emphasis mode" (:data:`EMPHASIS_MODES`); None means the setting ``emphasis``.
+    emphasis: EmphasisMode | None = None
+    #: A1111's "Noise schedule for sampling" (:data:`NOISE_SCHEDULES`; A1111's samplers only: DDIM, PLMS,
+    #: UniPC and the k-diffusion ones); None means the setting ``sd_noise_schedule``.
+    sd_noise_schedule: NoiseSchedule | None = None
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False

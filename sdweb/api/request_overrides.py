@@ -48,6 +48,8 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "s_min_uncond": "s_min_uncond",
     "s_min_uncond_all": "s_min_uncond_all",
     "skip_early_cond": "skip_early_cond",
+    "emphasis": "emphasis",
+    "sd_noise_schedule": "sd_noise_schedule",
 }
 #: Settings that are request fields of the same name too (A1111's): an error names the request field.
 REQUEST_FIELD_SETTINGS = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"})

@@ -468,6 +468,9 @@ class GenerationService:
             if getattr(params, key) is None:
                 value = self._options.get(key)
                 updates[key] = bool(value) if key == "s_min_uncond_all" else float(value or 0.0)
+        for key in ("emphasis", "sd_noise_schedule"):  # A1111's, with its defaults when the option is unset
+            if getattr(params, key) is None:
+                updates[key] = self._options.get(key)
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()

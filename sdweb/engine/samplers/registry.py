@@ -111,14 +111,20 @@ class FunctionSamplerPlan:
     #: A1111's "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``): the alphas rounded to fp16.
     #: Only A1111's samplers (``a1111``) honour it.
     downcast_alphas: bool = False
+    #: A1111's "Noise schedule for sampling: Zero Terminal SNR" (``sd_noise_schedule``): the alphas
+    #: rescaled so the last is almost 0. Only A1111's samplers (``a1111``) honour it.
+    zero_terminal_snr: bool = False
 
     def alphas_cumprod(self) -> torch.Tensor:
         """The model's training ``alphas_cumprod`` as A1111's model carries them (CPU): float32, or fp16
-        with ``downcast_alphas`` (then the sigmas, and UniPC's log alphas, are computed in fp16 as A1111's).
+        with ``downcast_alphas`` (then the sigmas, and UniPC's log alphas, are computed in fp16 as A1111's);
+        then, with ``zero_terminal_snr``, rescaled to zero terminal SNR (A1111's order: downcast first).
         """
         alphas_cumprod = schedules.ldm_alphas_cumprod(self.base_config)
         if self.downcast_alphas and self.a1111:
-            return schedules.downcast_alphas_cumprod(alphas_cumprod)
+            alphas_cumprod = schedules.downcast_alphas_cumprod(alphas_cumprod)
+        if self.zero_terminal_snr and self.a1111:
+            alphas_cumprod = schedules.zero_terminal_snr_alphas_cumprod(alphas_cumprod)
         return alphas_cumprod
 
     def model_sigmas(self) -> schedules.DiscreteSigmas:
@@ -250,7 +256,8 @@ class SamplerRegistry:
 
     # -- building a plan for one job -------------------------------------------------------
     def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any], *,
-              path: str = A1111_PATH, downcast_alphas: bool = False) -> SamplerPlan:
+              path: str = A1111_PATH, downcast_alphas: bool = False,
+              zero_terminal_snr: bool = False) -> SamplerPlan:
         """A fresh plan for one job: sampler ``name`` with schedule type ``schedule``.
 
         ``base_scheduler_config`` is the loaded model's scheduler config (``pipe.scheduler.config``):
@@ -264,6 +271,12 @@ class SamplerRegistry:
         1.7 always did it): A1111's samplers compute their sigmas, timestep quantisation and alphas from
         the training ``alphas_cumprod`` rounded to fp16. Diffusers' schedulers (the "diffusers" path)
         and plugin samplers ignore it: they keep their own float32 tables.
+
+        ``zero_terminal_snr``: A1111's "Noise schedule for sampling: Zero Terminal SNR"
+        (``sd_noise_schedule``): A1111's samplers rescale the training ``alphas_cumprod`` to zero
+        terminal SNR (after the downcast, if any); diffusers' schedulers that have
+        ``rescale_betas_zero_snr`` turn it on (diffusers' own rescaling), the others and plugin samplers
+        ignore it.
 
         Raises:
             UnknownSamplerError, UnknownScheduleError: a name nobody registered.
@@ -290,12 +303,15 @@ class SamplerRegistry:
         if sampler.sample_fn is not None:
             a1111 = _is_a1111(sampler)
             return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config,
-                                       a1111=a1111, downcast_alphas=bool(downcast_alphas) and a1111)
+                                       a1111=a1111, downcast_alphas=bool(downcast_alphas) and a1111,
+                                       zero_terminal_snr=bool(zero_terminal_snr) and a1111)
         cls = sampler.scheduler_class()
         assert cls is not None  # SamplerSpec guarantees one of the two
         accepted = _init_parameters(cls)
         options = {flag: False for flag in SIGMA_SPACING_FLAGS if flag in accepted}
         options.update(dict(sampler.overrides))
+        if zero_terminal_snr and "rescale_betas_zero_snr" in accepted:
+            options["rescale_betas_zero_snr"] = True
         custom = _route(cls, chosen) == "sigmas"
         if not custom:
             options.update(chosen.config)
