@@ -43,13 +43,25 @@ UNIPC_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3,
     "uni_pc_lower_order_final": True})
 UNIPC_SETTINGS: tuple[str, ...] = tuple(UNIPC_DEFAULTS)
-#: A1111's compatibility settings that change the picture (request fields and options of these names, all
-#: off by default) and the infotext key A1111 writes for each when it is on.
+#: A1111's on/off settings that change the picture (request fields and options of these names, all off by
+#: default) and the infotext key A1111 writes for each when it is on: its compatibility settings, and two
+#: sampler settings ("Discard penultimate sigma" for every sampler, the SGM noise multiplier).
 A1111_COMPAT_INFOTEXT: Mapping[str, str] = MappingProxyType({
     "use_old_scheduling": "Old prompt editing timelines",
     "use_downcasted_alpha_bar": "Downcast alphas_cumprod",
     "pad_cond_uncond": "Pad conds",
     "pad_cond_uncond_v0": "Pad conds v0",
+    "always_discard_next_to_last_sigma": "Discard penultimate sigma",
+    "sgm_noise_multiplier": "SGM noise multiplier",
+})
+#: A1111's schedule settings (Settings > Sampler parameters): option / request field -> (infotext key,
+#: A1111's default). 0 for the sigmas and rho means "the model's / the schedule type's own".
+SCHEDULE_SETTINGS: Mapping[str, tuple[str, float]] = MappingProxyType({
+    "sigma_min": ("Schedule min sigma", 0.0),
+    "sigma_max": ("Schedule max sigma", 0.0),
+    "rho": ("Schedule rho", 0.0),
+    "beta_dist_alpha": ("Beta schedule alpha", 0.6),
+    "beta_dist_beta": ("Beta schedule beta", 0.6),
 })
 
 
@@ -163,6 +175,16 @@ class GenerationParams(BaseModel):
     use_downcasted_alpha_bar: bool | None = None
     pad_cond_uncond: bool | None = None
     pad_cond_uncond_v0: bool | None = None
+    #: A1111's "Always discard next-to-last sigma" and "SGM noise multiplier" (txt2img's starting noise
+    #: scaled by ``sqrt(1 + sigma_max^2)``, not ``sigma_max``); None means the setting.
+    always_discard_next_to_last_sigma: bool | None = None
+    sgm_noise_multiplier: bool | None = None
+    #: A1111's schedule settings (:data:`SCHEDULE_SETTINGS`); None means the setting of that name.
+    sigma_min: float | None = Field(None, ge=0.0, le=1000.0, allow_inf_nan=False)
+    sigma_max: float | None = Field(None, ge=0.0, le=1000.0, allow_inf_nan=False)
+    rho: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
+    beta_dist_alpha: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
+    beta_dist_beta: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False

@@ -40,6 +40,14 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "use_downcasted_alpha_bar": "use_downcasted_alpha_bar",
     "pad_cond_uncond": "pad_cond_uncond",
     "pad_cond_uncond_v0": "pad_cond_uncond_v0",
+    # A1111's sampler / schedule settings.
+    "always_discard_next_to_last_sigma": "always_discard_next_to_last_sigma",
+    "sgm_noise_multiplier": "sgm_noise_multiplier",
+    "sigma_min": "sigma_min",
+    "sigma_max": "sigma_max",
+    "rho": "rho",
+    "beta_dist_alpha": "beta_dist_alpha",
+    "beta_dist_beta": "beta_dist_beta",
 }
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({

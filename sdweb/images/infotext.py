@@ -23,7 +23,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sdweb.params import A1111_COMPAT_INFOTEXT, UNIPC_DEFAULTS, GenerationParams, format_validation_error
+from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
+    SCHEDULE_SETTINGS,
+    UNIPC_DEFAULTS,
+    GenerationParams,
+    format_validation_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +96,9 @@ _SAMPLER_NAME_SCHEDULE_SUFFIXES: tuple[str, ...] = (
 
 #: A1111's compatibility keys a paste applies (all of A1111_COMPAT_INFOTEXT).
 INFOTEXT_COMPAT_READ: tuple[str, ...] = ("Old prompt editing timelines", "Downcast alphas_cumprod",
-                                          "Pad conds", "Pad conds v0")
+                                          "Pad conds", "Pad conds v0", "Discard penultimate sigma",
+                                          "SGM noise multiplier",
+                                          *(key for key, _default in SCHEDULE_SETTINGS.values()))
 #: Infotext keys :func:`infotext_to_params` turns into ``GenerationParams`` fields.
 _MAPPED_KEYS = frozenset(
     {
@@ -130,13 +138,8 @@ TIMESTEP_SAMPLERS = frozenset({"DDIM", "PLMS", "UniPC"})
 #: Keys A1111 writes for settings that change the picture and that a request cannot carry here: a paste
 #: names them (never a silently different image).
 INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
-    "Discard penultimate sigma",
-    "Schedule rho",
-    "Schedule min sigma",
-    "Schedule max sigma",
-    "SGM noise multiplier",
-    "Beta schedule alpha",
-    "Beta schedule beta",
+    "Refiner",  # A1111's SDXL refiner: another checkpoint takes over part-way
+    "Refiner switch at",
     "Token merging ratio",
     "Token merging ratio hr",
     "NGMS",
@@ -284,6 +287,14 @@ def build_infotext(
         # (its "Downcast alphas_cumprod" is added as sampling starts).
         if getattr(params, name, None):
             pairs[key] = True
+    for name, (key, default) in SCHEDULE_SETTINGS.items():
+        # A1111 writes a schedule setting where it differs from its default, Beta's shape whenever the
+        # Beta schedule runs.
+        value = getattr(params, name, None)
+        if value is None:
+            continue
+        if value != default or (name.startswith("beta_dist") and params.scheduler == "Beta"):
+            pairs[key] = value
     if any(MODULE_KEY_RE.fullmatch(str(key)) for key in pairs):
         # Forge names the VAE among its "Module N" files and reads a "VAE" key as the whole choice.
         pairs["VAE"] = None
@@ -603,6 +614,9 @@ def infotext_to_params(
     for name, key in A1111_COMPAT_INFOTEXT.items():
         if key in INFOTEXT_COMPAT_READ:  # absent: off where the image was made (A1111 writes them when on)
             fields[name] = str(parsed.get(key, "")).strip().lower() == "true"
+    for name, (key, default) in SCHEDULE_SETTINGS.items():
+        fields[name] = default  # absent: A1111's default where the image was made
+        convert(name, key, _to_float)
     if fields.get("sampler_name") == "UniPC" or any(key in parsed for key in INFOTEXT_UNIPC):
         # A1111's UniPC settings: absent ones are A1111's defaults, not this machine's settings.
         fields.update(UNIPC_DEFAULTS)

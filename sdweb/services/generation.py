@@ -26,6 +26,7 @@ from sdweb.config import OptionsStore
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
     MAX_SEED,
+    SCHEDULE_SETTINGS,
     UNIPC_SETTINGS,
     EngineRun,
     GenerationParams,
@@ -462,6 +463,9 @@ class GenerationService:
         for key in A1111_COMPAT_INFOTEXT:
             if getattr(params, key) is None:
                 updates[key] = bool(self._options.get(key))
+        for key in SCHEDULE_SETTINGS:
+            if getattr(params, key) is None:
+                updates[key] = float(self._options.get(key))
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()

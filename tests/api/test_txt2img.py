@@ -206,9 +206,24 @@ def test_override_settings_ensd_and_rng_apply_to_the_request(api: ApiServer) -> 
 
 def test_infotext_with_a_setting_we_cannot_apply_is_refused_naming_it(api: ApiServer) -> None:
     infotext = ("a fox\nSteps: 3, Sampler: DPM2, CFG scale: 5, Seed: 1, Size: 64x64, "
-                "Discard penultimate sigma: True")
+                "Token merging ratio: 0.5")
     response = api.post("txt2img", json={**SMALL, "infotext": infotext})
-    assert response.status_code == 422 and "Discard penultimate sigma" in response.json()["detail"]
+    assert response.status_code == 422 and "Token merging ratio" in response.json()["detail"]
+
+
+def test_infotext_schedule_settings_reach_the_request_and_its_infotext(api: ApiServer) -> None:
+    infotext = ("a fox\nSteps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 5, Seed: 1, Size: 64x64, "
+                "Discard penultimate sigma: True, Schedule rho: 5.5, Schedule max sigma: 10, "
+                "SGM noise multiplier: True")
+    response = api.post("txt2img", json={**SMALL, "infotext": infotext})
+    assert response.status_code == 200, response.text
+    call = api.engine.calls[-1]
+    assert (call.always_discard_next_to_last_sigma, call.rho, call.sigma_max) == (True, 5.5, 10.0)
+    assert (call.sgm_noise_multiplier, call.sigma_min) == (True, 0.0)
+    written = json.loads(response.json()["info"])["infotexts"][0]
+    for pair in ("Schedule rho: 5.5", "Schedule max sigma: 10", "Discard penultimate sigma: True",
+                 "SGM noise multiplier: True"):
+        assert pair in written
 
 
 def test_infotext_using_a_hires_fix_checkpoint_is_refused(api: ApiServer) -> None:

@@ -111,6 +111,9 @@ class FunctionSamplerPlan:
     #: A1111's "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``): the alphas rounded to fp16.
     #: Only A1111's samplers (``a1111``) honour it.
     downcast_alphas: bool = False
+    #: A1111's schedule settings (rho, sigma range, Beta's shape, "Discard penultimate sigma"); A1111's
+    #: samplers on A1111's schedule types only.
+    tuning: schedules.ScheduleTuning = schedules.DEFAULT_TUNING
 
     def alphas_cumprod(self) -> torch.Tensor:
         """The model's training ``alphas_cumprod`` as A1111's model carries them (CPU): float32, or fp16
@@ -141,7 +144,7 @@ class FunctionSamplerPlan:
         if self.a1111 and self.schedule.name in schedules.SCHEDULES:
             discard = bool(self.sampler.options.get("discard_next_to_last_sigma", False))
             return schedules.a1111_sigmas(self.schedule.name, steps, self.model_sigmas(),
-                                          discard_penultimate=discard, sdxl=sdxl)
+                                          discard_penultimate=discard, sdxl=sdxl, tuning=self.tuning)
         return schedule_sigmas(self.schedule, steps, self.base_config)
 
 
@@ -250,7 +253,8 @@ class SamplerRegistry:
 
     # -- building a plan for one job -------------------------------------------------------
     def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any], *,
-              path: str = A1111_PATH, downcast_alphas: bool = False) -> SamplerPlan:
+              path: str = A1111_PATH, downcast_alphas: bool = False,
+              tuning: schedules.ScheduleTuning | None = None) -> SamplerPlan:
         """A fresh plan for one job: sampler ``name`` with schedule type ``schedule``.
 
         ``base_scheduler_config`` is the loaded model's scheduler config (``pipe.scheduler.config``):
@@ -264,6 +268,9 @@ class SamplerRegistry:
         1.7 always did it): A1111's samplers compute their sigmas, timestep quantisation and alphas from
         the training ``alphas_cumprod`` rounded to fp16. Diffusers' schedulers (the "diffusers" path)
         and plugin samplers ignore it: they keep their own float32 tables.
+
+        ``tuning``: A1111's schedule settings (:class:`~sdweb.engine.samplers.schedules.ScheduleTuning`),
+        for A1111's samplers on A1111's schedule types.
 
         Raises:
             UnknownSamplerError, UnknownScheduleError: a name nobody registered.
@@ -290,7 +297,8 @@ class SamplerRegistry:
         if sampler.sample_fn is not None:
             a1111 = _is_a1111(sampler)
             return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config,
-                                       a1111=a1111, downcast_alphas=bool(downcast_alphas) and a1111)
+                                       a1111=a1111, downcast_alphas=bool(downcast_alphas) and a1111,
+                                       tuning=tuning or schedules.DEFAULT_TUNING)
         cls = sampler.scheduler_class()
         assert cls is not None  # SamplerSpec guarantees one of the two
         accepted = _init_parameters(cls)
