@@ -637,7 +637,7 @@ class _Txt2Img:
             extra["sigma_range"] = (model.sigma_min, model.sigma_max)
         if "steps" in accepted:
             extra["steps"] = int(steps)
-        if "alphas_cumprod" in accepted and plan.a1111:  # UniPC's continuous-time schedule
+        if "alphas_cumprod" in accepted and plan.a1111:  # DDIM, PLMS, UniPC read the model's table
             extra["alphas_cumprod"] = plan.alphas_cumprod()
         if plan.a1111 and plan.sampler.options.get("uni_pc"):
             # A1111's UniPC settings, by their option names (uni_pc_order -> order ...).

@@ -263,9 +263,15 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     from sdweb.params import UNIPC_DEFAULTS
 
     parsed = parse_infotext(text)
-    if backcompat:
-        parsed = version_backcompat(parsed)
     pasted = PastedValues()
+    if backcompat:
+        written = parsed
+        parsed = version_backcompat(parsed)
+        implied = [key for key, value in parsed.items() if written.get(key) != value]
+        if implied:
+            pasted.notes.append(f"Version {parsed.get('Version')}: {', '.join(implied)} turned on, as that "
+                                "A1111 version did (Settings > Compatibility > Automatic backward "
+                                "compatibility)")
     # A value that does not fit is left at its default with a note: a paste should not be all-or-nothing.
     params, extras = infotext_to_params(parsed, problems=pasted.notes, gpu_rng=gpu_rng)
     pasted.notes.extend(f"{key} {extras[key]!r} is not supported yet; the image will differ"

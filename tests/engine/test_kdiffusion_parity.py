@@ -601,8 +601,8 @@ def a1111_plms_eps(e_t: torch.Tensor, old_eps: list[torch.Tensor],
     return e_prime
 
 
-def _a1111_timestep_sampler(name: str, steps: int, eta: float) -> Trajectory:
-    alphas_cumprod = ldm_alphas_cumprod()
+def _a1111_timestep_sampler(name: str, steps: int, eta: float, downcast: bool = False) -> Trajectory:
+    alphas_cumprod = ldm_alphas_cumprod().half() if downcast else ldm_alphas_cumprod()
     timesteps = torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
     alphas = alphas_cumprod[timesteps]
     alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].to(torch.float64)
@@ -678,6 +678,54 @@ def test_ddim_and_plms_follow_a1111s_timesteps_and_updates(registry: SamplerRegi
         _close(xs[i], expected_xs[i], f"latents after step {i}")
         _close(x0s[i], expected_x0s[i], f"predicted x0 at step {i}")
     _close(final, expected, "final latents")
+
+
+@pytest.mark.parametrize(("name", "eta"), [("DDIM", 0.0), ("DDIM", 0.7), ("PLMS", 0.0)])
+def test_ddim_and_plms_with_downcast_alphas_cumprod_use_a1111s_fp16_alphas(registry: SamplerRegistry,
+                                                                          name: str, eta: float) -> None:
+    """A1111's DDIM / PLMS read alphas_cumprod[timestep] (fp16 ones with "Downcast alphas_cumprod") and
+    round ``1 - alpha`` in their precision; sdweb's take the same entries from the plan's table."""
+    steps = 7
+    expected_xs, expected_x0s, expected = _a1111_timestep_sampler(name, steps, eta, downcast=True)
+    plan = registry.build(name, "Automatic", SD_CONFIG, downcast_alphas=True)
+    assert isinstance(plan, FunctionSamplerPlan)
+    sigmas = plan.sigmas(steps)
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    noise = torch.stack([torch.randn(SHAPE, generator=g) for g in generators])
+
+    def predict(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        uncond, cond = fake_unet(x_in, t, CONDS[0]), fake_unet(x_in, t, CONDS[1])
+        return uncond + (cond - uncond) * CFG
+
+    xs: list[torch.Tensor] = []
+    function = plan.sampler.sampling_function()
+    extra = {"eta": eta} if name == "DDIM" else {}
+    final = function(DiscreteDenoiser(predict, plan.model_sigmas()), noise * float(sigmas[0]), sigmas,
+                     generator=generators, callback=lambda i, x, x0: xs.append(x.clone()),
+                     alphas_cumprod=plan.alphas_cumprod(), **extra)
+    for i in range(7):
+        _close(xs[i], expected_xs[i], f"latents after step {i}")
+    _close(final, expected, "final latents")
+    _xs, _x0s, float32_alphas = _a1111_timestep_sampler(name, steps, eta)
+    assert float((final - float32_alphas).abs().max()) > 1e-4  # the fp16 alphas change the image
+
+
+@pytest.mark.parametrize("name", ["DDIM", "UniPC"])
+def test_the_generation_loop_hands_timestep_samplers_the_fp16_table(sd1_model: Any, name: str) -> None:
+    from sdweb.engine.generate import run_txt2img
+    from sdweb.params import JobControl
+    from tests.engine.conftest import tiny_params
+
+    registry = SamplerRegistry.from_plugin_results([("builtin", builtin.register_samplers())],
+                                                   [("builtin", builtin.register_schedules())])
+    runs = []
+    for downcast in (False, True):
+        params = tiny_params(sampler_name=name, steps=4, use_downcasted_alpha_bar=downcast)
+        run = run_txt2img(sd1_model, params, samplers=registry, control=JobControl(), on_step=lambda _: None,
+                          output_type="latent")
+        runs.append(torch.cat([image.image for image in run.images]))
+    assert all(torch.isfinite(latents).all() for latents in runs)
+    assert float((runs[0] - runs[1]).abs().max()) > 1e-4
 
 
 @pytest.mark.parametrize("name", ["DDIM", "PLMS"])

@@ -137,12 +137,16 @@ def test_pasting_an_old_a1111_infotext_turns_on_the_compatibility_settings_its_v
             "Version: v1.5.1")
     pasted = form_from_infotext(text, gpu_rng="NV")
     assert (pasted.values["use_old_scheduling"], pasted.values["use_downcasted_alpha_bar"]) == ("on", "on")
+    assert pasted.notes == ["Version v1.5.1: Old prompt editing timelines, Downcast alphas_cumprod turned "
+                            "on, as that A1111 version did (Settings > Compatibility > Automatic backward "
+                            "compatibility)"]
     assert pasted.values["pad_cond_uncond_v0"] == "off"  # not DDIM / PLMS: A1111 1.5 did not pad it either
     params = params_from_form(pasted.values)
     assert (params.use_old_scheduling, params.use_downcasted_alpha_bar, params.pad_cond_uncond_v0) == (
         True, True, False)
-    off = form_from_infotext(text, gpu_rng="NV", backcompat=False).values
-    assert (off["use_old_scheduling"], off["use_downcasted_alpha_bar"]) == ("off", "off")
+    off = form_from_infotext(text, gpu_rng="NV", backcompat=False)
+    assert (off.values["use_old_scheduling"], off.values["use_downcasted_alpha_bar"]) == ("off", "off")
+    assert off.notes == []
     # a fresh form leaves them to the settings
     assert FORM_DEFAULTS["use_old_scheduling"] == ""
     assert params_from_form(FORM_DEFAULTS).use_old_scheduling is None

@@ -52,17 +52,36 @@ def _image_levels(sigmas: torch.Tensor, from_image: bool) -> tuple[list[float], 
 NoiseOf = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
-               from_image: bool = False) -> tuple[torch.Tensor, list[float], list[float], NoiseOf]:
-    """The start in DDPM scale, the levels stepped through, their alphas_cumprod, ``eps(x_ddpm, sigma)
-    -> (eps, x0)``.
+def _table_alphas(levels: Sequence[float],
+                  alphas_cumprod: torch.Tensor | None) -> tuple[list[float], list[float]]:
+    """The alphas_cumprod of ``levels`` and ``sqrt(1 - alpha)`` of each, as A1111's DDIM and PLMS take them.
+
+    With the model's table (``alphas_cumprod``): the entries of the training timesteps the levels are the
+    sigmas of, and ``sqrt(1 - alpha)`` computed in the table's precision (fp16 with "Downcast
+    alphas_cumprod", where A1111 rounds it so). Without: from the sigmas, ``1 / (sigma^2 + 1)``.
+    """
+    if alphas_cumprod is None:
+        alphas = [1.0 / (s * s + 1.0) for s in levels]
+        return alphas, [math.sqrt(1.0 - a) for a in alphas]
+    table = alphas_cumprod.detach().cpu()
+    model = DiscreteSigmas(table)
+    steps = [int(model.sigma_to_t(level, quantize=True)) for level in levels]
+    picked = table[steps]
+    return [float(a) for a in picked], [float(v) for v in torch.sqrt(1 - picked)]
+
+
+def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, from_image: bool = False,
+               alphas_cumprod: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float], list[float],
+                                                                    list[float], NoiseOf]:
+    """The start in DDPM scale, the levels stepped through, their alphas_cumprod and ``sqrt(1 - alpha)``
+    (:func:`_table_alphas`), ``eps(x_ddpm, sigma) -> (eps, x0)``.
 
     A1111's timestep samplers start from the noise itself (``x_T = noise`` at the largest timestep) and
     predict the noise of ``x_t`` at integer timesteps; in the contract's terms ``x_t = x / sqrt(sigma^2 +
     1)`` and ``eps = (x - x0) / sigma``, the same prediction of the same UNet input.
     """
     levels, noised = _image_levels(sigmas, from_image)
-    alphas = [1.0 / (s * s + 1.0) for s in levels]
+    alphas, sqrt_one_minus = _table_alphas(levels, alphas_cumprod)
 
     def eps(x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         scaled = x_t * (sigma * sigma + 1.0) ** 0.5
@@ -71,22 +90,34 @@ def _ddpm_view(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
 
     # From an image (img2img) the start is init + noise * sigma: x_t = x / sqrt(sigma^2 + 1) exactly.
     start = x / (noised**2 + 1.0) ** 0.5 if from_image else x / noised
-    return start, levels, alphas, eps
+    return start, levels, alphas, sqrt_one_minus, eps
+
+
+def _inverse_one_minus(alpha: float, alphas_cumprod: torch.Tensor) -> float:
+    """``1 / (1 - alpha)`` as A1111's eta term gets it: a float64 array divided by its ``1 - alphas``
+    tensor, which torch computes as that tensor's reciprocal (in the table's precision) times the array.
+    """
+    return float(torch.reciprocal(1 - torch.tensor(alpha, dtype=alphas_cumprod.dtype)))
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                callback: StepCallback | None = None, eta: float = 0.0,
-                from_image: bool = False) -> torch.Tensor:
+                callback: StepCallback | None = None, eta: float = 0.0, from_image: bool = False,
+                alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2020) as A1111 runs it: from the largest of its timesteps down to the smallest
-    (one model call fewer than the step count), eta-scaled fresh noise.
+    (one model call fewer than the step count), eta-scaled fresh noise. ``alphas_cumprod``: the model's
+    table, whose entries A1111 uses (fp16 ones with "Downcast alphas_cumprod").
     """
-    x, levels, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
+    x, levels, alphas, sqrt_one_minus, eps = _ddpm_view(denoise, x, sigmas, from_image, alphas_cumprod)
     noise = generator_noise(x, generator)
     for i in range(len(alphas) - 1):
         a_t, a_prev = alphas[i], alphas[i + 1]
         e_t, _ = eps(x, levels[i])
-        sigma_t = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        pred_x0 = (x - math.sqrt(1 - a_t) * e_t) / math.sqrt(a_t)
+        if alphas_cumprod is None:
+            sigma_t = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        else:  # A1111: 1 / (1 - alpha_t) in the table's precision, the rest in float64
+            inverse = _inverse_one_minus(a_t, alphas_cumprod)
+            sigma_t = eta * math.sqrt((1 - a_prev) * inverse * (1 - a_t / a_prev))
+        pred_x0 = (x - sqrt_one_minus[i] * e_t) / math.sqrt(a_t)
         x = math.sqrt(a_prev) * pred_x0 + math.sqrt(1.0 - a_prev - sigma_t**2) * e_t
         x = x + sigma_t * noise(levels[i], levels[i + 1])
         report_step(callback, i, x, pred_x0)
@@ -94,16 +125,17 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gene
 
 
 def sample_plms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                callback: StepCallback | None = None, from_image: bool = False) -> torch.Tensor:
+                callback: StepCallback | None = None, from_image: bool = False,
+                alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """PLMS (Liu et al. 2022, pseudo linear multistep) as A1111 runs it: a pseudo improved-Euler first
-    step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions.
+    step, then Adams-Bashforth of order 2, 3, 4 on the noise predictions. ``alphas_cumprod``: as DDIM's.
     """
-    x, levels, alphas, eps = _ddpm_view(denoise, x, sigmas, from_image)
+    x, levels, alphas, sqrt_one_minus, eps = _ddpm_view(denoise, x, sigmas, from_image, alphas_cumprod)
     history: list[torch.Tensor] = []
 
     def step(x_t: torch.Tensor, e: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         a_t, a_prev = alphas[i], alphas[i + 1]
-        pred_x0 = (x_t - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        pred_x0 = (x_t - sqrt_one_minus[i] * e) / math.sqrt(a_t)
         return math.sqrt(a_prev) * pred_x0 + math.sqrt(1.0 - a_prev) * e, pred_x0
 
     for i in range(len(alphas) - 1):
