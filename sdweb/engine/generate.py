@@ -59,6 +59,7 @@ from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry,
 from sdweb.engine.samplers.schedules import ScheduleTuning
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
     SCHEDULE_SETTINGS,
     UNIPC_SETTINGS,
     EngineRun,
@@ -75,6 +76,8 @@ from sdweb.prompts.parser import (
 )
 
 logger = logging.getLogger(__name__)
+#: The infotext key of A1111's "Old prompt editing timelines" (use_old_scheduling).
+OLD_TIMELINES_KEY = A1111_COMPAT_INFOTEXT["use_old_scheduling"]
 
 #: A1111's "Approx cheap" latent -> RGB factors (rows: latent channels, columns: R, G, B).
 SD_PREVIEW_FACTORS = (
@@ -217,6 +220,7 @@ class _Txt2Img:
         #: Hires fix's second pass: the first pass's prompt-editing timeline (A1111's ``firstpass_steps``),
         #: which ``[a:b:N]`` counts on from; None outside it.
         self.first_pass_prompt_steps = first_pass_prompt_steps
+        self.old_timelines_acted = False  # set by encode_prompts
         #: The prompt-editing timeline: its length, and whether it counts model calls (A1111's samplers)
         #: or steps (diffusers' schedulers); set with the sampler in check_inputs.
         self.prompt_steps = params.steps
@@ -320,6 +324,8 @@ class _Txt2Img:
             extra.update(self.controlnets.infotext())
         if self.params.eta_noise_seed_delta and not self.ensd_acted():
             extra["ENSD"] = None  # A1111 writes it only for samplers whose noise it changes
+        if self.params.use_old_scheduling:  # written only where the old timelines changed the schedules
+            extra[OLD_TIMELINES_KEY] = True if self.old_timelines_acted else None
         return extra
 
     def ensd_acted(self) -> bool:
@@ -398,12 +404,14 @@ class _Txt2Img:
         texts = [text for text, _weight in parts] + [params.negative_prompt]
         old_timelines = bool(params.use_old_scheduling)
         if self.first_pass_prompt_steps is None:
-            schedules = get_learned_conditioning_prompt_schedules(texts, self.prompt_steps,
-                                                                  use_old_scheduling=old_timelines)
+            steps, hires_steps = self.prompt_steps, None
         else:  # hires fix's second pass: A1111's timeline goes on from the first pass's
-            schedules = get_learned_conditioning_prompt_schedules(texts, self.first_pass_prompt_steps,
-                                                                  hires_steps=self.prompt_steps,
-                                                                  use_old_scheduling=old_timelines)
+            steps, hires_steps = self.first_pass_prompt_steps, self.prompt_steps
+        schedules = get_learned_conditioning_prompt_schedules(texts, steps, hires_steps=hires_steps,
+                                                              use_old_scheduling=old_timelines)
+        # A1111 writes "Old prompt editing timelines" only where they changed the schedules.
+        self.old_timelines_acted = old_timelines and schedules != get_learned_conditioning_prompt_schedules(
+            texts, steps, hires_steps=hires_steps)
         self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]

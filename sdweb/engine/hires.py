@@ -33,7 +33,13 @@ import torch
 from PIL import Image
 
 from sdweb.engine.accelerator import inference_context, offload_module, vae_decode
-from sdweb.engine.generate import LoadedModelLike, prompt_schedule_steps, run_txt2img, to_pil
+from sdweb.engine.generate import (
+    OLD_TIMELINES_KEY,
+    LoadedModelLike,
+    prompt_schedule_steps,
+    run_txt2img,
+    to_pil,
+)
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img, img2img_run_steps
 from sdweb.engine.samplers.registry import SamplerRegistry
@@ -197,7 +203,8 @@ def run_hires_txt2img(
                                       controlnets=controlnets, hires_pass=True, **prompt_options).run()
         last = second
         # Images are the first pass's request's: its prompts are what the infotext records as the prompt.
-        batch = [replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt)
+        batch = [replace(item, prompt=first_item.prompt, negative_prompt=first_item.negative_prompt,
+                         extra=_both_passes_extra(item.extra, first_item.extra))
                  for item, first_item in zip(second.images, first.images, strict=False)]
         images.extend(batch)
         # Hand the batch on now (the service saves it before the next batch starts).
@@ -211,6 +218,15 @@ def run_hires_txt2img(
                      model_hash=getattr(info, "shorthash", reference.model_hash),
                      vae_name=getattr(model, "vae_name", None), vae_hash=getattr(model, "vae_hash", None),
                      clip_skip=int(params.clip_skip or 1), interrupted=interrupted)
+
+
+def _both_passes_extra(second: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
+    """The second pass's infotext pairs, with "Old prompt editing timelines" when either pass's were
+    changed by them (A1111 writes it once the first or the second pass's conditioning was).
+    """
+    if first.get(OLD_TIMELINES_KEY) and not second.get(OLD_TIMELINES_KEY):
+        return {**second, OLD_TIMELINES_KEY: True}
+    return second
 
 
 def _first_pass_images(model: LoadedModelLike, items: list[GeneratedImage],

@@ -284,8 +284,9 @@ def build_infotext(
             pairs[key] = value
     for name, key in A1111_COMPAT_INFOTEXT.items():
         # A1111 writes its compatibility settings only when on, after the hashes of the extra networks
-        # (its "Downcast alphas_cumprod" is added as sampling starts).
-        if getattr(params, name, None):
+        # (its "Downcast alphas_cumprod" is added as sampling starts). An engine that knows better says so
+        # in ``extra`` (A1111 writes "Old prompt editing timelines" only where they changed a schedule).
+        if getattr(params, name, None) and key not in (extra or {}):
             pairs[key] = True
     for name, (key, default) in SCHEDULE_SETTINGS.items():
         # A1111 writes a schedule setting where it differs from its default, Beta's shape whenever the

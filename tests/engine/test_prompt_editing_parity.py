@@ -159,3 +159,31 @@ def test_a_pasted_old_timelines_infotext_makes_the_image_the_setting_makes(sd1_m
     assert not torch.allclose(_latents(sd1_model, samplers, new), expected, atol=1e-4)
     assert torch.equal(_latents(sd1_model, samplers, new),
                        _latents(sd1_model, samplers, tiny_params(prompt="a cat", steps=6, seed=77)))
+
+
+def test_the_old_timelines_key_is_written_only_where_they_changed_the_schedule(sd1_model: Any,
+                                                                              samplers: Any) -> None:
+    """As A1111 (get_conds_with_caching): with the setting on, "Old prompt editing timelines: True" goes into
+    the infotext only when the old and the new timelines differ for the job's prompts."""
+    from sdweb.images.infotext import build_infotext
+
+    def infotext(prompt: str) -> str:
+        params = tiny_params(prompt=prompt, steps=6, seed=77, use_old_scheduling=True)
+        run = run_txt2img(sd1_model, params, samplers=samplers, control=JobControl(), on_step=lambda _: None,
+                          output_type="latent")
+        image = run.images[0]
+        return build_infotext(params, seed=image.seed, subseed=image.subseed, model_name="m", model_hash="h",
+                              rng="CPU", extra=image.extra, version="0.1.0")
+
+    assert "Old prompt editing timelines: True" in infotext(_EDITED)
+    assert "Old prompt editing timelines" not in infotext("a cat")  # nothing to schedule
+    assert "Old prompt editing timelines" not in infotext("[a cat:a dog:0.5]")  # the same on both timelines
+    # hires fix: [a:b:0.5] is the same on both timelines in the first pass, not in the second (the old ones
+    # restart the fraction there); A1111 writes the key when either pass's schedules changed.
+    for prompt, written in (("[a cat:a dog:0.5]", True), ("a cat", None)):
+        params = tiny_params(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", steps=4,
+                             hr_second_pass_steps=4, denoising_strength=0.6, prompt=prompt,
+                             use_old_scheduling=True)
+        run = run_hires_txt2img(sd1_model, params, samplers=samplers, control=JobControl(),
+                                on_step=lambda _: None)
+        assert run.images[0].extra.get("Old prompt editing timelines") is written
