@@ -359,6 +359,9 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     # that ship without them; empty = pick the fitting files automatically.
     OptionSpec("forge_additional_modules", [], "VAE / Text Encoder (SD 3.x, Flux)", "Stable Diffusion"),
     OptionSpec("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
+    OptionSpec("emphasis", "Original", "Emphasis mode: how (word:1.2) weights act (None: not parsed, "
+               "brackets are text; Ignore: parsed, no weights; Original: scaled, mean restored; No norm: "
+               "scaled only)", "Stable Diffusion", choices=("None", "Ignore", "Original", "No norm")),
     OptionSpec("randn_source", "CPU", "Random number generator source", "Stable Diffusion",
                choices=("CPU", "GPU", "NV")),
     # A1111's ENSD: the noise drawn during sampling comes from seed + delta (sdweb.engine.seeds).
@@ -392,6 +395,9 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
                "Sampler parameters"),
     OptionSpec("sgm_noise_multiplier", False, "SGM noise multiplier (match the initial noise to the "
                "official SDXL implementation; txt2img only)", "Sampler parameters"),
+    OptionSpec("sd_noise_schedule", "Default", "Noise schedule for sampling (Zero Terminal SNR: for models "
+               "trained with it; A1111's samplers)", "Sampler parameters",
+               choices=("Default", "Zero Terminal SNR")),
     # A1111's compatibility settings (its keys and labels); they change the picture, off by default.
     OptionSpec("auto_backcompat", True, "Automatic backward compatibility: a pasted infotext's Version "
                "turns on the compatibility settings that A1111 version had", "Compatibility"),

@@ -63,6 +63,17 @@ SCHEDULE_SETTINGS: Mapping[str, tuple[str, float]] = MappingProxyType({
     "beta_dist_alpha": ("Beta schedule alpha", 0.6),
     "beta_dist_beta": ("Beta schedule beta", 0.6),
 })
+#: A1111's "Emphasis" modes (option ``emphasis``, A1111's default "Original"): how ``(word:1.2)`` weights
+#: act on the text encoders' hidden states. "None": the prompt is not parsed for weights at all (brackets,
+#: escapes and BREAK are plain text); "Ignore": parsed, weights dropped; "Original": scaled by weight, each
+#: chunk's mean restored; "No norm": scaled, mean not restored. Infotext "Emphasis" when not "Original".
+EmphasisMode = Literal["None", "Ignore", "Original", "No norm"]
+EMPHASIS_MODES: tuple[str, ...] = ("None", "Ignore", "Original", "No norm")
+EMPHASIS_DEFAULT = "Original"
+#: A1111's "Noise schedule for sampling" (option ``sd_noise_schedule``; infotext "Noise Schedule" when
+#: not "Default"): "Zero Terminal SNR" rescales the model's alphas_cumprod so the last one is (almost) 0.
+NoiseSchedule = Literal["Default", "Zero Terminal SNR"]
+NOISE_SCHEDULES: tuple[str, ...] = ("Default", "Zero Terminal SNR")
 
 
 #: The sd-webui-controlnet extension's control modes, resize modes and hires-fix options (its spellings).
@@ -185,6 +196,11 @@ class GenerationParams(BaseModel):
     rho: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     beta_dist_alpha: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
     beta_dist_beta: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
+    #: A1111's "Emphasis mode" (:data:`EMPHASIS_MODES`); None means the setting ``emphasis``.
+    emphasis: EmphasisMode | None = None
+    #: A1111's "Noise schedule for sampling" (:data:`NOISE_SCHEDULES`; A1111's samplers only: DDIM, PLMS,
+    #: UniPC and the k-diffusion ones); None means the setting ``sd_noise_schedule``.
+    sd_noise_schedule: NoiseSchedule | None = None
     tiling: bool = False
     # Hires fix (txt2img): a second, img2img pass at a larger size. Off by default; A1111's names.
     enable_hr: bool = False

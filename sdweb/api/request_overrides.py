@@ -48,6 +48,8 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "rho": "rho",
     "beta_dist_alpha": "beta_dist_alpha",
     "beta_dist_beta": "beta_dist_beta",
+    "emphasis": "emphasis",
+    "sd_noise_schedule": "sd_noise_schedule",
 }
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({

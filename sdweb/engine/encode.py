@@ -10,8 +10,10 @@ UNet's conditioning tensors:
   nothing is ever truncated. Texts of one job are padded with encoded empty chunks to one length; each
   keeps its own length (``EncodedText.own_length``) for :mod:`sdweb.engine.cond_pairing`, which pairs
   prompt and negative prompt as A1111 does (apart, "Pad conds" or "Pad conds v0").
-- Emphasis (A1111's default, "Original"): the hidden states are multiplied by each token's weight and
-  then rescaled so their mean is what it was before.
+- Emphasis, A1111's four modes (``emphasis``): "Original" (its default) multiplies the hidden states by
+  each token's weight, then rescales each chunk so its mean is what it was before; "No norm" only
+  multiplies; "Ignore" parses the weights and drops them; "None" does not parse the text for weights at
+  all (brackets, backslash escapes and ``BREAK`` are tokenized as written).
 - CLIP skip (SD1/SD2): the hidden states of layer ``-clip_skip``, through the final layer norm (1 = the
   last layer, what diffusers uses). diffusers' own ``clip_skip=`` is never used (it fails on
   transformers 5 and counts one layer differently).
@@ -48,6 +50,8 @@ CHUNK_LENGTH = 75
 COMMA_BACKTRACK = 20
 #: The marker ``parse_prompt_attention`` uses for BREAK.
 _BREAK = ("BREAK", -1.0)
+#: A1111's default emphasis mode.
+ORIGINAL = "Original"
 
 
 @dataclass
@@ -97,12 +101,31 @@ class PromptConditioning:
 # ---------------------------------------------------------------------------------------------
 
 
-def tokenize_weighted(tokenizer: Any, text: str) -> tuple[list[TokenChunk], int]:
+def weighted_runs(text: str, emphasis: str = ORIGINAL) -> list[tuple[str, float]]:
+    """``text`` as A1111's text encoders read it: weighted runs (and BREAK markers), or with emphasis
+    "None" the whole text as one run of weight 1 (A1111 then skips the attention grammar altogether).
+    """
+    if emphasis == "None":
+        return [(text, 1.0)]
+    return [(fragment, float(weight)) for fragment, weight in parse_prompt_attention(text)]
+
+
+def emphasis_infotext(mode: str | None, texts: Sequence[str]) -> dict[str, str]:
+    """A1111's "Emphasis" infotext pair: written when the mode is not "Original" and one of the texts the
+    text encoders read (prompt editing resolved, extra-network tags removed) has a ``(`` or ``[``.
+    """
+    if mode and mode != ORIGINAL and any("(" in text or "[" in text for text in texts):
+        return {"Emphasis": mode}
+    return {}
+
+
+def tokenize_weighted(tokenizer: Any, text: str, emphasis: str = ORIGINAL) -> tuple[list[TokenChunk], int]:
     """A1111's chunking of ``text``: 77-token chunks with per-token weights, and the token count.
 
     The token count is what A1111's counter shows: 75 for every full chunk plus the tokens of the last.
+    ``emphasis``: A1111's mode; "None" reads the text without its weight grammar (:func:`weighted_runs`).
     """
-    parsed = parse_prompt_attention(text)
+    parsed = weighted_runs(text, emphasis)
     texts = [fragment for fragment, _weight in parsed]
     tokenized = tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"] if texts else []
     bos, eos = int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
@@ -208,10 +231,12 @@ class PromptEncoder:
             chunk_count=positive.hidden.shape[1] // (CHUNK_LENGTH + 2),
         )
 
-    def encode_texts(self, texts: Sequence[str], *, clip_skip: int = 1) -> list[EncodedText]:
+    def encode_texts(self, texts: Sequence[str], *, clip_skip: int = 1,
+                     emphasis: str = ORIGINAL) -> list[EncodedText]:
         """Encode several texts, all padded with empty chunks to the longest one's chunk count.
 
-        One encoder call per text encoder for all the chunks of all the texts.
+        One encoder call per text encoder for all the chunks of all the texts. ``emphasis``: A1111's
+        emphasis mode (:func:`apply_emphasis`), applied to each encoder's hidden states.
         """
         if clip_skip < 1:
             raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
@@ -221,14 +246,15 @@ class PromptEncoder:
         pooled: list[torch.Tensor | None] = [None] * len(texts)
         own_chunks = [1] * len(texts)
         for index, (tokenizer, encoder) in enumerate(self._encoders):
-            per_text = [tokenize_weighted(tokenizer, text)[0] for text in texts]
+            per_text = [tokenize_weighted(tokenizer, text, emphasis)[0] for text in texts]
             own_chunks = [max(have, len(chunks)) for have, chunks in zip(own_chunks, per_text, strict=True)]
             chunk_count = max(len(chunks) for chunks in per_text)
             padding = empty_chunk(tokenizer)
             flat = [chunk for chunks in per_text
                     for chunk in [*chunks, *[padding] * (chunk_count - len(chunks))]]
             hidden, pooled_all = self._encode_chunks(encoder, flat, clip_skip=clip_skip,
-                                                     projected=self.is_sdxl and index == 1)
+                                                     projected=self.is_sdxl and index == 1,
+                                                     emphasis=emphasis)
             for position in range(len(texts)):
                 rows = hidden[position * chunk_count:(position + 1) * chunk_count]
                 hidden_parts[position].append(rows.reshape(1, -1, hidden.shape[-1]))
@@ -242,7 +268,7 @@ class PromptEncoder:
         ]
 
     def _encode_chunks(self, encoder: Any, chunks: Sequence[TokenChunk], *, clip_skip: int,
-                       projected: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       projected: bool, emphasis: str = ORIGINAL) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states ``(chunks, 77, dim)`` with emphasis applied, and pooled outputs (SDXL enc. 2)."""
         # Where the encoder runs, not where its weights wait (CPU under --medvram, meta under --lowvram).
         device = module_execution_device(encoder, default=self._device)
@@ -257,7 +283,7 @@ class PromptEncoder:
             hidden = output[0]  # last_hidden_state: the final layer, normed
         pooled = output.text_embeds if projected else None
         weights = torch.tensor([chunk.weights for chunk in chunks], dtype=hidden.dtype, device=hidden.device)
-        return apply_emphasis(hidden, weights), pooled
+        return apply_emphasis(hidden, weights, emphasis), pooled
 
 
 def _final_layer_norm(encoder: Any) -> Any:
@@ -267,10 +293,16 @@ def _final_layer_norm(encoder: Any) -> Any:
     return norm
 
 
-def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A1111 "Original" emphasis, per chunk: scale by the weights, then restore each chunk's mean."""
-    if bool((weights == 1.0).all()):
+def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, mode: str = ORIGINAL) -> torch.Tensor:
+    """A1111's emphasis on ``hidden`` ``(chunks, tokens, dim)`` with one weight per token.
+
+    "Original": scale by the weights, then restore each chunk's mean. "No norm": scale only. "Ignore" and
+    "None": the hidden states as they are (with "None" the weights are all 1 anyway).
+    """
+    if mode in ("None", "Ignore") or bool((weights == 1.0).all()):
         return hidden  # the common case, and bit-identical to diffusers' encoding
+    if mode == "No norm":
+        return hidden * weights.unsqueeze(-1)
     original_mean = hidden.mean(dim=(1, 2), keepdim=True)
     scaled = hidden * weights.unsqueeze(-1)
     new_mean = scaled.mean(dim=(1, 2), keepdim=True)

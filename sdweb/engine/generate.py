@@ -44,7 +44,14 @@ from PIL import Image
 
 from sdweb.engine.accelerator import execution_device, inference_context, offload_module, vae_decode
 from sdweb.engine.cond_pairing import key_mask, pair_conds
-from sdweb.engine.encode import CHUNK_LENGTH, PromptEncoder, is_sdxl_pipeline, zero_like
+from sdweb.engine.encode import (
+    CHUNK_LENGTH,
+    ORIGINAL,
+    PromptEncoder,
+    emphasis_infotext,
+    is_sdxl_pipeline,
+    zero_like,
+)
 from sdweb.engine.extra_networks.job import ExtraNetworks, JobNetworks, job_extra_networks
 from sdweb.engine.image_conditioning import (
     DEFAULT_MASK_WEIGHT,
@@ -322,6 +329,7 @@ class _Txt2Img:
             extra["Conditional mask weight"] = self.mask_weight
         if self.controlnets is not None:
             extra.update(self.controlnets.infotext())
+        extra.update(getattr(self, "emphasis_extra", {}))
         if self.params.eta_noise_seed_delta and not self.ensd_acted():
             extra["ENSD"] = None  # A1111 writes it only for samplers whose noise it changes
         if self.params.use_old_scheduling:  # written only where the old timelines changed the schedules
@@ -356,13 +364,15 @@ class _Txt2Img:
 
     def sampler_plan(self) -> FunctionSamplerPlan | SchedulerPlan:
         """A fresh sampler plan for this job: its sampler, schedule type, sampler path and A1111's
-        "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``, honoured by A1111's samplers only).
+        "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``, honoured by A1111's samplers only) and
+        "Noise schedule for sampling" (``sd_noise_schedule``).
         """
         params = self.params
         return self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
                                    path=params.sampler_path or "A1111",
                                    downcast_alphas=bool(params.use_downcasted_alpha_bar),
-                                   tuning=schedule_tuning(params))
+                                   tuning=schedule_tuning(params),
+                                   zero_terminal_snr=params.sd_noise_schedule == "Zero Terminal SNR")
 
     # -- 1. inputs ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -379,6 +389,11 @@ class _Txt2Img:
         plan = self.sampler_plan()
         self.prompt_steps = prompt_schedule_steps(plan, params.steps)
         self.counts_model_calls = isinstance(plan, FunctionSamplerPlan)
+        if isinstance(plan, FunctionSamplerPlan) and plan.zero_terminal_snr and plan.downcast_alphas:
+            # fp16 cannot hold 1 / 4.9e-8: the largest sigma is infinite, and A1111 stops on NaNs.
+            raise ValueError("sd_noise_schedule: 'Zero Terminal SNR' cannot be used with "
+                             "use_downcasted_alpha_bar ('Downcast alphas_cumprod'): in fp16 its largest "
+                             "sigma is infinite (A1111 makes NaNs); turn one of them off")
         try:  # a step count the sampler cannot make (DDIM above the 1000 trained steps)
             if isinstance(plan, SchedulerPlan):
                 plan.set_timesteps(params.steps, "cpu")
@@ -419,7 +434,9 @@ class _Txt2Img:
         texts = list(dict.fromkeys([*(text for schedule in schedules for _end, text in schedule), ""]))
         text_pipe = self.networks.text_pipe if self.networks is not None else self.pipe  # + embeddings
         encoder = PromptEncoder(text_pipe, device=self.device, dtype=self.unet.dtype)
-        encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1))
+        encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1),
+                                       emphasis=params.emphasis or ORIGINAL)
+        self.emphasis_extra = emphasis_infotext(params.emphasis, texts)
         self.encoded = dict(zip(texts, encoded, strict=True))
         self.negative_encoded = {
             text: zero_like(self.encoded[text]) if self.is_sdxl and not text.strip() else self.encoded[text]

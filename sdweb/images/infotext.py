@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
+    EMPHASIS_DEFAULT,
     SCHEDULE_SETTINGS,
     UNIPC_DEFAULTS,
     GenerationParams,
@@ -129,6 +130,8 @@ _MAPPED_KEYS = frozenset(
         "UniPC order",
         "UniPC lower order final",
         *INFOTEXT_COMPAT_READ,
+        "Emphasis",
+        "Noise Schedule",
     }
 )
 
@@ -282,12 +285,20 @@ def build_infotext(
     for key, value in (extra or {}).items():
         if key != "Version":
             pairs[key] = value
+    # The engine's "Emphasis" (A1111's text encoder adds it as the prompts are encoded) goes after "Old
+    # prompt editing timelines" (added as the prompt schedules are made) and before the keys A1111 adds as
+    # sampling starts ("Downcast alphas_cumprod", "Noise Schedule") and during it ("Pad conds").
+    emphasis = pairs.pop("Emphasis", None)
     for name, key in A1111_COMPAT_INFOTEXT.items():
         # A1111 writes its compatibility settings only when on, after the hashes of the extra networks
         # (its "Downcast alphas_cumprod" is added as sampling starts). An engine that knows better says so
         # in ``extra`` (A1111 writes "Old prompt editing timelines" only where they changed a schedule).
         if getattr(params, name, None) and key not in (extra or {}):
             pairs[key] = True
+        if name == "use_old_scheduling" and emphasis is not None:
+            pairs["Emphasis"] = emphasis
+        if name == "use_downcasted_alpha_bar" and params.sd_noise_schedule not in (None, "Default"):
+            pairs["Noise Schedule"] = params.sd_noise_schedule
     for name, (key, default) in SCHEDULE_SETTINGS.items():
         # A1111 writes a schedule setting where it differs from its default, Beta's shape whenever the
         # Beta schedule runs.
@@ -618,6 +629,9 @@ def infotext_to_params(
     for name, (key, default) in SCHEDULE_SETTINGS.items():
         fields[name] = default  # absent: A1111's default where the image was made
         convert(name, key, _to_float)
+    # Absent: A1111's defaults where the image was made (it writes them only when they are not).
+    fields["emphasis"] = str(parsed.get("Emphasis", EMPHASIS_DEFAULT)).strip()
+    fields["sd_noise_schedule"] = str(parsed.get("Noise Schedule", "Default")).strip()
     if fields.get("sampler_name") == "UniPC" or any(key in parsed for key in INFOTEXT_UNIPC):
         # A1111's UniPC settings: absent ones are A1111's defaults, not this machine's settings.
         fields.update(UNIPC_DEFAULTS)

@@ -466,6 +466,9 @@ class GenerationService:
         for key in SCHEDULE_SETTINGS:
             if getattr(params, key) is None:
                 updates[key] = float(self._options.get(key))
+        for key in ("emphasis", "sd_noise_schedule"):  # A1111's, with its defaults when the option is unset
+            if getattr(params, key) is None:
+                updates[key] = self._options.get(key)
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()

@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdweb.params import A1111_COMPAT_INFOTEXT, SCHEDULE_SETTINGS
+from sdweb.params import A1111_COMPAT_INFOTEXT, EMPHASIS_MODES, NOISE_SCHEDULES, SCHEDULE_SETTINGS
 from sdweb.ui.fields import SWITCH_CHOICES
 
 logger = logging.getLogger(__name__)
@@ -184,6 +184,13 @@ def render_override_settings(form: dict[str, Any], defaults: Mapping[str, Any], 
             for name, (key, _default) in SCHEDULE_SETTINGS.items():
                 form[name] = gr.Number(defaults[name], label=key, info="empty: the setting", minimum=0,
                                        elem_id=f"{prefix}-{name.replace('_', '-')}")
+        with gr.Row():
+            form["emphasis"] = gr.Dropdown([("Setting", ""), *EMPHASIS_MODES], value=defaults["emphasis"],
+                                           label="Emphasis", elem_id=f"{prefix}-emphasis")
+            form["sd_noise_schedule"] = gr.Dropdown([("Setting", ""), *NOISE_SCHEDULES],
+                                                    value=defaults["sd_noise_schedule"],
+                                                    label="Noise Schedule",
+                                                    elem_id=f"{prefix}-sd-noise-schedule")
 
 
 def render_page_number(*, elem_id: str) -> gr.Number:

@@ -52,6 +52,9 @@ FORM_FIELDS: tuple[str, ...] = (
     *A1111_COMPAT_INFOTEXT,
     # A1111's schedule settings (rho, sigma range, Beta's shape): empty = the setting.
     *SCHEDULE_SETTINGS,
+    # A1111's "Emphasis mode" and "Noise schedule for sampling" ("" the setting).
+    "emphasis",
+    "sd_noise_schedule",
     # Hires fix (the "Hires. fix" accordion).
     "enable_hr",
     "hr_upscaler",
@@ -108,9 +111,9 @@ CONTROLNET_UNITS = "controlnet_units"
 #: The clip-skip slider's value meaning "use the Clip skip setting" (GenerationParams.clip_skip=None).
 CLIP_SKIP_FROM_SETTING = 0
 #: Form fields whose empty value ("" in a dropdown, an emptied number box) means "the setting" (None).
-FROM_SETTING_FIELDS = ("rng", "eta_noise_seed_delta", "eta", "sampler_path")
+FROM_SETTING_FIELDS = ("rng", "eta_noise_seed_delta", "eta", "sampler_path", "emphasis", "sd_noise_schedule")
 #: Dropdown fields among them: None is shown as "" (the "Setting" choice).
-_SETTING_CHOICE_FIELDS = ("rng", "sampler_path")
+_SETTING_CHOICE_FIELDS = ("rng", "sampler_path", "emphasis", "sd_noise_schedule")
 #: Dropdown fields for A1111's compatibility settings: "" the setting (None), "on" True, "off" False.
 SWITCH_FIELDS: tuple[str, ...] = tuple(A1111_COMPAT_INFOTEXT)
 SWITCH_CHOICES: tuple[tuple[str, str], ...] = (("Setting", ""), ("On", "on"), ("Off", "off"))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdweb.engine.encode import CHUNK_LENGTH, PromptEncoder, count_tokens, tokenize_weighted
+from sdweb.engine.encode import (
+    CHUNK_LENGTH,
+    PromptEncoder,
+    count_tokens,
+    emphasis_infotext,
+    tokenize_weighted,
+)
 
 
 def _encoder(pipe) -> PromptEncoder:
@@ -142,3 +148,59 @@ def test_sdxl_equals_diffusers_and_zeroes_an_empty_negative(sdxl_pipe) -> None:
     assert not ours.negative_prompt_embeds.any() and not ours.negative_pooled_prompt_embeds.any()
     with_negative = encoder.encode("a photo of a cat", "blurry")
     assert with_negative.negative_prompt_embeds.any()
+
+
+def _a1111_chunk(tokenizer, runs: list[tuple[str, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A1111's one-chunk ids and multipliers for weighted ``runs``: BOS, each run's tokens, EOS, padding."""
+    ids, multipliers = [tokenizer.bos_token_id], [1.0]
+    for text, weight in runs:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += tokens
+        multipliers += [weight] * len(tokens)
+    ids += [tokenizer.eos_token_id] * (77 - len(ids))  # SD1: EOS is the padding
+    multipliers += [1.0] * (77 - len(multipliers))
+    return torch.tensor([ids]), torch.tensor([multipliers])
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("mode", ["None", "Ignore", "Original", "No norm"])
+def test_each_emphasis_mode_is_a1111s_arithmetic(sd1_pipe, mode: str) -> None:
+    tokenizer, text_encoder = sd1_pipe.tokenizer, sd1_pipe.text_encoder
+    prompt = "(cat:1.3) on a mat"
+    # A1111 (sd_hijack_clip / sd_emphasis): "None" tokenizes the line as it is; the others parse it.
+    runs = [(prompt, 1.0)] if mode == "None" else [("cat", 1.3), (" on a mat", 1.0)]
+    ids, multipliers = _a1111_chunk(tokenizer, runs)
+    z = text_encoder(ids).last_hidden_state
+    if mode in ("Original", "No norm"):
+        original_mean = z.mean()
+        z = z * multipliers.unsqueeze(-1).expand(z.shape)
+        if mode == "Original":
+            z = z * (original_mean / z.mean())
+    ours = _encoder(sd1_pipe).encode_texts([prompt], emphasis=mode)[0].hidden
+    torch.testing.assert_close(ours, z, rtol=1e-6, atol=1e-6)
+
+
+@torch.inference_mode()
+def test_emphasis_modes_differ_where_a1111s_do(sd1_pipe) -> None:
+    encoder = _encoder(sd1_pipe)
+    prompt = "(cat:1.3) on a mat"
+    by_mode = {mode: encoder.encode_texts([prompt], emphasis=mode)[0].hidden
+               for mode in ("None", "Ignore", "Original", "No norm")}
+    assert torch.equal(by_mode["Original"], encoder.encode_texts([prompt])[0].hidden)  # today's default
+    assert torch.equal(by_mode["Ignore"], encoder.encode_texts(["cat on a mat"])[0].hidden)
+    assert not torch.allclose(by_mode["None"], by_mode["Ignore"])  # the brackets are read as text
+    assert not torch.allclose(by_mode["No norm"], by_mode["Original"])
+    # "None" keeps BREAK as a word: one chunk, where the others start a second one.
+    assert len(tokenize_weighted(sd1_pipe.tokenizer, "a BREAK b", "None")[0]) == 1
+    assert len(tokenize_weighted(sd1_pipe.tokenizer, "a BREAK b", "Ignore")[0]) == 2
+
+
+@pytest.mark.parametrize(("mode", "texts", "expected"), [
+    ("Original", ["(cat:1.3)"], {}),
+    (None, ["(cat:1.3)"], {}),
+    ("No norm", ["a cat", ""], {}),  # A1111 writes it only when a text has ( or [
+    ("No norm", ["a cat", "[blurry]"], {"Emphasis": "No norm"}),
+    ("None", ["(cat:1.3)"], {"Emphasis": "None"}),
+])
+def test_emphasis_infotext_is_written_as_a1111_writes_it(mode, texts, expected) -> None:
+    assert emphasis_infotext(mode, texts) == expected

@@ -411,7 +411,7 @@ def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: d
     assert rebuild(text) == text
     back, _ = infotext_to_params(parse_infotext(text))
     resolved = {"rng", "clip_skip", "subseed", "batch_size", "n_iter", "eta_noise_seed_delta", "sampler_path",
-                *A1111_COMPAT_INFOTEXT, *SCHEDULE_SETTINGS}
+                *A1111_COMPAT_INFOTEXT, *SCHEDULE_SETTINGS, "emphasis", "sd_noise_schedule"}
     assert back.model_dump(exclude=resolved) == params.model_dump(exclude=resolved)
 
 

@@ -13,9 +13,10 @@ backtrack, BREAK) and are concatenated chunk after chunk, so long prompts are ne
 vectors come from the first chunk (A1111's and Forge's SDXL rule). T5 reads the same weighted text runs
 in chunks of ``max_sequence_length - 1`` tokens + EOS, each padded to ``max_sequence_length`` (SD 3.x
 256, Flux dev 512, schnell 256): one chunk for a prompt within the limit, more (concatenated) past it.
-Emphasis is A1111's "Original" on each text encoder's hidden states (scale by weight, restore the
-mean), as Forge does. Every text of a job is padded with empty chunks to the same length, so any
-step's conditionings stack into one transformer batch.
+Emphasis is A1111's mode (``emphasis``: "Original" scales by weight and restores the mean, "No norm"
+only scales, "Ignore" drops the weights, "None" reads the text without the weight grammar) on each text
+encoder's hidden states, T5's included, as Forge does. Every text of a job is padded with empty chunks
+to the same length, so any step's conditionings stack into one transformer batch.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from typing import Any
 
 import torch
 
-from sdweb.engine.encode import TokenChunk, apply_emphasis, empty_chunk, tokenize_weighted
-from sdweb.prompts.parser import parse_prompt_attention
+from sdweb.engine.encode import (
+    ORIGINAL,
+    TokenChunk,
+    apply_emphasis,
+    empty_chunk,
+    tokenize_weighted,
+    weighted_runs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +50,10 @@ class FlowCond:
     pooled: torch.Tensor  # (1, pooled_projection_dim)
 
 
-def t5_chunks(tokenizer: Any, text: str, max_length: int) -> tuple[list[TokenChunk], int]:
+def t5_chunks(tokenizer: Any, text: str, max_length: int,
+              emphasis: str = ORIGINAL) -> tuple[list[TokenChunk], int]:
     """T5 token chunks of ``text`` (weighted runs, EOS, padding to ``max_length``) and its token count."""
-    parsed = [part for part in parse_prompt_attention(text) if part != _BREAK]
+    parsed = [part for part in weighted_runs(text, emphasis) if part != _BREAK]
     fragments = [fragment for fragment, _weight in parsed]
     ids = tokenizer(fragments, add_special_tokens=False)["input_ids"] if fragments else []
     eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
@@ -77,6 +85,7 @@ class FlowTextEncoder:
         dtype: torch.dtype,
         max_sequence_length: int,
         clip_skip: int = 1,
+        emphasis: str = ORIGINAL,
     ) -> None:
         if clip_skip < 1:
             raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
@@ -86,6 +95,7 @@ class FlowTextEncoder:
         self.dtype = dtype
         self.max_sequence_length = int(max_sequence_length)
         self.clip_skip = clip_skip
+        self.emphasis = emphasis
 
     def encode_texts(self, texts: Sequence[str]) -> list[FlowCond]:
         """Encode ``texts``; all results have the same sequence length."""
@@ -113,7 +123,7 @@ class FlowTextEncoder:
     def _clip(
         self, tokenizer: Any, encoder: Any, texts: Sequence[str], *, hidden: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        per_text = [tokenize_weighted(tokenizer, text)[0] for text in texts]
+        per_text = [tokenize_weighted(tokenizer, text, self.emphasis)[0] for text in texts]
         if not hidden:  # Flux: the pooled vector of each text's first chunk is all it uses
             per_text = [chunks[:1] for chunks in per_text]
         count = max(len(chunks) for chunks in per_text)
@@ -132,7 +142,8 @@ class FlowTextEncoder:
         states = None
         if hidden:
             # diffusers' SD3: hidden_states[-(clip_skip + 2)], its None -> [-2]; A1111's clip skip 1 is that.
-            states = apply_emphasis(output.hidden_states[-(self.clip_skip + 1)], weights.to(pooled_all.dtype))
+            states = apply_emphasis(output.hidden_states[-(self.clip_skip + 1)], weights.to(pooled_all.dtype),
+                                    self.emphasis)
         for position in range(len(texts)):
             rows = slice(position * count, (position + 1) * count)
             pooled.append(pooled_all[position * count : position * count + 1].to(self.device, self.dtype))
@@ -150,7 +161,7 @@ class FlowTextEncoder:
             joint = int(pipe.transformer.config.joint_attention_dim)
             zeros = torch.zeros(1, self.max_sequence_length, joint, device=self.device, dtype=self.dtype)
             return [zeros for _ in texts]
-        per_text = [t5_chunks(tokenizer, text, self.max_sequence_length)[0] for text in texts]
+        per_text = [t5_chunks(tokenizer, text, self.max_sequence_length, self.emphasis)[0] for text in texts]
         count = max(len(chunks) for chunks in per_text)
         padding = t5_chunks(tokenizer, "", self.max_sequence_length)[0][0]
         flat = [chunk for chunks in per_text for chunk in [*chunks, *[padding] * (count - len(chunks))]]
@@ -158,7 +169,7 @@ class FlowTextEncoder:
         ids = torch.tensor([chunk.tokens for chunk in flat], dtype=torch.long, device=device)
         hidden = encoder(ids, output_hidden_states=False)[0]
         weights = torch.tensor([chunk.weights for chunk in flat], dtype=hidden.dtype, device=hidden.device)
-        hidden = apply_emphasis(hidden, weights)
+        hidden = apply_emphasis(hidden, weights, self.emphasis)
         return [
             hidden[i * count : (i + 1) * count].reshape(1, -1, hidden.shape[-1]).to(self.device, self.dtype)
             for i in range(len(texts))

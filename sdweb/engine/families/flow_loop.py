@@ -41,6 +41,7 @@ from sdweb.engine.accelerator import (
     vae_decode,
     vae_encode,
 )
+from sdweb.engine.encode import ORIGINAL, emphasis_infotext
 from sdweb.engine.families.base import FamilyJob
 from sdweb.engine.families.flow_encode import FlowCond, FlowTextEncoder
 from sdweb.engine.families.flow_samplers import FlowPlan, build_flow_plan
@@ -226,6 +227,7 @@ class FlowTxt2Img:
         extra = dict(self.networks.infotext()) if self.networks is not None else {}
         if self.family.uses_distilled_guidance(self.pipe):
             extra["Distilled CFG Scale"] = float(self.params.distilled_cfg_scale)
+        extra.update(getattr(self, "emphasis_extra", {}))
         # Forge's keys for the text encoder / VAE files: "Module 1: ae, Module 2: clip_l, ..." (file stems).
         names = tuple(getattr(self.model, "module_names", ()) or ())
         if names:
@@ -281,7 +283,9 @@ class FlowTxt2Img:
             dtype=self.transformer_dtype,
             max_sequence_length=self.family.max_sequence_length(self.pipe),
             clip_skip=int(params.clip_skip or 1),
+            emphasis=params.emphasis or ORIGINAL,
         )
+        self.emphasis_extra = emphasis_infotext(params.emphasis, texts)
         started = time.perf_counter()
         self.encoded: dict[str, FlowCond] = dict(zip(texts, encoder.encode_texts(texts), strict=True))
         logger.debug("encoded %d text(s) in %.2f s", len(texts), time.perf_counter() - started)

@@ -114,14 +114,20 @@ class FunctionSamplerPlan:
     #: A1111's schedule settings (rho, sigma range, Beta's shape, "Discard penultimate sigma"); A1111's
     #: samplers on A1111's schedule types only.
     tuning: schedules.ScheduleTuning = schedules.DEFAULT_TUNING
+    #: A1111's "Noise schedule for sampling: Zero Terminal SNR" (``sd_noise_schedule``): the alphas
+    #: rescaled so the last is almost 0. Only A1111's samplers (``a1111``) honour it.
+    zero_terminal_snr: bool = False
 
     def alphas_cumprod(self) -> torch.Tensor:
         """The model's training ``alphas_cumprod`` as A1111's model carries them (CPU): float32, or fp16
-        with ``downcast_alphas`` (then the sigmas, and UniPC's log alphas, are computed in fp16 as A1111's).
+        with ``downcast_alphas`` (then the sigmas, and UniPC's log alphas, are computed in fp16 as A1111's);
+        then, with ``zero_terminal_snr``, rescaled to zero terminal SNR (A1111's order: downcast first).
         """
         alphas_cumprod = schedules.ldm_alphas_cumprod(self.base_config)
         if self.downcast_alphas and self.a1111:
-            return schedules.downcast_alphas_cumprod(alphas_cumprod)
+            alphas_cumprod = schedules.downcast_alphas_cumprod(alphas_cumprod)
+        if self.zero_terminal_snr and self.a1111:
+            alphas_cumprod = schedules.zero_terminal_snr_alphas_cumprod(alphas_cumprod)
         return alphas_cumprod
 
     def model_sigmas(self) -> schedules.DiscreteSigmas:
@@ -254,7 +260,8 @@ class SamplerRegistry:
     # -- building a plan for one job -------------------------------------------------------
     def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any], *,
               path: str = A1111_PATH, downcast_alphas: bool = False,
-              tuning: schedules.ScheduleTuning | None = None) -> SamplerPlan:
+              tuning: schedules.ScheduleTuning | None = None,
+              zero_terminal_snr: bool = False) -> SamplerPlan:
         """A fresh plan for one job: sampler ``name`` with schedule type ``schedule``.
 
         ``base_scheduler_config`` is the loaded model's scheduler config (``pipe.scheduler.config``):
@@ -271,6 +278,11 @@ class SamplerRegistry:
 
         ``tuning``: A1111's schedule settings (:class:`~sdweb.engine.samplers.schedules.ScheduleTuning`),
         for A1111's samplers on A1111's schedule types.
+        ``zero_terminal_snr``: A1111's "Noise schedule for sampling: Zero Terminal SNR"
+        (``sd_noise_schedule``): A1111's samplers rescale the training ``alphas_cumprod`` to zero
+        terminal SNR (after the downcast, if any); diffusers' schedulers that have
+        ``rescale_betas_zero_snr`` turn it on (diffusers' own rescaling), the others and plugin samplers
+        ignore it.
 
         Raises:
             UnknownSamplerError, UnknownScheduleError: a name nobody registered.
@@ -298,12 +310,15 @@ class SamplerRegistry:
             a1111 = _is_a1111(sampler)
             return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config,
                                        a1111=a1111, downcast_alphas=bool(downcast_alphas) and a1111,
-                                       tuning=tuning or schedules.DEFAULT_TUNING)
+                                       tuning=tuning or schedules.DEFAULT_TUNING,
+                                       zero_terminal_snr=bool(zero_terminal_snr) and a1111)
         cls = sampler.scheduler_class()
         assert cls is not None  # SamplerSpec guarantees one of the two
         accepted = _init_parameters(cls)
         options = {flag: False for flag in SIGMA_SPACING_FLAGS if flag in accepted}
         options.update(dict(sampler.overrides))
+        if zero_terminal_snr and "rescale_betas_zero_snr" in accepted:
+            options["rescale_betas_zero_snr"] = True
         custom = _route(cls, chosen) == "sigmas"
         if not custom:
             options.update(chosen.config)

@@ -63,6 +63,26 @@ def downcast_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return alphas_cumprod.detach().to("cpu", torch.float32).half()
 
 
+#: The last alphas_cumprod of A1111's "Zero Terminal SNR" schedule: not 0, so the largest sigma stays finite
+#: (about 4519).
+ZTSNR_LAST_ALPHA = 4.8973451890853435e-08
+
+
+def zero_terminal_snr_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """A1111's "Noise schedule for sampling: Zero Terminal SNR" (Lin et al., "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed"): ``sqrt(alphas_cumprod)`` shifted so its last value is 0 and
+    scaled so its first is unchanged, squared back, and the last entry set to :data:`ZTSNR_LAST_ALPHA`.
+
+    Computed in the table's own precision, as A1111 does after "Downcast alphas_cumprod" (fp16 stays fp16).
+    """
+    roots = alphas_cumprod.detach().to("cpu").sqrt()
+    first, last = roots[0].clone(), roots[-1].clone()
+    roots = (roots - last) * (first / (first - last))
+    rescaled = roots**2
+    rescaled[-1] = ZTSNR_LAST_ALPHA
+    return rescaled
+
+
 def ldm_alphas_cumprod(config: Mapping[str, Any]) -> torch.Tensor:
     """The checkpoint's training ``alphas_cumprod`` as the original LDM code builds them (float32).
 

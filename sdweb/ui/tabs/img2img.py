@@ -421,6 +421,8 @@ def values_for_img2img(infotext: str, models: Any | None = None, *, gpu_rng: str
         "sampler_path",
         *SWITCH_FIELDS,
         *SCHEDULE_SETTINGS,
+        "emphasis",
+        "sd_noise_schedule",
         "n_iter",
         "batch_size",
         CONTROLNET_UNITS,  # the extension registers its unit fields for img2img's paste too
