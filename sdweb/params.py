@@ -178,7 +178,8 @@ class GenerationParams(BaseModel):
     #: A1111's compatibility settings (:data:`A1111_COMPAT_INFOTEXT`); None means the setting of that name.
     #: ``use_old_scheduling``: "Use old prompt editing timelines" (``[a:b:N]``: N below 1 a fraction, else a
     #: step; the hires pass reuses the first pass's timeline). ``use_downcasted_alpha_bar``: the model's
-    #: ``alphas_cumprod`` rounded to fp16 before the sigmas are made (A1111 before 1.7). ``pad_cond_uncond``:
+    #: ``alphas_cumprod`` rounded to fp16 before the sigmas are made (A1111 before 1.7; A1111's samplers
+    #: only: ``sampler_path`` "diffusers" and plugin samplers keep float32 tables). ``pad_cond_uncond``:
     #: the shorter of prompt and negative prompt padded with empty-prompt chunks so both run in one batch
     #: (off: each with its own length, as A1111). ``pad_cond_uncond_v0``: the negative prompt padded with
     #: its last vector, or cut, to the prompt's length (A1111 before 1.6).
