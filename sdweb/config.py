@@ -380,6 +380,21 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("uni_pc_order", 3, "UniPC order (at most the sampling steps)", "Sampler parameters",
                minimum=1, maximum=50),
     OptionSpec("uni_pc_lower_order_final", True, "UniPC lower order final", "Sampler parameters"),
+    # A1111's schedule settings (its keys, labels and defaults).
+    OptionSpec("sigma_min", 0.0, "Schedule min sigma (0 = the model's)", "Sampler parameters", minimum=0.0,
+               maximum=1000.0),
+    OptionSpec("sigma_max", 0.0, "Schedule max sigma (0 = the model's)", "Sampler parameters", minimum=0.0,
+               maximum=1000.0),
+    OptionSpec("rho", 0.0, "Schedule rho (0 = the schedule type's: Karras 7, Polyexponential 1)",
+               "Sampler parameters", minimum=0.0, maximum=100.0),
+    OptionSpec("beta_dist_alpha", 0.6, "Beta scheduler - alpha", "Sampler parameters", minimum=0.01,
+               maximum=100.0),
+    OptionSpec("beta_dist_beta", 0.6, "Beta scheduler - beta", "Sampler parameters", minimum=0.01,
+               maximum=100.0),
+    OptionSpec("always_discard_next_to_last_sigma", False, "Always discard next-to-last sigma",
+               "Sampler parameters"),
+    OptionSpec("sgm_noise_multiplier", False, "SGM noise multiplier (match the initial noise to the "
+               "official SDXL implementation; txt2img only)", "Sampler parameters"),
     # A1111's sampler parameters (Euler, Heun, DPM2 take all four; the noise scale also DPM2 a, DPM++ 2S a,
     # DPM++ SDE / 2M SDE / 3M SDE, DPM fast) and its CFG skipping; a request field of the same name wins.
     OptionSpec("s_churn", 0.0, "sigma churn", "Sampler parameters", minimum=0.0, maximum=100.0),

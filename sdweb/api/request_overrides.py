@@ -40,6 +40,14 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "use_downcasted_alpha_bar": "use_downcasted_alpha_bar",
     "pad_cond_uncond": "pad_cond_uncond",
     "pad_cond_uncond_v0": "pad_cond_uncond_v0",
+    # A1111's sampler / schedule settings.
+    "always_discard_next_to_last_sigma": "always_discard_next_to_last_sigma",
+    "sgm_noise_multiplier": "sgm_noise_multiplier",
+    "sigma_min": "sigma_min",
+    "sigma_max": "sigma_max",
+    "rho": "rho",
+    "beta_dist_alpha": "beta_dist_alpha",
+    "beta_dist_beta": "beta_dist_beta",
     # A1111's sampler parameters and CFG skipping.
     "s_churn": "s_churn",
     "s_tmin": "s_tmin",

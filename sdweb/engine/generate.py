@@ -63,9 +63,11 @@ from sdweb.engine.previews import live_preview
 from sdweb.engine.samplers.functions import DiffusersDenoiser
 from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
+from sdweb.engine.samplers.schedules import ScheduleTuning
 from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
+    SCHEDULE_SETTINGS,
     SIGMA_DEFAULTS,
     UNIPC_SETTINGS,
     EngineRun,
@@ -179,6 +181,17 @@ def run_txt2img(
     with inference_context(model.pipe):  # inference mode; no_grad under --lowvram
         return _Txt2Img(model, params, samplers, control, on_step, preview_every, output_type,
                         extra_networks=extra_networks, controlnets=controlnets, hires_pass=hires_pass).run()
+
+
+def schedule_tuning(params: GenerationParams) -> ScheduleTuning:
+    """A1111's schedule settings of a resolved request (None: A1111's defaults)."""
+    values = {name: getattr(params, name) for name in SCHEDULE_SETTINGS}
+    return ScheduleTuning(
+        sigma_min=float(values["sigma_min"] or 0.0), sigma_max=float(values["sigma_max"] or 0.0),
+        rho=float(values["rho"] or 0.0),
+        beta_alpha=float(values["beta_dist_alpha"] or SCHEDULE_SETTINGS["beta_dist_alpha"][1]),
+        beta_beta=float(values["beta_dist_beta"] or SCHEDULE_SETTINGS["beta_dist_beta"][1]),
+        always_discard_penultimate=bool(params.always_discard_next_to_last_sigma))
 
 
 def prompt_schedule_steps(plan: Any, steps: int) -> int:
@@ -381,6 +394,7 @@ class _Txt2Img:
         return self.samplers.build(params.sampler_name, params.scheduler, self.pipe.scheduler.config,
                                    path=params.sampler_path or "A1111",
                                    downcast_alphas=bool(params.use_downcasted_alpha_bar),
+                                   tuning=schedule_tuning(params),
                                    zero_terminal_snr=params.sd_noise_schedule == "Zero Terminal SNR")
 
     # -- 1. inputs ---------------------------------------------------------------------------
@@ -684,7 +698,11 @@ class _Txt2Img:
 
         extra = self.function_sampler_extras(plan, sample_fn, noise, self.params.steps)
         # 7. Denoising loop (inside the sampling function).
-        return sample_fn(denoise, noise.latents * float(sigmas[0]), sigmas,
+        start = float(sigmas[0])
+        if self.params.sgm_noise_multiplier and plan.a1111 and not plan.sampler.options.get("timesteps"):
+            # A1111's "SGM noise multiplier" (its k-diffusion samplers in txt2img), in float32 as A1111's
+            start = float(torch.sqrt(1.0 + sigmas[0].float() ** 2.0))
+        return sample_fn(denoise, noise.latents * start, sigmas,
                          generator=noise.generators, callback=callback, **extra)
 
     def function_denoiser(self, plan: FunctionSamplerPlan) -> Callable[..., torch.Tensor]:

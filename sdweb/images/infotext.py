@@ -27,6 +27,7 @@ from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
     CFG_SKIP_INFOTEXT,
     EMPHASIS_DEFAULT,
+    SCHEDULE_SETTINGS,
     SIGMA_DEFAULTS,
     SIGMA_INFOTEXT,
     UNIPC_DEFAULTS,
@@ -100,7 +101,9 @@ _SAMPLER_NAME_SCHEDULE_SUFFIXES: tuple[str, ...] = (
 
 #: A1111's compatibility keys a paste applies (all of A1111_COMPAT_INFOTEXT).
 INFOTEXT_COMPAT_READ: tuple[str, ...] = ("Old prompt editing timelines", "Downcast alphas_cumprod",
-                                          "Pad conds", "Pad conds v0")
+                                          "Pad conds", "Pad conds v0", "Discard penultimate sigma",
+                                          "SGM noise multiplier",
+                                          *(key for key, _default in SCHEDULE_SETTINGS.values()))
 #: Infotext keys :func:`infotext_to_params` turns into ``GenerationParams`` fields.
 _MAPPED_KEYS = frozenset(
     {
@@ -144,13 +147,8 @@ TIMESTEP_SAMPLERS = frozenset({"DDIM", "PLMS", "UniPC"})
 #: Keys A1111 writes for settings that change the picture and that a request cannot carry here: a paste
 #: names them (never a silently different image).
 INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
-    "Discard penultimate sigma",
-    "Schedule rho",
-    "Schedule min sigma",
-    "Schedule max sigma",
-    "SGM noise multiplier",
-    "Beta schedule alpha",
-    "Beta schedule beta",
+    "Refiner",  # A1111's SDXL refiner: another checkpoint takes over part-way
+    "Refiner switch at",
     "Token merging ratio",
     "Token merging ratio hr",
 )
@@ -316,6 +314,14 @@ def build_infotext(
             pairs["Emphasis"] = emphasis
         if name == "use_downcasted_alpha_bar" and params.sd_noise_schedule not in (None, "Default"):
             pairs["Noise Schedule"] = params.sd_noise_schedule
+    for name, (key, default) in SCHEDULE_SETTINGS.items():
+        # A1111 writes a schedule setting where it differs from its default, Beta's shape whenever the
+        # Beta schedule runs.
+        value = getattr(params, name, None)
+        if value is None:
+            continue
+        if value != default or (name.startswith("beta_dist") and params.scheduler == "Beta"):
+            pairs[key] = value
     # A1111's CFG skipping, written as its denoiser does when it skips the negative prompt.
     if params.skip_early_cond:
         pairs["Skip Early CFG"] = params.skip_early_cond
@@ -644,6 +650,9 @@ def infotext_to_params(
     for name, key in A1111_COMPAT_INFOTEXT.items():
         if key in INFOTEXT_COMPAT_READ:  # absent: off where the image was made (A1111 writes them when on)
             fields[name] = str(parsed.get(key, "")).strip().lower() == "true"
+    for name, (key, default) in SCHEDULE_SETTINGS.items():
+        fields[name] = default  # absent: A1111's default where the image was made
+        convert(name, key, _to_float)
     # A1111's sampler parameters and CFG skipping: absent ones are off where the image was made (A1111
     # writes them when they act), not this machine's settings.
     fields.update(SIGMA_DEFAULTS, s_min_uncond=0.0, s_min_uncond_all=False, skip_early_cond=0.0)

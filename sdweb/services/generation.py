@@ -27,6 +27,7 @@ from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
     CFG_SKIP_INFOTEXT,
     MAX_SEED,
+    SCHEDULE_SETTINGS,
     SIGMA_DEFAULTS,
     UNIPC_SETTINGS,
     EngineRun,
@@ -464,6 +465,9 @@ class GenerationService:
         for key in A1111_COMPAT_INFOTEXT:
             if getattr(params, key) is None:
                 updates[key] = bool(self._options.get(key))
+        for key in SCHEDULE_SETTINGS:
+            if getattr(params, key) is None:
+                updates[key] = float(self._options.get(key))
         for key in (*SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT):  # A1111's sampler parameters, CFG skipping
             if getattr(params, key) is None:
                 value = self._options.get(key)

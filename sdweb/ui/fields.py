@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdweb.params import A1111_COMPAT_INFOTEXT, GenerationParams, Img2ImgParams
+from sdweb.params import A1111_COMPAT_INFOTEXT, SCHEDULE_SETTINGS, GenerationParams, Img2ImgParams
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ FORM_FIELDS: tuple[str, ...] = (
     "sampler_path",
     # A1111's compatibility settings (use_old_scheduling ...): "" the setting, "on", "off".
     *A1111_COMPAT_INFOTEXT,
+    # A1111's schedule settings (rho, sigma range, Beta's shape): empty = the setting.
+    *SCHEDULE_SETTINGS,
     # A1111's "Emphasis mode" and "Noise schedule for sampling" ("" the setting).
     "emphasis",
     "sd_noise_schedule",

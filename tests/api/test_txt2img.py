@@ -179,13 +179,17 @@ def test_an_old_a1111_infotext_brings_the_compatibility_settings_of_its_version(
     is remade on the old timelines and fp16 alphas_cumprod, and the new image says so."""
     infotext = ("a [red:blue:0.5] fox\nSteps: 3, Sampler: DDIM, CFG scale: 5, Seed: 1, Size: 64x64, "
                 "Version: v1.5.1")
-    body = txt2img(api, infotext=infotext)
+    body = txt2img(api, infotext=infotext, save_images=True)
     call = api.engine.calls[-1]
     assert (call.use_old_scheduling, call.use_downcasted_alpha_bar, call.pad_cond_uncond_v0) == (
         True, True, True)
-    written = decode(body["images"][0]).info["parameters"]
+    saved = list(api.services.settings.paths.outputs_dir.rglob("*.png"))
+    assert len(saved) == 1
+    with Image.open(saved[0]) as image:
+        on_disk = image.info["parameters"]
+    assert decode(body["images"][0]).info["parameters"] == on_disk
     for key in ("Old prompt editing timelines: True", "Downcast alphas_cumprod: True", "Pad conds v0: True"):
-        assert key in written
+        assert key in on_disk
     txt2img(api, infotext=infotext.replace("v1.5.1", "v1.7.0-225-g1234abcd"))
     call = api.engine.calls[-1]
     assert (call.use_old_scheduling, call.use_downcasted_alpha_bar, call.pad_cond_uncond_v0) == (
@@ -241,9 +245,24 @@ def test_override_settings_ensd_and_rng_apply_to_the_request(api: ApiServer) -> 
 
 def test_infotext_with_a_setting_we_cannot_apply_is_refused_naming_it(api: ApiServer) -> None:
     infotext = ("a fox\nSteps: 3, Sampler: DPM2, CFG scale: 5, Seed: 1, Size: 64x64, "
-                "Discard penultimate sigma: True")
+                "Token merging ratio: 0.5")
     response = api.post("txt2img", json={**SMALL, "infotext": infotext})
-    assert response.status_code == 422 and "Discard penultimate sigma" in response.json()["detail"]
+    assert response.status_code == 422 and "Token merging ratio" in response.json()["detail"]
+
+
+def test_infotext_schedule_settings_reach_the_request_and_its_infotext(api: ApiServer) -> None:
+    infotext = ("a fox\nSteps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 5, Seed: 1, Size: 64x64, "
+                "Discard penultimate sigma: True, Schedule rho: 5.5, Schedule max sigma: 10, "
+                "SGM noise multiplier: True")
+    response = api.post("txt2img", json={**SMALL, "infotext": infotext})
+    assert response.status_code == 200, response.text
+    call = api.engine.calls[-1]
+    assert (call.always_discard_next_to_last_sigma, call.rho, call.sigma_max) == (True, 5.5, 10.0)
+    assert (call.sgm_noise_multiplier, call.sigma_min) == (True, 0.0)
+    written = json.loads(response.json()["info"])["infotexts"][0]
+    for pair in ("Schedule rho: 5.5", "Schedule max sigma: 10", "Discard penultimate sigma: True",
+                 "SGM noise multiplier: True"):
+        assert pair in written
 
 
 def test_infotext_using_a_hires_fix_checkpoint_is_refused(api: ApiServer) -> None:

@@ -16,7 +16,13 @@ from sdweb.images.infotext import (
     split_sampler_name,
     version_backcompat,
 )
-from sdweb.params import A1111_COMPAT_INFOTEXT, CFG_SKIP_INFOTEXT, SIGMA_DEFAULTS, GenerationParams
+from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
+    CFG_SKIP_INFOTEXT,
+    SCHEDULE_SETTINGS,
+    SIGMA_DEFAULTS,
+    GenerationParams,
+)
 
 # Real infotexts, as A1111 / Forge wrote them (gathered from public posts and A1111's sources).
 # v1.9.4, LCM LoRA + textual inversions, separate VAE, Clip skip 2.
@@ -411,7 +417,8 @@ def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: d
     assert rebuild(text) == text
     back, _ = infotext_to_params(parse_infotext(text))
     resolved = {"rng", "clip_skip", "subseed", "batch_size", "n_iter", "eta_noise_seed_delta", "sampler_path",
-                *A1111_COMPAT_INFOTEXT, *SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT, "emphasis", "sd_noise_schedule"}
+                *A1111_COMPAT_INFOTEXT, *SCHEDULE_SETTINGS, *SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT, "emphasis",
+                "sd_noise_schedule"}
     assert back.model_dump(exclude=resolved) == params.model_dump(exclude=resolved)
 
 
