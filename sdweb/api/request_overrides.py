@@ -40,9 +40,27 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "use_downcasted_alpha_bar": "use_downcasted_alpha_bar",
     "pad_cond_uncond": "pad_cond_uncond",
     "pad_cond_uncond_v0": "pad_cond_uncond_v0",
+    # A1111's sampler / schedule settings.
+    "always_discard_next_to_last_sigma": "always_discard_next_to_last_sigma",
+    "sgm_noise_multiplier": "sgm_noise_multiplier",
+    "sigma_min": "sigma_min",
+    "sigma_max": "sigma_max",
+    "rho": "rho",
+    "beta_dist_alpha": "beta_dist_alpha",
+    "beta_dist_beta": "beta_dist_beta",
+    # A1111's sampler parameters and CFG skipping.
+    "s_churn": "s_churn",
+    "s_tmin": "s_tmin",
+    "s_tmax": "s_tmax",
+    "s_noise": "s_noise",
+    "s_min_uncond": "s_min_uncond",
+    "s_min_uncond_all": "s_min_uncond_all",
+    "skip_early_cond": "skip_early_cond",
     "emphasis": "emphasis",
     "sd_noise_schedule": "sd_noise_schedule",
 }
+#: Settings that are request fields of the same name too (A1111's): an error names the request field.
+REQUEST_FIELD_SETTINGS = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"})
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({
     "samples_format", "samples_save", "grid_save", "jpeg_quality", "outdir_txt2img_samples",
@@ -117,7 +135,8 @@ def kept_overrides(overrides: Mapping[str, Any], restore_afterwards: bool | None
 
 def override_location(loc: Any) -> tuple[Any, ...]:
     """A validation error's location, naming the ``override_settings`` key a field came from."""
-    names = {field: f"override_settings.{key}" for key, field in OVERRIDE_TO_FIELD.items()}
+    names = {field: f"override_settings.{key}" for key, field in OVERRIDE_TO_FIELD.items()
+             if field not in REQUEST_FIELD_SETTINGS}
     parts = tuple(loc)
     if parts and parts[0] in names:
         return (names[parts[0]], *parts[1:])

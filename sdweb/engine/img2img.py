@@ -151,6 +151,19 @@ def blend_before_denoising(denoise: Callable[..., torch.Tensor], init: torch.Ten
     return blended
 
 
+def timestep_sampler_start(plan: FunctionSamplerPlan, init: torch.Tensor, noise: torch.Tensor,
+                           sigma: float) -> torch.Tensor:
+    """``init + noise * sigma`` as A1111's DDIM / PLMS / UniPC make it from fp16 alphas_cumprod ("Downcast
+    alphas_cumprod"): ``init * sqrt(a) + noise * sqrt(1 - a)`` at the start's timestep, both roots taken
+    in fp16, handed on in the sampling-function contract's scale (times ``sqrt(sigma^2 + 1)``, which the
+    sampler divides out again). With float32 alphas the two are the same to float32 rounding.
+    """
+    table = plan.alphas_cumprod()
+    alpha = table[int(plan.model_sigmas().sigma_to_t(sigma, quantize=True))].to(init.device)
+    noised = init * torch.sqrt(alpha) + noise * torch.sqrt(1 - alpha)
+    return noised * (sigma * sigma + 1.0) ** 0.5
+
+
 class _Img2Img(_Txt2Img):
     params: Img2ImgParams
 
@@ -193,6 +206,9 @@ class _Img2Img(_Txt2Img):
     def control_fraction(self) -> float:
         # As the extension: the fraction of the steps this img2img run makes, not of the full schedule.
         return (self.step_index - self.prompt_offset) / max(1, self.denoise_steps)
+
+    def sampling_steps(self) -> int:
+        return self.denoise_steps
 
     @property
     def prompt_offset(self) -> int:
@@ -431,6 +447,7 @@ class _Img2Img(_Txt2Img):
 
         def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
+            self.cfg_sigma = None if timestep_sampler else float(sigma)
             denoised = denoiser(x, sigma, **kwargs)
             self.prompt_step += 1  # A1111's denoiser counts its calls (prompt editing's timeline)
             if timestep_sampler:
@@ -452,6 +469,8 @@ class _Img2Img(_Txt2Img):
         if "from_image" in accepted:
             extra["from_image"] = True  # the start is init latents noised to sigmas[0], not pure noise
         start = init + noise.latents * start_sigma
+        if timestep_sampler and self.a1111_steps and plan.downcast_alphas:
+            start = timestep_sampler_start(plan, init, noise.latents, start_sigma)
         # 7. Denoising loop (inside the sampling function).
         latents = sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
         if timestep_sampler:  # A1111 puts the init latents back outside the mask once they are done

@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdweb.params import A1111_COMPAT_INFOTEXT, EMPHASIS_MODES, NOISE_SCHEDULES
+from sdweb.params import A1111_COMPAT_INFOTEXT, EMPHASIS_MODES, NOISE_SCHEDULES, SCHEDULE_SETTINGS
 from sdweb.ui.fields import SWITCH_CHOICES
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,11 @@ def render_override_settings(form: dict[str, Any], defaults: Mapping[str, Any], 
             for name, key in A1111_COMPAT_INFOTEXT.items():
                 form[name] = gr.Dropdown(list(SWITCH_CHOICES), value=defaults[name], label=key,
                                          elem_id=f"{prefix}-{name.replace('_', '-')}")
+        # A1111's schedule settings (Settings > Sampler parameters); empty: the setting.
+        with gr.Row():
+            for name, (key, _default) in SCHEDULE_SETTINGS.items():
+                form[name] = gr.Number(defaults[name], label=key, info="empty: the setting", minimum=0,
+                                       elem_id=f"{prefix}-{name.replace('_', '-')}")
         with gr.Row():
             form["emphasis"] = gr.Dropdown([("Setting", ""), *EMPHASIS_MODES], value=defaults["emphasis"],
                                            label="Emphasis", elem_id=f"{prefix}-emphasis")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdweb.params import A1111_COMPAT_INFOTEXT, GenerationParams, Img2ImgParams
+from sdweb.params import A1111_COMPAT_INFOTEXT, SCHEDULE_SETTINGS, GenerationParams, Img2ImgParams
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ FORM_FIELDS: tuple[str, ...] = (
     "sampler_path",
     # A1111's compatibility settings (use_old_scheduling ...): "" the setting, "on", "off".
     *A1111_COMPAT_INFOTEXT,
+    # A1111's schedule settings (rho, sigma range, Beta's shape): empty = the setting.
+    *SCHEDULE_SETTINGS,
     # A1111's "Emphasis mode" and "Noise schedule for sampling" ("" the setting).
     "emphasis",
     "sd_noise_schedule",
@@ -261,7 +263,7 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
         parse_infotext,
         version_backcompat,
     )
-    from sdweb.params import UNIPC_DEFAULTS
+    from sdweb.params import CFG_SKIP_INFOTEXT, SIGMA_INFOTEXT, UNIPC_DEFAULTS
 
     parsed = parse_infotext(text)
     pasted = PastedValues()
@@ -281,6 +283,10 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     pasted.notes.extend(f"{key} {parsed[key]!r}: set it in Settings > Sampler parameters ({name}) to make "
                         "the same image" for key, name in INFOTEXT_UNIPC.items()
                         if key in parsed and getattr(params, name) != UNIPC_DEFAULTS[name])
+    # So are A1111's sampler parameters and CFG skipping (Sigma churn ..., NGMS, Skip Early CFG).
+    pasted.notes.extend(f"{key} {parsed[key]!r}: set it in Settings > Sampler parameters ({name}) to make "
+                        "the same image" for name, key in {**SIGMA_INFOTEXT, **CFG_SKIP_INFOTEXT}.items()
+                        if key in parsed)
     # Hires keys left over are second-pass settings this program does not have (checkpoint, CFG scale).
     pasted.notes.extend(f"{key} {value!r} is not supported yet; the second pass uses the first pass's"
                         for key, value in extras.items() if str(key).startswith("Hires "))

@@ -132,7 +132,7 @@ def a1111_timesteps(steps: int) -> torch.Tensor:
 def run_oracle_timesteps(model: Any, params: Img2ImgParams, init: torch.Tensor) -> tuple[torch.Tensor, int]:
     """A1111's CompVisSampler.sample_img2img + its ddim / plms (sd_samplers_timesteps_impl), restated."""
     cond, uncond = _conds(model, params)
-    unet = _UNetLDM(model.pipe.unet)
+    unet = _UNetLDM(model.pipe.unet, bool(params.use_downcasted_alpha_bar))  # fp16 alphas_cumprod when on
     alphas_cumprod = unet.alphas_cumprod
     steps, t_enc = a1111_setup_img2img_steps(params.steps, params.denoising_strength,
                                              fix_steps=bool(params.img2img_fix_steps))
@@ -219,12 +219,15 @@ def test_step_counts_are_a1111s(steps: int, strength: float, fix_steps: bool,
     assert params.model_copy(update={"sampler_path": "diffusers"}).denoising_steps == int(steps * strength)
 
 
-@pytest.mark.parametrize(("name", "strength", "fix_steps"), [
-    ("DDIM", 0.5, False), ("DDIM", 0.8, True), ("PLMS", 0.7, False), ("PLMS", 1.0, False)])
+@pytest.mark.parametrize(("name", "strength", "fix_steps", "downcast"), [
+    ("DDIM", 0.5, False, False), ("DDIM", 0.8, True, False), ("PLMS", 0.7, False, False),
+    ("PLMS", 1.0, False, False),
+    # "Downcast alphas_cumprod": A1111 noises the init latents with fp16 sqrt(alpha), sqrt(1 - alpha)
+    ("DDIM", 0.5, False, True), ("PLMS", 0.7, False, True)])
 def test_ddim_and_plms_img2img_equal_a1111s(sd1_model: Any, samplers: Any, name: str, strength: float,
-                                             fix_steps: bool) -> None:
+                                             fix_steps: bool, downcast: bool) -> None:
     params = _params(sampler_name=name, denoising_strength=strength, img2img_fix_steps=fix_steps,
-                     sampler_path="A1111", steps=7)
+                     sampler_path="A1111", steps=7, use_downcasted_alpha_bar=downcast)
     init = _init_latents(sd1_model)
     expected, a1111_steps = run_oracle_timesteps(sd1_model, params, init)
     ours, reported = run_sdweb(sd1_model, samplers, params, init)

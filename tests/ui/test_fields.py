@@ -109,14 +109,17 @@ def test_noise_settings_left_empty_mean_the_settings() -> None:
 
 def test_pasting_an_a1111_infotext_carries_its_noise_and_names_what_cannot_be_applied() -> None:
     text = ("a fox\nSteps: 4, Sampler: DPM2 a, CFG scale: 6, Seed: 9, Size: 64x64, ENSD: 31337, "
-            "Discard penultimate sigma: True, Version: v1.10.1")
+            "Token merging ratio: 0.5, Discard penultimate sigma: True, Schedule rho: 5, Version: v1.10.1")
     pasted = form_from_infotext(text, gpu_rng="NV")
     values = pasted.values
     # no RNG key: A1111's GPU noise, reproduced with NV where there is no CUDA
     assert (values["rng"], values["eta_noise_seed_delta"], values["sampler_path"]) == ("NV", 31337, "A1111")
-    assert any("Discard penultimate sigma" in note for note in pasted.notes)
+    assert any("Token merging ratio" in note for note in pasted.notes)
+    # A1111's schedule settings are applied (form switches and numbers), not named
+    assert not any("Discard penultimate sigma" in note or "rho" in note for note in pasted.notes)
     params = params_from_form(values)
     assert (params.rng, params.eta_noise_seed_delta) == ("NV", 31337)
+    assert (params.always_discard_next_to_last_sigma, params.rho, params.beta_dist_alpha) == (True, 5.0, 0.6)
     with_rng = form_from_infotext(text.replace("ENSD: 31337", "RNG: CPU, Eta: 0.4"), gpu_rng="GPU").values
     # A1111's UniPC settings are settings here: a paste names the ones that differ from A1111's defaults
     unipc = form_from_infotext("a fox\nSteps: 4, Sampler: UniPC, CFG scale: 6, Seed: 9, Size: 64x64, "
@@ -124,6 +127,11 @@ def test_pasting_an_a1111_infotext_carries_its_noise_and_names_what_cannot_be_ap
     assert [note for note in unipc.notes if "UniPC" in note] == [
         "UniPC order '2': set it in Settings > Sampler parameters (uni_pc_order) to make the same image"]
     assert (with_rng["rng"], with_rng["eta_noise_seed_delta"], with_rng["eta"]) == ("CPU", 0, 0.4)
+    churn = form_from_infotext("a fox\nSteps: 4, Sampler: Euler, CFG scale: 6, Seed: 9, Size: 64x64, "
+                               "Sigma churn: 0.5, NGMS: 2", gpu_rng="NV")
+    assert [note for note in churn.notes if "Settings" in note] == [
+        "Sigma churn '0.5': set it in Settings > Sampler parameters (s_churn) to make the same image",
+        "NGMS '2': set it in Settings > Sampler parameters (s_min_uncond) to make the same image"]
 
 
 def test_pasting_an_old_a1111_infotext_turns_on_the_compatibility_settings_its_version_had(

@@ -111,6 +111,9 @@ class FunctionSamplerPlan:
     #: A1111's "Downcast alphas_cumprod" (``use_downcasted_alpha_bar``): the alphas rounded to fp16.
     #: Only A1111's samplers (``a1111``) honour it.
     downcast_alphas: bool = False
+    #: A1111's schedule settings (rho, sigma range, Beta's shape, "Discard penultimate sigma"); A1111's
+    #: samplers on A1111's schedule types only.
+    tuning: schedules.ScheduleTuning = schedules.DEFAULT_TUNING
     #: A1111's "Noise schedule for sampling: Zero Terminal SNR" (``sd_noise_schedule``): the alphas
     #: rescaled so the last is almost 0. Only A1111's samplers (``a1111``) honour it.
     zero_terminal_snr: bool = False
@@ -147,7 +150,7 @@ class FunctionSamplerPlan:
         if self.a1111 and self.schedule.name in schedules.SCHEDULES:
             discard = bool(self.sampler.options.get("discard_next_to_last_sigma", False))
             return schedules.a1111_sigmas(self.schedule.name, steps, self.model_sigmas(),
-                                          discard_penultimate=discard, sdxl=sdxl)
+                                          discard_penultimate=discard, sdxl=sdxl, tuning=self.tuning)
         return schedule_sigmas(self.schedule, steps, self.base_config)
 
 
@@ -257,6 +260,7 @@ class SamplerRegistry:
     # -- building a plan for one job -------------------------------------------------------
     def build(self, name: str, schedule: str, base_scheduler_config: Mapping[str, Any], *,
               path: str = A1111_PATH, downcast_alphas: bool = False,
+              tuning: schedules.ScheduleTuning | None = None,
               zero_terminal_snr: bool = False) -> SamplerPlan:
         """A fresh plan for one job: sampler ``name`` with schedule type ``schedule``.
 
@@ -272,6 +276,8 @@ class SamplerRegistry:
         the training ``alphas_cumprod`` rounded to fp16. Diffusers' schedulers (the "diffusers" path)
         and plugin samplers ignore it: they keep their own float32 tables.
 
+        ``tuning``: A1111's schedule settings (:class:`~sdweb.engine.samplers.schedules.ScheduleTuning`),
+        for A1111's samplers on A1111's schedule types.
         ``zero_terminal_snr``: A1111's "Noise schedule for sampling: Zero Terminal SNR"
         (``sd_noise_schedule``): A1111's samplers rescale the training ``alphas_cumprod`` to zero
         terminal SNR (after the downcast, if any); diffusers' schedulers that have
@@ -304,6 +310,7 @@ class SamplerRegistry:
             a1111 = _is_a1111(sampler)
             return FunctionSamplerPlan(sampler=sampler, schedule=chosen, base_config=base_scheduler_config,
                                        a1111=a1111, downcast_alphas=bool(downcast_alphas) and a1111,
+                                       tuning=tuning or schedules.DEFAULT_TUNING,
                                        zero_terminal_snr=bool(zero_terminal_snr) and a1111)
         cls = sampler.scheduler_class()
         assert cls is not None  # SamplerSpec guarantees one of the two

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,27 @@ import torch
 #: A1111's Beta schedule defaults (settings ``beta_dist_alpha`` / ``beta_dist_beta``).
 BETA_ALPHA = 0.6
 BETA_BETA = 0.6
+
+
+@dataclass(frozen=True)
+class ScheduleTuning:
+    """A1111's schedule settings (Settings > Sampler parameters; the infotext keys in brackets).
+
+    ``sigma_min`` / ``sigma_max`` ("Schedule min/max sigma"): the range of the schedule types that take
+    one (0: the model's); ``rho`` ("Schedule rho"): Karras' and Polyexponential's exponent (0: theirs, 7
+    and 1); ``beta_alpha`` / ``beta_beta`` ("Beta schedule alpha/beta"); ``always_discard_penultimate``
+    ("Discard penultimate sigma"): every sampler asks one step more and drops the next-to-last sigma.
+    """
+
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    beta_alpha: float = 0.6
+    beta_beta: float = 0.6
+    always_discard_penultimate: bool = False
+
+
+DEFAULT_TUNING = ScheduleTuning()
 #: Align Your Steps' published 10-step sigmas (NVIDIA), SD 1.x/2.x and SDXL.
 AYS_SD = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
 AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
@@ -239,20 +261,23 @@ def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = BETA_ALPHA,
     return torch.tensor([*values, 0.0], dtype=torch.float32)
 
 
-def _by_label(label: str, n: int, model: DiscreteSigmas, sdxl: bool) -> torch.Tensor:
-    lo, hi = model.sigma_min, model.sigma_max
+def _by_label(label: str, n: int, model: DiscreteSigmas, sdxl: bool,
+              tuning: ScheduleTuning = DEFAULT_TUNING) -> torch.Tensor:
+    # A1111 hands each schedule type the model's range unless a setting replaces it (0 keeps it).
+    lo = tuning.sigma_min or model.sigma_min
+    hi = tuning.sigma_max or model.sigma_max
     table: dict[str, Callable[[], torch.Tensor]] = {
         "Uniform": lambda: model.uniform(n),
-        "Karras": lambda: karras(n, lo, hi),
+        "Karras": lambda: karras(n, lo, hi, tuning.rho or 7.0),
         "Exponential": lambda: exponential(n, lo, hi),
-        "Polyexponential": lambda: polyexponential(n, lo, hi),
+        "Polyexponential": lambda: polyexponential(n, lo, hi, tuning.rho or 1.0),
         "SGM Uniform": lambda: _sgm_uniform(n, model, lo, hi),
         "KL Optimal": lambda: kl_optimal(n, lo, hi),
         "Align Your Steps": lambda: align_your_steps(n, sdxl=sdxl),
         "Simple": lambda: _simple(n, model),
         "Normal": lambda: _normal(n, model, lo, hi),
         "DDIM": lambda: _ddim(n, model),
-        "Beta": lambda: beta(n, lo, hi),
+        "Beta": lambda: beta(n, lo, hi, tuning.beta_alpha, tuning.beta_beta),
     }
     if label not in table:
         raise ValueError(f"schedule type {label!r} is not one of A1111's: {', '.join(table)}")
@@ -265,16 +290,18 @@ SCHEDULES = ("Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform
 
 
 def a1111_sigmas(label: str, steps: int, model: DiscreteSigmas, *, discard_penultimate: bool = False,
-                 sdxl: bool = False) -> torch.Tensor:
+                 sdxl: bool = False, tuning: ScheduleTuning = DEFAULT_TUNING) -> torch.Tensor:
     """The float32 CPU sigmas A1111 samples ``steps`` steps on, for schedule type ``label``.
 
-    ``discard_penultimate`` (DPM2, DPM2 a, DPM++ 3M SDE): one step more is asked for, and the
-    next-to-last sigma dropped.
+    ``discard_penultimate`` (DPM2, DPM2 a, DPM++ 3M SDE; any sampler with the setting
+    ``always_discard_next_to_last_sigma``): one step more is asked for, and the next-to-last sigma dropped.
+    ``tuning``: A1111's schedule settings (:class:`ScheduleTuning`).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    discard_penultimate = discard_penultimate or tuning.always_discard_penultimate
     n = steps + 1 if discard_penultimate else steps
-    sigmas = _by_label(label, n, model, sdxl).to(torch.float32)
+    sigmas = _by_label(label, n, model, sdxl, tuning).to(torch.float32)
     if discard_penultimate:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas
