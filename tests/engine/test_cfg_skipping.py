@@ -121,3 +121,28 @@ def test_skipping_with_prompt_and_negative_of_different_lengths(sd1_model: Any,
                                                        **settings)]
     assert rows == full  # 2 AND parts + negative per image, 2 images; skipped: the parts only
     assert torch.isfinite(skipped).all()
+
+
+def test_a_pasted_infotext_remakes_an_image_made_with_them(sd1_model: Any, samplers: SamplerRegistry) -> None:
+    """Sigma churn and NGMS written by one image and read back from its infotext make the same image; the
+    same infotext without those keys makes another."""
+    from sdweb.images.infotext import build_infotext, infotext_to_params, parse_infotext
+    from sdweb.params import CFG_SKIP_INFOTEXT, SIGMA_DEFAULTS
+
+    made = dict(sampler_name="Euler", steps=5, s_churn=2.0, s_noise=0.98, s_min_uncond=3.0)
+    original, _rows, _ = run(sd1_model, samplers, **made)
+    params = tiny_params(**made)
+    text = build_infotext(params, seed=params.seed, subseed=params.subseed, model_name="m", model_hash="h",
+                          rng="CPU", version="v")
+    assert "Sigma churn: 2, Sigma noise: 0.98" in text and "NGMS: 3" in text
+    names = ("prompt", "negative_prompt", "sampler_name", "steps", "seed", "cfg_scale", *SIGMA_DEFAULTS,
+             *CFG_SKIP_INFOTEXT)
+
+    def remake(infotext: str) -> torch.Tensor:
+        back, _extras = infotext_to_params(parse_infotext(infotext))
+        latents, _rows, _ = run(sd1_model, samplers, **{name: getattr(back, name) for name in names})
+        return latents
+
+    torch.testing.assert_close(remake(text), original, atol=0, rtol=0)
+    stripped = ", ".join(pair for pair in text.split(", ") if not pair.startswith(("Sigma", "NGMS")))
+    assert float((remake(stripped) - original).abs().max()) > 1e-3
