@@ -454,19 +454,36 @@ class _Txt2Img:
         self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]
+        # Each distinct text is encoded once, except that A1111 encodes the texts of one schedule (each AND
+        # part's, the negative prompt's) in one call, and "Original" emphasis restores the mean of each
+        # chunk over that call's batch: a text in a schedule of several texts is encoded for it apart.
         # "" too: its chunk is what A1111 pads a shorter prompt with ("Pad conds").
-        texts = list(dict.fromkeys([*(text for schedule in schedules for _end, text in schedule), ""]))
+        entries: dict[tuple[int, str], int] = {}  # (schedule or -1 = shared, text) -> index in texts
+        texts: list[str] = []
+        groups: list[list[int]] = []
+        per_schedule: list[dict[str, int]] = []
+        for number, schedule in enumerate([*schedules, [(0, "")]]):
+            scheduled = [text for _end, text in schedule]
+            owner = number if len(set(scheduled)) > 1 else -1
+            for text in scheduled:
+                if (owner, text) not in entries:
+                    entries[owner, text] = len(texts)
+                    texts.append(text)
+            per_schedule.append({text: entries[owner, text] for text in scheduled})
+            if owner >= 0:
+                groups.append([entries[owner, text] for text in scheduled])
         text_pipe = self.networks.text_pipe if self.networks is not None else self.pipe  # + embeddings
         encoder = PromptEncoder(text_pipe, device=self.device, dtype=self.unet.dtype)
         encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1),
-                                       emphasis=params.emphasis or ORIGINAL)
+                                       emphasis=params.emphasis or ORIGINAL, groups=groups)
         self.emphasis_extra = emphasis_infotext(params.emphasis, texts)
-        self.encoded = dict(zip(texts, encoded, strict=True))
+        self.part_encoded = [{text: encoded[index] for text, index in found.items()}
+                             for found in per_schedule[:len(self.part_schedules)]]
         self.negative_encoded = {
-            text: zero_like(self.encoded[text]) if self.is_sdxl and not text.strip() else self.encoded[text]
-            for _end, text in self.negative_schedule
+            text: zero_like(encoded[index]) if self.is_sdxl and not text.strip() else encoded[index]
+            for text, index in per_schedule[-2].items()
         }
-        self.empty_chunk = self.encoded[""].hidden[:, :CHUNK_LENGTH + 2]
+        self.empty_chunk = encoded[per_schedule[-1][""]].hidden[:, :CHUNK_LENGTH + 2]
         self._guidance_cache: dict[tuple[tuple[str, ...], str], _Guidance] = {}
         self.step_index = 0
 
@@ -493,10 +510,10 @@ class _Txt2Img:
         # at scale 1 a single prompt's negative pass cancels out, so it is skipped.
         # Below 1 (down to 0, and negative) the negative prompt weighs in, as in A1111.
         do_cfg = time_cond_dim is None and (params.cfg_scale != 1.0 or len(positive_texts) > 1)
-        rows = [self.encoded[text] for text in positive_texts]
+        rows = [self.part_encoded[part][text] for part, text in enumerate(positive_texts)]
         if do_cfg:
             rows.insert(0, self.negative_encoded[negative_text])
-        paired = pair_conds([self.encoded[text].own for text in positive_texts],
+        paired = pair_conds([row.own for row in rows[-len(positive_texts):]],
                             self.negative_encoded[negative_text].own if do_cfg else None,
                             empty_chunk=self.empty_chunk, pad=bool(params.pad_cond_uncond),
                             pad_v0=bool(params.pad_cond_uncond_v0))
