@@ -84,6 +84,9 @@ SIGMA_SAMPLERS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 CFG_SKIP_INFOTEXT: Mapping[str, str] = MappingProxyType({"s_min_uncond": "NGMS",
                                                          "s_min_uncond_all": "NGMS all steps",
                                                          "skip_early_cond": "Skip Early CFG"})
+#: The numbers among them (request field -> infotext key).
+CFG_SKIP_NUMBERS: Mapping[str, str] = MappingProxyType({"s_min_uncond": "NGMS",
+                                                        "skip_early_cond": "Skip Early CFG"})
 
 
 def sigma_value(params: Any, name: str) -> float:
