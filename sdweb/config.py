@@ -395,6 +395,18 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
                "Sampler parameters"),
     OptionSpec("sgm_noise_multiplier", False, "SGM noise multiplier (match the initial noise to the "
                "official SDXL implementation; txt2img only)", "Sampler parameters"),
+    # A1111's sampler parameters (Euler, Heun, DPM2 take all four; the noise scale also DPM2 a, DPM++ 2S a,
+    # DPM++ SDE / 2M SDE / 3M SDE, DPM fast) and its CFG skipping; a request field of the same name wins.
+    OptionSpec("s_churn", 0.0, "sigma churn", "Sampler parameters", minimum=0.0, maximum=100.0),
+    OptionSpec("s_tmin", 0.0, "sigma tmin", "Sampler parameters", minimum=0.0, maximum=10.0),
+    OptionSpec("s_tmax", 0.0, "sigma tmax (0 = infinity)", "Sampler parameters", minimum=0.0, maximum=999.0),
+    OptionSpec("s_noise", 1.0, "sigma noise", "Sampler parameters", minimum=0.0, maximum=1.1),
+    OptionSpec("s_min_uncond", 0.0, "Negative Guidance minimum sigma: below it every other model call runs "
+               "without the negative prompt (0 = never)", "Sampler parameters", minimum=0.0, maximum=15.0),
+    OptionSpec("s_min_uncond_all", False, "Negative Guidance minimum sigma: every model call below it, not "
+               "every other", "Sampler parameters"),
+    OptionSpec("skip_early_cond", 0.0, "Ignore negative prompt during early sampling (the fraction of the "
+               "model calls; 0 = none)", "Sampler parameters", minimum=0.0, maximum=1.0),
     OptionSpec("sd_noise_schedule", "Default", "Noise schedule for sampling (Zero Terminal SNR: for models "
                "trained with it; A1111's samplers)", "Sampler parameters",
                choices=("Default", "Zero Terminal SNR")),

@@ -7,6 +7,7 @@ naming the field and the allowed range; nothing is silently corrected.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -63,6 +64,46 @@ SCHEDULE_SETTINGS: Mapping[str, tuple[str, float]] = MappingProxyType({
     "beta_dist_alpha": ("Beta schedule alpha", 0.6),
     "beta_dist_beta": ("Beta schedule beta", 0.6),
 })
+#: A1111's sampler parameters (request fields and options of these names), their defaults (``s_tmax`` 0
+#: means infinity) and the infotext key A1111 writes for each when the sampler takes it and the value is
+#: not the default.
+SIGMA_DEFAULTS: Mapping[str, float] = MappingProxyType({"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0,
+                                                        "s_noise": 1.0})
+SIGMA_INFOTEXT: Mapping[str, str] = MappingProxyType({"s_churn": "Sigma churn", "s_tmin": "Sigma tmin",
+                                                      "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"})
+#: Which of them each of A1111's k-diffusion samplers takes (its ``sampler_extra_params``).
+SIGMA_SAMPLERS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    **dict.fromkeys(("Euler", "Heun", "DPM2"), ("s_churn", "s_tmin", "s_tmax", "s_noise")),
+    **dict.fromkeys(("DPM fast", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
+                     "DPM++ 3M SDE"), ("s_noise",)),
+})
+#: A1111's CFG skipping (request fields and options of these names, off by default) and their infotext
+#: keys: "Negative Guidance minimum sigma" (``s_min_uncond``; every other model call below that sigma
+#: runs without the negative prompt, every call with ``s_min_uncond_all``) and "Ignore negative prompt
+#: during early sampling" (``skip_early_cond``: the first fraction of the model calls).
+CFG_SKIP_INFOTEXT: Mapping[str, str] = MappingProxyType({"s_min_uncond": "NGMS",
+                                                         "s_min_uncond_all": "NGMS all steps",
+                                                         "skip_early_cond": "Skip Early CFG"})
+#: The numbers among them (request field -> infotext key).
+CFG_SKIP_NUMBERS: Mapping[str, str] = MappingProxyType({"s_min_uncond": "NGMS",
+                                                        "skip_early_cond": "Skip Early CFG"})
+
+
+def sigma_value(params: Any, name: str) -> float:
+    """The effective value of sampler parameter ``name`` (its default when unset; ``s_tmax`` 0 is inf)."""
+    value = getattr(params, name, None)
+    value = SIGMA_DEFAULTS[name] if value is None else float(value)
+    return math.inf if name == "s_tmax" and value == 0 else value
+
+
+def sampler_sigma_values(params: Any, sampler_name: str) -> dict[str, float]:
+    """The sampler parameters ``sampler_name`` takes whose values are not its defaults, A1111's way."""
+    values: dict[str, float] = {}
+    for name in SIGMA_SAMPLERS.get(sampler_name, ()):
+        value = sigma_value(params, name)
+        if value != (math.inf if name == "s_tmax" else SIGMA_DEFAULTS[name]):
+            values[name] = value
+    return values
 #: A1111's "Emphasis" modes (option ``emphasis``, A1111's default "Original"): how ``(word:1.2)`` weights
 #: act on the text encoders' hidden states. "None": the prompt is not parsed for weights at all (brackets,
 #: escapes and BREAK are plain text); "Ignore": parsed, weights dropped; "Original": scaled by weight, each
@@ -197,6 +238,17 @@ class GenerationParams(BaseModel):
     rho: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     beta_dist_alpha: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
     beta_dist_beta: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
+    #: A1111's sampler parameters (:data:`SIGMA_DEFAULTS`; Karras et al.'s churn, its sigma range, and the
+    #: scale of the noise drawn during sampling), for the samplers that take them (:data:`SIGMA_SAMPLERS`);
+    #: None means the setting of that name.
+    s_churn: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    s_tmin: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    s_tmax: float | None = Field(None, ge=0.0)
+    s_noise: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    #: A1111's CFG skipping (:data:`CFG_SKIP_INFOTEXT`); None means the setting of that name.
+    s_min_uncond: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    s_min_uncond_all: bool | None = None
+    skip_early_cond: float | None = Field(None, ge=0.0, le=1.0)
     #: A1111's "Emphasis mode" (:data:`EMPHASIS_MODES`); None means the setting ``emphasis``.
     emphasis: EmphasisMode | None = None
     #: A1111's "Noise schedule for sampling" (:data:`NOISE_SCHEDULES`; A1111's samplers only: DDIM, PLMS,

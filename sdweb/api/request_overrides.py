@@ -48,9 +48,19 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "rho": "rho",
     "beta_dist_alpha": "beta_dist_alpha",
     "beta_dist_beta": "beta_dist_beta",
+    # A1111's sampler parameters and CFG skipping.
+    "s_churn": "s_churn",
+    "s_tmin": "s_tmin",
+    "s_tmax": "s_tmax",
+    "s_noise": "s_noise",
+    "s_min_uncond": "s_min_uncond",
+    "s_min_uncond_all": "s_min_uncond_all",
+    "skip_early_cond": "skip_early_cond",
     "emphasis": "emphasis",
     "sd_noise_schedule": "sd_noise_schedule",
 }
+#: Settings that are request fields of the same name too (A1111's): an error names the request field.
+REQUEST_FIELD_SETTINGS = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond"})
 #: Our settings that do not change the image: overriding them per request is ignored (logged).
 NON_IMAGE_OPTIONS = frozenset({
     "samples_format", "samples_save", "grid_save", "jpeg_quality", "outdir_txt2img_samples",
@@ -125,7 +135,8 @@ def kept_overrides(overrides: Mapping[str, Any], restore_afterwards: bool | None
 
 def override_location(loc: Any) -> tuple[Any, ...]:
     """A validation error's location, naming the ``override_settings`` key a field came from."""
-    names = {field: f"override_settings.{key}" for key, field in OVERRIDE_TO_FIELD.items()}
+    names = {field: f"override_settings.{key}" for key, field in OVERRIDE_TO_FIELD.items()
+             if field not in REQUEST_FIELD_SETTINGS}
     parts = tuple(loc)
     if parts and parts[0] in names:
         return (names[parts[0]], *parts[1:])

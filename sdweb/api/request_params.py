@@ -5,7 +5,7 @@ infotext values are :mod:`sdweb.api.request_overrides`'). How request fields we 
 treated:
 
 * ones that would change the image (scripts no handler runs (:mod:`sdweb.api.scripts`),
-  ``refiner_checkpoint``, non-neutral ``s_*`` values, hires fix with its own checkpoint) are refused
+  ``refiner_checkpoint``, hires fix with its own checkpoint) are refused
   with 422 and a message saying so: never a silently different image;
 * ones that do not (``do_not_save_*``, ``hr_*`` while ``enable_hr`` is false, ``comments``...) are
   ignored and listed in one warning log line per request, as are fields no A1111 version knows.
@@ -20,7 +20,6 @@ and schedule names or ComfyUI spellings of them (:mod:`sdweb.api.sampler_names`)
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +39,7 @@ logger = logging.getLogger(__name__)
 DIRECT_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_w",
     "seed_resize_from_h", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height", "eta",
-    "tiling", "distilled_cfg_scale",
+    "tiling", "distilled_cfg_scale", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond",
 )
 #: The API's defaults where they differ from GenerationParams' (A1111: steps 50, "Euler").
 API_DEFAULTS: Mapping[str, Any] = {"steps": 50, "sampler_name": "Euler", "scheduler": "Automatic"}
@@ -67,10 +66,6 @@ TXT2IMG_ONLY_FIELDS: tuple[str, ...] = (
     "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
     "hr_negative_prompt", "firstpass_image",
 )
-#: Sampler tuning values that leave the image as it is; anything else would change it.
-NEUTRAL_SAMPLER_VALUES: Mapping[str, tuple[float, ...]] = {
-    "s_churn": (0.0,), "s_tmin": (0.0,), "s_tmax": (0.0, math.inf), "s_noise": (1.0,), "s_min_uncond": (0.0,),
-}
 
 
 def build_params(request: Txt2ImgRequest, services: Any,
@@ -133,11 +128,6 @@ def refuse_unsupported(request: Txt2ImgRequest, given: set[str], scripts: Script
     problems.extend(scripts.problems(request))
     if request.refiner_checkpoint and request.refiner_checkpoint != "None":
         problems.append("refiner_checkpoint: the refiner is not supported yet")
-    for name, neutral in NEUTRAL_SAMPLER_VALUES.items():
-        value = getattr(request, name)
-        if name in given and value not in neutral:
-            problems.append(f"{name}: only {' or '.join(str(v) for v in neutral)} is supported yet "
-                            f"(got {value})")
     if problems:
         raise ApiError(422, "; ".join(problems))
 

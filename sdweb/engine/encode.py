@@ -231,12 +231,14 @@ class PromptEncoder:
             chunk_count=positive.hidden.shape[1] // (CHUNK_LENGTH + 2),
         )
 
-    def encode_texts(self, texts: Sequence[str], *, clip_skip: int = 1,
-                     emphasis: str = ORIGINAL) -> list[EncodedText]:
+    def encode_texts(self, texts: Sequence[str], *, clip_skip: int = 1, emphasis: str = ORIGINAL,
+                     groups: Sequence[Sequence[int]] = ()) -> list[EncodedText]:
         """Encode several texts, all padded with empty chunks to the longest one's chunk count.
 
         One encoder call per text encoder for all the chunks of all the texts. ``emphasis``: A1111's
-        emphasis mode (:func:`apply_emphasis`), applied to each encoder's hidden states.
+        emphasis mode (:func:`apply_emphasis`), applied to each encoder's hidden states. ``groups``: texts
+        (indices, repeated as often as A1111's batch repeats them) that A1111 encodes in one call, the
+        texts of one prompt's editing schedule: "Original" restores the mean of each chunk over them all.
         """
         if clip_skip < 1:
             raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
@@ -252,9 +254,11 @@ class PromptEncoder:
             padding = empty_chunk(tokenizer)
             flat = [chunk for chunks in per_text
                     for chunk in [*chunks, *[padding] * (chunk_count - len(chunks))]]
+            chunk_groups = [[member * chunk_count + chunk for member in group]
+                            for group in groups for chunk in range(chunk_count)]
             hidden, pooled_all = self._encode_chunks(encoder, flat, clip_skip=clip_skip,
                                                      projected=self.is_sdxl and index == 1,
-                                                     emphasis=emphasis)
+                                                     emphasis=emphasis, groups=chunk_groups)
             for position in range(len(texts)):
                 rows = hidden[position * chunk_count:(position + 1) * chunk_count]
                 hidden_parts[position].append(rows.reshape(1, -1, hidden.shape[-1]))
@@ -268,7 +272,8 @@ class PromptEncoder:
         ]
 
     def _encode_chunks(self, encoder: Any, chunks: Sequence[TokenChunk], *, clip_skip: int,
-                       projected: bool, emphasis: str = ORIGINAL) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       projected: bool, emphasis: str = ORIGINAL,
+                       groups: Sequence[Sequence[int]] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states ``(chunks, 77, dim)`` with emphasis applied, and pooled outputs (SDXL enc. 2)."""
         # Where the encoder runs, not where its weights wait (CPU under --medvram, meta under --lowvram).
         device = module_execution_device(encoder, default=self._device)
@@ -283,7 +288,7 @@ class PromptEncoder:
             hidden = output[0]  # last_hidden_state: the final layer, normed
         pooled = output.text_embeds if projected else None
         weights = torch.tensor([chunk.weights for chunk in chunks], dtype=hidden.dtype, device=hidden.device)
-        return apply_emphasis(hidden, weights, emphasis), pooled
+        return apply_emphasis(hidden, weights, emphasis, groups=groups), pooled
 
 
 def _final_layer_norm(encoder: Any) -> Any:
@@ -293,11 +298,14 @@ def _final_layer_norm(encoder: Any) -> Any:
     return norm
 
 
-def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, mode: str = ORIGINAL) -> torch.Tensor:
+def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, mode: str = ORIGINAL, *,
+                   groups: Sequence[Sequence[int]] = ()) -> torch.Tensor:
     """A1111's emphasis on ``hidden`` ``(chunks, tokens, dim)`` with one weight per token.
 
     "Original": scale by the weights, then restore each chunk's mean. "No norm": scale only. "Ignore" and
-    "None": the hidden states as they are (with "None" the weights are all 1 anyway).
+    "None": the hidden states as they are (with "None" the weights are all 1 anyway). ``groups``: rows
+    (indices, repeats counted) that A1111 has in one batch, whose mean it restores as one: their means
+    are replaced by the mean over the group (rows of one size: the mean of their means).
     """
     if mode in ("None", "Ignore") or bool((weights == 1.0).all()):
         return hidden  # the common case, and bit-identical to diffusers' encoding
@@ -306,4 +314,10 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, mode: str = ORIG
     original_mean = hidden.mean(dim=(1, 2), keepdim=True)
     scaled = hidden * weights.unsqueeze(-1)
     new_mean = scaled.mean(dim=(1, 2), keepdim=True)
+    for rows in groups:
+        if len(set(rows)) > 1:  # one row alone keeps its own mean (bit for bit)
+            index = torch.tensor(list(rows), device=hidden.device)
+            members = torch.tensor(sorted(set(rows)), device=hidden.device)
+            original_mean[members] = original_mean[index].mean()
+            new_mean[members] = new_mean[index].mean()
     return scaled * (original_mean / new_mean)

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -68,12 +68,14 @@ from sdweb.engine.seeds import BatchNoise, create_batch_noise
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
     SCHEDULE_SETTINGS,
+    SIGMA_DEFAULTS,
     UNIPC_SETTINGS,
     EngineRun,
     GeneratedImage,
     GenerationParams,
     JobControl,
     StepProgress,
+    sigma_value,
 )
 from sdweb.prompts.parser import (
     get_learned_conditioning_prompt_schedules,
@@ -135,6 +137,22 @@ class _Guidance:
     #: ``rows`` conditionings has, and the UNet's ``encoder_attention_mask`` (rows * B, L); else None.
     key_lengths: tuple[int, ...] | None = None
     attention_mask: torch.Tensor | None = None
+    #: The negative prompt's rows were left out for this call (A1111's CFG skipping): the rows are the
+    #: prompts' only, combined at scale 1 (:func:`cond_only`).
+    uncond_skipped: bool = False
+
+
+def cond_only(guidance: _Guidance, batch_size: int) -> _Guidance:
+    """``guidance`` without the negative prompt's rows (the first ``batch_size`` of each stacked input)."""
+    added = guidance.added_cond_kwargs
+    if added is not None:
+        added = {key: value[batch_size:] for key, value in added.items()}
+    return replace(
+        guidance, encoder_hidden_states=guidance.encoder_hidden_states[batch_size:], added_cond_kwargs=added,
+        do_cfg=False, rows=guidance.rows - 1,
+        key_lengths=None if guidance.key_lengths is None else guidance.key_lengths[1:],
+        attention_mask=None if guidance.attention_mask is None else guidance.attention_mask[batch_size:],
+        uncond_skipped=True)
 
 
 def run_txt2img(
@@ -234,6 +252,11 @@ class _Txt2Img:
         self.counts_model_calls = False
         #: Where the run is on that timeline (model calls made, or steps).
         self.prompt_step = 0
+        #: Model calls per step on that timeline (2 for A1111's second-order samplers), and the noise level
+        #: of the model call being made, for A1111's CFG skipping (None: compare the UNet's timestep, as
+        #: A1111's DDIM / PLMS / UniPC do).
+        self.calls_per_step = 1
+        self.cfg_sigma: float | None = None
 
     def run(self) -> EngineRun:
         # 1. Check inputs (before any model work, so a bad request costs nothing).
@@ -388,6 +411,7 @@ class _Txt2Img:
         # Builds a throw-away plan: unknown names and impossible schedules fail here, before encoding.
         plan = self.sampler_plan()
         self.prompt_steps = prompt_schedule_steps(plan, params.steps)
+        self.calls_per_step = prompt_schedule_steps(plan, 1)
         self.counts_model_calls = isinstance(plan, FunctionSamplerPlan)
         if isinstance(plan, FunctionSamplerPlan) and plan.zero_terminal_snr and plan.downcast_alphas:
             # fp16 cannot hold 1 / 4.9e-8: the largest sigma is infinite, and A1111 stops on NaNs.
@@ -430,19 +454,36 @@ class _Txt2Img:
         self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]
+        # Each distinct text is encoded once, except that A1111 encodes the texts of one schedule (each AND
+        # part's, the negative prompt's) in one call, and "Original" emphasis restores the mean of each
+        # chunk over that call's batch: a text in a schedule of several texts is encoded for it apart.
         # "" too: its chunk is what A1111 pads a shorter prompt with ("Pad conds").
-        texts = list(dict.fromkeys([*(text for schedule in schedules for _end, text in schedule), ""]))
+        entries: dict[tuple[int, str], int] = {}  # (schedule or -1 = shared, text) -> index in texts
+        texts: list[str] = []
+        groups: list[list[int]] = []
+        per_schedule: list[dict[str, int]] = []
+        for number, schedule in enumerate([*schedules, [(0, "")]]):
+            scheduled = [text for _end, text in schedule]
+            owner = number if len(set(scheduled)) > 1 else -1
+            for text in scheduled:
+                if (owner, text) not in entries:
+                    entries[owner, text] = len(texts)
+                    texts.append(text)
+            per_schedule.append({text: entries[owner, text] for text in scheduled})
+            if owner >= 0:
+                groups.append([entries[owner, text] for text in scheduled])
         text_pipe = self.networks.text_pipe if self.networks is not None else self.pipe  # + embeddings
         encoder = PromptEncoder(text_pipe, device=self.device, dtype=self.unet.dtype)
         encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1),
-                                       emphasis=params.emphasis or ORIGINAL)
+                                       emphasis=params.emphasis or ORIGINAL, groups=groups)
         self.emphasis_extra = emphasis_infotext(params.emphasis, texts)
-        self.encoded = dict(zip(texts, encoded, strict=True))
+        self.part_encoded = [{text: encoded[index] for text, index in found.items()}
+                             for found in per_schedule[:len(self.part_schedules)]]
         self.negative_encoded = {
-            text: zero_like(self.encoded[text]) if self.is_sdxl and not text.strip() else self.encoded[text]
-            for _end, text in self.negative_schedule
+            text: zero_like(encoded[index]) if self.is_sdxl and not text.strip() else encoded[index]
+            for text, index in per_schedule[-2].items()
         }
-        self.empty_chunk = self.encoded[""].hidden[:, :CHUNK_LENGTH + 2]
+        self.empty_chunk = encoded[per_schedule[-1][""]].hidden[:, :CHUNK_LENGTH + 2]
         self._guidance_cache: dict[tuple[tuple[str, ...], str], _Guidance] = {}
         self.step_index = 0
 
@@ -469,10 +510,10 @@ class _Txt2Img:
         # at scale 1 a single prompt's negative pass cancels out, so it is skipped.
         # Below 1 (down to 0, and negative) the negative prompt weighs in, as in A1111.
         do_cfg = time_cond_dim is None and (params.cfg_scale != 1.0 or len(positive_texts) > 1)
-        rows = [self.encoded[text] for text in positive_texts]
+        rows = [self.part_encoded[part][text] for part, text in enumerate(positive_texts)]
         if do_cfg:
             rows.insert(0, self.negative_encoded[negative_text])
-        paired = pair_conds([self.encoded[text].own for text in positive_texts],
+        paired = pair_conds([row.own for row in rows[-len(positive_texts):]],
                             self.negative_encoded[negative_text].own if do_cfg else None,
                             empty_chunk=self.empty_chunk, pad=bool(params.pad_cond_uncond),
                             pad_v0=bool(params.pad_cond_uncond_v0))
@@ -503,9 +544,42 @@ class _Txt2Img:
                          weights=weights, rows=len(rows), key_lengths=paired.key_lengths,
                          attention_mask=mask)
 
+    @property
+    def prompt_offset(self) -> int:
+        """The step number the run's first step has on the prompt-editing timeline (0 in txt2img)."""
+        return 0
+
+    def sampling_steps(self) -> int:
+        """The steps this pass samples (A1111's ``launch_sampling`` count)."""
+        return self.params.steps
+
+    def skips_uncond(self, timestep: torch.Tensor) -> bool:
+        """Whether this model call runs without the negative prompt, as A1111's CFG denoiser decides.
+
+        "Ignore negative prompt during early sampling" (``skip_early_cond``): while the calls made so far
+        are at most that fraction of the pass's expected calls (steps, twice that for second-order
+        samplers). Else "Negative Guidance minimum sigma" (``s_min_uncond``): below that noise level (the
+        UNet's timestep for DDIM / PLMS / UniPC, as A1111 compares it), on every other call (odd ones),
+        or every call with ``s_min_uncond_all``.
+        """
+        params = self.params
+        early, ngms = float(params.skip_early_cond or 0.0), float(params.s_min_uncond or 0.0)
+        if not early and not ngms:
+            return False
+        if self.counts_model_calls:  # A1111 counts its denoiser's calls
+            step, total = self.prompt_step - self.prompt_offset, self.calls_per_step * self.sampling_steps()
+        else:
+            step, total = self.step_index - self.prompt_offset, self.sampling_steps()
+        if early and step / max(1, total) <= early:
+            return True
+        level = self.cfg_sigma if self.cfg_sigma is not None else float(timestep)
+        return bool((step % 2 or params.s_min_uncond_all) and ngms > 0 and level < ngms)
+
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The UNet's guided output for ``model_input`` (already scaled), as float32."""
         guidance = self.guidance()
+        if guidance.do_cfg and self.skips_uncond(timestep):
+            guidance = cond_only(guidance, model_input.shape[0])
         encoder_states: Any = guidance.encoder_hidden_states
         if self.ip_stack is not None:
             encoder_states = self.ip_stack.encoder_states(
@@ -534,6 +608,13 @@ class _Txt2Img:
             return_dict=False,
             **control,
         )[0].float()
+        if guidance.uncond_skipped:
+            # A1111: the first prompt's output stands in for the negative one, combined at scale 1.
+            first, *conds = output.chunk(guidance.rows)
+            guided = first
+            for weight, cond in zip(guidance.weights, [first, *conds], strict=True):
+                guided = guided + (cond - first) * weight
+            return guided
         if not guidance.do_cfg:
             return output
         uncond, *conds = output.chunk(guidance.rows)
@@ -618,9 +699,11 @@ class _Txt2Img:
         sigmas = plan.sigmas(self.params.steps, sdxl=self.is_sdxl)
         self.step_index = self.prompt_step = 0
         denoiser = self.function_denoiser(plan)
+        timestep_sampler = plan.a1111 and bool(plan.sampler.options.get("timesteps"))
 
         def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
+            self.cfg_sigma = None if timestep_sampler else float(sigma)
             denoised = denoiser(x, sigma, **kwargs)  # kwargs: an explicit ``timestep`` (UniPC)
             self.prompt_step += 1  # A1111's denoiser counts its calls (prompt editing's timeline)
             return denoised
@@ -664,6 +747,11 @@ class _Txt2Img:
             extra["steps"] = int(steps)
         if "alphas_cumprod" in accepted and plan.a1111:  # DDIM, PLMS, UniPC read the model's table
             extra["alphas_cumprod"] = plan.alphas_cumprod()
+        if plan.a1111:
+            # A1111's sampler parameters (s_churn, s_tmin, s_tmax, s_noise), to the functions that take them.
+            for name in SIGMA_DEFAULTS:
+                if name in accepted:
+                    extra[name] = sigma_value(self.params, name)
         if plan.a1111 and plan.sampler.options.get("uni_pc"):
             # A1111's UniPC settings, by their option names (uni_pc_order -> order ...).
             for key in UNIPC_SETTINGS:

@@ -219,6 +219,9 @@ class _Img2Img(_Txt2Img):
         # As the extension: the fraction of the steps this img2img run makes, not of the full schedule.
         return (self.step_index - self.prompt_offset) / max(1, self.denoise_steps)
 
+    def sampling_steps(self) -> int:
+        return self.denoise_steps
+
     @property
     def prompt_offset(self) -> int:
         """The step number prompt editing (``[a:b:N]``) gives the run's first step.
@@ -456,6 +459,7 @@ class _Img2Img(_Txt2Img):
 
         def denoise(x: torch.Tensor, sigma: Any, **kwargs: Any) -> torch.Tensor:
             self.check_control()
+            self.cfg_sigma = None if timestep_sampler else float(sigma)
             denoised = denoiser(x, sigma, **kwargs)
             self.prompt_step += 1  # A1111's denoiser counts its calls (prompt editing's timeline)
             if timestep_sampler:

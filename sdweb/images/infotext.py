@@ -25,11 +25,15 @@ from pydantic import ValidationError
 
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
+    CFG_SKIP_INFOTEXT,
     EMPHASIS_DEFAULT,
     SCHEDULE_SETTINGS,
+    SIGMA_DEFAULTS,
+    SIGMA_INFOTEXT,
     UNIPC_DEFAULTS,
     GenerationParams,
     format_validation_error,
+    sampler_sigma_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,6 +134,8 @@ _MAPPED_KEYS = frozenset(
         "UniPC order",
         "UniPC lower order final",
         *INFOTEXT_COMPAT_READ,
+        *SIGMA_INFOTEXT.values(),
+        *CFG_SKIP_INFOTEXT.values(),
         "Emphasis",
         "Noise Schedule",
     }
@@ -145,7 +151,6 @@ INFOTEXT_NOT_HONOURED: tuple[str, ...] = (
     "Refiner switch at",
     "Token merging ratio",
     "Token merging ratio hr",
-    "NGMS",
 )
 #: A1111's UniPC settings: infotext key -> request field (and option) name.
 INFOTEXT_UNIPC: Mapping[str, str] = {
@@ -274,6 +279,16 @@ def build_infotext(
             pairs["Eta DDIM"] = params.eta
     elif params.eta is not None and params.eta != 1.0:
         pairs["Eta"] = params.eta
+    if params.sampler_path != "diffusers":
+        # A1111's sampler parameters the sampler (or the hires pass's) takes, when not its defaults.
+        samplers = [params.sampler_name]
+        if getattr(params, "enable_hr", False) and params.hr_sampler_name:
+            samplers.append(params.hr_sampler_name)
+        sigma_values = {name: value for sampler in samplers
+                        for name, value in sampler_sigma_values(params, sampler).items()}
+        for name, key in SIGMA_INFOTEXT.items():
+            if name in sigma_values:
+                pairs[key] = sigma_values[name]
     if params.sampler_path == "diffusers":
         pairs["Sampler path"] = "diffusers"  # sdweb's: diffusers' schedulers ran, not A1111's samplers
     elif params.sampler_name == "UniPC":
@@ -307,6 +322,13 @@ def build_infotext(
             continue
         if value != default or (name.startswith("beta_dist") and params.scheduler == "Beta"):
             pairs[key] = value
+    # A1111's CFG skipping, written as its denoiser does when it skips the negative prompt.
+    if params.skip_early_cond:
+        pairs["Skip Early CFG"] = params.skip_early_cond
+    if params.s_min_uncond:
+        pairs["NGMS"] = params.s_min_uncond
+        if params.s_min_uncond_all:
+            pairs["NGMS all steps"] = True
     if any(MODULE_KEY_RE.fullmatch(str(key)) for key in pairs):
         # Forge names the VAE among its "Module N" files and reads a "VAE" key as the whole choice.
         pairs["VAE"] = None
@@ -549,7 +571,9 @@ def infotext_to_params(
     The noise fields are always set, so a pasted image does not depend on this machine's settings:
     ``ENSD`` (0 when absent: A1111 writes it only when it acted), ``RNG`` (absent means A1111's
     default, GPU noise: ``gpu_rng`` says what reproduces it here, "GPU" where CUDA exists and "NV"
-    elsewhere), ``Sampler path`` (absent: A1111's samplers). ``Eta`` fills ``eta``.
+    elsewhere), ``Sampler path`` (absent: A1111's samplers). ``Eta`` fills ``eta``. So are A1111's
+    sampler parameters (``Sigma churn``, ``Sigma tmin``, ``Sigma tmax``, ``Sigma noise``) and CFG skipping
+    (``NGMS``, ``NGMS all steps``, ``Skip Early CFG``): absent, they are their defaults (off).
 
     Args:
         parsed: what :func:`parse_infotext` returned.
@@ -629,6 +653,12 @@ def infotext_to_params(
     for name, (key, default) in SCHEDULE_SETTINGS.items():
         fields[name] = default  # absent: A1111's default where the image was made
         convert(name, key, _to_float)
+    # A1111's sampler parameters and CFG skipping: absent ones are off where the image was made (A1111
+    # writes them when they act), not this machine's settings.
+    fields.update(SIGMA_DEFAULTS, s_min_uncond=0.0, s_min_uncond_all=False, skip_early_cond=0.0)
+    for name, key in {**SIGMA_INFOTEXT, "s_min_uncond": "NGMS", "skip_early_cond": "Skip Early CFG"}.items():
+        convert(name, key, _to_float)
+    fields["s_min_uncond_all"] = str(parsed.get("NGMS all steps", "")).strip().lower() == "true"
     # Absent: A1111's defaults where the image was made (it writes them only when they are not).
     fields["emphasis"] = str(parsed.get("Emphasis", EMPHASIS_DEFAULT)).strip()
     fields["sd_noise_schedule"] = str(parsed.get("Noise Schedule", "Default")).strip()

@@ -25,8 +25,10 @@ from sdweb import __version__
 from sdweb.config import OptionsStore
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
+    CFG_SKIP_INFOTEXT,
     MAX_SEED,
     SCHEDULE_SETTINGS,
+    SIGMA_DEFAULTS,
     UNIPC_SETTINGS,
     EngineRun,
     GenerationParams,
@@ -466,6 +468,10 @@ class GenerationService:
         for key in SCHEDULE_SETTINGS:
             if getattr(params, key) is None:
                 updates[key] = float(self._options.get(key))
+        for key in (*SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT):  # A1111's sampler parameters, CFG skipping
+            if getattr(params, key) is None:
+                value = self._options.get(key)
+                updates[key] = bool(value) if key == "s_min_uncond_all" else float(value or 0.0)
         for key in ("emphasis", "sd_noise_schedule"):  # A1111's, with its defaults when the option is unset
             if getattr(params, key) is None:
                 updates[key] = self._options.get(key)

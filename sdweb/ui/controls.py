@@ -17,7 +17,14 @@ from typing import Any
 
 import gradio as gr
 
-from sdweb.params import A1111_COMPAT_INFOTEXT, EMPHASIS_MODES, NOISE_SCHEDULES, SCHEDULE_SETTINGS
+from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
+    CFG_SKIP_NUMBERS,
+    EMPHASIS_MODES,
+    NOISE_SCHEDULES,
+    SCHEDULE_SETTINGS,
+    SIGMA_INFOTEXT,
+)
 from sdweb.ui.fields import SWITCH_CHOICES
 
 logger = logging.getLogger(__name__)
@@ -184,6 +191,14 @@ def render_override_settings(form: dict[str, Any], defaults: Mapping[str, Any], 
             for name, (key, _default) in SCHEDULE_SETTINGS.items():
                 form[name] = gr.Number(defaults[name], label=key, info="empty: the setting", minimum=0,
                                        elem_id=f"{prefix}-{name.replace('_', '-')}")
+        # A1111's sampler parameters and CFG skipping (Settings > Sampler parameters); empty: the setting.
+        with gr.Row():
+            for name, key in {**SIGMA_INFOTEXT, **CFG_SKIP_NUMBERS}.items():
+                form[name] = gr.Number(defaults[name], label=key, info="empty: the setting", minimum=0,
+                                       elem_id=f"{prefix}-{name.replace('_', '-')}")
+            form["s_min_uncond_all"] = gr.Dropdown(list(SWITCH_CHOICES), value=defaults["s_min_uncond_all"],
+                                                   label="NGMS all steps",
+                                                   elem_id=f"{prefix}-s-min-uncond-all")
         with gr.Row():
             form["emphasis"] = gr.Dropdown([("Setting", ""), *EMPHASIS_MODES], value=defaults["emphasis"],
                                            label="Emphasis", elem_id=f"{prefix}-emphasis")

@@ -18,7 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdweb.params import A1111_COMPAT_INFOTEXT, SCHEDULE_SETTINGS, GenerationParams, Img2ImgParams
+from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
+    CFG_SKIP_NUMBERS,
+    SCHEDULE_SETTINGS,
+    SIGMA_DEFAULTS,
+    GenerationParams,
+    Img2ImgParams,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,11 @@ FORM_FIELDS: tuple[str, ...] = (
     *A1111_COMPAT_INFOTEXT,
     # A1111's schedule settings (rho, sigma range, Beta's shape): empty = the setting.
     *SCHEDULE_SETTINGS,
+    # A1111's sampler parameters and CFG skipping (s_churn ..., s_min_uncond, skip_early_cond): empty = the
+    # setting; "NGMS all steps" (s_min_uncond_all) a switch.
+    *SIGMA_DEFAULTS,
+    *CFG_SKIP_NUMBERS,
+    "s_min_uncond_all",
     # A1111's "Emphasis mode" and "Noise schedule for sampling" ("" the setting).
     "emphasis",
     "sd_noise_schedule",
@@ -115,7 +127,7 @@ FROM_SETTING_FIELDS = ("rng", "eta_noise_seed_delta", "eta", "sampler_path", "em
 #: Dropdown fields among them: None is shown as "" (the "Setting" choice).
 _SETTING_CHOICE_FIELDS = ("rng", "sampler_path", "emphasis", "sd_noise_schedule")
 #: Dropdown fields for A1111's compatibility settings: "" the setting (None), "on" True, "off" False.
-SWITCH_FIELDS: tuple[str, ...] = tuple(A1111_COMPAT_INFOTEXT)
+SWITCH_FIELDS: tuple[str, ...] = (*A1111_COMPAT_INFOTEXT, "s_min_uncond_all")
 SWITCH_CHOICES: tuple[tuple[str, str], ...] = (("Setting", ""), ("On", "on"), ("Off", "off"))
 
 

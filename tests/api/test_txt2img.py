@@ -201,6 +201,41 @@ def test_an_old_a1111_infotext_brings_the_compatibility_settings_of_its_version(
     assert "Downcast alphas_cumprod" not in decode(body["images"][0]).info["parameters"]
 
 
+def test_sampler_parameters_and_cfg_skipping_are_honoured_and_written(api: ApiServer) -> None:
+    """A1111's request fields s_churn, s_tmin, s_tmax, s_noise, s_min_uncond (and the settings of those
+    names, skip_early_cond, s_min_uncond_all) reach the engine and the saved image's infotext."""
+    body = txt2img(api, sampler_name="Euler", s_churn=0.5, s_tmin=0.1, s_tmax=0, s_noise=1.003,
+                   s_min_uncond=2.5)
+    call = api.engine.calls[-1]
+    assert (call.s_churn, call.s_tmin, call.s_tmax, call.s_noise, call.s_min_uncond) == (
+        0.5, 0.1, 0.0, 1.003, 2.5)
+    written = decode(body["images"][0]).info["parameters"]
+    for pair in ("Sigma churn: 0.5", "Sigma tmin: 0.1", "Sigma noise: 1.003", "NGMS: 2.5"):
+        assert pair in written
+    assert "Sigma tmax" not in written  # 0: infinity, the default
+    # Unset fields are the settings; override_settings and a pasted infotext set them for one request.
+    assert api.post("options", json={"s_churn": 1.5, "skip_early_cond": 0.25}).status_code == 200
+    txt2img(api, sampler_name="Euler")
+    call = api.engine.calls[-1]
+    assert (call.s_churn, call.skip_early_cond, call.s_noise, call.s_min_uncond_all) == (
+        1.5, 0.25, 1.0, False)
+    txt2img(api, sampler_name="Euler", override_settings={"s_churn": 0.0, "s_min_uncond_all": True})
+    assert (api.engine.calls[-1].s_churn, api.engine.calls[-1].s_min_uncond_all) == (0.0, True)
+    infotext = ("a fox\nSteps: 3, Sampler: Heun, CFG scale: 5, Seed: 1, Size: 64x64, Sigma churn: 0.7, "
+                "Skip Early CFG: 0.1")
+    body = txt2img(api, infotext=infotext)
+    call = api.engine.calls[-1]
+    assert (call.sampler_name, call.s_churn, call.skip_early_cond, call.s_min_uncond) == (
+        "Heun", 0.7, 0.1, 0.0)
+    written = decode(body["images"][0]).info["parameters"]
+    assert "Sigma churn: 0.7" in written and "Skip Early CFG: 0.1" in written
+    response = api.post("txt2img", json={**SMALL, "s_churn": -0.5})
+    assert response.status_code == 422 and "s_churn" in response.json()["detail"]
+    assert "override_settings" not in response.json()["detail"]  # the request's own field is named
+    response = api.post("txt2img", json={**SMALL, "override_settings": {"skip_early_cond": 2}})
+    assert response.status_code == 422 and "override_settings.skip_early_cond" in response.json()["detail"]
+
+
 def test_override_settings_ensd_and_rng_apply_to_the_request(api: ApiServer) -> None:
     txt2img(api, override_settings={"eta_noise_seed_delta": 31337, "randn_source": "NV"})
     call = api.engine.calls[-1]
@@ -254,7 +289,6 @@ def test_infotext_using_a_hires_fix_checkpoint_is_refused(api: ApiServer) -> Non
         ({"enable_hr": True, "hr_checkpoint_name": "x"}, 422, ["hr_checkpoint_name", "not supported yet"]),
         ({"script_name": "wobble plot"}, 422, ["wobble plot"]),
         ({"alwayson_scripts": {"ADetailer": {"args": []}}}, 422, ["ADetailer"]),
-        ({"s_churn": 0.5}, 422, ["s_churn"]),
         ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, 404,
          ["Model not found", "missing.safetensors"]),
     ],

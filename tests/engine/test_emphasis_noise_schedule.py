@@ -166,3 +166,25 @@ def test_sd3_encoder_applies_the_emphasis_mode_to_clip_and_t5() -> None:
     t5_no_norm, t5_original = no_norm[:, -32:], original[:, -32:]  # the CLIP chunk, then T5's 32 positions
     assert not torch.allclose(t5_no_norm, t5_original)  # T5's states are weighted too, as Forge does
     assert not torch.allclose(encoded(prompt, "None"), encoded(prompt, "Ignore"))
+
+
+def test_a_prompt_schedule_is_encoded_as_one_a1111_batch(sd1_model: Any, samplers: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdweb.engine.encode import PromptEncoder
+
+    seen: list[tuple[list[str], list[list[int]]]] = []
+    encode = PromptEncoder.encode_texts
+
+    def spy(self: Any, texts: Any, **kwargs: Any) -> Any:
+        seen.append((list(texts), [list(group) for group in kwargs.get("groups", ())]))
+        return encode(self, texts, **kwargs)
+
+    monkeypatch.setattr(PromptEncoder, "encode_texts", spy)
+    _run(sd1_model, samplers, tiny_params(prompt="(cat:1.3) on a mat", negative_prompt="(cat:1.3) on a mat"))
+    assert seen[-1] == (["(cat:1.3) on a mat", ""], [])  # one text per schedule: as before
+    # Prompt editing: the prompt's two texts are one batch; the negative prompt's same text is its own.
+    _run(sd1_model, samplers, tiny_params(prompt="[(cat:1.3) on a mat:dog on a mat:1]",
+                                          negative_prompt="(cat:1.3) on a mat"))
+    texts, groups = seen[-1]
+    assert texts == ["(cat:1.3) on a mat", "dog on a mat", "(cat:1.3) on a mat", ""]
+    assert groups == [[0, 1]]

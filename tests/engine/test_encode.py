@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -162,10 +165,19 @@ def _a1111_chunk(tokenizer, runs: list[tuple[str, float]]) -> tuple[torch.Tensor
     return torch.tensor([ids]), torch.tensor([multipliers])
 
 
+@pytest.fixture(scope="module")
+def biased_sd1(sd1_pipe) -> SimpleNamespace:
+    """The tiny SD1 text side with a bias in the final norm: without one, its means are ~1e-8 and the ratio
+    "Original" restores is rounding noise (a real CLIP's are not)."""
+    text_encoder = copy.deepcopy(sd1_pipe.text_encoder)
+    torch.nn.init.constant_(text_encoder.final_layer_norm.bias, 0.25)
+    return SimpleNamespace(tokenizer=sd1_pipe.tokenizer, text_encoder=text_encoder)
+
+
 @torch.inference_mode()
 @pytest.mark.parametrize("mode", ["None", "Ignore", "Original", "No norm"])
-def test_each_emphasis_mode_is_a1111s_arithmetic(sd1_pipe, mode: str) -> None:
-    tokenizer, text_encoder = sd1_pipe.tokenizer, sd1_pipe.text_encoder
+def test_each_emphasis_mode_is_a1111s_arithmetic(biased_sd1, mode: str) -> None:
+    tokenizer, text_encoder = biased_sd1.tokenizer, biased_sd1.text_encoder
     prompt = "(cat:1.3) on a mat"
     # A1111 (sd_hijack_clip / sd_emphasis): "None" tokenizes the line as it is; the others parse it.
     runs = [(prompt, 1.0)] if mode == "None" else [("cat", 1.3), (" on a mat", 1.0)]
@@ -176,7 +188,7 @@ def test_each_emphasis_mode_is_a1111s_arithmetic(sd1_pipe, mode: str) -> None:
         z = z * multipliers.unsqueeze(-1).expand(z.shape)
         if mode == "Original":
             z = z * (original_mean / z.mean())
-    ours = _encoder(sd1_pipe).encode_texts([prompt], emphasis=mode)[0].hidden
+    ours = _encoder(biased_sd1).encode_texts([prompt], emphasis=mode)[0].hidden
     torch.testing.assert_close(ours, z, rtol=1e-6, atol=1e-6)
 
 
@@ -204,3 +216,26 @@ def test_emphasis_modes_differ_where_a1111s_do(sd1_pipe) -> None:
 ])
 def test_emphasis_infotext_is_written_as_a1111_writes_it(mode, texts, expected) -> None:
     assert emphasis_infotext(mode, texts) == expected
+
+
+@torch.inference_mode()
+def test_original_emphasis_restores_the_mean_over_a_prompt_schedules_batch(biased_sd1) -> None:
+    """A1111 encodes the texts of one prompt's editing schedule in one call and restores the mean of the
+    whole (texts, 77, dim) batch of each chunk, so "[(cat:1.3):dog:1]" rescales "dog" too."""
+    tokenizer, text_encoder = biased_sd1.tokenizer, biased_sd1.text_encoder
+    cat_ids, cat_multipliers = _a1111_chunk(tokenizer, [("cat", 1.3), (" on a mat", 1.0)])
+    dog_ids, dog_multipliers = _a1111_chunk(tokenizer, [("dog on a mat", 1.0)])
+    z = text_encoder(torch.cat([cat_ids, dog_ids])).last_hidden_state
+    multipliers = torch.cat([cat_multipliers, dog_multipliers])
+    original_mean = z.mean()
+    z = z * multipliers.unsqueeze(-1).expand(z.shape)
+    z = z * (original_mean / z.mean())
+    encoder = _encoder(biased_sd1)
+    cat, dog = encoder.encode_texts(["(cat:1.3) on a mat", "dog on a mat"], groups=[[0, 1]])
+    torch.testing.assert_close(cat.hidden[0], z[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dog.hidden[0], z[1], rtol=1e-5, atol=1e-6)
+    alone = encoder.encode_texts(["dog on a mat"])[0].hidden
+    assert not torch.allclose(dog.hidden, alone)  # the batch's mean moved it
+    # Texts encoded apart keep their own means, bit for bit as before.
+    apart = encoder.encode_texts(["(cat:1.3) on a mat", "dog on a mat"])
+    assert torch.equal(apart[1].hidden, alone)

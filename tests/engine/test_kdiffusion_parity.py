@@ -288,7 +288,8 @@ class TorchHijack:
         return getattr(torch, item)
 
 
-def run_oracle(name: str, schedule: str, steps: int, downcast: bool = False) -> tuple[
+def run_oracle(name: str, schedule: str, steps: int, downcast: bool = False,
+               options: dict[str, Any] | None = None) -> tuple[
         torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """A1111's sample(): sigmas, x = noise * sigmas[0], the k-diffusion function with A1111's arguments."""
     sampling, external = load()
@@ -314,7 +315,7 @@ def run_oracle(name: str, schedule: str, steps: int, downcast: bool = False) -> 
     original_torch = sampling.torch
     sampling.torch = TorchHijack(rng)
     try:
-        extra = dict(kwargs)
+        extra = {**kwargs, **(options or {})}  # options: A1111's sampler parameters (s_churn ...)
         if function_name == "restart":
             function = oracle_restart(sampling)
         elif function_name == "lcm":
@@ -341,8 +342,8 @@ def run_oracle(name: str, schedule: str, steps: int, downcast: bool = False) -> 
 
 
 def run_sdweb(registry: SamplerRegistry, name: str, schedule: str, steps: int,
-              downcast: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor],
-                                               torch.Tensor]:
+              downcast: bool = False, options: dict[str, Any] | None = None) -> tuple[
+                  torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     plan = registry.build(name, schedule, SD_CONFIG, downcast_alphas=downcast)
     assert isinstance(plan, FunctionSamplerPlan) and plan.a1111
     sigmas = plan.sigmas(steps)
@@ -367,7 +368,7 @@ def run_sdweb(registry: SamplerRegistry, name: str, schedule: str, steps: int,
     import inspect
 
     accepted = inspect.signature(function).parameters
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(options or {})
     if "seeds" in accepted:
         extra["seeds"] = list(SEEDS)
     if "sigma_range" in accepted:
@@ -404,6 +405,50 @@ def test_sampler_and_schedule_match_a1111s_k_diffusion(registry: SamplerRegistry
             _close(mine, theirs, f"latents after step {i}")
     _close(s_final, o_final, "final latents")
     assert torch.isfinite(s_final).all()
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("Euler", {"s_churn": 1.5}),
+    ("Euler", {"s_churn": 3.0, "s_tmin": 0.5, "s_tmax": 4.0, "s_noise": 1.003}),
+    ("Heun", {"s_churn": 1.0, "s_noise": 0.98}),
+    ("DPM2", {"s_churn": 2.0, "s_tmin": 1.0}),
+    ("DPM2 a", {"s_noise": 0.9}),
+    ("DPM++ 2S a", {"s_noise": 1.05}),
+    ("DPM++ SDE", {"s_noise": 0.9}),
+    ("DPM++ 2M SDE", {"s_noise": 0.8}),
+    ("DPM++ 2M SDE Heun", {"s_noise": 0.8}),
+    ("DPM++ 3M SDE", {"s_noise": 1.1}),
+    ("DPM fast", {"s_noise": 0.9}),
+])
+def test_sampler_parameters_match_k_diffusion(registry: SamplerRegistry, name: str,
+                                              options: dict[str, Any]) -> None:
+    """A1111's "Sigma churn / tmin / tmax / noise" (s_churn ...) as k-diffusion's functions take them:
+    churn raises each step's level with noise drawn from the images' generators (A1111's noise hijack),
+    s_noise scales the noise drawn. sdweb's latents equal k-diffusion's step by step, and differ from the
+    defaults' (the parameters act)."""
+    o_sigmas, _o_xs, o_denoised, o_final = run_oracle(name, "Automatic", STEPS, options=options)
+    s_sigmas, _s_xs, s_denoised, s_final = run_sdweb(registry, name, "Automatic", STEPS, options=options)
+    assert len(s_denoised) == len(o_denoised)
+    for i, (mine, theirs) in enumerate(zip(s_denoised, o_denoised, strict=True)):
+        _close(mine, theirs, f"denoised latents at step {i}")
+    _close(s_final, o_final, "final latents")
+    _sigmas, _xs, _denoised, default_final = run_sdweb(registry, name, "Automatic", STEPS)
+    assert float((default_final - s_final).abs().max()) > 1e-3, "the parameters change the image"
+
+
+def test_a1111s_sampler_parameters_reach_the_functions_that_take_them(registry: SamplerRegistry) -> None:
+    """A1111's sampler_extra_params: Euler, Heun, DPM2 take all four, the noisy samplers s_noise only,
+    Euler a, DPM adaptive, LMS, DPM++ 2M, Restart and LCM none (A1111 hands them nothing)."""
+    import inspect
+
+    from sdweb.params import SIGMA_DEFAULTS, SIGMA_SAMPLERS
+
+    for name in KDIFFUSION_SAMPLERS:
+        plan = registry.build(name, "Automatic", SD_CONFIG)
+        assert isinstance(plan, FunctionSamplerPlan)
+        function = plan.sampler.sampling_function()
+        taken = tuple(key for key in SIGMA_DEFAULTS if key in inspect.signature(function).parameters)
+        assert taken == SIGMA_SAMPLERS.get(name, ()), name
 
 
 @pytest.mark.parametrize(("name", "schedule"), [("Euler a", "Automatic"), ("DPM++ 2M", "Karras"),
@@ -508,16 +553,19 @@ def run_with_image_noise(sampling: Any, generators: list[Any], function_name: st
         sampling.torch = original
 
 
-@pytest.mark.parametrize(("name", "schedule", "rng", "ensd", "downcast"), [
-    ("Euler a", "Automatic", "CPU", 31337, False),
-    pytest.param("DPM++ 2M SDE", "Karras", "CPU", 0, False, marks=pytest.mark.slow),
-    ("DPM2 a", "Automatic", "NV", 31337, False),
-    pytest.param("DPM++ 2M", "Align Your Steps", "NV", 0, False, marks=pytest.mark.slow),
-    ("DPM++ 2M", "Karras", "CPU", 0, True),  # use_downcasted_alpha_bar: fp16 alphas_cumprod
+@pytest.mark.parametrize(("name", "schedule", "rng", "ensd", "downcast", "options"), [
+    ("Euler a", "Automatic", "CPU", 31337, False, {}),
+    pytest.param("DPM++ 2M SDE", "Karras", "CPU", 0, False, {}, marks=pytest.mark.slow),
+    ("DPM2 a", "Automatic", "NV", 31337, False, {}),
+    pytest.param("DPM++ 2M", "Align Your Steps", "NV", 0, False, {}, marks=pytest.mark.slow),
+    ("DPM++ 2M", "Karras", "CPU", 0, True, {}),  # use_downcasted_alpha_bar: fp16 alphas_cumprod
+    # A1111's sampler parameters (request fields / settings s_churn ...): churn noise from the generators.
+    ("Euler", "Automatic", "CPU", 31337, False, {"s_churn": 2.0, "s_tmax": 10.0, "s_noise": 0.97}),
+    ("DPM++ 2M SDE", "Karras", "CPU", 0, False, {"s_noise": 0.9}),
 ])
 def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: Any, name: str, schedule: str,
-                                                                      rng: str, ensd: int,
-                                                                      downcast: bool) -> None:
+                                                                      rng: str, ensd: int, downcast: bool,
+                                                                      options: dict[str, Any]) -> None:
     from sdweb.engine.encode import PromptEncoder
     from sdweb.engine.generate import run_txt2img
     from sdweb.params import JobControl
@@ -526,7 +574,7 @@ def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: 
     registry = SamplerRegistry.from_plugin_results([("builtin", builtin.register_samplers())],
                                                    [("builtin", builtin.register_schedules())])
     params = tiny_params(sampler_name=name, scheduler=schedule, steps=4, rng=rng, eta_noise_seed_delta=ensd,
-                         batch_size=2, cfg_scale=6.0, use_downcasted_alpha_bar=downcast)
+                         batch_size=2, cfg_scale=6.0, use_downcasted_alpha_bar=downcast, **options)
     run = run_txt2img(sd1_model, params, samplers=registry, control=JobControl(), on_step=lambda _: None,
                       output_type="latent")
     ours = torch.cat([image.image for image in run.images])
@@ -555,7 +603,7 @@ def test_the_generation_loop_equals_a1111s_sampling_of_the_same_unet(sd1_model: 
         generators = _a1111_generators([seed + ensd for seed in seeds], rng)
 
     function_name, kwargs = KDIFFUSION_SAMPLERS[name]
-    extra = dict(kwargs)
+    extra = {**kwargs, **options}
     if "SDE" in name:
         extra["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(),
                                                                    seed=seeds)

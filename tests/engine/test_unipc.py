@@ -397,6 +397,29 @@ def test_unipc_img2img_starts_at_the_largest_timestep_it_keeps(registry: Sampler
     _close(ours, expected[-1], "img2img final latents")
 
 
+def test_unipc_img2img_with_downcast_alphas_cumprod_starts_from_a1111s_fp16_noising(
+        registry: SamplerRegistry) -> None:
+    """"Downcast alphas_cumprod": A1111 noises the init latents with fp16 sqrt(a) and sqrt(1 - a) of
+    timestep 301 and runs UniPC on the fp16 table's schedule."""
+    from sdweb.engine.img2img import timestep_sampler_start
+
+    plan = registry.build("UniPC", "Automatic", SD_CONFIG, downcast_alphas=True)
+    assert isinstance(plan, FunctionSamplerPlan)
+    tail = plan.sigmas(20)[13:]
+    init = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3)) * 0.5
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
+    recorder = Recorder(_cfg_unet)
+    ours = sample_unipc(DiscreteDenoiser(recorder, plan.model_sigmas()),
+                        timestep_sampler_start(plan, init, noise, float(tail[0])), tail,
+                        alphas_cumprod=plan.alphas_cumprod(), from_image=True)
+    alpha = ldm_alphas_cumprod().half()[301]
+    a1111_start = init * torch.sqrt(alpha) + noise * torch.sqrt(1 - alpha)
+    torch.testing.assert_close(recorder.inputs[0], a1111_start, atol=1e-6, rtol=0)
+    expected = _a1111_unipc(_cfg_unet, a1111_start, 6, t_start=torch.tensor(251) / 1000 + 1 / 1000,
+                            downcast=True)
+    _close(ours, expected[-1], "img2img final latents")
+
+
 @pytest.mark.parametrize(("name", "steps", "strength", "kept"), [
     ("UniPC", 20, 0.3, [301, 251, 201, 151, 101, 51, 1]),
     ("DDIM", 10, 0.5, [501, 401, 301, 201, 101, 1]),

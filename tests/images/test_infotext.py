@@ -16,7 +16,13 @@ from sdweb.images.infotext import (
     split_sampler_name,
     version_backcompat,
 )
-from sdweb.params import A1111_COMPAT_INFOTEXT, SCHEDULE_SETTINGS, GenerationParams
+from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
+    CFG_SKIP_INFOTEXT,
+    SCHEDULE_SETTINGS,
+    SIGMA_DEFAULTS,
+    GenerationParams,
+)
 
 # Real infotexts, as A1111 / Forge wrote them (gathered from public posts and A1111's sources).
 # v1.9.4, LCM LoRA + textual inversions, separate VAE, Clip skip 2.
@@ -411,8 +417,52 @@ def test_strings_we_write_rebuild_exactly(params: GenerationParams, overrides: d
     assert rebuild(text) == text
     back, _ = infotext_to_params(parse_infotext(text))
     resolved = {"rng", "clip_skip", "subseed", "batch_size", "n_iter", "eta_noise_seed_delta", "sampler_path",
-                *A1111_COMPAT_INFOTEXT, *SCHEDULE_SETTINGS, "emphasis", "sd_noise_schedule"}
+                *A1111_COMPAT_INFOTEXT, *SCHEDULE_SETTINGS, *SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT, "emphasis",
+                "sd_noise_schedule"}
     assert back.model_dump(exclude=resolved) == params.model_dump(exclude=resolved)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "values", "written"),
+    [
+        ("Euler", {"s_churn": 0.5, "s_tmin": 0.1, "s_tmax": 20.0, "s_noise": 1.003},
+         "Sigma churn: 0.5, Sigma tmin: 0.1, Sigma tmax: 20, Sigma noise: 1.003"),
+        # s_tmax 0 is infinity (the default); DPM2 a takes s_noise only, Euler a none (A1111's lists).
+        ("Heun", {"s_churn": 1.0, "s_tmax": 0.0}, "Sigma churn: 1"),
+        ("DPM2 a", {"s_churn": 1.0, "s_noise": 0.9}, "Sigma noise: 0.9"),
+        ("Euler a", {"s_churn": 1.0, "s_noise": 0.9}, ""),
+    ],
+)
+def test_sampler_parameters_are_written_where_the_sampler_takes_them_and_read_back(
+        sampler: str, values: dict[str, float], written: str) -> None:
+    params = GenerationParams(prompt="p", sampler_name=sampler, seed=1, **values)
+    text = build(params)
+    pairs = text.splitlines()[-1].split(", ")
+    assert ", ".join(pair for pair in pairs if pair.startswith("Sigma ")) == written
+    back, extras = infotext_to_params(parse_infotext(text))
+    assert not any(key.startswith("Sigma") for key in extras)
+    for key, value in parse_infotext(text).items():
+        if key.startswith("Sigma "):
+            assert getattr(back, {"Sigma churn": "s_churn", "Sigma tmin": "s_tmin", "Sigma tmax": "s_tmax",
+                                  "Sigma noise": "s_noise"}[key]) == float(value)
+    # Absent keys are the defaults where the image was made, not this machine's settings.
+    taken = {"s_churn", "s_tmin", "s_tmax", "s_noise"} if sampler in ("Euler", "Heun") else {"s_noise"}
+    unwritten = [name for name in SIGMA_DEFAULTS if name not in values or name not in taken]
+    assert {name: getattr(back, name) for name in unwritten} == {
+        name: SIGMA_DEFAULTS[name] for name in unwritten}
+
+
+def test_cfg_skipping_keys_round_trip() -> None:
+    params = GenerationParams(prompt="p", seed=1, s_min_uncond=1.5, s_min_uncond_all=True,
+                              skip_early_cond=0.2)
+    text = build(params)
+    assert text.endswith("Skip Early CFG: 0.2, NGMS: 1.5, NGMS all steps: True, Version: 0.1.0")
+    back, extras = infotext_to_params(parse_infotext(text))
+    assert (back.s_min_uncond, back.s_min_uncond_all, back.skip_early_cond) == (1.5, True, 0.2)
+    assert not {"NGMS", "NGMS all steps", "Skip Early CFG"} & set(extras)
+    plain, _ = infotext_to_params(parse_infotext(build(GenerationParams(prompt="p", seed=1))))
+    assert (plain.s_min_uncond, plain.s_min_uncond_all, plain.skip_early_cond) == (0.0, False, 0.0)
+    assert "NGMS" not in build(GenerationParams(prompt="p", seed=1, s_min_uncond=0.0, s_min_uncond_all=True))
 
 
 def test_hires_overrides_are_written_as_a1111_writes_them_and_read_back() -> None:

@@ -178,10 +178,22 @@ def test_prompt_order_size_styles_and_more_axes(scripted) -> None:
     # A1111's UniPC order axis: the setting uni_pc_order per cell
     services.scripts.run("x/y/z plot", xyz(("UniPC Order", "1, 3")), base(sampler_name="UniPC"))
     assert [c.uni_pc_order for c in engine.calls] == [1, 3]
+    engine.calls.clear()
+    # A1111's sampler parameter and CFG skipping axes (axis 13 is Sigma Churn, by number as A1111's clients)
+    services.scripts.run("x/y/z plot", xyz((13, "0, 2.5"), ("Skip Early CFG", "0.1"),
+                                           ("Negative Guidance minimum sigma", "1.5")),
+                         base(sampler_name="Euler"))
+    assert [(c.s_churn, c.skip_early_cond, c.s_min_uncond) for c in engine.calls] == [
+        (0.0, 0.1, 1.5), (2.5, 0.1, 1.5)]
+    engine.calls.clear()
+    services.scripts.run("x/y/z plot", xyz(("Sigma min", "0.5"), ("Sigma max", "10"), ("Sigma noise", "0.9")),
+                         base(sampler_name="Heun"))
+    assert [(c.s_tmin, c.s_tmax, c.s_noise) for c in engine.calls] == [(0.5, 10.0, 0.9)]
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    (xyz((13, "1-2")), "'Sigma Churn' cannot be used"),
+    (xyz(("Token merging ratio", "0.5")), "'Token merging ratio' cannot be used"),
+    (xyz(("Sigma Churn", "-1")), "Sigma Churn -1"),
     (xyz(("Sampler", "Euler, Nope")), "Sampler: sampler 'Nope' not found"),
     (xyz(("Steps", "1-x")), "X values (Steps): '1-x' is not a whole number"),
     (xyz(("Steps", "20000")), "Steps 20000: steps: Input should be less than or equal to 10000"),

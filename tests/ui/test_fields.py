@@ -127,6 +127,16 @@ def test_pasting_an_a1111_infotext_carries_its_noise_and_names_what_cannot_be_ap
     assert [note for note in unipc.notes if "UniPC" in note] == [
         "UniPC order '2': set it in Settings > Sampler parameters (uni_pc_order) to make the same image"]
     assert (with_rng["rng"], with_rng["eta_noise_seed_delta"], with_rng["eta"]) == ("CPU", 0, 0.4)
+    # A1111's sampler parameters and CFG skipping fill the Override settings' boxes; absent ones their
+    # defaults (off where the image was made), so the paste does not depend on this machine's settings.
+    churn = form_from_infotext("a fox\nSteps: 4, Sampler: Euler, CFG scale: 6, Seed: 9, Size: 64x64, "
+                               "Sigma churn: 0.5, NGMS: 2, NGMS all steps: True", gpu_rng="NV")
+    assert not [note for note in churn.notes if "Sigma" in note or "NGMS" in note]
+    params = params_from_form(churn.values)
+    assert (params.s_churn, params.s_noise, params.s_min_uncond, params.s_min_uncond_all,
+            params.skip_early_cond) == (0.5, 1.0, 2.0, True, 0.0)
+    fresh = params_from_form(FORM_DEFAULTS)
+    assert (fresh.s_churn, fresh.s_min_uncond, fresh.s_min_uncond_all) == (None, None, None)  # the settings
 
 
 def test_pasting_an_old_a1111_infotext_turns_on_the_compatibility_settings_its_version_had(

@@ -166,6 +166,8 @@ def test_img2img_and_txt2img_lay_out_the_same_seed_extras_and_override_settings(
         # A1111's sampler / schedule settings, which a pasted infotext fills too
         "always_discard_next_to_last_sigma", "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho",
         "beta_dist_alpha", "beta_dist_beta",
+        # A1111's sampler parameters and CFG skipping
+        "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond", "skip_early_cond", "s_min_uncond_all",
         # A1111's "Emphasis mode" and "Noise schedule for sampling"
         "emphasis", "sd_noise_schedule"}
     assert made["img2img"]["eta_noise_seed_delta"].elem_id == "img2img-ensd"  # type: ignore[attr-defined]

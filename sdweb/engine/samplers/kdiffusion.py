@@ -165,18 +165,52 @@ def _ancestral(sigma_from: float, sigma_to: float, eta: float) -> tuple[float, f
     return float((end**2 - up**2) ** 0.5), float(up)
 
 
+class Churn:
+    """Karras et al.'s churn (Algorithm 2) as k-diffusion's Euler, Heun and DPM2 take it (A1111's "Sigma
+    churn", "Sigma tmin", "Sigma tmax", "Sigma noise"): before step i, at ``s_tmin <= sigma_i <= s_tmax``,
+    the level is raised to ``sigma_hat = sigma_i * (1 + gamma)``, ``gamma = min(s_churn / steps, sqrt(2) -
+    1)``, by adding noise of size ``sqrt(sigma_hat^2 - sigma_i^2)`` scaled by ``s_noise``.
+
+    With churn, every step draws its noise from each image's generator (k-diffusion draws it whether the
+    step churns or not, and A1111 hands it the images' generators), so later steps see the same noise as
+    A1111's; without churn nothing is drawn (the draws would change nothing).
+    """
+
+    def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, generator: Generators, s_churn: float,
+                 s_tmin: float, s_tmax: float, s_noise: float) -> None:
+        self._noise = generator_noise(x, generator) if s_churn > 0 else None
+        self._gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1)
+        self._tmin, self._tmax, self._s_noise = s_tmin, s_tmax, s_noise
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float]:
+        """``(x, sigma_hat)`` for the step from ``sigma``: the churned latents and level (float32 math)."""
+        if self._noise is None:
+            return x, sigma
+        eps = self._noise(sigma, sigma) * self._s_noise
+        gamma = self._gamma if self._tmin <= float(_f32(sigma)) <= self._tmax else 0.0
+        if gamma <= 0:
+            return x, sigma
+        level = _f32(sigma)
+        hat = level * (gamma + 1)
+        x = x + eps * float((hat**2 - level**2) ** 0.5)
+        return x, float(hat)
+
+
 def report_step(callback: StepCallback | None, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
     if callback is not None:
         callback(i, x, x0)
 
 
 def sample_euler(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                 callback: StepCallback | None = None) -> torch.Tensor:
-    """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
+                 callback: StepCallback | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
+                 s_tmax: float = math.inf, s_noise: float = 1.0) -> torch.Tensor:
+    """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2; churn: :class:`Churn`)."""
     s = _levels(sigmas)
+    churn = Churn(x, sigmas, generator, s_churn, s_tmin, s_tmax, s_noise)
     for i in range(len(s) - 1):
-        x0 = denoise(x, s[i])
-        x = x + (x - x0) / s[i] * (s[i + 1] - s[i])
+        x, hat = churn(x, s[i])
+        x0 = denoise(x, hat)
+        x = x + (x - x0) / hat * (s[i + 1] - hat)
         report_step(callback, i, x, x0)
     return x
 
@@ -184,7 +218,9 @@ def sample_euler(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gen
 def sample_euler_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                            generator: Generators = None, callback: StepCallback | None = None,
                            eta: float = 1.0) -> torch.Tensor:
-    """Euler step down to sigma_down, then fresh noise of size sigma_up (A1111's "Euler a")."""
+    """Euler step down to sigma_down, then fresh noise of size sigma_up (A1111's "Euler a"; A1111 hands it
+    no ``s_noise``).
+    """
     s = _levels(sigmas)
     noise = generator_noise(x, generator)
     for i in range(len(s) - 1):
@@ -198,13 +234,18 @@ def sample_euler_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tens
 
 
 def sample_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                callback: StepCallback | None = None) -> torch.Tensor:
-    """Heun's second-order method (Karras et al. 2022, Algorithm 2); Euler on the last step to 0."""
+                callback: StepCallback | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
+                s_tmax: float = math.inf, s_noise: float = 1.0) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 2, churn: :class:`Churn`); Euler on the
+    last step to 0.
+    """
     s = _levels(sigmas)
+    churn = Churn(x, sigmas, generator, s_churn, s_tmin, s_tmax, s_noise)
     for i in range(len(s) - 1):
-        x0 = denoise(x, s[i])
-        d = (x - x0) / s[i]
-        dt = s[i + 1] - s[i]
+        x, hat = churn(x, s[i])
+        x0 = denoise(x, hat)
+        d = (x - x0) / hat
+        dt = s[i + 1] - hat
         if s[i + 1] == 0:
             x = x + d * dt
         else:
@@ -225,21 +266,24 @@ def _dpm2_step(denoise: Denoise, x: torch.Tensor, d: torch.Tensor, sigma: float,
 
 
 def sample_dpm_2(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
-                 callback: StepCallback | None = None) -> torch.Tensor:
-    """DPM-Solver-2 style midpoint steps in log sigma (k-diffusion's "DPM2")."""
+                 callback: StepCallback | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
+                 s_tmax: float = math.inf, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver-2 style midpoint steps in log sigma (k-diffusion's "DPM2"; churn: :class:`Churn`)."""
     s = _levels(sigmas)
+    churn = Churn(x, sigmas, generator, s_churn, s_tmin, s_tmax, s_noise)
     for i in range(len(s) - 1):
-        x0 = denoise(x, s[i])
-        d = (x - x0) / s[i]
-        x = x + d * (s[i + 1] - s[i]) if s[i + 1] == 0 else _dpm2_step(denoise, x, d, s[i], s[i + 1])
+        x, hat = churn(x, s[i])
+        x0 = denoise(x, hat)
+        d = (x - x0) / hat
+        x = x + d * (s[i + 1] - hat) if s[i + 1] == 0 else _dpm2_step(denoise, x, d, hat, s[i + 1])
         report_step(callback, i, x, x0)
     return x
 
 
 def sample_dpm_2_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                            generator: Generators = None, callback: StepCallback | None = None,
-                           eta: float = 1.0) -> torch.Tensor:
-    """DPM2 down to sigma_down, then fresh noise of size sigma_up."""
+                           eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM2 down to sigma_down, then fresh noise of size sigma_up (times ``s_noise``)."""
     s = _levels(sigmas)
     noise = generator_noise(x, generator)
     for i in range(len(s) - 1):
@@ -250,7 +294,7 @@ def sample_dpm_2_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tens
             x = x + d * (down - s[i])
         else:
             x = _dpm2_step(denoise, x, d, s[i], down)
-            x = x + noise(s[i], s[i + 1]) * up
+            x = x + noise(s[i], s[i + 1]) * s_noise * up
         report_step(callback, i, x, x0)
     return x
 
@@ -285,8 +329,10 @@ def sample_lms(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, gener
 
 def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                               generator: Generators = None, callback: StepCallback | None = None,
-                              eta: float = 1.0) -> torch.Tensor:
-    """DPM-Solver++(2S) to sigma_down (midpoint r = 1/2 in log sigma), then ancestral noise."""
+                              eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2S) to sigma_down (midpoint r = 1/2 in log sigma), then ancestral noise (times
+    ``s_noise``).
+    """
     s = _levels(sigmas)
     noise = generator_noise(x, generator)
     for i in range(len(s) - 1):
@@ -302,7 +348,7 @@ def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.T
             x_2 = (sigma_mid / s[i]) * x - float((-h * 0.5).expm1()) * x0
             x = (down / s[i]) * x - float((-h).expm1()) * denoise(x_2, sigma_mid)
         if s[i + 1] > 0:
-            x = x + noise(s[i], s[i + 1]) * up
+            x = x + noise(s[i], s[i + 1]) * s_noise * up
         report_step(callback, i, x, x0)
     return x
 
@@ -310,8 +356,8 @@ def sample_dpmpp_2s_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.T
 def sample_dpmpp_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
                      callback: StepCallback | None = None, eta: float = 1.0,
                      seeds: Sequence[int] | None = None,
-                     noise_range: tuple[float, float] | None = None) -> torch.Tensor:
-    """DPM-Solver++ SDE (two model calls per step, r = 1/2), Brownian-tree noise."""
+                     noise_range: tuple[float, float] | None = None, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++ SDE (two model calls per step, r = 1/2), Brownian-tree noise (times ``s_noise``)."""
     s = _levels(sigmas)
     noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     for i in range(len(s) - 1):
@@ -327,11 +373,11 @@ def sample_dpmpp_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
             t = -math.log(here)
             down, up = _ancestral(here, mid, eta)
             x_2 = (down / here) * x - math.expm1(t + math.log(down)) * x0
-            x_2 = x_2 + noise(here, mid) * up
+            x_2 = x_2 + noise(here, mid) * s_noise * up
             x0_2 = denoise(x_2, mid)
             down, up = _ancestral(here, there, eta)
             x = (down / here) * x - math.expm1(t + math.log(down)) * x0_2
-            x = x + noise(here, there) * up
+            x = x + noise(here, there) * s_noise * up
         report_step(callback, i, x, x0)
     return x
 
@@ -360,8 +406,8 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, 
 def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                         generator: Generators = None, callback: StepCallback | None = None, eta: float = 1.0,
                         seeds: Sequence[int] | None = None, solver_type: str = "midpoint",
-                        noise_range: tuple[float, float] | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M) SDE, midpoint or Heun correction, Brownian-tree noise."""
+                        noise_range: tuple[float, float] | None = None, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE, midpoint or Heun correction, Brownian-tree noise (times ``s_noise``)."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     s = _levels(sigmas)
@@ -385,7 +431,7 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
                 else:
                     x = x + 0.5 * gain * (1 / r) * (x0 - previous)
             if eta:
-                x = x + noise(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)))
+                x = x + noise(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h))) * s_noise
         previous = x0
         h_last = h
         report_step(callback, i, x, x0)
@@ -395,17 +441,18 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
 def sample_dpmpp_2m_sde_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                              generator: Generators = None, callback: StepCallback | None = None,
                              eta: float = 1.0, seeds: Sequence[int] | None = None,
-                             noise_range: tuple[float, float] | None = None) -> torch.Tensor:
+                             noise_range: tuple[float, float] | None = None,
+                             s_noise: float = 1.0) -> torch.Tensor:
     """DPM++ 2M SDE with the Heun correction (A1111's "DPM++ 2M SDE Heun")."""
     return sample_dpmpp_2m_sde(denoise, x, sigmas, generator=generator, callback=callback, eta=eta,
-                               seeds=seeds, solver_type="heun", noise_range=noise_range)
+                               seeds=seeds, solver_type="heun", noise_range=noise_range, s_noise=s_noise)
 
 
 def sample_dpmpp_3m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *,
                         generator: Generators = None, callback: StepCallback | None = None, eta: float = 1.0,
                         seeds: Sequence[int] | None = None,
-                        noise_range: tuple[float, float] | None = None) -> torch.Tensor:
-    """DPM-Solver++(3M) SDE: third-order multistep, Brownian-tree noise."""
+                        noise_range: tuple[float, float] | None = None, s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE: third-order multistep, Brownian-tree noise (times ``s_noise``)."""
     s = _levels(sigmas)
     noise = _sde_noise(x, sigmas, generator, seeds, noise_range)
     x0_1: torch.Tensor | None = None
@@ -433,7 +480,7 @@ def sample_dpmpp_3m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
             elif h_1 is not None and x0_1 is not None:
                 x = x + phi_2 * ((x0 - x0_1) / (h_1 / h))
             if eta:
-                x = x + noise(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)))
+                x = x + noise(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * h * eta))) * s_noise
         x0_1, x0_2 = x0, x0_1
         h_1, h_2 = h, h_1
         report_step(callback, i, x, x0)
@@ -497,7 +544,8 @@ def _model_range(sigmas: torch.Tensor, sigma_range: tuple[float, float] | None) 
 
 def sample_dpm_fast(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generators = None,
                     callback: StepCallback | None = None, eta: float = 1.0,
-                    sigma_range: tuple[float, float] | None = None, steps: int | None = None) -> torch.Tensor:
+                    sigma_range: tuple[float, float] | None = None, steps: int | None = None,
+                    s_noise: float = 1.0) -> torch.Tensor:
     """DPM-Solver-fast: ``steps`` model calls in 3rd/2nd/1st-order steps evenly spaced in t.
 
     Integrates from the model's largest sigma to its smallest (``sigma_range``), not over the
@@ -530,7 +578,7 @@ def sample_dpm_fast(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, 
             x = solver.step_2(x, t, t_next_, cache)
         else:
             x = solver.step_3(x, t, t_next_, cache)
-        x = x + up * noise(math.exp(-t), math.exp(-t_next))
+        x = x + up * s_noise * noise(math.exp(-t), math.exp(-t_next))
         report_step(callback, step["i"], x, x0)
         step["i"] += 1
     return x

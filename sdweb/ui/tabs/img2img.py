@@ -31,7 +31,13 @@ from pydantic import ValidationError
 from sdweb.images.mask import MASKED_CONTENT_NAMES
 from sdweb.images.outpaint import OUTPAINT_FILLS, OUTPAINT_SIDES
 from sdweb.images.resize import RESIZE_MODE_NAMES
-from sdweb.params import SCHEDULE_SETTINGS, Img2ImgParams, format_validation_error
+from sdweb.params import (
+    CFG_SKIP_NUMBERS,
+    SCHEDULE_SETTINGS,
+    SIGMA_DEFAULTS,
+    Img2ImgParams,
+    format_validation_error,
+)
 from sdweb.safepath import for_client
 from sdweb.ui import controls
 from sdweb.ui.components.jobs import SessionJobs, run_job, wire_interrupt_skip
@@ -421,6 +427,8 @@ def values_for_img2img(infotext: str, models: Any | None = None, *, gpu_rng: str
         "sampler_path",
         *SWITCH_FIELDS,
         *SCHEDULE_SETTINGS,
+        *SIGMA_DEFAULTS,
+        *CFG_SKIP_NUMBERS,
         "emphasis",
         "sd_noise_schedule",
         "n_iter",
