@@ -110,6 +110,37 @@ def weighted_runs(text: str, emphasis: str = ORIGINAL) -> list[tuple[str, float]
     return [(fragment, float(weight)) for fragment, weight in parse_prompt_attention(text)]
 
 
+@dataclass(frozen=True)
+class ScheduleTexts:
+    """The texts of a job's prompt schedules as A1111 encodes them (:func:`schedule_texts`)."""
+
+    texts: list[str]  # what to encode, in order
+    groups: list[list[int]]  # A1111's one-call batches of several texts (indices into texts, repeats kept)
+    lookups: list[dict[str, int]]  # per schedule: its text -> index into texts
+
+
+def schedule_texts(schedules: Sequence[Sequence[str]]) -> ScheduleTexts:
+    """A1111 encodes the texts of each prompt schedule (an AND part's, the negative prompt's) in one call,
+    and "Original" emphasis restores each chunk's mean over that call's batch. A schedule of one distinct
+    text shares its encoding with every other such schedule (encoded once, its own mean); a schedule of
+    several texts gets encodings of its own, one group.
+    """
+    entries: dict[tuple[int, str], int] = {}  # (schedule, or -1 for shared; text) -> index
+    texts: list[str] = []
+    groups: list[list[int]] = []
+    lookups: list[dict[str, int]] = []
+    for number, scheduled in enumerate(schedules):
+        owner = number if len(set(scheduled)) > 1 else -1
+        for text in scheduled:
+            if (owner, text) not in entries:
+                entries[owner, text] = len(texts)
+                texts.append(text)
+        lookups.append({text: entries[owner, text] for text in scheduled})
+        if owner >= 0:
+            groups.append([entries[owner, text] for text in scheduled])
+    return ScheduleTexts(texts=texts, groups=groups, lookups=lookups)
+
+
 def emphasis_infotext(mode: str | None, texts: Sequence[str]) -> dict[str, str]:
     """A1111's "Emphasis" infotext pair: written when the mode is not "Original" and one of the texts the
     text encoders read (prompt editing resolved, extra-network tags removed) has a ``(`` or ``[``.

@@ -50,6 +50,7 @@ from sdweb.engine.encode import (
     PromptEncoder,
     emphasis_infotext,
     is_sdxl_pipeline,
+    schedule_texts,
     zero_like,
 )
 from sdweb.engine.extra_networks.job import ExtraNetworks, JobNetworks, job_extra_networks
@@ -454,24 +455,10 @@ class _Txt2Img:
         self.part_schedules = [(schedule, weight) for schedule, (_text, weight) in zip(schedules, parts,
                                                                                        strict=False)]
         self.negative_schedule = schedules[-1]
-        # Each distinct text is encoded once, except that A1111 encodes the texts of one schedule (each AND
-        # part's, the negative prompt's) in one call, and "Original" emphasis restores the mean of each
-        # chunk over that call's batch: a text in a schedule of several texts is encoded for it apart.
+        # Each distinct text once, except the texts of a schedule A1111 encodes as one batch (emphasis);
         # "" too: its chunk is what A1111 pads a shorter prompt with ("Pad conds").
-        entries: dict[tuple[int, str], int] = {}  # (schedule or -1 = shared, text) -> index in texts
-        texts: list[str] = []
-        groups: list[list[int]] = []
-        per_schedule: list[dict[str, int]] = []
-        for number, schedule in enumerate([*schedules, [(0, "")]]):
-            scheduled = [text for _end, text in schedule]
-            owner = number if len(set(scheduled)) > 1 else -1
-            for text in scheduled:
-                if (owner, text) not in entries:
-                    entries[owner, text] = len(texts)
-                    texts.append(text)
-            per_schedule.append({text: entries[owner, text] for text in scheduled})
-            if owner >= 0:
-                groups.append([entries[owner, text] for text in scheduled])
+        plan = schedule_texts([*([text for _end, text in schedule] for schedule in schedules), [""]])
+        texts, groups, per_schedule = plan.texts, plan.groups, plan.lookups
         text_pipe = self.networks.text_pipe if self.networks is not None else self.pipe  # + embeddings
         encoder = PromptEncoder(text_pipe, device=self.device, dtype=self.unet.dtype)
         encoded = encoder.encode_texts(texts, clip_skip=int(params.clip_skip or 1),

@@ -188,3 +188,26 @@ def test_a_prompt_schedule_is_encoded_as_one_a1111_batch(sd1_model: Any, sampler
     texts, groups = seen[-1]
     assert texts == ["(cat:1.3) on a mat", "dog on a mat", "(cat:1.3) on a mat", ""]
     assert groups == [[0, 1]]
+
+
+def test_schedule_texts_share_single_text_schedules_and_group_edited_ones() -> None:
+    from sdweb.engine.encode import schedule_texts
+
+    plan = schedule_texts([["a (cat:1.2)", "a dog", "a (cat:1.2)"], ["a (cat:1.2)"], ["a dog"], [""]])
+    assert plan.texts == ["a (cat:1.2)", "a dog", "a (cat:1.2)", "a dog", ""]
+    assert plan.groups == [[0, 1, 0]]  # A1111's batch keeps the repeated text (alternation)
+    assert plan.lookups == [{"a (cat:1.2)": 0, "a dog": 1}, {"a (cat:1.2)": 2}, {"a dog": 3}, {"": 4}]
+
+
+@torch.inference_mode()
+def test_sd3_encoder_restores_the_mean_over_a_schedules_batch() -> None:
+    from sdweb.engine.families.flow_encode import FlowTextEncoder
+    from tests.fixtures.flow_checkpoints import sd3_pipe
+
+    encoder = FlowTextEncoder(sd3_pipe("sd3.5-large"), "sd3", device="cpu", dtype=torch.float32,
+                              max_sequence_length=32)
+    texts = ["a (cat:1.3) on a mat", "a dog on a mat"]
+    grouped = encoder.encode_texts(texts, groups=[[0, 1]])
+    apart = encoder.encode_texts(texts)
+    assert torch.equal(apart[1].hidden, encoder.encode_texts(texts[1:])[0].hidden)
+    assert not torch.allclose(grouped[1].hidden, apart[1].hidden)  # the weighted text moved the dog's

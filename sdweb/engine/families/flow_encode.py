@@ -97,15 +97,18 @@ class FlowTextEncoder:
         self.clip_skip = clip_skip
         self.emphasis = emphasis
 
-    def encode_texts(self, texts: Sequence[str]) -> list[FlowCond]:
-        """Encode ``texts``; all results have the same sequence length."""
+    def encode_texts(self, texts: Sequence[str], *, groups: Sequence[Sequence[int]] = ()) -> list[FlowCond]:
+        """Encode ``texts``; all results have the same sequence length. ``groups``: texts encoded as one
+        A1111 batch, whose chunks' mean "Original" emphasis restores as one (``PromptEncoder.encode_texts``).
+        """
         pipe = self.pipe
-        t5 = self._t5(texts)
+        t5 = self._t5(texts, groups)
         if self.family == "flux":
             _hidden, pooled = self._clip(pipe.tokenizer, pipe.text_encoder, texts, hidden=False)
             return [FlowCond(hidden=t5[i], pooled=pooled[i]) for i in range(len(texts))]
-        hidden_l, pooled_l = self._clip(pipe.tokenizer, pipe.text_encoder, texts, hidden=True)
-        hidden_g, pooled_g = self._clip(pipe.tokenizer_2, pipe.text_encoder_2, texts, hidden=True)
+        hidden_l, pooled_l = self._clip(pipe.tokenizer, pipe.text_encoder, texts, hidden=True, groups=groups)
+        hidden_g, pooled_g = self._clip(pipe.tokenizer_2, pipe.text_encoder_2, texts, hidden=True,
+                                        groups=groups)
         joint = int(pipe.transformer.config.joint_attention_dim)
         results = []
         for i in range(len(texts)):
@@ -121,7 +124,8 @@ class FlowTextEncoder:
 
     # -- CLIP ----------------------------------------------------------------------------------
     def _clip(
-        self, tokenizer: Any, encoder: Any, texts: Sequence[str], *, hidden: bool
+        self, tokenizer: Any, encoder: Any, texts: Sequence[str], *, hidden: bool,
+        groups: Sequence[Sequence[int]] = (),
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         per_text = [tokenize_weighted(tokenizer, text, self.emphasis)[0] for text in texts]
         if not hidden:  # Flux: the pooled vector of each text's first chunk is all it uses
@@ -143,7 +147,7 @@ class FlowTextEncoder:
         if hidden:
             # diffusers' SD3: hidden_states[-(clip_skip + 2)], its None -> [-2]; A1111's clip skip 1 is that.
             states = apply_emphasis(output.hidden_states[-(self.clip_skip + 1)], weights.to(pooled_all.dtype),
-                                    self.emphasis)
+                                    self.emphasis, groups=_chunk_groups(groups, count))
         for position in range(len(texts)):
             rows = slice(position * count, (position + 1) * count)
             pooled.append(pooled_all[position * count : position * count + 1].to(self.device, self.dtype))
@@ -152,7 +156,7 @@ class FlowTextEncoder:
         return hiddens, pooled
 
     # -- T5 ------------------------------------------------------------------------------------
-    def _t5(self, texts: Sequence[str]) -> list[torch.Tensor]:
+    def _t5(self, texts: Sequence[str], groups: Sequence[Sequence[int]] = ()) -> list[torch.Tensor]:
         pipe = self.pipe
         encoder = pipe.text_encoder_2 if self.family == "flux" else getattr(pipe, "text_encoder_3", None)
         tokenizer = pipe.tokenizer_2 if self.family == "flux" else getattr(pipe, "tokenizer_3", None)
@@ -169,11 +173,16 @@ class FlowTextEncoder:
         ids = torch.tensor([chunk.tokens for chunk in flat], dtype=torch.long, device=device)
         hidden = encoder(ids, output_hidden_states=False)[0]
         weights = torch.tensor([chunk.weights for chunk in flat], dtype=hidden.dtype, device=hidden.device)
-        hidden = apply_emphasis(hidden, weights, self.emphasis)
+        hidden = apply_emphasis(hidden, weights, self.emphasis, groups=_chunk_groups(groups, count))
         return [
             hidden[i * count : (i + 1) * count].reshape(1, -1, hidden.shape[-1]).to(self.device, self.dtype)
             for i in range(len(texts))
         ]
+
+
+def _chunk_groups(groups: Sequence[Sequence[int]], count: int) -> list[list[int]]:
+    """Text groups as rows of the flat chunk batch (``count`` chunks a text): one group per chunk."""
+    return [[member * count + chunk for member in group] for group in groups for chunk in range(count)]
 
 
 def count_flow_tokens(tokenizer: Any, text: str, max_sequence_length: int) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from sdweb.engine.accelerator import (
     vae_decode,
     vae_encode,
 )
-from sdweb.engine.encode import ORIGINAL, emphasis_infotext
+from sdweb.engine.encode import ORIGINAL, emphasis_infotext, schedule_texts
 from sdweb.engine.families.base import FamilyJob
 from sdweb.engine.families.flow_encode import FlowCond, FlowTextEncoder
 from sdweb.engine.families.flow_samplers import FlowPlan, build_flow_plan
@@ -288,8 +288,13 @@ class FlowTxt2Img:
             emphasis=params.emphasis or ORIGINAL,
         )
         self.emphasis_extra = emphasis_infotext(params.emphasis, texts)
+        # The texts of each schedule as A1111 / Forge encode them: a schedule of several texts is one batch.
+        plan = schedule_texts([[text for _end, text in schedule] for schedule in schedules])
         started = time.perf_counter()
-        self.encoded: dict[str, FlowCond] = dict(zip(texts, encoder.encode_texts(texts), strict=True))
+        encoded = encoder.encode_texts(plan.texts, groups=plan.groups)
+        self.part_encoded: list[dict[str, FlowCond]] = [
+            {text: encoded[index] for text, index in lookup.items()} for lookup in plan.lookups[:-1]]
+        self.negative_encoded = {text: encoded[index] for text, index in plan.lookups[-1].items()}
         logger.debug("encoded %d text(s) in %.2f s", len(texts), time.perf_counter() - started)
         self._guidance_cache: dict[tuple[tuple[str, ...], str], FlowGuidance] = {}
 
@@ -309,9 +314,9 @@ class FlowTxt2Img:
         batch = params.batch_size
         weights = tuple(weight for _schedule, weight in self.part_schedules)
         do_cfg = params.cfg_scale != 1.0 or len(positive) > 1  # below 1 too, as A1111 (cfg 0: the negative)
-        rows = [self.encoded[text] for text in positive]
+        rows = [self.part_encoded[part][text] for part, text in enumerate(positive)]
         if do_cfg:
-            rows.insert(0, self.encoded[negative])
+            rows.insert(0, self.negative_encoded[negative])
         hidden = torch.cat([row.hidden.repeat(batch, 1, 1) for row in rows])
         pooled = torch.cat([row.pooled.repeat(batch, 1) for row in rows])
         return FlowGuidance(
