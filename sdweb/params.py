@@ -348,12 +348,14 @@ class Img2ImgParams(GenerationParams):
         steps (A1111's timestep samplers DDIM / PLMS: ``t_enc - 1`` model calls from timestep ``t_enc``
         down, A1111 counting ``t_enc + 1`` all the same). By default the schedule is ``steps`` long and
         ``t_enc = int(min(strength, 0.999) * steps)``; with :attr:`img2img_fix_steps` it is
-        ``int(steps / min(strength, 0.999))`` long and ``t_enc = steps - 1``. Strength 0 runs nothing here
-        (A1111 makes one step at the smallest sigma by default): ``(0, -1)``.
+        ``int(steps / min(strength, 0.999))`` long and ``t_enc = steps - 1``. Strength 0: by default
+        ``t_enc = 0``, one step from the smallest sigma (A1111's k-diffusion samplers make it; the engine
+        keeps the init image for the samplers that would not, :func:`sdweb.engine.img2img.img2img_run_steps`);
+        with :attr:`img2img_fix_steps` (and in hires fix) a schedule of 0 steps: ``(0, -1)``, nothing runs.
         """
         strength = self.denoising_strength
         if strength <= 0:
-            return 0, -1
+            return (0, -1) if self.img2img_fix_steps else (self.steps, 0)
         if self.img2img_fix_steps:
             return int(self.steps / min(strength, 0.999)), self.steps - 1
         return self.steps, int(min(strength, 0.999) * self.steps)

@@ -205,16 +205,18 @@ def tokenize_weighted(tokenizer: Any, text: str, emphasis: str = ORIGINAL) -> tu
     return chunks, token_count
 
 
-def count_tokens(tokenizer: Any, text: str, *, steps: int = 20, positive: bool = True) -> tuple[int, int]:
+def count_tokens(tokenizer: Any, text: str, *, steps: int = 20, positive: bool = True,
+                 emphasis: str = ORIGINAL) -> tuple[int, int]:
     """``(tokens, limit)`` for the UI counter: the limit grows by 75 with each chunk (A1111's "12/75").
 
     As A1111's counter: extra-network tags are left out, a positive prompt is split at ``AND``, and of
-    the texts prompt editing produces over ``steps`` the longest one counts.
+    the texts prompt editing produces over ``steps`` the longest one counts; with emphasis "None" the
+    brackets and weights are counted as the text they then are.
     """
     text, _calls = strip_extra_networks(text)
     parts = [part for part, _weight in split_composable_prompt(text)] if positive else [text]
     schedules = get_learned_conditioning_prompt_schedules(parts, max(1, steps))
-    tokens = max(tokenize_weighted(tokenizer, scheduled)[1]
+    tokens = max(tokenize_weighted(tokenizer, scheduled, emphasis)[1]
                  for schedule in schedules for _end, scheduled in schedule)
     limit = max(1, -(-max(tokens, 1) // CHUNK_LENGTH)) * CHUNK_LENGTH
     return tokens, limit

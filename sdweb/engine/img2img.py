@@ -95,9 +95,21 @@ def uses_a1111_steps(params: Img2ImgParams, plan: SamplerPlan) -> bool:
     return isinstance(plan, FunctionSamplerPlan) and (params.sampler_path or "A1111") != "diffusers"
 
 
+#: A1111's samplers that make no step of their own at strength 0 (``t_enc = 0``): DDIM / PLMS sample on
+#: no timestep, UniPC fails, DPM fast / adaptive integrate over an empty range. The init image is kept.
+_NO_STEP_AT_STRENGTH_0 = frozenset({"DPM fast", "DPM adaptive"})
+
+
 def img2img_run_steps(params: Img2ImgParams, plan: SamplerPlan) -> int:
-    """The steps an img2img pass with ``plan`` runs and reports (0 at strength 0)."""
+    """The steps an img2img pass with ``plan`` runs and reports.
+
+    At strength 0 A1111's k-diffusion samplers make one step from the smallest sigma (its default); the
+    rest, and every sampler with ``img2img_fix_steps``, make none (0: the init image is kept).
+    """
     if uses_a1111_steps(params, plan):
+        if params.denoising_strength <= 0 and isinstance(plan, FunctionSamplerPlan) and (
+                plan.sampler.options.get("timesteps") or plan.sampler.name in _NO_STEP_AT_STRENGTH_0):
+            return 0
         return params.a1111_img2img_steps[1] + 1
     return params.diffusers_img2img_steps
 
@@ -373,9 +385,9 @@ class _Img2Img(_Txt2Img):
             # "latent noise" / "latent nothing": the masked area starts from the noise, or from zeros.
             fill = noise.latents if params.inpainting_fill == 2 else torch.zeros_like(init)
             init = self.keep_unmasked(fill, init)
-        if params.denoising_strength <= 0 or self.denoise_steps == 0:
+        if self.denoise_steps == 0:
             self.check_control()
-            return init.clone()  # strength 0: nothing to denoise
+            return init.clone()  # nothing to denoise (strength 0 where no step is made)
         # 5. A fresh sampler for this batch.
         plan = self.sampler_plan()
         # 6.-7. Denoising from part-way down the schedule.

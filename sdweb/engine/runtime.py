@@ -346,8 +346,10 @@ class Engine:
         if self._networks.embeddings is not None:
             self._networks.embeddings.refresh()
 
-    def count_tokens(self, text: str) -> tuple[int, int]:
-        """``(tokens, limit)`` for the prompt token counter, with the current model's tokenizer."""
+    def count_tokens(self, text: str, *, emphasis: str = "Original") -> tuple[int, int]:
+        """``(tokens, limit)`` for the prompt token counter, with the current model's tokenizer
+        (``emphasis``: A1111's mode, the setting; "None" counts the weight grammar as text).
+        """
         current = self._cache.current
         pipe = getattr(current, "pipe", None)
         family = self.families.for_family(getattr(current, "family", None)) if current is not None else None
@@ -366,7 +368,7 @@ class Engine:
                 self._fallback_tokenizer = CLIPTokenizer.from_pretrained(
                     str(_FALLBACK_TOKENIZER), local_files_only=True)
             tokenizer = self._fallback_tokenizer
-        return count_tokens(tokenizer, text)
+        return count_tokens(tokenizer, text, emphasis=emphasis)
 
     def _checkpoint(self, query: str | None) -> Any:
         if query:

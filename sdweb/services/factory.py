@@ -188,7 +188,7 @@ def build_services(
         # typing a prompt never is what imports torch (the UI estimates until then).
         if not engine.started:
             raise LookupError("the tokenizer loads with the engine")
-        return engine().count_tokens(text)
+        return engine().count_tokens(text, emphasis=str(options.get("emphasis") or "Original"))
 
     scripts = ScriptService(generation=generation, plugins=plugins, options=options, samplers=samplers,
                             models=models, styles=styles, upscalers=upscalers)

@@ -239,3 +239,13 @@ def test_original_emphasis_restores_the_mean_over_a_prompt_schedules_batch(biase
     # Texts encoded apart keep their own means, bit for bit as before.
     apart = encoder.encode_texts(["(cat:1.3) on a mat", "dog on a mat"])
     assert torch.equal(apart[1].hidden, alone)
+
+
+def test_the_token_counter_follows_the_emphasis_mode(sd1_pipe) -> None:
+    tokenizer = sd1_pipe.tokenizer
+    parsed = count_tokens(tokenizer, "(cat:1.3) on a mat")
+    assert parsed == count_tokens(tokenizer, "cat on a mat") == count_tokens(tokenizer, "(cat:1.3) on a mat",
+                                                                             emphasis="Ignore")
+    literal = count_tokens(tokenizer, "(cat:1.3) on a mat", emphasis="None")  # A1111 counts what it encodes
+    assert literal[0] == len(tokenizer("(cat:1.3) on a mat", add_special_tokens=False)["input_ids"])
+    assert literal[0] > parsed[0]

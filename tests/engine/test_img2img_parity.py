@@ -187,6 +187,9 @@ def _close(ours: torch.Tensor, expected: torch.Tensor) -> None:
     ("DPM2 a", "Automatic", 0.6, False),
     ("DPM++ SDE", "Karras", 0.45, False),
     ("DPM fast", "Automatic", 0.7, False),
+    # strength 0: A1111 makes one step from the smallest sigma (t_enc = 0)
+    ("Euler", "Automatic", 0.0, False),
+    ("DPM++ 2M", "Karras", 0.0, False),
     pytest.param("DPM++ 2M SDE", "Exponential", 0.4, True, marks=pytest.mark.slow),
     pytest.param("Heun", "Automatic", 0.55, False, marks=pytest.mark.slow),
 ])
@@ -208,7 +211,7 @@ def test_img2img_equals_a1111s_k_diffusion_img2img(sd1_model: Any, samplers: Any
 @pytest.mark.parametrize(("steps", "strength", "fix_steps", "expected"), [
     (20, 0.75, False, (20, 15)), (20, 1.0, False, (20, 19)), (20, 0.3, False, (20, 6)),
     (10, 0.05, False, (10, 0)), (20, 0.5, True, (40, 19)), (20, 0.3, True, (66, 19)),
-    (20, 1.0, True, (20, 19)),
+    (20, 1.0, True, (20, 19)), (20, 0.0, False, (20, 0)),
 ])
 def test_step_counts_are_a1111s(steps: int, strength: float, fix_steps: bool,
                                 expected: tuple[int, int]) -> None:
@@ -281,3 +284,15 @@ def test_prompt_editing_counts_img2img_steps_from_0_as_a1111(sd1_model: Any, sam
     late = run("[a cat:a dog:2]")
     assert not torch.allclose(late, cat, atol=1e-4)
     assert not torch.allclose(late, run("a dog"), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["DDIM", "DPM adaptive", "Euler"])
+def test_strength_0_keeps_the_init_where_a1111_makes_no_step(sd1_model: Any, samplers: Any,
+                                                             name: str) -> None:
+    """DDIM (no timestep to sample on), DPM adaptive (an empty range) and any sampler with
+    img2img_fix_steps (a schedule of 0 steps) leave the init latents as they are."""
+    params = _params(sampler_name=name, denoising_strength=0.0, sampler_path="A1111",
+                     img2img_fix_steps=name == "Euler")
+    init = _init_latents(sd1_model)
+    ours, reported = run_sdweb(sd1_model, samplers, params, init)
+    assert torch.equal(ours, init) and reported == []
