@@ -146,3 +146,40 @@ def test_a_pasted_infotext_remakes_an_image_made_with_them(sd1_model: Any, sampl
     torch.testing.assert_close(remake(text), original, atol=0, rtol=0)
     stripped = ", ".join(pair for pair in text.split(", ") if not pair.startswith(("Sigma", "NGMS")))
     assert float((remake(stripped) - original).abs().max()) > 1e-3
+
+
+def test_img2img_counts_its_own_calls_and_steps(sd1_model: Any, samplers: SamplerRegistry) -> None:
+    """img2img (A1111's sample_img2img): the denoiser counts from 0 and its total is the t_enc + 1 steps
+    run (Heun: twice that), not the schedule's; NGMS compares the sigmas of the schedule's tail."""
+    import numpy as np
+    from PIL import Image
+
+    from sdweb.engine.img2img import run_img2img
+    from sdweb.params import Img2ImgParams
+
+    picture = Image.fromarray(np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8))
+    for name, settings in (("Euler", {"skip_early_cond": 0.3}), ("Heun", {"skip_early_cond": 0.25}),
+                           ("Euler", {"s_min_uncond": 2.0})):
+        params = Img2ImgParams(**{**tiny_params(sampler_name=name, steps=8).model_dump(),
+                                  "denoising_strength": 0.5, **settings})
+        rows: list[int] = []
+
+        def count(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  rows: list[int] = rows) -> None:
+            rows.append(int((args[0] if args else kwargs["sample"]).shape[0]))
+
+        handle = sd1_model.pipe.unet.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            run_img2img(sd1_model, params, [picture], samplers=samplers, control=JobControl(),
+                        on_step=lambda _: None)
+        finally:
+            handle.remove()
+        run_steps = int(0.5 * 8) + 1  # t_enc + 1
+        plan = samplers.build(name, "Automatic", sd1_model.pipe.scheduler.config)
+        tail = plan.sigmas(8)[8 - run_steps:]  # the last t_enc + 2 sigmas
+        levels = call_sigmas(tail, name)
+        total = run_steps * (2 if name == "Heun" else 1)
+        expected = [1 if a1111_skips(i, total, level, **{**SETTINGS, **settings}) else 2
+                    for i, level in enumerate(levels)]
+        assert rows == expected, (name, settings)
+        assert 1 in rows and 2 in rows

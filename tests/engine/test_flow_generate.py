@@ -118,6 +118,19 @@ def test_sd3_euler_with_cfg_equals_diffusers_sd3_pipeline(sd3: TinyModel) -> Non
     assert "Distilled CFG Scale" not in ours.extra
 
 
+def test_sd3_cfg_skipping_runs_calls_without_the_negative_prompt(sd3: TinyModel) -> None:
+    """A1111's Skip Early CFG / NGMS, as Forge applies them to SD 3.x: every call skipped is CFG scale 1;
+    NGMS below sigma 0.9 (flow sigmas run from 1 to 0) skips some calls and changes the picture."""
+    guided = params(cfg_scale=4.0, negative_prompt="blurry")
+    all_skipped = run(sd3, guided.model_copy(update={"skip_early_cond": 1.0})).images[0].image
+    unguided = run(sd3, guided.model_copy(update={"cfg_scale": 1.0})).images[0].image
+    assert np.array_equal(pixels(all_skipped), pixels(unguided))
+    plain = run(sd3, guided).images[0].image
+    ngms = run(sd3, guided.model_copy(update={"s_min_uncond": 0.9, "s_min_uncond_all": True})).images[0].image
+    assert not np.array_equal(pixels(ngms), pixels(plain))
+    assert not np.array_equal(pixels(ngms), pixels(unguided))
+
+
 @pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M", "UniPC"])
 def test_flow_samplers_run_and_differ(flux: TinyModel, sampler: str) -> None:
     steps: list[int] = []

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Any, Literal
 
@@ -158,6 +158,8 @@ class FlowTxt2Img:
         self.networks: Any = None
         self.scale = int(getattr(self.pipe, "vae_scale_factor", 8))
         self.step_index = 0
+        #: A1111's (Forge's) CFG skipping: this pass's model call, how many it makes, and the call's sigma.
+        self.cfg_call, self.cfg_calls, self.cfg_sigma = 0, 1, 1.0
 
     # -- the job -------------------------------------------------------------------------------
     def run(self) -> EngineRun:
@@ -328,13 +330,35 @@ class FlowTxt2Img:
             rows=len(rows),
         )
 
+    def skips_uncond(self) -> bool:
+        """Whether this call runs without the negative prompt: A1111's "Skip Early CFG" (the first
+        ``skip_early_cond`` of the pass's calls) and "NGMS" (below sigma ``s_min_uncond``, every other call
+        or every one with ``s_min_uncond_all``), as Forge applies them to these models.
+        """
+        params = self.params
+        early, ngms = float(params.skip_early_cond or 0.0), float(params.s_min_uncond or 0.0)
+        if early and self.cfg_call / max(1, self.cfg_calls) <= early:
+            return True
+        return bool((self.cfg_call % 2 or params.s_min_uncond_all) and ngms > 0 and self.cfg_sigma < ngms)
+
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """The guided velocity for ``latents`` at ``timestep``, float32."""
         guidance = self.guidance()
+        skipped = guidance.do_cfg and self.skips_uncond()
+        if skipped:  # the prompts' rows only, combined at scale 1 with the first in the negative's place
+            batch = latents.shape[0]
+            guidance = replace(guidance, hidden=guidance.hidden[batch:], pooled=guidance.pooled[batch:],
+                               do_cfg=False, rows=guidance.rows - 1, scale=1.0)
         stacked = torch.cat([latents] * guidance.rows) if guidance.rows > 1 else latents
         output = self.family.velocity(
             self.pipe, stacked.to(self.transformer_dtype), timestep, guidance, self.params
         ).float()
+        if skipped:
+            first, *_rest = parts = output.chunk(guidance.rows)
+            guided = first
+            for weight, cond in zip(guidance.weights, parts, strict=True):
+                guided = guided + (cond - first) * weight
+            return guided
         if not guidance.do_cfg:
             return output
         uncond, *conds = output.chunk(guidance.rows)
@@ -400,6 +424,7 @@ class FlowTxt2Img:
             self.check_control()
             self.step_index = offset + reported
             model_input = scale_input(latents, t) if scale_input is not None else latents
+            self.cfg_call, self.cfg_calls, self.cfg_sigma = i, len(times), plan.sigma_at(times[i])
             velocity = self.predict(model_input, t)
             sigma = plan.sigma_at(times[i])
             x0 = latents - sigma * velocity
