@@ -222,11 +222,15 @@ def run_hires_txt2img(
 
 def _both_passes_extra(second: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
     """The second pass's infotext pairs, with "Old prompt editing timelines" when either pass's were
-    changed by them (A1111 writes it once the first or the second pass's conditioning was).
+    changed by them (A1111 writes it once the first or the second pass's conditioning was), and
+    "Emphasis" when either pass's texts had a bracket (A1111 keeps the key its first encoding added).
     """
+    merged = dict(second)
     if first.get(OLD_TIMELINES_KEY) and not second.get(OLD_TIMELINES_KEY):
-        return {**second, OLD_TIMELINES_KEY: True}
-    return second
+        merged[OLD_TIMELINES_KEY] = True
+    if first.get("Emphasis") and not second.get("Emphasis"):
+        merged["Emphasis"] = first["Emphasis"]
+    return merged
 
 
 def _first_pass_images(model: LoadedModelLike, items: list[GeneratedImage],

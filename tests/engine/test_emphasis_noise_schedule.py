@@ -224,3 +224,16 @@ def test_flow_models_make_no_noise_schedule_claim() -> None:
     job = FamilyJob(samplers=None, control=JobControl(), on_step=lambda _s: None)
     run = default_families().for_family("flux-dev").txt2img(model, params, job)
     assert "Noise Schedule" not in _infotext(params, run.images[0].extra)
+
+
+def test_hires_fix_keeps_the_first_passs_emphasis_key(sd1_model: Any, samplers: Any) -> None:
+    """A1111 writes "Emphasis" once any encoding of the job had a bracket: a hires prompt without one
+    does not take away the first pass's."""
+    from sdweb.engine.hires import run_hires_txt2img
+
+    params = tiny_params(prompt="(cat:1.3) on a mat", emphasis="No norm", enable_hr=True, hr_scale=1.5,
+                         hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.6,
+                         hr_prompt="a cat on a mat")
+    run = run_hires_txt2img(sd1_model, params, samplers=samplers, control=JobControl(),
+                            on_step=lambda _: None)
+    assert run.images[0].extra["Emphasis"] == "No norm"
