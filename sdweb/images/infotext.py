@@ -314,7 +314,8 @@ def build_infotext(
             pairs[key] = True
         if name == "use_old_scheduling" and emphasis is not None:
             pairs["Emphasis"] = emphasis
-        if name == "use_downcasted_alpha_bar" and params.sd_noise_schedule not in (None, "Default"):
+        if (name == "use_downcasted_alpha_bar" and params.sd_noise_schedule not in (None, "Default")
+                and "Noise Schedule" not in (extra or {})):  # an engine without alphas_cumprod says None
             pairs["Noise Schedule"] = params.sd_noise_schedule
     for name, (key, default) in SCHEDULE_SETTINGS.items():
         # A1111 writes a schedule setting where it differs from its default, Beta's shape whenever the

@@ -211,3 +211,16 @@ def test_sd3_encoder_restores_the_mean_over_a_schedules_batch() -> None:
     apart = encoder.encode_texts(texts)
     assert torch.equal(apart[1].hidden, encoder.encode_texts(texts[1:])[0].hidden)
     assert not torch.allclose(grouped[1].hidden, apart[1].hidden)  # the weighted text moved the dog's
+
+
+def test_flow_models_make_no_noise_schedule_claim() -> None:
+    from sdweb.engine.families import FamilyJob, default_families
+    from tests.engine.conftest import TinyModel
+    from tests.fixtures.flow_checkpoints import flux_pipe
+
+    model = TinyModel(pipe=flux_pipe(dev=True), family="flux-dev")
+    params = tiny_params(prompt="a cat", negative_prompt="", cfg_scale=1.0,
+                         sd_noise_schedule="Zero Terminal SNR")
+    job = FamilyJob(samplers=None, control=JobControl(), on_step=lambda _s: None)
+    run = default_families().for_family("flux-dev").txt2img(model, params, job)
+    assert "Noise Schedule" not in _infotext(params, run.images[0].extra)

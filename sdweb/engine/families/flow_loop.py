@@ -230,6 +230,8 @@ class FlowTxt2Img:
         if self.family.uses_distilled_guidance(self.pipe):
             extra["Distilled CFG Scale"] = float(self.params.distilled_cfg_scale)
         extra.update(getattr(self, "emphasis_extra", {}))
+        # Flow models have no alphas_cumprod to rescale: A1111 / Forge write no "Noise Schedule" for them.
+        extra["Noise Schedule"] = None
         # Forge's keys for the text encoder / VAE files: "Module 1: ae, Module 2: clip_l, ..." (file stems).
         names = tuple(getattr(self.model, "module_names", ()) or ())
         if names:
