@@ -676,6 +676,9 @@ class _Txt2Img:
             kwargs["generator"] = generators
         if "eta" in accepted:
             kwargs["eta"] = 0.0 if self.params.eta is None else float(self.params.eta)
+        for name in SIGMA_DEFAULTS:  # A1111's sampler parameters, where diffusers' step takes them (Euler)
+            if name in accepted:
+                kwargs[name] = sigma_value(self.params, name)
         return kwargs
 
     def run_function_sampler(self, plan: FunctionSamplerPlan, noise: BatchNoise,

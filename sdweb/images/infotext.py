@@ -279,16 +279,18 @@ def build_infotext(
             pairs["Eta DDIM"] = params.eta
     elif params.eta is not None and params.eta != 1.0:
         pairs["Eta"] = params.eta
-    if params.sampler_path != "diffusers":
-        # A1111's sampler parameters the sampler (or the hires pass's) takes, when not its defaults.
-        samplers = [params.sampler_name]
-        if getattr(params, "enable_hr", False) and params.hr_sampler_name:
-            samplers.append(params.hr_sampler_name)
-        sigma_values = {name: value for sampler in samplers
-                        for name, value in sampler_sigma_values(params, sampler).items()}
-        for name, key in SIGMA_INFOTEXT.items():
-            if name in sigma_values:
-                pairs[key] = sigma_values[name]
+    # A1111's sampler parameters the sampler (or the hires pass's) takes, when not its defaults (on the
+    # diffusers path: its Euler, the one diffusers scheduler whose step takes them).
+    samplers = [params.sampler_name]
+    if getattr(params, "enable_hr", False) and params.hr_sampler_name:
+        samplers.append(params.hr_sampler_name)
+    if params.sampler_path == "diffusers":
+        samplers = [name for name in samplers if name == "Euler"]
+    sigma_values = {name: value for sampler in samplers
+                    for name, value in sampler_sigma_values(params, sampler).items()}
+    for name, key in SIGMA_INFOTEXT.items():
+        if name in sigma_values:
+            pairs[key] = sigma_values[name]
     if params.sampler_path == "diffusers":
         pairs["Sampler path"] = "diffusers"  # sdweb's: diffusers' schedulers ran, not A1111's samplers
     elif params.sampler_name == "UniPC":

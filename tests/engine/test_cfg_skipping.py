@@ -183,3 +183,18 @@ def test_img2img_counts_its_own_calls_and_steps(sd1_model: Any, samplers: Sample
                     for i, level in enumerate(levels)]
         assert rows == expected, (name, settings)
         assert 1 in rows and 2 in rows
+
+
+def test_diffusers_path_euler_takes_the_sampler_parameters_too(sd1_model: Any,
+                                                               samplers: SamplerRegistry) -> None:
+    """sdweb's diffusers path: its Euler scheduler's step takes s_churn ... (the infotext says so); the
+    others' steps take none (nothing written for them)."""
+    from sdweb.images.infotext import build_infotext
+
+    plain, _rows, _ = run(sd1_model, samplers, sampler_path="diffusers", steps=4)
+    churned, _rows, _ = run(sd1_model, samplers, sampler_path="diffusers", steps=4, s_churn=2.0)
+    assert float((plain - churned).abs().max()) > 1e-3
+    for name, written in (("Euler", True), ("Heun", False)):
+        params = tiny_params(sampler_path="diffusers", sampler_name=name, s_churn=2.0)
+        text = build_infotext(params, seed=1, subseed=2, model_name="m", model_hash="h", version="v")
+        assert ("Sigma churn: 2" in text) == written
