@@ -338,7 +338,7 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, mode: str = ORIG
     "Original": scale by the weights, then restore each chunk's mean. "No norm": scale only. "Ignore" and
     "None": the hidden states as they are (with "None" the weights are all 1 anyway). ``groups``: rows
     (indices, repeats counted) that A1111 has in one batch, whose mean it restores as one: their means
-    are replaced by the mean over the group (rows of one size: the mean of their means).
+    are replaced by the mean over all the group's elements.
     """
     if mode in ("None", "Ignore") or bool((weights == 1.0).all()):
         return hidden  # the common case, and bit-identical to diffusers' encoding
@@ -351,6 +351,7 @@ def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor, mode: str = ORIG
         if len(set(rows)) > 1:  # one row alone keeps its own mean (bit for bit)
             index = torch.tensor(list(rows), device=hidden.device)
             members = torch.tensor(sorted(set(rows)), device=hidden.device)
-            original_mean[members] = original_mean[index].mean()
-            new_mean[members] = new_mean[index].mean()
+            # Over the batch's elements, as A1111's z.mean() (in fp16 too, with its float32 accumulation).
+            original_mean[members] = hidden[index].mean()
+            new_mean[members] = scaled[index].mean()
     return scaled * (original_mean / new_mean)
