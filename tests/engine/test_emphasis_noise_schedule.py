@@ -237,3 +237,11 @@ def test_hires_fix_keeps_the_first_passs_emphasis_key(sd1_model: Any, samplers: 
     run = run_hires_txt2img(sd1_model, params, samplers=samplers, control=JobControl(),
                             on_step=lambda _: None)
     assert run.images[0].extra["Emphasis"] == "No norm"
+
+
+def test_the_diffusers_path_turns_on_its_schedulers_zero_snr_rescaling(samplers: SamplerRegistry) -> None:
+    plan = samplers.build("Euler", "Automatic", SD_CONFIG, path="diffusers", zero_terminal_snr=True)
+    assert not isinstance(plan, FunctionSamplerPlan)
+    assert plan.scheduler.config.rescale_betas_zero_snr is True
+    plain = samplers.build("Euler", "Automatic", SD_CONFIG, path="diffusers")
+    assert plain.scheduler.config.rescale_betas_zero_snr is False
