@@ -168,8 +168,8 @@ def infotext_values(infotext: str, given: set[str], services: Any) -> dict[str, 
         InfotextError,
         infotext_to_params,
         parse_infotext,
-        version_backcompat,
     )
+    from sdweb.images.infotext_versions import version_backcompat
 
     parsed = parse_infotext(infotext)
     if auto_backcompat(services):  # an old A1111 Version turns on the settings that version had

@@ -36,10 +36,10 @@ from sdweb.engine.accelerator import inference_context, offload_module, vae_deco
 from sdweb.engine.generate import (
     OLD_TIMELINES_KEY,
     LoadedModelLike,
-    prompt_schedule_steps,
     run_txt2img,
     to_pil,
 )
+from sdweb.engine.guidance import prompt_schedule_steps
 from sdweb.engine.image_conditioning import DEFAULT_MASK_WEIGHT
 from sdweb.engine.img2img import _Img2Img, img2img_run_steps
 from sdweb.engine.samplers.registry import SamplerRegistry

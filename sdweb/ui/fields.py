@@ -265,7 +265,7 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
     Keys that change the picture but have no field here (``Discard penultimate sigma``...) are named in
     the notes. ``backcompat``: A1111's "Automatic backward compatibility" (:func:`pasted_backcompat`): an
     infotext from an old A1111 (its ``Version``) turns on the compatibility settings that version had
-    (:func:`sdweb.images.infotext.version_backcompat`).
+    (:func:`sdweb.images.infotext_versions.version_backcompat`).
     """
     from sdweb.images.controlnet_infotext import controlnet_units_from_infotext
     from sdweb.images.infotext import (
@@ -273,8 +273,8 @@ def form_from_infotext(text: str, models: Any | None = None, *, gpu_rng: str = "
         INFOTEXT_UNIPC,
         infotext_to_params,
         parse_infotext,
-        version_backcompat,
     )
+    from sdweb.images.infotext_versions import version_backcompat
     from sdweb.params import UNIPC_DEFAULTS
 
     parsed = parse_infotext(text)

@@ -132,7 +132,8 @@ def _latents(model: Any, samplers: Any, params: Any) -> torch.Tensor:
 
 
 def _pasted(text: str) -> Any:
-    from sdweb.images.infotext import infotext_to_params, parse_infotext, version_backcompat
+    from sdweb.images.infotext import infotext_to_params, parse_infotext
+    from sdweb.images.infotext_versions import version_backcompat
 
     params, _extras = infotext_to_params(version_backcompat(parse_infotext(text)), gpu_rng="CPU")
     return params.model_copy(update={"subseed": 99})  # what the service resolves -1 to (tiny_params' value)

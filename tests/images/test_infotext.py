@@ -11,11 +11,10 @@ from sdweb.images.infotext import (
     build_infotext,
     hires_infotext,
     infotext_to_params,
-    infotext_version,
     parse_infotext,
     split_sampler_name,
-    version_backcompat,
 )
+from sdweb.images.infotext_versions import infotext_version, version_backcompat
 from sdweb.params import (
     A1111_COMPAT_INFOTEXT,
     CFG_SKIP_INFOTEXT,

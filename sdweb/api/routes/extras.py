@@ -126,7 +126,8 @@ class ExtrasRoutes:
     def png_info(self, request: PNGInfoRequest) -> PNGInfoResponse:
         from sdweb.api.request_overrides import auto_backcompat
         from sdweb.images.controlnet_infotext import controlnet_units_from_infotext, extension_paste_keys
-        from sdweb.images.infotext import parse_infotext, version_backcompat
+        from sdweb.images.infotext import parse_infotext
+        from sdweb.images.infotext_versions import version_backcompat
         from sdweb.images.metadata import ImageDecodeError, decode_base64_image, read_image_metadata
 
         try:
