@@ -84,6 +84,29 @@ def prompt_schedule_steps(plan: Any, steps: int) -> int:
     return steps
 
 
+def combine_guided(output: torch.Tensor, *, rows: int, weights: tuple[float, ...], scale: float,
+                   do_cfg: bool, uncond_skipped: bool = False) -> torch.Tensor:
+    """A1111's CFG combination of one model call's stacked ``rows`` outputs (``combine_denoised``).
+
+    With CFG: ``uncond + sum_k (cond_k - uncond) * weight_k * scale`` (one prompt of weight 1 gives
+    diffusers' ``uncond + scale * (cond - uncond)`` exactly). When the negative prompt's rows were skipped
+    (Skip Early CFG, NGMS) the first prompt's output stands in for them, at scale 1. Without CFG: as is.
+    """
+    if uncond_skipped:
+        first, *_rest = parts = output.chunk(rows)
+        guided = first
+        for weight, cond in zip(weights, parts, strict=True):
+            guided = guided + (cond - first) * weight
+        return guided
+    if not do_cfg:
+        return output
+    uncond, *conds = output.chunk(rows)
+    guided = uncond
+    for weight, cond in zip(weights, conds, strict=True):
+        guided = guided + (cond - uncond) * (weight * scale)
+    return guided
+
+
 class PromptGuidance:
     """The conditioning and guided prediction of a denoising loop (see the module docstring)."""
 
@@ -245,19 +268,5 @@ class PromptGuidance:
             return_dict=False,
             **control,
         )[0].float()
-        if guidance.uncond_skipped:
-            # A1111: the first prompt's output stands in for the negative one, combined at scale 1.
-            first, *conds = output.chunk(guidance.rows)
-            guided = first
-            for weight, cond in zip(guidance.weights, [first, *conds], strict=True):
-                guided = guided + (cond - first) * weight
-            return guided
-        if not guidance.do_cfg:
-            return output
-        uncond, *conds = output.chunk(guidance.rows)
-        # A1111's combination: uncond + sum_k (cond_k - uncond) * weight_k * scale; one prompt of
-        # weight 1 gives diffusers' uncond + scale * (cond - uncond) exactly.
-        guided = uncond
-        for weight, cond in zip(guidance.weights, conds, strict=True):
-            guided = guided + (cond - uncond) * (weight * guidance.scale)
-        return guided
+        return combine_guided(output, rows=guidance.rows, weights=guidance.weights, scale=guidance.scale,
+                              do_cfg=guidance.do_cfg, uncond_skipped=guidance.uncond_skipped)

@@ -45,6 +45,7 @@ from sdweb.engine.encode import ORIGINAL, emphasis_infotext, schedule_texts
 from sdweb.engine.families.base import FamilyJob
 from sdweb.engine.families.flow_encode import FlowCond, FlowTextEncoder
 from sdweb.engine.families.flow_samplers import FlowPlan, build_flow_plan
+from sdweb.engine.guidance import combine_guided
 from sdweb.engine.previews import live_preview
 from sdweb.engine.seeds import create_batch_noise
 from sdweb.params import EngineRun, GeneratedImage, GenerationParams, Img2ImgParams, StepProgress
@@ -353,19 +354,8 @@ class FlowTxt2Img:
         output = self.family.velocity(
             self.pipe, stacked.to(self.transformer_dtype), timestep, guidance, self.params
         ).float()
-        if skipped:
-            first, *_rest = parts = output.chunk(guidance.rows)
-            guided = first
-            for weight, cond in zip(guidance.weights, parts, strict=True):
-                guided = guided + (cond - first) * weight
-            return guided
-        if not guidance.do_cfg:
-            return output
-        uncond, *conds = output.chunk(guidance.rows)
-        guided = uncond
-        for weight, cond in zip(guidance.weights, conds, strict=True):
-            guided = guided + (cond - uncond) * (weight * guidance.scale)
-        return guided
+        return combine_guided(output, rows=guidance.rows, weights=guidance.weights, scale=guidance.scale,
+                              do_cfg=guidance.do_cfg, uncond_skipped=skipped)
 
     @property
     def transformer_dtype(self) -> torch.dtype:
