@@ -391,6 +391,8 @@ BUILTIN_OPTIONS: tuple[OptionSpec, ...] = (
                maximum=100.0),
     OptionSpec("beta_dist_beta", 0.6, "Beta scheduler - beta", "Sampler parameters", minimum=0.01,
                maximum=100.0),
+    OptionSpec("img2img_extra_noise", 0.0, "Extra noise multiplier for img2img and hires fix",
+               "img2img", minimum=0.0, maximum=1.0),
     OptionSpec("always_discard_next_to_last_sigma", False, "Always discard next-to-last sigma",
                "Sampler parameters"),
     OptionSpec("sgm_noise_multiplier", False, "SGM noise multiplier (match the initial noise to the "

@@ -55,14 +55,16 @@ A1111_COMPAT_INFOTEXT: Mapping[str, str] = MappingProxyType({
     "always_discard_next_to_last_sigma": "Discard penultimate sigma",
     "sgm_noise_multiplier": "SGM noise multiplier",
 })
-#: A1111's schedule settings (Settings > Sampler parameters): option / request field -> (infotext key,
-#: A1111's default). 0 for the sigmas and rho means "the model's / the schedule type's own".
+#: A1111's numeric sampler settings: option / request field -> (infotext key, A1111's default). The
+#: schedule's (Settings > Sampler parameters; 0 for the sigmas and rho means "the model's / the schedule
+#: type's own") and img2img's "Extra noise" (added to the noised init latents, hires fix's second pass too).
 SCHEDULE_SETTINGS: Mapping[str, tuple[str, float]] = MappingProxyType({
     "sigma_min": ("Schedule min sigma", 0.0),
     "sigma_max": ("Schedule max sigma", 0.0),
     "rho": ("Schedule rho", 0.0),
     "beta_dist_alpha": ("Beta schedule alpha", 0.6),
     "beta_dist_beta": ("Beta schedule beta", 0.6),
+    "img2img_extra_noise": ("Extra noise", 0.0),
 })
 #: A1111's sampler parameters (request fields and options of these names), their defaults (``s_tmax`` 0
 #: means infinity) and the infotext key A1111 writes for each when the sampler takes it and the value is
@@ -238,6 +240,9 @@ class GenerationParams(BaseModel):
     rho: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
     beta_dist_alpha: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
     beta_dist_beta: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
+    #: A1111's "Extra noise multiplier for img2img and hires fix": ``noise * this`` more on the noised init
+    #: latents (A1111's samplers); None means the setting.
+    img2img_extra_noise: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     #: A1111's sampler parameters (:data:`SIGMA_DEFAULTS`; Karras et al.'s churn, its sigma range, and the
     #: scale of the noise drawn during sampling), for the samplers that take them (:data:`SIGMA_SAMPLERS`);
     #: None means the setting of that name.

@@ -48,6 +48,7 @@ OVERRIDE_TO_FIELD: Mapping[str, str] = {
     "rho": "rho",
     "beta_dist_alpha": "beta_dist_alpha",
     "beta_dist_beta": "beta_dist_beta",
+    "img2img_extra_noise": "img2img_extra_noise",
     # A1111's sampler parameters and CFG skipping.
     "s_churn": "s_churn",
     "s_tmin": "s_tmin",

@@ -483,6 +483,11 @@ class _Img2Img(_Txt2Img):
         start = init + noise.latents * start_sigma
         if timestep_sampler and self.a1111_steps and plan.downcast_alphas:
             start = timestep_sampler_start(plan, init, noise.latents, start_sigma)
+        extra_noise = float(self.params.img2img_extra_noise or 0.0)
+        if extra_noise > 0 and self.a1111_steps:
+            # A1111's "Extra noise": the same noise once more (DDIM / PLMS / UniPC add it times sqrt(a)
+            # to their alpha-scaled start, which is this in the sigma scale they are handed here)
+            start = start + noise.latents * extra_noise
         # 7. Denoising loop (inside the sampling function).
         latents = sample_fn(denoise, start, sigmas, generator=noise.generators, callback=callback, **extra)
         if timestep_sampler:  # A1111 puts the init latents back outside the mask once they are done

@@ -32,6 +32,7 @@ from sdweb.params import (
     SIGMA_INFOTEXT,
     UNIPC_DEFAULTS,
     GenerationParams,
+    Img2ImgParams,
     format_validation_error,
     sampler_sigma_values,
 )
@@ -323,6 +324,8 @@ def build_infotext(
         value = getattr(params, name, None)
         if value is None:
             continue
+        if name == "img2img_extra_noise" and not (isinstance(params, Img2ImgParams) or params.enable_hr):
+            continue  # A1111 writes it where an img2img sampling added it
         if value != default or (name.startswith("beta_dist") and params.scheduler == "Beta"):
             pairs[key] = value
     # A1111's CFG skipping, written as its denoiser does when it skips the negative prompt.

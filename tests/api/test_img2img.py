@@ -205,3 +205,12 @@ def test_bad_extras_requests_get_a_4xx(api: ApiServer, path, fields, status, wor
     assert response.status_code == status, response.text
     for word in words:
         assert word in detail_text(response.json())
+
+
+def test_extra_noise_from_override_settings_reaches_the_job_and_its_infotext(api: ApiServer) -> None:
+    body = img2img(api, override_settings={"img2img_extra_noise": 0.25})
+    assert api.engine.calls[-1].img2img_extra_noise == 0.25
+    assert "Extra noise: 0.25" in json.loads(body["info"])["infotexts"][0]
+    plain = img2img(api)
+    assert api.engine.calls[-1].img2img_extra_noise == 0.0
+    assert "Extra noise" not in json.loads(plain["info"])["infotexts"][0]

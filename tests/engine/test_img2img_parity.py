@@ -88,7 +88,7 @@ def run_sdweb(model: Any, samplers: Any, params: Img2ImgParams, init: torch.Tens
 
 
 def run_oracle_kdiffusion(model: Any, params: Img2ImgParams, init: torch.Tensor, *,
-                          requested: int | None = None) -> tuple[torch.Tensor, int]:
+                          requested: int | None = None, extra_noise: float = 0.0) -> tuple[torch.Tensor, int]:
     """A1111's KDiffusionSampler.sample_img2img on the same UNet: ``(latents, t_enc + 1)``."""
     sampling, external = load()
     cond, uncond = _conds(model, params)
@@ -108,6 +108,8 @@ def run_oracle_kdiffusion(model: Any, params: Img2ImgParams, init: torch.Tensor,
     generators = _a1111_generators(seeds, "CPU")
     noise = _draw(generators, tuple(init.shape[1:]))
     xi = init + noise * sigma_sched[0]
+    if extra_noise > 0:  # A1111's "Extra noise": the same noise once more
+        xi = xi + noise * extra_noise
 
     function_name, kwargs = KDIFFUSION_SAMPLERS[name]
     extra = dict(kwargs)
@@ -296,3 +298,16 @@ def test_strength_0_keeps_the_init_where_a1111_makes_no_step(sd1_model: Any, sam
     init = _init_latents(sd1_model)
     ours, reported = run_sdweb(sd1_model, samplers, params, init)
     assert torch.equal(ours, init) and reported == []
+
+
+def test_extra_noise_adds_a1111s_noise_to_the_start(sd1_model: Any, samplers: Any) -> None:
+    """A1111's "Extra noise multiplier for img2img and hires fix": ``xi += noise * multiplier``."""
+    params = _params(sampler_name="Euler a", denoising_strength=0.5, sampler_path="A1111",
+                     img2img_extra_noise=0.3)
+    init = _init_latents(sd1_model)
+    expected, _steps = run_oracle_kdiffusion(sd1_model, params, init, extra_noise=0.3)
+    ours, _reported = run_sdweb(sd1_model, samplers, params, init)
+    _close(ours, expected)
+    plain, _reported = run_sdweb(sd1_model, samplers, params.model_copy(update={"img2img_extra_noise": 0.0}),
+                                 init)
+    assert not torch.allclose(plain, ours, atol=1e-4)

@@ -165,7 +165,7 @@ def test_img2img_and_txt2img_lay_out_the_same_seed_extras_and_override_settings(
         "use_old_scheduling", "use_downcasted_alpha_bar", "pad_cond_uncond", "pad_cond_uncond_v0",
         # A1111's sampler / schedule settings, which a pasted infotext fills too
         "always_discard_next_to_last_sigma", "sgm_noise_multiplier", "sigma_min", "sigma_max", "rho",
-        "beta_dist_alpha", "beta_dist_beta",
+        "beta_dist_alpha", "beta_dist_beta", "img2img_extra_noise",
         # A1111's sampler parameters and CFG skipping
         "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond", "skip_early_cond", "s_min_uncond_all",
         # A1111's "Emphasis mode" and "Noise schedule for sampling"

@@ -238,7 +238,7 @@ def builtin_axes() -> list[XyzAxis]:
         _axis("Clip skip", "int", _field("clip_skip", "Clip skip")),
         _axis("Denoising", "float", _field("denoising_strength", "Denoising")),
         _unsupported("Initial noise multiplier", "float", _NO_SETTING),
-        _unsupported("Extra noise", "float", _NO_SETTING),
+        _axis("Extra noise", "float", _field("img2img_extra_noise", "Extra noise")),
         _axis("Hires upscaler", "str", _field("hr_upscaler", "Hires upscaler"), modes=TXT2IMG,
               choices=_hires_upscalers, confirm=_one_of("Hires upscaler", _hires_upscalers)),
         _unsupported("Cond. Image Mask Weight", "float", "it is the setting 'Inpainting conditioning mask "
