@@ -322,7 +322,7 @@ def build_infotext(
         # A1111 writes a schedule setting where it differs from its default, Beta's shape whenever the
         # Beta schedule runs.
         value = getattr(params, name, None)
-        if value is None:
+        if value is None or key in (extra or {}):  # an engine that knows better says so in ``extra``
             continue
         if name == "img2img_extra_noise" and not (isinstance(params, Img2ImgParams) or params.enable_hr):
             continue  # A1111 writes it where an img2img sampling added it

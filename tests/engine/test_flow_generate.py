@@ -459,3 +459,32 @@ def test_taesd_previews_use_taef1_and_taesd3_from_vae_approx(family: str, flux: 
     assert taesd[0].size == (cheap[0].size[0] * 8, cheap[0].size[1] * 8)
     # Without the file: the loop's own cheap 16-channel preview, as before.
     assert [pixels(p).tolist() for p in seen["TAESD none"]] == [pixels(p).tolist() for p in cheap]
+
+
+def test_flow_models_claim_only_the_settings_they_apply() -> None:
+    """SD 3.x / Flux have no alphas_cumprod, UNet schedules or k-diffusion sampler parameters: an infotext
+    made with those settings on does not name them; the old prompt-editing timelines are named only where
+    they changed a schedule (as for the UNet models)."""
+    from sdweb.engine.families import FamilyJob, default_families
+    from sdweb.images.infotext import build_infotext
+    from sdweb.params import JobControl
+    from tests.engine.conftest import TinyModel, tiny_params
+    from tests.fixtures.flow_checkpoints import flux_pipe
+
+    model = TinyModel(pipe=flux_pipe(dev=True), family="flux-dev")
+    settings = dict(use_downcasted_alpha_bar=True, pad_cond_uncond=True, sgm_noise_multiplier=True,
+                    always_discard_next_to_last_sigma=True, rho=5.0, s_churn=0.5, use_old_scheduling=True)
+    job = FamilyJob(samplers=None, control=JobControl(), on_step=lambda _s: None)
+
+    def infotext(prompt: str) -> str:
+        params = tiny_params(prompt=prompt, negative_prompt="", cfg_scale=1.0, sampler_name="Euler",
+                             **settings)
+        run = default_families().for_family("flux-dev").txt2img(model, params, job)
+        return build_infotext(params, seed=params.seed, subseed=params.subseed, model_name=None,
+                              model_hash=None, extra=run.images[0].extra, version="v1.10.1")
+
+    plain = infotext("a cat")
+    for key in ("Downcast alphas_cumprod", "Pad conds", "Discard penultimate sigma", "SGM noise multiplier",
+                "Schedule rho", "Sigma churn", "Old prompt editing timelines"):
+        assert key not in plain, key
+    assert "Old prompt editing timelines: True" in infotext("[a cat:a dog:1.0]")  # new: never a dog

@@ -48,7 +48,16 @@ from sdweb.engine.families.flow_samplers import FlowPlan, build_flow_plan
 from sdweb.engine.guidance import combine_guided
 from sdweb.engine.previews import live_preview
 from sdweb.engine.seeds import create_batch_noise
-from sdweb.params import EngineRun, GeneratedImage, GenerationParams, Img2ImgParams, StepProgress
+from sdweb.params import (
+    A1111_COMPAT_INFOTEXT,
+    SCHEDULE_SETTINGS,
+    SIGMA_INFOTEXT,
+    EngineRun,
+    GeneratedImage,
+    GenerationParams,
+    Img2ImgParams,
+    StepProgress,
+)
 from sdweb.prompts.parser import (
     get_learned_conditioning_prompt_schedules,
     prompt_for_step,
@@ -57,6 +66,14 @@ from sdweb.prompts.parser import (
 )
 
 logger = logging.getLogger(__name__)
+#: Infotext keys of A1111's UNet-sampler settings that the flow-matching loop does not apply: its
+#: compatibility settings other than the prompt-editing timelines, the schedule settings, Extra noise and
+#: the k-diffusion sampler parameters.
+FLOW_UNUSED_KEYS: tuple[str, ...] = (
+    *(key for name, key in A1111_COMPAT_INFOTEXT.items() if name != "use_old_scheduling"),
+    *(key for key, _default in SCHEDULE_SETTINGS.values()),
+    *SIGMA_INFOTEXT.values(),
+)
 
 
 class _StopBatch(Exception):
@@ -231,8 +248,14 @@ class FlowTxt2Img:
         if self.family.uses_distilled_guidance(self.pipe):
             extra["Distilled CFG Scale"] = float(self.params.distilled_cfg_scale)
         extra.update(getattr(self, "emphasis_extra", {}))
-        # Flow models have no alphas_cumprod to rescale: A1111 / Forge write no "Noise Schedule" for them.
+        # Flow models have no alphas_cumprod to rescale: A1111 / Forge write no "Noise Schedule" for them;
+        # nor the other settings of the UNet samplers these flow samplers do not use (they would claim an
+        # effect the picture did not get).
         extra["Noise Schedule"] = None
+        for key in FLOW_UNUSED_KEYS:
+            extra[key] = None
+        if self.params.use_old_scheduling:
+            extra[A1111_COMPAT_INFOTEXT["use_old_scheduling"]] = True if self.old_timelines_acted else None
         # Forge's keys for the text encoder / VAE files: "Module 1: ae, Module 2: clip_l, ..." (file stems).
         names = tuple(getattr(self.model, "module_names", ()) or ())
         if names:
@@ -271,10 +294,13 @@ class FlowTxt2Img:
         params = self.params
         prompt, _calls = strip_extra_networks(params.prompt)
         parts = split_composable_prompt(prompt)
-        schedules = get_learned_conditioning_prompt_schedules(
-            [text for text, _weight in parts] + [params.negative_prompt], params.steps,
-            use_old_scheduling=bool(params.use_old_scheduling),
-        )
+        texts = [text for text, _weight in parts] + [params.negative_prompt]
+        old_timelines = bool(params.use_old_scheduling)
+        schedules = get_learned_conditioning_prompt_schedules(texts, params.steps,
+                                                              use_old_scheduling=old_timelines)
+        # As the UNet loop: "Old prompt editing timelines" is written only where they changed a schedule.
+        self.old_timelines_acted = old_timelines and (
+            schedules != get_learned_conditioning_prompt_schedules(texts, params.steps))
         self.part_schedules = [
             (schedule, weight) for schedule, (_text, weight) in zip(schedules, parts, strict=False)
         ]
