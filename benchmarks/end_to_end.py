@@ -100,12 +100,13 @@ class PhaseClock:
 @contextmanager
 def phase_clock() -> Iterator[PhaseClock]:
     from sdweb.engine import generate
+    from sdweb.engine.encode import PromptEncoder
     from sdweb.images.store import ImageStore
     from sdweb.services.generation import GenerationService
 
     clock = PhaseClock()
     restores = [
-        clock.wrap(generate.PromptEncoder, "encode_texts", "prompt encoding"),
+        clock.wrap(PromptEncoder, "encode_texts", "prompt encoding"),
         clock.wrap(generate._Txt2Img, "sample_batch", "denoising"),
         clock.wrap(generate, "vae_decode", "VAE decode"),
         clock.wrap(ImageStore, "save", "image encode+save"),
