@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdweb.config import BUILTIN_OPTIONS, LaunchSettings, OptionSpec, OptionsStore
+from sdweb.config import LaunchSettings, OptionSpec, OptionsStore
+from sdweb.option_catalog import BUILTIN_OPTIONS
 from sdweb.params import GenerationParams, Img2ImgParams
 from sdweb.services.container import AppServices
 from sdweb.services.face_restore import FACE_OPTIONS, FaceRestoreService

@@ -167,7 +167,8 @@ def test_an_unreadable_config_json_is_not_fatal_nor_touched(start_api: Callable[
     api0 = start_api(config={})
     path = config_of(api0)
     path.write_text('{"jpeg_quality": 9', encoding="utf-8")  # a truncated file
-    from sdweb.config import BUILTIN_OPTIONS, OptionsStore
+    from sdweb.config import OptionsStore
+    from sdweb.option_catalog import BUILTIN_OPTIONS
 
     store = OptionsStore(path, BUILTIN_OPTIONS)
     assert store.get("jpeg_quality") == 80
@@ -263,7 +264,8 @@ def test_keys_we_lack_are_kept_within_bounds(api: ApiServer) -> None:
 
 
 def test_any_config_json_value_is_survivable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from sdweb.config import BUILTIN_OPTIONS, OptionsStore
+    from sdweb.config import OptionsStore
+    from sdweb.option_catalog import BUILTIN_OPTIONS
 
     path = tmp_path / "config.json"
     weird = {"sd_model_checkpoint": None, "outdir_txt2img_samples": 5, "jpeg_quality": "high",

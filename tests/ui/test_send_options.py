@@ -7,7 +7,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from sdweb.config import BUILTIN_OPTIONS, OptionsStore
+from sdweb.config import OptionsStore
+from sdweb.option_catalog import BUILTIN_OPTIONS
 from sdweb.ui.tabs.txt2img import Txt2ImgTab
 
 SENT = {"prompt": "a cat", "seed": 1234, "subseed": 5, "width": 768, "height": 512, "steps": 20}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdweb.config import BUILTIN_OPTIONS, OptionsStore
+from sdweb.config import OptionsStore
+from sdweb.option_catalog import BUILTIN_OPTIONS
 from sdweb.ui.tabs.settings import apply_settings, changed_options, from_form, to_form
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from sdweb.config import BUILTIN_OPTIONS, PROJECT_ROOT, DataPaths, LaunchSettings
+from sdweb.config import PROJECT_ROOT, DataPaths, LaunchSettings
+from sdweb.option_catalog import BUILTIN_OPTIONS
 from sdweb.params import EngineRun, GenerationParams, JobControl, StepProgress
 
 logger = logging.getLogger(__name__)
