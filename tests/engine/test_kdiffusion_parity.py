@@ -341,21 +341,28 @@ def run_oracle(name: str, schedule: str, steps: int, downcast: bool = False,
 # -- sdweb's side ---------------------------------------------------------------------------------
 
 
+def fake_cfg_unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The fake UNet's CFG prediction (uncond and cond at the test's scale), as the denoiser's model."""
+    uncond, cond = fake_unet(x_in, t, CONDS[0]), fake_unet(x_in, t, CONDS[1])
+    return uncond + (cond - uncond) * CFG
+
+
+def seeded_noise() -> tuple[list[torch.Generator], torch.Tensor]:
+    """One CPU generator per test seed, and each image's starting noise drawn from it."""
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    return generators, torch.stack([torch.randn(SHAPE, generator=g) for g in generators])
+
+
 def run_sdweb(registry: SamplerRegistry, name: str, schedule: str, steps: int,
               downcast: bool = False, options: dict[str, Any] | None = None) -> tuple[
                   torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     plan = registry.build(name, schedule, SD_CONFIG, downcast_alphas=downcast)
     assert isinstance(plan, FunctionSamplerPlan) and plan.a1111
     sigmas = plan.sigmas(steps)
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    noise = torch.stack([torch.randn(SHAPE, generator=g) for g in generators])
+    generators, noise = seeded_noise()
     model = plan.model_sigmas()
 
-    def predict(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        uncond, cond = fake_unet(x_in, t, CONDS[0]), fake_unet(x_in, t, CONDS[1])
-        return uncond + (cond - uncond) * CFG
-
-    denoiser = DiscreteDenoiser(predict, model)
+    denoiser = DiscreteDenoiser(fake_cfg_unet, model)
     xs: list[torch.Tensor] = []
     denoised: list[torch.Tensor] = []
 
@@ -703,12 +710,7 @@ def test_ddim_and_plms_follow_a1111s_timesteps_and_updates(registry: SamplerRegi
     sigmas = plan.sigmas(steps)  # the schedule type does not matter to them (as in A1111)
     model = plan.model_sigmas()
     torch.testing.assert_close(sigmas[:-1], model.sigmas[[995, 853, 711, 569, 427, 285, 143, 1]])
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    noise = torch.stack([torch.randn(SHAPE, generator=g) for g in generators])
-
-    def predict(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        uncond, cond = fake_unet(x_in, t, CONDS[0]), fake_unet(x_in, t, CONDS[1])
-        return uncond + (cond - uncond) * CFG
+    generators, noise = seeded_noise()
 
     xs: list[torch.Tensor] = []
     x0s: list[torch.Tensor] = []
@@ -719,8 +721,8 @@ def test_ddim_and_plms_follow_a1111s_timesteps_and_updates(registry: SamplerRegi
 
     function = plan.sampler.sampling_function()
     extra = {"eta": eta} if name == "DDIM" else {}
-    final = function(DiscreteDenoiser(predict, model), noise * float(sigmas[0]), sigmas, generator=generators,
-                     callback=callback, **extra)
+    final = function(DiscreteDenoiser(fake_cfg_unet, model), noise * float(sigmas[0]), sigmas,
+                     generator=generators, callback=callback, **extra)
     assert len(xs) == len(expected_xs) == 7
     for i in range(7):
         _close(xs[i], expected_xs[i], f"latents after step {i}")
@@ -738,17 +740,12 @@ def test_ddim_and_plms_with_downcast_alphas_cumprod_use_a1111s_fp16_alphas(regis
     plan = registry.build(name, "Automatic", SD_CONFIG, downcast_alphas=True)
     assert isinstance(plan, FunctionSamplerPlan)
     sigmas = plan.sigmas(steps)
-    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    noise = torch.stack([torch.randn(SHAPE, generator=g) for g in generators])
-
-    def predict(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        uncond, cond = fake_unet(x_in, t, CONDS[0]), fake_unet(x_in, t, CONDS[1])
-        return uncond + (cond - uncond) * CFG
+    generators, noise = seeded_noise()
 
     xs: list[torch.Tensor] = []
     function = plan.sampler.sampling_function()
     extra = {"eta": eta} if name == "DDIM" else {}
-    final = function(DiscreteDenoiser(predict, plan.model_sigmas()), noise * float(sigmas[0]), sigmas,
+    final = function(DiscreteDenoiser(fake_cfg_unet, plan.model_sigmas()), noise * float(sigmas[0]), sigmas,
                      generator=generators, callback=lambda i, x, x0: xs.append(x.clone()),
                      alphas_cumprod=plan.alphas_cumprod(), **extra)
     for i in range(7):

@@ -29,9 +29,7 @@ from sdweb.engine.samplers.kdiffusion import DiscreteDenoiser
 from sdweb.engine.samplers.registry import FunctionSamplerPlan, SamplerRegistry, SchedulerPlan
 from sdweb.engine.samplers.schedules import DiscreteSigmas
 from sdweb.engine.samplers.timestep_samplers import sample_unipc
-from tests.engine.test_kdiffusion_parity import CONDS, SD_CONFIG, fake_unet, ldm_alphas_cumprod
-
-CFG = 5.0
+from tests.engine.test_kdiffusion_parity import SD_CONFIG, fake_cfg_unet, ldm_alphas_cumprod
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +50,6 @@ class Recorder:
         self.timesteps.append(float(t))
         self.inputs.append(x_in.clone())
         return self.fn(x_in, t)
-
-
-def _cfg_unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    uncond, cond = fake_unet(x_in, t, CONDS[0]), fake_unet(x_in, t, CONDS[1])
-    return uncond + (cond - uncond) * CFG
 
 
 # -- the timestep grid -------------------------------------------------------------------------------
@@ -205,7 +198,7 @@ def test_the_last_step_order_changes_the_image_only_at_the_end() -> None:
     runs = []
     for lower in (True, False):
         xs: list[torch.Tensor] = []
-        sample_unipc(DiscreteDenoiser(_cfg_unet, model), noise * float(sigmas[0]), sigmas,
+        sample_unipc(DiscreteDenoiser(fake_cfg_unet, model), noise * float(sigmas[0]), sigmas,
                      alphas_cumprod=alphas_cumprod, lower_order_final=lower,
                      callback=lambda i, x, x0, xs=xs: xs.append(x.clone()))
         runs.append(xs)
@@ -348,10 +341,11 @@ def test_unipc_trajectory_equals_a1111s_solver(registry: SamplerRegistry, varian
     sigmas = plan.sigmas(steps)
     noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(11))
     xs: list[torch.Tensor] = []
-    ours = sample_unipc(DiscreteDenoiser(_cfg_unet, plan.model_sigmas()), noise * float(sigmas[0]), sigmas,
+    ours = sample_unipc(DiscreteDenoiser(fake_cfg_unet, plan.model_sigmas()), noise * float(sigmas[0]),
+                        sigmas,
                         alphas_cumprod=plan.alphas_cumprod(), variant=variant, skip_type=skip_type,
                         order=order, lower_order_final=lower, callback=lambda i, x, x0: xs.append(x.clone()))
-    expected = _a1111_unipc(_cfg_unet, noise, 8, variant=variant, skip_type=skip_type, order=order,
+    expected = _a1111_unipc(fake_cfg_unet, noise, 8, variant=variant, skip_type=skip_type, order=order,
                             lower_order_final=lower)
     assert len(xs) == len(expected) == 8
     _close(ours, expected[-1], "final latents")
@@ -363,10 +357,11 @@ def test_unipc_with_downcast_alphas_cumprod_equals_a1111s_solver_on_fp16_alphas(
     assert isinstance(plan, FunctionSamplerPlan)
     sigmas = plan.sigmas(7)
     noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(11))
-    ours = sample_unipc(DiscreteDenoiser(_cfg_unet, plan.model_sigmas()), noise * float(sigmas[0]), sigmas,
+    ours = sample_unipc(DiscreteDenoiser(fake_cfg_unet, plan.model_sigmas()), noise * float(sigmas[0]),
+                        sigmas,
                         alphas_cumprod=plan.alphas_cumprod())
-    _close(ours, _a1111_unipc(_cfg_unet, noise, 8, downcast=True)[-1], "final latents")
-    plain = _a1111_unipc(_cfg_unet, noise, 8)[-1]
+    _close(ours, _a1111_unipc(fake_cfg_unet, noise, 8, downcast=True)[-1], "final latents")
+    plain = _a1111_unipc(fake_cfg_unet, noise, 8)[-1]
     assert float((ours - plain).abs().max()) > 1e-3  # the fp16 schedule changes the image
 
 
@@ -381,7 +376,7 @@ def test_unipc_img2img_starts_at_the_largest_timestep_it_keeps(registry: Sampler
     init = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3)) * 0.5
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
     start = init + noise * float(tail[0])
-    recorder = Recorder(_cfg_unet)
+    recorder = Recorder(fake_cfg_unet)
     calls: list[int] = []
     ours = sample_unipc(DiscreteDenoiser(recorder, model), start, tail, alphas_cumprod=plan.alphas_cumprod(),
                         from_image=True, callback=lambda i, x, x0: calls.append(i))
@@ -393,7 +388,7 @@ def test_unipc_img2img_starts_at_the_largest_timestep_it_keeps(registry: Sampler
     a1111_start = alpha_bar**0.5 * init + (1 - alpha_bar) ** 0.5 * noise
     torch.testing.assert_close(recorder.inputs[0], a1111_start, atol=1e-5, rtol=0)
     t_start = torch.tensor(251) / 1000 + 1 / 1000
-    expected = _a1111_unipc(_cfg_unet, a1111_start, 6, t_start=t_start)
+    expected = _a1111_unipc(fake_cfg_unet, a1111_start, 6, t_start=t_start)
     _close(ours, expected[-1], "img2img final latents")
 
 
@@ -408,14 +403,14 @@ def test_unipc_img2img_with_downcast_alphas_cumprod_starts_from_a1111s_fp16_nois
     tail = plan.sigmas(20)[13:]
     init = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3)) * 0.5
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
-    recorder = Recorder(_cfg_unet)
+    recorder = Recorder(fake_cfg_unet)
     ours = sample_unipc(DiscreteDenoiser(recorder, plan.model_sigmas()),
                         timestep_sampler_start(plan, init, noise, float(tail[0])), tail,
                         alphas_cumprod=plan.alphas_cumprod(), from_image=True)
     alpha = ldm_alphas_cumprod().half()[301]
     a1111_start = init * torch.sqrt(alpha) + noise * torch.sqrt(1 - alpha)
     torch.testing.assert_close(recorder.inputs[0], a1111_start, atol=1e-6, rtol=0)
-    expected = _a1111_unipc(_cfg_unet, a1111_start, 6, t_start=torch.tensor(251) / 1000 + 1 / 1000,
+    expected = _a1111_unipc(fake_cfg_unet, a1111_start, 6, t_start=torch.tensor(251) / 1000 + 1 / 1000,
                             downcast=True)
     _close(ours, expected[-1], "img2img final latents")
 
@@ -474,7 +469,7 @@ def test_unipc_inpainting_blends_the_init_latents_into_the_unets_input_as_a1111(
     start = init + noise * float(tail[0])
 
     def unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # mixes neighbours, as a UNet does
-        return _cfg_unet(x_in + 0.3 * torch.roll(x_in, 1, dims=-1), t)
+        return fake_cfg_unet(x_in + 0.3 * torch.roll(x_in, 1, dims=-1), t)
 
     denoise = blend_before_denoising(DiscreteDenoiser(unet, model), init, mask)
     ours = sample_unipc(denoise, start, tail, alphas_cumprod=plan.alphas_cumprod(), from_image=True)
