@@ -16,9 +16,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from sdweb import __version__
@@ -43,6 +44,30 @@ from sdweb.services.worker import GpuWorker, Task
 from sdweb.services.workers import JobNeeds, JobWorkers, LocalWorkers, WorkerStatus
 
 logger = logging.getLogger(__name__)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _number(value: Any) -> float:
+    return float(value or 0.0)
+
+
+#: Request fields that share their option's name, with how the option's value becomes the field's: None
+#: in a request means the setting. A1111's sampler path, UniPC, img2img, compatibility, schedule, sampler
+#: parameter, CFG skipping, emphasis and noise schedule settings.
+FIELDS_FROM_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
+    "sampler_path": _as_is,
+    **dict.fromkeys(UNIPC_SETTINGS, _as_is),
+    "img2img_fix_steps": bool,
+    **dict.fromkeys(A1111_COMPAT_INFOTEXT, bool),
+    **dict.fromkeys(SCHEDULE_SETTINGS, float),
+    **dict.fromkeys((*SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT), _number),
+    "s_min_uncond_all": bool,
+    "emphasis": _as_is,
+    "sd_noise_schedule": _as_is,
+})
 
 #: Finished jobs kept for progress/result look-ups (the API's force_task_id, late progress polls).
 FINISHED_JOBS_KEPT = 200
@@ -455,26 +480,9 @@ class GenerationService:
             updates["rng"] = self._options.get("randn_source")
         if params.eta_noise_seed_delta is None:
             updates["eta_noise_seed_delta"] = int(self._options.get("eta_noise_seed_delta") or 0)
-        if params.sampler_path is None:
-            updates["sampler_path"] = self._options.get("sampler_path")
-        for key in UNIPC_SETTINGS:
+        for key, convert in FIELDS_FROM_OPTIONS.items():  # request fields named as their option
             if getattr(params, key) is None:
-                updates[key] = self._options.get(key)
-        if params.img2img_fix_steps is None:
-            updates["img2img_fix_steps"] = bool(self._options.get("img2img_fix_steps"))
-        for key in A1111_COMPAT_INFOTEXT:
-            if getattr(params, key) is None:
-                updates[key] = bool(self._options.get(key))
-        for key in SCHEDULE_SETTINGS:
-            if getattr(params, key) is None:
-                updates[key] = float(self._options.get(key))
-        for key in (*SIGMA_DEFAULTS, *CFG_SKIP_INFOTEXT):  # A1111's sampler parameters, CFG skipping
-            if getattr(params, key) is None:
-                value = self._options.get(key)
-                updates[key] = bool(value) if key == "s_min_uncond_all" else float(value or 0.0)
-        for key in ("emphasis", "sd_noise_schedule"):  # A1111's, with its defaults when the option is unset
-            if getattr(params, key) is None:
-                updates[key] = self._options.get(key)
+                updates[key] = convert(self._options.get(key))
         if params.checkpoint is None and self._default_checkpoint is not None:
             # The selected model (A1111's sd_model_checkpoint, else the first one found).
             updates["checkpoint"] = self._default_checkpoint()
